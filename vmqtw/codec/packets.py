@@ -40,18 +40,35 @@ MQTT5 = 5
 Properties = dict[str, Any]
 
 
+def _all_slots(cls: type) -> tuple[str, ...]:
+    """Every slot of ``cls`` and its bases (a subclass's own ``__slots__`` may be ``()``)."""
+    fields: list[str] = []
+    for klass in reversed(cls.__mro__):
+        for s in klass.__dict__.get("__slots__", ()):
+            if s not in fields:
+                fields.append(s)
+    return tuple(fields)
+
+
 class Packet:
     __slots__ = ()
     type: int = 0
+    _fields: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._fields = _all_slots(cls)
 
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        fields = getattr(type(self), "_fields", None) or self.__slots__
+        return all(getattr(self, s) == getattr(other, s) for s in fields)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__)
-        return f"{type(self).__name__}({fields})"
+        fields = getattr(type(self), "_fields", None) or self.__slots__
+        shown = ", ".join(f"{s}={getattr(self, s)!r}" for s in fields)
+        return f"{type(self).__name__}({shown})"
 
     __hash__ = None  # type: ignore[assignment]
 
