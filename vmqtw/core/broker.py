@@ -1,0 +1,293 @@
+"""Routing and session lifecycle.
+
+The broker owns the session registry (keyed by (mountpoint, client id)), one
+topic tree per mountpoint and the store.  It never touches a socket: sessions
+write to their connection objects, which buffer until ``flush()``.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from vmqtw.codec.packets import SubOptions
+from vmqtw.config import BrokerConfig
+from vmqtw.core.message import Message
+from vmqtw.core.session import Session, SessionKey
+from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.topics import TopicTree, parse_shared
+
+
+class Subscription:
+    """A tree value for a normal subscription."""
+
+    __slots__ = ("session", "options")
+
+    def __init__(self, session: Session, options: SubOptions) -> None:
+        self.session = session
+        self.options = options
+
+
+class SharedGroup:
+    """A tree value for ``$share/GROUP/filter``: the members share the messages."""
+
+    __slots__ = ("name", "members", "_next")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[SessionKey, Subscription] = {}
+        self._next = 0
+
+    def pick(self, policy: str) -> Subscription | None:
+        """One member, preferring those that are online."""
+        members = list(self.members.values())
+        if not members:
+            return None
+        online = [m for m in members if m.session.conn is not None]
+        pool = online or [m for m in members if m.session.persistent]
+        if not pool:
+            return None
+        if policy == "random":
+            return random.choice(pool)
+        self._next = (self._next + 1) % len(pool)
+        return pool[self._next]
+
+
+class _NullLog:
+    """Used when no logger is given; core imports nothing from Twisted."""
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    debug = info = warn = error = failure = _ignore
+
+
+class Broker:
+    """Session registry, routing, retained messages.
+
+    ``clock`` provides ``seconds()`` and ``callLater()`` (a reactor, or a
+    ``twisted.internet.task.Clock`` in tests); ``log`` is a
+    ``twisted.logger.Logger`` or anything with the same methods.
+    """
+
+    def __init__(self, config: BrokerConfig, clock: Any, store: IStore | None = None,
+                 log: Any = None) -> None:
+        self.log = log if log is not None else _NullLog()
+        self.config = config
+        self.clock = clock
+        self.store: IStore = store if store is not None else MemoryStore()
+        self.sessions: dict[SessionKey, Session] = {}
+        self.trees: dict[str, TopicTree] = {}
+        self.dirty: list[Any] = []
+        self.dropped = 0
+        # Observers of session lifecycle events, e.g. for plugins: callables
+        # taking (event_name, session).
+        self.session_observers: list[Callable[[str, Session], None]] = []
+
+    # -- output batching ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every connection's buffered output (once per input batch or timer)."""
+        dirty = self.dirty
+        while dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flush()
+            dirty = self.dirty
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def open_session(self, key: SessionKey, clean: bool, expiry_interval: float | None,
+                     conn: Any) -> tuple[Session, bool]:
+        """Attach ``conn`` to the session ``key``; returns (session, session_present).
+
+        An existing connection on the same key is taken over (closed).  With
+        ``clean`` the old state is discarded.
+        """
+        existing = self.sessions.get(key)
+        if existing is not None and existing.conn is not None:
+            old = existing.conn
+            existing.detach()
+            old.session_taken_over()
+        persistent = not clean or (expiry_interval is not None and expiry_interval > 0)
+        # A clean session ends with its connection, so a takeover never resumes it.
+        if existing is not None and (clean or not existing.persistent):
+            self.discard_session(existing, "gone")
+            existing = None
+        if existing is not None:
+            session = existing
+            session.persistent = persistent
+            session.expiry_interval = expiry_interval
+            present = True
+        else:
+            session = Session(self, key, persistent, expiry_interval)
+            self.sessions[key] = session
+            present = False
+        session.conn = conn
+        if session.persistent:
+            self.store.session_updated(session)
+        self._notify("wakeup" if present else "register", session)
+        return session, present
+
+    def session_resumed(self, session: Session) -> None:
+        """Called after CONNACK was queued: resend inflight and queued messages."""
+        session.attach(session.conn)
+
+    def connection_closed(self, session: Session) -> None:
+        """The session's connection is gone (any reason)."""
+        if self.sessions.get(session.key) is not session:
+            return
+        session.detach()
+        if session.persistent and session.expiry_interval != 0:
+            self.store.session_updated(session)
+            session.schedule_expiry(self._expire)
+            self._notify("offline", session)
+        else:
+            self.discard_session(session, "gone")
+
+    def _expire(self, session: Session) -> None:
+        session.expiry_call = None
+        if self.sessions.get(session.key) is session and session.conn is None:
+            self.log.info("session {client_id!r} (mountpoint {mountpoint!r}) expired",
+                          client_id=session.client_id, mountpoint=session.mountpoint)
+            self.discard_session(session, "expired")
+
+    def discard_session(self, session: Session, why: str) -> None:
+        """Remove a session and all its subscriptions."""
+        for topic_filter in list(session.subscriptions):
+            self._tree_remove(session, topic_filter)
+        session.subscriptions.clear()
+        session.queue.clear()
+        session.inflight.clear()
+        session.cancel_expiry()
+        if self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
+        if session.persistent:
+            self.store.session_deleted(session.key)
+        self._notify(why, session)
+
+    def _notify(self, event: str, session: Session) -> None:
+        for observer in self.session_observers:
+            try:
+                observer(event, session)
+            except Exception:
+                self.log.failure("session observer failed on {event}", event=event)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def subscribe(self, session: Session, topic_filter: str, options: SubOptions) -> bool:
+        """Add or replace a subscription; returns True if it is new.
+
+        Retained messages are delivered here (not for shared subscriptions).
+        """
+        group, inner = parse_shared(topic_filter)
+        mp = session.mountpoint
+        tree = self.trees.get(mp)
+        if tree is None:
+            tree = self.trees[mp] = TopicTree()
+        sub = Subscription(session, options)
+        if group is None:
+            new = tree.add(inner, session.key, sub)
+        else:
+            gkey = (None, group)  # never equal to a (mountpoint, client id) key
+            shared = tree.get(inner, gkey)
+            if shared is None:
+                shared = SharedGroup(group)
+                tree.add(inner, gkey, shared)
+            new = session.key not in shared.members
+            shared.members[session.key] = sub
+        session.subscriptions[topic_filter] = options
+        if session.persistent:
+            self.store.session_updated(session)
+        if group is None:
+            rh = options.retain_handling
+            if rh == 0 or (rh == 1 and new):
+                for msg in self.store.retained_match(mp, inner):
+                    qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
+                    session.deliver(msg, qos, True)
+        return new
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        if topic_filter not in session.subscriptions:
+            return False
+        del session.subscriptions[topic_filter]
+        self._tree_remove(session, topic_filter)
+        if session.persistent:
+            self.store.session_updated(session)
+        return True
+
+    def _tree_remove(self, session: Session, topic_filter: str) -> None:
+        tree = self.trees.get(session.mountpoint)
+        if tree is None:
+            return
+        group, inner = parse_shared(topic_filter)
+        if group is None:
+            current = tree.get(inner, session.key)
+            if current is not None and current.session is session:
+                tree.remove(inner, session.key)
+        else:
+            gkey = (None, group)  # never equal to a (mountpoint, client id) key
+            shared = tree.get(inner, gkey)
+            if shared is not None:
+                member = shared.members.get(session.key)
+                if member is not None and member.session is session:
+                    del shared.members[session.key]
+                if not shared.members:
+                    tree.remove(inner, gkey)
+        if not len(tree):
+            del self.trees[session.mountpoint]
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def publish(self, message: Message, mountpoint: str, sender: Session | None = None) -> int:
+        """Route ``message`` within ``mountpoint``; returns the number of deliveries."""
+        if message.retain:
+            self.store.retained_set(mountpoint, message.topic,
+                                    message if message.payload else None)
+        tree = self.trees.get(mountpoint)
+        if tree is None:
+            return 0
+        matches = tree.match(message.topic)
+        if not matches:
+            return 0
+        if len(matches) == 1:
+            sub = matches[0][2]
+            if sub.__class__ is SharedGroup:
+                sub = sub.pick(self.config.shared_subscription_policy)
+                if sub is None:
+                    return 0
+            return self._deliver(sub, message, sender)
+        best: dict[SessionKey, Subscription] = {}
+        shared: list[SharedGroup] = []
+        for _filter, key, sub in matches:
+            if sub.__class__ is SharedGroup:
+                shared.append(sub)
+                continue
+            prev = best.get(key)
+            if prev is None or sub.options.qos > prev.options.qos:
+                best[key] = sub
+        count = 0
+        for sub in best.values():
+            count += self._deliver(sub, message, sender)
+        for group in shared:
+            member = group.pick(self.config.shared_subscription_policy)
+            if member is not None:
+                count += self._deliver(member, message, sender)
+        return count
+
+    def _deliver(self, sub: Subscription, message: Message, sender: Session | None) -> int:
+        options = sub.options
+        session = sub.session
+        if options.no_local and session is sender:
+            return 0
+        if session.upgrade_qos:
+            qos = options.qos
+        else:
+            qos = message.qos if message.qos < options.qos else options.qos
+        session.deliver(message, qos, message.retain if options.retain_as_published else False)
+        return 1
+
+    def message_dropped(self, session: Session, message: Message, reason: str) -> None:
+        self.dropped += 1
+        if session.dropped == 1:
+            self.log.warn("dropping messages for {client_id!r}: {reason}",
+                          client_id=session.client_id, reason=reason)

@@ -1,0 +1,290 @@
+"""The Broker with plain objects: fake connections, a Clock, no protocol."""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from vmqtw.codec import SubOptions
+from vmqtw.config import parse
+from vmqtw.core.broker import Broker
+from vmqtw.core.message import Message
+from vmqtw.core.session import Session
+from vmqtw.test.test_protocol import BASE, publish
+from vmqtw.test.test_session import FakeConnection
+
+
+class RecordingLog:
+    """Stands in for a twisted.logger.Logger."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _record(self, level: str) -> Any:
+        def emit(fmt: str = "", *args: Any, **kw: Any) -> None:
+            self.events.append((level, fmt, kw))
+        return emit
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("debug", "info", "warn", "error", "failure", "critical"):
+            return self._record(name)
+        raise AttributeError(name)
+
+
+class BrokerTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        self.make()
+
+    def make(self, extra: str = "") -> None:
+        self.clock = Clock()
+        self.log = RecordingLog()
+        self.broker = Broker(parse(BASE + extra), self.clock, log=self.log)
+        self.events: list[tuple[str, tuple[str, str]]] = []
+        self.broker.session_observers.append(lambda e, s: self.events.append((e, s.key)))
+
+    def online(self, client_id: str, clean: bool = True, mountpoint: str = "",
+               level: int = 4) -> tuple[Session, FakeConnection]:
+        conn = FakeConnection(level)
+        expiry = 0 if clean else None
+        session, _present = self.broker.open_session((mountpoint, client_id), clean, expiry,
+                                                     conn)
+        self.broker.session_resumed(session)
+        return session, conn
+
+    def sub(self, session: Session, topic_filter: str, qos: int = 0, **kw: Any) -> bool:
+        return self.broker.subscribe(session, topic_filter, SubOptions(qos, **kw))
+
+    # -- sessions
+
+    def test_open_new_and_resume(self) -> None:
+        s, conn = self.online("a", clean=False)
+        self.assertEqual(self.events, [("register", ("", "a"))])
+        self.broker.connection_closed(s)
+        self.assertIsNone(s.conn)
+        conn2 = FakeConnection()
+        s2, present = self.broker.open_session(("", "a"), False, None, conn2)
+        self.assertIs(s2, s)
+        self.assertTrue(present)
+        self.assertEqual([e for e, _k in self.events], ["register", "offline", "wakeup"])
+
+    def test_takeover_tells_old_connection(self) -> None:
+        s, conn = self.online("a", clean=False)
+        conn2 = FakeConnection()
+        s2, present = self.broker.open_session(("", "a"), False, None, conn2)
+        self.assertTrue(conn.taken_over)
+        self.assertIs(s2, s)
+        self.assertTrue(present)
+        self.assertIs(s.conn, conn2)
+
+    def test_clean_session_discarded_on_close(self) -> None:
+        s, _conn = self.online("a")
+        self.sub(s, "t")
+        self.broker.connection_closed(s)
+        self.assertEqual(self.broker.sessions, {})
+        self.assertEqual(self.broker.trees, {})
+        self.assertEqual(self.events[-1], ("gone", ("", "a")))
+
+    def test_expiry(self) -> None:
+        self.make("persistent_client_expiration = 1d\n")
+        s, _conn = self.online("a", clean=False)
+        s.expiry_interval = 86400  # what the protocol passes for a persistent session
+        self.sub(s, "t", 1)
+        self.broker.connection_closed(s)
+        self.clock.advance(86399)
+        self.assertIn(("", "a"), self.broker.sessions)
+        self.clock.advance(1)
+        self.assertNotIn(("", "a"), self.broker.sessions)
+        self.assertEqual(self.broker.trees, {})
+        self.assertEqual(self.events[-1], ("expired", ("", "a")))
+
+    def test_close_of_replaced_session_ignored(self) -> None:
+        s, _conn = self.online("a")
+        s2, _conn2 = self.online("a")
+        self.assertIsNot(s, s2)
+        self.broker.connection_closed(s)
+        self.assertIs(self.broker.sessions[("", "a")], s2)
+
+    def test_failing_observer_is_logged(self) -> None:
+        def bad(event: str, session: Session) -> None:
+            raise RuntimeError("observer bug")
+        self.broker.session_observers.insert(0, bad)
+        s, _conn = self.online("a")
+        self.assertEqual(self.events, [("register", ("", "a"))])
+        self.assertEqual([lvl for lvl, _f, _k in self.log.events], ["failure"])
+
+    # -- routing
+
+    def test_overlapping_once_at_highest_qos(self) -> None:
+        s, conn = self.online("a")
+        self.sub(s, "a/+", 1)
+        self.sub(s, "a/#", 2)
+        self.sub(s, "#", 0)
+        n = self.broker.publish(Message("a/b", b"x", 2), "")
+        self.assertEqual(n, 1)
+        self.assertEqual(conn.written, [publish("a/b", b"x", qos=2, pid=1)])
+
+    def test_publish_counts(self) -> None:
+        a, _ = self.online("a")
+        b, _ = self.online("b")
+        self.sub(a, "t")
+        self.sub(b, "+")
+        self.assertEqual(self.broker.publish(Message("t", b""), ""), 2)
+        self.assertEqual(self.broker.publish(Message("u", b""), ""), 1)
+        self.assertEqual(self.broker.publish(Message("x/y", b""), ""), 0)
+        self.assertEqual(self.broker.publish(Message("t", b""), "other"), 0)
+
+    def test_no_local(self) -> None:
+        s, conn = self.online("a", level=5)
+        self.sub(s, "t", 0, no_local=True)
+        self.broker.publish(Message("t", b"x"), "", sender=s)
+        self.assertEqual(conn.written, [])
+        self.broker.publish(Message("t", b"y"), "", sender=None)
+        self.assertEqual(len(conn.written), 1)
+
+    def test_retain_as_published(self) -> None:
+        s, conn = self.online("a")
+        self.sub(s, "t", 0, retain_as_published=True)
+        self.broker.publish(Message("t", b"x", retain=True), "")
+        self.assertEqual(conn.written, [publish("t", b"x", retain=True)])
+
+    def test_dollar_topics(self) -> None:
+        s, conn = self.online("a")
+        self.sub(s, "#")
+        self.sub(s, "+/b")
+        self.assertEqual(self.broker.publish(Message("$SYS/b", b""), ""), 0)
+        self.sub(s, "$SYS/+")
+        self.assertEqual(self.broker.publish(Message("$SYS/b", b""), ""), 1)
+
+    def test_mountpoints_isolated(self) -> None:
+        a, ca = self.online("same", mountpoint="m1")
+        b, cb = self.online("same", mountpoint="m2")
+        self.assertIsNot(a, b)
+        self.sub(a, "#")
+        self.sub(b, "#")
+        self.broker.publish(Message("t", b"1"), "m1")
+        self.assertEqual(len(ca.written), 1)
+        self.assertEqual(len(cb.written), 0)
+
+    def test_unsubscribe(self) -> None:
+        s, conn = self.online("a")
+        self.assertTrue(self.sub(s, "a/#"))
+        self.assertFalse(self.sub(s, "a/#", 1))
+        self.assertTrue(self.broker.unsubscribe(s, "a/#"))
+        self.assertFalse(self.broker.unsubscribe(s, "a/#"))
+        self.assertEqual(self.broker.trees, {})
+        self.assertEqual(self.broker.publish(Message("a/b", b""), ""), 0)
+
+    # -- shared subscriptions
+
+    def test_shared_round_robin(self) -> None:
+        members = [self.online(f"m{i}") for i in range(3)]
+        for s, _c in members:
+            self.sub(s, "$share/g/t", 1)
+        for i in range(9):
+            self.assertEqual(self.broker.publish(Message("t", b"%d" % i), ""), 1)
+        self.assertEqual([len(c.written) for _s, c in members], [3, 3, 3])
+
+    def test_shared_random_policy(self) -> None:
+        self.make("shared_subscription_policy = random\n")
+        members = [self.online(f"m{i}") for i in range(3)]
+        for s, _c in members:
+            self.sub(s, "$share/g/t")
+        for i in range(60):
+            self.broker.publish(Message("t", b"%d" % i), "")
+        self.assertEqual(sum(len(c.written) for _s, c in members), 60)
+
+    def test_shared_prefers_online_then_offline_persistent(self) -> None:
+        a, ca = self.online("a", clean=False)
+        b, cb = self.online("b", clean=False)
+        self.sub(a, "$share/g/t", 1)
+        self.sub(b, "$share/g/t", 1)
+        self.broker.connection_closed(a)
+        for i in range(4):
+            self.broker.publish(Message("t", b"%d" % i, 1), "")
+        self.assertEqual(len(cb.written), 4)
+        self.assertEqual(len(a.queue), 0)
+        self.broker.connection_closed(b)
+        self.broker.publish(Message("t", b"q", 1), "")
+        self.assertEqual(len(a.queue) + len(b.queue), 1)
+
+    def test_shared_and_normal_subscription_of_one_session(self) -> None:
+        s, conn = self.online("a")
+        self.sub(s, "t")
+        self.sub(s, "$share/g/t")
+        self.assertEqual(self.broker.publish(Message("t", b""), ""), 2)
+
+    def test_shared_group_key_does_not_collide_with_a_client(self) -> None:
+        """A client whose id is a group name, on a listener mounted at '$share'."""
+        client, cc = self.online("g", mountpoint="$share")
+        member, cm = self.online("m", mountpoint="$share")
+        self.sub(client, "t")
+        self.sub(member, "$share/g/t")
+        self.assertEqual(self.broker.publish(Message("t", b"x"), "$share"), 2)
+        self.assertEqual(len(cc.written), 1)
+        self.assertEqual(len(cm.written), 1)
+        self.broker.unsubscribe(member, "$share/g/t")
+        self.assertEqual(self.broker.publish(Message("t", b"y"), "$share"), 1)
+        self.assertEqual(len(cc.written), 2)
+
+    # -- retained
+
+    def test_retained_on_subscribe(self) -> None:
+        self.broker.publish(Message("r/a", b"1", 1, True), "")
+        self.broker.publish(Message("r/b", b"2", 0, True), "")
+        self.broker.publish(Message("other", b"3", 0, True), "")
+        s, conn = self.online("a")
+        self.sub(s, "r/+", 1)
+        self.assertEqual(sorted(conn.written), sorted([
+            publish("r/a", b"1", qos=1, retain=True, pid=1),
+            publish("r/b", b"2", retain=True)]))
+
+    def test_retained_handling(self) -> None:
+        self.broker.publish(Message("r", b"1", 0, True), "")
+        s, conn = self.online("a", level=5)
+        self.sub(s, "r", 0, retain_handling=2)
+        self.assertEqual(conn.written, [])
+        self.sub(s, "x", 0, retain_handling=1)
+        self.broker.unsubscribe(s, "r")
+        self.sub(s, "r", 0, retain_handling=1)
+        self.assertEqual(len(conn.written), 1)
+        self.sub(s, "r", 0, retain_handling=1)  # not new: nothing
+        self.assertEqual(len(conn.written), 1)
+
+    def test_retained_cleared(self) -> None:
+        self.broker.publish(Message("r", b"1", 0, True), "")
+        self.assertEqual(self.broker.store.retained_count(), 1)
+        self.broker.publish(Message("r", b"", 0, True), "")
+        self.assertEqual(self.broker.store.retained_count(), 0)
+
+    # -- batching and drops
+
+    def test_flush_reaches_connections_dirtied_during_flush(self) -> None:
+        flushed: list[str] = []
+        broker = self.broker
+
+        class Conn:
+            def __init__(self, name: str, then: Any = None) -> None:
+                self.name = name
+                self.then = then
+
+            def flush(self) -> None:
+                flushed.append(self.name)
+                if self.then is not None:
+                    broker.dirty.append(self.then)
+        broker.dirty.append(Conn("a", Conn("b")))
+        broker.flush()
+        self.assertEqual(flushed, ["a", "b"])
+        self.assertEqual(broker.dirty, [])
+
+    def test_drops_logged_once_per_session(self) -> None:
+        self.make("max_offline_messages = 0\n")
+        s, _conn = self.online("a", clean=False)
+        self.sub(s, "t", 1)
+        self.broker.connection_closed(s)
+        for _ in range(10):
+            self.broker.publish(Message("t", b"", 1), "")
+        self.assertEqual(self.broker.dropped, 10)
+        self.assertEqual(s.dropped, 10)
+        self.assertEqual([lvl for lvl, _f, _k in self.log.events if lvl == "warn"], ["warn"])

@@ -1,0 +1,35 @@
+"""codec and core stay free of Twisted (zope.interface is allowed)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import vmqtw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(vmqtw.__file__)))
+
+SCRIPT = """
+import sys
+import vmqtw.codec
+import vmqtw.core.broker, vmqtw.core.session, vmqtw.core.store, vmqtw.core.topics
+import vmqtw.core.message
+bad = sorted(m for m in sys.modules if m == "twisted" or m.startswith("twisted."))
+print("\\n".join(bad))
+print("zope.interface" in sys.modules)
+"""
+
+
+class ImportTests(SynchronousTestCase):
+
+    def test_codec_and_core_do_not_import_twisted(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.split()
+        self.assertEqual(lines[:-1], [], "twisted modules imported by codec/core")
+        self.assertEqual(lines[-1], "True")  # the session interface uses zope.interface

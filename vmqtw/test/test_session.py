@@ -1,0 +1,348 @@
+"""Sessions: persistence across connections (through the protocol), expiry,
+retries, and the Session object on its own with a fake connection."""
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from vmqtw.codec import Disconnect, Puback, Pubcomp, Pubrec
+from vmqtw.config import parse
+from vmqtw.core.broker import Broker
+from vmqtw.core.message import Message
+from vmqtw.core.session import IClientConnection, Session
+from vmqtw.test.test_protocol import (
+    BASE, BrokerTestCase, Harness, connack, publish, pubrel, suback,
+)
+
+
+class PersistentSessionTests(BrokerTestCase):
+
+    def test_offline_queue_and_session_present(self) -> None:
+        hn = Harness()
+        s = hn.subscriber("s", ("t/#", 2), clean=False)
+        s.send(Disconnect())
+        self.assertTrue(s.closed)
+        self.assertIn(("", "s"), hn.broker.sessions)
+        p = hn.connected("p")
+        p.publish("t/1", b"q1", qos=1, pid=1)
+        p.publish("t/0", b"q0", qos=0)
+        p.publish("t/2", b"q2", qos=2, pid=2)
+        p.publish("t/3", b"q1b", qos=1, pid=3)
+        self.assertEqual(len(hn.broker.sessions[("", "s")].queue), 3)
+        s2 = hn.client()
+        s2.connect("s", clean=False)
+        self.assertEqual(s2.take(), connack(0, session_present=True)
+                         + publish("t/1", b"q1", qos=1, pid=1)
+                         + publish("t/2", b"q2", qos=2, pid=2)
+                         + publish("t/3", b"q1b", qos=1, pid=3))
+        # The subscription survived: new messages arrive without a SUBSCRIBE.
+        p.publish("t/4", b"live", qos=1, pid=4)
+        self.assertEqual(s2.take(), publish("t/4", b"live", qos=1, pid=4))
+
+    def test_offline_qos0_dropped_and_counted(self) -> None:
+        hn = Harness()
+        s = hn.subscriber("s", ("t", 0), clean=False)
+        s.lose()
+        p = hn.connected("p")
+        p.publish("t", b"x", qos=1, pid=1)   # downgraded to the subscription's QoS 0
+        session = hn.broker.sessions[("", "s")]
+        self.assertEqual(len(session.queue), 0)
+        self.assertEqual(session.dropped, 1)
+        s2 = hn.connected("s", clean=False, session_present=True)
+        self.assertEqual(s2.take(), b"")
+
+    def test_unacked_resent_with_dup(self) -> None:
+        hn = Harness()
+        s = hn.subscriber("s", ("t", 2), clean=False)
+        p = hn.connected("p")
+        p.publish("t", b"one", qos=1, pid=1)
+        p.publish("t", b"two", qos=2, pid=2)
+        p.publish("t", b"three", qos=2, pid=3)
+        self.assertEqual(s.take(), publish("t", b"one", qos=1, pid=1)
+                         + publish("t", b"two", qos=2, pid=2)
+                         + publish("t", b"three", qos=2, pid=3))
+        s.send(Pubrec(3))
+        self.assertEqual(s.take(), pubrel(3))
+        s.lose()
+        s2 = hn.client()
+        s2.connect("s", clean=False)
+        self.assertEqual(s2.take(), connack(0, True)
+                         + publish("t", b"one", qos=1, pid=1, dup=True)
+                         + publish("t", b"two", qos=2, pid=2, dup=True)
+                         + pubrel(3))
+        s2.send(Puback(1), Pubrec(2), Pubcomp(3))
+        self.assertEqual(s2.take(), pubrel(2))
+        s2.send(Pubcomp(2))
+        self.assertEqual(hn.broker.sessions[("", "s")].inflight, {})
+
+    def test_inflight_then_queue_order_on_reconnect(self) -> None:
+        hn = Harness(BASE + "max_inflight_messages = 2\n")
+        s = hn.subscriber("s", ("t", 1), clean=False)
+        p = hn.connected("p")
+        for i in range(1, 4):
+            p.publish("t", b"%d" % i, qos=1, pid=i)
+        self.assertEqual(len(s.take()), 2 * len(publish("t", b"1", qos=1, pid=1)))
+        s.lose()
+        p.publish("t", b"4", qos=1, pid=4)
+        s2 = hn.client()
+        s2.connect("s", clean=False)
+        self.assertEqual(s2.take(), connack(0, True)
+                         + publish("t", b"1", qos=1, pid=1, dup=True)
+                         + publish("t", b"2", qos=1, pid=2, dup=True))
+        s2.send(Puback(1), Puback(2))
+        self.assertEqual(s2.take(), publish("t", b"3", qos=1, pid=3)
+                         + publish("t", b"4", qos=1, pid=4))
+
+    def test_max_offline_messages(self) -> None:
+        hn = Harness(BASE + "max_offline_messages = 2\n")
+        s = hn.subscriber("s", ("t", 1), clean=False)
+        s.send(Disconnect())
+        p = hn.connected("p")
+        for i in range(5):
+            p.publish("t", b"%d" % i, qos=1, pid=i + 1)
+        session = hn.broker.sessions[("", "s")]
+        self.assertEqual(len(session.queue), 2)
+        self.assertEqual(session.dropped, 3)
+        s2 = hn.client()
+        s2.connect("s", clean=False)
+        self.assertEqual(s2.take(), connack(0, True) + publish("t", b"0", qos=1, pid=1)
+                         + publish("t", b"1", qos=1, pid=2))
+
+    def test_persistent_client_expiration(self) -> None:
+        hn = Harness(BASE + "persistent_client_expiration = 1h\n")
+        s = hn.subscriber("s", ("t", 1), clean=False)
+        s.send(Disconnect())
+        hn.clock.advance(3599)
+        self.assertIn(("", "s"), hn.broker.sessions)
+        hn.clock.advance(2)
+        self.assertNotIn(("", "s"), hn.broker.sessions)
+        self.assertEqual(hn.broker.trees, {})
+        s2 = hn.client()
+        s2.connect("s", clean=False)
+        self.assertEqual(s2.take(), connack(0, session_present=False))
+
+    def test_reconnect_cancels_expiry(self) -> None:
+        hn = Harness(BASE + "persistent_client_expiration = 1h\n")
+        s = hn.subscriber("s", ("t", 1), clean=False)
+        s.lose()
+        hn.clock.advance(3000)
+        s2 = hn.connected("s", clean=False, session_present=True)
+        hn.clock.advance(7200)
+        self.assertIn(("", "s"), hn.broker.sessions)
+        s2.lose()
+        hn.clock.advance(3599)
+        self.assertIn(("", "s"), hn.broker.sessions)
+        hn.clock.advance(2)
+        self.assertNotIn(("", "s"), hn.broker.sessions)
+
+    def test_never_expires_by_default(self) -> None:
+        hn = Harness()
+        s = hn.subscriber("s", ("t", 1), clean=False)
+        s.lose()
+        hn.clock.advance(10 ** 9)
+        self.assertIn(("", "s"), hn.broker.sessions)
+
+    def test_clean_reconnect_discards_state(self) -> None:
+        hn = Harness()
+        s = hn.subscriber("s", ("t", 1), clean=False)
+        s.lose()
+        p = hn.connected("p")
+        p.publish("t", b"queued", qos=1, pid=1)
+        s2 = hn.client()
+        s2.connect("s", clean=True)
+        self.assertEqual(s2.take(), connack(0, session_present=False))
+        p.publish("t", b"after", qos=1, pid=2)
+        self.assertEqual(s2.take(), b"")
+        s2.send(Disconnect())
+        self.assertNotIn(("", "s"), hn.broker.sessions)
+        # And a persistent connect after that starts afresh too.
+        s3 = hn.client()
+        s3.connect("s", clean=False)
+        self.assertEqual(s3.take(), connack(0, session_present=False))
+
+    def test_clean_session_ends_with_connection(self) -> None:
+        hn = Harness()
+        s = hn.subscriber("s", ("t", 1), clean=True)
+        s.lose()
+        self.assertEqual(hn.broker.sessions, {})
+        self.assertEqual(hn.broker.trees, {})
+        s2 = hn.client()
+        s2.connect("s", clean=False)
+        self.assertEqual(s2.take(), connack(0, session_present=False))
+
+    def test_takeover_of_clean_session_by_persistent_connect(self) -> None:
+        """A clean session lasts as long as its connection: the connection that
+        takes it over does not resume it (3.1.1 s3.1.2.4)."""
+        hn = Harness()
+        c1 = hn.subscriber("x", ("t", 1), clean=True)
+        c2 = hn.client()
+        c2.connect("x", clean=False)
+        self.assertEqual(c2.take(), connack(0, session_present=False))
+        self.assertTrue(c1.closed)
+        session = hn.broker.sessions[("", "x")]
+        self.assertEqual(session.subscriptions, {})
+        self.assertTrue(session.persistent)
+        p = hn.connected("p")
+        p.publish("t", b"x", qos=1, pid=1)
+        self.assertEqual(c2.take(), b"")
+
+    def test_takeover_of_persistent_session(self) -> None:
+        hn = Harness()
+        c1 = hn.subscriber("x", ("t", 1), clean=False)
+        p = hn.connected("p")
+        p.publish("t", b"unacked", qos=1, pid=1)
+        self.assertEqual(c1.take(), publish("t", b"unacked", qos=1, pid=1))
+        c2 = hn.client()
+        c2.connect("x", clean=False)
+        self.assertTrue(c1.closed)
+        self.assertEqual(c2.take(), connack(0, True)
+                         + publish("t", b"unacked", qos=1, pid=1, dup=True))
+        p.publish("t", b"next", qos=1, pid=2)
+        self.assertEqual(c2.take(), publish("t", b"next", qos=1, pid=2))
+        self.assertEqual(c1.take(), b"")
+
+    def test_retry_interval(self) -> None:
+        hn = Harness(BASE + "retry_interval = 10\n")
+        s = hn.subscriber("s", ("t", 2))
+        p = hn.connected("p")
+        p.publish("t", b"a", qos=1, pid=1)
+        p.publish("t", b"b", qos=2, pid=2)
+        s.take()
+        hn.clock.advance(9)
+        self.assertEqual(s.take(), b"")
+        hn.clock.advance(1)
+        self.assertEqual(s.take(), publish("t", b"a", qos=1, pid=1, dup=True)
+                         + publish("t", b"b", qos=2, pid=2, dup=True))
+        s.send(Puback(1), Pubrec(2))
+        self.assertEqual(s.take(), pubrel(2))
+        hn.clock.advance(10)
+        self.assertEqual(s.take(), pubrel(2))
+        s.send(Pubcomp(2))
+        hn.clock.advance(100)
+        self.assertEqual(s.take(), b"")
+
+    def test_incoming_qos2_survives_reconnect(self) -> None:
+        hn = Harness()
+        sub = hn.subscriber("sub", ("t", 0))
+        p = hn.connected("p", clean=False)
+        p.publish("t", b"once", qos=2, pid=7)
+        self.assertEqual(sub.take(), publish("t", b"once"))
+        p.lose()
+        p2 = hn.connected("p", clean=False, session_present=True)
+        p2.publish("t", b"once", qos=2, pid=7, dup=True)
+        self.assertEqual(p2.take(), b"\x50\x02\x00\x07")
+        self.assertEqual(sub.take(), b"")
+
+    def test_subscribe_then_suback_then_queue(self) -> None:
+        hn = Harness()
+        s = hn.connected("s", clean=False)
+        s.subscribe(1, ("t", 1))
+        self.assertEqual(s.take(), suback(1, 1))
+
+
+# ---------------------------------------------------------------------------
+# Session on its own
+
+@implementer(IClientConnection)
+class FakeConnection:
+    def __init__(self, level: int = 4) -> None:
+        self.protocol_level = level
+        self.paused = False
+        self.written: list[bytes] = []
+        self.taken_over = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def session_taken_over(self) -> None:
+        self.taken_over = True
+
+
+class SessionUnitTests(BrokerTestCase):
+
+    def make(self, extra: str = "", persistent: bool = True) -> tuple[Broker, Session]:
+        broker = Broker(parse(BASE + extra), Clock())
+        session = Session(broker, ("", "c"), persistent, None)
+        broker.sessions[session.key] = session
+        return broker, session
+
+    def test_fake_connection_provides_interface(self) -> None:
+        self.assertTrue(verifyObject(IClientConnection, FakeConnection()))
+
+    def test_deliver_when_online(self) -> None:
+        _b, s = self.make()
+        conn = FakeConnection()
+        s.attach(conn)
+        s.deliver(Message("t", b"x"), 0, False)
+        s.deliver(Message("t", b"y", 1), 1, False)
+        self.assertEqual(conn.written, [publish("t", b"x"), publish("t", b"y", qos=1, pid=1)])
+        self.assertTrue(s.puback(1))
+        self.assertFalse(s.puback(1))
+
+    def test_detach_keeps_only_qos_above_0(self) -> None:
+        _b, s = self.make()
+        conn = FakeConnection()
+        s.attach(conn)
+        conn.paused = True
+        s.deliver(Message("t", b"0"), 0, False)
+        s.deliver(Message("t", b"1", 1), 1, False)
+        s.detach()
+        self.assertEqual([m.payload for m, _q, _r in s.queue], [b"1"])
+
+    def test_unlimited_window_allocates_every_id(self) -> None:
+        """max_inflight_messages = 0 is "unlimited", but there are only 65535
+        packet ids: the 65536th message waits instead of looping forever."""
+        _b, s = self.make("max_inflight_messages = 0\n")
+        conn = FakeConnection()
+        s.attach(conn)
+        msg = Message("t", b"", 1)
+        for _ in range(65536):
+            s.deliver(msg, 1, False)
+        self.assertEqual(len(s.inflight), 65535)
+        self.assertEqual(len(s.queue), 1)
+        self.assertTrue(s.puback(300))
+        self.assertEqual(len(s.queue), 0)
+        self.assertIn(300, s.inflight)
+
+    def test_pubrec_for_qos1_rejected(self) -> None:
+        _b, s = self.make()
+        conn = FakeConnection()
+        s.attach(conn)
+        s.deliver(Message("t", b"y", 1), 1, False)
+        self.assertFalse(s.pubrec(1))
+        self.assertFalse(s.pubcomp(1))
+        self.assertTrue(s.puback(1))
+
+    def test_qos0_never_enters_the_offline_queue(self) -> None:
+        _b, s = self.make()
+        s.deliver(Message("t", b"0"), 0, False)
+        self.assertEqual(len(s.queue), 0)
+        self.assertEqual(s.dropped, 1)
+
+    def test_non_persistent_offline_drops(self) -> None:
+        _b, s = self.make(persistent=False)
+        s.deliver(Message("t", b"1", 1), 1, False)
+        self.assertEqual(len(s.queue), 0)
+
+    def test_max_online_messages_unlimited(self) -> None:
+        _b, s = self.make("max_online_messages = -1\n")
+        conn = FakeConnection()
+        s.attach(conn)
+        conn.paused = True
+        for _ in range(5000):
+            s.deliver(Message("t", b""), 0, False)
+        self.assertEqual(len(s.queue), 5000)
+        self.assertEqual(s.dropped, 0)
+
+    def test_shared_message_object_not_mutated(self) -> None:
+        _b, s = self.make()
+        conn = FakeConnection(level=3)
+        s.attach(conn)
+        msg = Message("t", b"x", 2, True)
+        s.deliver(msg, 1, True)
+        s.deliver(msg, 0, False)
+        self.assertEqual((msg.topic, msg.payload, msg.qos, msg.retain), ("t", b"x", 2, True))
+        self.assertEqual(conn.written, [publish("t", b"x", qos=1, retain=True, pid=1),
+                                        publish("t", b"x")])
+
