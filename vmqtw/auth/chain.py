@@ -1,0 +1,115 @@
+"""Running hooks over an ordered chain of plugins.
+
+The first answer that is not NEXT wins; an exhausted chain rejects.  A plugin
+that raises or returns something that is not a Result counts as an error and is
+logged with its name; it never takes the broker down.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface.interface import InterfaceClass
+
+from vmqtw.auth.api import (
+    IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, NEXT, OK, Error, Next, Result,
+    RegisterRequest,
+)
+
+CHAIN_EXHAUSTED = "plugin_chain_exhausted"
+PLUGIN_ERROR = "plugin_error"
+
+
+class PluginResultError(TypeError):
+    """A plugin returned something that is not a Result (e.g. True or None)."""
+
+
+class Chain:
+    """An ordered list of (name, plugin) pairs."""
+
+    log = Logger()
+
+    def __init__(self, plugins: Sequence[tuple[str, Any]] = ()) -> None:
+        self.plugins = list(plugins)
+
+    def providers(self, iface: InterfaceClass) -> list[tuple[str, Any]]:
+        return [(n, p) for n, p in self.plugins if iface.providedBy(p)]
+
+    def _checked(self, name: str, hook: str, value: Any) -> Result:
+        if isinstance(value, Result):
+            return value
+        # Logged as a failure (like a raising plugin) so it is not mistaken for a
+        # routine refusal: it is a bug in the plugin.
+        self.log.failure("plugin {plugin} returned {value!r} from {hook}; treating it as an error",
+                         Failure(PluginResultError(f"{name}.{hook} returned {value!r}")),
+                         plugin=name, value=value, hook=hook)
+        return Error(PLUGIN_ERROR)
+
+    def run_sync(self, iface: InterfaceClass, hook: str, *args: Any) -> Result:
+        """Run a synchronous hook through the chain."""
+        for name, plugin in self.plugins:
+            if not iface.providedBy(plugin):
+                continue
+            try:
+                result = self._checked(name, hook, getattr(plugin, hook)(*args))
+            except Exception:
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=hook)
+                return Error(PLUGIN_ERROR)
+            if result.__class__ is not Next:
+                return result
+        return Error(CHAIN_EXHAUSTED)
+
+    @defer.inlineCallbacks
+    def run_async(self, iface: InterfaceClass, hook: str, *args: Any):  # type: ignore[no-untyped-def]
+        """Run a hook whose plugins may return Deferreds; fires with a Result."""
+        for name, plugin in self.plugins:
+            if not iface.providedBy(plugin):
+                continue
+            try:
+                value = yield defer.maybeDeferred(getattr(plugin, hook), *args)
+            except Exception:
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=hook)
+                return Error(PLUGIN_ERROR)
+            result = self._checked(name, hook, value)
+            if result.__class__ is not Next:
+                return result
+        return Error(CHAIN_EXHAUSTED)
+
+
+class Authorizer:
+    """The one authorization point for CONNECT, PUBLISH (and will) and SUBSCRIBE.
+
+    ``allow_anonymous`` (or a listener's ``allow_anonymous_override``) skips the
+    register chain but not the publish/subscribe hooks.  With no plugin
+    providing a publish/subscribe hook, those are allowed.
+    """
+
+    def __init__(self, chain: Chain, allow_anonymous: bool = False,
+                 authz_chain: Chain | None = None) -> None:
+        self.chain = chain
+        self.authz_chain = authz_chain if authz_chain is not None else chain
+        self.allow_anonymous = allow_anonymous
+        self._has_publish = bool(self.authz_chain.providers(IAuthOnPublish))
+        self._has_subscribe = bool(self.authz_chain.providers(IAuthOnSubscribe))
+
+    def register(self, request: RegisterRequest, anonymous_override: bool = False) -> "defer.Deferred[Result]":
+        if self.allow_anonymous or anonymous_override:
+            return defer.succeed(OK)
+        return self.chain.run_async(IAuthOnRegister, "auth_on_register", request)
+
+    def publish(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool) -> Result:
+        if not self._has_publish:
+            return OK
+        return self.authz_chain.run_sync(IAuthOnPublish, "auth_on_publish",
+                                         client, topic, payload, qos, retain)
+
+    def subscribe(self, client: Any, topics: list[tuple[str, int]]) -> Result:
+        if not self._has_subscribe:
+            return OK
+        return self.authz_chain.run_sync(IAuthOnSubscribe, "auth_on_subscribe", client, topics)
+
+
+__all__ = ["Chain", "Authorizer", "NEXT", "OK", "CHAIN_EXHAUSTED", "PLUGIN_ERROR",
+           "PluginResultError"]

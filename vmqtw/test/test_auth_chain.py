@@ -1,0 +1,377 @@
+"""The auth hook chain (vmqtw.auth.chain) on its own and through the protocol."""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from vmqtw.auth.api import (
+    NEXT, OK, Error, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, Ok, RegisterRequest,
+    error,
+)
+from vmqtw.auth.chain import (
+    CHAIN_EXHAUSTED, PLUGIN_ERROR, Authorizer, Chain, PluginResultError,
+)
+from vmqtw.codec import Pubrel, Will
+from vmqtw.test.test_protocol import (
+    BASE, BrokerTestCase, Harness, connack, puback, pubcomp, publish, pubrec, suback,
+)
+
+NO_ANON = "listener.tcp.t = 127.0.0.1:1883\nallow_anonymous = off\n"
+
+
+@implementer(IAuthOnRegister, IAuthOnPublish, IAuthOnSubscribe)
+class Plugin:
+    """Answers every hook with ``answer`` (a value, or a callable taking the args)."""
+
+    def __init__(self, answer: Any = NEXT, register: Any = None, publish: Any = None,
+                 subscribe: Any = None) -> None:
+        self.answers = {
+            "register": answer if register is None else register,
+            "publish": answer if publish is None else publish,
+            "subscribe": answer if subscribe is None else subscribe,
+        }
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def _answer(self, hook: str, *args: Any) -> Any:
+        self.calls.append((hook, args))
+        a = self.answers[hook]
+        return a(*args) if callable(a) else a
+
+    def auth_on_register(self, request: RegisterRequest) -> Any:
+        return self._answer("register", request)
+
+    def auth_on_publish(self, client: Any, topic: str, payload: bytes, qos: int,
+                        retain: bool) -> Any:
+        return self._answer("publish", client, topic, payload, qos, retain)
+
+    def auth_on_subscribe(self, client: Any, topics: list[tuple[str, int]]) -> Any:
+        return self._answer("subscribe", client, topics)
+
+
+@implementer(IAuthOnPublish)
+class PublishOnly:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def auth_on_publish(self, *args: Any) -> Any:
+        return self.answer
+
+
+def raises(*args: Any) -> Any:
+    raise ZeroDivisionError("plugin bug")
+
+
+def request(client_id: str = "c") -> RegisterRequest:
+    return RegisterRequest(("192.0.2.1", 1), "", client_id, "u", b"pw", True, 4)
+
+
+def result_of(d: "defer.Deferred[Any]") -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    return results[0]
+
+
+class ChainTests(SynchronousTestCase):
+
+    def run_both(self, plugins: list[tuple[str, Any]]) -> tuple[Any, Any]:
+        chain = Chain(plugins)
+        return (chain.run_sync(IAuthOnPublish, "auth_on_publish", None, "t", b"", 0, False),
+                result_of(chain.run_async(IAuthOnRegister, "auth_on_register", request())))
+
+    def test_first_non_next_wins(self) -> None:
+        later = Plugin(error("later"))
+        sync, async_ = self.run_both([("a", Plugin(NEXT)), ("b", Plugin(OK)), ("c", later)])
+        self.assertIs(sync, OK)
+        self.assertIs(async_, OK)
+        self.assertEqual(later.calls, [])
+
+    def test_error_wins_over_later_ok(self) -> None:
+        sync, async_ = self.run_both([("a", Plugin(error("nope"))), ("b", Plugin(OK))])
+        self.assertIsInstance(sync, Error)
+        self.assertEqual(sync.reason, "nope")
+        self.assertEqual(async_.reason, "nope")
+
+    def test_ok_with_modifiers(self) -> None:
+        sync, _ = self.run_both([("a", Plugin(Ok({"topic": "x"})))])
+        self.assertEqual(sync.modifiers, {"topic": "x"})
+
+    def test_exhausted(self) -> None:
+        sync, async_ = self.run_both([("a", Plugin(NEXT)), ("b", Plugin(NEXT))])
+        self.assertEqual(sync.reason, CHAIN_EXHAUSTED)
+        self.assertEqual(async_.reason, CHAIN_EXHAUSTED)
+
+    def test_empty_chain_exhausted(self) -> None:
+        sync, async_ = self.run_both([])
+        self.assertEqual(sync.reason, CHAIN_EXHAUSTED)
+        self.assertEqual(async_.reason, CHAIN_EXHAUSTED)
+
+    def test_plugins_without_the_hook_are_skipped(self) -> None:
+        chain = Chain([("p", PublishOnly(error("x"))), ("a", Plugin(OK))])
+        self.assertIs(result_of(chain.run_async(IAuthOnRegister, "auth_on_register",
+                                                request())), OK)
+        self.assertEqual(len(chain.providers(IAuthOnRegister)), 1)
+
+    def test_raising_plugin_is_an_error_and_logged(self) -> None:
+        after = Plugin(OK)
+        sync, async_ = self.run_both([("bad", Plugin(raises)), ("after", after)])
+        self.assertEqual(sync.reason, PLUGIN_ERROR)
+        self.assertEqual(async_.reason, PLUGIN_ERROR)
+        self.assertEqual(after.calls, [])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+
+    def test_non_result_values_are_errors_and_logged(self) -> None:
+        for value in (True, False, None, "ok", 0):
+            sync, async_ = self.run_both([("bad", Plugin(value)), ("after", Plugin(OK))])
+            self.assertEqual(sync.reason, PLUGIN_ERROR, value)
+            self.assertEqual(async_.reason, PLUGIN_ERROR, value)
+            self.assertEqual(len(self.flushLoggedErrors(PluginResultError)), 2, value)
+
+    def test_sync_hook_returning_deferred_is_an_error(self) -> None:
+        chain = Chain([("d", Plugin(defer.succeed(OK)))])
+        result = chain.run_sync(IAuthOnPublish, "auth_on_publish", None, "t", b"", 0, False)
+        self.assertEqual(result.reason, PLUGIN_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(PluginResultError)), 1)
+
+    def test_deferred_register(self) -> None:
+        pending: "defer.Deferred[Any]" = defer.Deferred()
+        chain = Chain([("slow", Plugin(register=pending)), ("b", Plugin(OK))])
+        d = chain.run_async(IAuthOnRegister, "auth_on_register", request())
+        self.assertNoResult(d)
+        pending.callback(NEXT)
+        self.assertIs(self.successResultOf(d), OK)
+
+    def test_deferred_register_failing(self) -> None:
+        pending: "defer.Deferred[Any]" = defer.Deferred()
+        chain = Chain([("slow", Plugin(register=pending)), ("b", Plugin(OK))])
+        d = chain.run_async(IAuthOnRegister, "auth_on_register", request())
+        pending.errback(ZeroDivisionError("late bug"))
+        self.assertEqual(self.successResultOf(d).reason, PLUGIN_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_deferred_firing_with_non_result(self) -> None:
+        chain = Chain([("slow", Plugin(register=lambda r: defer.succeed(True)))])
+        d = chain.run_async(IAuthOnRegister, "auth_on_register", request())
+        self.assertEqual(self.successResultOf(d).reason, PLUGIN_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(PluginResultError)), 1)
+
+
+class AuthorizerTests(SynchronousTestCase):
+
+    def test_anonymous_skips_register_only(self) -> None:
+        plugin = Plugin(error("no"))
+        auth = Authorizer(Chain([("p", plugin)]), allow_anonymous=True)
+        self.assertIs(self.successResultOf(auth.register(request())), OK)
+        self.assertEqual(plugin.calls, [])
+        self.assertIsInstance(auth.publish(None, "t", b"", 0, False), Error)
+        self.assertIsInstance(auth.subscribe(None, [("t", 0)]), Error)
+
+    def test_listener_override(self) -> None:
+        auth = Authorizer(Chain([]), allow_anonymous=False)
+        self.assertEqual(self.successResultOf(auth.register(request())).reason, CHAIN_EXHAUSTED)
+        self.assertIs(self.successResultOf(auth.register(request(), True)), OK)
+
+    def test_no_authz_plugins_allows(self) -> None:
+        auth = Authorizer(Chain([]), allow_anonymous=True)
+        self.assertIs(auth.publish(None, "t", b"", 0, False), OK)
+        self.assertIs(auth.subscribe(None, [("t", 0)]), OK)
+
+    def test_separate_authz_chain(self) -> None:
+        auth = Authorizer(Chain([("a", Plugin(error("no")))]), False,
+                          authz_chain=Chain([("z", Plugin(OK))]))
+        self.assertIs(auth.publish(None, "t", b"", 0, False), OK)
+        self.assertEqual(self.successResultOf(auth.register(request())).reason, "no")
+
+
+# ---------------------------------------------------------------------------
+# Through the protocol
+
+class ProtocolAuthTests(BrokerTestCase):
+
+    def test_register_sees_the_connect(self) -> None:
+        plugin = Plugin(register=OK)
+        hn = Harness(NO_ANON, [("p", plugin)])
+        c = hn.client()
+        c.connect("cid", username="user", password=b"secret")
+        self.assertEqual(c.take(), connack(0))
+        (hook, (req,)), = plugin.calls
+        self.assertEqual((req.client_id, req.username, req.password, req.mountpoint,
+                          req.listener, req.clean_start, req.protocol_level),
+                         ("cid", "user", b"secret", "", "tcp.t", True, 4))
+        self.assertEqual(req.peer[0], "192.0.2.1")
+        self.assertNotIn("secret", repr(req))
+
+    def test_invalid_credentials(self) -> None:
+        hn = Harness(NO_ANON, [("p", Plugin(register=error("invalid_credentials")))])
+        c = hn.client()
+        c.connect("c", username="u", password=b"bad")
+        self.assertEqual(c.take(), connack(4))
+        self.assertTrue(c.closed)
+
+    def test_other_error_not_authorized(self) -> None:
+        hn = Harness(NO_ANON, [("p", Plugin(register=error("banned")))])
+        c = hn.client()
+        c.connect("c")
+        self.assertEqual(c.take(), connack(5))
+        self.assertTrue(c.closed)
+
+    def test_exhausted_chain_refuses(self) -> None:
+        hn = Harness(NO_ANON, [("p", Plugin(register=NEXT))])
+        c = hn.client()
+        c.connect("c")
+        self.assertEqual(c.take(), connack(5))
+
+    def test_raising_register_plugin(self) -> None:
+        hn = Harness(NO_ANON, [("p", Plugin(register=raises))])
+        c = hn.client()
+        c.connect("c")
+        self.assertEqual(c.take(), connack(5))
+        self.assertTrue(c.closed)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_register_returning_true(self) -> None:
+        hn = Harness(NO_ANON, [("p", Plugin(register=True))])
+        c = hn.client()
+        c.connect("c")
+        self.assertEqual(c.take(), connack(5))
+        self.assertEqual(len(self.flushLoggedErrors(PluginResultError)), 1)
+
+    def test_deferred_register_others_served_meanwhile(self) -> None:
+        pending: dict[str, "defer.Deferred[Any]"] = {}
+
+        def register(req: RegisterRequest) -> Any:
+            if req.client_id == "slow":
+                d: "defer.Deferred[Any]" = defer.Deferred()
+                pending[req.client_id] = d
+                return d
+            return OK
+        hn = Harness(NO_ANON, [("p", Plugin(register=register, publish=OK, subscribe=OK))])
+        slow = hn.client()
+        # CONNECT and the SUBSCRIBE pipelined behind it in one chunk.
+        slow.connect("slow", extra=[])
+        slow.subscribe(1, ("t", 1))
+        self.assertEqual(slow.take(), b"")
+        self.assertFalse(slow.closed)
+        fast_sub = hn.subscriber("fast-sub", ("t", 1))
+        fast_pub = hn.connected("fast-pub")
+        fast_pub.publish("t", b"x", qos=1, pid=3)
+        self.assertEqual(fast_pub.take(), puback(3))
+        self.assertEqual(fast_sub.take(), publish("t", b"x", qos=1, pid=1))
+        pending["slow"].callback(OK)
+        self.assertEqual(slow.take(), connack(0) + suback(1, 1))
+        fast_pub.publish("t", b"y", qos=1, pid=4)
+        self.assertEqual(slow.take(), publish("t", b"y", qos=1, pid=1))
+
+    def test_deferred_register_refused_later(self) -> None:
+        d: "defer.Deferred[Any]" = defer.Deferred()
+        hn = Harness(NO_ANON, [("p", Plugin(register=lambda r: d))])
+        c = hn.client()
+        c.connect("c")
+        c.publish("t", b"held")
+        d.callback(error("invalid_credentials"))
+        self.assertEqual(c.take(), connack(4))
+        self.assertTrue(c.closed)
+
+    def test_client_gone_before_register_answers(self) -> None:
+        d: "defer.Deferred[Any]" = defer.Deferred()
+        hn = Harness(NO_ANON, [("p", Plugin(register=lambda r: d))])
+        c = hn.client()
+        c.connect("c")
+        c.lose()
+        d.callback(OK)
+        self.assertEqual(c.take(), b"")
+        self.assertEqual(hn.broker.sessions, {})
+
+    def test_bad_bytes_while_authenticating(self) -> None:
+        d: "defer.Deferred[Any]" = defer.Deferred()
+        hn = Harness(NO_ANON, [("p", Plugin(register=lambda r: d))])
+        c = hn.client()
+        c.connect("c", extra=[b"\x00\x00"])
+        self.assertFalse(c.closed)
+        d.callback(OK)
+        self.assertEqual(c.take(), connack(0))
+        self.assertTrue(c.closed)
+        self.assertEqual(hn.broker.sessions, {})
+
+    def test_publish_denied_311_disconnects(self) -> None:
+        hn = Harness(BASE, [("p", Plugin(publish=lambda c, t, *a: error() if t == "no" else OK,
+                                         subscribe=OK))])
+        s = hn.subscriber("s", ("#", 1))
+        p = hn.connected("p")
+        p.publish("yes", b"1", qos=1, pid=1)
+        self.assertEqual(p.take(), puback(1))
+        p.publish("no", b"2", qos=1, pid=2)
+        self.assertTrue(p.closed)
+        self.assertEqual(p.take(), b"")
+        self.assertEqual(s.take(), publish("yes", b"1", qos=1, pid=1))
+
+    def test_publish_denied_31_fake_ack(self) -> None:
+        hn = Harness(BASE, [("p", Plugin(publish=lambda c, t, *a: error() if t == "no" else OK,
+                                         subscribe=OK))])
+        s = hn.subscriber("s", ("#", 2))
+        p = hn.connected("p", level=3)
+        p.publish("no", b"q1", qos=1, pid=1)
+        self.assertEqual(p.take(), puback(1))
+        p.publish("no", b"q2", qos=2, pid=2)
+        self.assertEqual(p.take(), pubrec(2))
+        p.send(Pubrel(2))
+        self.assertEqual(p.take(), pubcomp(2))
+        p.publish("no", b"q0")
+        self.assertFalse(p.closed)
+        self.assertEqual(s.take(), b"")
+        self.assertEqual(hn.broker.store.retained_count(), 0)
+
+    def test_publish_denied_31_disconnect_option(self) -> None:
+        hn = Harness(BASE + "disconnect_on_unauthorized_publish_v3 = on\n",
+                     [("p", Plugin(publish=error(), subscribe=OK))])
+        p = hn.connected("p", level=3)
+        p.publish("no", b"q1", qos=1, pid=1)
+        self.assertEqual(p.take(), b"")
+        self.assertTrue(p.closed)
+
+    def test_denied_retained_publish_not_stored(self) -> None:
+        hn = Harness(BASE, [("p", Plugin(publish=error(), subscribe=OK))])
+        p = hn.connected("p", level=3)
+        p.publish("r", b"x", retain=True)
+        self.assertEqual(hn.broker.store.retained_count(), 0)
+
+    def test_publish_plugin_sees_session(self) -> None:
+        plugin = Plugin(publish=OK, subscribe=OK)
+        hn = Harness(BASE + "listener.tcp.t.mountpoint = mp\n", [("p", plugin)])
+        p = hn.connected("pub")
+        p.publish("t", b"payload", qos=1, pid=1, retain=True)
+        (hook, (client, topic, payload, qos, retain)), = plugin.calls
+        self.assertEqual((client.client_id, client.mountpoint, topic, payload, qos, retain),
+                         ("pub", "mp", "t", b"payload", 1, True))
+
+    def test_subscribe_denied(self) -> None:
+        hn = Harness(BASE, [("p", Plugin(subscribe=error(), publish=OK))])
+        s = hn.connected("s")
+        s.subscribe(5, ("a", 1), ("b", 2))
+        self.assertEqual(s.take(), suback(5, 0x80, 0x80))
+        self.assertEqual(s.session.subscriptions, {})
+        p = hn.connected("p")
+        p.publish("a", b"x")
+        self.assertEqual(s.take(), b"")
+        self.assertFalse(s.closed)
+
+    def test_subscribe_plugin_raising(self) -> None:
+        hn = Harness(BASE, [("p", Plugin(subscribe=raises, publish=OK))])
+        s = hn.connected("s")
+        s.subscribe(5, ("a", 1))
+        self.assertEqual(s.take(), suback(5, 0x80))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_will_denied(self) -> None:
+        hn = Harness(BASE, [("p", Plugin(publish=error(), subscribe=OK))])
+        c = hn.client()
+        c.connect("c", will=Will("w", b"x"))
+        self.assertEqual(c.take(), connack(5))
+        self.assertTrue(c.closed)
+        self.assertEqual(hn.broker.sessions, {})
+
+
+
