@@ -1,0 +1,3 @@
+from vmqtw.tap import main
+
+main()

@@ -1,0 +1,213 @@
+"""Build the service tree from a configuration.
+
+    BrokerService (the broker, store and authorizer; closes clients on stop)
+      ListenerService per configured listener (binds in privilegedStartService)
+
+Every listener is bound before the reactor runs; if any bind fails, the ones
+already bound are closed and startup stops with a message naming the config
+line of the listener.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from vmqtw.auth.chain import Authorizer, Chain
+from vmqtw.codec import reasons
+from vmqtw.config import BrokerConfig, ListenerConfig
+from vmqtw.core.broker import Broker
+from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.transport.limits import LimitedConnections, LimitedTCPPort, LimitedUNIXPort
+from vmqtw.transport.protocol import MQTTFactory
+
+SUPPORTED_KINDS = {"tcp"}
+
+
+class StartupError(Exception):
+    """A problem found while starting (e.g. a port in use); the message names file:line."""
+
+
+class ListenerService(Service):
+    """One configured listener: a listening port and its factory chain."""
+
+    log = Logger()
+
+    def __init__(self, listener: ListenerConfig, factory: Any, reactor: Any) -> None:
+        self.listener = listener
+        self.name = f"{listener.kind}.{listener.name}"
+        self.reactor = reactor
+        self.limiter = LimitedConnections(factory, listener.max_connections)
+        self.port: Any = None
+
+    def bind(self) -> None:
+        listener = self.listener
+        addr = listener.address
+        batch = max(1, listener.nr_of_acceptors)
+        try:
+            if addr.path is not None:
+                port: Any = LimitedUNIXPort(addr.path, self.limiter, reactor=self.reactor)
+            else:
+                port = LimitedTCPPort(addr.port, self.limiter, 128, addr.host or "",
+                                      self.reactor)
+            port.accept_batch = batch
+            port.startListening()
+        except (CannotListenError, OSError) as e:
+            file, line = listener.source
+            raise StartupError(f"{file}:{line}: listener.{self.name}: cannot listen on "
+                               f"{addr}: {getattr(e, 'socketError', e)}") from e
+        self.port = port
+        self.limiter.port = port
+        self.log.info("listener {listener} on {address} (mountpoint {mountpoint!r}, "
+                      "max_connections {max_connections})", listener=self.name,
+                      address=self.bound_address(),
+                      mountpoint=listener.mountpoint,
+                      max_connections=listener.max_connections or "infinity")
+
+    def privilegedStartService(self) -> None:
+        if self.port is None:
+            self.bind()
+        super().privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+    def close_now(self) -> None:
+        """Close the listening socket synchronously (unlinking a unix socket file).
+
+        Used when startup fails: the reactor may never run, so the usual
+        ``stopListening`` (which closes one reactor turn later) would leave the
+        socket - and a unix socket's file - behind.
+        """
+        port, self.port = self.port, None
+        if port is None:
+            return
+        port.stopReading()
+        if getattr(port, "connected", False):
+            port.connectionLost(Failure(ConnectionDone("startup failed")))
+
+    def close_connections(self) -> None:
+        """Close every connection of this listener, CONNECTed or not."""
+        for wrapper in list(self.limiter.protocols):
+            inner = getattr(wrapper, "wrappedProtocol", None)
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close(reasons.SERVER_SHUTTING_DOWN)
+            elif wrapper.transport is not None:
+                wrapper.transport.loseConnection()
+
+    def connections_closed(self, timeout: float) -> Deferred[None]:
+        """Fires when this listener has no connections left; connections still
+        open after ``timeout`` seconds are aborted."""
+        d = self.limiter.when(lambda n: n == 0)
+        if d.called:
+            return d.addCallback(lambda _: None)
+
+        def abort() -> None:
+            for wrapper in list(self.limiter.protocols):
+                if wrapper.transport is not None:
+                    wrapper.transport.abortConnection()
+
+        call = self.reactor.callLater(timeout, abort)
+
+        def done(_: Any) -> None:
+            if call.active():
+                call.cancel()
+
+        return d.addCallback(done)
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound; for a unix socket ("local:PATH", 0)."""
+        host = self.port.getHost()
+        name = getattr(host, "name", None)
+        if name is not None:
+            return "local:" + (name.decode() if isinstance(name, bytes) else str(name)), 0
+        return host.host, host.port
+
+    def bound_address(self) -> str:
+        """The bound address as text: 127.0.0.1:1883, [::1]:1883 or local:/path."""
+        host, port = self.address()
+        if host.startswith("local:"):
+            return host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class BrokerService(MultiService):
+    """The broker plus its listeners."""
+
+    log = Logger()
+
+    def __init__(self, config: BrokerConfig, reactor: Any, store: IStore | None = None,
+                 plugins: list[tuple[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.broker = Broker(config, reactor, store if store is not None else MemoryStore(),
+                             log=Logger(namespace="vmqtw.broker"))
+        self.authorizer = Authorizer(Chain(plugins or []), config.allow_anonymous)
+        self.listeners: dict[str, ListenerService] = {}
+        for listener in config.listeners:
+            if listener.kind not in SUPPORTED_KINDS:
+                file, line = listener.source
+                raise StartupError(f"{file}:{line}: listener.{listener.kind}.{listener.name}: "
+                                   f"'{listener.kind}' listeners are not supported yet")
+            factory = MQTTFactory(self.broker, self.authorizer, listener, reactor)
+            svc = ListenerService(listener, factory, reactor)
+            svc.setServiceParent(self)
+            self.listeners[svc.name] = svc
+
+    def privilegedStartService(self) -> None:
+        bound: list[ListenerService] = []
+        try:
+            for svc in self.listeners.values():
+                svc.bind()
+                bound.append(svc)
+        except StartupError:
+            for svc in bound:
+                svc.close_now()
+            raise
+        if not self.config.allow_anonymous and not self.authorizer.chain.plugins and not any(
+                l.allow_anonymous_override for l in self.config.listeners):
+            self.log.warn("allow_anonymous is off and no authentication plugin is enabled: "
+                          "every CONNECT will be refused")
+        super().privilegedStartService()
+
+    #: Seconds to wait on stop for clients to read what is left and close.
+    close_timeout = 3.0
+
+    def stopService(self) -> Any:
+        """Stop accepting, close every connection, and fire when they are all gone
+        (so twistd's shutdown waits for DISCONNECTs to be written)."""
+        d = super().stopService()  # listeners stop accepting first
+        self.disconnect_all()
+        self.broker.store.close()
+        waits = [d] if d is not None else []
+        waits += [svc.connections_closed(self.close_timeout) for svc in self.listeners.values()]
+        return gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    def disconnect_all(self) -> None:
+        """Close every client connection (DISCONNECT 0x8B for 5.0 clients),
+        including connections that have not sent CONNECT yet."""
+        for session in list(self.broker.sessions.values()):
+            conn = session.conn
+            if conn is not None:
+                conn.close(reasons.SERVER_SHUTTING_DOWN)
+        for svc in self.listeners.values():
+            svc.close_connections()
+        self.broker.flush()
+
+
+def make_service(config: BrokerConfig, reactor: Any = None) -> BrokerService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+        reactor = default_reactor
+    return BrokerService(config, reactor)
+
