@@ -103,18 +103,133 @@ class RegisterRequest:
                 f"client_id={self.client_id!r}, username={self.username!r})")
 
 
+class AuthRequest:
+    """Arguments of on_auth (MQTT 5.0 enhanced authentication): one AUTH step."""
+
+    __slots__ = ("peer", "mountpoint", "client_id", "username", "method", "data",
+                 "listener", "reauthenticate")
+
+    def __init__(self, peer: tuple[str, int], mountpoint: str, client_id: str,
+                 username: str | None, method: str, data: bytes | None,
+                 listener: str = "", reauthenticate: bool = False) -> None:
+        self.peer = peer
+        self.mountpoint = mountpoint
+        self.client_id = client_id
+        self.username = username
+        self.method = method
+        self.data = data
+        self.listener = listener
+        self.reauthenticate = reauthenticate
+
+    def __repr__(self) -> str:
+        return (f"AuthRequest(client_id={self.client_id!r}, method={self.method!r}, "
+                f"data={len(self.data or b'')} bytes)")
+
+
+# -- conditional hooks (a chain: first non-NEXT answer wins) --------------------------
+
 class IAuthOnRegister(Interface):
     def auth_on_register(request: RegisterRequest) -> Any:
-        """Decide a CONNECT: a Result, or a Deferred firing with one."""
+        """Decide a CONNECT: a Result, or a Deferred firing with one.
+
+        ``ok(**modifiers)`` may change the session: ``mountpoint``,
+        ``client_id``, ``username``, ``clean_session``, ``max_message_size``,
+        ``max_inflight_messages``, ``max_online_messages``,
+        ``max_offline_messages``, ``max_connection_lifetime``,
+        ``retry_interval``, ``upgrade_qos``.  MQTT 5.0 clients' CONNECT
+        properties are in ``request.properties``."""
 
 
 class IAuthOnPublish(Interface):
     def auth_on_publish(client: IClient, topic: str, payload: bytes, qos: int,
                         retain: bool) -> Result:
-        """Decide a PUBLISH (also the will message at CONNECT).  Synchronous."""
+        """Decide a PUBLISH (also the will message at CONNECT).  Synchronous.
+
+        ``ok(topic=..., payload=..., qos=..., retain=..., mountpoint=...)``
+        rewrites the message."""
+
+
+class IAuthOnPublishM5(Interface):
+    def auth_on_publish_m5(client: IClient, topic: str, payload: bytes, qos: int,
+                           retain: bool, properties: dict[str, Any]) -> Result:
+        """As auth_on_publish, for MQTT 5.0 clients, with the PUBLISH properties.
+        A plugin providing this is asked instead of auth_on_publish for 5.0 clients;
+        ``ok(properties=...)`` may also replace the properties."""
 
 
 class IAuthOnSubscribe(Interface):
     def auth_on_subscribe(client: IClient, topics: list[tuple[str, int]]) -> Result:
         """Decide a SUBSCRIBE.  ``ok(topics=[(filter, qos_or_128), ...])`` rewrites
-        or denies single entries.  Synchronous."""
+        or denies single entries (a QoS of 128 denies that entry).  Synchronous."""
+
+
+class IAuthOnSubscribeM5(Interface):
+    def auth_on_subscribe_m5(client: IClient, topics: list[tuple[str, int]],
+                             properties: dict[str, Any]) -> Result:
+        """As auth_on_subscribe, for MQTT 5.0 clients, with the SUBSCRIBE properties."""
+
+
+class IOnAuth(Interface):
+    def on_auth(request: AuthRequest) -> Any:
+        """One step of MQTT 5.0 enhanced authentication (a Result or a Deferred).
+
+        ``ok()`` ends it successfully; ``ok(continue_authentication=True,
+        authentication_data=b"...")`` sends an AUTH packet (reason 0x18) with
+        that data and waits for the client's next AUTH; ``error(reason)``
+        refuses (CONNACK 0x87, or 0x8C for ``bad_authentication_method``)."""
+
+
+class IOnUnsubscribe(Interface):
+    def on_unsubscribe(client: IClient, topics: list[str]) -> Result:
+        """``ok(topics=[...])`` replaces the filters to unsubscribe; NEXT/OK keep them."""
+
+
+class IOnDeliver(Interface):
+    def on_deliver(client: IClient, topic: str, payload: bytes, qos: int,
+                   retain: bool) -> Result:
+        """Called per outgoing message (hot path: keep it cheap).
+        ``ok(topic=..., payload=...)`` rewrites it; the message is delivered in any case."""
+
+
+# -- notifications (every plugin is called; return values ignored) --------------------
+
+class IOnRegister(Interface):
+    def on_register(client: IClient) -> None:
+        """A client connected and its session is registered (before CONNACK)."""
+
+
+class IOnPublish(Interface):
+    def on_publish(client: IClient, topic: str, payload: bytes, qos: int,
+                   retain: bool) -> None:
+        """A PUBLISH was authorized and routed."""
+
+
+class IOnSubscribe(Interface):
+    def on_subscribe(client: IClient, topics: list[tuple[str, int]]) -> None:
+        """A SUBSCRIBE was authorized (granted QoS per filter)."""
+
+
+class IOnOfflineMessage(Interface):
+    def on_offline_message(mountpoint: str, client_id: str, qos: int, topic: str,
+                           payload: bytes, retain: bool) -> None:
+        """A message was queued for an offline session."""
+
+
+class IOnClientWakeup(Interface):
+    def on_client_wakeup(mountpoint: str, client_id: str) -> None:
+        """A persistent session got a connection again."""
+
+
+class IOnClientOffline(Interface):
+    def on_client_offline(mountpoint: str, client_id: str) -> None:
+        """A persistent session lost its connection."""
+
+
+class IOnClientGone(Interface):
+    def on_client_gone(mountpoint: str, client_id: str) -> None:
+        """A non-persistent session ended."""
+
+
+class IOnSessionExpired(Interface):
+    def on_session_expired(mountpoint: str, client_id: str) -> None:
+        """A persistent session expired."""
