@@ -37,14 +37,25 @@ class _PinnedAccepts:
         room = getattr(self.factory, "room", None)
         free = room() if room is not None else None
         if free is not None and free < batch:
-            # 0 only if we are woken while at the cap, which pausing prevents;
-            # accepting nothing then leaves the clients in the backlog.
+            # Clients beyond the room stay in the kernel's backlog.  (doRead
+            # never runs Twisted's accept loop with no room at all.)
             return max(0, free)
         return batch
 
     @numberAccepts.setter
     def numberAccepts(self, value: int) -> None:  # Twisted grows it; we keep ours
         pass
+
+    def doRead(self) -> None:
+        room = getattr(self.factory, "room", None)
+        if room is not None and room() == 0:
+            # No room (e.g. max_connections = 0): accepting nothing would leave
+            # the socket readable and the reactor calling us in a busy loop.
+            # Stop reading; the factory resumes us when a connection closes.
+            self.factory.pause()
+            self.stopReading()  # type: ignore[attr-defined]
+            return
+        super().doRead()  # type: ignore[misc]
 
 
 class LimitedTCPPort(_PinnedAccepts, tcp.Port):
@@ -128,6 +139,10 @@ class LimitedConnections(WrappingFactory):
             for _, d in ready:
                 if not d.called:
                     d.callback(n)
+
+    def pause(self) -> None:
+        """Stop accepting until a connection closes."""
+        self._pause()
 
     def _pause(self) -> None:
         if self.port is not None and not self.paused:
