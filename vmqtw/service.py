@@ -9,6 +9,7 @@ line of the listener.
 """
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -17,9 +18,12 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from vmqtw.auth.chain import Authorizer, Chain
+from vmqtw.auth.hooks import Notifier
+from vmqtw.auth.loader import (
+    AUTHN_INTERFACES, AUTHZ_INTERFACES, listener_authorizer, load_plugins, provides_any,
+)
 from vmqtw.codec import reasons
-from vmqtw.config import BrokerConfig, ListenerConfig
+from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
 from vmqtw.core.broker import Broker
 from vmqtw.core.store import IStore, MemoryStore
 from vmqtw.transport.limits import LimitedConnections, LimitedTCPPort, LimitedUNIXPort
@@ -146,20 +150,32 @@ class BrokerService(MultiService):
     log = Logger()
 
     def __init__(self, config: BrokerConfig, reactor: Any, store: IStore | None = None,
-                 plugins: list[tuple[str, Any]] | None = None) -> None:
+                 plugins: list[tuple[str, Any]] | None = None,
+                 handle_sighup: bool = False) -> None:
+        """``plugins`` defaults to the plugins enabled in ``config``; problems
+        loading them are StartupErrors naming the file and line."""
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.handle_sighup = handle_sighup
         self.broker = Broker(config, reactor, store if store is not None else MemoryStore(),
                              log=Logger(namespace="vmqtw.broker"))
-        self.authorizer = Authorizer(Chain(plugins or []), config.allow_anonymous)
+        try:
+            self.plugins = load_plugins(config, reactor) if plugins is None else plugins
+            self.notifier = Notifier(self.plugins)
+            self.broker.session_observers.append(self.notifier.session_event)
+            self.authorizers = {l.key: listener_authorizer(config, l, self.plugins)
+                                for l in config.listeners}
+        except ConfigError as e:
+            raise StartupError(str(e)) from e
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
             if listener.kind not in SUPPORTED_KINDS:
                 file, line = listener.source
                 raise StartupError(f"{file}:{line}: listener.{listener.kind}.{listener.name}: "
                                    f"'{listener.kind}' listeners are not supported yet")
-            factory = MQTTFactory(self.broker, self.authorizer, listener, reactor)
+            factory = MQTTFactory(self.broker, self.authorizers[listener.key], listener,
+                                  reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)
             svc.setServiceParent(self)
             self.listeners[svc.name] = svc
@@ -174,11 +190,41 @@ class BrokerService(MultiService):
             for svc in bound:
                 svc.close_now()
             raise
-        if not self.config.allow_anonymous and not self.authorizer.chain.plugins and not any(
-                l.allow_anonymous_override for l in self.config.listeners):
+        self._warn_about_open_doors()
+        super().privilegedStartService()
+
+    def _warn_about_open_doors(self) -> None:
+        config = self.config
+        if not config.allow_anonymous and not provides_any(self.plugins, AUTHN_INTERFACES) \
+                and not any(l.allow_anonymous_override for l in config.listeners):
             self.log.warn("allow_anonymous is off and no authentication plugin is enabled: "
                           "every CONNECT will be refused")
-        super().privilegedStartService()
+        if not provides_any(self.plugins, AUTHZ_INTERFACES):
+            self.log.warn("no authorization plugin is enabled: no ACL is in force, every "
+                          "client may publish and subscribe to every topic")
+        for name, plugin in self.plugins:
+            self.log.info("plugin {plugin} enabled", plugin=name)
+
+    def startService(self) -> None:
+        super().startService()
+        for _, plugin in self.plugins:
+            start = getattr(plugin, "start", None)
+            if callable(start):
+                start()
+        if self.handle_sighup and hasattr(signal, "SIGHUP"):
+            self._previous_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def reload(self) -> None:
+        """SIGHUP: plugins re-read their files now."""
+        self.log.info("SIGHUP: reloading plugin files")
+        for name, plugin in self.plugins:
+            reload = getattr(plugin, "reload", None)
+            if callable(reload):
+                try:
+                    reload()
+                except Exception:
+                    self.log.failure("plugin {plugin} failed to reload", plugin=name)
 
     #: Seconds to wait on stop for clients to read what is left and close.
     close_timeout = 3.0
@@ -187,6 +233,12 @@ class BrokerService(MultiService):
         """Stop accepting, close every connection, and fire when they are all gone
         (so twistd's shutdown waits for DISCONNECTs to be written)."""
         d = super().stopService()  # listeners stop accepting first
+        for _, plugin in self.plugins:
+            stop = getattr(plugin, "stop", None)
+            if callable(stop):
+                stop()
+        if self.handle_sighup and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, getattr(self, "_previous_sighup", signal.SIG_DFL))
         self.disconnect_all()
         self.broker.store.close()
         waits = [d] if d is not None else []
@@ -209,5 +261,5 @@ def make_service(config: BrokerConfig, reactor: Any = None) -> BrokerService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    return BrokerService(config, reactor)
+    return BrokerService(config, reactor, handle_sighup=True)
 

@@ -29,9 +29,25 @@ class Options(usage.Options):
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
             raise SystemExit(2)
         if self["check"]:
-            sys.stdout.write(f"{self['config']}: OK\n")
-            sys.stdout.write(configmod.describe_listeners(self.broker_config) + "\n")
-            raise SystemExit(0)
+            self._check()
+
+    def _check(self) -> NoReturn:
+        """--check: the config parses and every enabled plugin loads."""
+        from twisted.internet import reactor
+
+        from vmqtw.auth import loader
+        try:
+            plugins = loader.load_plugins(self.broker_config, reactor)
+        except configmod.ConfigError as e:
+            sys.stderr.write(f"vmqtw: configuration error: {e}\n")
+            raise SystemExit(2)
+        for warning in loader.settings_without_plugin(self.broker_config):
+            sys.stderr.write(f"vmqtw: warning: {warning}\n")
+        sys.stdout.write(f"{self['config']}: OK\n")
+        sys.stdout.write(configmod.describe_listeners(self.broker_config) + "\n")
+        if plugins:
+            sys.stdout.write(loader.describe(plugins) + "\n")
+        raise SystemExit(0)
 
 
 class _Broker(MultiService):

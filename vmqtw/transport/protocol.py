@@ -18,6 +18,10 @@ from zope.interface import implementer
 
 from vmqtw.auth.api import Error, Ok, RegisterRequest
 from vmqtw.auth.chain import Authorizer
+from vmqtw.auth.hooks import Notifier
+from vmqtw.auth.modifiers import REGISTER as REGISTER_MODIFIERS
+from vmqtw.auth.modifiers import ModifierError
+from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
 from vmqtw.codec.decoder import Decoder
 from vmqtw.codec.encoder import encode
@@ -350,6 +354,16 @@ class MQTTProtocol(Protocol):
         assert isinstance(result, Ok)
         client = self.client
         assert client is not None
+        overrides: dict[str, Any] = {}
+        if result.modifiers:
+            try:
+                overrides = self._apply_register_modifiers(result.modifiers, packet, client)
+            except ModifierError as e:
+                self.log.error("client {client_id!r}: {reason}", client_id=client.client_id,
+                               reason=str(e))
+                self._refuse(reasons.NOT_AUTHORIZED, "invalid modifiers from auth_on_register")
+                self.broker.flush()
+                return
         will = self.will
         if will is not None:
             verdict = self.factory.authorizer.publish(client, will.topic, will.payload,
@@ -359,6 +373,9 @@ class MQTTProtocol(Protocol):
                 self.broker.flush()
                 return
         self._connected(packet, client)
+        if overrides:
+            self._apply_session_overrides(overrides)
+        self.factory.notifier.on_register(self.session)
         held, self._held = self._held, []
         handlers = self._handlers
         for item in held:
@@ -369,6 +386,41 @@ class MQTTProtocol(Protocol):
             else:
                 handlers[item.type](self, item)
         self.broker.flush()
+
+    @staticmethod
+    def _apply_register_modifiers(modifiers: dict[str, Any], packet: Connect,
+                                  client: ClientView) -> dict[str, Any]:
+        """Apply identity modifiers; return the session limits to set after registering."""
+        mods = check_modifiers(REGISTER_MODIFIERS, modifiers, "auth_on_register")
+        client.mountpoint = mods.pop("mountpoint", client.mountpoint)
+        client.client_id = mods.pop("client_id", client.client_id)
+        if "username" in mods:
+            client.username = mods.pop("username")
+        clean = mods.pop("clean_start", mods.pop("clean_session", None))
+        if clean is not None:
+            packet.clean_start = clean
+        return mods
+
+    def _apply_session_overrides(self, mods: dict[str, Any]) -> None:
+        session = self.session
+        assert session is not None
+        for name, attr in (("max_inflight_messages", "max_inflight"),
+                           ("max_online_messages", "max_online"),
+                           ("max_offline_messages", "max_offline"),
+                           ("retry_interval", "retry_interval"),
+                           ("upgrade_qos", "upgrade_qos")):
+            if name in mods:
+                setattr(session, attr, mods[name])
+        if "max_message_size" in mods:
+            self.decoder.max_packet_size = mods["max_message_size"] or MAX_PACKET
+        if "max_connection_lifetime" in mods:
+            call = self._timers.pop("lifetime", None)
+            if call is not None and call.active():
+                call.cancel()
+            if mods["max_connection_lifetime"]:
+                self._timers["lifetime"] = self.clock.callLater(mods["max_connection_lifetime"],
+                                                                self._lifetime_expired)
+        session.drain()
 
     def _connected(self, packet: Connect, client: ClientView) -> None:
         config = self.broker.config
@@ -582,9 +634,10 @@ class MQTTFactory(Factory):
     """Builds MQTT protocols for one listener."""
 
     def __init__(self, broker: Broker, authorizer: Authorizer, listener: ListenerConfig,
-                 clock: Any) -> None:
+                 clock: Any, notifier: Notifier | None = None) -> None:
         self.broker = broker
         self.authorizer = authorizer
+        self.notifier = notifier if notifier is not None else Notifier([])
         self.listener = listener
         self.listener_name = f"{listener.kind}.{listener.name}"
         self.clock = clock

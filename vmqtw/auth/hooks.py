@@ -1,0 +1,80 @@
+"""Notification hooks (on_register, on_publish, ...): every plugin that provides
+one is called; return values are ignored; a failing plugin is logged by name and
+never disturbs the client or the other plugins.
+
+Each hook keeps the list of plugins that provide it, so a hook nobody provides
+costs one truth test on the paths that call it (on_publish is per message).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from vmqtw.auth import api
+from vmqtw.auth.api import Ok
+
+
+class Notifier:
+    log = Logger()
+
+    def __init__(self, plugins: list[tuple[str, Any]]) -> None:
+        def providers(iface: Any) -> list[tuple[str, Any]]:
+            return [(n, p) for n, p in plugins if iface.providedBy(p)]
+
+        self.register = providers(api.IOnRegister)
+        self.publish = providers(api.IOnPublish)
+        self.subscribe = providers(api.IOnSubscribe)
+        self.unsubscribe = providers(api.IOnUnsubscribe)
+        self.wakeup = providers(api.IOnClientWakeup)
+        self.offline = providers(api.IOnClientOffline)
+        self.gone = providers(api.IOnClientGone)
+        self.expired = providers(api.IOnSessionExpired)
+        self.offline_message = providers(api.IOnOfflineMessage)
+
+    def _call_all(self, plugins: list[tuple[str, Any]], hook: str, *args: Any) -> None:
+        for name, plugin in plugins:
+            try:
+                getattr(plugin, hook)(*args)
+            except Exception:
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=hook)
+
+    def on_register(self, client: Any) -> None:
+        if self.register:
+            self._call_all(self.register, "on_register", client)
+
+    def on_publish(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if self.publish:
+            self._call_all(self.publish, "on_publish", client, topic, payload, qos, retain)
+
+    def on_subscribe(self, client: Any, topics: list[tuple[str, int]]) -> None:
+        if self.subscribe:
+            self._call_all(self.subscribe, "on_subscribe", client, topics)
+
+    def on_unsubscribe(self, client: Any, topics: list[str]) -> list[str]:
+        """The filters to unsubscribe: the first plugin answering ok(topics=...) rewrites them."""
+        for name, plugin in self.unsubscribe:
+            try:
+                result = plugin.on_unsubscribe(client, topics)
+            except Exception:
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name,
+                                 hook="on_unsubscribe")
+                continue
+            if isinstance(result, Ok):
+                new = result.modifiers.get("topics")
+                if isinstance(new, list) and all(isinstance(t, str) for t in new):
+                    return new
+                return topics
+        return topics
+
+    def session_event(self, event: str, session: Any) -> None:
+        """A ``Broker.session_observers`` callback."""
+        mp, cid = session.mountpoint, session.client_id
+        if event == "wakeup":
+            self._call_all(self.wakeup, "on_client_wakeup", mp, cid)
+        elif event == "offline":
+            self._call_all(self.offline, "on_client_offline", mp, cid)
+        elif event == "gone":
+            self._call_all(self.gone, "on_client_gone", mp, cid)
+        elif event == "expired":
+            self._call_all(self.expired, "on_session_expired", mp, cid)

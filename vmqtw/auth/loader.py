@@ -1,0 +1,154 @@
+"""Plugins enabled in broker.conf, loaded by name and ordered into chains.
+
+A plugin runs only when ``plugins.NAME = on``.  ``NAME`` is a built-in
+(``vmq_passwd``, ``vmq_acl``), a module found in ``plugins.NAME.path`` (a
+directory, relative to the configuration file's directory), or an importable
+module of that name.  The module exposes
+``make_plugin(settings, context) -> plugin`` (see ``vmqtw.auth.context``).
+
+Chain order follows VerneMQ: plugins with a ``priority`` first, lowest number
+first; then the rest by name.  A listener's ``auth_plugins`` /
+``authz_plugins`` picks its own chain, in the order written.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from types import ModuleType
+from typing import Any, Iterable
+
+from twisted.logger import Logger
+from zope.interface import providedBy
+
+from vmqtw.auth import api
+from vmqtw.auth.chain import Authorizer, Chain
+from vmqtw.auth.context import PluginContext
+from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig, PluginConfig, split_list
+
+BUILTIN_MODULES = {
+    "vmq_passwd": "vmqtw.auth.passwd",
+    "vmq_acl": "vmqtw.auth.acl",
+}
+
+#: Every interface a plugin may provide; one of them is required.
+HOOK_INTERFACES = tuple(
+    obj for name, obj in vars(api).items()
+    if name.startswith(("IAuthOn", "IOn")) and name != "IOnAuthRequest"
+)
+
+AUTHN_INTERFACES = (api.IAuthOnRegister, api.IOnAuth)
+AUTHZ_INTERFACES = (api.IAuthOnPublish, api.IAuthOnPublishM5, api.IAuthOnSubscribe,
+                    api.IAuthOnSubscribeM5)
+
+Plugins = list[tuple[str, Any]]
+
+
+def chain_order(plugins: Iterable[PluginConfig]) -> list[PluginConfig]:
+    """Enabled plugins in chain order."""
+    enabled = [p for p in plugins if p.enabled]
+    return sorted(enabled, key=lambda p: (p.priority is None, p.priority or 0, p.name))
+
+
+def _error(pc: PluginConfig, message: str) -> ConfigError:
+    file, line = pc.source
+    return ConfigError(file, line, f"plugins.{pc.name}", message)
+
+
+def _import(pc: PluginConfig, config_dir: str) -> ModuleType:
+    if pc.path is not None:
+        directory = pc.path if os.path.isabs(pc.path) else os.path.join(config_dir, pc.path)
+        if not os.path.isdir(directory):
+            raise _error(pc, f"plugin directory {directory} does not exist")
+        spec = importlib.machinery.PathFinder.find_spec(pc.name, [directory])
+        if spec is None or spec.loader is None:
+            raise _error(pc, f"no module {pc.name!r} ({pc.name}.py or {pc.name}/) "
+                             f"in {directory}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[pc.name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[pc.name]
+            raise _error(pc, f"importing {spec.origin} failed: {type(e).__name__}: {e}") from e
+        return module
+    name = BUILTIN_MODULES.get(pc.name, pc.name)
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise _error(pc, f"unknown plugin (not built in, no plugins.{pc.name}.path, "
+                         f"and no importable module {name!r}: {e})") from e
+
+
+def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
+    """Instantiate every enabled plugin, in chain order.  Raises ConfigError."""
+    config_dir = os.path.dirname(os.path.abspath(config.path))
+    loaded: Plugins = []
+    for pc in chain_order(config.plugins.values()):
+        module = _import(pc, config_dir)
+        make = getattr(module, "make_plugin", None)
+        if not callable(make):
+            raise _error(pc, f"module {module.__name__} has no make_plugin(settings, context)")
+        settings = dict(config.plugin_settings.get(pc.name, {}))
+        context = PluginContext(reactor, config_dir, Logger(namespace=f"vmqtw.plugin.{pc.name}"))
+        try:
+            plugin = make(settings, context)
+        except ValueError as e:
+            raise _error(pc, str(e)) from e
+        except Exception as e:
+            raise _error(pc, f"make_plugin failed: {type(e).__name__}: {e}") from e
+        if not any(i.providedBy(plugin) for i in HOOK_INTERFACES):
+            raise _error(pc, "the plugin provides no hook interface of vmqtw.auth.api "
+                             "(declare them with @implementer)")
+        loaded.append((pc.name, plugin))
+    return loaded
+
+
+def provides_any(plugins: Plugins, interfaces: Iterable[Any]) -> bool:
+    ifaces = tuple(interfaces)
+    return any(i.providedBy(p) for _, p in plugins for i in ifaces)
+
+
+def listener_authorizer(config: BrokerConfig, listener: ListenerConfig,
+                        plugins: Plugins) -> Authorizer:
+    """The Authorizer of one listener: its own chains, or the global one."""
+    by_name = dict(plugins)
+
+    def pick(option: str) -> Chain | None:
+        raw = listener.options.get(option)
+        if not raw:
+            return None
+        names = split_list(raw)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            file, line = listener.option_source(option)
+            raise ConfigError(file, line, f"{listener.key}.{option}",
+                              f"plugin(s) {', '.join(missing)} not enabled")
+        return Chain([(n, by_name[n]) for n in names])
+
+    authn = pick("auth_plugins") or Chain(plugins)
+    authz = pick("authz_plugins") or Chain(plugins)
+    return Authorizer(authn, config.allow_anonymous, authz_chain=authz)
+
+
+def settings_without_plugin(config: BrokerConfig) -> list[str]:
+    """Warnings for ``NAME.key`` settings of built-in plugins that are not on."""
+    warnings = []
+    for name in BUILTIN_MODULES:
+        pc = config.plugins.get(name)
+        if config.plugin_settings.get(name) and (pc is None or not pc.enabled):
+            keys = ", ".join(f"{name}.{k}" for k in config.plugin_settings[name])
+            warnings.append(f"{keys} set but plugins.{name} is not on: these settings have "
+                            f"no effect")
+    return warnings
+
+
+def describe(plugins: Plugins) -> str:
+    """One line per plugin: name and the hooks it provides."""
+    lines = []
+    for name, plugin in plugins:
+        hooks = sorted(i.__name__ for i in providedBy(plugin) if i in HOOK_INTERFACES)
+        lines.append(f"plugin {name}: {', '.join(hooks)}")
+    return "\n".join(lines)
