@@ -29,3 +29,58 @@ def peer_of(transport: Any) -> tuple[str, int]:
         name = getattr(addr, "name", None)
         return ("local:" + (name.decode() if isinstance(name, bytes) else str(name or "")), 0)
     return (host, getattr(addr, "port", 0))
+
+
+def certificate_cn(cert: Any) -> str | None:
+    """The first CommonName of a pyOpenSSL X509 or cryptography Certificate."""
+    if cert is None:
+        return None
+    to_crypto = getattr(cert, "to_cryptography", None)
+    if to_crypto is not None:
+        cert = to_crypto()
+    from cryptography.x509.oid import NameOID
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not attrs:
+        return None
+    value = attrs[0].value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _on(listener: Any, option: str) -> bool:
+    return str(listener.options.get(option, "off")).lower() in ("on", "true")
+
+
+def preauth_username(transport: Any, listener: Any) -> str | None:
+    """The one place where an identity vouched for below MQTT replaces the
+    CONNECT username, before the auth chain runs (auth still runs, as in VerneMQ).
+
+    Looked for down the transport chain, outermost first:
+    - a PROXY v2 header's verified TLS client CN (``proxy_info.ssl_cn``), when
+      the listener's ``proxy_protocol_use_cn_as_username`` is on;
+    - with ``use_identity_as_username`` on: a TLS-PSK identity
+      (``psk_identity`` on a layer), or the client certificate's CN.
+    None means: keep the username from CONNECT.
+    """
+    use_proxy_cn = bool(getattr(listener, "proxy_protocol", False)) and \
+        bool(getattr(listener, "proxy_protocol_use_cn_as_username", False))
+    use_identity = _on(listener, "use_identity_as_username")
+    if not (use_proxy_cn or use_identity):
+        return None
+    for layer in transports(transport):
+        if use_proxy_cn:
+            cn = getattr(getattr(layer, "proxy_info", None), "ssl_cn", None)
+            if cn:
+                return str(cn)
+        if use_identity:
+            psk = getattr(layer, "psk_identity", None)
+            if psk:
+                return str(psk)
+            get_cert = getattr(layer, "getPeerCertificate", None)
+            if callable(get_cert):
+                try:
+                    cn = certificate_cn(get_cert())
+                except Exception:
+                    cn = None
+                if cn:
+                    return cn
+    return None
