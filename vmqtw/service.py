@@ -26,11 +26,9 @@ from vmqtw.codec import reasons
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
 from vmqtw.core.broker import Broker
 from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.transport.layers import LayerError, build_layers
 from vmqtw.transport.limits import LimitedConnections, LimitedTCPPort, LimitedUNIXPort
 from vmqtw.transport.protocol import MQTTFactory
-
-SUPPORTED_KINDS = {"tcp"}
-
 
 class StartupError(Exception):
     """A problem found while starting (e.g. a port in use); the message names file:line."""
@@ -45,7 +43,12 @@ class ListenerService(Service):
         self.listener = listener
         self.name = f"{listener.kind}.{listener.name}"
         self.reactor = reactor
-        self.limiter = LimitedConnections(factory, listener.max_connections)
+        try:
+            #: The factory chain, outermost first (PROXY, TLS, WebSocket, MQTT).
+            self.layers = build_layers(listener, factory, reactor)
+        except LayerError as e:
+            raise StartupError(str(e)) from e
+        self.limiter = LimitedConnections(self.layers[0], listener.max_connections)
         self.port: Any = None
 
     def bind(self) -> None:
@@ -170,10 +173,6 @@ class BrokerService(MultiService):
             raise StartupError(str(e)) from e
         self.listeners: dict[str, ListenerService] = {}
         for listener in config.listeners:
-            if listener.kind not in SUPPORTED_KINDS:
-                file, line = listener.source
-                raise StartupError(f"{file}:{line}: listener.{listener.kind}.{listener.name}: "
-                                   f"'{listener.kind}' listeners are not supported yet")
             factory = MQTTFactory(self.broker, self.authorizers[listener.key], listener,
                                   reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)
@@ -217,7 +216,16 @@ class BrokerService(MultiService):
 
     def reload(self) -> None:
         """SIGHUP: plugins re-read their files now."""
-        self.log.info("SIGHUP: reloading plugin files")
+        self.log.info("SIGHUP: reloading plugin files and TLS material")
+        for svc in self.listeners.values():
+            for layer in svc.layers:
+                reload = getattr(layer, "reload", None)
+                if callable(reload):
+                    try:
+                        reload()
+                    except Exception:
+                        self.log.failure("listener {listener} failed to reload",
+                                         listener=svc.name)
         for name, plugin in self.plugins:
             reload = getattr(plugin, "reload", None)
             if callable(reload):
