@@ -1,8 +1,33 @@
 #!/usr/bin/env bash
-# Install vmqtw with its test extras (a regular install, so twistd finds the
-# plugin) and run every test: the package's unit tests and tests/ integration.
+# Install everything the tests need and run every test: the package's unit
+# tests (vmqtw/test) and the integration tests with real clients (tests/).
+#
+# System packages (Debian): mosquitto-clients, mosquitto, haproxy, chromium,
+# nodejs/npm -- installed with apt-get when missing (needs root or sudo).
+# MQTT.js for the WebSocket tests comes from the npm registry (tests/node).
+# vmqtw itself is pip-installed regularly, so twistd finds its plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >/dev/null
+  $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ -f tests/node/package-lock.json ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
 python3 -m pip install -q --disable-pip-version-check '.[test]'
+# Build twistd's plugin cache once, where pip put the plugin.
 python3 -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 exec python3 -m twisted.trial --temp-directory=/tmp/vmqtw-trial vmqtw tests
