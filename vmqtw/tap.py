@@ -38,6 +38,8 @@ class Options(usage.Options):
         from vmqtw.auth import loader
         try:
             plugins = loader.load_plugins(self.broker_config, reactor)
+            for listener in self.broker_config.listeners:  # per-listener chains
+                loader.listener_authorizer(self.broker_config, listener, plugins)
         except configmod.ConfigError as e:
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
             raise SystemExit(2)

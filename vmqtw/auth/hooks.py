@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from vmqtw.auth import api
-from vmqtw.auth.api import Ok
+from vmqtw.auth.api import Next, Ok, Result
+from vmqtw.auth.chain import PluginResultError
+from vmqtw.auth.modifiers import ModifierError
 
 
 class Notifier:
@@ -52,19 +55,40 @@ class Notifier:
             self._call_all(self.subscribe, "on_subscribe", client, topics)
 
     def on_unsubscribe(self, client: Any, topics: list[str]) -> list[str]:
-        """The filters to unsubscribe: the first plugin answering ok(topics=...) rewrites them."""
+        """The filters to unsubscribe.
+
+        A chain, as in VerneMQ: plugins are asked in order until one answers
+        something other than NEXT.  ``ok(topics=[...])`` replaces the filters;
+        OK, an error, an exception or a value that is not a Result keep them
+        (the last two, and a bad ``topics`` modifier, are logged as the
+        plugin's failure).
+        """
         for name, plugin in self.unsubscribe:
             try:
                 result = plugin.on_unsubscribe(client, topics)
             except Exception:
                 self.log.failure("plugin {plugin} failed in {hook}", plugin=name,
                                  hook="on_unsubscribe")
+                return topics
+            if isinstance(result, Next):
                 continue
-            if isinstance(result, Ok):
-                new = result.modifiers.get("topics")
+            if not isinstance(result, Result):
+                self.log.failure(
+                    "plugin {plugin} returned {value!r} from {hook}; keeping the topics",
+                    Failure(PluginResultError(f"{name}.on_unsubscribe returned {result!r}")),
+                    plugin=name, value=result, hook="on_unsubscribe")
+                return topics
+            if isinstance(result, Ok) and "topics" in result.modifiers:
+                new = result.modifiers["topics"]
                 if isinstance(new, list) and all(isinstance(t, str) for t in new):
                     return new
-                return topics
+                self.log.failure(
+                    "plugin {plugin}: bad topics modifier {value!r} from {hook}; keeping "
+                    "the topics",
+                    Failure(ModifierError(f"{name}.on_unsubscribe: topics must be a list "
+                                          f"of strings, got {new!r}")),
+                    plugin=name, value=new, hook="on_unsubscribe")
+            return topics
         return topics
 
     def session_event(self, event: str, session: Any) -> None:

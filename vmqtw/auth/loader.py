@@ -57,6 +57,13 @@ def _error(pc: PluginConfig, message: str) -> ConfigError:
     return ConfigError(file, line, f"plugins.{pc.name}", message)
 
 
+def _same_file(module: ModuleType, origin: str | None) -> bool:
+    path = getattr(module, "__file__", None)
+    if path is None or origin is None:
+        return False
+    return os.path.realpath(path) == os.path.realpath(origin)
+
+
 def _import(pc: PluginConfig, config_dir: str) -> ModuleType:
     if pc.path is not None:
         directory = pc.path if os.path.isabs(pc.path) else os.path.join(config_dir, pc.path)
@@ -66,20 +73,39 @@ def _import(pc: PluginConfig, config_dir: str) -> ModuleType:
         if spec is None or spec.loader is None:
             raise _error(pc, f"no module {pc.name!r} ({pc.name}.py or {pc.name}/) "
                              f"in {directory}")
+        # The module is registered under the plugin's name (so the plugin and
+        # its tests can import it by that name).  Never replace an unrelated
+        # module that is already imported: a plugin called "json" or "vmqtw"
+        # would break the whole process.  An earlier load of a plugin, or the
+        # same file imported by a test, may be replaced.
+        previous = sys.modules.get(pc.name)
+        if previous is not None and not getattr(previous, "__vmqtw_plugin__", False) \
+                and not _same_file(previous, spec.origin):
+            where = getattr(previous, "__file__", None) or "the Python runtime"
+            raise _error(pc, f"a module named {pc.name!r} is already imported (from "
+                             f"{where}); rename the plugin, its name is its module name")
         module = importlib.util.module_from_spec(spec)
+        module.__vmqtw_plugin__ = True  # type: ignore[attr-defined]
         sys.modules[pc.name] = module
         try:
             spec.loader.exec_module(module)
         except Exception as e:
-            del sys.modules[pc.name]
+            if previous is None:
+                sys.modules.pop(pc.name, None)
+            else:
+                sys.modules[pc.name] = previous
             raise _error(pc, f"importing {spec.origin} failed: {type(e).__name__}: {e}") from e
         return module
     name = BUILTIN_MODULES.get(pc.name, pc.name)
     try:
         return importlib.import_module(name)
     except ImportError as e:
+        if e.name != name:  # the module exists but one of its own imports failed
+            raise _error(pc, f"importing {name} failed: {type(e).__name__}: {e}") from e
         raise _error(pc, f"unknown plugin (not built in, no plugins.{pc.name}.path, "
-                         f"and no importable module {name!r}: {e})") from e
+                         f"and no importable module {name!r})") from e
+    except Exception as e:
+        raise _error(pc, f"importing {name} failed: {type(e).__name__}: {e}") from e
 
 
 def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
@@ -116,20 +142,29 @@ def listener_authorizer(config: BrokerConfig, listener: ListenerConfig,
     """The Authorizer of one listener: its own chains, or the global one."""
     by_name = dict(plugins)
 
-    def pick(option: str) -> Chain | None:
+    def pick(option: str, interfaces: tuple[Any, ...], what: str) -> Chain | None:
         raw = listener.options.get(option)
         if not raw:
             return None
         names = split_list(raw)
+        file, line = listener.option_source(option)
         missing = [n for n in names if n not in by_name]
         if missing:
-            file, line = listener.option_source(option)
             raise ConfigError(file, line, f"{listener.key}.{option}",
                               f"plugin(s) {', '.join(missing)} not enabled")
-        return Chain([(n, by_name[n]) for n in names])
+        chain = [(n, by_name[n]) for n in names]
+        # A chain without a single plugin for its hooks is a mistake: it would
+        # refuse every CONNECT (auth_plugins), or silently allow everything
+        # (authz_plugins: the Authorizer allows what no plugin can decide).
+        if not provides_any(chain, interfaces):
+            raise ConfigError(file, line, f"{listener.key}.{option}",
+                              f"none of {', '.join(names)} implements {what}")
+        return Chain(chain)
 
-    authn = pick("auth_plugins") or Chain(plugins)
-    authz = pick("authz_plugins") or Chain(plugins)
+    authn = pick("auth_plugins", AUTHN_INTERFACES,
+                 "auth_on_register or on_auth") or Chain(plugins)
+    authz = pick("authz_plugins", AUTHZ_INTERFACES,
+                 "auth_on_publish or auth_on_subscribe") or Chain(plugins)
     return Authorizer(authn, config.allow_anonymous, authz_chain=authz)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from vmqtw.core.topics import TopicError, validate_topic_name
+from vmqtw.core.topics import TopicError, parse_shared, validate_topic_filter, validate_topic_name
 
 
 class ModifierError(ValueError):
@@ -114,7 +114,9 @@ def check(table: dict[str, Callable[[Any], Any]], modifiers: dict[str, Any],
 def check_subscribe(modifiers: dict[str, Any], requested: list[tuple[str, int]]
                     ) -> list[tuple[str, int]]:
     """``ok(topics=[(filter, qos), ...])``: one entry per requested filter, in
-    order; a QoS of 128 (or any value outside 0..2) denies that entry."""
+    order; a QoS of 128 (or any value outside 0..2) denies that entry.  An
+    entry may be a tuple or a two-item list; a rewritten filter must be a
+    valid topic filter (``$share/GROUP/FILTER`` included)."""
     unknown = set(modifiers) - {"topics"}
     if unknown:
         raise ModifierError(f"auth_on_subscribe: unknown modifier(s) {sorted(unknown)}")
@@ -126,9 +128,15 @@ def check_subscribe(modifiers: dict[str, Any], requested: list[tuple[str, int]]
                             "(filter, qos) entry per requested filter")
     out = []
     for entry in topics:
-        if (not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], str)
+        if (not isinstance(entry, (tuple, list)) or len(entry) != 2
+                or not isinstance(entry[0], str)
                 or isinstance(entry[1], bool) or not isinstance(entry[1], int)):
             raise ModifierError(f"auth_on_subscribe: bad topics entry {entry!r}")
         f, q = entry
+        try:
+            _group, inner = parse_shared(f)
+            validate_topic_filter(inner)
+        except TopicError as e:
+            raise ModifierError(f"auth_on_subscribe: invalid topic filter {f!r}: {e}") from None
         out.append((f, q if 0 <= q <= 2 else 0x80))
     return out
