@@ -381,7 +381,8 @@ class Paho:
     def __init__(self, port: int, client_id: str, protocol: int = MQTTv311, *,
                  clean_session: bool | None = True, host: str = "127.0.0.1",
                  will: tuple[str, bytes, int, bool] | None = None,
-                 keepalive: int = 60, timeout: float = TIMEOUT) -> None:
+                 keepalive: int = 60, timeout: float = TIMEOUT,
+                 username: str | None = None, password: str | None = None) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -392,6 +393,8 @@ class Paho:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol, clean_session=clean_session,
                                   reconnect_on_failure=False)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         if will is not None:
             topic, payload, qos, retain = will
             self.client.will_set(topic, payload, qos, retain)

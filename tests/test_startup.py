@@ -15,9 +15,14 @@ import tempfile
 
 from twisted.internet.defer import inlineCallbacks
 
+from twisted.internet import reactor
+
 from tests.support import (
     REPO, TIMEOUT, TWISTD, BrokerTestCase, MQTTv311, RunningProcess, in_thread, run_process,
+    stop_broker,
 )
+from vmqtw.config import load
+from vmqtw.service import BrokerService
 
 PUB = shutil.which("mosquitto_pub")
 SUB = shutil.which("mosquitto_sub")
@@ -277,10 +282,26 @@ class ShippedConfigTests(BrokerTestCase):
                           r"\1:0", text)
         self.assertEqual(n, 1, "etc/broker.conf no longer declares listener.tcp.default "
                                "= 127.0.0.1:1883")
-        broker = self.start_broker(text)
+        # The shipped config names vmq.passwd and vmq.acl next to itself.
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        for name in ("vmq.passwd", "vmq.acl"):
+            shutil.copy(os.path.join(REPO, "etc", name), directory)
+        path = os.path.join(directory, "broker.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        broker = BrokerService(load(path), reactor)
+        broker.privilegedStartService()
+        broker.startService()
+        self.addCleanup(stop_broker, broker)
         port = self.port_of(broker)
-        sub = self.paho(port, "shipped-sub", MQTTv311)
-        pub = self.paho(port, "shipped-pub", MQTTv311)
+        stranger = self.paho(port, "shipped-anonymous", MQTTv311)
+        # paho reports CONNACK 5 / 4 of MQTT 3.1.1 as reason codes 135 / 134.
+        self.assertEqual((yield in_thread(stranger.connect, False))[0], 135)
+        wrong = self.paho(port, "shipped-wrong", MQTTv311, username="demo", password="nope")
+        self.assertEqual((yield in_thread(wrong.connect, False))[0], 134)
+        sub = self.paho(port, "shipped-sub", MQTTv311, username="demo", password="demo")
+        pub = self.paho(port, "shipped-pub", MQTTv311, username="demo", password="demo")
 
         def scenario():
             sub.connect()
