@@ -1,0 +1,770 @@
+"""The TLS layer of ``listener.ssl.NAME`` (and ``wss``) listeners.
+
+    bytes -> [PROXY] -> TLS (this module) -> [WebSocket] -> MQTTProtocol
+
+One connection creator of our own (``ServerTLSOptions``) builds a pyOpenSSL
+``SSL.Context`` from the listener's options, as VerneMQ documents them:
+
+- ``certfile`` (the whole chain in it is sent: leaf first, then intermediates;
+  VerneMQ sends only the leaf, #865), ``keyfile`` (if empty, the key is looked
+  for in ``certfile``), ``keypasswd``;
+- ``cafile``, ``require_certificate`` (verify the peer and fail without a
+  certificate), ``use_identity_as_username`` (turns peer verification on, as in
+  VerneMQ), ``depth`` (OpenSSL's verify depth: the number of intermediate CAs
+  allowed), a self-signed client leaf is refused even if it is trusted;
+- ``crlfile`` (PEM, one or more CRLs), checked for the whole chain.  As in
+  VerneMQ, the file is a list of revoked certificates: a chain whose issuer has
+  no CRL in the file, or a CRL past its next-update date, is not refused for
+  that.  The file is re-read every ``crl_refresh_interval`` ms (the global key;
+  0 = never);
+- ``tls_version``: a list; the listener speaks exactly those versions (minimum
+  and maximum pinned, ``OP_NO_*`` for a gap); TLS 1.0/1.1 need ``@SECLEVEL=0``
+  with OpenSSL 3+, which is added to the cipher string for them;
+- ``ciphers``: OpenSSL names separated by ``:``; names of TLS 1.3 suites
+  (``TLS_AES_128_GCM_SHA256``...) go to the TLS 1.3 list, the others to the
+  TLS <= 1.2 list.  A list without TLS 1.3 names leaves OpenSSL's TLS 1.3
+  suites; without TLS <= 1.2 names, OpenSSL's default list (plus VerneMQ's
+  four PSK suites when PSK is on);
+- ``eccs``: the curves/groups offered (``SSL_CTX_set1_curves_list``);
+- ``psk_support`` + ``pskfile`` + ``pskfile_separator`` + ``psk_identity_hint``:
+  TLS-PSK through cryptography's bindings.  The PSK file has VerneMQ's format
+  (``identity<sep>key``, split at the first separator, the key is the raw text,
+  blank lines skipped) plus ``#`` comment lines.  A PSK listener needs no
+  certificate.  Beyond VerneMQ: the identity is available as ``psk_identity``
+  on the TLS transport (``use_identity_as_username`` makes it the username),
+  and the PSK file is re-read by a reload;
+- ``tls_handshake_timeout`` (ms; ``infinity`` or 0: none): a client that has
+  not finished the handshake by then is dropped.
+
+``reload()`` (SIGHUP) rebuilds the context from the files: new connections use
+the new one, established connections keep theirs.  A bad file keeps the old
+context and the reason is logged.  Bad options or files at startup raise
+``LayerError("FILE:LINE: listener.ssl.NAME.OPTION: reason")``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cryptography import x509
+from cryptography.hazmat.bindings.openssl.binding import Binding
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from vmqtw.config import ListenerConfig, split_list
+from vmqtw.transport.identity import certificate_cn, peer_of
+from vmqtw.transport.layers import LayerError
+
+__all__ = [
+    "PSK_IDENTITIES", "OptionError", "TLSSettings", "ServerTLSOptions", "TLSServerProtocol",
+    "TLSListenerFactory", "tls_factory", "read_settings", "read_psk_file", "load_material",
+    "build_context",
+]
+
+_binding = Binding()
+_ffi, _lib = _binding.ffi, _binding.lib
+
+log = Logger(namespace="vmqtw.tls")
+
+#: pyOpenSSL Connection -> the PSK identity its client sent (captured in the
+#: PSK callback; there is no SSL_get_psk_identity in the bindings).
+PSK_IDENTITIES: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakKeyDictionary()
+
+#: The PSK suites VerneMQ adds to its built-in list when PSK is on.
+PSK_CIPHERS = ("PSK-AES256-GCM-SHA384", "PSK-AES256-CBC-SHA", "PSK-AES128-GCM-SHA256",
+               "PSK-AES128-CBC-SHA")
+
+_VERSIONS = {
+    "tlsv1": (SSL.TLS1_VERSION, SSL.OP_NO_TLSv1),
+    "tlsv1.1": (SSL.TLS1_1_VERSION, SSL.OP_NO_TLSv1_1),
+    "tlsv1.2": (SSL.TLS1_2_VERSION, SSL.OP_NO_TLSv1_2),
+    "tlsv1.3": (SSL.TLS1_3_VERSION, SSL.OP_NO_TLSv1_3),
+}
+_VERSION_ORDER = ("tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3")
+
+# X509 verify errors that only say the CRL file has no (current) CRL for an
+# issuer.  VerneMQ treats crlfile as a list of revoked certificates, so these
+# do not refuse a client.
+_X509_V_ERR_UNABLE_TO_GET_CRL = 3
+_X509_V_ERR_CRL_NOT_YET_VALID = 11
+_X509_V_ERR_CRL_HAS_EXPIRED = 12
+_CRL_FRESHNESS_ERRORS = frozenset({_X509_V_ERR_UNABLE_TO_GET_CRL, _X509_V_ERR_CRL_NOT_YET_VALID,
+                                   _X509_V_ERR_CRL_HAS_EXPIRED})
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+
+
+class OptionError(Exception):
+    """A problem with one TLS option or the file it names."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+# --------------------------------------------------------------------------
+# Settings: the listener's options, typed and checked
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TLSSettings:
+    certfile: str = ""
+    keyfile: str = ""
+    keypasswd: str = ""
+    cafile: str = ""
+    crlfile: str = ""
+    ciphers: tuple[str, ...] = ()        # TLS <= 1.2 cipher string items
+    tls13_suites: tuple[str, ...] = ()   # TLS 1.3 suite names
+    eccs: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ("tlsv1.2",)
+    depth: int = 1
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    handshake_timeout: float | None = 5.0  # seconds; None: no timeout
+    psk: bool = False
+    pskfile: str = ""
+    psk_separator: str = ":"
+    psk_identity_hint: str = "VMQ_PSK"
+    session_id: bytes = b"vmqtw"
+
+    @property
+    def verify_peer(self) -> bool:
+        return self.require_certificate or self.use_identity_as_username
+
+
+def _on(raw: str | None) -> bool:
+    return str(raw or "off").strip().lower() in ("on", "true")
+
+
+def read_settings(listener: ListenerConfig) -> TLSSettings:
+    """The TLS settings of ``listener``; raises OptionError for a bad value."""
+    opts = listener.options
+
+    def get(name: str, default: str = "") -> str:
+        value = opts.get(name)
+        return default if value is None else str(value)
+
+    versions = split_list(get("tls_version", "tlsv1.2"))
+    if not versions:
+        raise OptionError("tls_version", "no TLS version given")
+    for v in versions:
+        if v not in _VERSIONS:
+            raise OptionError("tls_version", f"unknown TLS version {v!r} (expected "
+                              f"{', '.join(_VERSION_ORDER)})")
+    versions = tuple(v for v in _VERSION_ORDER if v in versions)
+
+    raw_ciphers = get("ciphers").strip()
+    if raw_ciphers.startswith("[") and raw_ciphers.endswith("]"):
+        raw_ciphers = raw_ciphers[1:-1]
+    items = [c for c in re.split(r"[:,\s]+", raw_ciphers) if c]
+    tls13 = tuple(c for c in items if c.startswith("TLS_"))
+    ciphers = tuple(c for c in items if not c.startswith("TLS_"))
+
+    depth_raw = get("depth", "1").strip()
+    try:
+        depth = int(depth_raw)
+        if depth < 0:
+            raise ValueError
+    except ValueError:
+        raise OptionError("depth", f"expected an integer >= 0, got {depth_raw!r}") from None
+
+    hs_raw = get("tls_handshake_timeout", "5000").strip()
+    if hs_raw == "infinity":
+        handshake_timeout: float | None = None
+    else:
+        try:
+            ms = int(hs_raw)
+            if ms < 0:
+                raise ValueError
+        except ValueError:
+            raise OptionError("tls_handshake_timeout",
+                              f"expected milliseconds or infinity, got {hs_raw!r}") from None
+        handshake_timeout = ms / 1000.0 if ms > 0 else None
+
+    psk = _on(opts.get("psk_support"))
+    pskfile = get("pskfile").strip()
+    if psk and not pskfile:
+        raise OptionError("psk_support", "psk_support is on but listener.ssl.pskfile is not "
+                          "set")
+    sep = get("pskfile_separator", ":")
+    if len(sep) != 1:
+        raise OptionError("pskfile_separator", f"expected a single character, got {sep!r}")
+
+    settings = TLSSettings(
+        certfile=get("certfile").strip(),
+        keyfile=get("keyfile").strip(),
+        keypasswd=get("keypasswd"),
+        cafile=get("cafile").strip(),
+        crlfile=get("crlfile").strip(),
+        ciphers=ciphers,
+        tls13_suites=tls13,
+        eccs=tuple(split_list(get("eccs"))),
+        versions=versions,
+        depth=depth,
+        require_certificate=_on(opts.get("require_certificate")),
+        use_identity_as_username=_on(opts.get("use_identity_as_username")),
+        handshake_timeout=handshake_timeout,
+        psk=psk,
+        pskfile=pskfile,
+        psk_separator=sep,
+        psk_identity_hint=get("psk_identity_hint", "VMQ_PSK"),
+        session_id=hashlib.sha256(listener.key.encode()).hexdigest()[:32].encode(),
+    )
+    if not settings.certfile and not settings.psk:
+        raise OptionError("certfile", f"a {listener.kind} listener needs a certfile (or "
+                          f"psk_support = on for a PSK-only listener)")
+    if settings.keyfile and not settings.certfile:
+        raise OptionError("keyfile", "keyfile is set but certfile is not")
+    if settings.require_certificate and not settings.cafile:
+        raise OptionError("require_certificate", "require_certificate is on but cafile is "
+                          "not set: no client certificate could be verified")
+    _check_ciphers(settings)
+    _check_curves(settings.eccs)
+    return settings
+
+
+def _check_ciphers(settings: TLSSettings) -> None:
+    """Name the first cipher OpenSSL does not know (OpenSSL itself silently
+    skips unknown names as long as one name matches)."""
+    for item in settings.ciphers:
+        if item[0] in "!-+@":  # removing/moving/@STRENGTH/@SECLEVEL: harmless
+            continue
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(item.encode())
+        except SSL.Error:
+            raise OptionError("ciphers", f"unknown cipher {item!r}") from None
+    for item in settings.tls13_suites:
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_tls13_ciphersuites(item.encode())
+        except SSL.Error:
+            raise OptionError("ciphers", f"unknown TLS 1.3 cipher suite {item!r}") from None
+    if settings.tls13_suites and "tlsv1.3" not in settings.versions and not settings.ciphers:
+        raise OptionError("ciphers", "only TLS 1.3 suites are given but tls_version does not "
+                          "include tlsv1.3")
+    if settings.ciphers and settings.versions == ("tlsv1.3",) and not settings.tls13_suites:
+        raise OptionError("ciphers", "tls_version is tlsv1.3 only, but no TLS 1.3 suite "
+                          "(TLS_...) is given")
+
+
+def _check_curves(eccs: tuple[str, ...]) -> None:
+    for name in eccs:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ok = _lib.SSL_CTX_set1_curves_list(ctx._context, name.encode())
+        _lib.ERR_clear_error()
+        if ok != 1:
+            raise OptionError("eccs", f"unknown curve {name!r}")
+
+
+# --------------------------------------------------------------------------
+# Material: what the files hold
+# --------------------------------------------------------------------------
+
+@dataclass
+class Material:
+    """The parsed contents of the listener's files."""
+
+    chain: list[x509.Certificate] = field(default_factory=list)  # leaf first
+    key: Any = None  # a cryptography private key
+    ca: list[x509.Certificate] = field(default_factory=list)
+    crls: list[x509.CertificateRevocationList] = field(default_factory=list)
+    crl_data: bytes | None = None
+    psk: dict[bytes, bytes] = field(default_factory=dict)
+
+    @property
+    def leaf(self) -> x509.Certificate | None:
+        return self.chain[0] if self.chain else None
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise OptionError(option, f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _pem_blocks(data: bytes, kinds: tuple[bytes, ...]) -> list[bytes]:
+    return [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) in kinds]
+
+
+def _load_certificates(option: str, path: str) -> list[x509.Certificate]:
+    data = _read(option, path)
+    blocks = _pem_blocks(data, (b"CERTIFICATE", b"TRUSTED CERTIFICATE"))
+    if not blocks:
+        raise OptionError(option, f"{path} holds no PEM certificate")
+    certs = []
+    for block in blocks:
+        try:
+            certs.append(x509.load_pem_x509_certificate(block))
+        except ValueError as e:
+            raise OptionError(option, f"{path}: bad certificate: {e}") from None
+    return certs
+
+
+def _load_key(settings: TLSSettings) -> Any:
+    option = "keyfile" if settings.keyfile else "certfile"
+    path = settings.keyfile or settings.certfile
+    data = _read(option, path)
+    blocks = [m.group(0) for m in _PEM_BLOCK.finditer(data)
+              if m.group(1).endswith(b"PRIVATE KEY")]
+    if not blocks:
+        raise OptionError(option, f"{path} holds no PEM private key")
+    password = settings.keypasswd.encode() if settings.keypasswd else None
+    try:
+        key = serialization.load_pem_private_key(blocks[0], password=password)
+    except TypeError:
+        if password is None:
+            raise OptionError(option, f"the private key in {path} is encrypted and keypasswd "
+                              f"is not set") from None
+        # a password was given for an unencrypted key: accept it as VerneMQ does
+        key = serialization.load_pem_private_key(blocks[0], password=None)
+    except ValueError as e:
+        if password is not None:
+            raise OptionError("keypasswd", f"cannot decrypt the private key in {path}: wrong "
+                              f"keypasswd?") from None
+        raise OptionError(option, f"{path}: bad private key: {e}") from None
+    return key
+
+
+def _load_crls(path: str) -> tuple[list[x509.CertificateRevocationList], bytes]:
+    data = _read("crlfile", path)
+    blocks = _pem_blocks(data, (b"X509 CRL",))
+    if not blocks:
+        raise OptionError("crlfile", f"{path} holds no PEM CRL")
+    crls = []
+    for block in blocks:
+        try:
+            crls.append(x509.load_pem_x509_crl(block))
+        except ValueError as e:
+            raise OptionError("crlfile", f"{path}: bad CRL: {e}") from None
+    return crls, data
+
+
+def read_psk_file(path: str, separator: str = ":") -> dict[bytes, bytes]:
+    """identity -> key from a VerneMQ PSK file.
+
+    One ``identity<sep>key`` per line, split at the first separator; the key is
+    the raw text (not hex).  Blank lines are skipped, and (beyond VerneMQ)
+    lines starting with ``#``.  A line without the separator, or with an empty
+    identity or key, is an error naming the line.
+    """
+    data = _read("pskfile", path)
+    table: dict[bytes, bytes] = {}
+    sep = separator.encode()
+    for number, line in enumerate(data.split(b"\n"), 1):
+        line = line.rstrip(b"\r")
+        stripped = line.strip()
+        if not stripped or stripped.startswith(b"#"):
+            continue
+        identity, found, key = line.partition(sep)
+        if not found:
+            raise OptionError("pskfile", f"{path}:{number}: no {separator!r} separator "
+                              f"between identity and key")
+        if not identity or not key:
+            raise OptionError("pskfile", f"{path}:{number}: empty "
+                              f"{'identity' if not identity else 'key'}")
+        table[identity] = key
+    return table
+
+
+def load_material(settings: TLSSettings) -> Material:
+    """Read every file the settings name; raises OptionError."""
+    m = Material()
+    if settings.certfile:
+        m.chain = _load_certificates("certfile", settings.certfile)
+        m.key = _load_key(settings)
+    if settings.cafile:
+        m.ca = _load_certificates("cafile", settings.cafile)
+    if settings.crlfile:
+        m.crls, m.crl_data = _load_crls(settings.crlfile)
+    if settings.psk:
+        m.psk = read_psk_file(settings.pskfile, settings.psk_separator)
+    return m
+
+
+# --------------------------------------------------------------------------
+# The context
+# --------------------------------------------------------------------------
+
+def _self_signed(cert: crypto.X509) -> bool:
+    c = cert.to_cryptography()
+    if c.issuer != c.subject:
+        return False
+    try:
+        c.verify_directly_issued_by(c)
+    except Exception:
+        return False
+    return True
+
+
+def _verify_error(errno: int) -> str:
+    try:
+        return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode()
+    except Exception:
+        return f"error {errno}"
+
+
+class _Verifier:
+    """The verify callback: OpenSSL's verdict, plus VerneMQ's rules (no
+    self-signed leaf; the CRL file is only a list of revoked certificates)."""
+
+    def __init__(self, name: str, crl: bool) -> None:
+        self.name = name
+        self.crl = crl
+
+    def __call__(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
+                 ok: int) -> bool:
+        try:
+            if ok:
+                if depth == 0 and _self_signed(cert):
+                    self._refuse(conn, cert, depth, "self-signed client certificate")
+                    return False
+                return True
+            if self.crl and errno in _CRL_FRESHNESS_ERRORS:
+                return True
+            self._refuse(conn, cert, depth, _verify_error(errno))
+            return False
+        except Exception:
+            log.failure("listener {listener}: error while verifying a client certificate",
+                        listener=self.name)
+            return False
+
+    def _refuse(self, conn: SSL.Connection, cert: crypto.X509, depth: int,
+                reason: str) -> None:
+        try:
+            cn = certificate_cn(cert)
+        except Exception:
+            cn = None
+        proto = conn.get_app_data()
+        peer = peer_of(proto) if proto is not None else ("", 0)
+        log.info("listener {listener}: client certificate refused ({peer}): {reason} "
+                 "(depth {depth}, CN {cn!r})", listener=self.name, peer=f"{peer[0]}:{peer[1]}",
+                 reason=reason, depth=depth, cn=cn)
+
+
+def _make_psk_callback(table: dict[bytes, bytes], name: str) -> Any:
+    def server_cb(ssl: Any, identity: Any, psk_out: Any, max_len: int) -> int:
+        if identity == _ffi.NULL:
+            return 0
+        ident = _ffi.string(identity)
+        key = table.get(ident)
+        conn = SSL.Connection._reverse_mapping.get(ssl)  # type: ignore[attr-defined]
+        if key is None or len(key) > max_len:
+            proto = conn.get_app_data() if conn is not None else None
+            host, port = peer_of(proto) if proto is not None else ("", 0)
+            log.info("listener {listener}: unknown PSK identity {identity!r} from {peer}",
+                     listener=name, identity=ident.decode("utf-8", "replace"),
+                     peer=f"{host}:{port}")
+            return 0  # the handshake fails
+        _ffi.memmove(psk_out, key, len(key))
+        if conn is not None:
+            PSK_IDENTITIES[conn] = ident.decode("utf-8", "replace")
+        return len(key)
+
+    return _ffi.callback("unsigned int(SSL *, const char *, unsigned char *, unsigned int)",
+                         server_cb, onerror=lambda *exc: 0)
+
+
+def build_context(settings: TLSSettings, material: Material, name: str) -> SSL.Context:
+    """A new server Context for ``settings`` and ``material``; raises OptionError."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_options(SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_COMPRESSION
+                    | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+                    | SSL.OP_SINGLE_ECDH_USE | SSL.OP_SINGLE_DH_USE)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_session_id(settings.session_id)
+
+    # -- versions: exactly the listed ones --
+    versions = settings.versions
+    ctx.set_min_proto_version(_VERSIONS[versions[0]][0])
+    ctx.set_max_proto_version(_VERSIONS[versions[-1]][0])
+    lo, hi = _VERSION_ORDER.index(versions[0]), _VERSION_ORDER.index(versions[-1])
+    for v in _VERSION_ORDER[lo:hi + 1]:
+        if v not in versions:
+            ctx.set_options(_VERSIONS[v][1])
+
+    # -- ciphers --
+    items = list(settings.ciphers)
+    if not items:
+        items = ["DEFAULT"]
+        if settings.psk:
+            items += PSK_CIPHERS
+    old_versions = "tlsv1" in versions or "tlsv1.1" in versions
+    if old_versions and not any(i.startswith("@SECLEVEL") for i in items):
+        items.append("@SECLEVEL=0")
+    try:
+        ctx.set_cipher_list(":".join(items).encode())
+    except SSL.Error as e:
+        raise OptionError("ciphers", f"no usable cipher in {':'.join(items)!r}: {e}") from None
+    if settings.tls13_suites:
+        try:
+            ctx.set_tls13_ciphersuites(":".join(settings.tls13_suites).encode())
+        except SSL.Error as e:
+            raise OptionError("ciphers", f"bad TLS 1.3 suites: {e}") from None
+
+    # -- curves --
+    if settings.eccs:
+        if _lib.SSL_CTX_set1_curves_list(ctx._context, ":".join(settings.eccs).encode()) != 1:
+            _lib.ERR_clear_error()
+            raise OptionError("eccs", f"unknown curve in {', '.join(settings.eccs)}")
+
+    # -- our certificate: the whole chain in certfile is sent --
+    if material.chain:
+        ctx.use_certificate(material.chain[0])
+        for extra in material.chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        assert material.key is not None
+        try:
+            ctx.use_privatekey(material.key)
+            ctx.check_privatekey()
+        except SSL.Error:
+            raise OptionError("keyfile" if settings.keyfile else "certfile",
+                              f"the private key in {settings.keyfile or settings.certfile} "
+                              f"does not match the certificate in {settings.certfile}") from None
+
+    # -- client certificates --
+    if material.ca:
+        store = ctx.get_cert_store()
+        assert store is not None
+        for ca in material.ca:
+            try:
+                store.add_cert(crypto.X509.from_cryptography(ca))
+            except crypto.Error:
+                pass  # the same CA twice
+        try:
+            ctx.load_client_ca(settings.cafile.encode())  # CA names sent in the request
+        except SSL.Error:
+            pass
+    if material.crls:
+        store = ctx.get_cert_store()
+        assert store is not None
+        for crl in material.crls:
+            store.add_crl(crl)
+        store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
+    verifier = _Verifier(name, bool(material.crls))
+    if settings.verify_peer:
+        mode = SSL.VERIFY_PEER
+        if settings.require_certificate:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, verifier)
+        ctx.set_verify_depth(settings.depth)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+
+    # -- PSK --
+    if settings.psk:
+        callback = _make_psk_callback(material.psk, name)
+        # The callback must live as long as the context (and every connection
+        # made from it, which keeps the context alive).
+        ctx._vmqtw_psk_callback = callback  # type: ignore[attr-defined]
+        _lib.SSL_CTX_set_psk_server_callback(ctx._context, callback)
+        if settings.psk_identity_hint:
+            if _lib.SSL_CTX_use_psk_identity_hint(
+                    ctx._context, settings.psk_identity_hint.encode()) != 1:
+                _lib.ERR_clear_error()
+                raise OptionError("psk_identity_hint", "OpenSSL refused the identity hint "
+                                  f"{settings.psk_identity_hint!r} (too long?)")
+    return ctx
+
+
+# --------------------------------------------------------------------------
+# The connection creator
+# --------------------------------------------------------------------------
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLSOptions:
+    """Builds the listener's Context and hands out connections from it."""
+
+    def __init__(self, listener: ListenerConfig, settings: TLSSettings | None = None) -> None:
+        self.listener = listener
+        self.name = f"{listener.kind}.{listener.name}"
+        self.settings = settings if settings is not None else read_settings(listener)
+        self.material = load_material(self.settings)
+        self.context = build_context(self.settings, self.material, self.name)
+        #: How many times the context was replaced (reload or CRL refresh).
+        self.generation = 0
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+    def _describe(self, e: OptionError) -> str:
+        return f"{self.listener.key}.{e.option}: {e.message}"
+
+    def reload(self) -> bool:
+        """Rebuild the context from the files.  On a bad file, keep the old
+        context, log why, and return False."""
+        try:
+            material = load_material(self.settings)
+            context = build_context(self.settings, material, self.name)
+        except OptionError as e:
+            log.error("listener {listener}: TLS reload failed, keeping the previous "
+                      "certificates, keys, CRL and PSK file: {reason}", listener=self.name,
+                      reason=self._describe(e))
+            return False
+        self.material, self.context = material, context
+        self.generation += 1
+        log.info("listener {listener}: TLS certificates, keys, CRL and PSK file reloaded",
+                 listener=self.name)
+        return True
+
+    def refresh_crl(self) -> bool:
+        """Re-read the CRL file; a changed file gives a new context.  True if
+        the context was replaced."""
+        if not self.settings.crlfile:
+            return False
+        try:
+            crls, data = _load_crls(self.settings.crlfile)
+            if data == self.material.crl_data:
+                return False
+            material = Material(chain=self.material.chain, key=self.material.key,
+                                ca=self.material.ca, crls=crls, crl_data=data,
+                                psk=self.material.psk)
+            context = build_context(self.settings, material, self.name)
+        except OptionError as e:
+            log.error("listener {listener}: CRL refresh failed, keeping the previous CRL: "
+                      "{reason}", listener=self.name, reason=self._describe(e))
+            return False
+        self.material, self.context = material, context
+        self.generation += 1
+        log.info("listener {listener}: CRL {path} re-read", listener=self.name,
+                 path=self.settings.crlfile)
+        return True
+
+
+# --------------------------------------------------------------------------
+# Protocol and factory
+# --------------------------------------------------------------------------
+
+class TLSServerProtocol(BufferingTLSTransport):
+    """Twisted's TLS transport, plus the handshake timeout and ``psk_identity``."""
+
+    factory: "TLSListenerFactory"
+    _handshake_timer: Any = None
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The PSK identity the client used, or None (not a PSK handshake)."""
+        conn = getattr(self, "_tlsConnection", None)
+        return PSK_IDENTITIES.get(conn) if conn is not None else None
+
+    def makeConnection(self, transport: Any) -> None:
+        timeout = self.factory.handshake_timeout
+        if timeout is not None:
+            self._handshake_timer = self.factory.clock.callLater(timeout, self._handshake_expired)
+        super().makeConnection(transport)
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()
+        if self._handshakeDone:
+            self._cancel_handshake_timer()
+
+    def _cancel_handshake_timer(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self._handshakeDone or not self.connected:
+            return
+        self.factory.handshake_timeouts += 1
+        host, port = peer_of(self.transport) if self.transport is not None else ("", 0)
+        log.info("listener {listener}: TLS handshake with {peer} not finished after "
+                 "{timeout} ms; closing", listener=self.factory.name, peer=f"{host}:{port}",
+                 timeout=int((self.factory.handshake_timeout or 0) * 1000))
+        self.abortConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_handshake_timer()
+        failure = self._reason or reason
+        if not self._handshakeDone and failure is not None and \
+                failure.check(SSL.Error) is not None:
+            host, port = peer_of(self)
+            log.debug("listener {listener}: TLS handshake with {peer} failed: {error}",
+                      listener=self.factory.name, peer=f"{host}:{port}",
+                      error=str(failure.value))
+        super().connectionLost(reason)
+
+
+class TLSListenerFactory(TLSMemoryBIOFactory):
+    """Wraps the listener's inner factory in TLS; ``reload()`` on SIGHUP."""
+
+    protocol = TLSServerProtocol
+
+    def __init__(self, creator: ServerTLSOptions, inner: Any, clock: Any,
+                 crl_refresh_interval: float | None = None) -> None:
+        super().__init__(creator, False, inner, clock)
+        self.creator = creator
+        self.name = creator.name
+        self.clock = clock
+        self.handshake_timeout = creator.settings.handshake_timeout
+        self.crl_refresh_interval = crl_refresh_interval  # seconds; None/0: never
+        self.handshake_timeouts = 0
+        self._crl_loop: LoopingCall | None = None
+
+    def reload(self) -> bool:
+        return self.creator.reload()
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.creator.settings.crlfile and self.crl_refresh_interval:
+            loop = LoopingCall(self.creator.refresh_crl)
+            loop.clock = self.clock
+            loop.start(self.crl_refresh_interval, now=False)
+            self._crl_loop = loop
+
+    def stopFactory(self) -> None:
+        loop, self._crl_loop = self._crl_loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        super().stopFactory()
+
+
+def _crl_refresh_ms(listener: ListenerConfig, inner: Any) -> int:
+    """crl_refresh_interval (ms): the listener's own option if it has one, else
+    the global key from the BrokerConfig the inner factory chain carries."""
+    raw = listener.options.get("crl_refresh_interval")
+    if raw is not None:
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    factory, hops = inner, 0
+    while factory is not None and hops < 8:
+        broker = getattr(factory, "broker", None)
+        config = getattr(broker, "config", None)
+        value = getattr(config, "crl_refresh_interval", None)
+        if isinstance(value, int):
+            return value
+        factory = getattr(factory, "wrappedFactory", None) or getattr(factory, "factory", None)
+        hops += 1
+    return 60000
+
+
+def tls_factory(listener: ListenerConfig, inner: Any, reactor: Any) -> TLSListenerFactory:
+    """The TLS layer for ``listener`` around ``inner``; a bad option or file
+    raises LayerError naming the config file and line of the option."""
+    try:
+        creator = ServerTLSOptions(listener)
+    except OptionError as e:
+        raise LayerError(_located(listener, e)) from None
+    ms = _crl_refresh_ms(listener, inner)
+    return TLSListenerFactory(creator, inner, reactor, ms / 1000.0 if ms > 0 else None)
+
+
+def _located(listener: ListenerConfig, e: OptionError) -> str:
+    file, line = listener.option_source(e.option)
+    if not line:  # a built-in default or an unset option: point at the listener
+        file, line = listener.source
+    return f"{file}:{line}: {listener.key}.{e.option}: {e.message}"
