@@ -188,6 +188,9 @@ class BrokerConfig:
     topic_alias_max_client: int = 0
     topic_alias_max_broker: int = 0
     max_last_will_delay: int | None = None
+    # Our own key (VerneMQ has none): cap for MQTT 5.0 keep alive, announced
+    # as Server Keep Alive; 0 = no cap.
+    max_keep_alive: int = 0
     max_ws_frame_size: int = 268435456
     crl_refresh_interval: int = 60000
     log_level: str = "info"
@@ -601,6 +604,10 @@ REGISTRY: dict[str, ListenerOption] = {
     "websocket_path": _opt(  # our addition: VerneMQ serves only /mqtt
         _scope(("ws wss", "PN")), _websocket_path, "/mqtt"
     ),
+    # our addition: accept permessage-deflate offers.  VerneMQ always does;
+    # off by default here (zlib state costs ~300 KiB per connection, and a
+    # client whose offer is declined simply talks uncompressed).
+    "websocket_compression": _opt(_scope(("ws wss", "PN")), _bool, "off"),
     "http_modules": _opt(_scope(("http https", "N")), _name_list),
     # -- TLS --
     "tls_handshake_timeout": _intopt(_scope((_TLS, "PN")), "5000", 0, infinity=True),
@@ -674,6 +681,8 @@ _TYPED_GLOBALS: dict[str, Validator] = {
     "topic_alias_max_client": _int(0, 65535),
     "topic_alias_max_broker": _int(0, 65535),
     "max_last_will_delay": _last_will_delay,
+    # our own key: MQTT 5.0 Server Keep Alive cap in seconds (0 = no cap)
+    "max_keep_alive": _int(0, 65535),
     "max_ws_frame_size": _int(1),
     "crl_refresh_interval": _int(0),
     # our own key, not VerneMQ's (VerneMQ uses log.console.level)
