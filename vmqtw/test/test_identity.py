@@ -94,3 +94,13 @@ class PreauthTests(SynchronousTestCase):
         chain = Layer(proxy_info=Layer(ssl_cn=None))
         on = listener("listener.tcp.l.proxy_protocol = on\n", kind="tcp")
         self.assertIsNone(preauth_username(chain, on))
+
+
+class XffTests(SynchronousTestCase):
+    def test_websocket_cn_header(self) -> None:
+        ws = Layer(Layer(), xff_cn="carol")
+        self.assertEqual(preauth_username(Layer(ws), listener(kind="ws")), "carol")
+
+    def test_no_header_cn(self) -> None:
+        ws = Layer(Layer(), xff_cn=None)
+        self.assertIsNone(preauth_username(Layer(ws), listener(kind="ws")))

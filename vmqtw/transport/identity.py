@@ -55,12 +55,20 @@ def preauth_username(transport: Any, listener: Any) -> str | None:
     CONNECT username, before the auth chain runs (auth still runs, as in VerneMQ).
 
     Looked for down the transport chain, outermost first:
+    - the CN header of a TLS-terminating HTTP proxy in front of a ws listener
+      (``xff_cn``, set by the WebSocket layer under ``proxy_xff_use_cn_as_username``);
     - a PROXY v2 header's verified TLS client CN (``proxy_info.ssl_cn``), when
       the listener's ``proxy_protocol_use_cn_as_username`` is on;
     - with ``use_identity_as_username`` on: a TLS-PSK identity
       (``psk_identity`` on a layer), or the client certificate's CN.
     None means: keep the username from CONNECT.
     """
+    for layer in transports(transport):
+        # A WebSocket layer sets xff_cn only when proxy_xff_use_cn_as_username
+        # applies (it refuses the upgrade when the header is missing).
+        cn = getattr(layer, "xff_cn", None)
+        if cn:
+            return str(cn)
     use_proxy_cn = bool(getattr(listener, "proxy_protocol", False)) and \
         bool(getattr(listener, "proxy_protocol_use_cn_as_username", False))
     use_identity = _on(listener, "use_identity_as_username")
