@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from zope.interface.interface import InterfaceClass
 
 from vmqtw.auth.api import (
-    IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, NEXT, OK, Error, Next, Result,
-    RegisterRequest,
+    IAuthOnPublish, IAuthOnPublishM5, IAuthOnRegister, IAuthOnSubscribe, IAuthOnSubscribeM5,
+    IOnAuth, NEXT, OK, AuthRequest, Error, Next, Result, RegisterRequest,
 )
 
 CHAIN_EXHAUSTED = "plugin_chain_exhausted"
@@ -61,6 +61,26 @@ class Chain:
                 return result
         return Error(CHAIN_EXHAUSTED)
 
+    def run_sync_m5(self, iface_m5: InterfaceClass, hook_m5: str, iface: InterfaceClass,
+                    hook: str, args: tuple[Any, ...], properties: dict[str, Any]) -> Result:
+        """Run a synchronous hook for an MQTT 5.0 client: each plugin is asked its
+        ``_m5`` variant (with ``properties``) if it provides it, else the plain one."""
+        for name, plugin in self.plugins:
+            if iface_m5.providedBy(plugin):
+                used, call_args = hook_m5, (*args, properties)
+            elif iface.providedBy(plugin):
+                used, call_args = hook, args
+            else:
+                continue
+            try:
+                result = self._checked(name, used, getattr(plugin, used)(*call_args))
+            except Exception:
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=used)
+                return Error(PLUGIN_ERROR)
+            if result.__class__ is not Next:
+                return result
+        return Error(CHAIN_EXHAUSTED)
+
     @defer.inlineCallbacks
     def run_async(self, iface: InterfaceClass, hook: str, *args: Any):  # type: ignore[no-untyped-def]
         """Run a hook whose plugins may return Deferreds; fires with a Result."""
@@ -93,6 +113,10 @@ class Authorizer:
         self.allow_anonymous = allow_anonymous
         self._has_publish = bool(self.authz_chain.providers(IAuthOnPublish))
         self._has_subscribe = bool(self.authz_chain.providers(IAuthOnSubscribe))
+        self._has_publish_m5 = bool(self.authz_chain.providers(IAuthOnPublishM5))
+        self._has_subscribe_m5 = bool(self.authz_chain.providers(IAuthOnSubscribeM5))
+        #: True when some plugin of the register chain does MQTT 5.0 enhanced auth.
+        self.has_on_auth = bool(self.chain.providers(IOnAuth))
 
     def register(self, request: RegisterRequest, anonymous_override: bool = False) -> "defer.Deferred[Result]":
         if self.allow_anonymous or anonymous_override:
@@ -109,6 +133,30 @@ class Authorizer:
         if not self._has_subscribe:
             return OK
         return self.authz_chain.run_sync(IAuthOnSubscribe, "auth_on_subscribe", client, topics)
+
+    # -- MQTT 5.0 -------------------------------------------------------------------
+
+    def publish_m5(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,
+                   properties: dict[str, Any]) -> Result:
+        """auth_on_publish_m5 where a plugin provides it, else auth_on_publish."""
+        if not self._has_publish_m5:
+            return self.publish(client, topic, payload, qos, retain)
+        return self.authz_chain.run_sync_m5(
+            IAuthOnPublishM5, "auth_on_publish_m5", IAuthOnPublish, "auth_on_publish",
+            (client, topic, payload, qos, retain), properties)
+
+    def subscribe_m5(self, client: Any, topics: list[tuple[str, int]],
+                     properties: dict[str, Any]) -> Result:
+        """auth_on_subscribe_m5 where a plugin provides it, else auth_on_subscribe."""
+        if not self._has_subscribe_m5:
+            return self.subscribe(client, topics)
+        return self.authz_chain.run_sync_m5(
+            IAuthOnSubscribeM5, "auth_on_subscribe_m5", IAuthOnSubscribe, "auth_on_subscribe",
+            (client, topics), properties)
+
+    def on_auth(self, request: AuthRequest) -> "defer.Deferred[Result]":
+        """One step of enhanced authentication through the register chain's on_auth hooks."""
+        return self.chain.run_async(IOnAuth, "on_auth", request)
 
 
 __all__ = ["Chain", "Authorizer", "NEXT", "OK", "CHAIN_EXHAUSTED", "PLUGIN_ERROR",

@@ -18,13 +18,15 @@ from vmqtw.core.topics import TopicTree, parse_shared
 
 
 class Subscription:
-    """A tree value for a normal subscription."""
+    """A tree value for a normal subscription.  ``sub_ids`` holds its MQTT 5.0
+    subscription identifier (a 1-tuple) or is empty."""
 
-    __slots__ = ("session", "options")
+    __slots__ = ("session", "options", "sub_ids")
 
-    def __init__(self, session: Session, options: SubOptions) -> None:
+    def __init__(self, session: Session, options: SubOptions, sub_id: int | None = None) -> None:
         self.session = session
         self.options = options
+        self.sub_ids: tuple[int, ...] = (sub_id,) if sub_id else ()
 
 
 class SharedGroup:
@@ -79,6 +81,7 @@ class Broker:
         self.trees: dict[str, TopicTree] = {}
         self.dirty: list[Any] = []
         self.dropped = 0
+        self.stopping = False  # see stop()
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
         self.session_observers: list[Callable[[str, Session], None]] = []
@@ -108,7 +111,7 @@ class Broker:
             old = existing.conn
             existing.detach()
             old.session_taken_over()
-        persistent = not clean or (expiry_interval is not None and expiry_interval > 0)
+        persistent = not clean or expiry_interval is None or expiry_interval > 0
         # A clean session ends with its connection, so a takeover never resumes it.
         if existing is not None and (clean or not existing.persistent):
             self.discard_session(existing, "gone")
@@ -117,6 +120,7 @@ class Broker:
             session = existing
             session.persistent = persistent
             session.expiry_interval = expiry_interval
+            session.cancel_will()  # resumed in time: a delayed will is not sent
             present = True
         else:
             session = Session(self, key, persistent, expiry_interval)
@@ -139,10 +143,48 @@ class Broker:
         session.detach()
         if session.persistent and session.expiry_interval != 0:
             self.store.session_updated(session)
-            session.schedule_expiry(self._expire)
+            if not self.stopping:
+                session.schedule_expiry(self._expire)
             self._notify("offline", session)
         else:
             self.discard_session(session, "gone")
+
+    # -- wills ---------------------------------------------------------------------------
+
+    def will(self, session: Session, message: Message, delay: float = 0) -> None:
+        """Publish the will ``message`` of ``session``'s connection, now or (MQTT 5.0
+        Will Delay Interval) after ``delay`` seconds unless the session is resumed
+        first; a delayed will is published at the latest when the session ends."""
+        session.cancel_will()
+        if delay > 0 and session.persistent and session.expiry_interval != 0 and \
+                not self.stopping:
+            session.will = message
+            session.will_call = self.clock.callLater(delay, self._will_delay_over, session)
+            return
+        message.start_expiry(self.clock.seconds())
+        self.publish(message, session.mountpoint, session)
+
+    def _will_delay_over(self, session: Session) -> None:
+        session.will_call = None
+        self._publish_pending_will(session)
+        self.flush()
+
+    def _publish_pending_will(self, session: Session) -> None:
+        message = session.will
+        if message is not None:
+            session.cancel_will()
+            message.start_expiry(self.clock.seconds())
+            self.publish(message, session.mountpoint, session)
+
+    def stop(self) -> None:
+        """The broker is stopping: no more session expiry timers (now or for
+        connections that close later), and delayed wills are published now, as
+        the sessions end with the process."""
+        self.stopping = True
+        for session in list(self.sessions.values()):
+            session.cancel_expiry()
+            self._publish_pending_will(session)
+        self.flush()
 
     def _expire(self, session: Session) -> None:
         session.expiry_call = None
@@ -150,12 +192,14 @@ class Broker:
             self.log.info("session {client_id!r} (mountpoint {mountpoint!r}) expired",
                           client_id=session.client_id, mountpoint=session.mountpoint)
             self.discard_session(session, "expired")
+            self.flush()  # a delayed will may have been published
 
     def discard_session(self, session: Session, why: str) -> None:
         """Remove a session and all its subscriptions."""
         for topic_filter in list(session.subscriptions):
             self._tree_remove(session, topic_filter)
         session.subscriptions.clear()
+        session.sub_ids.clear()
         session.queue.clear()
         session.inflight.clear()
         session.cancel_expiry()
@@ -163,6 +207,7 @@ class Broker:
             del self.sessions[session.key]
         if session.persistent:
             self.store.session_deleted(session.key)
+        self._publish_pending_will(session)  # the session ends: a delayed will goes now
         self._notify(why, session)
 
     def _notify(self, event: str, session: Session) -> None:
@@ -178,13 +223,14 @@ class Broker:
         """Add or replace a subscription; returns True if it is new.
 
         Retained messages are delivered here (not for shared subscriptions).
+        The MQTT 5.0 subscription identifier, if any, is ``session.sub_ids[topic_filter]``.
         """
         group, inner = parse_shared(topic_filter)
         mp = session.mountpoint
         tree = self.trees.get(mp)
         if tree is None:
             tree = self.trees[mp] = TopicTree()
-        sub = Subscription(session, options)
+        sub = Subscription(session, options, session.sub_ids.get(topic_filter))
         if group is None:
             new = tree.add(inner, session.key, sub)
         else:
@@ -201,15 +247,23 @@ class Broker:
         if group is None:
             rh = options.retain_handling
             if rh == 0 or (rh == 1 and new):
+                now = None
                 for msg in self.store.retained_match(mp, inner):
+                    if msg.expires_at is not None:
+                        if now is None:
+                            now = self.clock.seconds()
+                        if now >= msg.expires_at:  # expired: forget it (checked lazily)
+                            self.store.retained_set(mp, msg.topic, None)
+                            continue
                     qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
-                    session.deliver(msg, qos, True)
+                    session.deliver(msg, qos, True, sub.sub_ids)
         return new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if topic_filter not in session.subscriptions:
             return False
         del session.subscriptions[topic_filter]
+        session.sub_ids.pop(topic_filter, None)
         self._tree_remove(session, topic_filter)
         if session.persistent:
             self.store.session_updated(session)
@@ -255,26 +309,60 @@ class Broker:
                 sub = sub.pick(self.config.shared_subscription_policy)
                 if sub is None:
                     return 0
-            return self._deliver(sub, message, sender)
-        best: dict[SessionKey, Subscription] = {}
+            return self._deliver(sub, message, sender, sub.sub_ids)
+        first: dict[SessionKey, Subscription] = {}
+        overlapping: dict[SessionKey, list[Subscription]] | None = None
         shared: list[SharedGroup] = []
         for _filter, key, sub in matches:
             if sub.__class__ is SharedGroup:
                 shared.append(sub)
                 continue
-            prev = best.get(key)
-            if prev is None or sub.options.qos > prev.options.qos:
-                best[key] = sub
+            prev = first.get(key)
+            if prev is None:
+                first[key] = sub
+                continue
+            # Several subscriptions of one session match (rare): see _deliver_once.
+            if overlapping is None:
+                overlapping = {}
+            subs = overlapping.get(key)
+            if subs is None:
+                overlapping[key] = [prev, sub]
+            else:
+                subs.append(sub)
         count = 0
-        for sub in best.values():
-            count += self._deliver(sub, message, sender)
+        if overlapping is None:
+            for sub in first.values():
+                count += self._deliver(sub, message, sender, sub.sub_ids)
+        else:
+            for key, sub in first.items():
+                subs = overlapping.get(key)
+                if subs is None:
+                    count += self._deliver(sub, message, sender, sub.sub_ids)
+                else:
+                    count += self._deliver_once(subs, message, sender)
         for group in shared:
             member = group.pick(self.config.shared_subscription_policy)
             if member is not None:
-                count += self._deliver(member, message, sender)
+                count += self._deliver(member, message, sender, member.sub_ids)
         return count
 
-    def _deliver(self, sub: Subscription, message: Message, sender: Session | None) -> int:
+    def _deliver_once(self, subs: list[Subscription], message: Message,
+                      sender: Session | None) -> int:
+        """Overlapping subscriptions of one session: one copy at the highest QoS,
+        carrying the identifiers of every matching subscription (MQTT 5.0).  A
+        no local subscription does not count for the session's own messages."""
+        subs = [s for s in subs if not (s.options.no_local and s.session is sender)]
+        if not subs:
+            return 0
+        best = subs[0]
+        for sub in subs:
+            if sub.options.qos > best.options.qos:
+                best = sub
+        sub_ids = tuple(sorted(i for sub in subs for i in sub.sub_ids))
+        return self._deliver(best, message, sender, sub_ids)
+
+    def _deliver(self, sub: Subscription, message: Message, sender: Session | None,
+                 sub_ids: tuple[int, ...]) -> int:
         options = sub.options
         session = sub.session
         if options.no_local and session is sender:
@@ -283,7 +371,8 @@ class Broker:
             qos = options.qos
         else:
             qos = message.qos if message.qos < options.qos else options.qos
-        session.deliver(message, qos, message.retain if options.retain_as_published else False)
+        session.deliver(message, qos, message.retain if options.retain_as_published else False,
+                        sub_ids)
         return 1
 
     def message_dropped(self, session: Session, message: Message, reason: str) -> None:

@@ -1,8 +1,13 @@
 """Per-client session state: subscriptions, the outgoing queue and inflight window.
 
 A session outlives its connection when it is persistent (MQTT 3.x clean
-session = 0).  The connection is anything providing ``IClientConnection``;
-the session never touches sockets, only ``conn.write(bytes)``.
+session = 0, MQTT 5.0 session expiry interval > 0).  The connection is anything
+providing ``IClientConnection``; the session never touches sockets, only
+``conn.write(bytes)``.  An MQTT 5.0 connection also has an ``out5`` attribute
+(a ``vmqtw.core.mqtt5.Outbound``) that encodes PUBLISHes for that client.
+
+Queue items are ``(message, qos, retain)`` tuples, with a fourth element, the
+subscription identifiers, only when there are some.
 """
 from __future__ import annotations
 
@@ -40,14 +45,19 @@ class IClientConnection(Interface):
 
 
 class Inflight:
-    __slots__ = ("message", "qos", "retain", "state", "sent_at")
+    __slots__ = ("message", "qos", "retain", "state", "sent_at", "sub_ids")
 
-    def __init__(self, message: Message, qos: int, retain: bool, state: int, sent_at: float) -> None:
+    def __init__(self, message: Message, qos: int, retain: bool, state: int, sent_at: float,
+                 sub_ids: tuple[int, ...] = ()) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.state = state
         self.sent_at = sent_at
+        self.sub_ids = sub_ids
+
+
+NO_IDS: tuple[int, ...] = ()
 
 
 class Session:
@@ -58,7 +68,7 @@ class Session:
         "expiry_interval", "subscriptions", "conn", "queue", "inflight",
         "incoming_qos2", "_next_pid", "max_inflight", "max_online", "max_offline",
         "retry_interval", "upgrade_qos", "expiry_call", "retry_call", "dropped",
-        "peer", "listener",
+        "peer", "listener", "sub_ids", "client_receive_max", "will", "will_call",
     )
 
     def __init__(self, broker: "Broker", key: SessionKey, persistent: bool,
@@ -72,15 +82,19 @@ class Session:
         # Seconds the session survives without a connection; None = forever.
         self.expiry_interval = expiry_interval
         self.subscriptions: dict[str, SubOptions] = {}
+        # MQTT 5.0 subscription identifier per topic filter (filters without one are absent).
+        self.sub_ids: dict[str, int] = {}
         self.conn: Any = None
         # Messages waiting for a free inflight slot, a resumed transport or a reconnect:
-        # (message, qos, retain) tuples.
-        self.queue: deque[tuple[Message, int, bool]] = deque()
+        # (message, qos, retain[, sub_ids]) tuples.
+        self.queue: deque[tuple[Any, ...]] = deque()
         self.inflight: dict[int, Inflight] = {}
         self.incoming_qos2: set[int] = set()
         self._next_pid = 1
         # 0 means "unlimited", which is bounded by the 65535 packet identifiers.
         self.max_inflight = cfg.max_inflight_messages or 65535
+        # MQTT 5.0: the connected client's receive maximum (65535 for 3.x).
+        self.client_receive_max = 65535
         self.max_online = cfg.max_online_messages
         self.max_offline = cfg.max_offline_messages
         self.retry_interval = cfg.retry_interval
@@ -90,11 +104,18 @@ class Session:
         self.dropped = 0
         self.peer: tuple[str, int] | None = None
         self.listener: str | None = None
+        # MQTT 5.0 delayed will: the message and the timer that publishes it.
+        self.will: Message | None = None
+        self.will_call: Any = None
 
     # -- delivery ---------------------------------------------------------------
 
-    def deliver(self, message: Message, qos: int, retain: bool) -> None:
-        """Send ``message`` at ``qos`` now, or queue it, or drop it when over a limit."""
+    def deliver(self, message: Message, qos: int, retain: bool,
+                sub_ids: tuple[int, ...] = NO_IDS) -> None:
+        """Send ``message`` at ``qos`` now, or queue it, or drop it when over a limit.
+
+        ``sub_ids`` are the MQTT 5.0 subscription identifiers of the matching
+        subscriptions (ignored for 3.x connections)."""
         conn = self.conn
         if conn is None:
             if qos == 0 or not self.persistent:
@@ -103,25 +124,34 @@ class Session:
             if 0 <= self.max_offline <= len(self.queue):
                 self._drop(message, "queue_full")
                 return
-            self.queue.append((message, qos, retain))
+            self.queue.append((message, qos, retain, sub_ids) if sub_ids else
+                              (message, qos, retain))
             self.broker.store.message_queued(self.key, message, qos)
             return
         if self.queue or conn.paused:
-            self._enqueue_online(message, qos, retain)
+            self._enqueue_online(message, qos, retain, sub_ids)
             return
         if qos == 0:
-            conn.write(message.encoded_qos0(conn.protocol_level, retain))
+            level = conn.protocol_level
+            if level < 5:
+                conn.write(message.encoded_qos0(level, retain))
+            else:
+                data = self._encode5(conn, message, 0, retain, None, False, sub_ids)
+                if data is not None:
+                    conn.write(data)
             return
-        if len(self.inflight) >= self.max_inflight:
-            self._enqueue_online(message, qos, retain)
+        n = len(self.inflight)
+        if n >= self.max_inflight or n >= self.client_receive_max:
+            self._enqueue_online(message, qos, retain, sub_ids)
             return
-        self._send_inflight(conn, message, qos, retain)
+        self._send_inflight(conn, message, qos, retain, sub_ids)
 
-    def _enqueue_online(self, message: Message, qos: int, retain: bool) -> None:
+    def _enqueue_online(self, message: Message, qos: int, retain: bool,
+                        sub_ids: tuple[int, ...] = NO_IDS) -> None:
         if 0 <= self.max_online <= len(self.queue):
             self._drop(message, "queue_full")
             return
-        self.queue.append((message, qos, retain))
+        self.queue.append((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
         if qos and self.persistent:
             self.broker.store.message_queued(self.key, message, qos)
 
@@ -129,13 +159,34 @@ class Session:
         self.dropped += 1
         self.broker.message_dropped(self, message, reason)
 
-    def _send_inflight(self, conn: Any, message: Message, qos: int, retain: bool) -> None:
+    def _encode5(self, conn: Any, message: Message, qos: int, retain: bool,
+                 pid: int | None, dup: bool, sub_ids: tuple[int, ...]) -> bytes | None:
+        """A PUBLISH for an MQTT 5.0 connection, or None (dropped) when it is
+        larger than the client's maximum packet size."""
+        out5 = getattr(conn, "out5", None)
+        if out5 is None:
+            return message.encoded(5, qos, retain, pid, dup)
+        data = out5.publish(message, qos, retain, pid, dup, sub_ids, self.broker.clock)
+        if data is None:
+            self._drop(message, "max_packet_size_exceeded")
+        return data
+
+    def _send_inflight(self, conn: Any, message: Message, qos: int, retain: bool,
+                       sub_ids: tuple[int, ...] = NO_IDS) -> None:
         pid = self._allocate_pid()
+        level = conn.protocol_level
+        if level < 5:
+            data = message.encoded(level, qos, retain, pid)
+        else:
+            data = self._encode5(conn, message, qos, retain, pid, False, sub_ids)
+            if data is None:
+                self._next_pid = pid  # not used after all
+                return
         now = self.broker.clock.seconds()
         self.inflight[pid] = Inflight(message, qos, retain,
-                                      WAIT_PUBACK if qos == 1 else WAIT_PUBREC, now)
-        conn.write(message.encoded(conn.protocol_level, qos, retain, pid))
-        if self.retry_call is None and self.retry_interval > 0 and conn.protocol_level < 5:
+                                      WAIT_PUBACK if qos == 1 else WAIT_PUBREC, now, sub_ids)
+        conn.write(data)
+        if self.retry_call is None and self.retry_interval > 0 and level < 5:
             self.retry_call = self.broker.clock.callLater(self.retry_interval, self._retry)
 
     def _allocate_pid(self) -> int:
@@ -151,18 +202,36 @@ class Session:
         conn = self.conn
         queue = self.queue
         store = self.broker.store
+        now: float | None = None
         while queue and conn is not None and not conn.paused:
-            message, qos, retain = queue[0]
+            item = queue[0]
+            message, qos, retain = item[0], item[1], item[2]
+            sub_ids = item[3] if len(item) > 3 else NO_IDS
+            if message.expires_at is not None:
+                if now is None:
+                    now = self.broker.clock.seconds()
+                if now >= message.expires_at:  # MQTT 5.0 message expiry: never sent
+                    queue.popleft()
+                    if qos and self.persistent:
+                        store.message_dequeued(self.key, message)
+                    self._drop(message, "expired")
+                    continue
             if qos:
-                if len(self.inflight) >= self.max_inflight:
+                n = len(self.inflight)
+                if n >= self.max_inflight or n >= self.client_receive_max:
                     return
                 queue.popleft()
                 if self.persistent:
                     store.message_dequeued(self.key, message)
-                self._send_inflight(conn, message, qos, retain)
+                self._send_inflight(conn, message, qos, retain, sub_ids)
             else:
                 queue.popleft()
-                conn.write(message.encoded_qos0(conn.protocol_level, retain))
+                if conn.protocol_level < 5:
+                    conn.write(message.encoded_qos0(conn.protocol_level, retain))
+                else:
+                    data = self._encode5(conn, message, 0, retain, None, False, sub_ids)
+                    if data is not None:
+                        conn.write(data)
 
     # -- acknowledgements from the client ----------------------------------------
 
@@ -174,10 +243,17 @@ class Session:
         self.drain()
         return True
 
-    def pubrec(self, pid: int) -> bool:
+    def pubrec(self, pid: int, failed: bool = False) -> bool:
+        """A PUBREC; with ``failed`` (MQTT 5.0 reason code >= 0x80) the QoS 2
+        flow ends here, without PUBREL."""
         entry = self.inflight.get(pid)
         if entry is None or entry.state == WAIT_PUBACK:
             return False
+        if failed:
+            if entry.state == WAIT_PUBREC:
+                del self.inflight[pid]
+                self.drain()
+            return True
         entry.state = WAIT_PUBCOMP
         entry.sent_at = self.broker.clock.seconds()
         return True
@@ -195,14 +271,27 @@ class Session:
     def attach(self, conn: Any) -> None:
         """A (re)connected client: resend unacknowledged messages, then the queue."""
         self.cancel_expiry()
+        self.cancel_will()
         self.conn = conn
         level = conn.protocol_level
+        out5 = getattr(conn, "out5", None)
+        self.client_receive_max = out5.receive_maximum if out5 is not None else 65535
+        too_large = []
         for pid, entry in self.inflight.items():
             entry.sent_at = self.broker.clock.seconds()
             if entry.state == WAIT_PUBCOMP:
                 conn.write(encode(Pubrel(pid), level))
-            else:
+            elif level < 5:
                 conn.write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
+            else:
+                data = self._encode5(conn, entry.message, entry.qos, entry.retain, pid, True,
+                                     entry.sub_ids)
+                if data is None:
+                    too_large.append(pid)
+                else:
+                    conn.write(data)
+        for pid in too_large:
+            del self.inflight[pid]
         if self.inflight and self.retry_call is None and self.retry_interval > 0 and level < 5:
             self.retry_call = self.broker.clock.callLater(self.retry_interval, self._retry)
         self.drain()
@@ -249,6 +338,14 @@ class Session:
             if self.expiry_call.active():
                 self.expiry_call.cancel()
             self.expiry_call = None
+
+    def cancel_will(self) -> None:
+        """Forget a delayed will (the session was resumed in time)."""
+        self.will = None
+        if self.will_call is not None:
+            if self.will_call.active():
+                self.will_call.cancel()
+            self.will_call = None
 
     def __repr__(self) -> str:
         return f"<Session {self.key!r} persistent={self.persistent} online={self.conn is not None}>"

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vmqtw.auth.api import Error, Ok, RegisterRequest
+from vmqtw.auth.api import AuthRequest, Error, Ok, RegisterRequest
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.hooks import Notifier
 from vmqtw.auth.modifiers import REGISTER as REGISTER_MODIFIERS
@@ -28,12 +28,13 @@ from vmqtw.codec.encoder import encode
 from vmqtw.codec.errors import CodecError, UnsupportedProtocolVersion
 from vmqtw.codec.packets import (
     AUTH, CONNECT, DISCONNECT, MQTT31, MQTT5, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC,
-    PUBREL, SUBSCRIBE, UNSUBSCRIBE, Connack, Connect, Disconnect, Pingresp, Puback, Pubcomp,
-    Publish, Pubrec, Pubrel, Suback, Subscribe, Unsuback, Unsubscribe,
+    PUBREL, SUBSCRIBE, UNSUBSCRIBE, Auth, Connack, Connect, Disconnect, Pingresp, Puback,
+    Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Unsuback, Unsubscribe,
 )
 from vmqtw.config import ListenerConfig
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
+from vmqtw.core.mqtt5 import Outbound
 from vmqtw.core.session import IClientConnection, Session
 from vmqtw.core.topics import TopicError, parse_shared, validate_topic_filter, validate_topic_name
 from vmqtw.transport.identity import peer_of
@@ -43,8 +44,31 @@ AWAIT_CONNECT = 0
 AUTHENTICATING = 1
 CONNECTED = 2
 CLOSED = 3
+AWAIT_AUTH = 4      # MQTT 5.0 enhanced authentication: waiting for the client's AUTH
 
 MAX_PACKET = 268435455 + 5
+
+# MQTT 5.0 re-authentication steps (MQTTProtocol.reauth).
+REAUTH_PENDING = 1  # a plugin is deciding
+REAUTH_AWAIT = 2    # waiting for the client's next AUTH
+
+NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _valid_topic_name(topic: str) -> bool:
+    try:
+        validate_topic_name(topic, 0xFFFF)
+    except TopicError:
+        return False
+    return True
 
 
 class ClientView:
@@ -83,6 +107,18 @@ class MQTTProtocol(Protocol):
         self._out: list[bytes] = []
         self._held: list[Any] = []
         self._timers: dict[str, Any] = {}
+        self._head = b""  # first bytes of the stream: is a broken CONNECT a 5.0 one?
+        # -- MQTT 5.0 (see _connect5) --
+        self.out5: Outbound | None = None      # what the client lets us send it
+        self.problem_info = True               # reason strings on acknowledgements
+        self.session_expiry = 0                # Session Expiry Interval from CONNECT
+        self.will_delay = 0
+        self.aliases_in: dict[int, str] = {}   # the client's topic aliases
+        self.auth_method: str | None = None    # enhanced authentication method
+        self.auth_data: bytes | None = None    # for the CONNACK (from the plugin)
+        self.reauth = 0                        # REAUTH_* during re-authentication
+        self._auth_connect: tuple[RegisterRequest, Connect] | None = None
+        self._connack5: dict[str, Any] = {}    # assigned client id, server keep alive
 
     # -- connection lifecycle -------------------------------------------------------
 
@@ -122,7 +158,7 @@ class MQTTProtocol(Protocol):
         will = self.will
         self.will = None
         if will is not None:
-            self.broker.publish(will, session.mountpoint, session)
+            self.broker.will(session, will, self.will_delay)
 
     # -- IClientConnection ------------------------------------------------------------
 
@@ -171,6 +207,8 @@ class MQTTProtocol(Protocol):
         if self.state == CLOSED:
             return
         self.last_activity = self.clock.seconds()
+        if self.state == AWAIT_CONNECT and len(self._head) < 16:
+            self._head += data[:16]
         error: CodecError | None = None
         try:
             packets = self.decoder.feed(data)
@@ -202,7 +240,26 @@ class MQTTProtocol(Protocol):
             self.write(encode(Connack(code), level))
             self.close()
             return
+        if self.state == AWAIT_CONNECT and self._connect_level() == MQTT5 and \
+                MQTT5 in self.factory.listener.allowed_protocol_versions:
+            # A broken 5.0 CONNECT: say why in the CONNACK before closing.
+            self.protocol_level = MQTT5
+            self._refuse(error.reason_code, str(error))
+            return
         self.protocol_violation(str(error), error.reason_code)
+
+    def _connect_level(self) -> int | None:
+        """The protocol level of the CONNECT at the start of the stream, if readable."""
+        head = self._head
+        if len(head) < 2 or head[0] != 0x10:
+            return None
+        i = 1
+        while i < 5 and i < len(head) and head[i] & 0x80:
+            i += 1
+        name = head[i + 1:i + 7]
+        if name != b"\x00\x04MQTT" or len(head) <= i + 7:
+            return None
+        return head[i + 7]
 
     def protocol_violation(self, why: str, reason_code: int = reasons.PROTOCOL_ERROR) -> None:
         """Close this connection (and only this one) for breaking the protocol."""
@@ -245,8 +302,9 @@ class MQTTProtocol(Protocol):
 
     def _connect_timeout(self) -> None:
         self._timers.pop("connect", None)
-        if self.state == AWAIT_CONNECT:
-            self.log.info("closing {peer}: no CONNECT within {timeout} ms", peer=self._peer_str(),
+        if self.state == AWAIT_CONNECT or self.state == AWAIT_AUTH:
+            self.log.info("closing {peer}: no {packet} within {timeout} ms", peer=self._peer_str(),
+                          packet="CONNECT" if self.state == AWAIT_CONNECT else "AUTH",
                           timeout=self.broker.config.mqtt_connect_timeout)
             self.close()
 
@@ -308,6 +366,8 @@ class MQTTProtocol(Protocol):
                 return
             client_id = "vmqtw-" + binascii.hexlify(os.urandom(10)).decode()
             self.client.client_id = client_id
+            if level == MQTT5:
+                self._connack5["assigned_client_identifier"] = client_id
         elif len(client_id.encode("utf-8")) > config.max_client_id_size:
             self._refuse(reasons.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
             return
@@ -320,6 +380,8 @@ class MQTTProtocol(Protocol):
                 return
             self.will = Message(will.topic, will.payload, will.qos, will.retain, will.properties)
         self.keepalive = packet.keepalive
+        if level == MQTT5 and not self._connect5(packet):
+            return
         self.state = AUTHENTICATING
         self.transport.pauseProducing()  # type: ignore[union-attr]
         request = RegisterRequest(
@@ -328,9 +390,165 @@ class MQTTProtocol(Protocol):
             clean_start=packet.clean_start, protocol_level=level,
             properties=packet.properties, listener=self.factory.listener_name,
             listener_address=str(listener.address), listener_kind=listener.kind)
+        if self.auth_method is not None:
+            self._auth_connect = (request, packet)
+            self._auth_step(packet.properties.get("authentication_data"))
+            return
+        self._register(request, packet)
+
+    def _register(self, request: RegisterRequest, packet: Connect) -> None:
+        listener = self.factory.listener
         d = self.factory.authorizer.register(request, listener.allow_anonymous_override)
         d.addCallback(self._registered, packet)
         d.addErrback(self._register_failed)
+
+    def _connect5(self, packet: Connect) -> bool:
+        """Take in a 5.0 CONNECT's properties (and its will's); False after
+        refusing a CONNECT that breaks a rule."""
+        props = packet.properties
+        config = self.broker.config
+        self.problem_info = props.get("request_problem_information", 1) == 1
+        self.session_expiry = props.get("session_expiry_interval", 0)
+        method = props.get("authentication_method")
+        if method is None and "authentication_data" in props:
+            self._refuse(reasons.PROTOCOL_ERROR, "authentication data without a method")
+            return False
+        self.auth_method = method
+        self.out5 = Outbound(
+            receive_maximum=min(props.get("receive_maximum", 65535), config.receive_max_client),
+            maximum_packet_size=props.get("maximum_packet_size", 0),
+            alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_client))
+        cap = config.max_keep_alive
+        if cap and (packet.keepalive == 0 or packet.keepalive > cap):
+            self.keepalive = cap
+            self._connack5["server_keep_alive"] = cap
+        will = packet.will
+        if will is not None:
+            wprops = will.properties
+            if wprops.get("payload_format_indicator") == 1 and not _is_utf8(will.payload):
+                self._refuse(reasons.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+                return False
+            response_topic = wprops.get("response_topic")
+            if response_topic is not None and not _valid_topic_name(response_topic):
+                self._refuse(reasons.PROTOCOL_ERROR, "invalid will response topic")
+                return False
+            delay = wprops.get("will_delay_interval", 0)
+            if config.max_last_will_delay is not None:
+                delay = min(delay, config.max_last_will_delay)
+            self.will_delay = delay
+        return True
+
+    def _connack_properties(self, session: Session) -> dict[str, Any]:
+        """The CONNACK properties of a successful 5.0 CONNECT: the broker's limits."""
+        config = self.broker.config
+        props: dict[str, Any] = {}
+        if "assigned_client_identifier" in self._connack5:
+            props["assigned_client_identifier"] = session.client_id
+        if "server_keep_alive" in self._connack5:
+            props["server_keep_alive"] = self._connack5["server_keep_alive"]
+        props["receive_maximum"] = config.receive_max_broker
+        if config.topic_alias_max_broker:
+            props["topic_alias_maximum"] = config.topic_alias_max_broker
+        if self.decoder.max_packet_size < MAX_PACKET:
+            props["maximum_packet_size"] = self.decoder.max_packet_size
+        props["retain_available"] = 1
+        props["wildcard_subscription_available"] = 1
+        props["subscription_identifier_available"] = 1
+        props["shared_subscription_available"] = 1
+        if self.auth_method is not None:
+            props["authentication_method"] = self.auth_method
+            if self.auth_data is not None:
+                props["authentication_data"] = self.auth_data
+        return props
+
+    # -- MQTT 5.0 enhanced authentication ------------------------------------------------
+
+    def _auth_step(self, data: bytes | None) -> None:
+        """Ask the on_auth plugins about one step (CONNECT, or re-authentication)."""
+        client = self.client
+        assert client is not None and self.auth_method is not None
+        connecting = self.state != CONNECTED
+        if connecting:
+            self.state = AUTHENTICATING
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        else:
+            self.reauth = REAUTH_PENDING
+        request = AuthRequest(self.peer, client.mountpoint, client.client_id, client.username,
+                              self.auth_method, data, self.factory.listener_name,
+                              reauthenticate=not connecting)
+        d = self.factory.authorizer.on_auth(request)
+        d.addCallback(self._auth_answer, connecting)
+        d.addErrback(self._auth_error, connecting)
+
+    def _auth_error(self, failure: Failure, connecting: bool) -> None:
+        self.log.failure("enhanced authentication failed unexpectedly", failure)
+        self._auth_answer(Error("plugin_error"), connecting)
+
+    def _auth_answer(self, result: Any, connecting: bool) -> None:
+        if self.state == CLOSED or (connecting and self.state != AUTHENTICATING):
+            return  # the client went away meanwhile
+        if connecting and (isinstance(result, Error) or
+                           result.modifiers.get("continue_authentication")):
+            self.state = AWAIT_CONNECT
+            if self.transport is not None:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+        if isinstance(result, Error):
+            bad_method = (not self.factory.authorizer.has_on_auth or result.reason in
+                          ("bad_authentication_method", "plugin_chain_exhausted"))
+            code = reasons.BAD_AUTHENTICATION_METHOD if bad_method else reasons.NOT_AUTHORIZED
+            if connecting:
+                self._refuse(code, f"enhanced authentication: {result.reason}")
+            else:
+                self.protocol_violation(f"re-authentication: {result.reason}", code)
+            self.broker.flush()
+            return
+        assert isinstance(result, Ok)
+        mods = result.modifiers
+        data = mods.get("authentication_data")
+        if data is not None and not isinstance(data, bytes):
+            data = str(data).encode("utf-8")
+        if mods.get("continue_authentication"):
+            props: dict[str, Any] = {"authentication_method": self.auth_method}
+            if data is not None:
+                props["authentication_data"] = data
+            self.write(encode(Auth(reasons.CONTINUE_AUTHENTICATION, props), MQTT5))
+            if connecting:
+                self.state = AWAIT_AUTH
+                self._timers["connect"] = self.clock.callLater(
+                    self.broker.config.mqtt_connect_timeout / 1000.0, self._connect_timeout)
+                self._replay_held()
+            else:
+                self.reauth = REAUTH_AWAIT
+            self.broker.flush()
+            return
+        if connecting:  # authenticated: on to auth_on_register (still AUTHENTICATING)
+            self.auth_data = data
+            assert self._auth_connect is not None
+            request, packet = self._auth_connect
+            self._auth_connect = None
+            self._register(request, packet)
+            return
+        self.reauth = 0
+        props = {"authentication_method": self.auth_method}
+        if data is not None:
+            props["authentication_data"] = data
+        self.write(encode(Auth(reasons.SUCCESS, props), MQTT5))
+        self.broker.flush()
+
+    def _replay_held(self) -> None:
+        """Handle the packets that arrived while a plugin was deciding."""
+        held, self._held = self._held, []
+        handlers = self._handlers
+        for item in held:
+            if self.state == CLOSED:
+                break
+            if self.state == AUTHENTICATING:
+                self._held.append(item)
+                continue
+            if isinstance(item, CodecError):
+                self._codec_error(item)
+            else:
+                handlers[item.type](self, item)
 
     def _register_failed(self, failure: Failure) -> None:
         self.log.failure("authentication failed unexpectedly", failure)
@@ -366,8 +584,8 @@ class MQTTProtocol(Protocol):
                 return
         will = self.will
         if will is not None:
-            verdict = self.factory.authorizer.publish(client, will.topic, will.payload,
-                                                      will.qos, will.retain)
+            verdict = self._authorize_publish(client, will.topic, will.payload, will.qos,
+                                              will.retain, will.properties)
             if isinstance(verdict, Error):
                 self._refuse(reasons.NOT_AUTHORIZED, "will message not authorized")
                 self.broker.flush()
@@ -425,8 +643,12 @@ class MQTTProtocol(Protocol):
     def _connected(self, packet: Connect, client: ClientView) -> None:
         config = self.broker.config
         key = (client.mountpoint, client.client_id)
-        if packet.clean_start:
-            expiry: float | None = 0
+        expiry: float | None
+        if self.protocol_level == MQTT5:
+            # Session Expiry Interval: 0 = ends with the connection, 0xFFFFFFFF = never.
+            expiry = None if self.session_expiry == NEVER_EXPIRES else self.session_expiry
+        elif packet.clean_start:
+            expiry = 0
         else:
             expiry = config.persistent_client_expiration
         session, present = self.broker.open_session(key, packet.clean_start, expiry, self)
@@ -435,7 +657,10 @@ class MQTTProtocol(Protocol):
         session.listener = client.listener
         self.session = session
         self.state = CONNECTED
-        self.write(encode(Connack(0, present), self.protocol_level))
+        if self.protocol_level == MQTT5:
+            self.write(encode(Connack(0, present, self._connack_properties(session)), MQTT5))
+        else:
+            self.write(encode(Connack(0, present), self.protocol_level))
         self.log.debug("client {client_id!r} connected from {peer} (session present: {present})",
                        client_id=client.client_id, peer=self._peer_str(), present=present)
         self.broker.session_resumed(session)
@@ -453,7 +678,13 @@ class MQTTProtocol(Protocol):
         if self.state != CONNECTED or session is None:
             self.protocol_violation("PUBLISH before CONNECT")
             return
-        topic = packet.topic
+        level = self.protocol_level
+        if level == MQTT5:
+            topic = self._inbound_topic5(packet, session)
+            if topic is None:
+                return
+        else:
+            topic = packet.topic
         try:
             validate_topic_name(topic, self.broker.config.topic_max_depth)
         except TopicError as e:
@@ -461,20 +692,102 @@ class MQTTProtocol(Protocol):
             return
         qos = packet.qos
         if qos == 2 and packet.packet_id in session.incoming_qos2:
-            self.write(encode(Pubrec(packet.packet_id), self.protocol_level))
+            self.write(encode(Pubrec(packet.packet_id), level))
             return
-        verdict = self.factory.authorizer.publish(session, topic, packet.payload, qos,
-                                                  packet.retain)
+        if level == MQTT5:
+            message = self._inbound_message5(packet, topic, session)
+            if message is None:
+                return
+        else:
+            verdict = self.factory.authorizer.publish(session, topic, packet.payload, qos,
+                                                      packet.retain)
+            if verdict.__class__ is Error:
+                self._unauthorized_publish(packet, verdict)  # type: ignore[arg-type]
+                return
+            message = Message(topic, packet.payload, qos, packet.retain)
+        count = self.broker.publish(message, session.mountpoint, session)
+        if qos:
+            # MQTT 5.0: 0x10 "no matching subscribers" (still a success).
+            code = reasons.NO_MATCHING_SUBSCRIBERS if level == MQTT5 and not count else 0
+            if qos == 1:
+                self.write(encode(Puback(packet.packet_id, code), level))  # type: ignore[arg-type]
+            else:
+                session.incoming_qos2.add(packet.packet_id)  # type: ignore[arg-type]
+                self.write(encode(Pubrec(packet.packet_id, code), level))  # type: ignore[arg-type]
+
+    # -- MQTT 5.0 PUBLISH rules, one helper per step ---------------------------------------
+
+    def _inbound_topic5(self, packet: Publish, session: Session) -> str | None:
+        """The topic of a 5.0 PUBLISH (resolving a topic alias) after the checks
+        that end the connection; None when it was closed."""
+        props = packet.properties
+        topic = packet.topic
+        if "subscription_identifier" in props:
+            self.protocol_violation("PUBLISH from a client with a subscription identifier")
+            return None
+        alias = props.get("topic_alias")
+        if alias is not None:
+            if alias > self.broker.config.topic_alias_max_broker:
+                self.protocol_violation(f"topic alias {alias} above the maximum",
+                                        reasons.TOPIC_ALIAS_INVALID)
+                return None
+            if topic:
+                self.aliases_in[alias] = topic
+            else:
+                found = self.aliases_in.get(alias)
+                if found is None:
+                    self.protocol_violation(f"unknown topic alias {alias}")
+                    return None
+                topic = found
+        elif not topic:
+            self.protocol_violation("empty topic name without a topic alias")
+            return None
+        if packet.qos and packet.packet_id not in session.incoming_qos2 and \
+                len(session.incoming_qos2) >= self.broker.config.receive_max_broker:
+            self.protocol_violation("receive maximum exceeded", reasons.RECEIVE_MAXIMUM_EXCEEDED)
+            return None
+        response_topic = props.get("response_topic")
+        if response_topic is not None and not _valid_topic_name(response_topic):
+            self.protocol_violation(f"invalid response topic {response_topic!r}")
+            return None
+        return topic
+
+    def _inbound_message5(self, packet: Publish, topic: str, session: Session) -> Message | None:
+        """Check the payload format and authorize; the Message to route, or None
+        when the PUBLISH was refused (acknowledged with a reason, or closed)."""
+        props = packet.properties
+        if props.get("payload_format_indicator") == 1 and not _is_utf8(packet.payload):
+            if packet.qos:
+                self._refuse_publish5(packet, reasons.PAYLOAD_FORMAT_INVALID,
+                                      "payload is not valid UTF-8")
+            else:
+                self.protocol_violation("payload is not valid UTF-8",
+                                        reasons.PAYLOAD_FORMAT_INVALID)
+            return None
+        if "topic_alias" in props:  # per hop: never forwarded
+            props = {k: v for k, v in props.items() if k != "topic_alias"}
+        verdict = self.factory.authorizer.publish_m5(session, topic, packet.payload, packet.qos,
+                                                     packet.retain, props)
         if verdict.__class__ is Error:
             self._unauthorized_publish(packet, verdict)  # type: ignore[arg-type]
-            return
-        self.broker.publish(Message(topic, packet.payload, qos, packet.retain, packet.properties),
-                            session.mountpoint, session)
-        if qos == 1:
-            self.write(encode(Puback(packet.packet_id), self.protocol_level))
-        elif qos == 2:
-            session.incoming_qos2.add(packet.packet_id)  # type: ignore[arg-type]
-            self.write(encode(Pubrec(packet.packet_id), self.protocol_level))
+            return None
+        message = Message(topic, packet.payload, packet.qos, packet.retain, props)
+        if "message_expiry_interval" in props:
+            message.start_expiry(self.broker.clock.seconds())
+        return message
+
+    def _refuse_publish5(self, packet: Publish, code: int, why: str) -> None:
+        """PUBACK/PUBREC with an error reason (and a reason string if the client wants them)."""
+        props = {"reason_string": why} if self.problem_info else {}
+        ack = Puback if packet.qos == 1 else Pubrec
+        self.write(encode(ack(packet.packet_id, code, props), MQTT5))  # type: ignore[arg-type]
+
+    def _authorize_publish(self, client: Any, topic: str, payload: bytes, qos: int,
+                           retain: bool, properties: dict[str, Any]) -> Any:
+        authorizer = self.factory.authorizer
+        if self.protocol_level == MQTT5:
+            return authorizer.publish_m5(client, topic, payload, qos, retain, properties)
+        return authorizer.publish(client, topic, payload, qos, retain)
 
     def _unauthorized_publish(self, packet: Publish, verdict: Error) -> None:
         level = self.protocol_level
@@ -483,10 +796,8 @@ class MQTTProtocol(Protocol):
                       client_id=self.client.client_id if self.client else "",
                       topic=packet.topic, reason=verdict.reason)
         if level == MQTT5:
-            if packet.qos == 1:
-                self.write(encode(Puback(packet.packet_id, reasons.NOT_AUTHORIZED), level))
-            elif packet.qos == 2:
-                self.write(encode(Pubrec(packet.packet_id, reasons.NOT_AUTHORIZED), level))
+            if packet.qos:
+                self._refuse_publish5(packet, reasons.NOT_AUTHORIZED, "not authorized")
             return
         if level == MQTT31 and not config.disconnect_on_unauthorized_publish_v3:
             if packet.qos == 1:
@@ -507,7 +818,9 @@ class MQTTProtocol(Protocol):
         if session is None:
             self.protocol_violation("PUBREC before CONNECT")
             return
-        if session.pubrec(packet.packet_id):
+        if self.protocol_level == MQTT5 and packet.reason_code >= 0x80:
+            session.pubrec(packet.packet_id, failed=True)  # the QoS 2 flow ends here
+        elif session.pubrec(packet.packet_id):
             self.write(encode(Pubrel(packet.packet_id), self.protocol_level))
         elif self.protocol_level == MQTT5:
             self.write(encode(Pubrel(packet.packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND),
@@ -548,6 +861,9 @@ class MQTTProtocol(Protocol):
         for topic_filter, options in packet.topics:
             try:
                 group, inner = parse_shared(topic_filter)
+                if group is not None and options.no_local:
+                    self.protocol_violation(f"no local on shared subscription {topic_filter!r}")
+                    return
                 validate_topic_filter(inner, config.topic_max_depth)
             except TopicError as e:
                 if level == MQTT31:  # 3.1 has no failure return code
@@ -560,7 +876,10 @@ class MQTTProtocol(Protocol):
             codes.append(options.qos)
             wanted.append((topic_filter, options.qos))
         if wanted:
-            verdict = self.factory.authorizer.subscribe(session, wanted)
+            if level == MQTT5:
+                verdict = self.factory.authorizer.subscribe_m5(session, wanted, packet.properties)
+            else:
+                verdict = self.factory.authorizer.subscribe(session, wanted)
             if verdict.__class__ is Error:
                 self.log.info("client {client_id!r}: subscribe to {filters} not authorized",
                               client_id=session.client_id, filters=[f for f, _ in wanted])
@@ -577,7 +896,12 @@ class MQTTProtocol(Protocol):
                 continue
             accepted.append((topic_filter, options))
         self.write(encode(Suback(packet.packet_id, codes), level))
+        sub_id = packet.properties.get("subscription_identifier")  # MQTT 5.0: [n] or absent
         for topic_filter, options in accepted:
+            if sub_id:
+                session.sub_ids[topic_filter] = sub_id[0]
+            elif session.sub_ids:
+                session.sub_ids.pop(topic_filter, None)
             self.broker.subscribe(session, topic_filter, options)
 
     def handle_unsubscribe(self, packet: Unsubscribe) -> None:
@@ -600,13 +924,54 @@ class MQTTProtocol(Protocol):
         self.write(encode(Pingresp(), self.protocol_level))
 
     def handle_disconnect(self, packet: Disconnect) -> None:
+        if self.protocol_level == MQTT5 and self.state == CONNECTED:
+            expiry = packet.properties.get("session_expiry_interval")
+            if expiry is not None and not self._change_session_expiry(expiry):
+                return
         if self.protocol_level < MQTT5 or packet.reason_code != reasons.DISCONNECT_WITH_WILL:
             self.clean_disconnect = True
             self.will = None
         self.close()
 
-    def handle_auth(self, packet: Any) -> None:
-        self.protocol_violation("AUTH without an authentication method")
+    def _change_session_expiry(self, expiry: int) -> bool:
+        """A 5.0 DISCONNECT's Session Expiry Interval; False (connection closed with
+        0x82, will published) when CONNECT said 0 and this is not 0."""
+        if self.session_expiry == 0 and expiry != 0:
+            self.protocol_violation("session expiry set on DISCONNECT after 0 in CONNECT")
+            return False
+        session = self.session
+        if session is not None:
+            session.expiry_interval = None if expiry == NEVER_EXPIRES else expiry
+        return True
+
+    def handle_auth(self, packet: Auth) -> None:
+        """MQTT 5.0 AUTH: the next step of enhanced authentication at CONNECT, or
+        re-authentication of a connected client."""
+        if self.auth_method is None:
+            self.protocol_violation("AUTH without an authentication method")
+            return
+        if packet.properties.get("authentication_method") != self.auth_method:
+            if self.state == AWAIT_AUTH:
+                self._refuse(reasons.PROTOCOL_ERROR, "AUTH with another authentication method")
+            else:
+                self.protocol_violation("AUTH with another authentication method")
+            return
+        code = packet.reason_code
+        data = packet.properties.get("authentication_data")
+        if self.state == AWAIT_AUTH:
+            if code != reasons.CONTINUE_AUTHENTICATION:
+                self._refuse(reasons.PROTOCOL_ERROR, f"AUTH reason 0x{code:02x} during CONNECT")
+                return
+            call = self._timers.pop("connect", None)
+            if call is not None and call.active():
+                call.cancel()
+            self._auth_step(data)
+        elif self.state == CONNECTED and (
+                (code == reasons.REAUTHENTICATE and self.reauth == 0) or
+                (code == reasons.CONTINUE_AUTHENTICATION and self.reauth == REAUTH_AWAIT)):
+            self._auth_step(data)
+        else:
+            self.protocol_violation(f"unexpected AUTH (reason 0x{code:02x})")
 
     def handle_unexpected(self, packet: Any) -> None:
         self.protocol_violation(f"unexpected {type(packet).__name__} from a client")
