@@ -248,6 +248,9 @@ class BrokerService(MultiService):
         if self.handle_sighup and hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, getattr(self, "_previous_sighup", signal.SIG_DFL))
         self.disconnect_all()
+        # No session expiry or will-delay timers outlive the service; pending
+        # delayed wills are published now.
+        self.broker.stop()
         self.broker.store.close()
         waits = [d] if d is not None else []
         waits += [svc.connections_closed(self.close_timeout) for svc in self.listeners.values()]

@@ -102,8 +102,10 @@ class Authorizer:
     """The one authorization point for CONNECT, PUBLISH (and will) and SUBSCRIBE.
 
     ``allow_anonymous`` (or a listener's ``allow_anonymous_override``) skips the
-    register chain but not the publish/subscribe hooks.  With no plugin
-    providing a publish/subscribe hook, those are allowed.
+    register chain but not the publish/subscribe hooks.  With no authorization
+    plugin at all in the chain, publish and subscribe are allowed; once any
+    plugin provides an authorization hook, VerneMQ's semantics apply to every
+    one of them: a hook nobody provides is an exhausted chain, and denies.
     """
 
     def __init__(self, chain: Chain, allow_anonymous: bool = False,
@@ -111,10 +113,12 @@ class Authorizer:
         self.chain = chain
         self.authz_chain = authz_chain if authz_chain is not None else chain
         self.allow_anonymous = allow_anonymous
-        self._has_publish = bool(self.authz_chain.providers(IAuthOnPublish))
-        self._has_subscribe = bool(self.authz_chain.providers(IAuthOnSubscribe))
         self._has_publish_m5 = bool(self.authz_chain.providers(IAuthOnPublishM5))
         self._has_subscribe_m5 = bool(self.authz_chain.providers(IAuthOnSubscribeM5))
+        #: False when no authorization plugin is enabled: no ACL is in force.
+        self.authz_enabled = any(self.authz_chain.providers(i) for i in (
+            IAuthOnPublish, IAuthOnSubscribe, IAuthOnPublishM5, IAuthOnSubscribeM5))
+        self._has_publish = self._has_subscribe = self.authz_enabled
         #: True when some plugin of the register chain does MQTT 5.0 enhanced auth.
         self.has_on_auth = bool(self.chain.providers(IOnAuth))
 

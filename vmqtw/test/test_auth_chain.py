@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from vmqtw.auth.api import (
+    IAuthOnSubscribeM5,
     NEXT, OK, Error, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, Ok, RegisterRequest,
     error,
 )
@@ -375,3 +376,35 @@ class ProtocolAuthTests(BrokerTestCase):
 
 
 
+
+
+@implementer(IAuthOnPublish)
+class _PublishOnlyAcl:
+    def auth_on_publish(self, *args):
+        return OK
+
+
+@implementer(IAuthOnSubscribeM5)
+class _SubscribeM5Only:
+    def auth_on_subscribe_m5(self, *args):
+        return OK
+
+
+class AuthorizerWithPartialPlugins(SynchronousTestCase):
+    """Once any authorization plugin is enabled, a hook nobody provides denies
+    (VerneMQ: no_matching_hook_found), instead of silently allowing."""
+
+    def test_acl_without_subscribe_hook_denies_subscribe(self):
+        auth = Authorizer(Chain([("pub_acl", _PublishOnlyAcl())]))
+        self.assertIsInstance(auth.subscribe(object(), [("any/topic", 0)]), Error)
+        self.assertIs(auth.publish(object(), "t", b"", 0, False), OK)
+
+    def test_m5_only_acl_still_checks_311_clients(self):
+        auth = Authorizer(Chain([("sub5", _SubscribeM5Only())]))
+        self.assertIsInstance(auth.subscribe(object(), [("t", 0)]), Error)
+        self.assertIs(auth.subscribe_m5(object(), [("t", 0)], {}), OK)
+
+    def test_no_authorization_plugin_allows(self):
+        auth = Authorizer(Chain([]))
+        self.assertFalse(auth.authz_enabled)
+        self.assertIs(auth.subscribe(object(), [("t", 0)]), OK)

@@ -20,7 +20,8 @@ from vmqtw.auth.api import AuthRequest, Error, Ok, RegisterRequest
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.hooks import Notifier
 from vmqtw.auth.modifiers import REGISTER as REGISTER_MODIFIERS
-from vmqtw.auth.modifiers import ModifierError
+from vmqtw.auth.modifiers import PUBLISH as PUBLISH_MODIFIERS
+from vmqtw.auth.modifiers import ModifierError, check_subscribe
 from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
 from vmqtw.codec.decoder import Decoder
@@ -29,7 +30,7 @@ from vmqtw.codec.errors import CodecError, UnsupportedProtocolVersion
 from vmqtw.codec.packets import (
     AUTH, CONNECT, DISCONNECT, MQTT31, MQTT5, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC,
     PUBREL, SUBSCRIBE, UNSUBSCRIBE, Auth, Connack, Connect, Disconnect, Pingresp, Puback,
-    Pubcomp, Publish, Pubrec, Pubrel, Suback, Subscribe, Unsuback, Unsubscribe,
+    Pubcomp, Publish, Pubrec, Pubrel, Suback, SubOptions, Subscribe, Unsuback, Unsubscribe,
 )
 from vmqtw.config import ListenerConfig
 from vmqtw.core.broker import Broker
@@ -37,7 +38,7 @@ from vmqtw.core.message import Message
 from vmqtw.core.mqtt5 import Outbound
 from vmqtw.core.session import IClientConnection, Session
 from vmqtw.core.topics import TopicError, parse_shared, validate_topic_filter, validate_topic_name
-from vmqtw.transport.identity import peer_of
+from vmqtw.transport.identity import peer_of, preauth_username
 
 # Connection states.
 AWAIT_CONNECT = 0
@@ -354,6 +355,9 @@ class MQTTProtocol(Protocol):
             self._refuse(reasons.UNSUPPORTED_PROTOCOL_VERSION,
                          f"protocol level {level} not allowed on this listener")
             return
+        preauth = preauth_username(self.transport, listener)
+        if preauth is not None:  # TLS/PSK/PROXY/XFF identity; auth still runs
+            packet.username = preauth
         config = self.broker.config
         client_id = packet.client_id
         mountpoint = listener.mountpoint
@@ -605,11 +609,12 @@ class MQTTProtocol(Protocol):
                 handlers[item.type](self, item)
         self.broker.flush()
 
-    @staticmethod
-    def _apply_register_modifiers(modifiers: dict[str, Any], packet: Connect,
+    def _apply_register_modifiers(self, modifiers: dict[str, Any], packet: Connect,
                                   client: ClientView) -> dict[str, Any]:
         """Apply identity modifiers; return the session limits to set after registering."""
         mods = check_modifiers(REGISTER_MODIFIERS, modifiers, "auth_on_register")
+        if "max_message_size" in mods:  # before CONNACK, which announces it (5.0)
+            self.decoder.max_packet_size = mods.pop("max_message_size") or MAX_PACKET
         client.mountpoint = mods.pop("mountpoint", client.mountpoint)
         client.client_id = mods.pop("client_id", client.client_id)
         if "username" in mods:
@@ -629,8 +634,6 @@ class MQTTProtocol(Protocol):
                            ("upgrade_qos", "upgrade_qos")):
             if name in mods:
                 setattr(session, attr, mods[name])
-        if "max_message_size" in mods:
-            self.decoder.max_packet_size = mods["max_message_size"] or MAX_PACKET
         if "max_connection_lifetime" in mods:
             call = self._timers.pop("lifetime", None)
             if call is not None and call.active():
@@ -695,9 +698,10 @@ class MQTTProtocol(Protocol):
             self.write(encode(Pubrec(packet.packet_id), level))
             return
         if level == MQTT5:
-            message = self._inbound_message5(packet, topic, session)
-            if message is None:
+            result = self._inbound_message5(packet, topic, session)
+            if result is None:
                 return
+            message, verdict = result
         else:
             verdict = self.factory.authorizer.publish(session, topic, packet.payload, qos,
                                                       packet.retain)
@@ -705,7 +709,18 @@ class MQTTProtocol(Protocol):
                 self._unauthorized_publish(packet, verdict)  # type: ignore[arg-type]
                 return
             message = Message(topic, packet.payload, qos, packet.retain)
-        count = self.broker.publish(message, session.mountpoint, session)
+        mountpoint = session.mountpoint
+        if verdict.__class__ is Ok and verdict.modifiers:  # type: ignore[union-attr]
+            modified = self._modified_message(verdict.modifiers, message)  # type: ignore[union-attr]
+            if modified is None:
+                self._unauthorized_publish(packet, Error("invalid_modifiers"))
+                return
+            message, mountpoint = modified[0], modified[1] or mountpoint
+        count = self.broker.publish(message, mountpoint, session)
+        notifier = self.factory.notifier
+        if notifier.publish:
+            notifier.on_publish(session, message.topic, message.payload, message.qos,
+                                message.retain)
         if qos:
             # MQTT 5.0: 0x10 "no matching subscribers" (still a success).
             code = reasons.NO_MATCHING_SUBSCRIBERS if level == MQTT5 and not count else 0
@@ -752,9 +767,11 @@ class MQTTProtocol(Protocol):
             return None
         return topic
 
-    def _inbound_message5(self, packet: Publish, topic: str, session: Session) -> Message | None:
-        """Check the payload format and authorize; the Message to route, or None
-        when the PUBLISH was refused (acknowledged with a reason, or closed)."""
+    def _inbound_message5(self, packet: Publish, topic: str,
+                          session: Session) -> tuple[Message, Any] | None:
+        """Check the payload format and authorize; the Message to route and the
+        authorization verdict, or None when the PUBLISH was refused
+        (acknowledged with a reason, or closed)."""
         props = packet.properties
         if props.get("payload_format_indicator") == 1 and not _is_utf8(packet.payload):
             if packet.qos:
@@ -774,7 +791,23 @@ class MQTTProtocol(Protocol):
         message = Message(topic, packet.payload, packet.qos, packet.retain, props)
         if "message_expiry_interval" in props:
             message.start_expiry(self.broker.clock.seconds())
-        return message
+        return message, verdict
+
+    def _modified_message(self, modifiers: dict[str, Any],
+                          message: Message) -> tuple[Message, str | None] | None:
+        """Apply auth_on_publish modifiers (topic, payload, qos, retain,
+        mountpoint); None when a modifier is invalid (logged)."""
+        try:
+            mods = check_modifiers(PUBLISH_MODIFIERS, modifiers, "auth_on_publish")
+        except ModifierError as e:
+            self.log.error("client {client_id!r}: {reason}",
+                           client_id=self.client.client_id if self.client else "",
+                           reason=str(e))
+            return None
+        new = Message(mods.get("topic", message.topic), mods.get("payload", message.payload),
+                      mods.get("qos", message.qos), mods.get("retain", message.retain),
+                      message.properties, expires_at=message.expires_at)
+        return new, mods.get("mountpoint")
 
     def _refuse_publish5(self, packet: Publish, code: int, why: str) -> None:
         """PUBACK/PUBREC with an error reason (and a reason string if the client wants them)."""
@@ -858,6 +891,7 @@ class MQTTProtocol(Protocol):
         failure = reasons.SUBACK_FAILURE
         codes: list[int] = []
         wanted: list[tuple[str, int]] = []
+        wanted_at: list[int] = []  # index in packet.topics of each wanted entry
         for topic_filter, options in packet.topics:
             try:
                 group, inner = parse_shared(topic_filter)
@@ -873,8 +907,10 @@ class MQTTProtocol(Protocol):
                               client_id=session.client_id, filter=topic_filter, reason=str(e))
                 codes.append(reasons.TOPIC_FILTER_INVALID if level == MQTT5 else failure)
                 continue
+            wanted_at.append(len(codes))
             codes.append(options.qos)
             wanted.append((topic_filter, options.qos))
+        rewritten: dict[int, tuple[str, int]] = {}
         if wanted:
             if level == MQTT5:
                 verdict = self.factory.authorizer.subscribe_m5(session, wanted, packet.properties)
@@ -885,11 +921,18 @@ class MQTTProtocol(Protocol):
                               client_id=session.client_id, filters=[f for f, _ in wanted])
                 denied = reasons.NOT_AUTHORIZED if level == MQTT5 else failure
                 codes = [c if c >= 0x80 else denied for c in codes]
+            elif verdict.__class__ is Ok and verdict.modifiers:  # type: ignore[union-attr]
+                self._rewrite_subscriptions(verdict.modifiers, wanted, wanted_at,  # type: ignore[union-attr]
+                                            codes, rewritten)
         limit = config.max_subscriptions_per_client
         accepted = []
         for i, (topic_filter, options) in enumerate(packet.topics):
             if codes[i] >= 0x80:
                 continue
+            if i in rewritten:
+                topic_filter, qos = rewritten[i]
+                options = SubOptions(qos, options.no_local, options.retain_as_published,
+                                     options.retain_handling)
             if limit and topic_filter not in session.subscriptions and \
                     len(session.subscriptions) + len(accepted) >= limit:
                 codes[i] = reasons.QUOTA_EXCEEDED if level == MQTT5 else failure
@@ -903,16 +946,49 @@ class MQTTProtocol(Protocol):
             elif session.sub_ids:
                 session.sub_ids.pop(topic_filter, None)
             self.broker.subscribe(session, topic_filter, options)
+        notifier = self.factory.notifier
+        if notifier.subscribe and accepted:
+            notifier.on_subscribe(session, [(f, o.qos) for f, o in accepted])
+
+    def _rewrite_subscriptions(self, modifiers: dict[str, Any], wanted: list[tuple[str, int]],
+                               wanted_at: list[int], codes: list[int],
+                               rewritten: dict[int, tuple[str, int]]) -> None:
+        """auth_on_subscribe's ok(topics=[(filter, qos), ...]): one entry per
+        requested filter; a QoS of 128 denies that entry.  Invalid modifiers
+        deny the whole SUBSCRIBE (the plugin's error, logged)."""
+        denied = reasons.NOT_AUTHORIZED if self.protocol_level == MQTT5 else \
+            reasons.SUBACK_FAILURE
+        try:
+            entries = check_subscribe(modifiers, wanted)
+        except ModifierError as e:
+            self.log.error("client {client_id!r}: {reason}",
+                           client_id=self.client.client_id if self.client else "",
+                           reason=str(e))
+            for i in wanted_at:
+                codes[i] = denied
+            return
+        for i, (topic_filter, qos) in zip(wanted_at, entries):
+            if qos >= 0x80:
+                codes[i] = denied
+            else:
+                codes[i] = qos
+                rewritten[i] = (topic_filter, qos)
 
     def handle_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session
         if self.state != CONNECTED or session is None:
             self.protocol_violation("UNSUBSCRIBE before CONNECT")
             return
+        topics = packet.topics
+        notifier = self.factory.notifier
+        if notifier.unsubscribe:
+            topics = notifier.on_unsubscribe(session, topics)
         codes = []
-        for topic_filter in packet.topics:
+        for topic_filter in topics:
             found = self.broker.unsubscribe(session, topic_filter)
             codes.append(reasons.SUCCESS if found else reasons.NO_SUBSCRIPTION_EXISTED)
+        if len(codes) != len(packet.topics):  # a plugin rewrote the list
+            codes = [reasons.SUCCESS] * len(packet.topics)
         self.write(encode(Unsuback(packet.packet_id, codes), self.protocol_level))
 
     # -- PINGREQ / DISCONNECT / AUTH ----------------------------------------------------------
