@@ -251,6 +251,10 @@ class MutualTLSTests(_TLSCase):
         for proto in mqtt_protocols(self.broker, "ssl.cn"):
             names[proto.client.client_id] = preauth_username(proto.transport, listener)
         self.assertEqual(names, {"with-cert": "alice", "no-cert": None})
+        # ... and it replaced the (absent) CONNECT username for auth and the session.
+        sessions = self.broker.broker.sessions
+        self.assertEqual(sessions[("", "with-cert")].username, "alice")
+        self.assertIsNone(sessions[("", "no-cert")].username)
 
 
 # ---------------------------------------------------------------------------
