@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from vmqtw.codec import reasons
 from vmqtw.codec.errors import MalformedPacket, ProtocolError
 from vmqtw.codec.packets import (
     AUTH, CONNACK, CONNECT, DISCONNECT, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL,
@@ -266,6 +267,8 @@ def decode_properties(buf: bytes, pos: int, packet_type: int,
             if value > 1:
                 raise ProtocolError(f"property {name} must be 0 or 1")
         elif name in _NONZERO and value == 0:
+            if name == "topic_alias":  # MQTT 5.0 3.3.2.3.4: Topic Alias invalid
+                raise ProtocolError("topic alias 0", reasons.TOPIC_ALIAS_INVALID)
             raise ProtocolError(f"property {name} must not be 0")
         props[name] = value
     return props, pend

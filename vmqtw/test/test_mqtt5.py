@@ -681,6 +681,16 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
             self.assertTrue(bad.closed)
             self.still_working(s, p)
 
+    def test_alias_zero(self) -> None:
+        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
+        s, p = self.bystanders(hn)
+        bad = connect5(hn, "bad")
+        bad.take()
+        pub(bad, "ok/x", b"x", topic_alias=0)
+        self.assertEqual(bad.take(), disconnect5(reasons.TOPIC_ALIAS_INVALID))
+        self.assertTrue(bad.closed)
+        self.still_working(s, p)
+
     def test_unknown_alias(self) -> None:
         hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         s, p = self.bystanders(hn)
