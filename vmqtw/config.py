@@ -708,7 +708,7 @@ _EXTRA_GLOBALS: dict[str, Validator] = {
     "log.console.file": _str,
     "persistent_store.directory": _str,
     "persistent_store.enabled": _bool,
-    "persistent_store.sync": _str,
+    "persistent_store.sync": _enum("group", "always", "none"),
 }
 
 GLOBAL_KEYS: dict[str, GlobalKey] = {

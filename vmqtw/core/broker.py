@@ -12,7 +12,7 @@ from typing import Any, Callable
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
-from vmqtw.core.session import Session, SessionKey
+from vmqtw.core.session import QUEUED, Inflight, Session, SessionKey
 from vmqtw.core.store import IStore, MemoryStore
 from vmqtw.core.topics import TopicTree, parse_shared
 
@@ -149,6 +149,40 @@ class Broker:
         else:
             self.discard_session(session, "gone")
 
+    def restore(self, stored_sessions: Any) -> int:
+        """Rebuild persistent sessions loaded from a durable store (at startup,
+        before any client connects): subscriptions, inflight messages (resent
+        with DUP when the client comes back), queues, incoming QoS 2 packet ids
+        and the rest of each session's expiry interval.  Each item looks like
+        ``vmqtw.store.StoredSession``.  Nothing is written back to the store.
+        Returns the number of sessions restored."""
+        now = self.clock.seconds()
+        count = 0
+        for stored in stored_sessions:
+            key = (stored.mountpoint, stored.client_id)
+            session = Session(self, key, True, stored.expiry_interval)
+            session.username = stored.username
+            session.sub_ids.update(stored.sub_ids)
+            self.sessions[key] = session
+            for topic_filter, options in stored.subscriptions.items():
+                self._tree_add(session, topic_filter, options)
+                session.subscriptions[topic_filter] = options
+            last_pid = 0
+            for d in stored.deliveries:
+                if d.state == QUEUED:
+                    session.queue.append((d.message, d.qos, d.retain, d.sub_ids) if d.sub_ids
+                                         else (d.message, d.qos, d.retain))
+                else:
+                    session.inflight[d.packet_id] = Inflight(d.message, d.qos, d.retain,
+                                                             d.state, now, d.sub_ids)
+                    last_pid = d.packet_id
+            if last_pid:
+                session._next_pid = last_pid % 65535 + 1
+            session.incoming_qos2.update(stored.incoming_qos2)
+            session.schedule_expiry(self._expire, stored.remaining_expiry(now))
+            count += 1
+        return count
+
     # -- wills ---------------------------------------------------------------------------
 
     def will(self, session: Session, message: Message, delay: float = 0) -> None:
@@ -227,20 +261,7 @@ class Broker:
         """
         group, inner = parse_shared(topic_filter)
         mp = session.mountpoint
-        tree = self.trees.get(mp)
-        if tree is None:
-            tree = self.trees[mp] = TopicTree()
-        sub = Subscription(session, options, session.sub_ids.get(topic_filter))
-        if group is None:
-            new = tree.add(inner, session.key, sub)
-        else:
-            gkey = (None, group)  # never equal to a (mountpoint, client id) key
-            shared = tree.get(inner, gkey)
-            if shared is None:
-                shared = SharedGroup(group)
-                tree.add(inner, gkey, shared)
-            new = session.key not in shared.members
-            shared.members[session.key] = sub
+        new, sub = self._tree_add(session, topic_filter, options)
         session.subscriptions[topic_filter] = options
         if session.persistent:
             self.store.session_updated(session)
@@ -258,6 +279,27 @@ class Broker:
                     qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
                     session.deliver(msg, qos, True, sub.sub_ids)
         return new
+
+    def _tree_add(self, session: Session, topic_filter: str,
+                  options: SubOptions) -> tuple[bool, Subscription]:
+        """Put a subscription in the topic tree: (is it new, the tree value)."""
+        group, inner = parse_shared(topic_filter)
+        mp = session.mountpoint
+        tree = self.trees.get(mp)
+        if tree is None:
+            tree = self.trees[mp] = TopicTree()
+        sub = Subscription(session, options, session.sub_ids.get(topic_filter))
+        if group is None:
+            new = tree.add(inner, session.key, sub)
+        else:
+            gkey = (None, group)  # never equal to a (mountpoint, client id) key
+            shared = tree.get(inner, gkey)
+            if shared is None:
+                shared = SharedGroup(group)
+                tree.add(inner, gkey, shared)
+            new = session.key not in shared.members
+            shared.members[session.key] = sub
+        return new, sub
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if topic_filter not in session.subscriptions:

@@ -25,7 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SessionKey = tuple[str, str]
 
-# Outgoing inflight states.
+# Outgoing inflight states (a durable store records them with the same values,
+# and QUEUED = 0 for a message in the queue).
+QUEUED = 0
 WAIT_PUBACK = 1     # QoS 1 PUBLISH sent
 WAIT_PUBREC = 2     # QoS 2 PUBLISH sent
 WAIT_PUBCOMP = 3    # QoS 2 PUBREL sent
@@ -126,7 +128,7 @@ class Session:
                 return
             self.queue.append((message, qos, retain, sub_ids) if sub_ids else
                               (message, qos, retain))
-            self.broker.store.message_queued(self.key, message, qos)
+            self.broker.store.message_queued(self.key, message, qos, retain, sub_ids)
             return
         if self.queue or conn.paused:
             self._enqueue_online(message, qos, retain, sub_ids)
@@ -153,7 +155,7 @@ class Session:
             return
         self.queue.append((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
         if qos and self.persistent:
-            self.broker.store.message_queued(self.key, message, qos)
+            self.broker.store.message_queued(self.key, message, qos, retain, sub_ids)
 
     def _drop(self, message: Message, reason: str) -> None:
         self.dropped += 1
@@ -172,7 +174,8 @@ class Session:
         return data
 
     def _send_inflight(self, conn: Any, message: Message, qos: int, retain: bool,
-                       sub_ids: tuple[int, ...] = NO_IDS) -> None:
+                       sub_ids: tuple[int, ...] = NO_IDS, queued: bool = False) -> None:
+        """Send a QoS 1/2 PUBLISH; ``queued``: it was just taken off the queue."""
         pid = self._allocate_pid()
         level = conn.protocol_level
         if level < 5:
@@ -181,11 +184,27 @@ class Session:
             data = self._encode5(conn, message, qos, retain, pid, False, sub_ids)
             if data is None:
                 self._next_pid = pid  # not used after all
+                if queued and self.persistent:
+                    self.broker.store.message_dequeued(self.key, message)
                 return
         now = self.broker.clock.seconds()
         self.inflight[pid] = Inflight(message, qos, retain,
                                       WAIT_PUBACK if qos == 1 else WAIT_PUBREC, now, sub_ids)
+        if self.persistent:
+            store = self.broker.store
+            store.message_sent(self.key, message, qos, retain, pid, sub_ids, queued)
+            if qos == 2 and store.unsynced():
+                # Exactly once: the client must not see this packet id before the
+                # store knows it was sent (a restart would send the message again
+                # under another id).  Connections that hold output for the store
+                # provide write_durable.
+                getattr(conn, "write_durable", conn.write)(data)
+                self._schedule_retry(level)
+                return
         conn.write(data)
+        self._schedule_retry(level)
+
+    def _schedule_retry(self, level: int) -> None:
         if self.retry_call is None and self.retry_interval > 0 and level < 5:
             self.retry_call = self.broker.clock.callLater(self.retry_interval, self._retry)
 
@@ -221,9 +240,7 @@ class Session:
                 if n >= self.max_inflight or n >= self.client_receive_max:
                     return
                 queue.popleft()
-                if self.persistent:
-                    store.message_dequeued(self.key, message)
-                self._send_inflight(conn, message, qos, retain, sub_ids)
+                self._send_inflight(conn, message, qos, retain, sub_ids, True)
             else:
                 queue.popleft()
                 if conn.protocol_level < 5:
@@ -240,6 +257,8 @@ class Session:
         if entry is None or entry.state != WAIT_PUBACK:
             return False
         del self.inflight[pid]
+        if self.persistent:
+            self.broker.store.message_acked(self.key, pid)
         self.drain()
         return True
 
@@ -252,8 +271,12 @@ class Session:
         if failed:
             if entry.state == WAIT_PUBREC:
                 del self.inflight[pid]
+                if self.persistent:
+                    self.broker.store.message_acked(self.key, pid)
                 self.drain()
             return True
+        if entry.state != WAIT_PUBCOMP and self.persistent:
+            self.broker.store.message_released(self.key, pid)
         entry.state = WAIT_PUBCOMP
         entry.sent_at = self.broker.clock.seconds()
         return True
@@ -263,7 +286,26 @@ class Session:
         if entry is None or entry.state != WAIT_PUBCOMP:
             return False
         del self.inflight[pid]
+        if self.persistent:
+            self.broker.store.message_acked(self.key, pid)
         self.drain()
+        return True
+
+    # -- incoming QoS 2 ------------------------------------------------------------------
+
+    def qos2_received(self, pid: int) -> None:
+        """An incoming QoS 2 PUBLISH was routed: its PUBREL is awaited."""
+        self.incoming_qos2.add(pid)
+        if self.persistent:
+            self.broker.store.qos2_received(self.key, pid)
+
+    def qos2_released(self, pid: int) -> bool:
+        """PUBREL for an incoming QoS 2 ``pid``; False when the id was unknown."""
+        if pid not in self.incoming_qos2:
+            return False
+        self.incoming_qos2.discard(pid)
+        if self.persistent:
+            self.broker.store.qos2_released(self.key, pid)
         return True
 
     # -- connection lifecycle ------------------------------------------------------
@@ -277,21 +319,28 @@ class Session:
         out5 = getattr(conn, "out5", None)
         self.client_receive_max = out5.receive_maximum if out5 is not None else 65535
         too_large = []
+        write = conn.write
+        if self.inflight and self.persistent and self.broker.store.unsynced():
+            # What the store has not written yet may not reach the client yet
+            # (see _send_inflight).
+            write = getattr(conn, "write_durable", write)
         for pid, entry in self.inflight.items():
             entry.sent_at = self.broker.clock.seconds()
             if entry.state == WAIT_PUBCOMP:
-                conn.write(encode(Pubrel(pid), level))
+                write(encode(Pubrel(pid), level))
             elif level < 5:
-                conn.write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
+                write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
             else:
                 data = self._encode5(conn, entry.message, entry.qos, entry.retain, pid, True,
                                      entry.sub_ids)
                 if data is None:
                     too_large.append(pid)
                 else:
-                    conn.write(data)
+                    write(data)
         for pid in too_large:
             del self.inflight[pid]
+            if self.persistent:
+                self.broker.store.message_acked(self.key, pid)
         if self.inflight and self.retry_call is None and self.retry_interval > 0 and level < 5:
             self.retry_call = self.broker.clock.callLater(self.retry_interval, self._retry)
         self.drain()
@@ -328,10 +377,14 @@ class Session:
             max(0.001, oldest + self.retry_interval - now), self._retry)
         self.broker.flush()
 
-    def schedule_expiry(self, expire: Callable[["Session"], None]) -> None:
+    def schedule_expiry(self, expire: Callable[["Session"], None],
+                        delay: float | None = None) -> None:
+        """Call ``expire(self)`` after the expiry interval (or ``delay`` seconds,
+        for a session restored from the store part way through its interval)."""
         self.cancel_expiry()
         if self.expiry_interval is not None:
-            self.expiry_call = self.broker.clock.callLater(self.expiry_interval, expire, self)
+            self.expiry_call = self.broker.clock.callLater(
+                self.expiry_interval if delay is None else delay, expire, self)
 
     def cancel_expiry(self) -> None:
         if self.expiry_call is not None:

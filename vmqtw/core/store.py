@@ -2,13 +2,14 @@
 
 Routing code talks to an ``IStore`` only.  ``MemoryStore`` keeps retained
 messages in memory and treats the session notifications as no-ops (the live
-``Session`` objects are the state); a durable store implements the same
-interface and records those notifications so it can restore them after a
-restart.
+``Session`` objects are the state); a durable store (``vmqtw.store``)
+implements the same interface and records those notifications so it can
+restore them after a restart.  Sessions notify the store only while they are
+persistent.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from zope.interface import Interface, implementer
 
@@ -38,11 +39,39 @@ class IStore(Interface):
     def session_deleted(key: SessionKey) -> None:
         """A session ended for good (clean disconnect or expiry)."""
 
-    def message_queued(key: SessionKey, message: Message, qos: int) -> None:
-        """A QoS 1/2 message was queued for the session ``key``."""
+    def message_queued(key: SessionKey, message: Message, qos: int, retain: bool = False,
+                       sub_ids: tuple[int, ...] = ()) -> None:
+        """A QoS 1/2 message was queued for the session ``key`` (to be sent with
+        ``qos``, the ``retain`` flag and the MQTT 5.0 subscription identifiers)."""
 
     def message_dequeued(key: SessionKey, message: Message) -> None:
-        """A queued message left the queue (sent, acknowledged or dropped)."""
+        """The oldest queued copy of ``message`` left the queue (sent or dropped)."""
+
+    def message_sent(key: SessionKey, message: Message, qos: int, retain: bool,
+                     packet_id: int, sub_ids: tuple[int, ...] = (),
+                     queued: bool = False) -> None:
+        """A QoS 1/2 PUBLISH was sent; it waits for PUBACK (QoS 1) or PUBREC (QoS 2).
+        With ``queued`` it is the oldest queued copy of ``message``, now sent."""
+
+    def message_released(key: SessionKey, packet_id: int) -> None:
+        """PUBREC received for the outgoing ``packet_id``: PUBREL sent, PUBCOMP awaited."""
+
+    def message_acked(key: SessionKey, packet_id: int) -> None:
+        """The outgoing ``packet_id`` is done (PUBACK, PUBCOMP, failed PUBREC) or dropped."""
+
+    def qos2_received(key: SessionKey, packet_id: int) -> None:
+        """An incoming QoS 2 PUBLISH ``packet_id`` was routed; its PUBREL is awaited."""
+
+    def qos2_released(key: SessionKey, packet_id: int) -> None:
+        """PUBREL received for the incoming QoS 2 ``packet_id``."""
+
+    def unsynced() -> bool:
+        """True when something recorded so far is not durable yet, so output that
+        depends on it (PUBACK, PUBREC, ...) must wait for ``durable()``."""
+
+    def durable() -> Any:
+        """A Deferred that fires once everything recorded before the call is
+        durable (at once when nothing is pending)."""
 
     def close() -> None:
         """Flush and release resources at shutdown."""
@@ -104,11 +133,36 @@ class MemoryStore:
     def session_deleted(self, key: SessionKey) -> None:
         pass
 
-    def message_queued(self, key: SessionKey, message: Message, qos: int) -> None:
+    def message_queued(self, key: SessionKey, message: Message, qos: int, retain: bool = False,
+                       sub_ids: tuple[int, ...] = ()) -> None:
         pass
 
     def message_dequeued(self, key: SessionKey, message: Message) -> None:
         pass
+
+    def message_sent(self, key: SessionKey, message: Message, qos: int, retain: bool,
+                     packet_id: int, sub_ids: tuple[int, ...] = (),
+                     queued: bool = False) -> None:
+        pass
+
+    def message_released(self, key: SessionKey, packet_id: int) -> None:
+        pass
+
+    def message_acked(self, key: SessionKey, packet_id: int) -> None:
+        pass
+
+    def qos2_received(self, key: SessionKey, packet_id: int) -> None:
+        pass
+
+    def qos2_released(self, key: SessionKey, packet_id: int) -> None:
+        pass
+
+    def unsynced(self) -> bool:
+        return False  # nothing is ever written: acknowledgements never wait
+
+    def durable(self) -> Any:
+        from twisted.internet.defer import succeed  # core imports no Twisted at import time
+        return succeed(None)
 
     def close(self) -> None:
         pass
