@@ -3,6 +3,11 @@
     BrokerService (the broker, store and authorizer; closes clients on stop)
       ListenerService per configured listener (binds in privilegedStartService)
 
+A durable store (``make_service`` opens the one the config asks for) is
+restored into the broker in ``privilegedStartService``, before any listener is
+bound; on stop, the service waits for the store to catch up (so held
+acknowledgements go out), closes the connections, and closes the store last.
+
 Every listener is bound before the reactor runs; if any bind fails, the ones
 already bound are closed and startup stops with a message naming the config
 line of the listener.
@@ -22,13 +27,23 @@ from vmqtw.auth.hooks import Notifier
 from vmqtw.auth.loader import (
     AUTHN_INTERFACES, AUTHZ_INTERFACES, listener_authorizer, load_plugins, provides_any,
 )
+from vmqtw import logs
 from vmqtw.codec import reasons
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
 from vmqtw.core.broker import Broker
 from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.store import StoreError, open_store
 from vmqtw.transport.layers import LayerError, build_layers
 from vmqtw.transport.limits import LimitedConnections, LimitedTCPPort, LimitedUNIXPort
 from vmqtw.transport.protocol import MQTTFactory
+
+#: listen() backlog, as ranch's default (the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
+#: Sockets accepted per readiness event for each of nr_of_acceptors: VerneMQ's
+#: acceptors each accept in a loop concurrently; on one reactor thread the
+#: closest equivalent is a larger accept batch (Twisted's own starts at 100).
+ACCEPTS_PER_ACCEPTOR = 10
+
 
 class StartupError(Exception):
     """A problem found while starting (e.g. a port in use); the message names file:line."""
@@ -54,12 +69,13 @@ class ListenerService(Service):
     def bind(self) -> None:
         listener = self.listener
         addr = listener.address
-        batch = max(1, listener.nr_of_acceptors)
+        batch = max(1, listener.nr_of_acceptors) * ACCEPTS_PER_ACCEPTOR
         try:
             if addr.path is not None:
-                port: Any = LimitedUNIXPort(addr.path, self.limiter, reactor=self.reactor)
+                port: Any = LimitedUNIXPort(addr.path, self.limiter, BACKLOG,
+                                            reactor=self.reactor)
             else:
-                port = LimitedTCPPort(addr.port, self.limiter, 128, addr.host or "",
+                port = LimitedTCPPort(addr.port, self.limiter, BACKLOG, addr.host or "",
                                       self.reactor)
             port.accept_batch = batch
             port.startListening()
@@ -158,11 +174,13 @@ class BrokerService(MultiService):
         """``plugins`` defaults to the plugins enabled in ``config``; problems
         loading them are StartupErrors naming the file and line."""
         super().__init__()
+        logs.set_level(config.log_level)
         self.config = config
         self.reactor = reactor
         self.handle_sighup = handle_sighup
         self.broker = Broker(config, reactor, store if store is not None else MemoryStore(),
                              log=Logger(namespace="vmqtw.broker"))
+        self._restored = False
         try:
             self.plugins = load_plugins(config, reactor) if plugins is None else plugins
             self.notifier = Notifier(self.plugins)
@@ -179,7 +197,31 @@ class BrokerService(MultiService):
             svc.setServiceParent(self)
             self.listeners[svc.name] = svc
 
+    def restore(self) -> None:
+        """Load the durable store (if the broker has one) into the broker: once,
+        before the listeners are bound."""
+        if self._restored:
+            return
+        self._restored = True
+        store = self.broker.store
+        load = getattr(store, "load", None)
+        if load is None:
+            return
+        try:
+            loaded = load(self.reactor.seconds())
+        except StoreError as e:
+            raise StartupError(str(e)) from e
+        sessions = self.broker.restore(loaded.sessions)
+        self.log.info("store {path}: restored {sessions} sessions, {queued} queued or "
+                      "inflight messages, {retained} retained messages; purged {expired} "
+                      "expired sessions and {expired_messages} expired messages",
+                      path=getattr(store, "path", "?"), sessions=sessions,
+                      queued=sum(len(s.deliveries) for s in loaded.sessions),
+                      retained=len(loaded.retained), expired=loaded.expired_sessions,
+                      expired_messages=loaded.expired_messages)
+
     def privilegedStartService(self) -> None:
+        self.restore()
         bound: list[ListenerService] = []
         try:
             for svc in self.listeners.values():
@@ -238,8 +280,10 @@ class BrokerService(MultiService):
     close_timeout = 3.0
 
     def stopService(self) -> Any:
-        """Stop accepting, close every connection, and fire when they are all gone
-        (so twistd's shutdown waits for DISCONNECTs to be written)."""
+        """Stop accepting, let the store catch up (acknowledgements waiting for it
+        go out), close every connection, close the store, and fire when all of
+        that is done (so twistd's shutdown waits for DISCONNECTs to be written
+        and the store to be flushed)."""
         d = super().stopService()  # listeners stop accepting first
         for _, plugin in self.plugins:
             stop = getattr(plugin, "stop", None)
@@ -247,14 +291,39 @@ class BrokerService(MultiService):
                 stop()
         if self.handle_sighup and hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, getattr(self, "_previous_sighup", signal.SIG_DFL))
+        caught_up = self.broker.store.durable()
+        if caught_up.called:
+            caught_up.addErrback(lambda _: None)
+            return self._disconnect_and_close(d)
+        result: Deferred[None] = Deferred()
+
+        def go_on(_: Any) -> None:
+            self._disconnect_and_close(d).chainDeferred(result)
+
+        caught_up.addBoth(go_on)
+        return result
+
+    def _disconnect_and_close(self, listeners_stopped: Any) -> Deferred[None]:
         self.disconnect_all()
         # No session expiry or will-delay timers outlive the service; pending
         # delayed wills are published now.
         self.broker.stop()
-        self.broker.store.close()
-        waits = [d] if d is not None else []
+        waits = [listeners_stopped] if listeners_stopped is not None else []
         waits += [svc.connections_closed(self.close_timeout) for svc in self.listeners.values()]
-        return gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+        def close_store(_: Any) -> None:
+            # Last: connections that close record their sessions as offline, and
+            # wills published as they go are queued for persistent sessions.
+            store = self.broker.store
+            sessions_disconnected = getattr(store, "sessions_disconnected", None)
+            if sessions_disconnected is not None:
+                sessions_disconnected()
+            try:
+                store.close()
+            except Exception:
+                self.log.failure("closing the store failed")
+
+        return gatherResults(waits, consumeErrors=True).addBoth(close_store)
 
     def disconnect_all(self) -> None:
         """Close every client connection (DISCONNECT 0x8B for 5.0 clients),
@@ -269,8 +338,19 @@ class BrokerService(MultiService):
 
 
 def make_service(config: BrokerConfig, reactor: Any = None) -> BrokerService:
+    """The broker as the daemon runs it: with the store the config asks for
+    (durable by default, see ``vmqtw.store``).  A store that cannot be used is
+    a StartupError naming its file."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
-    return BrokerService(config, reactor, handle_sighup=True)
+    try:
+        store = open_store(config, reactor)
+    except StoreError as e:
+        raise StartupError(str(e)) from e
+    try:
+        return BrokerService(config, reactor, store=store, handle_sighup=True)
+    except BaseException:
+        store.close()
+        raise
 

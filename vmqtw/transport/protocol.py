@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import binascii
+from collections import deque
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -24,6 +24,7 @@ from vmqtw.auth.modifiers import PUBLISH as PUBLISH_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError, check_subscribe
 from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
+from vmqtw.logs import Logger
 from vmqtw.codec.decoder import Decoder
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.errors import CodecError, UnsupportedProtocolVersion
@@ -106,6 +107,9 @@ class MQTTProtocol(Protocol):
         self.last_activity = 0.0
         self.keepalive = 0
         self._out: list[bytes] = []
+        # Output held until the store is durable (see write_durable): segments
+        # [durable() requested, durable, chunks], oldest first.
+        self._gates: deque[list[Any]] = deque()
         self._held: list[Any] = []
         self._timers: dict[str, Any] = {}
         self._head = b""  # first bytes of the stream: is a broken CONNECT a 5.0 one?
@@ -143,6 +147,7 @@ class MQTTProtocol(Protocol):
                 call.cancel()
         self._timers.clear()
         self._out = []
+        self._gates.clear()
         session = self.session
         self.session = None
         if session is not None and session.conn is self:
@@ -164,11 +169,67 @@ class MQTTProtocol(Protocol):
     # -- IClientConnection ------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        gates = self._gates
+        if gates:  # behind output that waits for the store: keep the order
+            gates[-1][2].append(data)
+            return
         if not self._out:
             self.broker.dirty.append(self)
         self._out.append(data)
 
+    def write_durable(self, data: bytes) -> None:
+        """Write ``data`` once everything the store has recorded so far is
+        durable (a PUBACK/PUBREC for a message recorded for a persistent
+        session, ...).  Everything written after it waits too, so the client
+        sees output in order.  The store is asked once per input batch (in
+        ``flush``), not once per packet."""
+        if not self.broker.store.unsynced():
+            self.write(data)
+            return
+        gates = self._gates
+        if not gates or gates[-1][0]:  # a new segment: durable() is asked at the next flush
+            gates.append([False, False, []])
+            self.broker.dirty.append(self)
+        gates[-1][2].append(data)
+
+    def _gate_durable(self, _: Any, segment: list[Any]) -> None:
+        """The store is durable up to ``segment``: release the segments that may go."""
+        segment[1] = True
+        gates = self._gates
+        if not gates or not gates[0][1]:  # closed meanwhile, or an older one still waits
+            return
+        out = self._out
+        while gates and gates[0][1]:
+            out.extend(gates.popleft()[2])
+        if not self._flushing:
+            self.flush()
+
+    def _gate_failed(self, failure: Failure, segment: list[Any]) -> None:
+        """The store could not write: the held acknowledgements are never sent;
+        the client will send its messages again."""
+        if self.state == CLOSED:
+            return
+        self._gates.clear()
+        self.log.error("closing {peer} (client {client_id!r}): {reason}", peer=self._peer_str(),
+                       client_id=self.client.client_id if self.client else "",
+                       reason=failure.getErrorMessage())
+        self.close(reasons.IMPLEMENTATION_SPECIFIC_ERROR)
+
+    _flushing = False
+
     def flush(self) -> None:
+        gates = self._gates
+        if gates and not gates[-1][0]:
+            self._flushing = True
+            try:
+                for segment in gates:
+                    if not segment[0]:
+                        segment[0] = True
+                        self.broker.store.durable().addCallbacks(
+                            self._gate_durable, self._gate_failed,
+                            callbackArgs=(segment,), errbackArgs=(segment,))
+            finally:
+                self._flushing = False
         out = self._out
         if out:
             self._out = []
@@ -273,6 +334,10 @@ class MQTTProtocol(Protocol):
         """Send a DISCONNECT (5.0, after CONNACK) and close gracefully."""
         if self.state == CLOSED:
             return
+        # Output still waiting for the store is dropped: the client sends its
+        # unacknowledged messages again (the service lets the store catch up
+        # before it closes connections at shutdown).
+        self._gates.clear()
         if reason_code is not None and self.protocol_level == MQTT5 and self.state == CONNECTED:
             self.write(encode(Disconnect(reason_code), MQTT5))
         self.flush()
@@ -387,7 +452,6 @@ class MQTTProtocol(Protocol):
         if level == MQTT5 and not self._connect5(packet):
             return
         self.state = AUTHENTICATING
-        self.transport.pauseProducing()  # type: ignore[union-attr]
         request = RegisterRequest(
             peer=self.peer, mountpoint=mountpoint, client_id=client_id,
             username=packet.username, password=packet.password,
@@ -403,6 +467,12 @@ class MQTTProtocol(Protocol):
     def _register(self, request: RegisterRequest, packet: Connect) -> None:
         listener = self.factory.listener
         d = self.factory.authorizer.register(request, listener.allow_anonymous_override)
+        if not d.called:
+            # A plugin answers later: stop reading until it does (packets
+            # already read are held).  Synchronous answers skip the two
+            # epoll updates this costs.
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            d.addBoth(self._resume_reading)
         d.addCallback(self._registered, packet)
         d.addErrback(self._register_failed)
 
@@ -526,6 +596,7 @@ class MQTTProtocol(Protocol):
             self.broker.flush()
             return
         if connecting:  # authenticated: on to auth_on_register (still AUTHENTICATING)
+            self._resume_reading(None)  # _register pauses again if it must wait
             self.auth_data = data
             assert self._auth_connect is not None
             request, packet = self._auth_connect
@@ -554,6 +625,11 @@ class MQTTProtocol(Protocol):
             else:
                 handlers[item.type](self, item)
 
+    def _resume_reading(self, result: Any) -> Any:
+        if self.state != CLOSED and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        return result
+
     def _register_failed(self, failure: Failure) -> None:
         self.log.failure("authentication failed unexpectedly", failure)
         if self.state == AUTHENTICATING:
@@ -565,8 +641,6 @@ class MQTTProtocol(Protocol):
         if self.state != AUTHENTICATING:  # the client went away meanwhile
             return
         self.state = AWAIT_CONNECT
-        if self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
         if isinstance(result, Error):
             code = (reasons.BAD_USER_NAME_OR_PASSWORD if result.reason == "invalid_credentials"
                     else reasons.NOT_AUTHORIZED)
@@ -724,11 +798,12 @@ class MQTTProtocol(Protocol):
         if qos:
             # MQTT 5.0: 0x10 "no matching subscribers" (still a success).
             code = reasons.NO_MATCHING_SUBSCRIBERS if level == MQTT5 and not count else 0
+            # Held until the store has what this message left there (if anything).
             if qos == 1:
-                self.write(encode(Puback(packet.packet_id, code), level))  # type: ignore[arg-type]
+                self.write_durable(encode(Puback(packet.packet_id, code), level))  # type: ignore[arg-type]
             else:
-                session.incoming_qos2.add(packet.packet_id)  # type: ignore[arg-type]
-                self.write(encode(Pubrec(packet.packet_id, code), level))  # type: ignore[arg-type]
+                session.qos2_received(packet.packet_id)  # type: ignore[arg-type]
+                self.write_durable(encode(Pubrec(packet.packet_id, code), level))  # type: ignore[arg-type]
 
     # -- MQTT 5.0 PUBLISH rules, one helper per step ---------------------------------------
 
@@ -854,7 +929,8 @@ class MQTTProtocol(Protocol):
         if self.protocol_level == MQTT5 and packet.reason_code >= 0x80:
             session.pubrec(packet.packet_id, failed=True)  # the QoS 2 flow ends here
         elif session.pubrec(packet.packet_id):
-            self.write(encode(Pubrel(packet.packet_id), self.protocol_level))
+            # Not before the store knows the PUBREC came (exactly once after a restart).
+            self.write_durable(encode(Pubrel(packet.packet_id), self.protocol_level))
         elif self.protocol_level == MQTT5:
             self.write(encode(Pubrel(packet.packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND),
                               MQTT5))
@@ -865,9 +941,10 @@ class MQTTProtocol(Protocol):
             self.protocol_violation("PUBREL before CONNECT")
             return
         pid = packet.packet_id
-        if pid in session.incoming_qos2:
-            session.incoming_qos2.discard(pid)
-            self.write(encode(Pubcomp(pid), self.protocol_level))
+        if session.qos2_released(pid):
+            # Not before the store forgot the id: after a restart it would
+            # swallow the client's next message that reuses it.
+            self.write_durable(encode(Pubcomp(pid), self.protocol_level))
         elif self.protocol_level == MQTT5:
             self.write(encode(Pubcomp(pid, reasons.PACKET_IDENTIFIER_NOT_FOUND), MQTT5))
         else:
