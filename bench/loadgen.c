@@ -103,6 +103,7 @@ static double o_hold = 120.0, o_timeout = 60.0;
 static int o_rate = 2000;
 static int o_keepalive = 0;
 static int o_procs = 1;
+static int o_persistent = 0;     /* subscribers connect with clean session off */
 
 /* ---- state ------------------------------------------------------------------- */
 static int ep;
@@ -250,7 +251,8 @@ static void send_connect(conn *c, const char *client_id) {
     size_t n = 0;
     n += put_str(body + n, "MQTT");
     body[n++] = 4;                 /* protocol level 3.1.1 */
-    body[n++] = 0x02;              /* clean session */
+    /* clean session, unless --persistent-subs asks for persistent subscribers */
+    body[n++] = (o_persistent && c->role == ROLE_SUB) ? 0x00 : 0x02;
     body[n++] = (unsigned char)(o_keepalive >> 8);
     body[n++] = (unsigned char)o_keepalive;
     n += put_str(body + n, client_id);
@@ -983,6 +985,7 @@ static void usage(void) {
             "usage: loadgen pubsub|connect|latency [-H host] [-p port] [options]\n"
             "  pubsub : --topology exact|fanout|fanin --pubs N --subs N -q 0|1 --payload B\n"
             "           --warmup S --duration S --window N --e2e-window N --drain S\n"
+            "           --persistent-subs (subscribers connect with clean session off)\n"
             "  connect: -n N -c CONCURRENCY --hold S --timeout S --procs K\n"
             "  latency: --rate N --warmup S --duration S\n");
     exit(2);
@@ -998,10 +1001,11 @@ int main(int argc, char **argv) {
         {"subs", 1, 0, 'S'}, {"topology", 1, 0, 't'}, {"conns", 1, 0, 'n'},
         {"concurrency", 1, 0, 'c'}, {"hold", 1, 0, 'h'}, {"timeout", 1, 0, 'T'},
         {"rate", 1, 0, 'r'}, {"drain", 1, 0, 'D'}, {"keepalive", 1, 0, 'k'}, {"procs", 1, 0, 'j'},
+        {"persistent-subs", 0, 0, 'R'},
         {0, 0, 0, 0}};
     int ch;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:R", opts, NULL)) != -1) {
         switch (ch) {
         case 'H': o_host = optarg; break;
         case 'p': o_port = atoi(optarg); break;
@@ -1027,6 +1031,7 @@ int main(int argc, char **argv) {
         case 'D': o_drain = atof(optarg); break;
         case 'k': o_keepalive = atoi(optarg); break;
         case 'j': o_procs = atoi(optarg); break;
+        case 'R': o_persistent = 1; break;
         default: usage();
         }
     }
