@@ -170,7 +170,7 @@ class Broker:
             last_pid = 0
             for d in stored.deliveries:
                 if d.state == QUEUED:
-                    session.queue.append((d.message, d.qos, d.retain, d.sub_ids) if d.sub_ids
+                    session.queue_for_append().append((d.message, d.qos, d.retain, d.sub_ids) if d.sub_ids
                                          else (d.message, d.qos, d.retain))
                 else:
                     session.inflight[d.packet_id] = Inflight(d.message, d.qos, d.retain,
@@ -234,7 +234,7 @@ class Broker:
             self._tree_remove(session, topic_filter)
         session.subscriptions.clear()
         session.sub_ids.clear()
-        session.queue.clear()
+        session.queue = ()
         session.inflight.clear()
         session.cancel_expiry()
         if self.sessions.get(session.key) is session:

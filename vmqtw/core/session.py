@@ -89,7 +89,9 @@ class Session:
         self.conn: Any = None
         # Messages waiting for a free inflight slot, a resumed transport or a reconnect:
         # (message, qos, retain[, sub_ids]) tuples.
-        self.queue: deque[tuple[Any, ...]] = deque()
+        # (an empty tuple until first needed: an empty deque costs ~600 bytes,
+        # and most sessions never queue; use queue_for_append() to add)
+        self.queue: deque[tuple[Any, ...]] | tuple[()] = ()
         self.inflight: dict[int, Inflight] = {}
         self.incoming_qos2: set[int] = set()
         self._next_pid = 1
@@ -110,6 +112,13 @@ class Session:
         self.will: Message | None = None
         self.will_call: Any = None
 
+    def queue_for_append(self) -> deque[tuple[Any, ...]]:
+        """The queue, created on first use."""
+        queue = self.queue
+        if queue.__class__ is tuple:
+            queue = self.queue = deque()
+        return queue  # type: ignore[return-value]
+
     # -- delivery ---------------------------------------------------------------
 
     def deliver(self, message: Message, qos: int, retain: bool,
@@ -126,7 +135,7 @@ class Session:
             if 0 <= self.max_offline <= len(self.queue):
                 self._drop(message, "queue_full")
                 return
-            self.queue.append((message, qos, retain, sub_ids) if sub_ids else
+            self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
                               (message, qos, retain))
             self.broker.store.message_queued(self.key, message, qos, retain, sub_ids)
             return
@@ -153,7 +162,8 @@ class Session:
         if 0 <= self.max_online <= len(self.queue):
             self._drop(message, "queue_full")
             return
-        self.queue.append((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
+        self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
+                                       (message, qos, retain))
         if qos and self.persistent:
             self.broker.store.message_queued(self.key, message, qos, retain, sub_ids)
 
@@ -353,8 +363,8 @@ class Session:
             self.retry_call = None
         # QoS 0 messages waiting in the online queue are not kept offline.
         if self.queue:
-            kept = deque(item for item in self.queue if item[1] > 0) if self.persistent else deque()
-            self.queue = kept
+            kept = deque(item for item in self.queue if item[1] > 0) if self.persistent else ()
+            self.queue = kept if kept else ()
 
     def _retry(self) -> None:
         """MQTT 3.x: resend messages unacknowledged for ``retry_interval`` seconds."""

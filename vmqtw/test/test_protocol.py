@@ -1193,3 +1193,13 @@ class DelayedCloseTests(BrokerTestCase):
         self.assertTrue(c.closed)
         c.finish_close()
         self.assertEqual(hn.clock.getDelayedCalls(), [])
+
+
+class FootprintTests(SynchronousTestCase):
+    """An idle connection's attribute dict stays compact: CPython shares keys
+    (and stores values inline) only up to 30 attributes per instance."""
+
+    def test_connected_protocol_has_at_most_30_attributes(self) -> None:
+        hn = Harness()
+        c = hn.connected("small")
+        self.assertLessEqual(len(vars(c.protocol)), 30, sorted(vars(c.protocol)))
