@@ -185,6 +185,9 @@ class BrokerService(MultiService):
             self.plugins = load_plugins(config, reactor) if plugins is None else plugins
             self.notifier = Notifier(self.plugins)
             self.broker.session_observers.append(self.notifier.session_event)
+            if self.notifier.deliver or self.notifier.offline_message:
+                self.broker.deliver_hook = self.notifier.on_deliver
+                self.broker.offline_hook = self.notifier.on_offline_message
             self.authorizers = {l.key: listener_authorizer(config, l, self.plugins)
                                 for l in config.listeners}
         except ConfigError as e:

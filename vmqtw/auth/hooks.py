@@ -15,7 +15,9 @@ from twisted.python.failure import Failure
 from vmqtw.auth import api
 from vmqtw.auth.api import Next, Ok, Result
 from vmqtw.auth.chain import PluginResultError
+from vmqtw.auth.modifiers import DELIVER as DELIVER_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError
+from vmqtw.auth.modifiers import check as check_modifiers
 
 
 class Notifier:
@@ -34,6 +36,7 @@ class Notifier:
         self.gone = providers(api.IOnClientGone)
         self.expired = providers(api.IOnSessionExpired)
         self.offline_message = providers(api.IOnOfflineMessage)
+        self.deliver = providers(api.IOnDeliver)
 
     def _call_all(self, plugins: list[tuple[str, Any]], hook: str, *args: Any) -> None:
         for name, plugin in plugins:
@@ -102,3 +105,38 @@ class Notifier:
             self._call_all(self.gone, "on_client_gone", mp, cid)
         elif event == "expired":
             self._call_all(self.expired, "on_session_expired", mp, cid)
+
+    def on_deliver(self, client: Any, message: Any, qos: int, retain: bool) -> Any:
+        """The message to send to ``client``: the first plugin answering
+        ``ok(topic=..., payload=...)`` rewrites it.  It is delivered in any case:
+        an error, an exception or a bad modifier is logged and changes nothing."""
+        for name, plugin in self.deliver:
+            try:
+                result = plugin.on_deliver(client, message.topic, message.payload, qos, retain)
+            except Exception:
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name,
+                                 hook="on_deliver")
+                return message
+            if result.__class__ is api.Next:
+                continue
+            if not isinstance(result, Ok):
+                self.log.error("plugin {plugin} answered {result!r} from on_deliver; "
+                               "delivering unchanged", plugin=name, result=result)
+                return message
+            if not result.modifiers:
+                return message
+            try:
+                mods = check_modifiers(DELIVER_MODIFIERS, result.modifiers, "on_deliver")
+            except ModifierError as e:
+                self.log.error("plugin {plugin}: {reason}", plugin=name, reason=str(e))
+                return message
+            return type(message)(mods.get("topic", message.topic),
+                                 mods.get("payload", message.payload), message.qos,
+                                 message.retain, message.properties,
+                                 expires_at=message.expires_at)
+        return message
+
+    def on_offline_message(self, client: Any, message: Any, qos: int, retain: bool) -> None:
+        if self.offline_message:
+            self._call_all(self.offline_message, "on_offline_message", client.mountpoint,
+                           client.client_id, qos, message.topic, message.payload, retain)

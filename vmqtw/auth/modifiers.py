@@ -94,6 +94,11 @@ PUBLISH: dict[str, Callable[[Any], Any]] = {
     "mountpoint": _mountpoint,
 }
 
+DELIVER: dict[str, Callable[[Any], Any]] = {
+    "topic": _topic,
+    "payload": _payload,
+}
+
 
 def check(table: dict[str, Callable[[Any], Any]], modifiers: dict[str, Any],
           hook: str) -> dict[str, Any]:

@@ -80,6 +80,14 @@ class Broker:
         self.sessions: dict[SessionKey, Session] = {}
         self.trees: dict[str, TopicTree] = {}
         self.dirty: list[Any] = []
+        #: Plugin hooks on the delivery path, None unless a plugin provides them
+        #: (the service sets them): deliver_hook(session, message, qos, retain)
+        #: returns the message to send (possibly rewritten) to an online
+        #: session; offline_hook(session, message, qos, retain) is told about a
+        #: QoS 1/2 message for an offline persistent session.  Both are only
+        #: looked at when deliver_hook is set.
+        self.deliver_hook: Callable[[Session, Message, int, bool], Message] | None = None
+        self.offline_hook: Callable[[Session, Message, int, bool], None] | None = None
         self.dropped = 0
         self.stopping = False  # see stop()
         # Observers of session lifecycle events, e.g. for plugins: callables
@@ -413,8 +421,13 @@ class Broker:
             qos = options.qos
         else:
             qos = message.qos if message.qos < options.qos else options.qos
-        session.deliver(message, qos, message.retain if options.retain_as_published else False,
-                        sub_ids)
+        retain = message.retain if options.retain_as_published else False
+        if self.deliver_hook is not None:  # plugins' on_deliver / on_offline_message
+            if session.conn is not None:
+                message = self.deliver_hook(session, message, qos, retain)
+            elif qos and session.persistent and self.offline_hook is not None:
+                self.offline_hook(session, message, qos, retain)
+        session.deliver(message, qos, retain, sub_ids)
         return 1
 
     def message_dropped(self, session: Session, message: Message, reason: str) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 from zope.interface import implementer
 
 from vmqtw.auth.api import (
-    NEXT, OK, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, IOnPublish, IOnSubscribe,
-    IOnUnsubscribe, ok,
+    NEXT, OK, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, IOnDeliver,
+    IOnOfflineMessage, IOnPublish, IOnSubscribe, IOnUnsubscribe, error, ok,
 )
 from vmqtw.auth.hooks import Notifier
 from vmqtw.codec import Unsubscribe
@@ -24,6 +24,9 @@ class PluginHarness(Harness):
     def __init__(self, config_text: str = BASE, plugins: list[tuple[str, Any]] = ()) -> None:
         super().__init__(config_text, plugins)
         notifier = Notifier(list(plugins))
+        if notifier.deliver or notifier.offline_message:  # as BrokerService does
+            self.broker.deliver_hook = notifier.on_deliver
+            self.broker.offline_hook = notifier.on_offline_message
         self.factories = {
             listener.name: MQTTFactory(self.broker, self.authorizer, listener, self.clock,
                                        notifier)
@@ -192,3 +195,53 @@ class PreauthTests(BrokerTestCase):
         c.connect("c", username="someone", password=b"pw")
         self.assertEqual(c.take(), connack(5))
         self.assertEqual(seen.usernames, ["someone"])
+
+
+@implementer(IOnDeliver, IOnOfflineMessage)
+class DeliverPlugin:
+    """Tags payloads for client 'tagged'; fails for 'boom'; errors for 'err'."""
+
+    def __init__(self) -> None:
+        self.offline: list[tuple[Any, ...]] = []
+
+    def on_deliver(self, client, topic, payload, qos, retain):
+        if client.client_id == "tagged":
+            return ok(payload=b"[" + payload + b"]")
+        if client.client_id == "moved":
+            return ok(topic="elsewhere/" + topic)
+        if client.client_id == "boom":
+            raise RuntimeError("plugin bug")
+        if client.client_id == "err":
+            return error("nope")
+        if client.client_id == "bad":
+            return ok(topic="a/#")
+        return NEXT
+
+    def on_offline_message(self, mountpoint, client_id, qos, topic, payload, retain):
+        self.offline.append((mountpoint, client_id, qos, topic, payload, retain))
+
+
+class DeliverHookTests(BrokerTestCase):
+    def test_rewrites_per_recipient_and_always_delivers(self) -> None:
+        hn = PluginHarness(plugins=[("d", DeliverPlugin())])
+        subs = {cid: hn.subscriber(cid, ("t", 0))
+                for cid in ("tagged", "moved", "plain", "err", "bad")}
+        boom = hn.subscriber("boom", ("t", 0))
+        pub = hn.connected("p")
+        pub.publish("t", b"x")
+        self.assertEqual(subs["tagged"].take(), publish("t", b"[x]"))
+        self.assertEqual(subs["moved"].take(), publish("elsewhere/t", b"x"))
+        for cid in ("plain", "err", "bad"):
+            self.assertEqual(subs[cid].take(), publish("t", b"x"), cid)
+        self.assertEqual(boom.take(), publish("t", b"x"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_offline_message_hook(self) -> None:
+        plugin = DeliverPlugin()
+        hn = PluginHarness(plugins=[("d", plugin)])
+        s = hn.subscriber("away", ("t", 1), clean=False)
+        s.lose()
+        pub = hn.connected("p")
+        pub.publish("t", b"q1", qos=1)
+        pub.publish("t", b"q0", qos=0)  # QoS 0 is not queued for offline sessions
+        self.assertEqual(plugin.offline, [("", "away", 1, "t", b"q1", False)])
