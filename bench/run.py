@@ -54,7 +54,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 NOT_POSSIBLE = ("TLS handshakes/s, 10k idle TLS connections and 10k idle WebSocket "
-                "connections are not measured: vmqtw refuses ssl/ws listeners for now")
+                "connections are not measured yet: the load generator speaks neither TLS "
+                "nor WebSocket (the listeners exist since the ssl/ws work landed)")
 
 
 # -- scenarios ---------------------------------------------------------------------------
