@@ -435,12 +435,13 @@ class Paho:
 
     # -- blocking operations (call from a worker thread) --
 
-    def connect(self, expect_success: bool = True) -> tuple[int, bool]:
-        """CONNECT and wait for CONNACK; returns (return code, session present)."""
+    def connect(self, expect_success: bool = True, **connect_args: Any) -> tuple[int, bool]:
+        """CONNECT and wait for CONNACK; returns (return code, session present).
+        ``connect_args`` go to paho's connect() (e.g. clean_start, properties)."""
         self.connected.clear()
         self.disconnected.clear()
         self.connack = None
-        self.client.connect(self.host, self.port, keepalive=self.keepalive)
+        self.client.connect(self.host, self.port, keepalive=self.keepalive, **connect_args)
         self.client.loop_start()
         self._looping = True
         if not self.connected.wait(self.timeout):

@@ -41,19 +41,7 @@ class Paho5(Paho):
     def connect(self, expect_success: bool = True) -> tuple[int, bool]:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.expiry
-        self.connected.clear()
-        self.disconnected.clear()
-        self.connack = None
-        self.client.connect(self.host, self.port, keepalive=self.keepalive, clean_start=False,
-                            properties=props)
-        self.client.loop_start()
-        self._looping = True
-        if not self.connected.wait(self.timeout):
-            raise AssertionError(f"{self.client_id}: no CONNACK within {self.timeout}s")
-        assert self.connack is not None
-        if expect_success and self.connack[0] != 0:
-            raise AssertionError(f"{self.client_id}: CONNACK {self.connack[0]}")
-        return self.connack
+        return super().connect(expect_success, clean_start=False, properties=props)
 
 
 class DurableStoreTests(BrokerTestCase):

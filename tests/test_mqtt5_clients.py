@@ -71,19 +71,7 @@ class Paho5(Paho):
             p = Properties(PacketTypes.CONNECT)
             for name, value in properties.items():
                 setattr(p, name, value)
-        self.connected.clear()
-        self.disconnected.clear()
-        self.connack = None
-        self.client.connect(self.host, self.port, keepalive=self.keepalive,
-                            clean_start=clean_start, properties=p)
-        self.client.loop_start()
-        self._looping = True
-        if not self.connected.wait(self.timeout):
-            raise AssertionError(f"{self.client_id}: no CONNACK within {self.timeout}s")
-        assert self.connack is not None
-        if expect_success and self.connack[0] != 0:
-            raise AssertionError(f"{self.client_id}: CONNACK {self.connack[0]}")
-        return self.connack
+        return self.connect(expect_success, clean_start=clean_start, properties=p)
 
     def subscribe5(self, topic: str, qos: int = 0, sub_id: int | None = None,
                    **options: Any) -> list[int]:

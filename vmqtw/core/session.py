@@ -262,14 +262,18 @@ class Session:
 
     # -- acknowledgements from the client ----------------------------------------
 
-    def puback(self, pid: int) -> bool:
-        entry = self.inflight.get(pid)
-        if entry is None or entry.state != WAIT_PUBACK:
-            return False
+    def _done(self, pid: int) -> None:
+        """The client finished the flow of ``pid``: free its slot, send more."""
         del self.inflight[pid]
         if self.persistent:
             self.broker.store.message_acked(self.key, pid)
         self.drain()
+
+    def puback(self, pid: int) -> bool:
+        entry = self.inflight.get(pid)
+        if entry is None or entry.state != WAIT_PUBACK:
+            return False
+        self._done(pid)
         return True
 
     def pubrec(self, pid: int, failed: bool = False) -> bool:
@@ -280,10 +284,7 @@ class Session:
             return False
         if failed:
             if entry.state == WAIT_PUBREC:
-                del self.inflight[pid]
-                if self.persistent:
-                    self.broker.store.message_acked(self.key, pid)
-                self.drain()
+                self._done(pid)
             return True
         if entry.state != WAIT_PUBCOMP and self.persistent:
             self.broker.store.message_released(self.key, pid)
@@ -295,10 +296,7 @@ class Session:
         entry = self.inflight.get(pid)
         if entry is None or entry.state != WAIT_PUBCOMP:
             return False
-        del self.inflight[pid]
-        if self.persistent:
-            self.broker.store.message_acked(self.key, pid)
-        self.drain()
+        self._done(pid)
         return True
 
     # -- incoming QoS 2 ------------------------------------------------------------------
