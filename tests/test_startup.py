@@ -64,6 +64,21 @@ class _Programs(BrokerTestCase):
 class CheckTests(_Programs):
 
     @inlineCallbacks
+    def test_check_builds_tls_layers(self):
+        """--check reads the TLS files too: a missing certfile is reported with
+        its line, before anything would be bound."""
+        config = self.write_config(
+            "allow_anonymous = on\n"
+            "listener.ssl.s = 127.0.0.1:0\n"
+            "listener.ssl.certfile = /nonexistent/cert.pem\n"
+            "listener.ssl.keyfile = /nonexistent/key.pem\n")
+        for name, run in self.runners():
+            out, err, code = yield run(config, "--check")
+            self.assertEqual(code, 2, f"{name}: {out!r} {err!r}")
+            self.assertIn(f"{config}:3: listener.ssl.s.certfile: ".encode(), err, name)
+            self.assertNoTraceback(out, err)
+
+    @inlineCallbacks
     def test_check_prints_listeners_and_binds_nothing(self):
         tmp = self.tmpdir()
         sock = os.path.join(tmp, "check.sock")

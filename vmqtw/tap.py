@@ -32,15 +32,17 @@ class Options(usage.Options):
             self._check()
 
     def _check(self) -> NoReturn:
-        """--check: the config parses and every enabled plugin loads."""
+        """--check: the config parses, every enabled plugin loads, and every
+        listener's layers build (TLS files, PSK files, ciphers...) - all
+        without binding a port or opening the store."""
         from twisted.internet import reactor
 
         from vmqtw.auth import loader
+        from vmqtw.service import BrokerService, StartupError
         try:
             plugins = loader.load_plugins(self.broker_config, reactor)
-            for listener in self.broker_config.listeners:  # per-listener chains
-                loader.listener_authorizer(self.broker_config, listener, plugins)
-        except configmod.ConfigError as e:
+            BrokerService(self.broker_config, reactor, plugins=plugins)
+        except (configmod.ConfigError, StartupError) as e:
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
             raise SystemExit(2)
         for warning in loader.settings_without_plugin(self.broker_config):
