@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -117,6 +118,7 @@ class MQTTProtocol(Protocol):
         self.keepalive = 0
         self._out: list[bytes] = []
         self._socket: Any = None  # the TCP/unix connection at the bottom (see flush)
+        self._direct = False      # nothing but pass-through wrappers above it
         # Output held until the store is durable (see write_durable): segments
         # [durable() requested, durable, chunks], oldest first.
         # (an empty tuple until first needed: an empty deque costs ~600 bytes)
@@ -143,9 +145,12 @@ class MQTTProtocol(Protocol):
         except Exception:  # unix sockets and some wrappers have no Nagle to turn off
             pass
         transport.registerProducer(self, True)  # type: ignore[union-attr]
-        bottom = list(transports(transport))[-1]
-        if isinstance(bottom, tcp.Connection):
-            self._socket = bottom
+        layers = list(transports(transport))
+        if isinstance(layers[-1], tcp.Connection):
+            self._socket = layers[-1]
+            # Only pass-through wrappers (the connection limiter) between us
+            # and the socket: bytes we send may skip Twisted's buffer.
+            self._direct = all(type(layer) is ProtocolWrapper for layer in layers[:-1])
         self.last_activity = self.clock.seconds()
         timeout = self.broker.config.mqtt_connect_timeout / 1000.0
         self._timers["connect"] = self.clock.callLater(timeout, self._connect_timeout)
@@ -247,15 +252,30 @@ class MQTTProtocol(Protocol):
         if out:
             self._out = []
             if self.transport is not None and self.state != CLOSED:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-                # Send now rather than on the reactor's next turn (Twisted
-                # only buffers in write()): one epoll round trip less per
-                # message, which is most of a lightly loaded broker's latency.
-                # Not while paused (the transport would resume us from inside
-                # doWrite) or closing (doWrite could finish the close).
+                data = out[0] if len(out) == 1 else b"".join(out)
                 bottom = self._socket
-                if bottom is not None and not self.paused and not bottom.disconnecting:
-                    bottom.doWrite()
+                if bottom is None or self.paused or bottom.disconnecting:
+                    self.transport.write(data)
+                    return
+                # Send now rather than on the reactor's next turn (Twisted's
+                # write() only buffers and arms EPOLLOUT): that round trip and
+                # its two epoll_ctl calls were most of a lightly loaded
+                # broker's per-message latency.  Not while paused (the
+                # transport would resume us from inside doWrite) or closing.
+                if self._direct and not bottom._tempDataLen and \
+                        bottom.offset == len(bottom.dataBuffer):
+                    # Plain TCP with nothing buffered: straight to the socket,
+                    # Twisted buffers only what the kernel does not take.
+                    try:
+                        sent = bottom.socket.send(data)
+                    except OSError:  # EAGAIN, or an error doWrite will report
+                        sent = 0
+                    if sent == len(data):
+                        return
+                    self.transport.write(data[sent:])
+                    return
+                self.transport.write(data)
+                bottom.doWrite()
 
     def session_taken_over(self) -> None:
         """Another connection claimed our session: publish the will, close."""
