@@ -71,6 +71,7 @@ class LimitedConnections(WrappingFactory):
 
     log = Logger()
     protocol = ProtocolWrapper
+    noisy = False
 
     def __init__(self, wrapped: Any, max_connections: int | None) -> None:
         super().__init__(wrapped)

@@ -1192,6 +1192,8 @@ MQTTProtocol._handlers.update({
 class MQTTFactory(Factory):
     """Builds MQTT protocols for one listener."""
 
+    noisy = False  # the listener service logs the listener once, with its settings
+
     def __init__(self, broker: Broker, authorizer: Authorizer, listener: ListenerConfig,
                  clock: Any, notifier: Notifier | None = None) -> None:
         self.broker = broker
