@@ -133,7 +133,10 @@ class DurableStoreTests(BrokerTestCase):
 
         present, got, retained = yield in_thread(after)
         self.assertTrue(present, "the session was not restored")
-        self.assertEqual(got, [("news/today", b"hello", 2), ("alerts", b"fire", 1)])
+        # Both arrive; their relative order is not the broker's to keep here:
+        # paho hands a QoS 2 message to the app only at PUBREL, so the QoS 1
+        # one published after it may overtake it (MQTT orders per QoS level).
+        self.assertEqual(sorted(got), [("alerts", b"fire", 1), ("news/today", b"hello", 2)])
         self.assertEqual(retained, ("status/door", b"open", 1))
         yield in_thread(reader.close)
         yield in_thread(sub.close)
