@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from vmqtw.codec.errors import CodecError
+from vmqtw.codec.packets import PUBLISH as PUBLISH_TYPE
+from vmqtw.codec.properties import ALLOWED, decode_properties, encode_properties
 from vmqtw.core.topics import TopicError, parse_shared, validate_topic_filter, validate_topic_name
 
 
@@ -86,7 +89,27 @@ REGISTER: dict[str, Callable[[Any], Any]] = {
     "upgrade_qos": _bool,
 }
 
+#: MQTT 5.0 PUBLISH properties a plugin may set; topic aliases are per
+#: connection and subscription identifiers are added per recipient by the broker.
+FORWARDED_PROPERTIES = ALLOWED[PUBLISH_TYPE] - {"topic_alias", "subscription_identifier"}
+
+
+def _publish_properties(v: Any) -> dict[str, Any]:
+    """A dict of PUBLISH properties, checked by encoding and decoding it."""
+    if not isinstance(v, dict):
+        raise ModifierError(f"expected a dict of MQTT 5.0 properties, got {v!r}")
+    bad = sorted(set(v) - FORWARDED_PROPERTIES)
+    if bad:
+        raise ModifierError(f"not allowed on a forwarded PUBLISH: {', '.join(bad)}")
+    try:
+        props, _ = decode_properties(encode_properties(v, PUBLISH_TYPE), 0, PUBLISH_TYPE)
+    except (CodecError, ValueError, TypeError, AttributeError, OverflowError) as e:
+        raise ModifierError(f"invalid properties: {e}") from None
+    return props
+
+
 PUBLISH: dict[str, Callable[[Any], Any]] = {
+    "properties": _publish_properties,
     "topic": _topic,
     "payload": _payload,
     "qos": _int(0, 2),

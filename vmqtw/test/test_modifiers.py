@@ -34,6 +34,13 @@ PUBLISH_CASES: dict[str, tuple[list[tuple[Any, Any]], list[Any]]] = {
     "qos": ([(0, 0), (1, 1), (2, 2)], [-1, 3, True, "1", None]),
     "retain": ([(True, True), (False, False)], [1, None, "yes"]),
     "mountpoint": ([("m", "m"), ("", ""), ("m/", "m")], ["m/+", None]),
+    "properties": ([({}, {}),
+                    ({"user_property": [("k", "v")], "content_type": "t"},
+                     {"user_property": [("k", "v")], "content_type": "t"}),
+                    ({"message_expiry_interval": 5}, {"message_expiry_interval": 5})],
+                   [None, [("k", "v")], {"topic_alias": 1}, {"subscription_identifier": [1]},
+                    {"content_type": 7}, {"session_expiry_interval": 5},
+                    {"payload_format_indicator": 2}, {"nonsense": 1}]),
 }
 
 
@@ -104,7 +111,7 @@ class PublishModifierTests(SynchronousTestCase):
                 self.assertIn(f"auth_on_publish: modifier {name}:", str(cm.exception))
 
     def test_unknown_modifier(self) -> None:
-        for name in ("client_id", "properties", "throttle"):
+        for name in ("client_id", "throttle"):
             self.assertRaises(ModifierError, check, PUBLISH, {name: 1}, "auth_on_publish")
 
     def test_whole_rewrite(self) -> None:

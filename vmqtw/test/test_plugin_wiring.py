@@ -245,3 +245,32 @@ class DeliverHookTests(BrokerTestCase):
         pub.publish("t", b"q1", qos=1)
         pub.publish("t", b"q0", qos=0)  # QoS 0 is not queued for offline sessions
         self.assertEqual(plugin.offline, [("", "away", 1, "t", b"q1", False)])
+
+
+class PublishPropertiesModifierTests(BrokerTestCase):
+    """ok(properties=...) replaces a message's MQTT 5.0 properties."""
+
+    TEXT = BASE + "listener.tcp.allowed_protocol_versions = 3,4,5\n"
+
+    def test_properties_replaced_for_5_0_subscribers(self) -> None:
+        from vmqtw.codec import Decoder, Publish, Subscribe, Connect
+        from vmqtw.codec.packets import SubOptions
+        mods = {"properties": {"user_property": [("tenant", "a")], "content_type": "text"}}
+        hn = PluginHarness(self.TEXT, plugins=[("rw", Rewriter(mods))])
+        sub = hn.client(level=5)
+        sub.send(Connect("s5", 5))
+        sub.send(Subscribe(1, [("t", SubOptions(0))]))
+        sub.take()
+        pub = hn.connected("p")
+        pub.publish("t", b"x")
+        (msg,) = sub.packets()
+        self.assertEqual(msg.properties, mods["properties"])
+
+    def test_invalid_properties_refuse_the_publish(self) -> None:
+        for bad in ({"topic_alias": 3}, {"content_type": 7}, ["not", "a", "dict"]):
+            hn = PluginHarness(self.TEXT, plugins=[("rw", Rewriter({"properties": bad}))])
+            sub = hn.subscriber("s", ("t", 0))
+            pub = hn.connected("p")
+            pub.publish("t", b"x")
+            self.assertEqual(sub.take(), b"", bad)
+            self.assertTrue(pub.closed, bad)

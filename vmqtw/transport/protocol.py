@@ -920,9 +920,16 @@ class MQTTProtocol(Protocol):
                            client_id=self.client.client_id if self.client else "",
                            reason=str(e))
             return None
-        new = Message(mods.get("topic", message.topic), mods.get("payload", message.payload),
-                      mods.get("qos", message.qos), mods.get("retain", message.retain),
-                      message.properties, expires_at=message.expires_at)
+        if "properties" in mods:  # a new message expiry interval starts now
+            new = Message(mods.get("topic", message.topic),
+                          mods.get("payload", message.payload), mods.get("qos", message.qos),
+                          mods.get("retain", message.retain), mods["properties"])
+            new.start_expiry(self.broker.clock.seconds())
+        else:
+            new = Message(mods.get("topic", message.topic),
+                          mods.get("payload", message.payload), mods.get("qos", message.qos),
+                          mods.get("retain", message.retain), message.properties,
+                          expires_at=message.expires_at)
         return new, mods.get("mountpoint")
 
     def _refuse_publish5(self, packet: Publish, code: int, why: str) -> None:
