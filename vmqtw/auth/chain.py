@@ -49,33 +49,35 @@ class Chain:
 
     def run_sync(self, iface: InterfaceClass, hook: str, *args: Any) -> Result:
         """Run a synchronous hook through the chain."""
-        for name, plugin in self.plugins:
-            if not iface.providedBy(plugin):
-                continue
-            try:
-                result = self._checked(name, hook, getattr(plugin, hook)(*args))
-            except Exception:
-                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=hook)
-                return Error(PLUGIN_ERROR)
-            if result.__class__ is not Next:
-                return result
-        return Error(CHAIN_EXHAUSTED)
+        return self._run_sync(lambda plugin: (hook, args) if iface.providedBy(plugin) else None)
 
     def run_sync_m5(self, iface_m5: InterfaceClass, hook_m5: str, iface: InterfaceClass,
                     hook: str, args: tuple[Any, ...], properties: dict[str, Any]) -> Result:
         """Run a synchronous hook for an MQTT 5.0 client: each plugin is asked its
         ``_m5`` variant (with ``properties``) if it provides it, else the plain one."""
-        for name, plugin in self.plugins:
+        args_m5 = (*args, properties)
+
+        def choose(plugin: Any) -> tuple[str, tuple[Any, ...]] | None:
             if iface_m5.providedBy(plugin):
-                used, call_args = hook_m5, (*args, properties)
-            elif iface.providedBy(plugin):
-                used, call_args = hook, args
-            else:
+                return hook_m5, args_m5
+            if iface.providedBy(plugin):
+                return hook, args
+            return None
+
+        return self._run_sync(choose)
+
+    def _run_sync(self, choose: Any) -> Result:
+        """The chain loop: ``choose(plugin)`` names the hook to call and its
+        arguments, or None to skip that plugin."""
+        for name, plugin in self.plugins:
+            call = choose(plugin)
+            if call is None:
                 continue
+            hook, args = call
             try:
-                result = self._checked(name, used, getattr(plugin, used)(*call_args))
+                result = self._checked(name, hook, getattr(plugin, hook)(*args))
             except Exception:
-                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=used)
+                self.log.failure("plugin {plugin} failed in {hook}", plugin=name, hook=hook)
                 return Error(PLUGIN_ERROR)
             if result.__class__ is not Next:
                 return result
