@@ -27,7 +27,7 @@ from tests.test_protocol_raw import read_packet
 from vmqtw.auth.api import OK, IAuthOnRegister, IOnAuth, error, ok
 from vmqtw.config import load
 from vmqtw.service import BrokerService
-from vmqtw.test.test_mqtt5 import (
+from vmqtw.test.wire import (
     _s, p_auth_data, p_auth_method, p_receive_max, props, vbi,
 )
 

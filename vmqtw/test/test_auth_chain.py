@@ -16,9 +16,8 @@ from vmqtw.auth.chain import (
     CHAIN_EXHAUSTED, PLUGIN_ERROR, Authorizer, Chain, PluginResultError,
 )
 from vmqtw.codec import Pubrel, Will
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, puback, pubcomp, publish, pubrec, suback,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, Harness
+from vmqtw.test.wire import connack, puback, pubcomp, publish, pubrec, suback
 
 NO_ANON = "listener.tcp.t = 127.0.0.1:1883\nallow_anonymous = off\n"
 

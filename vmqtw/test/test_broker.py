@@ -11,8 +11,8 @@ from vmqtw.config import parse
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
-from vmqtw.test.test_protocol import BASE, publish
-from vmqtw.test.test_session import FakeConnection
+from vmqtw.test.harness import BASE, FakeConnection
+from vmqtw.test.wire import publish
 
 
 class RecordingLog:

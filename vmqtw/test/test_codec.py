@@ -14,97 +14,23 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw import codec
 from vmqtw.codec import (
-    Auth, Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, Puback, Pubcomp,
-    Publish, Pubrec, Pubrel, SubOptions, Suback, Subscribe, Unsuback, Unsubscribe, Will,
-    encode, encode_publish,
+    Auth, Connack, Decoder, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish,
+    Pubrec, Pubrel, SubOptions, Suback, Subscribe, Unsuback, Unsubscribe, encode,
+    encode_publish,
 )
 from vmqtw.codec.properties import (
     ALLOWED, PROPERTIES, PROPERTY_NAMES, WILL, decode_properties, encode_properties,
 )
-
-
-def h(s: str) -> bytes:
-    """Hex with optional spaces."""
-    return bytes.fromhex(s)
+from vmqtw.test.wire import (
+    CONNECT_5, CONNECT_5_P, CONNECT_5_PW, CONNECT_5_PW_P, CONNECT_31, CONNECT_31_P,
+    CONNECT_311, CONNECT_311_B, CONNECT_311_B_P, CONNECT_311_P, CONNECTS, h,
+)
 
 
 # ---------------------------------------------------------------------------
-# CONNECT vectors (decoded by a Decoder with protocol_level None).
-
-# 3.1.1 s3.1: minimal CONNECT, clean session, keepalive 60, client id "abc".
-CONNECT_311 = (h("10 0f 0004") + b"MQTT" + h("04 02 003c 0003") + b"abc")
-CONNECT_311_P = Connect("abc", 4, True, 60)
-
-# MQTT 3.1 (MQIsdp): flags 0xee = username|password|will retain|will qos 1|will|clean.
-CONNECT_31 = (h("10 20 0006") + b"MQIsdp" + h("03 ee 000a")
-              + h("0002") + b"c1"          # client id
-              + h("0003") + b"w/t"         # will topic
-              + h("0002") + b"hi"          # will message
-              + h("0001") + b"u"           # username
-              + h("0002") + b"pw")         # password
-CONNECT_31_P = Connect("c1", 3, True, 10, Will("w/t", b"hi", 1, True), "u", b"pw",
-                       protocol_name="MQIsdp")
-
-# 3.1.1: flags 0x94 = username|will qos 2|will, not clean, keepalive 0, empty id,
-# empty will payload.
-CONNECT_311_B = (h("10 17 0004") + b"MQTT" + h("04 94 0000")
-                 + h("0000")                  # client id ""
-                 + h("0001") + b"t"           # will topic
-                 + h("0000")                  # will payload b""
-                 + h("0004") + b"user")
-CONNECT_311_B_P = Connect("", 4, False, 0, Will("t", b"", 2, False), "user", None)
-
-# 5.0 s3.1: flags 0xc6 = username|password|will|clean start, keepalive 30.
-CONNECT_5 = (h("10 7c 0004") + b"MQTT" + h("05 c6 001e")
-             + h("33")                                   # property length 51
-             + h("11 00000e10")                          # session expiry 3600
-             + h("21 0014")                              # receive maximum 20
-             + h("27 00010000")                          # maximum packet size 65536
-             + h("22 000a")                              # topic alias maximum 10
-             + h("17 00")                                # request problem info 0
-             + h("26 0001") + b"k" + h("0001") + b"1"    # user property k=1
-             + h("26 0001") + b"k" + h("0001") + b"2"    # user property k=2
-             + h("26 0001") + b"a" + h("0000")           # user property a=""
-             + h("15 0005") + b"SCRAM"                   # authentication method
-             + h("16 0002 0102")                         # authentication data
-             + h("0004") + b"cid5"                       # client id
-             + h("27")                                   # will property length 39
-             + h("18 00000005")                          # will delay interval 5
-             + h("01 01")                                # payload format indicator
-             + h("02 0000003c")                          # message expiry 60
-             + h("03 0004") + b"text"                    # content type
-             + h("08 0004") + b"resp"                    # response topic
-             + h("09 0003 010203")                       # correlation data
-             + h("26 0001") + b"w" + h("0001") + b"x"    # user property
-             + h("0003") + b"w/5"                        # will topic
-             + h("0003") + b"bye"                        # will payload
-             + h("0002") + b"u5"                         # username
-             + h("0000"))                                # password b""
-CONNECT_5_P = Connect(
-    "cid5", 5, True, 30,
-    Will("w/5", b"bye", 0, False, {
-        "will_delay_interval": 5, "payload_format_indicator": 1,
-        "message_expiry_interval": 60, "content_type": "text",
-        "response_topic": "resp", "correlation_data": b"\x01\x02\x03",
-        "user_property": [("w", "x")]}),
-    "u5", b"",
-    {"session_expiry_interval": 3600, "receive_maximum": 20,
-     "maximum_packet_size": 65536, "topic_alias_maximum": 10,
-     "request_problem_information": 0,
-     "user_property": [("k", "1"), ("k", "2"), ("a", "")],
-     "authentication_method": "SCRAM", "authentication_data": b"\x01\x02"})
-
-# 5.0 s3.1.2.9: a 5.0 client may send a password without a user name.
-CONNECT_5_PW = (h("10 15 0004") + b"MQTT" + h("05 42 0000 00")
-                + h("0003") + b"abc" + h("0003") + b"pwd")
-CONNECT_5_PW_P = Connect("abc", 5, True, 0, None, None, b"pwd")
-
-CONNECTS = {3: (CONNECT_31, CONNECT_31_P), 4: (CONNECT_311, CONNECT_311_P),
-            5: (CONNECT_5, CONNECT_5_P)}
-
-# ---------------------------------------------------------------------------
-# Other vectors: (name, protocol level, bytes, packet, canonical?) where canonical
-# means encode(packet, level) must give exactly these bytes.
+# Vectors other than CONNECT (those live in wire.py): (name, protocol level, bytes,
+# packet, canonical?) where canonical means encode(packet, level) must give exactly
+# these bytes.
 
 V: list[tuple[str, int, bytes, Any, bool]] = []
 

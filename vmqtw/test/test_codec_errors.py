@@ -10,7 +10,7 @@ from vmqtw.codec import (
     CodecError, Connect, Decoder, MalformedPacket, PacketTooLarge, Pingreq,
     ProtocolError, Publish, UnsupportedProtocolVersion, reasons,
 )
-from vmqtw.test.test_codec import CONNECTS, h
+from vmqtw.test.wire import CONNECTS, h
 
 M = MalformedPacket
 P = ProtocolError

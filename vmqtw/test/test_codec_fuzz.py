@@ -16,7 +16,7 @@ from vmqtw.codec import (
     Unsubscribe, Will, encode, encode_publish,
 )
 from vmqtw.codec.properties import ALLOWED, WILL
-from vmqtw.test.test_codec import CONNECTS
+from vmqtw.test.wire import CONNECTS
 
 SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -21,9 +21,8 @@ from vmqtw.core.store import MemoryStore
 from vmqtw.service import BrokerService, StartupError, make_service
 from vmqtw.store import SQLiteStore
 from vmqtw.store.records import QUEUED, StoredDelivery, StoredSession
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, puback, pubcomp, publish, pubrec, pubrel,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, Harness
+from vmqtw.test.wire import connack, puback, pubcomp, publish, pubrec, pubrel
 
 
 class GatedStore(MemoryStore):

@@ -1,15 +1,14 @@
 """MQTT 5.0 through MQTTProtocol + Broker, in memory (the Harness of test_protocol).
 
-Bytes the broker must send are written by hand below (MQTT 5.0 section 3),
-independently of our encoder; client packets are encoded with our encoder
+Bytes the broker must send are written by hand (``vmqtw.test.wire``, MQTT 5.0
+section 3), independently of our encoder; client packets are encoded with our encoder
 (the codec has its own vectors) or written as raw bytes where the point is a
 broken packet.  Every failure path checks the exact DISCONNECT (or CONNACK)
 reason for the one client, and that a bystander keeps working.
 """
 from __future__ import annotations
 
-import struct
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -24,119 +23,18 @@ from vmqtw.codec import (
 )
 from vmqtw.codec import reasons
 from vmqtw.core.message import Message
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Client, Harness, connack, publish as publish311, suback as suback311,
+from vmqtw.test.harness import BASE, BrokerTestCase, Client, Harness
+from vmqtw.test.wire import (
+    AVAILABLE, _s, auth5, connack, connack5, connack_ok, disconnect5, p_alias, p_alias_max,
+    p_assigned_id, p_auth_data, p_auth_method, p_content_type, p_correlation, p_expiry,
+    p_format, p_max_packet, p_reason, p_receive_max, p_response_topic, p_server_keep_alive,
+    p_sub_id, p_user, props, puback5, pubcomp5, publish5, pubrec5, pubrel5, suback5,
+    unsuback5, vbi,
 )
+from vmqtw.test.wire import publish as publish311
+from vmqtw.test.wire import suback as suback311
 
 BASE5 = BASE + "listener.tcp.t.allowed_protocol_versions = 3,4,5\n"
-
-
-# ---------------------------------------------------------------------------
-# Broker -> client bytes, by hand (MQTT 5.0 section 2.2.2 and 3).
-
-def vbi(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _s(text: str | bytes) -> bytes:
-    b = text.encode() if isinstance(text, str) else text
-    return len(b).to_bytes(2, "big") + b
-
-
-def props(*items: bytes) -> bytes:
-    body = b"".join(items)
-    return vbi(len(body)) + body
-
-
-# One property each (identifier + value).
-def p_format(v: int) -> bytes: return bytes((0x01, v))
-def p_expiry(v: int) -> bytes: return b"\x02" + struct.pack(">I", v)
-def p_content_type(s: str) -> bytes: return b"\x03" + _s(s)
-def p_response_topic(s: str) -> bytes: return b"\x08" + _s(s)
-def p_correlation(b: bytes) -> bytes: return b"\x09" + _s(b)
-def p_sub_id(n: int) -> bytes: return b"\x0b" + vbi(n)
-def p_assigned_id(s: str) -> bytes: return b"\x12" + _s(s)
-def p_server_keep_alive(n: int) -> bytes: return b"\x13" + struct.pack(">H", n)
-def p_auth_method(s: str) -> bytes: return b"\x15" + _s(s)
-def p_auth_data(b: bytes) -> bytes: return b"\x16" + _s(b)
-def p_reason(s: str) -> bytes: return b"\x1f" + _s(s)
-def p_receive_max(n: int) -> bytes: return b"\x21" + struct.pack(">H", n)
-def p_alias_max(n: int) -> bytes: return b"\x22" + struct.pack(">H", n)
-def p_alias(n: int) -> bytes: return b"\x23" + struct.pack(">H", n)
-def p_user(k: str, v: str) -> bytes: return b"\x26" + _s(k) + _s(v)
-def p_max_packet(n: int) -> bytes: return b"\x27" + struct.pack(">I", n)
-
-
-AVAILABLE = (b"\x25\x01", b"\x28\x01", b"\x29\x01", b"\x2a\x01")  # retain/wildcard/subid/shared
-
-
-def connack5(rc: int = 0, session_present: bool = False, *items: bytes) -> bytes:
-    body = bytes((1 if session_present else 0, rc)) + props(*items)
-    return b"\x20" + vbi(len(body)) + body
-
-
-def connack_ok(session_present: bool = False, *before: bytes, receive_max: int = 65535,
-               limits: Iterable[bytes] = (), after: Iterable[bytes] = ()) -> bytes:
-    """The CONNACK of a successful 5.0 CONNECT: ``before`` (assigned client id,
-    server keep alive), receive maximum, ``limits`` (topic alias maximum, maximum
-    packet size), the availability flags, ``after`` (authentication)."""
-    return connack5(0, session_present, *before, p_receive_max(receive_max), *limits,
-                    *AVAILABLE, *after)
-
-
-def publish5(topic: str, payload: bytes, *items: bytes, qos: int = 0, retain: bool = False,
-             dup: bool = False, pid: int | None = None) -> bytes:
-    body = _s(topic) + (pid.to_bytes(2, "big") if qos else b"") + props(*items) + payload  # type: ignore[union-attr]
-    b0 = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-    return bytes((b0,)) + vbi(len(body)) + body
-
-
-def _ack(b0: int, pid: int, rc: int, items: tuple[bytes, ...]) -> bytes:
-    if rc == 0 and not items:
-        return bytes((b0, 2)) + pid.to_bytes(2, "big")
-    body = pid.to_bytes(2, "big") + bytes((rc,)) + props(*items)
-    return bytes((b0,)) + vbi(len(body)) + body
-
-
-def puback5(pid: int, rc: int = 0, *items: bytes) -> bytes:
-    return _ack(0x40, pid, rc, items)
-
-
-def pubrec5(pid: int, rc: int = 0, *items: bytes) -> bytes:
-    return _ack(0x50, pid, rc, items)
-
-
-def pubrel5(pid: int, rc: int = 0) -> bytes:
-    return _ack(0x62, pid, rc, ())
-
-
-def pubcomp5(pid: int, rc: int = 0) -> bytes:
-    return _ack(0x70, pid, rc, ())
-
-
-def suback5(pid: int, *codes: int) -> bytes:
-    body = pid.to_bytes(2, "big") + b"\x00" + bytes(codes)
-    return b"\x90" + vbi(len(body)) + body
-
-
-def unsuback5(pid: int, *codes: int) -> bytes:
-    body = pid.to_bytes(2, "big") + b"\x00" + bytes(codes)
-    return b"\xb0" + vbi(len(body)) + body
-
-
-def disconnect5(rc: int) -> bytes:
-    return bytes((0xE0, 2, rc, 0))
-
-
-def auth5(rc: int, *items: bytes) -> bytes:
-    body = bytes((rc,)) + props(*items)
-    return b"\xf0" + vbi(len(body)) + body
 
 
 NO_MATCH = reasons.NO_MATCHING_SUBSCRIBERS

@@ -12,9 +12,8 @@ from vmqtw.auth.api import (
 )
 from vmqtw.auth.hooks import Notifier
 from vmqtw.codec import Unsubscribe
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, publish, suback, unsuback,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, Harness
+from vmqtw.test.wire import connack, publish, suback, unsuback
 from vmqtw.transport.protocol import MQTTFactory
 
 

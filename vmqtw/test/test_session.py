@@ -3,7 +3,6 @@ retries, and the Session object on its own with a fake connection."""
 from __future__ import annotations
 
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from vmqtw.codec import Disconnect, Puback, Pubcomp, Pubrec
@@ -11,9 +10,8 @@ from vmqtw.config import parse
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
 from vmqtw.core.session import IClientConnection, Session
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, publish, pubrel, suback,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, FakeConnection, Harness
+from vmqtw.test.wire import connack, publish, pubrel, suback
 
 
 class PersistentSessionTests(BrokerTestCase):
@@ -243,21 +241,6 @@ class PersistentSessionTests(BrokerTestCase):
 
 # ---------------------------------------------------------------------------
 # Session on its own
-
-@implementer(IClientConnection)
-class FakeConnection:
-    def __init__(self, level: int = 4) -> None:
-        self.protocol_level = level
-        self.paused = False
-        self.written: list[bytes] = []
-        self.taken_over = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def session_taken_over(self) -> None:
-        self.taken_over = True
-
 
 class SessionUnitTests(BrokerTestCase):
 
