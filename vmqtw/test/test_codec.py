@@ -198,6 +198,8 @@ class VectorConsistencyTests(SynchronousTestCase):
     """The hand-written vectors are self-consistent, checked without the decoder."""
 
     def test_remaining_lengths(self) -> None:
+        """In every hand-written vector, CONNECT included, the remaining length of the fixed
+        header equals the number of bytes that follow it (checked without the decoder)."""
         for name, _, data, _, _ in V + [("connect", 0, c, None, True) for c in
                                         (CONNECT_31, CONNECT_311, CONNECT_311_B,
                                          CONNECT_5, CONNECT_5_PW)]:
@@ -237,6 +239,9 @@ class DecodeVectorTests(SynchronousTestCase):
                 self.assertEqual(got, expected)
 
     def test_connect_vectors(self) -> None:
+        """Each CONNECT vector (MQTT 3.1, 3.1.1 and 5.0) decodes to its packet whole, byte by
+        byte and in random chunks, and sets the decoder's protocol level to the level the
+        CONNECT announces."""
         for data, packet in ((CONNECT_31, CONNECT_31_P), (CONNECT_311, CONNECT_311_P),
                              (CONNECT_311_B, CONNECT_311_B_P), (CONNECT_5, CONNECT_5_P),
                              (CONNECT_5_PW, CONNECT_5_PW_P)):
@@ -246,6 +251,8 @@ class DecodeVectorTests(SynchronousTestCase):
             self.assertEqual(d.protocol_level, packet.protocol_level)
 
     def test_vectors(self) -> None:
+        """Every non-CONNECT vector decodes to its packet at its protocol level, whole, byte by
+        byte and in random chunks."""
         for name, level, data, packet, _ in V:
             try:
                 self.check(level, data, [packet])
@@ -261,12 +268,16 @@ class DecodeVectorTests(SynchronousTestCase):
             self.check(None, stream, expected)
 
     def test_many_publishes_one_feed(self) -> None:
+        """A thousand PUBLISH packets and the start of another in one feed give exactly the
+        thousand complete packets; the partial one waits for more bytes."""
         pub = h("32 0a 0003") + b"a/b" + h("0001") + b"xyz"
         out = Decoder(protocol_level=4).feed(pub * 1000 + pub[:5])
         self.assertEqual(len(out), 1000)
         self.assertEqual(out[-1], Publish("a/b", b"xyz", 1, packet_id=1))
 
     def test_payload_is_bytes(self) -> None:
+        """A PUBLISH fed as a bytearray or a memoryview has a payload of type bytes, not a view
+        into the caller's buffer."""
         d = Decoder(protocol_level=4)
         [p] = d.feed(bytearray(h("30 0a 0003") + b"a/b" + b"hello"))
         self.assertIs(type(p.payload), bytes)
@@ -286,6 +297,8 @@ class DecodeVectorTests(SynchronousTestCase):
         self.assertEqual(got[1], Pingreq())
 
     def test_empty_feed(self) -> None:
+        """Feeding no bytes yields nothing, and a two-byte PINGREQ split in two feeds is
+        decoded once its second byte arrives."""
         d = Decoder(protocol_level=4)
         self.assertEqual(d.feed(b""), [])
         self.assertEqual(d.feed(b"\xc0"), [])
@@ -299,10 +312,13 @@ class DecodeVectorTests(SynchronousTestCase):
                          [CONNECT_5_P, Puback(1, 0x10), Publish("t", b"abc")])
 
     def test_max_packet_size_boundary(self) -> None:
+        """A packet exactly as large as max_packet_size (fixed header included) is accepted."""
         pub = h("30 0a 0003") + b"a/b" + b"hello"  # 12 bytes in all
         self.assertEqual(len(Decoder(max_packet_size=12, protocol_level=4).feed(pub)), 1)
 
     def test_caller_changes_max_packet_size(self) -> None:
+        """Lowering max_packet_size on a running decoder applies to the next packet: a fixed
+        header announcing a larger packet raises PacketTooLarge."""
         d = Decoder(protocol_level=4)
         d.feed(h("c0 00"))
         d.max_packet_size = 11
@@ -311,12 +327,16 @@ class DecodeVectorTests(SynchronousTestCase):
 
 class EncodeVectorTests(SynchronousTestCase):
     def test_connect_vectors(self) -> None:
+        """Encoding each CONNECT packet at its own protocol level gives exactly the
+        hand-written vector bytes."""
         for data, packet in ((CONNECT_31, CONNECT_31_P), (CONNECT_311, CONNECT_311_P),
                              (CONNECT_311_B, CONNECT_311_B_P), (CONNECT_5, CONNECT_5_P),
                              (CONNECT_5_PW, CONNECT_5_PW_P)):
             self.assertEqual(encode(packet, packet.protocol_level).hex(), data.hex())
 
     def test_vectors(self) -> None:
+        """Encoding each canonical vector's packet gives exactly its bytes; a non-canonical
+        vector's packet encodes to bytes that decode back to the same packet."""
         for name, level, data, packet, canonical in V:
             if canonical:
                 self.assertEqual(encode(packet, level).hex(), data.hex(), name)
@@ -325,6 +345,8 @@ class EncodeVectorTests(SynchronousTestCase):
                                  [packet], name)
 
     def test_encode_publish(self) -> None:
+        """The PUBLISH fast path encode_publish gives exactly the hand-written bytes of every
+        PUBLISH vector at its level."""
         for name, level, data, packet, _ in V:
             if isinstance(packet, Publish):
                 got = encode_publish(packet.topic, packet.payload, packet.qos, packet.retain,
@@ -355,11 +377,17 @@ class EncodeVectorTests(SynchronousTestCase):
             h("82 06 0001 0001") + b"t" + h("01"))
 
     def test_5_short_forms(self) -> None:
+        """MQTT 5.0 acknowledgements, DISCONNECT and AUTH with reason code 0 and no properties
+        are encoded in their short form, without reason code or property length (5.0
+        s3.4.2.1, s3.14.2.1, s3.15.2.1)."""
         self.assertEqual(encode(Pubrec(9), 5), h("50 02 0009"))
         self.assertEqual(encode(Disconnect(), 5), h("e0 00"))
         self.assertEqual(encode(Auth(), 5), h("f0 00"))
 
     def test_encode_varint_and_string(self) -> None:
+        """Variable byte integers are encoded as in the table of 5.0 s1.5.5 up to 268,435,455
+        and refused beyond it or below 0; strings are UTF-8 with a two-byte length (a 4-byte
+        character counts 4) and refused above 65,535 bytes."""
         # 5.0 s1.5.5 table 1-1.
         for n, data in ((0, "00"), (127, "7f"), (128, "8001"), (16383, "ff7f"),
                         (16384, "808001"), (2097151, "ffff7f"), (2097152, "80808001"),
@@ -371,6 +399,8 @@ class EncodeVectorTests(SynchronousTestCase):
         self.assertRaises(ValueError, codec.encode_string, "x" * 65536)
 
     def test_unknown_or_misplaced_property_on_encode(self) -> None:
+        """Encoding a 5.0 packet refuses (ValueError) a property name that does not exist and
+        one that is not allowed on that packet type (will delay interval on PUBLISH)."""
         self.assertRaises(ValueError, encode, Publish("t", properties={"nope": 1}), 5)
         self.assertRaises(ValueError, encode,
                           Publish("t", properties={"will_delay_interval": 1}), 5)
@@ -378,12 +408,16 @@ class EncodeVectorTests(SynchronousTestCase):
 
 class PropertyTableTests(SynchronousTestCase):
     def test_names(self) -> None:
+        """The property table names all 27 MQTT 5.0 properties once each, by their identifier
+        (0x26 user property, 0x0B subscription identifier)."""
         self.assertEqual(len(PROPERTY_NAMES), 27)
         self.assertEqual(PROPERTY_NAMES[0x26], "user_property")
         self.assertEqual(PROPERTY_NAMES[0x0B], "subscription_identifier")
         self.assertEqual(len({name for _, name, _, _ in PROPERTIES}), 27)
 
     def test_allowed(self) -> None:
+        """The table of allowed properties follows 5.0 s2.2.2.2: will delay interval only in a
+        will, topic alias on PUBLISH, user property on every packet type."""
         self.assertIn("will_delay_interval", ALLOWED[WILL])
         self.assertNotIn("will_delay_interval", ALLOWED[codec.PUBLISH])
         self.assertIn("topic_alias", ALLOWED[codec.PUBLISH])
@@ -391,6 +425,10 @@ class PropertyTableTests(SynchronousTestCase):
             self.assertIn("user_property", ALLOWED[ptype])
 
     def test_direct_use(self) -> None:
+        """encode_properties writes a length-prefixed property block (an empty one is a single
+        zero byte, a subscription identifier a variable byte integer) and decode_properties
+        reads one back from an offset, returning the properties and the offset after the
+        block."""
         data = encode_properties({"user_property": [("a", "b")], "topic_alias": 3},
                                  codec.PUBLISH)
         self.assertEqual(data, h("0a 26 0001 61 0001 62 23 0003"))
