@@ -33,6 +33,8 @@ from vmqtw.transport.protocol import CONNECTED
 class ConnectTests(BrokerTestCase):
 
     def test_anonymous_allowed(self) -> None:
+        """With allow_anonymous = on a CONNECT without credentials is accepted: CONNACK 0,
+        the connection is CONNECTED and a session exists for the client id."""
         hn = Harness()
         c = hn.client()
         c.connect("c1")
@@ -42,6 +44,8 @@ class ConnectTests(BrokerTestCase):
         self.assertIn(("", "c1"), hn.broker.sessions)
 
     def test_anonymous_refused_without_plugin(self) -> None:
+        """With allow_anonymous = off and no authentication plugin a CONNECT is refused with
+        CONNACK 5 (not authorized), the connection closed and no session created."""
         hn = Harness("listener.tcp.t = 127.0.0.1:1883\nallow_anonymous = off\n")
         c = hn.client()
         c.connect("c1")
@@ -50,6 +54,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_allow_anonymous_override(self) -> None:
+        """A listener's allow_anonymous_override = on accepts anonymous clients on that
+        listener only, while the other listeners still refuse them."""
         hn = Harness("listener.tcp.t = 127.0.0.1:1883\n"
                      "listener.tcp.o = 127.0.0.1:1884\n"
                      "listener.tcp.o.allow_anonymous_override = on\n"
@@ -64,6 +70,9 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(d.closed)
 
     def test_version_not_allowed_311(self) -> None:
+        """A 3.1.1 CONNECT on a listener whose allowed_protocol_versions is 3 is refused
+        with CONNACK 1 (unacceptable protocol version) and closed, while a 3.1 CONNECT is
+        accepted."""
         hn = Harness(BASE + "listener.tcp.t.allowed_protocol_versions = 3\n")
         c = hn.client()
         c.connect("c1")
@@ -87,6 +96,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_unknown_protocol_level(self) -> None:
+        """A CONNECT with protocol level 6 is answered with CONNACK 1 and the connection
+        closed (3.1.1 s3.1.2.2)."""
         hn = Harness()
         c = hn.client()
         # CONNECT "MQTT" level 6, clean, keepalive 60, client id "x".
@@ -95,6 +106,8 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_unknown_protocol_name(self) -> None:
+        """A CONNECT with an unknown protocol name ("MQTX") is answered with CONNACK 1 and
+        the connection closed."""
         hn = Harness()
         c = hn.client()
         # CONNECT "MQTX" level 4.
@@ -103,6 +116,8 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_empty_client_id_311_clean_gets_an_id(self) -> None:
+        """A 3.1.1 clean session CONNECT with an empty client id is accepted and the broker
+        assigns a unique id (3.1.1 s3.1.3.1); two such clients get different sessions."""
         hn = Harness()
         c = hn.client()
         c.connect("", clean=True)
@@ -120,6 +135,8 @@ class ConnectTests(BrokerTestCase):
         self.assertFalse(c.closed)
 
     def test_empty_client_id_311_persistent_refused(self) -> None:
+        """A 3.1.1 persistent CONNECT (clean session 0) with an empty client id is refused
+        with CONNACK 2 (identifier rejected) and closed."""
         hn = Harness()
         c = hn.client()
         c.connect("", clean=False)
@@ -128,6 +145,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_empty_client_id_31_refused(self) -> None:
+        """An MQTT 3.1 CONNECT with an empty client id is refused with CONNACK 2, even with
+        clean session."""
         hn = Harness()
         c = hn.client(level=3)
         c.connect("", clean=True)
@@ -135,6 +154,8 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_client_id_too_long(self) -> None:
+        """A client id longer than max_client_id_size is refused with CONNACK 2; one exactly
+        that long is accepted."""
         hn = Harness(BASE + "max_client_id_size = 5\n")
         c = hn.client()
         c.connect("abcdef")
@@ -145,12 +166,16 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(d.take(), connack(0))
 
     def test_client_id_size_counts_utf8_bytes(self) -> None:
+        """max_client_id_size counts UTF-8 bytes, not characters."""
         hn = Harness(BASE + "max_client_id_size = 5\n")
         c = hn.client()
         c.connect("\u00e9\u00e9\u00e9")  # 3 characters, 6 bytes
         self.assertEqual(c.take(), connack(2))
 
     def test_second_connect_closes(self) -> None:
+        """A second CONNECT on a connected connection is a protocol violation: the
+        connection is closed without an answer and its clean session removed (3.1.1
+        s3.1.0)."""
         hn = Harness()
         c = hn.connected("c1")
         c.connect("c1")
@@ -159,6 +184,7 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_first_packet_not_connect_closes(self) -> None:
+        """A connection whose first packet is not a CONNECT is closed without an answer."""
         hn = Harness()
         c = hn.client()
         c.send(Pingreq())
@@ -166,6 +192,7 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_first_packet_publish_closes(self) -> None:
+        """A PUBLISH before CONNECT closes the connection and is not routed."""
         hn = Harness()
         s = hn.subscriber("s", ("#", 0))
         c = hn.client()
@@ -174,6 +201,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_connect_timeout(self) -> None:
+        """A connection that sends no CONNECT within mqtt_connect_timeout (milliseconds) is
+        closed without an answer."""
         hn = Harness(BASE + "mqtt_connect_timeout = 2000\n")
         c = hn.client()
         hn.clock.advance(1.9)
@@ -183,12 +212,14 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(c.take(), b"")
 
     def test_connect_timeout_cancelled_by_connect(self) -> None:
+        """Once the CONNECT is accepted, the connect timeout no longer applies."""
         hn = Harness()
         c = hn.connected("c1")
         hn.clock.advance(100)
         self.assertFalse(c.closed)
 
     def test_connect_in_pieces(self) -> None:
+        """A CONNECT arriving one byte at a time is answered with CONNACK 0 once complete."""
         hn = Harness()
         c = hn.client()
         data = encode(Connect("c1", 4, True, 0), 4)
@@ -197,6 +228,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(c.take(), connack(0))
 
     def test_keepalive_timeout(self) -> None:
+        """A client silent for one and a half keep alive periods is disconnected (3.1.1
+        s3.1.2.10), not before, and its clean session removed."""
         hn = Harness()
         c = hn.connected("c1", keepalive=10)
         hn.clock.advance(14.9)
@@ -206,6 +239,8 @@ class ConnectTests(BrokerTestCase):
         self.assertNotIn(("", "c1"), hn.broker.sessions)
 
     def test_pingreq_resets_keepalive(self) -> None:
+        """Each PINGREQ is answered with PINGRESP and restarts the keep alive timer: the
+        client is disconnected one and a half periods after its last packet."""
         hn = Harness()
         c = hn.connected("c1", keepalive=10)
         hn.clock.advance(10)
@@ -221,12 +256,15 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_keepalive_zero_never_times_out(self) -> None:
+        """Keep alive 0 turns the keep alive timeout off."""
         hn = Harness()
         c = hn.connected("c1", keepalive=0)
         hn.clock.advance(100000)
         self.assertFalse(c.closed)
 
     def test_max_connection_lifetime(self) -> None:
+        """A listener's max_connection_lifetime closes the connection after that many
+        seconds even when the client is active."""
         hn = Harness(BASE + "listener.tcp.t.max_connection_lifetime = 30\n")
         c = hn.connected("c1", keepalive=10)
         for _ in range(5):
@@ -237,6 +275,7 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_disconnect_closes(self) -> None:
+        """DISCONNECT closes the connection and ends a clean session."""
         hn = Harness()
         c = hn.connected("c1")
         c.send(Disconnect())
@@ -250,6 +289,7 @@ class ConnectTests(BrokerTestCase):
 class PublishTests(BrokerTestCase):
 
     def test_qos0(self) -> None:
+        """A QoS 0 PUBLISH is not acknowledged and is delivered to a QoS 0 subscriber."""
         hn = Harness()
         s = hn.subscriber("s", ("a/b", 0))
         p = hn.connected("p")
@@ -258,6 +298,9 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("a/b", b"hello"))
 
     def test_qos1_in_and_out(self) -> None:
+        """A QoS 1 PUBLISH is answered with PUBACK carrying the publisher's packet id; the
+        subscriber gets it with the broker's own packet ids, held in flight until its
+        PUBACK."""
         hn = Harness()
         s = hn.subscriber("s", ("a/b", 1))
         p = hn.connected("p")
@@ -272,6 +315,9 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_qos2_in(self) -> None:
+        """A QoS 2 PUBLISH is answered with PUBREC and routed once; its packet id is
+        remembered until PUBREL, answered with PUBCOMP, after which the id may carry a
+        new message."""
         hn = Harness()
         s = hn.subscriber("s", ("a/b", 0))
         p = hn.connected("p")
@@ -288,6 +334,8 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("a/b", b"n"))
 
     def test_qos2_out(self) -> None:
+        """A QoS 2 delivery goes PUBLISH, PUBREC from the subscriber, PUBREL from the
+        broker, PUBCOMP, and stays in flight until the PUBCOMP."""
         hn = Harness()
         s = hn.subscriber("s", ("a/b", 2))
         p = hn.connected("p")
@@ -301,6 +349,8 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.session.inflight, {})
 
     def test_qos2_duplicate_delivered_once(self) -> None:
+        """A QoS 2 PUBLISH resent with DUP before PUBREL is answered with PUBREC again but
+        delivered only once."""
         hn = Harness()
         s = hn.subscriber("s", ("a/b", 2))
         p = hn.connected("p")
@@ -312,6 +362,8 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(p.take(), pubcomp(5))
 
     def test_qos_downgraded_to_subscription(self) -> None:
+        """A message is delivered at the lower of its QoS and the subscription's granted
+        QoS."""
         hn = Harness()
         s0 = hn.subscriber("s0", ("t", 0))
         s1 = hn.subscriber("s1", ("t", 1))
@@ -325,6 +377,8 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s2.take(), publish("t", b"y", qos=1, pid=2))
 
     def test_upgrade_outgoing_qos(self) -> None:
+        """With upgrade_outgoing_qos = on a message is delivered at the subscription's QoS
+        even when published at a lower one."""
         hn = Harness(BASE + "upgrade_outgoing_qos = on\n")
         s = hn.subscriber("s", ("t", 2))
         p = hn.connected("p")
@@ -332,6 +386,8 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("t", b"x", qos=2, pid=1))
 
     def test_wildcard_in_publish_topic_closes(self) -> None:
+        """A PUBLISH whose topic contains "+" or "#" closes the publisher's connection
+        without acknowledgement and is not routed; other clients are unaffected."""
         hn = Harness()
         s = hn.subscriber("s", ("#", 0))
         p = hn.connected("p")
@@ -345,6 +401,8 @@ class PublishTests(BrokerTestCase):
         self.assertFalse(s.closed)
 
     def test_topic_max_depth(self) -> None:
+        """A PUBLISH whose topic has more levels than topic_max_depth closes the connection
+        and is not routed; one at the limit is delivered."""
         hn = Harness(BASE + "topic_max_depth = 3\n")
         s = hn.subscriber("s", ("#", 0))
         p = hn.connected("p")
@@ -355,6 +413,8 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_puback_for_unknown_id_ignored(self) -> None:
+        """A PUBACK or PUBCOMP for a packet id not in flight is ignored and the connection
+        stays open."""
         hn = Harness()
         c = hn.connected("c")
         c.send(Puback(77), Pubcomp(78))
@@ -362,12 +422,14 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(c.take(), b"")
 
     def test_pubrel_unknown_id_answered(self) -> None:
+        """A PUBREL for an unknown packet id is still answered with PUBCOMP."""
         hn = Harness()
         c = hn.connected("c")
         c.send(Pubrel(4))
         self.assertEqual(c.take(), pubcomp(4))
 
     def test_mqtt31_client(self) -> None:
+        """MQTT 3.1 clients publish and receive QoS 1 messages like 3.1.1 clients."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 1), level=3)
         p = hn.connected("p", level=3)
@@ -376,6 +438,7 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("t", b"x", qos=1, pid=1))
 
     def test_packet_ids_wrap_and_skip_inflight(self) -> None:
+        """Outgoing packet ids wrap from 65535 to 1, never using 0."""
         hn = Harness(BASE + "max_inflight_messages = 0\n")
         s = hn.subscriber("s", ("t", 1))
         session = s.session
@@ -393,6 +456,8 @@ class PublishTests(BrokerTestCase):
 class InflightTests(BrokerTestCase):
 
     def test_window_of_two(self) -> None:
+        """max_inflight_messages limits the unacknowledged deliveries per session: later
+        messages wait in the queue and each PUBACK sends the next one, in order."""
         hn = Harness(BASE + "max_inflight_messages = 2\n")
         s = hn.subscriber("s", ("t", 1))
         p = hn.connected("p")
@@ -412,6 +477,8 @@ class InflightTests(BrokerTestCase):
         self.assertEqual(len(s.session.queue), 0)
 
     def test_qos0_waits_behind_queued_qos1(self) -> None:
+        """A QoS 0 message does not overtake QoS 1 messages queued behind a full inflight
+        window: order is kept."""
         hn = Harness(BASE + "max_inflight_messages = 1\n")
         s = hn.subscriber("s", ("t", 1))
         p = hn.connected("p")
@@ -423,6 +490,7 @@ class InflightTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("t", b"b", qos=1, pid=2) + publish("t", b"c"))
 
     def test_qos2_holds_slot_until_pubcomp(self) -> None:
+        """A QoS 2 delivery keeps its inflight slot until PUBCOMP, not just until PUBREC."""
         hn = Harness(BASE + "max_inflight_messages = 1\n")
         s = hn.subscriber("s", ("t", 2))
         p = hn.connected("p")
@@ -435,6 +503,9 @@ class InflightTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("t", b"b", qos=2, pid=2))
 
     def test_online_queue_overflow_drops(self) -> None:
+        """Messages beyond the inflight window and max_online_messages are dropped and
+        counted on the session and the broker; the publisher is still acknowledged for
+        every message."""
         hn = Harness(BASE + "max_inflight_messages = 1\nmax_online_messages = 3\n")
         s = hn.subscriber("s", ("t", 1))
         p = hn.connected("p")
@@ -459,6 +530,8 @@ class InflightTests(BrokerTestCase):
 class RetainedTests(BrokerTestCase):
 
     def test_stored_and_delivered_on_subscribe(self) -> None:
+        """A retained PUBLISH is stored and delivered to a later subscriber right after the
+        SUBACK, with the retain flag set."""
         hn = Harness()
         p = hn.connected("p")
         p.publish("r/t", b"kept", qos=1, retain=True, pid=1)
@@ -471,6 +544,8 @@ class RetainedTests(BrokerTestCase):
                                                           pid=1))
 
     def test_retained_downgraded_to_subscription_qos(self) -> None:
+        """A retained message is delivered on subscribe at the lower of its QoS and the
+        granted QoS."""
         hn = Harness()
         p = hn.connected("p")
         p.publish("r", b"kept", qos=2, retain=True, pid=1)
@@ -479,6 +554,8 @@ class RetainedTests(BrokerTestCase):
         self.assertEqual(s.take(), suback(1, 0) + publish("r", b"kept", retain=True))
 
     def test_live_delivery_has_retain_0(self) -> None:
+        """A retained PUBLISH delivered to existing subscribers has retain 0 (3.1.1
+        s3.3.1.3) and is stored."""
         hn = Harness()
         s = hn.subscriber("s", ("r/#", 0))
         p = hn.connected("p")
@@ -487,6 +564,7 @@ class RetainedTests(BrokerTestCase):
         self.assertEqual(hn.broker.store.retained_count(), 1)
 
     def test_replaced(self) -> None:
+        """A new retained PUBLISH on a topic replaces the stored one."""
         hn = Harness()
         p = hn.connected("p")
         p.publish("r", b"one", retain=True)
@@ -496,6 +574,8 @@ class RetainedTests(BrokerTestCase):
         self.assertEqual(s.take(), suback(1, 0) + publish("r", b"two", retain=True))
 
     def test_empty_payload_clears(self) -> None:
+        """A retained PUBLISH with an empty payload clears the stored message; current
+        subscribers get it as a normal message, later subscribers get nothing."""
         hn = Harness()
         p = hn.connected("p")
         p.publish("r/t", b"kept", retain=True)
@@ -511,6 +591,7 @@ class RetainedTests(BrokerTestCase):
         self.assertEqual(s2.take(), suback(1, 0))
 
     def test_not_retained_without_flag(self) -> None:
+        """A PUBLISH without the retain flag is not stored."""
         hn = Harness()
         p = hn.connected("p")
         p.publish("r", b"x")
@@ -523,6 +604,8 @@ class RetainedTests(BrokerTestCase):
 class WillTests(BrokerTestCase):
 
     def test_will_on_abnormal_loss(self) -> None:
+        """The will is published, at its QoS and not retained, when the connection breaks
+        without DISCONNECT."""
         hn = Harness()
         s = hn.subscriber("s", ("will/#", 1))
         c = hn.connected("c", will=Will("will/c", b"gone", 1))
@@ -531,6 +614,7 @@ class WillTests(BrokerTestCase):
         self.assertEqual(hn.broker.store.retained_count(), 0)
 
     def test_no_will_after_disconnect(self) -> None:
+        """No will is published after a clean DISCONNECT (3.1.1 s3.1.2.5)."""
         hn = Harness()
         s = hn.subscriber("s", ("will/#", 1))
         c = hn.connected("c", will=Will("will/c", b"gone", 1))
@@ -539,6 +623,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_will_on_protocol_violation(self) -> None:
+        """The will is published when the broker closes the connection for a protocol
+        violation."""
         hn = Harness()
         s = hn.subscriber("s", ("will/#", 0))
         c = hn.connected("c", will=Will("will/c", b"gone"))
@@ -547,6 +633,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("will/c", b"gone"))
 
     def test_will_on_keepalive_timeout(self) -> None:
+        """The will is published when the broker closes the connection for a keep alive
+        timeout."""
         hn = Harness()
         s = hn.subscriber("s", ("will/#", 0))
         c = hn.connected("c", keepalive=2, will=Will("will/c", b"gone"))
@@ -555,6 +643,7 @@ class WillTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("will/c", b"gone"))
 
     def test_will_retain(self) -> None:
+        """A will with the retain flag is stored as a retained message."""
         hn = Harness()
         c = hn.connected("c", will=Will("will/c", b"gone", 0, True))
         c.lose()
@@ -564,6 +653,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(s.take(), suback(1, 0) + publish("will/c", b"gone", retain=True))
 
     def test_invalid_will_topic_refused(self) -> None:
+        """A CONNECT whose will topic contains a wildcard is refused with a non-zero CONNACK
+        and the connection closed."""
         hn = Harness()
         c = hn.client()
         c.connect("c", will=Will("will/#", b"x"))
@@ -573,6 +664,9 @@ class WillTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_takeover_closes_first_and_fires_will(self) -> None:
+        """A second connection with the same client id closes the first, whose will is
+        published; the session belongs to the new connection, and the old connection's
+        late close changes nothing."""
         hn = Harness()
         s = hn.subscriber("s", ("will/#", 0))
         c1 = hn.connected("dup", will=Will("will/dup", b"taken"))
@@ -589,6 +683,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_takeover_will_suppressed(self) -> None:
+        """With suppress_lwt_on_session_takeover = on, the taken-over connection's will is
+        not published."""
         hn = Harness(BASE + "suppress_lwt_on_session_takeover = on\n")
         s = hn.subscriber("s", ("will/#", 0))
         c1 = hn.connected("dup", will=Will("will/dup", b"taken"))
@@ -599,6 +695,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_taken_over_session_still_routes_to_new_connection(self) -> None:
+        """After a clean takeover the old subscriptions are gone, and new subscriptions
+        route to the new connection only."""
         hn = Harness()
         c1 = hn.subscriber("dup", ("t", 0))
         c2 = hn.connected("dup")   # clean: subscriptions are gone
@@ -618,6 +716,8 @@ class WillTests(BrokerTestCase):
 class SubscriptionTests(BrokerTestCase):
 
     def test_wildcards(self) -> None:
+        """"+" matches exactly one level and "#" the parent level and all below (3.1.1
+        s4.7)."""
         hn = Harness()
         plus = hn.subscriber("plus", ("a/+/c", 0))
         hash_ = hn.subscriber("hash", ("a/#", 0))
@@ -631,6 +731,8 @@ class SubscriptionTests(BrokerTestCase):
                          + publish("a/b/c/d", b"3"))
 
     def test_overlapping_delivered_once_at_highest_qos(self) -> None:
+        """A client with several matching subscriptions gets each message once, at the
+        highest granted QoS that the message allows."""
         hn = Harness()
         s = hn.subscriber("s", ("a/+/c", 0), ("a/#", 2), ("a/b/c", 1))
         p = hn.connected("p")
@@ -640,6 +742,7 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("a/b/c", b"y", qos=1, pid=2))
 
     def test_resubscribe_replaces_qos(self) -> None:
+        """Subscribing again to the same filter replaces its QoS (3.1.1 s3.8.4)."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 0))
         s.subscribe(2, ("t", 1))
@@ -649,6 +752,8 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("t", b"x", qos=1, pid=1))
 
     def test_dollar_topics_not_matched_by_wildcards(self) -> None:
+        """Topics starting with "$" are not matched by filters starting with "#" or "+",
+        only by filters naming the "$" level (3.1.1 s4.7.2)."""
         hn = Harness()
         hash_ = hn.subscriber("hash", ("#", 0))
         plus = hn.subscriber("plus", ("+/x", 0))
@@ -660,6 +765,8 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(sys_.take(), publish("$SYS/x", b"sys"))
 
     def test_shared_subscription_each_message_to_one_member(self) -> None:
+        """A message to a shared subscription goes to exactly one member of the group,
+        spread over the members, while normal subscribers still get every message."""
         hn = Harness()
         a = hn.subscriber("a", ("$share/g/s/t", 0))
         b = hn.subscriber("b", ("$share/g/s/t", 0))
@@ -674,6 +781,7 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(len(other.packets()), n)
 
     def test_shared_subscription_groups_are_independent(self) -> None:
+        """Each shared subscription group gets its own copy of a message."""
         hn = Harness()
         a = hn.subscriber("a", ("$share/g1/t", 0))
         b = hn.subscriber("b", ("$share/g2/t", 0))
@@ -683,6 +791,7 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(b.take(), publish("t", b"x"))
 
     def test_shared_subscription_no_retained(self) -> None:
+        """Subscribing to a shared subscription does not send retained messages."""
         hn = Harness()
         p = hn.connected("p")
         p.publish("t", b"r", retain=True)
@@ -691,6 +800,8 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(a.take(), suback(1, 0))
 
     def test_shared_member_leaving(self) -> None:
+        """A member that disconnected no longer receives shared messages; when the last
+        member unsubscribes nothing is delivered and the group is gone."""
         hn = Harness()
         a = hn.subscriber("a", ("$share/g/t", 0))
         b = hn.subscriber("b", ("$share/g/t", 0))
@@ -706,6 +817,8 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(hn.broker.trees, {})
 
     def test_unsubscribe(self) -> None:
+        """UNSUBSCRIBE is answered with UNSUBACK and stops delivery for that filter only;
+        unsubscribing from an unknown filter still gets UNSUBACK (3.1.1 s3.10.4)."""
         hn = Harness()
         s = hn.subscriber("s", ("a/#", 0), ("b", 0))
         s.send(Unsubscribe(9, ["a/#"]))
@@ -719,6 +832,8 @@ class SubscriptionTests(BrokerTestCase):
         self.assertEqual(s.take(), unsuback(10))
 
     def test_invalid_filter_gets_failure_code(self) -> None:
+        """An invalid topic filter gets SUBACK 0x80 while the other filters in the same
+        SUBSCRIBE are granted and the connection stays open."""
         hn = Harness()
         s = hn.connected("s")
         s.subscribe(3, ("a/#/b", 1), ("ok", 1))
@@ -726,6 +841,8 @@ class SubscriptionTests(BrokerTestCase):
         self.assertFalse(s.closed)
 
     def test_max_subscriptions_per_client(self) -> None:
+        """max_subscriptions_per_client refuses new filters beyond the limit with 0x80;
+        replacing an existing subscription is allowed."""
         hn = Harness(BASE + "max_subscriptions_per_client = 2\n")
         s = hn.connected("s")
         s.subscribe(1, ("a", 1), ("b", 1), ("c", 1))
@@ -751,6 +868,8 @@ MOUNTS = ("allow_anonymous = on\n"
 class MountpointTests(BrokerTestCase):
 
     def test_no_cross_delivery(self) -> None:
+        """Messages published on a listener with a mountpoint reach only subscribers of that
+        mountpoint, not other mountpoints nor the listener without one."""
         hn = Harness(MOUNTS)
         sa = hn.subscriber("sa", ("#", 0), listener="a")
         sb = hn.subscriber("sb", ("#", 0), listener="b")
@@ -762,6 +881,8 @@ class MountpointTests(BrokerTestCase):
         self.assertEqual(sn.take(), b"")
 
     def test_same_client_id_two_sessions(self) -> None:
+        """The same client id on two mountpoints makes two separate sessions, neither taking
+        the other over."""
         hn = Harness(MOUNTS)
         ca = hn.subscriber("same", ("t", 0), listener="a")
         cb = hn.subscriber("same", ("t", 0), listener="b")
@@ -775,6 +896,7 @@ class MountpointTests(BrokerTestCase):
         self.assertEqual(cb.take(), publish("t", b"b"))
 
     def test_retained_separate(self) -> None:
+        """Retained messages are kept per mountpoint."""
         hn = Harness(MOUNTS)
         pa = hn.connected("p", listener="a")
         pa.publish("r", b"a-value", retain=True)
@@ -804,6 +926,8 @@ class RobustnessTests(BrokerTestCase):
         self.assertFalse(p.closed)
 
     def test_garbage_before_connect(self) -> None:
+        """Garbage instead of a CONNECT closes that connection only; other clients keep
+        working."""
         hn = Harness()
         s, p = self._bystanders(hn)
         bad = hn.client()
@@ -812,6 +936,8 @@ class RobustnessTests(BrokerTestCase):
         self._still_working(s, p)
 
     def test_malformed_after_connect(self) -> None:
+        """Each kind of malformed or forbidden packet after CONNECT closes that connection
+        only, while other clients keep publishing and receiving."""
         hn = Harness()
         s, p = self._bystanders(hn)
         for junk in (b"\x00\x00",                       # packet type 0
@@ -830,6 +956,8 @@ class RobustnessTests(BrokerTestCase):
             self._still_working(s, p)
 
     def test_valid_packets_before_bad_bytes_are_handled(self) -> None:
+        """Valid packets received before malformed bytes in the same chunk are handled
+        (routed and acknowledged) before the connection is closed."""
         hn = Harness()
         s, p = self._bystanders(hn)
         bad = hn.connected("bad")
@@ -839,6 +967,8 @@ class RobustnessTests(BrokerTestCase):
         self.assertEqual(s.packets()[-1].payload, b"first")
 
     def test_oversize_packet(self) -> None:
+        """A PUBLISH larger than max_message_size closes that connection without routing it;
+        others keep working."""
         hn = Harness(BASE + "max_message_size = 100\n")
         s, p = self._bystanders(hn)
         big = hn.connected("big")
@@ -848,6 +978,8 @@ class RobustnessTests(BrokerTestCase):
         self._still_working(s, p)
 
     def test_oversize_announced_closes_before_body(self) -> None:
+        """A fixed header announcing a packet larger than max_message_size closes the
+        connection before the body arrives."""
         hn = Harness(BASE + "max_message_size = 100\n")
         s, p = self._bystanders(hn)
         big = hn.connected("big")
@@ -856,6 +988,8 @@ class RobustnessTests(BrokerTestCase):
         self._still_working(s, p)
 
     def test_oversize_connect(self) -> None:
+        """A CONNECT larger than max_message_size closes the connection and creates no
+        session."""
         hn = Harness(BASE + "max_message_size = 100\n")
         c = hn.client()
         c.connect("c" * 200)
@@ -863,6 +997,7 @@ class RobustnessTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_data_after_close_ignored(self) -> None:
+        """Bytes arriving after the broker closed a connection are ignored."""
         hn = Harness()
         s, p = self._bystanders(hn)
         bad = hn.connected("bad")
@@ -877,6 +1012,8 @@ class RobustnessTests(BrokerTestCase):
 class FlowTests(BrokerTestCase):
 
     def test_pause_and_resume(self) -> None:
+        """While the transport asks the broker to pause, deliveries wait in the session
+        queue; on resume they are written in order and live delivery continues."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 1))
         p = hn.connected("p")
@@ -894,6 +1031,8 @@ class FlowTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("t", b"3"))
 
     def test_paused_queue_is_bounded(self) -> None:
+        """The queue behind a paused transport is capped by max_online_messages: the oldest
+        messages are kept and the rest dropped and counted."""
         hn = Harness(BASE + "max_online_messages = 5\n")
         s = hn.subscriber("s", ("t", 0))
         p = hn.connected("p")
@@ -905,6 +1044,9 @@ class FlowTests(BrokerTestCase):
         self.assertEqual([pk.payload for pk in s.packets()], [b"%d" % i for i in range(5)])
 
     def test_one_write_per_connection_per_batch(self) -> None:
+        """Fifty PUBLISHes in one chunk cause a single transport write per connection: one
+        with all fifty PUBACKs for the publisher, one with the deliveries (up to the
+        inflight window of 20) for each subscriber."""
         hn = Harness()
         subs = [hn.subscriber("s%d" % i, ("t/#", 1)) for i in range(3)]
         p = hn.connected("p")
@@ -930,6 +1072,8 @@ class FlowTests(BrokerTestCase):
 class DelayedCloseTests(BrokerTestCase):
 
     def test_messages_for_a_closing_persistent_session_are_kept(self) -> None:
+        """Messages for a persistent session whose connection is closing but not yet closed
+        are not written but kept, and delivered on reconnect."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 1), clean=False, sync_close=False)
         s.send(b"\x00\x00")                     # protocol violation: closing
@@ -946,6 +1090,8 @@ class DelayedCloseTests(BrokerTestCase):
                          + publish("t", b"after-close", qos=1, pid=2))
 
     def test_will_once_when_closed_by_broker(self) -> None:
+        """When the broker closes a connection (keep alive timeout) and the close completes
+        later, the will is published exactly once."""
         hn = Harness()
         w = hn.subscriber("w", ("will", 0))
         c = hn.connected("c", keepalive=1, will=Will("will", b"bye"), sync_close=False)
@@ -957,6 +1103,9 @@ class DelayedCloseTests(BrokerTestCase):
         self.assertEqual(w.take(), b"")
 
     def test_takeover_while_first_is_closing(self) -> None:
+        """A takeover while the first connection is still closing succeeds; the will is
+        published when the first close completes, and the session stays with the new
+        connection."""
         hn = Harness()
         w = hn.subscriber("w", ("will", 0))
         c1 = hn.connected("dup", will=Will("will", b"bye"), sync_close=False)
@@ -969,6 +1118,8 @@ class DelayedCloseTests(BrokerTestCase):
         self.assertIs(hn.broker.sessions[("", "dup")].conn, c2.protocol)
 
     def test_takeover_closes_first_transport(self) -> None:
+        """A takeover closes the first transport and unregisters the protocol as its
+        producer; the late close leaves the session with the new connection."""
         hn = Harness()
         c1 = hn.connected("dup", sync_close=False)
         c2 = hn.client()
@@ -979,6 +1130,8 @@ class DelayedCloseTests(BrokerTestCase):
         self.assertIs(hn.broker.sessions[("", "dup")].conn, c2.protocol)
 
     def test_peer_that_stops_reading_is_aborted(self) -> None:
+        """A connection the broker closed but whose peer does not finish the close is
+        aborted after a few seconds."""
         hn = Harness()
         c = hn.connected("c", sync_close=False)
         c.send(b"\x00\x00")
@@ -988,6 +1141,8 @@ class DelayedCloseTests(BrokerTestCase):
         self.assertTrue(c.transport.disconnected)  # abortConnection()
 
     def test_no_timer_left_after_close(self) -> None:
+        """No delayed call is left on the clock after a client disconnects, whether the
+        close completes at once or later."""
         hn = Harness()
         for sync_close in (True, False):
             c = hn.connected("c", keepalive=30, sync_close=sync_close)
@@ -997,6 +1152,7 @@ class DelayedCloseTests(BrokerTestCase):
             self.assertEqual(hn.clock.getDelayedCalls(), [])
 
     def test_no_timer_left_after_connect_timeout(self) -> None:
+        """No delayed call is left on the clock after a connect timeout closes a connection."""
         hn = Harness()
         c = hn.client(sync_close=False)
         hn.clock.advance(5)
@@ -1010,6 +1166,8 @@ class FootprintTests(SynchronousTestCase):
     (and stores values inline) only up to 30 attributes per instance."""
 
     def test_connected_protocol_has_at_most_30_attributes(self) -> None:
+        """A connected protocol instance has at most 30 attributes, so CPython keeps its
+        attribute dict compact."""
         hn = Harness()
         c = hn.connected("small")
         self.assertLessEqual(len(vars(c.protocol)), 30, sorted(vars(c.protocol)))
