@@ -173,9 +173,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(c.take(), connack(2))
 
     def test_second_connect_closes(self) -> None:
-        """A second CONNECT on a connected connection is a protocol violation: the
-        connection is closed without an answer and its clean session removed (3.1.1
-        s3.1.0)."""
+        """A second CONNECT on a connected connection is a protocol violation (3.1.1 s3.1):
+        the connection is closed without an answer and its clean session removed."""
         hn = Harness()
         c = hn.connected("c1")
         c.connect("c1")
