@@ -116,6 +116,9 @@ class BystanderMixin:
 class ConnectTests(BrokerTestCase):
 
     def test_connack_announces_the_broker_limits(self) -> None:
+        """A successful 5.0 CONNACK announces receive maximum 65535 and that retained
+        messages, wildcard subscriptions, subscription identifiers and shared
+        subscriptions are available, and nothing else follows it."""
         hn = Harness(BASE5)
         c = connect5(hn, "c1")
         self.assertEqual(c.take(), bytes.fromhex("200e00000b21ffff2501280129012a01"))
@@ -123,6 +126,9 @@ class ConnectTests(BrokerTestCase):
         self.assertFalse(c.closed)
 
     def test_connack_limits_from_config(self) -> None:
+        """The 5.0 CONNACK announces the configured limits: server keep alive
+        (max_keep_alive), receive maximum (receive_max_broker), topic alias maximum
+        (topic_alias_max_broker) and maximum packet size (max_message_size)."""
         hn = Harness(BASE5 + "receive_max_broker = 5\ntopic_alias_max_broker = 10\n"
                      "max_message_size = 1000\nmax_keep_alive = 60\n")
         c = connect5(hn, "c1", keepalive=0)
@@ -131,6 +137,9 @@ class ConnectTests(BrokerTestCase):
             p_max_packet(1000), *AVAILABLE))
 
     def test_keepalive_within_the_cap_is_kept(self) -> None:
+        """A keep alive at or below max_keep_alive is used as the client asked: the client
+        is disconnected with reason 0x8D (keep alive timeout) after one and a half
+        periods of silence."""
         hn = Harness(BASE5 + "max_keep_alive = 60\n")
         c = connected5(hn, "c1", keepalive=30)
         hn.clock.advance(44)
@@ -140,6 +149,9 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_keepalive_above_the_cap_answered_with_server_keep_alive(self) -> None:
+        """A keep alive above max_keep_alive is answered with a server keep alive of
+        max_keep_alive in the CONNACK (5.0 s3.2.2.3.14), which is then the period the
+        broker enforces."""
         hn = Harness(BASE5 + "max_keep_alive = 60\n")
         s, p = BystanderMixin().bystanders(hn)
         c = connected5(hn, "c1", keepalive=600,
@@ -153,10 +165,14 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_no_cap_no_server_keep_alive(self) -> None:
+        """Without max_keep_alive the CONNACK carries no server keep alive."""
         hn = Harness(BASE5)
         connected5(hn, "c1", keepalive=0)  # default CONNACK has no server keep alive
 
     def test_assigned_client_identifier(self) -> None:
+        """A 5.0 CONNECT with an empty client id gets a broker-assigned id in the CONNACK's
+        assigned client identifier (5.0 s3.2.2.3.7), with clean start or not; that
+        session ends at DISCONNECT."""
         hn = Harness(BASE5)
         for clean in (True, False):
             c = connect5(hn, "", clean=clean)
@@ -168,12 +184,15 @@ class ConnectTests(BrokerTestCase):
             self.assertEqual(hn.broker.sessions, {})
 
     def test_not_authorized_is_0x87(self) -> None:
+        """A refused 5.0 CONNECT gets CONNACK reason 0x87 (not authorized) and is closed."""
         hn = Harness(BASE5.replace("allow_anonymous = on", "allow_anonymous = off"))
         c = connect5(hn, "c1")
         self.assertEqual(c.take(), connack5(reasons.NOT_AUTHORIZED))
         self.assertTrue(c.closed)
 
     def test_duplicate_property_in_connect(self) -> None:
+        """A 5.0 CONNECT with a property given twice gets CONNACK 0x82 (protocol error), is
+        closed and creates no session."""
         hn = Harness(BASE5)
         c = hn.client(level=5)
         # CONNECT v5, clean, keepalive 0, properties: receive maximum twice, id "x"
@@ -184,6 +203,8 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_malformed_property_in_connect(self) -> None:
+        """A 5.0 CONNECT with an unknown property identifier gets CONNACK 0x81 (malformed
+        packet) and is closed."""
         hn = Harness(BASE5)
         c = hn.client(level=5)
         # property identifier 0x7f does not exist
@@ -193,18 +214,24 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_connect_too_large(self) -> None:
+        """A 5.0 CONNECT larger than max_message_size gets CONNACK 0x95 (packet too large)
+        and is closed."""
         hn = Harness(BASE5 + "max_message_size = 50\n")
         c = connect5(hn, "c" * 80)
         self.assertEqual(c.take(), connack5(reasons.PACKET_TOO_LARGE))
         self.assertTrue(c.closed)
 
     def test_authentication_data_without_method(self) -> None:
+        """Authentication data without an authentication method in CONNECT gets CONNACK 0x82
+        (protocol error, 5.0 s3.1.2.11.10)."""
         hn = Harness(BASE5)
         c = connect5(hn, "c1", authentication_data=b"x")
         self.assertEqual(c.take(), connack5(reasons.PROTOCOL_ERROR))
         self.assertTrue(c.closed)
 
     def test_will_payload_not_utf8(self) -> None:
+        """A will payload that is not UTF-8 while its payload format indicator says UTF-8
+        gets CONNACK 0x99 (payload format invalid)."""
         hn = Harness(BASE5)
         c = connect5(hn, "c1", will=Will("w", b"\xff\xfe", 0, False,
                                          {"payload_format_indicator": 1}))
@@ -212,12 +239,15 @@ class ConnectTests(BrokerTestCase):
         self.assertTrue(c.closed)
 
     def test_will_response_topic_with_wildcard(self) -> None:
+        """A will response topic containing a wildcard gets CONNACK 0x82 (protocol error)."""
         hn = Harness(BASE5)
         c = connect5(hn, "c1", will=Will("w", b"x", 0, False, {"response_topic": "r/#"}))
         self.assertEqual(c.take(), connack5(reasons.PROTOCOL_ERROR))
         self.assertTrue(c.closed)
 
     def test_second_connect(self) -> None:
+        """A second 5.0 CONNECT on a connection is answered with DISCONNECT 0x82 (protocol
+        error) and closed; other clients keep working."""
         hn = Harness(BASE5)
         s, p = BystanderMixin().bystanders(hn)
         c = connected5(hn, "c1")
@@ -227,6 +257,7 @@ class ConnectTests(BrokerTestCase):
         BystanderMixin().still_working(s, p)
 
     def test_mqtt311_on_a_5_listener_unchanged(self) -> None:
+        """A 3.1.1 client on a listener that also allows 5.0 gets the plain 3.1.1 CONNACK."""
         hn = Harness(BASE5)
         c = hn.client(level=4)
         c.connect("old")
@@ -245,6 +276,8 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertTrue(s.closed)
 
     def test_expiry_0_ends_with_the_connection(self) -> None:
+        """A 5.0 session without a session expiry interval (0) ends when the connection
+        breaks, even without clean start."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", clean=False)
         subscribe5(s, 1, ("t", SubOptions(1)))
@@ -252,6 +285,8 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_resume_within_expiry(self) -> None:
+        """A 5.0 session with a session expiry interval survives the disconnect and, resumed
+        before it expires, gets session present and its queued message."""
         hn = Harness(BASE5)
         self.offline_subscriber(hn, 60)
         p = connected5(hn, "p")
@@ -262,6 +297,8 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertEqual(s2.take(), connack_ok(True) + publish5("t", b"queued", qos=1, pid=1))
 
     def test_clean_start_discards(self) -> None:
+        """Clean start on reconnect discards the previous session: no session present, no
+        subscriptions."""
         hn = Harness(BASE5)
         self.offline_subscriber(hn, 60)
         s2 = connected5(hn, "s", clean=True, session_present=False)
@@ -269,6 +306,8 @@ class SessionExpiryTests(BrokerTestCase):
         s2.send(Disconnect())
 
     def test_expires_after_the_interval(self) -> None:
+        """An offline 5.0 session expires exactly when its session expiry interval has
+        passed, whatever persistent_client_expiration says."""
         hn = Harness(BASE5 + "persistent_client_expiration = 1w\n")
         self.offline_subscriber(hn, 10)
         hn.clock.advance(9)
@@ -285,6 +324,8 @@ class SessionExpiryTests(BrokerTestCase):
         connected5(hn, "s", clean=False, session_present=True)
 
     def test_persistent_client_expiration_is_for_3x_only(self) -> None:
+        """persistent_client_expiration applies to 3.x persistent sessions on a listener
+        that also allows 5.0."""
         hn = Harness(BASE5 + "persistent_client_expiration = 1h\n")
         c = hn.connected("old", clean=False)
         c.send(Disconnect())
@@ -294,6 +335,7 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertNotIn(("", "old"), hn.broker.sessions)
 
     def test_disconnect_shortens_to_0(self) -> None:
+        """A DISCONNECT setting the session expiry interval to 0 ends the session at once."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", session_expiry_interval=60)
         s.send(Disconnect(0, {"session_expiry_interval": 0}))
@@ -301,6 +343,8 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_disconnect_extends(self) -> None:
+        """A DISCONNECT may change a non-zero session expiry interval, here extending it,
+        and the new value applies."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", session_expiry_interval=10)
         s.send(Disconnect(0, {"session_expiry_interval": 100}))
@@ -310,6 +354,9 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_disconnect_from_0_to_nonzero_is_a_protocol_error(self) -> None:
+        """A DISCONNECT setting a session expiry interval when the CONNECT had 0 is a
+        protocol error (5.0 s3.14.2.2.2): DISCONNECT 0x82 from the broker, the session
+        still ends, and the will is published since the client's DISCONNECT was invalid."""
         hn = Harness(BASE5)
         w = connected5(hn, "w")
         subscribe5(w, 1, ("will", SubOptions(0)))
@@ -328,6 +375,9 @@ class SessionExpiryTests(BrokerTestCase):
 class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
 
     def test_properties_passed_through_in_order(self) -> None:
+        """Payload format indicator, content type, response topic, correlation data and user
+        properties (in order, repeats kept) are forwarded to subscribers; the topic alias
+        is not."""
         hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t", SubOptions(1)))
@@ -343,6 +393,7 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
             p_user("z", "1"), p_user("a", "2"), p_user("z", "3"), qos=1, pid=1))
 
     def test_v5_publisher_to_311_subscriber(self) -> None:
+        """A 3.1.1 subscriber gets a 5.0 message without its properties."""
         hn = Harness(BASE5)
         s = hn.subscriber("old", ("t", 1))
         p = connected5(hn, "p")
@@ -351,6 +402,8 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish311("t", b"hi", qos=1, pid=1))
 
     def test_311_publisher_to_v5_subscriber(self) -> None:
+        """A 5.0 subscriber gets a 3.1.1 message with the subscription identifier of its
+        subscription."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t", SubOptions(2)), sub_id=9)
@@ -359,6 +412,8 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"hi", p_sub_id(9), qos=2, pid=1))
 
     def test_puback_no_matching_subscribers(self) -> None:
+        """A 5.0 QoS 1 or QoS 2 PUBLISH that matches no subscriber is acknowledged with
+        reason 0x10 (no matching subscribers); PUBCOMP is plain."""
         hn = Harness(BASE5)
         p = connected5(hn, "p")
         pub(p, "nobody", b"x", qos=1, pid=1)
@@ -369,6 +424,9 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(p.take(), pubcomp5(2))
 
     def test_payload_format_invalid_qos0_disconnects(self) -> None:
+        """A QoS 0 PUBLISH whose payload is not UTF-8 while its payload format indicator
+        says UTF-8 is not routed and gets DISCONNECT 0x99 (payload format invalid); other
+        clients keep working."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         bad = connected5(hn, "bad")
@@ -379,6 +437,9 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_payload_format_invalid_qos1_and_2_acknowledged(self) -> None:
+        """A QoS 1 or QoS 2 PUBLISH with an invalid UTF-8 payload is refused in its PUBACK
+        or PUBREC with 0x99 and a reason string, not routed, and the connection stays
+        usable."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         c = connected5(hn, "c")
@@ -395,12 +456,16 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("ok/1", b"fine", p_format(1), qos=1, pid=1))
 
     def test_no_reason_string_without_problem_information(self) -> None:
+        """With request problem information 0 the broker sends no reason string in a PUBACK
+        (5.0 s3.1.2.11.7)."""
         hn = Harness(BASE5)
         c = connected5(hn, "c", request_problem_information=0)
         pub(c, "t", b"\xff", qos=1, pid=1, payload_format_indicator=1)
         self.assertEqual(c.take(), puback5(1, reasons.PAYLOAD_FORMAT_INVALID))
 
     def test_response_topic_with_wildcard(self) -> None:
+        """A PUBLISH whose response topic contains a wildcard gets DISCONNECT 0x82 (protocol
+        error); other clients keep working."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         bad = connected5(hn, "bad")
@@ -410,6 +475,8 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_subscription_identifier_from_a_client(self) -> None:
+        """A PUBLISH from a client carrying a subscription identifier gets DISCONNECT 0x82
+        (protocol error, 5.0 s3.3.4)."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         bad = connected5(hn, "bad")
@@ -418,6 +485,8 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_invalid_topic_name(self) -> None:
+        """A 5.0 PUBLISH whose topic contains a wildcard gets DISCONNECT 0x90 (topic name
+        invalid) and is closed; other clients keep working."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         bad = connected5(hn, "bad")
@@ -463,6 +532,8 @@ class MessageExpiryTests(BrokerTestCase):
         s.send(Disconnect())
 
     def test_live_delivery_carries_the_interval(self) -> None:
+        """A message delivered at once carries the message expiry interval it was published
+        with."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t", SubOptions(0)))
@@ -471,6 +542,8 @@ class MessageExpiryTests(BrokerTestCase):
         self.assertEqual(s.take(), publish5("t", b"x", p_expiry(30)))
 
     def test_remaining_time_forwarded_from_the_queue(self) -> None:
+        """A message delivered from an offline queue carries the expiry interval minus the
+        time it waited (5.0 s3.3.2.3.3)."""
         hn = Harness(BASE5)
         self.offline(hn)
         p = connected5(hn, "p")
@@ -481,6 +554,8 @@ class MessageExpiryTests(BrokerTestCase):
                                                                   qos=1, pid=1))
 
     def test_expired_in_the_queue_is_dropped(self) -> None:
+        """A queued message whose expiry interval has passed is dropped and counted, not
+        delivered; the others are."""
         hn = Harness(BASE5)
         self.offline(hn)
         p = connected5(hn, "p")
@@ -492,6 +567,8 @@ class MessageExpiryTests(BrokerTestCase):
         self.assertEqual(s2.session.dropped, 1)
 
     def test_expired_while_waiting_for_the_window(self) -> None:
+        """A message that expires while waiting for the client's receive maximum window is
+        dropped when the window frees."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", receive_maximum=1)
         subscribe5(s, 1, ("t", SubOptions(1)))
@@ -519,6 +596,8 @@ class MessageExpiryTests(BrokerTestCase):
                                                                   qos=1, pid=1, dup=True))
 
     def test_retained_expiry(self) -> None:
+        """A retained message is sent to new subscribers with its remaining expiry interval,
+        and is removed once it expires."""
         hn = Harness(BASE5)
         p = connected5(hn, "p")
         pub(p, "r", b"kept", qos=1, pid=1, retain=True, message_expiry_interval=5)
@@ -534,6 +613,7 @@ class MessageExpiryTests(BrokerTestCase):
         self.assertEqual(hn.broker.store.retained_count(), 0)
 
     def test_3x_subscriber_also_gets_no_expired_message(self) -> None:
+        """An expired retained message is not sent to a 3.1.1 subscriber either."""
         hn = Harness(BASE5)
         p = connected5(hn, "p")
         pub(p, "r", b"kept", qos=1, pid=1, retain=True, message_expiry_interval=5)
@@ -549,6 +629,9 @@ class MessageExpiryTests(BrokerTestCase):
 class TopicAliasTests(BrokerTestCase, BystanderMixin):
 
     def test_inbound_alias(self) -> None:
+        """A PUBLISH with a topic and a topic alias sets the alias; later PUBLISHes with an
+        empty topic and that alias go to that topic (for 5.0 and 3.1.1 subscribers alike,
+        without the alias), and a new topic with the same alias re-maps it."""
         hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         s = connected5(hn, "s", expected=connack_ok(limits=[p_alias_max(5)]))
         subscribe5(s, 1, ("a/b", SubOptions(0)))
@@ -569,6 +652,9 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertFalse(p.closed)
 
     def test_alias_above_the_maximum(self) -> None:
+        """A topic alias above the topic alias maximum the broker announced (0 when none is
+        configured) gets DISCONNECT 0x94 (topic alias invalid); other clients keep
+        working."""
         for config, alias in ((BASE5, 1), (BASE5 + "topic_alias_max_broker = 5\n", 6)):
             hn = Harness(config)
             s, p = self.bystanders(hn)
@@ -580,6 +666,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
             self.still_working(s, p)
 
     def test_alias_zero(self) -> None:
+        """Topic alias 0 gets DISCONNECT 0x94 (topic alias invalid)."""
         hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         s, p = self.bystanders(hn)
         bad = connect5(hn, "bad")
@@ -590,6 +677,8 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_unknown_alias(self) -> None:
+        """A PUBLISH with an empty topic and an alias never set gets DISCONNECT 0x82
+        (protocol error)."""
         hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         s, p = self.bystanders(hn)
         bad = connect5(hn, "bad")
@@ -600,6 +689,8 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_empty_topic_without_alias(self) -> None:
+        """A 5.0 PUBLISH with an empty topic and no alias gets DISCONNECT 0x82 (protocol
+        error)."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         bad = connected5(hn, "bad")
@@ -608,6 +699,8 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_aliases_are_per_connection(self) -> None:
+        """Inbound topic aliases do not survive a reconnect, even when the session does (5.0
+        s3.3.2.3.4)."""
         hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         p = connect5(hn, "p", session_expiry_interval=100)
         p.take()
@@ -619,6 +712,10 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(p2.take(), disconnect5(reasons.PROTOCOL_ERROR))
 
     def test_outbound_aliases(self) -> None:
+        """With topic_alias_max_client the broker sends topic aliases to a 5.0 subscriber,
+        up to the lower of that setting and the client's topic alias maximum: a new topic
+        gets a free alias, a known one is sent with an empty topic, and topics beyond the
+        aliases go without one."""
         hn = Harness(BASE5 + "topic_alias_max_client = 2\n")
         s = connected5(hn, "s", topic_alias_maximum=10)  # capped to 2 by the broker
         subscribe5(s, 1, ("t/#", SubOptions(1)))
@@ -636,6 +733,8 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("", b"q", p_alias(1), qos=1, pid=1))
 
     def test_no_outbound_aliases_when_the_broker_allows_none(self) -> None:
+        """With topic_alias_max_client = 0 (the default) the broker sends no topic aliases,
+        even to a client that accepts them."""
         hn = Harness(BASE5)  # topic_alias_max_client = 0 (VerneMQ's default): off
         s = connected5(hn, "s", topic_alias_maximum=10)
         subscribe5(s, 1, ("t", SubOptions(0)))
@@ -645,6 +744,8 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"0") + publish5("t", b"1"))
 
     def test_no_outbound_aliases_when_the_client_allows_none(self) -> None:
+        """The broker sends no topic alias to a client that announced no topic alias
+        maximum."""
         hn = Harness(BASE5 + "topic_alias_max_client = 2\n")
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t", SubOptions(0)))
@@ -654,6 +755,8 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"0") + publish5("t", b"1"))
 
     def test_outbound_aliases_restart_on_reconnect(self) -> None:
+        """Outbound aliases start afresh on a new connection: a message resent after
+        reconnect carries its full topic and sets the alias again."""
         hn = Harness(BASE5 + "topic_alias_max_client = 2\n")
         s = connected5(hn, "s", topic_alias_maximum=2, session_expiry_interval=100)
         subscribe5(s, 1, ("t", SubOptions(1)))
@@ -672,6 +775,10 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
 class ReceiveMaximumTests(BrokerTestCase, BystanderMixin):
 
     def test_client_exceeding_the_broker_receive_maximum(self) -> None:
+        """Receive maximum from the broker's CONNACK limits unacknowledged incoming QoS 1
+        and 2 PUBLISHes: a resent QoS 2 packet does not count, PUBREL frees a slot, and
+        one more than allowed gets DISCONNECT 0x93 (receive maximum exceeded); other
+        clients keep working."""
         hn = Harness(BASE5 + "receive_max_broker = 2\n")
         s = connected5(hn, "bystander-s", expected=connack_ok(receive_max=2))
         subscribe5(s, 1, ("ok/#", SubOptions(1)))
@@ -694,6 +801,8 @@ class ReceiveMaximumTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_broker_respects_the_client_receive_maximum(self) -> None:
+        """The broker sends no more unacknowledged QoS 1 and 2 messages than the client's
+        receive maximum; each PUBACK lets the next one go."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", receive_maximum=2)
         subscribe5(s, 1, ("t", SubOptions(2)))
@@ -708,6 +817,8 @@ class ReceiveMaximumTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"3", qos=1, pid=4))
 
     def test_max_inflight_messages_still_applies(self) -> None:
+        """max_inflight_messages still limits deliveries when it is lower than the client's
+        receive maximum."""
         hn = Harness(BASE5 + "max_inflight_messages = 1\n")
         s = connected5(hn, "s", receive_maximum=5)
         subscribe5(s, 1, ("t", SubOptions(1)))
@@ -717,6 +828,8 @@ class ReceiveMaximumTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"0", qos=1, pid=1))
 
     def test_pubrec_error_from_the_client_ends_the_flow(self) -> None:
+        """A PUBREC with an error reason from the subscriber ends that QoS 2 flow: no PUBREL
+        is sent and its slot goes to the next message."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", receive_maximum=1)
         subscribe5(s, 1, ("t", SubOptions(2)))
@@ -736,6 +849,8 @@ class ReceiveMaximumTests(BrokerTestCase, BystanderMixin):
 class MaximumPacketSizeTests(BrokerTestCase, BystanderMixin):
 
     def test_inbound_packet_too_large(self) -> None:
+        """A PUBLISH larger than the maximum packet size the broker announced gets
+        DISCONNECT 0x95 (packet too large) and is not routed."""
         hn = Harness(BASE5 + "max_message_size = 100\n")
         s = connected5(hn, "bystander-s", expected=connack_ok(limits=[p_max_packet(100)]))
         subscribe5(s, 1, ("ok/#", SubOptions(1)))
@@ -747,6 +862,9 @@ class MaximumPacketSizeTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), b"")
 
     def test_outbound_too_large_is_dropped(self) -> None:
+        """A message larger than the subscriber's maximum packet size is dropped and counted
+        for that subscriber (5.0 s3.1.2.11.4), without using a packet id, while the
+        publisher is still acknowledged and smaller messages are delivered."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", maximum_packet_size=40)
         subscribe5(s, 1, ("t", SubOptions(1)))
@@ -760,6 +878,8 @@ class MaximumPacketSizeTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.session.inflight.keys(), {1})
 
     def test_outbound_exact_limit_is_sent(self) -> None:
+        """A message exactly as large as the client's maximum packet size is sent; one byte
+        more is dropped."""
         hn = Harness(BASE5)
         size = len(publish5("t", b"x" * 10))
         s = connected5(hn, "s", maximum_packet_size=size)
@@ -770,6 +890,8 @@ class MaximumPacketSizeTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"x" * 10))
 
     def test_dropped_alias_is_not_used(self) -> None:
+        """A message dropped for the client's maximum packet size does not take a topic
+        alias: the next message sets alias 1."""
         hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
         s = connected5(hn, "s", maximum_packet_size=30, topic_alias_maximum=5)
         subscribe5(s, 1, ("t", SubOptions(0)))
@@ -785,6 +907,8 @@ class MaximumPacketSizeTests(BrokerTestCase, BystanderMixin):
 class SubscriptionTests(BrokerTestCase, BystanderMixin):
 
     def test_no_local(self) -> None:
+        """With no local a client does not get its own messages on that subscription, while
+        other subscribers do and it still gets messages from others."""
         hn = Harness(BASE5)
         c = connected5(hn, "c")
         subscribe5(c, 1, ("t", SubOptions(0, no_local=True)))
@@ -797,6 +921,9 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(c.take(), publish5("t", b"theirs"))
 
     def test_no_local_with_an_overlapping_subscription(self) -> None:
+        """No local applies to its own subscription only: the client's own message still
+        arrives through an overlapping subscription without no local, at that
+        subscription's QoS."""
         hn = Harness(BASE5)
         c = connected5(hn, "c")
         subscribe5(c, 1, ("t", SubOptions(1, no_local=True)), ("#", SubOptions(0)))
@@ -804,6 +931,8 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(c.take(), publish5("t", b"mine") + puback5(1))
 
     def test_retain_as_published(self) -> None:
+        """Retain as published keeps the retain flag on live deliveries for that
+        subscription; other subscriptions get retain 0."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("a", SubOptions(0, retain_as_published=True)),
@@ -814,6 +943,9 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("a", b"1", retain=True) + publish5("b", b"2"))
 
     def test_retain_handling(self) -> None:
+        """Retain handling 0 sends retained messages at every SUBSCRIBE, 1 only when the
+        subscription is new (again after an unsubscribe), 2 never (5.0 s3.8.3.1);
+        UNSUBACK reason 0 confirms the removal."""
         hn = Harness(BASE5)
         p = connected5(hn, "p")
         pub(p, "r", b"kept", retain=True)
@@ -836,6 +968,8 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), b"")               # 2: never
 
     def test_subscription_identifier(self) -> None:
+        """Messages carry the subscription identifier of the matching subscription, up to
+        the maximum 268,435,455; re-subscribing without one removes it."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t/#", SubOptions(1)), sub_id=7)
@@ -850,6 +984,9 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t/x", b"3"))
 
     def test_overlapping_subscriptions_one_copy_with_every_identifier(self) -> None:
+        """With overlapping subscriptions a 5.0 client gets one copy at the highest granted
+        QoS, carrying the identifiers of every matching subscription that has one (5.0
+        s3.3.4)."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("a/#", SubOptions(0)), sub_id=1)
@@ -863,6 +1000,7 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("a/c", b"y", p_sub_id(1)))
 
     def test_identifier_on_retained_messages(self) -> None:
+        """Retained messages sent on subscribe carry the new subscription's identifier."""
         hn = Harness(BASE5)
         p = connected5(hn, "p")
         pub(p, "r", b"kept", retain=True)
@@ -871,6 +1009,8 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("r", b"kept", p_sub_id(42), retain=True))
 
     def test_identifier_kept_for_offline_delivery(self) -> None:
+        """A message queued for an offline session keeps the subscription identifier and
+        carries it when delivered after reconnect."""
         hn = Harness(BASE5)
         s = connected5(hn, "s", session_expiry_interval=100)
         subscribe5(s, 1, ("t", SubOptions(1)), sub_id=3)
@@ -882,6 +1022,9 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
                                                                   qos=1, pid=1))
 
     def test_unsubscribe_reason_codes(self) -> None:
+        """UNSUBACK gives a reason code per filter: 0 for a removed subscription, 0x11 (no
+        subscription existed) for an unknown one; the removed subscription's identifier
+        is forgotten."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("a", SubOptions(0)), sub_id=4)
@@ -890,6 +1033,8 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.session.sub_ids, {})
 
     def test_invalid_filter(self) -> None:
+        """An invalid topic filter gets SUBACK reason 0x8F (topic filter invalid) while the
+        other filters are granted and the connection stays open."""
         hn = Harness(BASE5)
         s = connected5(hn, "s")
         subscribe5(s, 1, ("a/#/b", SubOptions(0)), ("ok", SubOptions(1)),
@@ -897,6 +1042,8 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
         self.assertFalse(s.closed)
 
     def test_shared_subscription(self) -> None:
+        """Members of a shared subscription get no retained message on subscribe, and each
+        message goes to one member, with the subscription identifier."""
         hn = Harness(BASE5)
         p = connected5(hn, "p")
         pub(p, "t", b"kept", retain=True)
@@ -911,6 +1058,8 @@ class SubscriptionTests(BrokerTestCase, BystanderMixin):
                                               publish5("t", b"2", p_sub_id(11), qos=1, pid=1)]))
 
     def test_no_local_on_a_shared_subscription(self) -> None:
+        """No local on a shared subscription gets DISCONNECT 0x82 (protocol error, 5.0
+        s3.8.3.1); other clients keep working."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         bad = connected5(hn, "bad")
@@ -931,6 +1080,9 @@ class WillTests(BrokerTestCase):
         return w
 
     def test_will_properties(self) -> None:
+        """A will's properties (content type, user properties in order, message expiry) are
+        published with it to 5.0 subscribers, and dropped for 3.1.1 subscribers; the will
+        delay interval itself is not forwarded."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         old = hn.subscriber("old", ("will/#", 0))
@@ -944,6 +1096,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(old.take(), publish311("will/c", b"gone"))
 
     def test_delayed(self) -> None:
+        """A will with a will delay interval is published when that delay has passed after
+        the connection broke, not before."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=60,
@@ -955,6 +1109,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), publish5("will/c", b"gone"))
 
     def test_cancelled_when_the_session_resumes_in_time(self) -> None:
+        """A delayed will is not published when the client resumes its session before the
+        delay ends (5.0 s3.1.3.2.2)."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=60,
@@ -966,6 +1122,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), b"")
 
     def test_sent_when_the_session_ends_first(self) -> None:
+        """A delayed will is published when the session expires, if that comes before the
+        will delay."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=5,
@@ -977,6 +1135,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), publish5("will/c", b"gone"))
 
     def test_session_expiry_0_sends_it_at_once(self) -> None:
+        """With session expiry 0 the session ends with the connection, so the will is
+        published at once whatever its delay."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c",
@@ -985,6 +1145,7 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), publish5("will/c", b"gone"))
 
     def test_capped_by_max_last_will_delay(self) -> None:
+        """max_last_will_delay caps the will delay interval a client asks for."""
         hn = Harness(BASE5 + "max_last_will_delay = 3\n")
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=60,
@@ -994,6 +1155,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), publish5("will/c", b"gone"))
 
     def test_message_expiry_starts_when_published(self) -> None:
+        """A delayed will's message expiry interval counts from when it is published, not
+        from when the connection broke."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=60, will=Will(
@@ -1004,6 +1167,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), publish5("will/c", b"gone", p_expiry(30)))
 
     def test_disconnect_with_will_message(self) -> None:
+        """DISCONNECT with reason 0x04 (disconnect with will message) publishes the will and
+        gets no DISCONNECT back; a normal DISCONNECT (0) does not publish it."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", will=Will("will/c", b"gone"))
@@ -1015,6 +1180,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), b"")
 
     def test_takeover_resuming_the_session_cancels_a_delayed_will(self) -> None:
+        """A takeover that resumes the session (clean start 0) sends DISCONNECT 0x8E to the
+        old connection and cancels its delayed will."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=60,
@@ -1025,6 +1192,8 @@ class WillTests(BrokerTestCase):
         self.assertEqual(w.take(), b"")
 
     def test_takeover_with_clean_start_sends_a_delayed_will(self) -> None:
+        """A takeover with clean start ends the old session, so its delayed will is
+        published at once; the old connection gets DISCONNECT 0x8E."""
         hn = Harness(BASE5)
         w = self.watcher(hn)
         c = connected5(hn, "c", session_expiry_interval=60,
@@ -1040,6 +1209,8 @@ class WillTests(BrokerTestCase):
 class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
 
     def test_session_taken_over(self) -> None:
+        """A 5.0 connection taken over by another with the same client id gets DISCONNECT
+        0x8E (session taken over) and is closed."""
         hn = Harness(BASE5)
         c1 = connected5(hn, "dup")
         connected5(hn, "dup")
@@ -1047,18 +1218,23 @@ class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
         self.assertTrue(c1.closed)
 
     def test_keep_alive_timeout(self) -> None:
+        """A keep alive timeout sends DISCONNECT 0x8D (keep alive timeout)."""
         hn = Harness(BASE5)
         c = connected5(hn, "c", keepalive=10)
         hn.clock.advance(15)
         self.assertEqual(c.take(), disconnect5(reasons.KEEP_ALIVE_TIMEOUT))
 
     def test_max_connection_lifetime(self) -> None:
+        """A listener's max_connection_lifetime ends a 5.0 connection with DISCONNECT 0xA0
+        (maximum connect time)."""
         hn = Harness(BASE5 + "listener.tcp.t.max_connection_lifetime = 30\n")
         c = connected5(hn, "c")
         hn.clock.advance(30)
         self.assertEqual(c.take(), disconnect5(reasons.MAXIMUM_CONNECT_TIME))
 
     def test_server_shutting_down(self) -> None:
+        """Closing a connection because the broker stops sends DISCONNECT 0x8B (server
+        shutting down) and closes it."""
         hn = Harness(BASE5)
         c = connected5(hn, "c")
         c.protocol.close(reasons.SERVER_SHUTTING_DOWN)  # what BrokerService.disconnect_all does
@@ -1066,6 +1242,9 @@ class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
         self.assertTrue(c.closed)
 
     def test_malformed_and_protocol_errors(self) -> None:
+        """Malformed packets get DISCONNECT 0x81 (malformed packet) and protocol violations
+        (duplicate or misplaced property, a CONNACK from a client) get 0x82 (protocol
+        error), each closing only that client while others keep working."""
         cases = [
             # PUBACK with a property length overrunning the packet
             (b"\x40\x05\x00\x01\x00\x09\x00", reasons.MALFORMED_PACKET),
@@ -1092,6 +1271,8 @@ class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
             self.still_working(s, p)
 
     def test_client_disconnect_gets_no_disconnect(self) -> None:
+        """A DISCONNECT from the client, even with an error reason, closes the connection
+        without a DISCONNECT from the broker."""
         hn = Harness(BASE5)
         c = connected5(hn, "c")
         c.send(Disconnect(reasons.UNSPECIFIED_ERROR, {"reason_string": "bye"}))
@@ -1138,6 +1319,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         return c
 
     def test_no_plugin_is_bad_authentication_method(self) -> None:
+        """An authentication method in CONNECT with no on_auth plugin gets CONNACK 0x8C (bad
+        authentication method), is closed and creates no session."""
         hn = Harness(BASE5)
         c = connect5(hn, "c", authentication_method="SCRAM-SHA-1")
         self.assertEqual(c.take(), connack5(reasons.BAD_AUTHENTICATION_METHOD))
@@ -1145,11 +1328,17 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(hn.broker.sessions, {})
 
     def test_unknown_method(self) -> None:
+        """An authentication method the on_auth plugin refuses gets CONNACK 0x8C (bad
+        authentication method)."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         c = connect5(hn, "c", authentication_method="OTHER")
         self.assertEqual(c.take(), connack5(reasons.BAD_AUTHENTICATION_METHOD))
 
     def test_challenge_and_success(self) -> None:
+        """Enhanced authentication: on_auth answering continue_authentication sends AUTH
+        0x18 with the challenge; the client's AUTH answer accepted by on_auth gives
+        CONNACK 0 with the method and the plugin's final data, and auth_on_register still
+        runs. The same holds when on_auth answers with Deferreds."""
         for deferred in (False, True):
             plugin = ChallengeAuth(deferred)
             hn = Harness(self.config, plugins=[("chal", plugin)])
@@ -1162,6 +1351,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
             self.assertIn(("", "c"), hn.broker.sessions)
 
     def test_wrong_answer(self) -> None:
+        """A wrong answer to the challenge gets CONNACK 0x87 (not authorized) and the
+        connection is closed."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         c = self.challenge(hn)
         c.send(Auth(0x18, {"authentication_method": "CHAL", "authentication_data": b"wrong"}))
@@ -1169,6 +1360,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         self.assertTrue(c.closed)
 
     def test_other_method_in_auth(self) -> None:
+        """An AUTH with a different authentication method than the CONNECT gets CONNACK 0x82
+        (protocol error, 5.0 s4.12)."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         c = self.challenge(hn)
         c.send(Auth(0x18, {"authentication_method": "X", "authentication_data": b"secret"}))
@@ -1176,6 +1369,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         self.assertTrue(c.closed)
 
     def test_publish_during_the_exchange(self) -> None:
+        """A PUBLISH sent before the authentication exchange has finished closes the
+        connection and creates no session."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         c = self.challenge(hn)
         pub(c, "t", b"too early")
@@ -1197,12 +1392,16 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("t", b"after"))
 
     def test_exchange_times_out(self) -> None:
+        """An authentication exchange the client does not finish is closed after a timeout."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         c = self.challenge(hn)
         hn.clock.advance(5)
         self.assertTrue(c.closed)
 
     def test_reauthentication(self) -> None:
+        """Re-authentication (AUTH 0x19) after CONNACK runs the same exchange, marked as
+        reauthenticate for the plugin, ends with AUTH 0x00, and other traffic goes on
+        meanwhile."""
         plugin = ChallengeAuth()
         hn = Harness(self.config, plugins=[("chal", plugin)])
         c = connected5(hn, "c", authentication_method="CHAL", authentication_data=b"secret",
@@ -1218,6 +1417,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         self.assertFalse(c.closed)
 
     def test_reauthentication_failure(self) -> None:
+        """A failed re-authentication gets DISCONNECT 0x87 (not authorized) and closes only
+        that client."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         s, p = self.bystanders_with_auth(hn)
         c = connected5(hn, "c", authentication_method="CHAL", authentication_data=b"secret",
@@ -1239,6 +1440,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         return out[0], out[1]
 
     def test_unexpected_auth(self) -> None:
+        """An AUTH from a client that connected without an authentication method gets
+        DISCONNECT 0x82 (protocol error)."""
         hn = Harness(BASE5)
         s, p = self.bystanders(hn)
         c = connected5(hn, "c")                                      # no method at CONNECT
@@ -1247,6 +1450,8 @@ class EnhancedAuthTests(BrokerTestCase, BystanderMixin):
         self.still_working(s, p)
 
     def test_continue_without_a_challenge(self) -> None:
+        """An AUTH 0x18 (continue authentication) when no exchange is in progress gets
+        DISCONNECT 0x82 (protocol error)."""
         hn = Harness(self.config, plugins=[("chal", ChallengeAuth())])
         c = connected5(hn, "c", authentication_method="CHAL", authentication_data=b"secret",
                        expected=connack_ok(False, after=[p_auth_method("CHAL"),
@@ -1297,6 +1502,9 @@ class PlainOnly:
 class AuthHookM5Tests(BrokerTestCase):
 
     def test_publish_m5_sees_properties_and_denies(self) -> None:
+        """For 5.0 clients auth_on_publish_m5 is called with the PUBLISH's properties; a
+        refusal is answered with reason 0x87 and a reason string in PUBACK or PUBREC, a
+        refused QoS 0 PUBLISH is dropped silently, and the connection stays open."""
         hooks = M5Hooks()
         hn = Harness(BASE5, plugins=[("m5", hooks)])
         c = connected5(hn, "c")
@@ -1311,6 +1519,8 @@ class AuthHookM5Tests(BrokerTestCase):
         self.assertEqual({name for name, _ in hooks.calls}, {"publish_m5"})
 
     def test_plain_hooks_for_3x_clients(self) -> None:
+        """3.1.1 clients are checked with the plain auth_on_publish and auth_on_subscribe
+        hooks, not the _m5 ones."""
         hooks = M5Hooks()
         hn = Harness(BASE5, plugins=[("m5", hooks)])
         c = hn.connected("old")
@@ -1319,6 +1529,8 @@ class AuthHookM5Tests(BrokerTestCase):
         self.assertEqual([name for name, _ in hooks.calls], ["publish", "subscribe"])
 
     def test_plain_hook_used_for_5_when_a_plugin_has_no_m5_variant(self) -> None:
+        """For a 5.0 client, a plugin without auth_on_publish_m5 is asked through its plain
+        auth_on_publish, in chain order with the _m5 hooks of other plugins."""
         plain, hooks = PlainOnly(), M5Hooks()
         hn = Harness(BASE5, plugins=[("plain", plain), ("m5", hooks)])
         c = connected5(hn, "c")
@@ -1329,6 +1541,9 @@ class AuthHookM5Tests(BrokerTestCase):
         self.assertEqual([name for name, _ in hooks.calls], ["publish_m5"])
 
     def test_subscribe_m5_denies_entries(self) -> None:
+        """auth_on_subscribe_m5 is called once with the SUBSCRIBE's properties; its refusal
+        gives SUBACK 0x87 for the valid filter, the invalid filter gets 0x8F, and nothing is
+        subscribed."""
         hooks = M5Hooks()
         hn = Harness(BASE5, plugins=[("m5", hooks)])
         c = connected5(hn, "c")
@@ -1340,6 +1555,8 @@ class AuthHookM5Tests(BrokerTestCase):
         self.assertEqual(c.session.subscriptions, {})
 
     def test_will_checked_with_publish_m5(self) -> None:
+        """A 5.0 client's will is checked with auth_on_publish_m5, and a refusal gives
+        CONNACK 0x87."""
         hooks = M5Hooks()
         hn = Harness(BASE5, plugins=[("m5", hooks)])
         c = connect5(hn, "c", will=Will("deny/will", b"x", 0, False, {"content_type": "t"}))
@@ -1353,6 +1570,8 @@ class AuthHookM5Tests(BrokerTestCase):
 class InteropTests(BrokerTestCase):
 
     def test_both_ways_all_qos(self) -> None:
+        """5.0 and 3.1.1 clients exchange messages at QoS 0, 1 and 2 in both directions; the
+        3.1.1 side gets no properties."""
         hn = Harness(BASE5)
         new = connected5(hn, "new")
         subscribe5(new, 1, ("from/old", SubOptions(2)))
@@ -1378,6 +1597,9 @@ class InteropTests(BrokerTestCase):
 class StopTests(BrokerTestCase):
 
     def test_stop_cancels_expiry_and_publishes_delayed_wills(self) -> None:
+        """Stopping the broker publishes pending delayed wills, cancels session expiry
+        timers (none is left, even for connections closing afterwards) and keeps the
+        persistent sessions."""
         hn = Harness(BASE5)
         w = connected5(hn, "w")
         subscribe5(w, 1, ("will/#", SubOptions(0)))
