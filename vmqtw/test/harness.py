@@ -6,7 +6,9 @@ runs time on a ``Clock``; nothing touches a socket.  ``Client`` sends packets
 encoded with our encoder (the codec has its own hand-written vectors) and
 reads the broker's raw bytes, which tests compare with the hand-written
 packets of ``vmqtw.test.wire``.  ``FakeConnection`` stands in for a connection
-when a ``Session`` is driven on its own.
+when a ``Session`` is driven on its own.  ``connect5``, ``connected5``,
+``subscribe5`` and ``pub`` drive MQTT 5.0 clients (with properties) on the
+same harness.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from vmqtw.auth.chain import Authorizer, Chain
-from vmqtw.codec import Connect, Decoder, Publish, SubOptions, Subscribe, Will, encode
+from vmqtw.codec import (
+    Connect, Decoder, Puback, Publish, SubOptions, Subscribe, Will, encode,
+)
 from vmqtw.config import parse
 from vmqtw.core.broker import Broker
 from vmqtw.core.session import IClientConnection
-from vmqtw.test.wire import connack, suback
+from vmqtw.test.wire import connack, puback5, suback, suback5
 from vmqtw.transport.protocol import MQTTFactory, MQTTProtocol
 
 BASE = "listener.tcp.t = 127.0.0.1:1883\nallow_anonymous = on\n"
@@ -165,6 +169,8 @@ class BrokerTestCase(SynchronousTestCase):
 
 @implementer(IClientConnection)
 class FakeConnection:
+    """Records what a ``Session`` writes; ``paused`` stands for a full transport."""
+
     def __init__(self, level: int = 4) -> None:
         self.protocol_level = level
         self.paused = False
@@ -176,3 +182,79 @@ class FakeConnection:
 
     def session_taken_over(self) -> None:
         self.taken_over = True
+
+
+# ---------------------------------------------------------------------------
+# MQTT 5.0 clients on the Harness
+
+BASE5 = BASE + "listener.tcp.t.allowed_protocol_versions = 3,4,5\n"
+
+
+def connect5(hn: Harness, client_id: str = "c", clean: bool = True, keepalive: int = 0,
+             will: Will | None = None, username: str | None = None,
+             password: bytes | None = None, level: int = 5, listener: str | None = None,
+             sync_close: bool = True, **properties: Any) -> Client:
+    """A 5.0 client that has sent CONNECT (with ``properties``); output not read."""
+    c = hn.client(listener, level, sync_close)
+    c.send(Connect(client_id, level, clean, keepalive, will, username, password, properties))
+    return c
+
+
+def connected5(hn: Harness, client_id: str = "c", clean: bool = True,
+               session_present: bool = False, expected: bytes | None = None,
+               **kw: Any) -> Client:
+    """A 5.0 client whose CONNACK was checked: exactly ``expected``, or else a
+    success with the expected session present flag (output cleared)."""
+    c = connect5(hn, client_id, clean, **kw)
+    data = c.take()
+    if expected is not None:
+        want = expected
+    else:
+        want = data[:2 + data[1]] if len(data) > 1 else b""
+        if want[:4] != bytes((0x20, want[1:2][0] if want else 0, int(session_present), 0)):
+            raise AssertionError(f"expected a CONNACK 0 for {client_id!r}, got {data!r}")
+    if data[:len(want)] != want:
+        raise AssertionError(f"expected {want!r} for {client_id!r}, got {data!r}")
+    c.transport.clear()
+    c.transport.write(data[len(want):])
+    return c
+
+
+def subscribe5(c: Client, pid: int, *filters: tuple[str, SubOptions], sub_id: int | None = None,
+               expect: tuple[int, ...] | None = None) -> None:
+    """``c`` subscribes and gets exactly the SUBACK with ``expect`` (default: the
+    requested QoS); anything sent after the SUBACK is kept for the test."""
+    c.send(Subscribe(pid, list(filters), {"subscription_identifier": [sub_id]} if sub_id else {}))
+    codes = expect if expect is not None else tuple(o.qos for _f, o in filters)
+    data = c.take()
+    if data[:len(suback5(pid, *codes))] != suback5(pid, *codes):
+        raise AssertionError(f"expected SUBACK {codes}, got {data!r}")
+    c.transport.clear()
+    c.transport.write(data[len(suback5(pid, *codes)):])
+
+
+def pub(c: Client, topic: str, payload: bytes, qos: int = 0, pid: int | None = None,
+        retain: bool = False, dup: bool = False, **properties: Any) -> None:
+    """A PUBLISH with 5.0 ``properties`` from ``c`` (packet id 1 by default for QoS > 0)."""
+    if qos and pid is None:
+        pid = 1
+    c.send(Publish(topic, payload, qos, retain, dup, pid if qos else None, properties))
+
+
+class BystanderMixin:
+    """A 5.0 subscriber and a 5.0 publisher that must keep working while a third
+    client is disconnected."""
+
+    def bystanders(self, hn: Harness) -> tuple[Client, Client]:
+        s = connected5(hn, "bystander-s")
+        subscribe5(s, 1, ("ok/#", SubOptions(1)))
+        p = connected5(hn, "bystander-p")
+        return s, p
+
+    def still_working(self, s: Client, p: Client) -> None:
+        pub(p, "ok/1", b"alive", qos=1, pid=77)
+        assert p.take() == puback5(77), "bystander publisher lost its PUBACK"
+        (got,) = s.packets()
+        assert (got.topic, got.payload, got.qos) == ("ok/1", b"alive", 1), got
+        s.send(Puback(got.packet_id))
+        assert not s.closed and not p.closed
