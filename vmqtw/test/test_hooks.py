@@ -125,8 +125,8 @@ class NotificationTests(SynchronousTestCase):
 
     def test_plugins_without_the_hook_are_not_called(self) -> None:
         """A plugin is called only for the hooks it declares: one providing only
-        on_client_gone gets only that, and the Notifier keeps no provider lists for hooks
-        nobody provides."""
+        on_client_gone gets only that, and the Notifier has no providers for the hooks
+        nobody implements."""
         gone = GoneOnly()
         n = Notifier([("gone", gone), ("unsub", Unsub(NEXT))])
         fire_all(n, Session())

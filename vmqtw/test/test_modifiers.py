@@ -127,9 +127,10 @@ class PublishModifierTests(SynchronousTestCase):
 
     def test_invalid_values(self) -> None:
         """Invalid auth_on_publish modifier values raise ModifierError naming the hook and
-        the modifier: a topic with wildcards, NUL or empty, a QoS outside 0-2, a non-bool
-        retain, and properties a plugin may not set (topic alias, subscription
-        identifier, session expiry), of the wrong type or unknown."""
+        the modifier: a value of the wrong type, a topic with wildcards, NUL or empty, a
+        QoS outside 0-2, a mountpoint with wildcards, and properties a plugin may not set
+        (topic alias, subscription identifier, session expiry), of the wrong type or
+        unknown."""
         for name, (_good, bad) in PUBLISH_CASES.items():
             for value in bad:
                 with self.assertRaises(ModifierError, msg=f"{name}={value!r}") as cm:
