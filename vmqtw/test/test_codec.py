@@ -377,9 +377,9 @@ class EncodeVectorTests(SynchronousTestCase):
             h("82 06 0001 0001") + b"t" + h("01"))
 
     def test_5_short_forms(self) -> None:
-        """MQTT 5.0 acknowledgements, DISCONNECT and AUTH with reason code 0 and no properties
-        are encoded in their short form, without reason code or property length (5.0
-        s3.4.2.1, s3.14.2.1, s3.15.2.1)."""
+        """A 5.0 PUBREC, DISCONNECT and AUTH with reason code 0 and no properties are encoded
+        in their short form, without reason code or property length (5.0 s3.5.2.1,
+        s3.14.2.1, s3.15.2.1)."""
         self.assertEqual(encode(Pubrec(9), 5), h("50 02 0009"))
         self.assertEqual(encode(Disconnect(), 5), h("e0 00"))
         self.assertEqual(encode(Auth(), 5), h("f0 00"))
