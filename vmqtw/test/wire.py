@@ -11,7 +11,9 @@ Broker -> client packets (``connack``, ``publish``, ``suback``... and their
 5.0 forms ``connack5``, ``publish5``...) are what the tests expect to read;
 client -> broker packets (``connect_packet``, ``publish_packet``,
 ``subscribe_packet``) are what raw clients send.  ``parse_publish`` reads a
-PUBLISH back without the decoder.
+PUBLISH back without the decoder.  ``CONNECTS`` holds hand-written CONNECT
+vectors (MQTT 3.1, 3.1.1 and 5.0) with the packets they decode to.
+``test_wire`` checks these builders against our decoder.
 """
 from __future__ import annotations
 
