@@ -23,9 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from vmqtw.auth.chain import Authorizer, Chain
-from vmqtw.codec import (
-    Connect, Decoder, Puback, Publish, SubOptions, Subscribe, Will, encode,
-)
+from vmqtw.codec import Connect, Decoder, Puback, Publish, SubOptions, Subscribe, Will, encode
 from vmqtw.config import parse
 from vmqtw.core.broker import Broker
 from vmqtw.core.session import IClientConnection
@@ -67,14 +65,17 @@ class Client:
     def connect(self, client_id: str = "c", clean: bool = True, keepalive: int = 0,
                 will: Will | None = None, username: str | None = None,
                 password: bytes | None = None, extra: Iterable[Any] = ()) -> None:
+        """Send a CONNECT at this client's level, with ``extra`` in the same chunk."""
         self.send(Connect(client_id, self.level, clean, keepalive, will, username, password),
                   *extra)
 
     def subscribe(self, pid: int, *filters: tuple[str, int]) -> None:
+        """Send a SUBSCRIBE of ``(filter, QoS)`` pairs."""
         self.send(Subscribe(pid, [(f, SubOptions(q)) for f, q in filters]))
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                 pid: int | None = None, dup: bool = False) -> None:
+        """Send a PUBLISH (packet id 1 by default for QoS > 0)."""
         if qos and pid is None:
             pid = 1
         self.send(Publish(topic, payload, qos, retain, dup, pid if qos else None))
@@ -92,6 +93,7 @@ class Client:
         return data
 
     def packets(self) -> list[Any]:
+        """The packets the broker wrote since the last take(), decoded."""
         return self.decoder.feed(self.take())
 
     def finish_close(self) -> None:
@@ -126,6 +128,7 @@ class Harness:
 
     def client(self, listener: str | None = None, level: int = 4,
                sync_close: bool = True) -> Client:
+        """A new connection on ``listener`` (the only one when not given)."""
         if listener is None:
             (factory,) = self.factories.values()
         else:
@@ -147,6 +150,7 @@ class Harness:
         return c
 
     def subscriber(self, client_id: str, *filters: tuple[str, int], **kw: Any) -> Client:
+        """A connected client subscribed to ``filters`` (SUBACK checked, output cleared)."""
         c = self.connected(client_id, **kw)
         c.subscribe(1, *filters)
         data = c.take()
