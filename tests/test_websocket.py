@@ -32,7 +32,7 @@ from tests.support import (
     connect_packet, in_thread, publish_packet, run_process, subscribe_packet,
     when_session_event, with_timeout,
 )
-from vmqtw.test.test_websocket import (
+from vmqtw.test.websocket_support import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, client_frame, parse_frame,
     split_response, upgrade_request,
 )
