@@ -23,8 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from tests.support import (
-    REPO, BrokerTestCase, MQTTv31, MQTTv311, SubscriptionWatcher, in_thread, run_process,
-    stop_broker, utf8, varint, when_session_event,
+    REPO, BrokerTestCase, MQTTv31, MQTTv311, SubscriptionWatcher, in_thread,
+    need_mosquitto_clients, run_process, stop_broker, utf8, varint, when_session_event,
 )
 from vmqtw.auth.api import (
     NEXT, OK, Error, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, IOnClientGone,
@@ -201,8 +201,7 @@ class PasswdTests(AuthTestCase):
 
     @inlineCallbacks
     def test_mosquitto_clients(self):
-        if PUB is None or SUB is None:
-            raise self.skipTest("mosquitto_pub/mosquitto_sub are not installed")
+        need_mosquitto_clients()
         watcher = SubscriptionWatcher(self.broker)
         received = self.mosquitto(SUB, self.broker, "-u", "monitor", "-P", "mon",
                                   "-t", "m/t", "-C", "1", "-W", "10")
@@ -392,8 +391,7 @@ class AclTests(AuthTestCase):
 
     @inlineCallbacks
     def test_pattern_substitution_mosquitto(self):
-        if PUB is None or SUB is None:
-            raise self.skipTest("mosquitto_pub/mosquitto_sub are not installed")
+        need_mosquitto_clients()
         watcher = SubscriptionWatcher(self.broker)
         login = ("-u", "alice", "-P", "secret-a")
         received = self.mosquitto(SUB, self.broker, *login, "-i", "dev-1",

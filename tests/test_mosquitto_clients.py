@@ -7,7 +7,9 @@ import string
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from tests.support import BrokerTestCase, SubscriptionWatcher, run_process
+from tests.support import (
+    BrokerTestCase, SubscriptionWatcher, need_mosquitto_clients, run_process,
+)
 
 PUB = shutil.which("mosquitto_pub")
 SUB = shutil.which("mosquitto_sub")
@@ -15,10 +17,8 @@ SUB = shutil.which("mosquitto_sub")
 
 class MosquittoClientTests(BrokerTestCase):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)"
-
     def setUp(self):
+        need_mosquitto_clients()
         self.broker = self.start_broker()
         self.port = self.port_of(self.broker)
         self.watcher = SubscriptionWatcher(self.broker)

@@ -21,9 +21,8 @@ from zope.interface import implementer
 
 from tests.support import (
     TIMEOUT, BrokerTestCase, MQTTv311, MQTTv5, Paho, SubscriptionWatcher, in_thread,
-    run_process, stop_broker, when_session_event,
+    need_mosquitto_clients, read_packet, run_process, stop_broker, when_session_event,
 )
-from tests.test_protocol_raw import read_packet
 from vmqtw.auth.api import OK, IAuthOnRegister, IOnAuth, error, ok
 from vmqtw.config import load
 from vmqtw.service import BrokerService
@@ -711,10 +710,8 @@ class EnhancedAuthTests(Broker5TestCase):
 
 class Mosquitto5Tests(Broker5TestCase):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)"
-
     def setUp(self) -> None:
+        need_mosquitto_clients()
         self.broker = self.start_broker5(CONFIG5)
         self.port = self.port_of(self.broker)
         self.watcher = SubscriptionWatcher(self.broker)

@@ -14,7 +14,9 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
-from tests.support import BrokerTestCase, SubscriptionWatcher, run_process, stop_broker
+from tests.support import (
+    BrokerTestCase, SubscriptionWatcher, need_mosquitto_clients, run_process, stop_broker,
+)
 from vmqtw.config import load
 from vmqtw.service import BrokerService
 
@@ -26,10 +28,8 @@ COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "vmqtw.auth.passwd_cli"
 
 class PasswdCommandTests(BrokerTestCase):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)"
-
     def setUp(self) -> None:
+        need_mosquitto_clients()
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.passwd = os.path.join(self.dir, "vmq.passwd")

@@ -14,7 +14,6 @@ every RegisterRequest.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import socket
@@ -28,7 +27,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
 from tests.proxy_support import HAProxy, haproxy_path
@@ -38,7 +36,7 @@ from tests.support import (
 )
 from vmqtw.auth.api import OK, IAuthOnRegister
 from vmqtw.config import load
-from vmqtw.service import BrokerService, StartupError
+from vmqtw.service import BrokerService
 from vmqtw.transport.identity import preauth_username
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -67,12 +65,6 @@ def proxy_config(extra: str = "", allow_anonymous: bool = True, kind: str = "tcp
     return (f"allow_anonymous = {'on' if allow_anonymous else 'off'}\n"
             f"listener.{kind}.edge = 127.0.0.1:0\n"
             f"listener.{kind}.edge.proxy_protocol = on\n" + extra)
-
-
-def preauth_is_wired() -> bool:
-    """Whether MQTTProtocol applies identity.preauth_username to CONNECT yet."""
-    from vmqtw.transport import protocol
-    return "preauth_username" in inspect.getsource(protocol)
 
 
 @implementer(IAuthOnRegister)
@@ -242,7 +234,7 @@ def paho_in_thread_local_port(client: Paho) -> int:
 class HAProxyTests(ProxyCase):
 
     def setUp(self) -> None:
-        haproxy_path()  # SkipTest only when haproxy is not installed
+        haproxy_path()  # skips (fails under CI) when haproxy is not installed
 
     @inlineCallbacks
     def test_unix_socket_listener_behind_send_proxy_v2(self):
@@ -404,9 +396,6 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_tls_cn_replaces_the_connect_username_in_auth(self):
-        if not preauth_is_wired():
-            raise SkipTest("MQTTProtocol does not call identity.preauth_username yet "
-                           "(the lead wires it); CN checked at the identity level above")
         certs = self.certs()
         plugin = RecordRegister()
         broker = self.start(proxy_config(allow_anonymous=False) +
@@ -447,13 +436,8 @@ class HAProxyTests(ProxyCase):
     # -- WebSocket listeners ------------------------------------------------------
 
     def start_ws(self, extra: str = "", plugins: Any = None) -> BrokerService:
-        try:
-            return self.start(proxy_config(extra, allow_anonymous=plugins is None, kind="ws"),
-                              plugins)
-        except StartupError as e:
-            if "not supported yet" in str(e):
-                raise SkipTest(f"no WebSocket layer yet: {e}")
-            raise
+        return self.start(proxy_config(extra, allow_anonymous=plugins is None, kind="ws"),
+                          plugins)
 
     def ws_paho(self, port: int, client_id: str, certs: dict[str, str] | None = None) -> Paho:
         client = self.paho(port, client_id)
@@ -505,8 +489,7 @@ class HAProxyTests(ProxyCase):
         self.assertEqual(preauth_username(session.conn.transport, listener), "alice")
         (request,) = plugin.requests
         self.assertEqual(request.peer, ("127.0.0.1", port))
-        if preauth_is_wired():
-            self.assertEqual(request.username, "alice")
+        self.assertEqual(request.username, "alice")
 
     @inlineCallbacks
     def test_ws_direct_connection_is_refused(self):

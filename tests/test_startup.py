@@ -18,8 +18,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet import reactor
 
 from tests.support import (
-    REPO, TIMEOUT, TWISTD, BrokerTestCase, MQTTv311, RunningProcess, in_thread, run_process,
-    stop_broker,
+    REPO, TIMEOUT, TWISTD, BrokerTestCase, MQTTv311, RunningProcess, in_thread,
+    need_mosquitto_clients, run_process, stop_broker,
 )
 from vmqtw.config import load
 from vmqtw.service import BrokerService
@@ -224,8 +224,8 @@ class InProcessStartupErrorTests(BrokerTestCase):
 
 class RunningBrokerTests(_Programs):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed"
+    def setUp(self) -> None:
+        need_mosquitto_clients()
 
     def start(self, argv: list[str], cwd: str) -> RunningProcess:
         proc = RunningProcess(argv[0], argv[1:], cwd=cwd)
