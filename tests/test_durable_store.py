@@ -246,7 +246,9 @@ class DurableStoreTests(BrokerTestCase):
 
         yield in_thread(sessions)
         yield self.stop(proc)
-        yield task.deferLater(reactor, 1.5, lambda: None)  # "short" runs out while down
+        # No broker runs, so there is no event to wait for: the passage of time
+        # is what the test is about ("short" has 1 s and runs out while down).
+        yield task.deferLater(reactor, 1.5, lambda: None)
         proc, port = yield self.start()
         self.assertIn(b"purged 1 expired sessions", bytes(proc.proto.out))
         for c in (short, later, long):
@@ -259,8 +261,10 @@ class DurableStoreTests(BrokerTestCase):
 
         self.assertFalse((yield in_thread(present, short)))
         self.assertTrue((yield in_thread(present, long)))
-        # "later" had 4 s: what is left of them runs out while the broker is up.
-        yield task.deferLater(reactor, 4.5, lambda: None)
+        # "later" had 4 s: what is left of them runs out while the broker is up,
+        # which the broker logs when its expiry timer fires.
+        yield proc.wait_for_output(rb"session 'later' \(mountpoint ''\) expired",
+                                   timeout=PROCESS_TIMEOUT)
         self.assertFalse((yield in_thread(present, later)))
         yield self.stop(proc)
 
