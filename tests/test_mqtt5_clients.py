@@ -916,9 +916,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_v5_to_v311_and_back(self) -> Any:
-        """A 5.0 mosquitto_pub message with a user property reaches a 3.1.1 subscriber
-        (without properties); a 3.1.1 publisher's message reaches a 5.0 subscriber with no
-        user properties."""
+        """A 5.0 mosquitto_pub message with a user property reaches a 3.1.1 subscriber;
+        a 3.1.1 publisher's message reaches a 5.0 subscriber with no user properties."""
         out = yield self.exchange("mq5/to311", (), ("-m", "x", "-D", "publish", "user-property",
                                                     "k", "v"),
                                   "%q %t %p", sub_version="mqttv311")
