@@ -59,43 +59,6 @@ listener.tcp.default = 127.0.0.1:0
 
 
 # ---------------------------------------------------------------------------
-# Programs the tests need
-# ---------------------------------------------------------------------------
-
-#: Why tests driving mosquitto_pub/mosquitto_sub cannot run.
-MOSQUITTO_CLIENTS_MISSING = ("mosquitto_pub/mosquitto_sub are not installed "
-                             "(apt-get install mosquitto-clients)")
-
-
-def in_ci() -> bool:
-    """Whether the tests run under CI: the environment variable ``CI`` is set
-    to anything but empty, ``0``, ``false`` or ``no`` (GitHub Actions and
-    scripts/test.sh set ``CI=true``)."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def missing(reason: str) -> NoReturn:
-    """End the running test because something it needs is not installed.
-
-    Raises ``SkipTest(reason)`` on a developer's machine.  Under CI the test
-    command installs every program the tests use, so a missing one is a broken
-    setup that a skip would hide: the test fails with ``reason`` instead."""
-    if in_ci():
-        raise AssertionError(f"{reason} -- CI is set and the test command installs it, "
-                             "so this fails instead of skipping")
-    raise unittest.SkipTest(reason)
-
-
-def need_mosquitto_clients() -> tuple[str, str]:
-    """The paths of ``mosquitto_pub`` and ``mosquitto_sub``; see :func:`missing`
-    for what happens when one is not installed.  Call it from ``setUp``."""
-    pub, sub = shutil.which("mosquitto_pub"), shutil.which("mosquitto_sub")
-    if pub is None or sub is None:
-        missing(MOSQUITTO_CLIENTS_MISSING)
-    return pub, sub
-
-
-# ---------------------------------------------------------------------------
 # MQTT bytes, built by hand (independently of vmqtw's codec)
 # ---------------------------------------------------------------------------
 
@@ -163,6 +126,43 @@ def quiet_period(seconds: float) -> Deferred:
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
     """Run a blocking (paho) scenario in a worker thread; every wait inside it is timed."""
     return threads.deferToThread(fn, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Programs the tests need
+# ---------------------------------------------------------------------------
+
+#: Why tests driving mosquitto_pub/mosquitto_sub cannot run.
+MOSQUITTO_CLIENTS_MISSING = ("mosquitto_pub/mosquitto_sub are not installed "
+                             "(apt-get install mosquitto-clients)")
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI: the environment variable ``CI`` is set
+    to anything but empty, ``0``, ``false`` or ``no`` (GitHub Actions and
+    scripts/test.sh set ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(reason: str) -> NoReturn:
+    """End the running test because something it needs is not installed.
+
+    Raises ``SkipTest(reason)`` on a developer's machine.  Under CI the test
+    command installs every program the tests use, so a missing one is a broken
+    setup that a skip would hide: the test fails with ``reason`` instead."""
+    if in_ci():
+        raise AssertionError(f"{reason} -- CI is set and the test command installs it, "
+                             "so this fails instead of skipping")
+    raise unittest.SkipTest(reason)
+
+
+def need_mosquitto_clients() -> tuple[str, str]:
+    """The paths of ``mosquitto_pub`` and ``mosquitto_sub``; see :func:`missing`
+    for what happens when one is not installed.  Call it from ``setUp``."""
+    pub, sub = shutil.which("mosquitto_pub"), shutil.which("mosquitto_sub")
+    if pub is None or sub is None:
+        missing(MOSQUITTO_CLIENTS_MISSING)
+    return pub, sub
 
 
 # ---------------------------------------------------------------------------
