@@ -8,7 +8,6 @@ its clock as a parameter) instead of sleeping.
 from __future__ import annotations
 
 import shutil
-import threading
 from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
@@ -20,7 +19,7 @@ from twisted.internet.defer import inlineCallbacks
 from zope.interface import implementer
 
 from tests.support import (
-    TIMEOUT, BrokerTestCase, MQTTv311, MQTTv5, Paho, SubscriptionWatcher, in_thread,
+    BrokerTestCase, MQTTv311, MQTTv5, Paho, SubscriptionWatcher, in_thread,
     need_mosquitto_clients, read_packet, run_process, stop_broker, when_session_event,
 )
 from vmqtw.auth.api import OK, IAuthOnRegister, IOnAuth, error, ok
