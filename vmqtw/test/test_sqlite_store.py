@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -336,19 +336,23 @@ class OrderTests(StoreTestCase):
 class GroupCommitTests(StoreTestCase):
 
     def block_writer(self, store: SQLiteStore) -> threading.Event:
-        """Make the writer wait, inside its next commit, until the event is set."""
+        """Make the writer wait, inside its next commit, until the event is set.
+
+        ``store.writer_started`` is a Deferred that fires on the reactor thread
+        once the writer is inside that commit."""
         release = threading.Event()
-        started = threading.Event()
+        started: Deferred[None] = Deferred()
         original = store._write
 
         def write(batch: Any) -> None:
-            started.set()
+            if not started.called:
+                reactor.callFromThread(started.callback, None)  # type: ignore[attr-defined]
             release.wait(10)
             original(batch)
 
         store._write = write  # type: ignore[method-assign]
         self.addCleanup(release.set)
-        store.writer_started = started  # type: ignore[attr-defined]
+        store.writer_started = started.addTimeout(10, reactor)  # type: ignore[attr-defined]
         return release
 
     @inlineCallbacks
@@ -368,7 +372,7 @@ class GroupCommitTests(StoreTestCase):
         release = self.block_writer(store)
         store.session_updated(fake_session())
         first = store.durable()
-        yield _wait_for(store.writer_started.is_set)  # type: ignore[attr-defined]
+        yield store.writer_started  # type: ignore[attr-defined]
         waiters = []
         for i in range(500):  # while the first commit is stuck
             store.message_queued(KEY, Message("t", b"%d" % i, 1), 1)
@@ -439,7 +443,7 @@ class DurableTests(StoreTestCase):
         release = GroupCommitTests.block_writer(self, store)  # type: ignore[arg-type]
         store.session_updated(fake_session())
         first = store.durable()
-        yield _wait_for(store.writer_started.is_set)  # type: ignore[attr-defined]
+        yield store.writer_started  # type: ignore[attr-defined]
         store.message_queued(KEY, Message("t", b"later", 1), 1)
         second = store.durable()
         release.set()
@@ -451,10 +455,11 @@ class DurableTests(StoreTestCase):
     @inlineCallbacks
     def test_sync_none_never_waits_but_still_writes(self) -> None:
         store = self.open(sync="none")
+        idle = _idle(store)
         store.session_updated(fake_session())
         store.message_queued(KEY, Message("t", b"x", 1), 1)
         self.assertTrue(store.durable().called)
-        yield _wait_for(lambda: not store.pending())
+        yield idle
         self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(1,)])
 
     @inlineCallbacks
@@ -681,13 +686,21 @@ class LifecycleTests(StoreTestCase):
         release = GroupCommitTests.block_writer(self, store)  # type: ignore[arg-type]
         store.session_updated(fake_session())
         first = store.durable()
-        yield _wait_for(store.writer_started.is_set)  # type: ignore[attr-defined]
+        yield store.writer_started  # type: ignore[attr-defined]
         store.message_queued(KEY, Message("t", b"x", 1), 1)
         second = store.durable()
-        timer = threading.Timer(0.05, release.set)  # close() blocks the reactor thread
-        timer.start()
+        # close() blocks the reactor thread: release the writer from inside
+        # close(), at the moment it starts waiting for the writer thread.
+        thread = store._thread
+        assert thread is not None
+        join = thread.join
+
+        def release_then_join(timeout: float | None = None) -> None:
+            release.set()
+            join(timeout)
+
+        thread.join = release_then_join  # type: ignore[method-assign]
         store.close()
-        timer.join()
         self.assertTrue(first.called and second.called)
         self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(1,)])
 
@@ -742,17 +755,16 @@ class SettingsTests(SynchronousTestCase):
         self.assertIn(":2: persistent_store.enabled", str(e))
 
 
-def _wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    """A Deferred that fires when ``predicate()`` is true (polled on the reactor)."""
-    from twisted.internet.task import LoopingCall
+def _idle(store: SQLiteStore) -> Deferred[None]:
+    """A Deferred that fires on the reactor thread when a commit of ``store``
+    completes and nothing is pending any more (bounded by a 10 s timeout)."""
+    done: Deferred[None] = Deferred()
+    committed = store._committed
 
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    def notify(batch: Any) -> None:
+        committed(batch)
+        if not done.called and not store.pending():
+            done.callback(None)
 
-    def check() -> None:
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:  # type: ignore[attr-defined]
-            raise AssertionError("condition not reached in time")
-
-    loop = LoopingCall(check)
-    return loop.start(0.005, now=True)
+    store._committed = notify  # type: ignore[method-assign]
+    return done.addTimeout(10, reactor)
