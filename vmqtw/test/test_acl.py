@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.auth.acl}: the vmq_acl plugin.
+Tests for ``vmqtw.auth.acl``: the vmq_acl plugin.
 """
 from __future__ import annotations
 

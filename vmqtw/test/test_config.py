@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.config}: the VerneMQ-style configuration parser.
+Tests for ``vmqtw.config``: the VerneMQ-style configuration parser.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.auth.passwd}: the vmq_passwd plugin.
+Tests for ``vmqtw.auth.passwd``: the vmq_passwd plugin.
 """
 from __future__ import annotations
 

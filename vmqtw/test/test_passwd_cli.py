@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.auth.passwd_cli}: the vmq-passwd command.
+Tests for ``vmqtw.auth.passwd_cli``: the vmq-passwd command.
 """
 from __future__ import annotations
 
