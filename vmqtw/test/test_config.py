@@ -538,7 +538,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_listener_named_like_option_is_an_option(self) -> None:
-        """listener.tcp.max_connections is an option, not a listener."""
+        """
+        ``listener.tcp.max_connections`` is always an option, never a listener named
+        ``max_connections``: given an address it is an invalid integer.
+        """
         cfg = parse(conf("listener.tcp.max_connections = 5"))
         self.assertEqual(cfg.listeners, ())
         self.assertConfigError(
@@ -1290,7 +1293,10 @@ class RegistryTests(SynchronousTestCase):
                 opt.check(opt.default)
 
     def test_extending_the_registry(self) -> None:
-        """A new option is one registry entry."""
+        """
+        A new listener option is one registry entry: the parser then accepts it on the kinds
+        and levels of its scope and resolves it like any other.
+        """
         self.patch(config, "REGISTRY", {
             **config.REGISTRY,
             "frobnicate": config.ListenerOption(

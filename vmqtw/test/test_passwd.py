@@ -182,7 +182,11 @@ class PasswdPluginTests(PluginTestsMixin, SynchronousTestCase):
         self.assertEqual(plugin.users, {"alice", "bob", "robots"})
 
     def test_user_before_first_colon(self) -> None:
-        """The user is the text before the first ':'; CRLF and blanks are fine."""
+        """
+        The user is the text before the first ``:`` and the rest must be a hash, so
+        ``a:b:HASH`` is refused with ``FILE:LINE``; CRLF, surrounding blanks and blank lines
+        are fine.
+        """
         plugin = self.plugin(f"  alice:{vmq6(b'x', SALT)}  \r\n\r\n   \n")
         self.assertIs(plugin.auth_on_register(request("alice", b"x")), OK)
         with self.assertRaises(ValueError) as cm:
