@@ -412,7 +412,8 @@ class ContextTests(SynchronousTestCase):
     def test_versions_are_pinned(self) -> None:
         """
         ``tls_version`` lists the exact protocol versions accepted: with ``tlsv1.1,tlsv1.3``
-        clients speaking only TLS 1.0 or only TLS 1.2 fail the handshake.
+        TLS 1.1 and TLS 1.3 clients connect, while TLS 1.0 and TLS 1.2 clients (the version
+        in between included) fail the handshake.
         """
         creator = self.creator("listener.ssl.s.tls_version = tlsv1.1,tlsv1.3\n")
         for version, ok in ((SSL.TLS1_VERSION, False), (SSL.TLS1_1_VERSION, True),
