@@ -290,3 +290,66 @@ class ConnackSessionPresentTests(ConformanceCase):
         self.assertEqual(encode(Connack(0, True), 3), b"\x20\x02\x00\x00")
         self.assertEqual(encode(Connack(0, True), 4), b"\x20\x02\x01\x00")
         self.assertEqual(encode(Connack(0, True), 5), b"\x20\x03\x01\x00\x00")
+
+
+# ---------------------------------------------------------------------------
+# 2. The Will Delay Interval and a new connection with Clean Start 1
+
+class WillDelayTests(ConformanceCase):
+    """A 5.0 client with Will Delay 3 s and Session Expiry 30 s loses its
+    network connection; what a new connection for its ClientID does to the
+    delayed will."""
+
+    def setUp(self) -> None:
+        self.hn = Server()
+        self.watcher = self.hn.subscriber(4, "w", "will/#")
+        c = self.hn.connected(5, "c", clean=True, conn_props=p_session_expiry(30),
+                              will=("will/c", b"gone"), will_props=p_will_delay(3))
+        c.lose()
+        self.hn.clock.advance(1)
+        self.assertEqual(self.watcher.take(), b"")
+
+    def assert_no_will(self) -> None:
+        self.hn.clock.advance(60)  # past the will delay and the session expiry
+        self.assertEqual(self.watcher.take(), b"")
+
+    def test_published_when_the_delay_elapses(self) -> None:
+        """MQTT-3.1.2-8 (5.0): without a new connection the will goes out
+        when the Will Delay Interval has elapsed, not before."""
+        self.hn.clock.advance(1.9)
+        self.assertEqual(self.watcher.take(), b"")
+        self.hn.clock.advance(0.1)
+        self.assertEqual(self.watcher.take(), publish(4, "will/c", b"gone"))
+
+    def test_5_clean_start_1_before_the_delay(self) -> None:
+        """MQTT-3.1.2-8 and MQTT-3.1.3-9 (5.0): the will is not published
+        when "a new Network Connection for the ClientID is opened before the
+        Will Delay Interval has elapsed", whatever its Clean Start."""
+        c = self.hn.connected(5, "c", clean=True)
+        self.assert_no_will()
+        self.assertFalse(c.closed)
+
+    def test_5_clean_start_0_before_the_delay(self) -> None:
+        """MQTT-3.1.3-9 (5.0): resuming the session in time cancels the will."""
+        self.hn.connected(5, "c", clean=False, session_present=True,
+                          conn_props=p_session_expiry(30))
+        self.assert_no_will()
+
+    def test_311_clean_session_1_before_the_delay(self) -> None:
+        """MQTT-3.1.2-8 (5.0) at level 4: a new 3.1.1 connection for the
+        ClientID, CleanSession 1, also stops the delayed will."""
+        self.hn.connected(4, "c", clean=True)
+        self.assert_no_will()
+
+    def test_31_clean_session_1_before_the_delay(self) -> None:
+        """MQTT-3.1.2-8 (5.0) at level 3: so does a new 3.1 connection."""
+        self.hn.connected(3, "c", clean=True)
+        self.assert_no_will()
+
+    def test_new_connection_after_the_delay(self) -> None:
+        """MQTT-3.1.2-8 (5.0): once the delay elapsed the will is published,
+        exactly once; a later connection does not send it again."""
+        self.hn.clock.advance(2)
+        self.assertEqual(self.watcher.take(), publish(4, "will/c", b"gone"))
+        self.hn.connected(5, "c", clean=True)
+        self.assert_no_will()
