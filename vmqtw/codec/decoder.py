@@ -82,6 +82,11 @@ def _decode_connect(buf: bytes, p: int, end: int) -> Connect:
         else:
             wprops = {}
         wtopic, q = decode_string(buf, q, end)
+        # A topic name is at least one character (MQTT-4.7.3-1) and holds no
+        # wildcard (3.1.1 MQTT-4.7.1-1, 5.0 MQTT-4.7.0-1): else the CONNECT is
+        # malformed (3.x: closed without CONNACK, MQTT-3.1.4-1; 5.0: 0x81).
+        if not wtopic or "+" in wtopic or "#" in wtopic:
+            raise MalformedPacket("invalid will topic")
         wpayload, q = decode_binary(buf, q, end)
         will = Will(wtopic, wpayload, will_qos, will_retain, wprops)
     username = password = None

@@ -353,3 +353,74 @@ class WillDelayTests(ConformanceCase):
         self.assertEqual(self.watcher.take(), publish(4, "will/c", b"gone"))
         self.hn.connected(5, "c", clean=True)
         self.assert_no_will()
+
+
+# ---------------------------------------------------------------------------
+# 3. An invalid Will Topic in CONNECT
+
+BAD_WILL_TOPICS = ("", "will/#", "#", "+", "a/+/b", "a+")
+
+
+class WillTopicTests(ConformanceCase):
+
+    def refused(self, level: int, topic: str) -> bytes:
+        """What the broker sends to a CONNECT with will topic ``topic``; checks
+        the connection was closed, no session exists and bystanders work."""
+        hn = Server()
+        sub, pub = self.bystanders(hn)
+        c = hn.client()
+        c.send(connect(level, "c", will=(topic, b"x")))
+        self.assertTrue(c.closed, (level, topic))
+        self.assertNotIn(("", "c"), hn.broker.sessions)
+        self.assert_still_working(sub, pub)
+        return c.take()
+
+    def test_311_closes_without_connack(self) -> None:
+        """MQTT-3.1.4-1 and MQTT-4.8.0-1 (3.1.1): a CONNECT that breaks the
+        protocol closes the connection without a CONNACK.  A will topic must be
+        at least one character long (MQTT-4.7.3-1) and holds no wildcard
+        (MQTT-4.7.1-1)."""
+        for topic in BAD_WILL_TOPICS:
+            self.assertEqual(self.refused(4, topic), b"", topic)
+
+    def test_31_closes_without_connack(self) -> None:
+        """MQTT 3.1 at level 3: the same broken will topics close the
+        connection without a CONNACK (3.1 has no return code for them)."""
+        for topic in BAD_WILL_TOPICS:
+            self.assertEqual(self.refused(3, topic), b"", topic)
+
+    def test_5_connack_malformed_then_close(self) -> None:
+        """MQTT 5.0 section 4.13.1 and MQTT-3.2.2-7: a broken CONNECT may get
+        a CONNACK with a reason of 0x80 or more, then the connection closes.
+        0x90 (Topic Name invalid) is only for a will topic that is "not
+        malformed"; an empty one (MQTT-4.7.3-1) or one with a wildcard
+        (MQTT-4.7.0-1) gets 0x81 Malformed Packet."""
+        for topic in BAD_WILL_TOPICS:
+            self.assertEqual(self.refused(5, topic), b"\x20\x03\x00\x81\x00", topic)
+
+    def test_nul_in_will_topic(self) -> None:
+        """MQTT-1.5.3-2 (3.1.1) / MQTT-1.5.4-2 (5.0): U+0000 in a string is
+        malformed: closed without CONNACK (3.x), CONNACK 0x81 (5.0)."""
+        self.assertEqual(self.refused(4, "a\x00b"), b"")
+        self.assertEqual(self.refused(3, "a\x00b"), b"")
+        self.assertEqual(self.refused(5, "a\x00b"), b"\x20\x03\x00\x81\x00")
+
+    def test_valid_will_topics_accepted(self) -> None:
+        """Neighbour case: a will topic of one character, with levels, or
+        starting with ``$`` or ``/`` is accepted at every level."""
+        for level in LEVELS:
+            for topic in ("w", "will/c", "/", "$x/y", "a//b"):
+                hn = Server()
+                c = hn.client()
+                c.send(connect(level, "c", will=(topic, b"x")))
+                self.assertEqual(c.take(), connack(level), (level, topic))
+                self.assertFalse(c.closed)
+
+    def test_decoder_raises_malformed_packet(self) -> None:
+        """The decoder itself rejects the CONNECT (a typed MalformedPacket,
+        reason 0x81) at every level."""
+        for level in LEVELS:
+            for topic in BAD_WILL_TOPICS:
+                data = connect(level, "c", will=(topic, b"x"))
+                with self.assertRaises(MalformedPacket):
+                    Decoder().feed(data)
