@@ -424,3 +424,116 @@ class WillTopicTests(ConformanceCase):
                 data = connect(level, "c", will=(topic, b"x"))
                 with self.assertRaises(MalformedPacket):
                     Decoder().feed(data)
+
+
+# ---------------------------------------------------------------------------
+# 4. A property that its packet type may not carry
+
+class PropertyNotAllowedTests(ConformanceCase):
+    """MQTT 5.0 section 2.2.2.2: "A Control Packet which contains an
+    Identifier which is not valid for its packet type ... is a Malformed
+    Packet.  If received, use a CONNACK or DISCONNECT packet with Reason Code
+    0x81 (Malformed Packet)"."""
+
+    # (what, packet bytes from a connected client), each with one property its
+    # packet type may not carry (table 2-4).
+    CONNECTED_CASES = (
+        ("SUBSCRIBE + topic alias",
+         packet(0x82, u16(1) + props(p_topic_alias(1)) + s("t") + b"\x00")),
+        ("UNSUBSCRIBE + subscription identifier",
+         packet(0xA2, u16(1) + props(b"\x0b\x01") + s("t"))),
+        ("PUBLISH + session expiry interval",
+         packet(0x30, s("t") + props(p_session_expiry(1)) + b"x")),
+        ("PUBLISH + will delay interval",
+         packet(0x30, s("t") + props(p_will_delay(1)) + b"x")),
+        ("PUBACK + topic alias", packet(0x40, u16(1) + b"\x00" + props(p_topic_alias(1)))),
+        ("PUBREC + topic alias", packet(0x50, u16(1) + b"\x00" + props(p_topic_alias(1)))),
+        ("PUBREL + topic alias", packet(0x62, u16(1) + b"\x00" + props(p_topic_alias(1)))),
+        ("PUBCOMP + topic alias", packet(0x70, u16(1) + b"\x00" + props(p_topic_alias(1)))),
+        ("DISCONNECT + topic alias", packet(0xE0, b"\x00" + props(p_topic_alias(1)))),
+        ("AUTH + session expiry interval",
+         packet(0xF0, b"\x18" + props(p_session_expiry(1)))),
+    )
+
+    def test_subscribe_with_topic_alias(self) -> None:
+        """5.0 section 2.2.2.2: the Topic Alias in a SUBSCRIBE makes it a
+        Malformed Packet: DISCONNECT 0x81 (not 0x82), close; others go on."""
+        hn = Server()
+        sub, pub = self.bystanders(hn)
+        c = hn.connected(5, "c")
+        c.send(packet(0x82, u16(1) + props(p_topic_alias(1)) + s("t") + b"\x00"))
+        self.assertEqual(c.take(), disconnect5(MALFORMED))
+        self.assertTrue(c.closed)
+        self.assert_still_working(sub, pub)
+
+    def test_every_packet_a_client_sends(self) -> None:
+        """5.0 section 2.2.2.2 for every packet type a client sends after
+        CONNECT: DISCONNECT 0x81 and close, and a second client keeps working."""
+        for what, data in self.CONNECTED_CASES:
+            hn = Server()
+            sub, pub = self.bystanders(hn)
+            c = hn.connected(5, "c")
+            c.send(data)
+            self.assertEqual(c.take(), disconnect5(MALFORMED), what)
+            self.assertTrue(c.closed, what)
+            self.assert_still_working(sub, pub)
+
+    def test_connect_and_will_properties(self) -> None:
+        """5.0 section 2.2.2.2 and 4.13.1: a CONNECT, or its Will Properties,
+        with a property they may not carry gets CONNACK 0x81, then the close."""
+        cases = (
+            connect(5, "c", conn_props=p_topic_alias(1)),
+            connect(5, "c", conn_props=b"\x02" + u32(5)),  # message expiry interval
+            connect(5, "c", will=("w", b"x"), will_props=p_session_expiry(1)),
+            connect(5, "c", will=("w", b"x"), will_props=p_topic_alias(1)),
+        )
+        for data in cases:
+            hn = Server()
+            sub, pub = self.bystanders(hn)
+            c = hn.client()
+            c.send(data)
+            self.assertEqual(c.take(), b"\x20\x03\x00\x81\x00", data)
+            self.assertTrue(c.closed)
+            self.assertNotIn(("", "c"), hn.broker.sessions)
+            self.assert_still_working(sub, pub)
+
+    def test_allowed_property_accepted(self) -> None:
+        """Neighbour case: a property the packet may carry (a User Property
+        on SUBSCRIBE, table 2-4) is accepted."""
+        hn = Server()
+        c = hn.connected(5, "c")
+        c.send(packet(0x82, u16(1) + props(b"\x26" + s("k") + s("v")) + s("t") + b"\x00"))
+        self.assertEqual(c.take(), suback(5, 1, 0))
+        self.assertFalse(c.closed)
+
+    def test_duplicate_property_stays_a_protocol_error(self) -> None:
+        """Neighbour case, 5.0 section 3.8.2.1.2: two Subscription Identifiers
+        in a SUBSCRIBE are a Protocol Error (0x82), not a malformed packet."""
+        hn = Server()
+        c = hn.connected(5, "c")
+        c.send(packet(0x82, u16(1) + props(b"\x0b\x01\x0b\x02") + s("t") + b"\x00"))
+        self.assertEqual(c.take(), disconnect5(PROTOCOL_ERROR))
+        self.assertTrue(c.closed)
+
+    def test_decoder_audit_of_table_2_4(self) -> None:
+        """Every (packet type, property) pair that table 2-4 does not allow
+        raises MalformedPacket (reason 0x81) in the decoder; every allowed
+        pair decodes."""
+        from vmqtw.codec import properties as P
+
+        sample = {P.BYTE: b"\x01", P.TWO_BYTE_INT: u16(1), P.FOUR_BYTE_INT: u32(1),
+                  P.VARINT: b"\x01", P.UTF8: s("a"), P.BINARY: s(b"a"),
+                  P.UTF8_PAIR: s("a") + s("b")}
+        checked = 0
+        for ptype, allowed in P.ALLOWED.items():
+            for pid, name, kind, _types in P.PROPERTIES:
+                block = props(bytes((pid,)) + sample[kind])
+                if name in allowed:
+                    P.decode_properties(block, 0, ptype)
+                    continue
+                with self.assertRaises(MalformedPacket, msg=(ptype, name)) as cm:
+                    P.decode_properties(block, 0, ptype)
+                self.assertEqual(cm.exception.reason_code, MALFORMED)
+                self.assertNotIsInstance(cm.exception, ProtocolError)
+                checked += 1
+        self.assertGreater(checked, 200)
