@@ -537,3 +537,73 @@ class PropertyNotAllowedTests(ConformanceCase):
                 self.assertNotIsInstance(cm.exception, ProtocolError)
                 checked += 1
         self.assertGreater(checked, 200)
+
+
+# ---------------------------------------------------------------------------
+# 5. UNSUBSCRIBE topic filters
+
+BAD_FILTERS = ("", "#/test/topic", "a/#/b", "a+", "a/b#", "+a/b", "#/", "a/#b")
+GOOD_FILTERS = ("#", "+", "a/+/b", "a/#", "+/+", "/", "/#", "$share/g/a/#", "$SYS/#")
+
+
+class UnsubscribeFilterTests(ConformanceCase):
+    """MQTT-4.7.3-1 (a topic filter is at least one character long) and the
+    wildcard rules (3.1.1: MQTT-4.7.1-2 and MQTT-4.7.1-3; 5.0: MQTT-4.7.1-1
+    and MQTT-4.7.1-2) apply to every topic filter, UNSUBSCRIBE's too."""
+
+    def unsubscribe_bad(self, level: int, *filters: str) -> bytes:
+        hn = Server()
+        sub, pub = self.bystanders(hn)
+        c = hn.connected(level, "c")
+        c.send(unsubscribe(level, 2, *filters))
+        data = c.take()
+        self.assertTrue(c.closed, filters)
+        self.assert_still_working(sub, pub)
+        return data
+
+    def test_311_closes_without_unsuback(self) -> None:
+        """MQTT-4.8.0-1 (3.1.1): a malformed topic filter in UNSUBSCRIBE is a
+        protocol violation: the connection closes, no UNSUBACK."""
+        for bad in BAD_FILTERS:
+            self.assertEqual(self.unsubscribe_bad(4, bad), b"", bad)
+
+    def test_31_closes_without_unsuback(self) -> None:
+        """MQTT 3.1 at level 3: the same, the connection closes."""
+        for bad in BAD_FILTERS:
+            self.assertEqual(self.unsubscribe_bad(3, bad), b"", bad)
+
+    def test_5_disconnect_malformed(self) -> None:
+        """MQTT 5.0 section 4.13.1: a malformed topic filter makes a Malformed
+        Packet: DISCONNECT 0x81, then the close (UNSUBACK 0x8F is for a
+        well-formed filter that is not allowed)."""
+        for bad in BAD_FILTERS:
+            self.assertEqual(self.unsubscribe_bad(5, bad), disconnect5(MALFORMED), bad)
+
+    def test_one_bad_filter_spoils_the_packet(self) -> None:
+        """A valid filter next to a malformed one does not save the packet:
+        nothing is unsubscribed, no UNSUBACK (3.x) / DISCONNECT 0x81 (5.0)."""
+        for level in LEVELS:
+            want = disconnect5(MALFORMED) if level == 5 else b""
+            self.assertEqual(self.unsubscribe_bad(level, "ok", "a/#/b"), want, level)
+
+    def test_valid_filters_get_unsuback(self) -> None:
+        """Neighbour case: well-formed filters, subscribed or not, get an
+        UNSUBACK (5.0: 0x00 Success / 0x11 No subscription existed)."""
+        for level in LEVELS:
+            hn = Server()
+            c = hn.subscriber(level, "c", "a/#")
+            c.send(unsubscribe(level, 2, "a/#", *GOOD_FILTERS))
+            codes = [0x00] + [0x11] * len(GOOD_FILTERS)
+            codes[1 + GOOD_FILTERS.index("a/#")] = 0x11  # already gone
+            self.assertEqual(c.take(), unsuback(level, 2, *codes), level)
+            self.assertFalse(c.closed)
+            self.assertEqual(hn.broker.sessions[("", "c")].subscriptions, {})
+
+    def test_decoder_raises_malformed_packet(self) -> None:
+        """The decoder itself rejects such an UNSUBSCRIBE with a typed
+        MalformedPacket (reason 0x81) at every level."""
+        for level in LEVELS:
+            for bad in BAD_FILTERS:
+                decoder = Decoder(protocol_level=level)
+                with self.assertRaises(MalformedPacket, msg=(level, bad)):
+                    decoder.feed(unsubscribe(level, 2, bad))
