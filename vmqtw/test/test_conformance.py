@@ -149,7 +149,7 @@ class Client:
         addr = IPv4Address("TCP", "192.0.2.7", Client._port)
         self.protocol: MQTTProtocol = factory.buildProtocol(addr)
         self.transport = StringTransportWithDisconnection(peerAddress=addr)
-        self.transport.protocol = self.protocol
+        self.transport.protocol = self.protocol  # type: ignore[assignment]
         self.protocol.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -276,8 +276,8 @@ class ConnackSessionPresentTests(ConformanceCase):
         self.assertEqual(self.resume(5), connack(5, 0, True) + queued)
 
     def test_session_present_0_on_a_new_session_at_every_level(self) -> None:
-        """MQTT-3.2.2-2 / -3 (3.1.1 and 5.0), MQTT 3.1 section 3.2: a new
-        session never has the flag set."""
+        """MQTT-3.2.2-3 (3.1.1 and 5.0), MQTT 3.1 section 3.2: a new session
+        (CleanSession / Clean Start 0, no stored state) has the flag at 0."""
         for level in LEVELS:
             hn = Server()
             c = hn.client()
@@ -390,8 +390,8 @@ class WillTopicTests(ConformanceCase):
             self.assertEqual(self.refused(3, topic), b"", topic)
 
     def test_5_connack_malformed_then_close(self) -> None:
-        """MQTT 5.0 section 4.13.1 and MQTT-3.2.2-7: a broken CONNECT may get
-        a CONNACK with a reason of 0x80 or more, then the connection closes.
+        """MQTT-4.13.1-1 and MQTT-3.2.2-7 (5.0): a broken CONNECT may get a
+        CONNACK with a reason of 0x80 or more, then the connection closes.
         0x90 (Topic Name invalid) is only for a will topic that is "not
         malformed"; an empty one (MQTT-4.7.3-1) or one with a wildcard
         (MQTT-4.7.0-1) gets 0x81 Malformed Packet."""
@@ -479,7 +479,7 @@ class PropertyNotAllowedTests(ConformanceCase):
             self.assert_still_working(sub, pub)
 
     def test_connect_and_will_properties(self) -> None:
-        """5.0 section 2.2.2.2 and 4.13.1: a CONNECT, or its Will Properties,
+        """5.0 section 2.2.2.2 and MQTT-4.13.1-1: a CONNECT, or its Will Properties,
         with a property they may not carry gets CONNACK 0x81, then the close."""
         cases = (
             connect(5, "c", conn_props=p_topic_alias(1)),
@@ -573,7 +573,7 @@ class UnsubscribeFilterTests(ConformanceCase):
             self.assertEqual(self.unsubscribe_bad(3, bad), b"", bad)
 
     def test_5_disconnect_malformed(self) -> None:
-        """MQTT 5.0 section 4.13.1: a malformed topic filter makes a Malformed
+        """MQTT-4.13.1-1 (5.0): a malformed topic filter makes a Malformed
         Packet: DISCONNECT 0x81, then the close (UNSUBACK 0x8F is for a
         well-formed filter that is not allowed)."""
         for bad in BAD_FILTERS:
