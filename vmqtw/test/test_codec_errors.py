@@ -220,11 +220,11 @@ class ConnectTests(BadInputCase):
             self.assertEqual(err.reason_code, reasons.UNSUPPORTED_PROTOCOL_VERSION)
 
     def test_5_property_not_allowed(self) -> None:
-        self.connect_fails(connect(level=5, tail=h("03 23 0001") + s(b"abc")), P)
+        self.connect_fails(connect(level=5, tail=h("03 23 0001") + s(b"abc")), M)
 
     def test_5_will_property_not_allowed(self) -> None:
         self.connect_fails(connect(level=5, flags=0x06, tail=h("00") + s(b"abc")
-                                   + h("05 11 00000001") + s(b"w") + s(b"m")), P)
+                                   + h("05 11 00000001") + s(b"w") + s(b"m")), M)
 
     def test_5_duplicate_property(self) -> None:
         self.connect_fails(connect(level=5, tail=h("0a 11 00000001 11 00000002") + s(b"c")), P)
@@ -289,8 +289,8 @@ class PublishTests(BadInputCase):
         self.fails((5,), h("30 0e 0001 74 0a 02 00000001 02 00000002"), P)
 
     def test_5_property_not_allowed(self) -> None:
-        self.fails((5,), h("30 09 0001 74 05 18 00000001"), P)
-        self.fails((5,), h("30 09 0001 74 05 11 00000001"), P)
+        self.fails((5,), h("30 09 0001 74 05 18 00000001"), M)
+        self.fails((5,), h("30 09 0001 74 05 11 00000001"), M)
 
     def test_5_unknown_property(self) -> None:
         self.fails((5,), h("30 06 0001 74 02 00 00"), M)
@@ -335,7 +335,7 @@ class AckTests(BadInputCase):
         self.fails((5,), h("40 05 0001 00 00 ff"), M)
 
     def test_5_property_not_allowed(self) -> None:
-        self.fails((5,), h("40 07 0001 00 03 23 0001"), P)
+        self.fails((5,), h("40 07 0001 00 03 23 0001"), M)
 
     def test_5_duplicate_reason_string(self) -> None:
         self.fails((5,), h("50 0c 0001 80 08 1f 0001 61 1f 0001 62"), P)
@@ -382,7 +382,7 @@ class SubscribeTests(BadInputCase):
         self.fails((5,), h("82 0b 0001 04 0b01 0b02 0001 74 00"), P)
 
     def test_5_property_not_allowed(self) -> None:
-        self.fails((5,), h("82 0a 0001 03 230001 0001 74 00"), P)
+        self.fails((5,), h("82 0a 0001 03 230001 0001 74 00"), M)
 
 
 class UnsubscribeTests(BadInputCase):
@@ -443,7 +443,7 @@ class EmptyPacketTests(BadInputCase):
         self.fails((5,), h("e0 03 00 00 ff"), M)
 
     def test_disconnect_5_property_not_allowed(self) -> None:
-        self.fails((5,), h("e0 05 00 03 230001"), P)
+        self.fails((5,), h("e0 05 00 03 230001"), M)
 
     def test_auth_3x(self) -> None:
         self.fails((3, 4), h("f0 00"), M)
@@ -452,4 +452,4 @@ class EmptyPacketTests(BadInputCase):
         self.fails((5,), h("f0 03 18 00 00"), M)
 
     def test_auth_5_property_not_allowed(self) -> None:
-        self.fails((5,), h("f0 07 18 05 11 00000001"), P)
+        self.fails((5,), h("f0 07 18 05 11 00000001"), M)

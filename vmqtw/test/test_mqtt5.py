@@ -1175,8 +1175,8 @@ class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
             (b"\x30\x07\x00\x01t\x02\x7f\x00x", reasons.MALFORMED_PACKET),
             # PUBLISH with the content type twice
             (b"\x30\x0d\x00\x01t\x08\x03\x00\x01a\x03\x00\x01bx", reasons.PROTOCOL_ERROR),
-            # SUBSCRIBE carrying a topic alias (not allowed on SUBSCRIBE)
-            (b"\x82\x0a\x00\x01\x03\x23\x00\x01\x00\x01t\x00", reasons.PROTOCOL_ERROR),
+            # SUBSCRIBE carrying a topic alias (not allowed on SUBSCRIBE): 5.0 2.2.2.2
+            (b"\x82\x0a\x00\x01\x03\x23\x00\x01\x00\x01t\x00", reasons.MALFORMED_PACKET),
             # SUBSCRIBE with reserved option bits set
             (b"\x82\x07\x00\x01\x00\x00\x01t\xc0", reasons.MALFORMED_PACKET),
             # a PUBLISH of QoS 3
