@@ -40,7 +40,7 @@ def describe_listeners(config: BrokerConfig) -> str:
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
     blocks = ["\n".join(lines)]

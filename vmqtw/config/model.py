@@ -14,7 +14,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 from vmqtw.config.settings import (
     ProxyConfig,

@@ -277,6 +277,7 @@ class _Parser:
             self.fail(line, key, "unknown configuration key")
             return
         name = parts[1]
+        validator: Validator
         if len(parts) == 2:
             what, validator = "enabled", _bool
         elif len(parts) == 3 and parts[2] == "priority":
@@ -395,7 +396,7 @@ class _Parser:
         try:
             # Read the layers' typed settings now: every value was checked
             # above, so this only fails if the schema and the settings disagree.
-            listener.tls, listener.websocket
+            _ = listener.tls, listener.websocket
         except SettingError as e:
             file, line = listener.option_source(e.option)
             self.fail(line or decl.line, f"{listener.key}.{e.option}", e.message)
@@ -501,7 +502,9 @@ def load(path: str, registry: Mapping[str, ListenerOption] | None = None) -> Bro
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise ConfigError(path, 0, "", f"cannot read configuration file: not UTF-8 ({e.reason})") from None
+        raise ConfigError(
+            path, 0, "", f"cannot read configuration file: not UTF-8 ({e.reason})"
+        ) from None
     except OSError as e:
         reason = e.strerror or str(e)
         raise ConfigError(path, 0, "", f"cannot read configuration file: {reason}") from None

@@ -9,16 +9,18 @@ file's line went through (the schema's validator), so a value means the same
 everywhere.
 
 The settings objects check their own invariants (known TLS versions, a verify
-depth >= 0...), so one built in code is as safe as one read from a file.  A problem raises ``SettingError`` naming the option; the
-layer that builds the listener turns it into a ``FILE:LINE: KEY: message``
-error with ``ListenerConfig.option_source``.
+depth >= 0...), so one built in code is as safe as one read from a file.  A
+problem raises ``SettingError`` naming the option; the layer that builds the
+listener turns it into a ``FILE:LINE: KEY: message`` error with
+``ListenerConfig.option_source``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from vmqtw.config import schema
 from vmqtw.config.schema import STORE_SYNC_MODES

@@ -81,6 +81,7 @@ class TLSConfigTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """A listener that sets no TLS option gets VerneMQ's defaults."""
         tls = listener("listener.ssl.l = 127.0.0.1:8883\n", "ssl").tls
+        assert tls is not None
         self.assertEqual(dataclasses.replace(tls, session_id=b"x"),
                          dataclasses.replace(TLSConfig(), session_id=b"x"))
 
