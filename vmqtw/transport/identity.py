@@ -65,8 +65,8 @@ def preauth_username(transport: Any, listener: Any) -> str | None:
         cn = getattr(layer, "xff_cn", None)
         if cn:
             return str(cn)
-    use_proxy_cn = bool(getattr(listener, "proxy_protocol", False)) and \
-        bool(getattr(listener, "proxy_protocol_use_cn_as_username", False))
+    proxy = getattr(listener, "proxy", None)
+    use_proxy_cn = proxy is not None and proxy.enabled and proxy.use_cn_as_username
     tls = getattr(listener, "tls", None)
     use_identity = tls is not None and tls.use_identity_as_username
     if not (use_proxy_cn or use_identity):
