@@ -51,6 +51,7 @@ from vmqtw.config.model import (
     ListenerConfig,
     PluginConfig,
 )
+from vmqtw.config.schema import _ROOT_OPTIONS as _ROOT_OPTIONS
 from vmqtw.config.schema import (
     BUILTIN_PLUGINS,
     GLOBAL_KEYS,
@@ -62,6 +63,7 @@ from vmqtw.config.schema import (
     GlobalKey,
     ListenerOption,
 )
+from vmqtw.config.schema import _scope as _scope
 from vmqtw.config.settings import (
     PROXY_HEADER_TIMEOUT,
     ProxyConfig,
@@ -71,11 +73,10 @@ from vmqtw.config.settings import (
     WebSocketConfig,
 )
 from vmqtw.config.values import TLS_VERSIONS, split_list
-
-# Internals that code and tests extending the registry use.
-from vmqtw.config.schema import _ROOT_OPTIONS as _ROOT_OPTIONS
-from vmqtw.config.schema import _scope as _scope
 from vmqtw.config.values import _bool as _bool
+
+# _ROOT_OPTIONS, _scope and _bool (imported "as" themselves) are for code and
+# tests that extend the registry.
 
 __all__ = [
     "ConfigError",

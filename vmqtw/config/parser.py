@@ -21,6 +21,7 @@ from vmqtw.config.model import (
     PluginConfig,
 )
 from vmqtw.config.schema import (
+    _LISTENER_NAME_RE,
     BUILTIN_PLUGINS,
     GLOBAL_KEYS,
     LISTENER_KINDS,
@@ -29,7 +30,6 @@ from vmqtw.config.schema import (
     REGISTRY,
     ROOT,
     ListenerOption,
-    _LISTENER_NAME_RE,
     root_options,
 )
 from vmqtw.config.settings import SettingError, StoreConfig

@@ -18,8 +18,8 @@ listener turns it into a ``FILE:LINE: KEY: message`` error with
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from vmqtw.config import schema
