@@ -145,7 +145,7 @@ class WebSocketSettings:
         frame = getattr(config, "max_ws_frame_size", None) or cls.max_frame_size
         xff, use_cn = ws.xff_support, ws.xff_use_cn_as_username
         xff_ignored = False
-        if listener.proxy_protocol and (xff or use_cn):
+        if listener.proxy.enabled and (xff or use_cn):
             xff_ignored = True
             xff = use_cn = False
         trusted = frozenset(filter(None, (_ip(a) for a in ws.xff_trusted_intermediate)))
