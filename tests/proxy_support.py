@@ -28,18 +28,21 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
+from tests.support import missing
+
 #: Seconds haproxy gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 5.0
 
 
 def haproxy_path() -> str:
-    """The haproxy executable, or SkipTest if it is not installed."""
+    """The haproxy executable; when it is not installed the test is skipped,
+    or fails under CI (see ``tests.support.missing``)."""
     path = shutil.which("haproxy") or next(
         (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
         None)
     if path is None:
-        raise SkipTest("haproxy is not installed (Debian: apt-get install -y haproxy; "
-                       ".ci/run installs it): PROXY protocol tests behind haproxy skipped")
+        missing("haproxy is not installed (Debian: apt-get install -y haproxy; "
+                ".ci/run installs it): PROXY protocol tests behind haproxy skipped")
     return path
 
 

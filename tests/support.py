@@ -10,6 +10,9 @@
   wait for N bytes or for the connection to close, each with a timeout.
 - ``run_process`` runs a program (mosquitto_pub/sub, twistd) and collects its
   output, killing it if it overruns its timeout.
+- ``missing(reason)`` / ``need_mosquitto_clients()``: a test whose program is
+  not installed is skipped on a developer's machine but fails under CI (the
+  environment variable ``CI`` set), where the test command installs it.
 
 Nothing here sleeps to synchronise: every wait is on an event with a timeout.
 """
@@ -18,10 +21,11 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import socket
 import sys
 import threading
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -80,6 +84,43 @@ def quiet_period(seconds: float) -> Deferred:
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
     """Run a blocking (paho) scenario in a worker thread; every wait inside it is timed."""
     return threads.deferToThread(fn, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Programs the tests need
+# ---------------------------------------------------------------------------
+
+#: Why tests driving mosquitto_pub/mosquitto_sub cannot run.
+MOSQUITTO_CLIENTS_MISSING = ("mosquitto_pub/mosquitto_sub are not installed "
+                             "(apt-get install mosquitto-clients)")
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI: the environment variable ``CI`` is set
+    to anything but empty, ``0``, ``false`` or ``no`` (GitHub Actions and
+    scripts/test.sh set ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(reason: str) -> NoReturn:
+    """End the running test because something it needs is not installed.
+
+    Raises ``SkipTest(reason)`` on a developer's machine.  Under CI the test
+    command installs every program the tests use, so a missing one is a broken
+    setup that a skip would hide: the test fails with ``reason`` instead."""
+    if in_ci():
+        raise AssertionError(f"{reason} -- CI is set and the test command installs it, "
+                             "so this fails instead of skipping")
+    raise unittest.SkipTest(reason)
+
+
+def need_mosquitto_clients() -> tuple[str, str]:
+    """The paths of ``mosquitto_pub`` and ``mosquitto_sub``; see :func:`missing`
+    for what happens when one is not installed.  Call it from ``setUp``."""
+    pub, sub = shutil.which("mosquitto_pub"), shutil.which("mosquitto_sub")
+    if pub is None or sub is None:
+        missing(MOSQUITTO_CLIENTS_MISSING)
+    return pub, sub
 
 
 # ---------------------------------------------------------------------------
@@ -320,6 +361,21 @@ class RawClient(Protocol):
         d = self.when_closed(what="our own abort to complete")
         self.transport.abortConnection()
         return d
+
+
+@inlineCallbacks
+def read_packet(client: RawClient, what: str = "a packet") -> Any:
+    """Fires with one whole MQTT packet read from ``client``: (first byte, body)."""
+    first = (yield client.read(1, what=what))[0]
+    length, shift = 0, 0
+    for _ in range(4):
+        byte = (yield client.read(1, what=f"the length of {what}"))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = (yield client.read(length, what=what)) if length else b""
+    return first, body
 
 
 # ---------------------------------------------------------------------------

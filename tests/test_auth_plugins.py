@@ -23,8 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from tests.support import (
-    REPO, BrokerTestCase, MQTTv31, MQTTv311, SubscriptionWatcher, in_thread, run_process,
-    stop_broker, utf8, varint, when_session_event,
+    REPO, BrokerTestCase, MQTTv31, MQTTv311, SubscriptionWatcher, in_thread,
+    need_mosquitto_clients, run_process, stop_broker, utf8, varint, when_session_event,
 )
 from vmqtw.auth.api import (
     NEXT, OK, Error, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, IOnClientGone,
@@ -162,6 +162,8 @@ class PasswdTests(AuthTestCase):
 
     @inlineCallbacks
     def test_right_password(self):
+        """With vmq_passwd, a user with the right password is accepted (CONNACK 0, no
+        session present) and, allowed by the ACL, gets its own QoS 1 message back."""
         alice = self.user(self.broker, "alice-1", "alice", "secret-a")
 
         def scenario():
@@ -174,6 +176,8 @@ class PasswdTests(AuthTestCase):
 
     @inlineCallbacks
     def test_wrong_password_is_connack_4(self):
+        """vmq_passwd refuses a known user with a wrong password with CONNACK 4 (bad user
+        name or password), for MQTT 3.1 and 3.1.1 alike, and no session is left behind."""
         client = self.user(self.broker, "alice-1", "alice", "wrong")
         self.assertEqual((yield in_thread(refused_then_closed, client)),
                          PAHO_BAD_USER_OR_PASSWORD)
@@ -194,6 +198,8 @@ class PasswdTests(AuthTestCase):
 
     @inlineCallbacks
     def test_no_credentials_is_connack_5(self):
+        """With allow_anonymous off, a CONNECT without credentials, or with a user name but
+        no password, is refused with CONNACK 5 (not authorized): no plugin accepts it."""
         self.assertEqual((yield self.connack(self.broker, "anon")), CONNACK_NOT_AUTHORIZED)
         # a user name without a password: vmq_passwd has no opinion either
         self.assertEqual((yield self.connack(self.broker, "nopw", "alice")),
@@ -201,8 +207,10 @@ class PasswdTests(AuthTestCase):
 
     @inlineCallbacks
     def test_mosquitto_clients(self):
-        if PUB is None or SUB is None:
-            raise self.skipTest("mosquitto_pub/mosquitto_sub are not installed")
+        """mosquitto_sub and mosquitto_pub log in with vmq_passwd users and exchange a
+        message; mosquitto_pub exits with the CONNACK code: 4 for a wrong password, 5 for an
+        unknown user."""
+        need_mosquitto_clients()
         watcher = SubscriptionWatcher(self.broker)
         received = self.mosquitto(SUB, self.broker, "-u", "monitor", "-P", "mon",
                                   "-t", "m/t", "-C", "1", "-W", "10")
@@ -273,6 +281,9 @@ class AnonymousOverrideTests(AuthTestCase):
 
     @inlineCallbacks
     def test_anonymous_only_on_the_override_listener(self):
+        """allow_anonymous_override = on lets anonymous clients in on that listener only
+        (others get CONNACK 5); there the password check is skipped whatever the
+        credentials, while the other listener refuses a wrong password with CONNACK 4."""
         self.assertEqual((yield self.connack(self.broker, "a1", listener="tcp.open")),
                          CONNACK_OK)
         self.assertEqual((yield self.connack(self.broker, "a2", listener="tcp.default")),
@@ -287,6 +298,9 @@ class AnonymousOverrideTests(AuthTestCase):
 
     @inlineCallbacks
     def test_acl_still_applies_on_the_override_listener(self):
+        """An anonymous client let in by allow_anonymous_override is still bound by vmq_acl:
+        its subscription to a topic outside the ACL gets 0x80, its publish to a read-only
+        topic disconnects it, and nothing of it is routed."""
         anon = self.user(self.broker, "anon", listener="tcp.open")
         monitor = self.user(self.broker, "mon", "monitor", "mon")
 
@@ -332,6 +346,8 @@ class AclTests(AuthTestCase):
 
     @inlineCallbacks
     def test_denied_publish_311_disconnects_and_routes_nothing(self):
+        """An MQTT 3.1.1 client publishing where the ACL forbids is disconnected (3.1.1 has
+        no negative PUBACK) and the message is not routed; its session is removed."""
         alice = self.alice()
 
         def scenario():
@@ -347,6 +363,9 @@ class AclTests(AuthTestCase):
 
     @inlineCallbacks
     def test_denied_publish_31_gets_a_fake_puback(self):
+        """An MQTT 3.1 client publishing where the ACL forbids is acknowledged anyway and
+        stays connected (VerneMQ's 3.1 behaviour), the denied messages are not routed, and
+        its allowed publishes still are."""
         alice = self.alice("alice31", MQTTv31)
 
         def scenario():
@@ -361,6 +380,8 @@ class AclTests(AuthTestCase):
 
     @inlineCallbacks
     def test_denied_subscribe_is_0x80(self):
+        """A SUBSCRIBE to a filter the ACL does not allow gets return code 0x80 in SUBACK,
+        while allowed filters are granted at the requested QoS."""
         alice = self.alice()
 
         def scenario():
@@ -371,6 +392,9 @@ class AclTests(AuthTestCase):
 
     @inlineCallbacks
     def test_pattern_substitution_paho(self):
+        """ACL patterns substitute %u with the user name and %c with the client id: a client
+        may subscribe and publish under its own devices/USER and clients/CLIENTID topics,
+        not another's (0x80, and a publish there disconnects it)."""
         alice = self.alice("dev-7")
 
         def scenario():
@@ -392,8 +416,10 @@ class AclTests(AuthTestCase):
 
     @inlineCallbacks
     def test_pattern_substitution_mosquitto(self):
-        if PUB is None or SUB is None:
-            raise self.skipTest("mosquitto_pub/mosquitto_sub are not installed")
+        """With mosquitto clients, the %c and %u ACL patterns let a client read its own
+        inbox and devices topics; subscribing to another client's inbox is denied and
+        publishing to another user's devices gets mosquitto_pub disconnected."""
+        need_mosquitto_clients()
         watcher = SubscriptionWatcher(self.broker)
         login = ("-u", "alice", "-P", "secret-a")
         received = self.mosquitto(SUB, self.broker, *login, "-i", "dev-1",
@@ -475,11 +501,17 @@ class ExamplePluginUnitTests(SynchronousTestCase):
         return (plugin or self.plugin).auth_on_register(request)
 
     def test_interfaces(self) -> None:
+        """The example tenant_auth plugin provides every hook interface it claims (register,
+        publish, subscribe, on_register, offline and gone notifications)."""
         for iface in (IAuthOnRegister, IAuthOnPublish, IAuthOnSubscribe, IOnRegister,
                       IOnClientOffline, IOnClientGone):
             self.assertTrue(verifyObject(iface, self.plugin), iface)
 
     def test_register(self) -> None:
+        """tenant_auth accepts a known user with its password, moving it to its tenant's
+        mountpoint (plain OK for a user without a tenant), refuses a wrong, empty, missing
+        or padded password as invalid_credentials, and answers NEXT for unknown or anonymous
+        users."""
         result = self.register("alice", b"secret-a")
         self.assertIsInstance(result, Ok)
         self.assertEqual(result.modifiers, {"mountpoint": "tenant-a"})
@@ -492,6 +524,9 @@ class ExamplePluginUnitTests(SynchronousTestCase):
         self.assertIs(self.register(None, None), NEXT)
 
     def test_publish_guard(self) -> None:
+        """tenant_auth refuses publishes under the protected admin topic to everyone but the
+        admin user, leaves other topics (even admin-like names) to the next plugin, and
+        refuses an anonymous client."""
         pub = self.plugin.auth_on_publish
         alice, admin = Client("alice"), Client("admin")
         for topic in ("admin", "admin/reboot", "admin/a/b"):
@@ -502,6 +537,9 @@ class ExamplePluginUnitTests(SynchronousTestCase):
         self.assertIsInstance(pub(Client(None), "admin/x", b"", 0, False), Error)
 
     def test_subscribe_guard(self) -> None:
+        """tenant_auth refuses a SUBSCRIBE containing any filter that could match the admin
+        topic (admin/#, #, +/x, +, shared forms) for non-admins, passes them on for the
+        admin, and lets harmless filters through to the next plugin."""
         sub = self.plugin.auth_on_subscribe
         alice, admin = Client("alice"), Client("admin")
         for f in ("admin/#", "admin", "#", "+/x", "+", "$share/g/admin/x", "$share/g/#"):
@@ -510,6 +548,8 @@ class ExamplePluginUnitTests(SynchronousTestCase):
         self.assertIs(sub(alice, [("news/#", 0), ("a/+/b", 1), ("$share/g/news", 0)]), NEXT)
 
     def test_allow_other_topics(self) -> None:
+        """With allow_other_topics on, tenant_auth grants ordinary topics itself (OK instead
+        of NEXT) but still refuses the admin topic."""
         plugin = self.make(allow_other_topics="on")
         self.assertIs(plugin.auth_on_publish(Client("alice"), "news", b"", 0, False), OK)
         self.assertIs(plugin.auth_on_subscribe(Client("alice"), [("news", 0)]), OK)
@@ -517,6 +557,8 @@ class ExamplePluginUnitTests(SynchronousTestCase):
             plugin.auth_on_publish(Client("alice"), "admin/x", b"", 0, False), Error)
 
     def test_protected_and_admin_settings(self) -> None:
+        """The protected and admin_user settings move the guarded topic (ops) and the
+        allowed user (root); the default admin topic is then unguarded."""
         plugin = self.make(protected="ops", admin_user="root")
         self.assertIsInstance(plugin.auth_on_publish(Client("admin"), "ops/x", b"", 0, False),
                               Error)
@@ -524,6 +566,8 @@ class ExamplePluginUnitTests(SynchronousTestCase):
         self.assertIs(plugin.auth_on_publish(Client("alice"), "admin/x", b"", 0, False), NEXT)
 
     def test_bad_settings(self) -> None:
+        """tenant_auth rejects bad settings with a clear ValueError: a non on/off switch, a
+        protected topic that is not one level, an empty users_file, an unknown setting."""
         for settings, message in (
                 ({"allow_other_topics": "maybe"}, "must be on or off"),
                 ({"protected": "a/b"}, "one topic level"),
@@ -535,6 +579,9 @@ class ExamplePluginUnitTests(SynchronousTestCase):
             self.assertIn(message, str(cm.exception))
 
     def test_bad_users_file(self) -> None:
+        """tenant_auth rejects a users file that is not a JSON object, has a malformed user
+        or a tenant with a wildcard, or is not JSON at all, with a ValueError naming the
+        file."""
         for text, message in (("[]", "expected a JSON object"),
                               ('{"a": "pw"}', "user 'a'"),
                               ('{"a": {"password": 1}}', "user 'a'"),
@@ -548,6 +595,8 @@ class ExamplePluginUnitTests(SynchronousTestCase):
             self.assertIn(self.users, str(cm.exception))
 
     def test_reload(self) -> None:
+        """reload() reads the users file again (new users in, removed users out, a trailing
+        / stripped from the tenant); a broken file keeps the previous users and logs why."""
         with open(self.users, "w") as f:
             json.dump({"dave": {"password": "pw", "tenant": "t-d/"}}, f)
         self.plugin.reload()
@@ -560,6 +609,8 @@ class ExamplePluginUnitTests(SynchronousTestCase):
         self.assertIn("keeping the previous users", formatEvent(self.events[-1]))
 
     def test_online_notifications(self) -> None:
+        """tenant_auth tracks online clients per tenant from on_register, on_client_gone and
+        on_client_offline, ignoring unknown clients."""
         p = self.plugin
         p.on_register(Client("alice", "a1", "tenant-a"))
         p.on_register(Client("carol", "c1", "tenant-a"))
@@ -603,6 +654,9 @@ vmq_acl.acl_reload_interval = 0
                          password or TENANTS[name]["password"], listener="tcp.tenants")
 
     def test_loaded_from_the_relative_path(self):
+        """plugins.tenant_auth.path is relative to the configuration file's directory: the
+        plugin module is loaded from the repository's plugins/ file, ranked first by its
+        priority, with its users read."""
         self.assertFalse(os.path.isabs(self.relpath))
         self.assertEqual([n for n, _ in self.broker.plugins],
                          ["tenant_auth", "vmq_acl", "vmq_passwd"])
@@ -613,6 +667,9 @@ vmq_acl.acl_reload_interval = 0
 
     @inlineCallbacks
     def test_per_listener_auth_plugins(self):
+        """listener.X.auth_plugins gives each listener its own register chain: tenant users
+        log in only on the tenants listener and vmq_passwd users only on the default one
+        (CONNACK 5 elsewhere); a wrong tenant password is CONNACK 4."""
         b = self.broker
         self.assertEqual((yield self.connack(b, "a", "alice", "secret-a",
                                              listener="tcp.tenants")), CONNACK_OK)
@@ -698,6 +755,9 @@ vmq_acl.acl_reload_interval = 0
 
     @inlineCallbacks
     def test_reload_users_file(self):
+        """Reloading the broker reloads the plugin's users file: a user added to it can log
+        in (into its tenant's mountpoint) afterwards, and a broken file keeps the users in
+        force."""
         users = dict(TENANTS, dave={"password": "pw-d", "tenant": "tenant-d"})
         self.file("tenants.json", json.dumps(users))
         self.assertEqual((yield self.connack(self.broker, "d", "dave", "pw-d",
@@ -727,6 +787,8 @@ class StartupTests(AuthTestCase):
                          "implements auth_on_publish or auth_on_subscribe")
 
     def test_plugin_error_stops_startup(self):
+        """A plugin that fails to start (vmq_passwd without its password file) stops the
+        broker's startup with FILE:LINE of the plugin's key and the plugin's reason."""
         self.file("vmq.acl", "topic #\n")
         path = self.file("broker.conf", PASSWD_CONFIG)  # no vmq.passwd file
         with self.assertRaises(StartupError) as cm:
@@ -740,6 +802,9 @@ class ReloadTests(AuthTestCase):
 
     @inlineCallbacks
     def test_new_password_works_after_reload(self):
+        """After a reload (what SIGHUP does) vmq_passwd uses the new password file: new
+        passwords and users work, old ones are refused; a broken file at reload keeps the
+        last good table."""
         self.passwd(alice="old")
         self.file("vmq.acl", "topic #\n")
         broker = self.start(PASSWD_CONFIG)
@@ -756,6 +821,8 @@ class ReloadTests(AuthTestCase):
 
     @inlineCallbacks
     def test_acl_reload(self):
+        """After a reload vmq_acl uses the new ACL file: a subscription refused before
+        (0x80) is granted on the same connection."""
         self.passwd(alice="pw")
         self.file("vmq.acl", "topic read a/#\n")
         broker = self.start(PASSWD_CONFIG)
@@ -806,6 +873,9 @@ class FailingPluginTests(AuthTestCase):
 
     @inlineCallbacks
     def test_raising_plugin_refuses_and_the_broker_keeps_serving(self):
+        """A plugin that raises, or returns something that is not a result, refuses that
+        CONNECT with CONNACK 5 and its error is logged; the broker keeps serving, and a user
+        it answers NEXT for is let in by vmq_passwd."""
         self.assertEqual((yield self.connack(self.broker, "x", "boom", "pw")),
                          CONNACK_NOT_AUTHORIZED)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
@@ -825,6 +895,9 @@ class FailingPluginTests(AuthTestCase):
 
     @inlineCallbacks
     def test_others_are_served_while_a_plugin_thinks(self):
+        """While a plugin's answer to one CONNECT is pending (a Deferred), other clients
+        connect and exchange messages; the waiting client gets its CONNACK only when the
+        plugin answers."""
         pending = sys.modules[self.name].PENDING
         slow = yield self.raw_client(self.broker)
         slow.send(login_packet("slow-1", "slow", "pw"))

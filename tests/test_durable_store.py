@@ -97,6 +97,10 @@ class DurableStoreTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_retained_and_persistent_subscriptions_survive_a_restart(self):
+        """After a clean stop (twistd) and a restart (python -m vmqtw) on the same store, a
+        persistent session is restored with its subscriptions and their QoS (session
+        present, new messages delivered) and retained messages survive, a cleared one
+        staying cleared."""
         proc, port = yield self.start(twistd=True)
         sub = self.client(port, "keeper", clean=False)
         pub = self.client(port, "pub1")
@@ -145,6 +149,9 @@ class DurableStoreTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_offline_subscriber_gets_every_message_in_order_exactly_once(self):
+        """Messages queued for an offline persistent session before a restart, and published
+        after it, are all delivered exactly once and in order per QoS level; the restart
+        logs the restored sessions and queued messages."""
         proc, port = yield self.start()
         sub = self.client(port, "offline", clean=False)
         pub = self.client(port, "pub-a", clean=False)  # its QoS 2 ids are kept too
@@ -197,6 +204,9 @@ class DurableStoreTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_acknowledged_messages_survive_sigkill(self):
+        """Every QoS 1 message the broker has acknowledged (PUBACK) is on disk: after
+        SIGKILL right after the last PUBACK and a restart, the offline subscriber gets all
+        2000, in order."""
         n = 2000  # enough that commits take a while: the last ones are not on disk
         with open(self.config, "a", encoding="utf-8") as f:  # when acknowledged too early
             f.write("max_offline_messages = -1\n")
@@ -231,6 +241,9 @@ class DurableStoreTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_session_expiry_across_a_restart(self):
+        """Session expiry counts across a restart: a session whose expiry ran out while the
+        broker was down is purged at startup (and logged), a long one is restored, and one
+        with time left expires while the broker runs."""
         proc, port = yield self.start()
         short = Paho5(port, "short", expiry=1)
         later = Paho5(port, "later", expiry=4)
@@ -246,7 +259,9 @@ class DurableStoreTests(BrokerTestCase):
 
         yield in_thread(sessions)
         yield self.stop(proc)
-        yield task.deferLater(reactor, 1.5, lambda: None)  # "short" runs out while down
+        # No broker runs, so there is no event to wait for: the passage of time
+        # is what the test is about ("short" has 1 s and runs out while down).
+        yield task.deferLater(reactor, 1.5, lambda: None)
         proc, port = yield self.start()
         self.assertIn(b"purged 1 expired sessions", bytes(proc.proto.out))
         for c in (short, later, long):
@@ -259,13 +274,18 @@ class DurableStoreTests(BrokerTestCase):
 
         self.assertFalse((yield in_thread(present, short)))
         self.assertTrue((yield in_thread(present, long)))
-        # "later" had 4 s: what is left of them runs out while the broker is up.
-        yield task.deferLater(reactor, 4.5, lambda: None)
+        # "later" had 4 s: what is left of them runs out while the broker is up,
+        # which the broker logs when its expiry timer fires.
+        yield proc.wait_for_output(rb"session 'later' \(mountpoint ''\) expired",
+                                   timeout=PROCESS_TIMEOUT)
         self.assertFalse((yield in_thread(present, later)))
         yield self.stop(proc)
 
     @inlineCallbacks
     def test_corrupt_store_refused_with_a_clear_error(self):
+        """A store file that is not an SQLite database stops both python -m vmqtw and twistd
+        with exit status 1 and one error line naming the file, no traceback, no listener,
+        and the file left untouched."""
         os.makedirs(os.path.dirname(self.store_file))
         garbage = b"definitely not an SQLite database\n" * 200
         with open(self.store_file, "wb") as f:
@@ -286,6 +306,8 @@ class DurableStoreTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_truncated_store_refused(self):
+        """A store file truncated to half its size stops the broker with exit status 1 and
+        an error naming the file as malformed, and the file is not modified."""
         proc, port = yield self.start()
         pub = self.client(port, "filler")
 

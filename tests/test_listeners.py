@@ -33,6 +33,9 @@ class MountpointTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_listeners_do_not_see_each_others_messages(self):
+        """Listeners with different mountpoints are separate namespaces: a subscriber to #
+        gets only the messages published through its own listener, under topics without the
+        mountpoint."""
         a_sub = self.paho(self.a, "a-sub")
         a_pub = self.paho(self.a, "a-pub")
         b_sub = self.paho(self.b, "b-sub")
@@ -60,6 +63,8 @@ class MountpointTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_retained_messages_stay_in_their_mountpoint(self):
+        """A retained message is kept per mountpoint: later subscribers on each listener get
+        their own mountpoint's retained message for the same topic, not the other's."""
         a_pub = self.paho(self.a, "a-pub")
         b_pub = self.paho(self.b, "b-pub")
         a_late = self.paho(self.a, "a-late")
@@ -113,6 +118,9 @@ class MaxConnectionsTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_third_client_waits_for_a_free_slot(self):
+        """With max_connections = 2 a third client is not accepted (its CONNECT is not
+        answered and it is not closed) until one of the two disconnects; then it gets its
+        CONNACK. Nothing is refused and at most two were open."""
         broker = self.start_broker(
             "allow_anonymous = on\n"
             "listener.tcp.default = 127.0.0.1:0\n"
@@ -136,6 +144,9 @@ class MaxConnectionsTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_burst_never_exceeds_the_cap(self):
+        """A burst of ten clients against max_connections = 3 never has more than three
+        served at once; each one closed lets another in, until all ten have been
+        served, none refused."""
         cap, total = 3, 10
         broker = self.start_broker(
             "allow_anonymous = on\n"
@@ -232,6 +243,9 @@ class ProtocolVersionTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_default_refuses_mqtt5_raw(self):
+        """A listener with the default allowed_protocol_versions (3,4) refuses an MQTT 5.0
+        CONNECT with an unsupported-version CONNACK (5.0 reason 0x84 or 3.x code 1), closes
+        the connection and keeps no session."""
         client = yield self.raw_client(self.broker)
         client.send(connect_packet("v5", level=5))
         connack = yield client.read(2, what="CONNACK")
@@ -246,6 +260,8 @@ class ProtocolVersionTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_default_refuses_mqtt5_paho(self):
+        """A paho MQTT 5.0 client connecting to a listener that does not allow version 5 is
+        refused with reason 0x84 (Unsupported Protocol Version)."""
         client = self.paho(self.port_of(self.broker), "paho5", MQTTv5)
 
         def scenario():
@@ -258,6 +274,8 @@ class ProtocolVersionTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_listener_limited_to_311_refuses_31(self):
+        """A listener with allowed_protocol_versions = 4 refuses an MQTT 3.1 CONNECT with
+        CONNACK 1 (unacceptable protocol version) and closes the connection."""
         client = yield self.raw_client(self.broker, "tcp.only311")
         client.send(connect_packet("old", level=3))
         connack = yield client.read(4, what="CONNACK")
@@ -266,10 +284,13 @@ class ProtocolVersionTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_listener_limited_to_311_accepts_311(self):
+        """A listener with allowed_protocol_versions = 4 accepts an MQTT 3.1.1 client."""
         yield self.connected_raw_client(self.broker, "new", "tcp.only311")
 
     @inlineCallbacks
     def test_unknown_protocol_level_refused(self):
+        """A CONNECT with an unknown protocol level (6) is refused with CONNACK 1 and the
+        connection closed."""
         client = yield self.raw_client(self.broker)
         client.send(connect_packet("v6", level=6))
         connack = yield client.read(4, what="CONNACK")
@@ -281,6 +302,8 @@ class UnixSocketTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_unix_listener_serves_raw_client(self):
+        """A listener on local:PATH:0 serves MQTT over a unix socket (subscribe, publish,
+        get the message back) and removes the socket file when the broker stops."""
         tmp = tempfile.mkdtemp(prefix="vmqtw-")  # short: sun_path is 108 bytes
         self.addCleanup(shutil.rmtree, tmp, True)
         path = os.path.join(tmp, "broker.sock")
@@ -321,6 +344,8 @@ class IPv6Tests(BrokerTestCase):
 
     @inlineCallbacks
     def test_ipv6_loopback_listener(self):
+        """A listener on ::1:0 serves raw and paho clients over IPv6: CONNACK, and a QoS 2
+        message round-trips."""
         host, port = self.broker.listeners["tcp.v6"].address()
         self.assertEqual(host, "::1")
         client = yield self.raw_client(host="::1", port=port)

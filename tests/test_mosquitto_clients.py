@@ -7,7 +7,9 @@ import string
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from tests.support import BrokerTestCase, SubscriptionWatcher, run_process
+from tests.support import (
+    BrokerTestCase, SubscriptionWatcher, need_mosquitto_clients, run_process,
+)
 
 PUB = shutil.which("mosquitto_pub")
 SUB = shutil.which("mosquitto_sub")
@@ -15,10 +17,8 @@ SUB = shutil.which("mosquitto_sub")
 
 class MosquittoClientTests(BrokerTestCase):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)"
-
     def setUp(self):
+        need_mosquitto_clients()
         self.broker = self.start_broker()
         self.port = self.port_of(self.broker)
         self.watcher = SubscriptionWatcher(self.broker)
@@ -49,25 +49,39 @@ class MosquittoClientTests(BrokerTestCase):
         self.assertEqual(out, f"{qos} 0 {topic} hello {qos}\n".encode())
 
     def test_v31_qos0(self):
+        """mosquitto_sub and mosquitto_pub speaking MQTT 3.1 exchange a QoS 0 message:
+        received at QoS 0, not retained, with its topic and payload."""
         return self._round_trip("mqttv31", 0)
 
     def test_v31_qos1(self):
+        """mosquitto_sub and mosquitto_pub speaking MQTT 3.1 exchange a QoS 1 message:
+        received at QoS 1, not retained, with its topic and payload."""
         return self._round_trip("mqttv31", 1)
 
     def test_v31_qos2(self):
+        """mosquitto_sub and mosquitto_pub speaking MQTT 3.1 exchange a QoS 2 message:
+        received at QoS 2, not retained, with its topic and payload."""
         return self._round_trip("mqttv31", 2)
 
     def test_v311_qos0(self):
+        """mosquitto_sub and mosquitto_pub speaking MQTT 3.1.1 exchange a QoS 0 message:
+        received at QoS 0, not retained, with its topic and payload."""
         return self._round_trip("mqttv311", 0)
 
     def test_v311_qos1(self):
+        """mosquitto_sub and mosquitto_pub speaking MQTT 3.1.1 exchange a QoS 1 message:
+        received at QoS 1, not retained, with its topic and payload."""
         return self._round_trip("mqttv311", 1)
 
     def test_v311_qos2(self):
+        """mosquitto_sub and mosquitto_pub speaking MQTT 3.1.1 exchange a QoS 2 message:
+        received at QoS 2, not retained, with its topic and payload."""
         return self._round_trip("mqttv311", 2)
 
     @inlineCallbacks
     def test_retained(self):
+        """A retained QoS 1 message from mosquitto_pub is delivered to a mosquitto_sub
+        started afterwards, with the retain flag set, for MQTT 3.1 and 3.1.1."""
         for version in ("mqttv31", "mqttv311"):
             topic = f"mosq/retained/{version}"
             # QoS 1: mosquitto_pub exits only after the broker's PUBACK, so the
@@ -80,6 +94,8 @@ class MosquittoClientTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_100k_payload(self):
+        """A 100 KiB payload published from a file by mosquitto_pub reaches mosquitto_sub
+        byte for byte."""
         payload = "".join(random.choice(string.ascii_letters) for _ in range(100 * 1024))
         path = self.mktemp()
         with open(path, "w") as f:

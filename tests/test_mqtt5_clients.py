@@ -8,7 +8,6 @@ its clock as a parameter) instead of sleeping.
 from __future__ import annotations
 
 import shutil
-import threading
 from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
@@ -20,10 +19,9 @@ from twisted.internet.defer import inlineCallbacks
 from zope.interface import implementer
 
 from tests.support import (
-    TIMEOUT, BrokerTestCase, MQTTv311, MQTTv5, Paho, SubscriptionWatcher, in_thread,
-    run_process, stop_broker, when_session_event,
+    BrokerTestCase, MQTTv311, MQTTv5, Paho, SubscriptionWatcher, in_thread,
+    need_mosquitto_clients, read_packet, run_process, stop_broker, when_session_event,
 )
-from tests.test_protocol_raw import read_packet
 from vmqtw.auth.api import OK, IAuthOnRegister, IOnAuth, error, ok
 from vmqtw.config import load
 from vmqtw.service import BrokerService
@@ -172,15 +170,24 @@ class Paho5Tests(Broker5TestCase):
             self.assertEqual, (topic, b"payload \x00\xff", qos, False))
 
     def test_qos0_round_trip(self) -> Any:
+        """An MQTT 5.0 paho subscriber gets a QoS 0 message from a 5.0 publisher with its
+        topic and binary payload intact, at QoS 0 and without the retain flag."""
         return self._round_trip(0)
 
     def test_qos1_round_trip(self) -> Any:
+        """An MQTT 5.0 paho subscriber gets a QoS 1 message from a 5.0 publisher with its
+        topic and binary payload intact, at QoS 1 and without the retain flag."""
         return self._round_trip(1)
 
     def test_qos2_round_trip(self) -> Any:
+        """An MQTT 5.0 paho subscriber gets a QoS 2 message from a 5.0 publisher with its
+        topic and binary payload intact, at QoS 2 and without the retain flag."""
         return self._round_trip(2)
 
     def test_connack_announces_the_limits(self) -> Any:
+        """The 5.0 CONNACK announces Receive Maximum 65535, the configured Topic Alias
+        Maximum (10), retain, wildcard, subscription identifier and shared subscriptions
+        available, and no Maximum QoS (all QoS levels are supported)."""
         c = self.client("c")
 
         def scenario() -> Any:
@@ -194,6 +201,10 @@ class Paho5Tests(Broker5TestCase):
             self.assertEqual, (65535, 10, 1, 1, 1, 1, False))
 
     def test_properties_passed_through(self) -> Any:
+        """A PUBLISH's payload format indicator, content type, response topic, correlation
+        data and user properties (duplicates and order kept) reach the subscriber unchanged;
+        the message expiry interval arrives counted down (290-300 s of 300) and the
+        publisher's topic alias is not forwarded."""
         sub, pub = self.client("sub"), self.client("pub")
 
         def scenario() -> Any:
@@ -215,6 +226,9 @@ class Paho5Tests(Broker5TestCase):
             [("z", "1"), ("a", "2"), ("z", "3")], False))
 
     def test_request_response(self) -> Any:
+        """MQTT 5.0 request/response: the responder reads the request's response topic and
+        correlation data and answers there; the requester receives the answer with the same
+        correlation data."""
         requester, responder = self.client("req"), self.client("resp")
 
         def scenario() -> Any:
@@ -235,6 +249,10 @@ class Paho5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_session_expiry_resume_and_end(self) -> Any:
+        """A client with Session Expiry Interval 60 that disconnects keeps its session: on
+        return with clean start off the CONNACK says session present and the three QoS 1
+        messages published meanwhile arrive in order; disconnecting with Session Expiry
+        Interval 0 ends the session at once."""
         durable, pub = self.client("durable"), self.client("pub")
 
         def first_visit() -> None:
@@ -265,6 +283,9 @@ class Paho5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_session_without_expiry_ends_at_disconnect(self) -> Any:
+        """A 5.0 session without a Session Expiry Interval (0 by default) is removed when
+        the client disconnects, even with clean start off: the session is gone, not
+        offline."""
         c = self.client("c")
         gone = when_session_event(self.broker, c.client_id, ["gone", "offline"])
 
@@ -278,6 +299,10 @@ class Paho5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_message_expiry(self) -> Any:
+        """A queued message whose Message Expiry Interval runs out while its subscriber is
+        offline is dropped (and counted); the others are delivered, with the expiry interval
+        reduced by the time they waited (100 - 40 s) and none added to a message that had
+        none."""
         clock = ShiftedClock(reactor)
         self.broker.broker.clock = clock
         durable, pub = self.client("durable"), self.client("pub")
@@ -306,6 +331,9 @@ class Paho5Tests(Broker5TestCase):
         self.assertEqual(self.broker.broker.sessions[("", durable.client_id)].dropped, 1)
 
     def test_subscription_identifiers(self) -> Any:
+        """A message matching two of a client's subscriptions is delivered once, carrying
+        both subscription identifiers, at the highest granted QoS; a message matching one
+        carries only that one's identifier and its QoS."""
         sub, pub = self.client("sub"), self.client("pub")
 
         def scenario() -> Any:
@@ -323,6 +351,9 @@ class Paho5Tests(Broker5TestCase):
             self.assertEqual, [(b"both", 2, [7, 8]), (b"one", 0, [7])])
 
     def test_no_local(self) -> Any:
+        """With the No Local option a client does not get its own messages back on that
+        subscription, while other subscribers get them and it still gets messages from other
+        clients."""
         me, other = self.client("me"), self.client("other")
 
         def scenario() -> Any:
@@ -344,6 +375,10 @@ class Paho5Tests(Broker5TestCase):
             self.assertEqual, (b"mine", b"marker", b"theirs"))
 
     def test_retain_handling_and_retain_as_published(self) -> Any:
+        """Retain Handling 2 never sends the retained message, 1 sends it only for a new
+        subscription (not on re-subscribing), 0 always sends it (retain flag set); live
+        messages arrive with retain cleared unless the subscription has Retain As
+        Published."""
         sub, pub = self.client("sub"), self.client("pub")
 
         def scenario() -> Any:
@@ -369,6 +404,9 @@ class Paho5Tests(Broker5TestCase):
             (b"live1", False), (b"kept", True), (b"live2", True)])
 
     def test_topic_alias_from_paho(self) -> Any:
+        """Topic aliases set by a 5.0 publisher (full topic with alias 3, then an empty
+        topic with alias 3) are resolved by the broker: both a 5.0 and a 3.1.1 subscriber
+        receive all three messages under the full topic."""
         sub, pub, old = self.client("sub"), self.client("pub"), self.client("old")
         old_client = Paho(self.port, "v5-old311", MQTTv311)
         self.addCleanup(lambda: in_thread(old_client.close))
@@ -389,6 +427,9 @@ class Paho5Tests(Broker5TestCase):
         return in_thread(scenario).addCallback(self.assertEqual, (expected, expected))
 
     def test_topic_alias_above_the_maximum(self) -> Any:
+        """A client using a topic alias above the broker's Topic Alias Maximum (11 > 10) is
+        disconnected with reason 0x94 (Topic Alias invalid), and another client keeps being
+        served."""
         bad, bystander = self.client("bad"), self.client("bystander")
 
         def scenario() -> Any:
@@ -403,6 +444,9 @@ class Paho5Tests(Broker5TestCase):
         return in_thread(scenario).addCallback(self.assertEqual, (0x94, b"still here"))
 
     def test_shared_subscription(self) -> Any:
+        """Messages to a $share/g/ group are split between its two members, each message
+        delivered to exactly one of them, and no retained message is sent on subscribing to
+        a shared subscription."""
         a, b, pub = self.client("a"), self.client("b"), self.client("pub")
 
         def scenario() -> Any:
@@ -422,6 +466,9 @@ class Paho5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_will_delay(self) -> Any:
+        """A will with Will Delay Interval 1 s, on a session that outlives the connection,
+        is published about 1 s after the client drops (not earlier), with its user
+        property."""
         watcher, dying = self.client("watcher"), self.client("dying")
         will = Properties(PacketTypes.WILLMESSAGE)
         will.WillDelayInterval = 1
@@ -447,6 +494,9 @@ class Paho5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_will_delay_cancelled_by_resuming(self) -> Any:
+        """A delayed will (30 s) waits after the client drops; when the client resumes its
+        session before the delay runs out the will timer is cancelled and the will is
+        discarded, never sent."""
         dying = self.client("dying")
         will = Properties(PacketTypes.WILLMESSAGE)
         will.WillDelayInterval = 30
@@ -468,6 +518,8 @@ class Paho5Tests(Broker5TestCase):
         self.assertIsNone(session.will)
 
     def test_no_authentication_plugin(self) -> Any:
+        """A CONNECT with an Authentication Method when no plugin handles enhanced
+        authentication is refused with reason 0x8C (Bad authentication method)."""
         c = self.client("c")
 
         def scenario() -> Any:
@@ -478,6 +530,8 @@ class Paho5Tests(Broker5TestCase):
         return in_thread(scenario).addCallback(self.assertEqual, 0x8C)
 
     def test_mqtt5_refused_where_not_allowed(self) -> Any:
+        """On a listener whose allowed_protocol_versions omit 5, a 5.0 CONNECT is refused
+        with reason 0x84 (Unsupported Protocol Version)."""
         c = Paho5(self.port_of(self.broker, "tcp.old"), "v5-refused")
         self.addCleanup(lambda: in_thread(c.close))
 
@@ -489,6 +543,9 @@ class Paho5Tests(Broker5TestCase):
         return in_thread(scenario).addCallback(self.assertEqual, 0x84)
 
     def test_v5_publisher_v311_subscriber_and_back(self) -> Any:
+        """Messages cross between an MQTT 5.0 and a 3.1.1 client in both directions at QoS
+        0, 1 and 2 with topic, payload and QoS kept; the 5.0 subscriber also gets its
+        subscription identifier."""
         new = self.client("new")
         old = Paho(self.port, "v5-interop-311", MQTTv311)
         self.addCleanup(lambda: in_thread(old.close))
@@ -562,6 +619,9 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_receive_maximum_exceeded_by_the_client(self) -> Any:
+        """A client that sends more unacknowledged QoS 2 PUBLISHes than the broker's Receive
+        Maximum (2) is disconnected with reason 0x93 (Receive Maximum exceeded); another
+        client stays connected and is answered."""
         bystander = yield self.connected("bystander")
         bad = yield self.connected("bad")
         for pid in (1, 2):
@@ -574,6 +634,8 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_packet_above_the_broker_maximum(self) -> Any:
+        """A PUBLISH larger than max_message_size (200 bytes) gets the client disconnected
+        with reason 0x95 (Packet too large); another client stays connected."""
         bystander = yield self.connected("bystander")
         bad = yield self.connected("bad")
         bad.send(publish5_packet("x", b"y" * 300))
@@ -582,6 +644,9 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_duplicate_property(self) -> Any:
+        """A PUBLISH carrying a property that may appear only once twice (content type) gets
+        the client disconnected with reason 0x82 (Protocol Error); another client stays
+        connected."""
         bystander = yield self.connected("bystander")
         bad = yield self.connected("bad")
         bad.send(publish5_packet("x", b"y", 0, 1, b"\x03" + _s("a"), b"\x03" + _s("b")))
@@ -590,6 +655,8 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_malformed_property(self) -> Any:
+        """A PUBLISH with an unknown property identifier gets the client disconnected with
+        reason 0x81 (Malformed Packet); another client stays connected."""
         bystander = yield self.connected("bystander")
         bad = yield self.connected("bad")
         bad.send(publish5_packet("x", b"y", 0, 1, b"\x7f\x00"))
@@ -598,6 +665,9 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_topic_alias_out_of_range(self) -> Any:
+        """A raw PUBLISH using topic alias 11 when the broker allows 10 gets the client
+        disconnected with reason 0x94 (Topic Alias invalid); another client stays
+        connected."""
         bystander = yield self.connected("bystander")
         bad = yield self.connected("bad")
         bad.send(publish5_packet("x", b"y", 0, 1, b"\x23\x00\x0b"))  # alias 11 > 10
@@ -606,6 +676,10 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_outbound_topic_aliases(self) -> Any:
+        """To a subscriber with Topic Alias Maximum 2 the broker assigns aliases to outgoing
+        topics: the first message of a topic carries the topic and a new alias, repeats
+        carry an empty topic and the alias, and once both aliases are used a new topic goes
+        out in full without one."""
         sub = yield self.connected("sub", b"\x22\x00\x02")  # topic alias maximum 2
         body = b"\x00\x01\x00" + _s("ta/#") + b"\x00"
         sub.send(b"\x82" + vbi(len(body)) + body)
@@ -624,6 +698,9 @@ class RawMQTT5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_broker_respects_the_client_receive_maximum(self) -> Any:
+        """With a subscriber's Receive Maximum 2 the broker has at most two QoS 1 PUBLISHes
+        unacknowledged towards it and holds the rest; each PUBACK releases the next, so all
+        five arrive, in order."""
         sub = yield self.connected("sub", p_receive_max(2))
         body = b"\x00\x01\x00" + _s("rm/t") + b"\x01"
         sub.send(b"\x82" + vbi(len(body)) + body)
@@ -674,6 +751,10 @@ class EnhancedAuthTests(Broker5TestCase):
 
     @inlineCallbacks
     def test_challenge_response_then_reauthentication(self) -> Any:
+        """Enhanced authentication: a CONNECT with an Authentication Method gets an AUTH
+        challenge (0x18 continue), the right answer gets a CONNACK success with the plugin's
+        data; a re-authentication (AUTH 0x19) while connected goes through the same
+        challenge and ends with AUTH success (0x00)."""
         c = yield self.raw_client(self.broker)
         c.send(connect5_packet("enh", p_auth_method("CHAL"), p_auth_data(b"hello")))
         first, body = yield read_packet(c, "AUTH")
@@ -696,6 +777,8 @@ class EnhancedAuthTests(Broker5TestCase):
 
     @inlineCallbacks
     def test_wrong_answer(self) -> Any:
+        """A wrong answer to the enhanced authentication challenge is refused with CONNACK
+        0x87 (Not authorized), and the broker closes the connection."""
         c = yield self.raw_client(self.broker)
         c.send(connect5_packet("enh", p_auth_method("CHAL")))
         yield read_packet(c, "AUTH")
@@ -711,10 +794,8 @@ class EnhancedAuthTests(Broker5TestCase):
 
 class Mosquitto5Tests(Broker5TestCase):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)"
-
     def setUp(self) -> None:
+        need_mosquitto_clients()
         self.broker = self.start_broker5(CONFIG5)
         self.port = self.port_of(self.broker)
         self.watcher = SubscriptionWatcher(self.broker)
@@ -747,6 +828,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_round_trips(self) -> Any:
+        """mosquitto_sub and mosquitto_pub speaking MQTT 5.0 exchange a message at QoS 0, 1
+        and 2, received with the same QoS, topic and payload and without the retain flag."""
         for qos in (0, 1, 2):
             topic = f"mq5/rt/{qos}"
             out = yield self.exchange(topic, (), ("-m", f"hello {qos}"), "%q %r %t %p", qos=qos)
@@ -754,6 +837,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_user_properties_in_order(self) -> Any:
+        """User properties sent by mosquitto_pub reach mosquitto_sub in their original
+        order, a repeated name included."""
         out = yield self.exchange(
             "mq5/up", (), ("-m", "x", "-D", "publish", "user-property", "b", "1",
                            "-D", "publish", "user-property", "a", "2",
@@ -762,6 +847,9 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_content_type_response_topic_correlation_data_expiry(self) -> Any:
+        """Content type, response topic, correlation data and payload format indicator set
+        by mosquitto_pub arrive unchanged at mosquitto_sub; the message expiry interval
+        arrives counted down (115-120 of 120 s)."""
         out = yield self.exchange(
             "mq5/props", (), ("-m", "x", "-D", "publish", "content-type", "text/plain",
                               "-D", "publish", "response-topic", "mq5/reply",
@@ -776,12 +864,17 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_subscription_identifier(self) -> Any:
+        """mosquitto_sub's subscription identifier (7) comes back on the messages delivered
+        for that subscription."""
         out = yield self.exchange("mq5/sid", ("-D", "subscribe", "subscription-identifier", "7"),
                                   ("-m", "x"), "%S %p")
         self.assertEqual(out, "7 x\n")
 
     @inlineCallbacks
     def test_session_expiry_resume(self) -> Any:
+        """A mosquitto_sub session with clean start off and session expiry 60 s outlives its
+        connection: a QoS 1 message published while it is away is delivered when it
+        reconnects with the same client id."""
         ident = ["-i", "mq5-durable", "-c", "-x", "60"]
         # Subscribe and leave at once (-E): the session stays for 60 s.
         out, err, code = yield run_process(SUB, self.common() + [
@@ -796,6 +889,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_topic_alias_from_mosquitto_pub(self) -> Any:
+        """Lines sent by mosquitto_pub with topic alias 1 (full topic once, then the alias)
+        are delivered to a 3.1.1 subscriber under the full topic, all three in order."""
         lines = ["one", "two", "three"]
         received = self.sub("mq5/alias", count=3, fmt="%t %p", version="mqttv311")
         yield self.watcher.wait("mq5/alias")
@@ -820,6 +915,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_v5_to_v311_and_back(self) -> Any:
+        """A 5.0 mosquitto_pub message with a user property reaches a 3.1.1 subscriber;
+        a 3.1.1 publisher's message reaches a 5.0 subscriber with no user properties."""
         out = yield self.exchange("mq5/to311", (), ("-m", "x", "-D", "publish", "user-property",
                                                     "k", "v"),
                                   "%q %t %p", sub_version="mqttv311")
@@ -830,6 +927,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_authentication_method_without_a_plugin(self) -> Any:
+        """mosquitto_pub with an authentication method the broker has no plugin for is
+        refused (Bad authentication method) and exits with an error."""
         out, err, code = yield self.pub("mq5/x", "-m", "y",
                                         "-D", "connect", "authentication-method", "SCRAM-SHA-1")
         self.assertNotEqual(code, 0)
@@ -837,6 +936,8 @@ class Mosquitto5Tests(Broker5TestCase):
 
     @inlineCallbacks
     def test_refused_where_5_is_not_allowed(self) -> Any:
+        """mosquitto_pub speaking 5.0 to a listener that does not allow version 5 is refused
+        with an unsupported protocol version error."""
         out, err, code = yield run_process(
             PUB, self.common(listener="tcp.old") + ["-t", "x", "-m", "y"])
         self.assertNotEqual(code, 0)

@@ -12,6 +12,8 @@ from tests.support import REPO
 class PluginTests(unittest.TestCase):
 
     def test_twistd_finds_the_vmqtw_plugin(self):
+        """twistd's plugin system finds the vmqtw service maker (tap name vmqtw, module
+        vmqtw.tap, with its Options)."""
         from twisted.application.service import IServiceMaker
         from twisted.plugin import getPlugins
 

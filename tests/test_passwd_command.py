@@ -14,7 +14,9 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
-from tests.support import BrokerTestCase, SubscriptionWatcher, run_process, stop_broker
+from tests.support import (
+    BrokerTestCase, SubscriptionWatcher, need_mosquitto_clients, run_process, stop_broker,
+)
 from vmqtw.config import load
 from vmqtw.service import BrokerService
 
@@ -26,10 +28,8 @@ COMMAND = [SCRIPT] if SCRIPT else [sys.executable, "-m", "vmqtw.auth.passwd_cli"
 
 class PasswdCommandTests(BrokerTestCase):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed (apt-get install mosquitto-clients)"
-
     def setUp(self) -> None:
+        need_mosquitto_clients()
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.passwd = os.path.join(self.dir, "vmq.passwd")
@@ -61,6 +61,10 @@ class PasswdCommandTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_created_file_lets_mosquitto_pub_in(self):
+        """vmq-passwd -c creates a mode 0600 file of SHA-512 crypt hashes (no clear text, a
+        colon allowed in the password) and adds users to it; the broker lets those users in,
+        refuses a wrong password (CONNACK 4), and after -D and a reload the removed user is
+        unknown (CONNACK 5)."""
         out, err, code = yield self.vmq_passwd("-c", "--password-stdin", self.passwd, "alice",
                                                password="s3cret: with colon")
         self.assertEqual((code, err), (0, b""), out)
@@ -97,6 +101,8 @@ class PasswdCommandTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_create_refuses_an_existing_file(self):
+        """vmq-passwd -c refuses to overwrite an existing file (exit 1, already exists), and
+        the first password stays valid for the broker."""
         out, err, code = yield self.vmq_passwd("-c", "--password-stdin", self.passwd, "alice",
                                                password="one")
         self.assertEqual(code, 0, err)

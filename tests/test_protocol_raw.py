@@ -46,6 +46,9 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_unacknowledged_qos1_is_resent_with_dup_on_reconnect(self):
+        """A QoS 1 message a persistent-session subscriber received but never acknowledged
+        is resent with DUP set and the same packet id when it reconnects (CONNACK session
+        present); its subscription survives and a new message arrives without DUP."""
         sub = yield self.subscribed("inflight", "r/t", 1, clean=False)
         pub = yield self.connected_raw_client(self.broker, "pub")
         pub.send(publish_packet("r/t", b"hello", qos=1, packet_id=5))
@@ -70,6 +73,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_qos2_publish_sent_twice_is_delivered_once(self):
+        """A QoS 2 PUBLISH resent with DUP before PUBREL gets a second PUBREC but is routed
+        once: the subscriber gets it once, followed by the next message."""
         sub = yield self.subscribed("q2sub", "d/#", 0)
         pub = yield self.connected_raw_client(self.broker, "q2pub")
         pub.send(publish_packet("d/t", b"once", qos=2, packet_id=9))
@@ -88,6 +93,9 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_qos2_outgoing_flow(self):
+        """A QoS 2 message goes through the whole flow on both sides: PUBREC/PUBREL/PUBCOMP
+        with the publisher, PUBLISH/PUBREC/PUBREL/PUBCOMP with the subscriber, after which
+        the session has nothing in flight."""
         sub = yield self.subscribed("q2out", "o/t", 2)
         pub = yield self.connected_raw_client(self.broker, "q2outpub")
         pub.send(publish_packet("o/t", b"exactly once", qos=2, packet_id=1))
@@ -107,6 +115,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_unsubscribe_stops_delivery(self):
+        """After UNSUBSCRIBE (answered by UNSUBACK with its packet id) a client gets no more
+        messages on that filter, only the later marker it is still subscribed to."""
         sub = yield self.subscribed("unsub", "u/#", 0)
         sub.send(b"\xa2" + varint(2 + 2 + 3) + b"\x00\x02" + utf8("u/#"))
         self.assertEqual((yield sub.read(4, what="UNSUBACK")), b"\xb0\x02\x00\x02")
@@ -119,6 +129,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_wildcards_do_not_match_dollar_topics(self):
+        """Topics beginning with $ are not matched by filters starting with a wildcard (# or
+        +/x): the subscriber gets only the ordinary topic."""
         sub = yield self.subscribed("dollar", "#", 0)
         sub.send(subscribe_packet("+/x", 0, 2))
         self.assertEqual((yield sub.read(5)), b"\x90\x03\x00\x02\x00")
@@ -131,6 +143,9 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_client_id_rules(self):
+        """An empty client id is accepted only with clean session in 3.1.1 (the server
+        assigns one); an empty id without clean session, an empty id in 3.1, and an id
+        longer than max_client_id_size (100) are refused with CONNACK 2 and closed."""
         cases = [
             (connect_packet("", level=4, clean=True), 0x00),   # server assigns an id
             (connect_packet("", level=4, clean=False), 0x02),
@@ -150,6 +165,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_keepalive_timeout_closes_connection(self):
+        """A client silent for 1.5 times its keep-alive (1 s) is disconnected by the
+        broker."""
         client = yield self.raw_client(self.broker)
         client.send(connect_packet("sleepy", keepalive=1))
         self.assertEqual((yield client.read(4)), CONNACK_OK)
@@ -158,6 +175,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_pingreq_keeps_connection_alive_past_keepalive(self):
+        """PINGREQs every half keep-alive are each answered with PINGRESP and keep the
+        connection open past 1.5 times the keep-alive."""
         client = yield self.raw_client(self.broker)
         client.send(connect_packet("pinger", keepalive=1))
         self.assertEqual((yield client.read(4)), CONNACK_OK)
@@ -169,6 +188,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_stop_closes_every_connection(self):
+        """Stopping the broker closes every connection, a connected client's and one that
+        has not sent CONNECT yet."""
         connected = yield self.connected_raw_client(self.broker, "stopme")
         silent = yield self.raw_client(self.broker)  # no CONNECT yet
         yield with_timeout(self.broker.listeners["tcp.default"].limiter.when(lambda n: n == 2))
@@ -191,6 +212,8 @@ class RawProtocolTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_subscribe_to_several_filters_at_once(self):
+        """One SUBSCRIBE with three filters at QoS 0, 1 and 2 gets one SUBACK granting each
+        at its QoS, in order."""
         client = yield self.connected_raw_client(self.broker, "multi")
         body = b"\x00\x09" + utf8("m/0") + b"\x00" + utf8("m/1") + b"\x01" + utf8("m/2") + b"\x02"
         client.send(b"\x82" + varint(len(body)) + body)
@@ -201,6 +224,8 @@ class LimitsTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_offline_queue_limit(self):
+        """max_offline_messages = 2 keeps the first two messages queued for an offline
+        persistent session and drops the later ones (fifo), delivered when it comes back."""
         broker = self.start_broker(
             "allow_anonymous = on\nlistener.tcp.default = 127.0.0.1:0\n"
             "max_offline_messages = 2\n")
@@ -230,6 +255,8 @@ class LimitsTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_max_connection_lifetime(self):
+        """A listener's max_connection_lifetime (1 s) makes the broker close a connection
+        after that time."""
         broker = self.start_broker(
             "allow_anonymous = on\nlistener.tcp.default = 127.0.0.1:0\n"
             "listener.tcp.default.max_connection_lifetime = 1\n")
@@ -238,6 +265,8 @@ class LimitsTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_will_stays_in_its_mountpoint(self):
+        """A will is published in its client's mountpoint: a subscriber in the same
+        mountpoint gets it, one on the same topic in another mountpoint does not."""
         broker = self.start_broker(
             "allow_anonymous = on\n"
             "listener.tcp.a = 127.0.0.1:0\nlistener.tcp.a.mountpoint = a\n"
@@ -314,14 +343,20 @@ class WillTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_takeover_publishes_will(self):
+        """When a second client takes over a client id, the first connection's will is
+        published (before later messages)."""
         self.assertEqual((yield self._takeover(False)), [b"first died", b"marker"])
 
     @inlineCallbacks
     def test_takeover_will_suppressed(self):
+        """With suppress_lwt_on_session_takeover on, a session takeover does not publish the
+        old connection's will."""
         self.assertEqual((yield self._takeover(True)), [b"marker"])
 
     @inlineCallbacks
     def test_retained_will(self):
+        """A will with the retain flag is retained: a client subscribing after the will was
+        published gets it as a retained QoS 1 message."""
         broker = self.start_broker()
         port = self.port_of(broker)
         dying = self.paho(port, "dying", will=("status/dying", b"offline", 1, True))

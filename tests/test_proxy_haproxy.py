@@ -14,7 +14,6 @@ every RegisterRequest.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import socket
@@ -28,7 +27,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
 from tests.proxy_support import HAProxy, haproxy_path
@@ -38,7 +36,7 @@ from tests.support import (
 )
 from vmqtw.auth.api import OK, IAuthOnRegister
 from vmqtw.config import load
-from vmqtw.service import BrokerService, StartupError
+from vmqtw.service import BrokerService
 from vmqtw.transport.identity import preauth_username
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -67,12 +65,6 @@ def proxy_config(extra: str = "", allow_anonymous: bool = True, kind: str = "tcp
     return (f"allow_anonymous = {'on' if allow_anonymous else 'off'}\n"
             f"listener.{kind}.edge = 127.0.0.1:0\n"
             f"listener.{kind}.edge.proxy_protocol = on\n" + extra)
-
-
-def preauth_is_wired() -> bool:
-    """Whether MQTTProtocol applies identity.preauth_username to CONNECT yet."""
-    from vmqtw.transport import protocol
-    return "preauth_username" in inspect.getsource(protocol)
 
 
 @implementer(IAuthOnRegister)
@@ -141,6 +133,8 @@ class ProxyListenerTests(ProxyCase):
 
     @inlineCallbacks
     def test_v1_header_then_connect_in_one_segment(self):
+        """A PROXY v1 header followed by CONNECT in the same segment is parsed: the client
+        is served and its session's peer is the address in the header; nothing is logged."""
         client = yield self.raw_client(self.broker, "tcp.edge")
         client.send(b"PROXY TCP4 198.51.100.22 127.0.0.1 35646 1883\r\n" + connect_packet("v1"))
         self.assertEqual((yield client.read(4, what="CONNACK")), CONNACK_OK)
@@ -149,6 +143,9 @@ class ProxyListenerTests(ProxyCase):
 
     @inlineCallbacks
     def test_v2_header_one_byte_per_write(self):
+        """A PROXY v2 header (IPv6, with an SSL TLV carrying a CN) written one byte at a
+        time is reassembled: the session's peer is the header's address and the CN becomes
+        the pre-auth user name."""
         client = yield self.raw_client(self.broker, "tcp.edge")
         header = v2_header("2001:db8::7", "::1", 50000, 1883, ssl_cn_tlv("alice"))
         for i in range(len(header)):
@@ -164,6 +161,8 @@ class ProxyListenerTests(ProxyCase):
 
     @inlineCallbacks
     def test_local_command_uses_the_socket_peer(self):
+        """A PROXY v2 header with the LOCAL command (a health check) is accepted and the
+        session's peer is the socket's own address."""
         client = yield self.raw_client(self.broker, "tcp.edge")
         client.send(SIG + b"\x20\x00\x00\x00" + connect_packet("local"))
         self.assertEqual((yield client.read(4, what="CONNACK")), CONNACK_OK)
@@ -197,6 +196,8 @@ class ProxyListenerTests(ProxyCase):
 
     @inlineCallbacks
     def test_garbled_header_is_refused(self):
+        """A PROXY v1 header with an out-of-range port closes the connection without any
+        answer, and the broker logs one line saying bad port."""
         client = yield self.raw_client(self.broker, "tcp.edge")
         client.send(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 65536\r\n" + connect_packet("g"))
         yield client.when_closed()
@@ -206,6 +207,9 @@ class ProxyListenerTests(ProxyCase):
 
     @inlineCallbacks
     def test_unix_socket_listener(self):
+        """A unix socket listener with proxy_protocol on takes the client address from the
+        PROXY header (IPv6 here), and a client without a header is closed without an answer,
+        with one log line naming the local: listener."""
         broker, _ = self.unix_broker()
         client = yield self.raw_client(broker, "tcp.local")
         client.send(b"PROXY TCP6 2001:db8::9 ::1 4242 1883\r\n" + connect_packet("u"))
@@ -220,6 +224,8 @@ class ProxyListenerTests(ProxyCase):
 
     @inlineCallbacks
     def test_header_timeout_on_a_real_socket(self):
+        """A client that sends only part of a PROXY header is closed after the layer's
+        timeout, with a log line giving the timeout and how many bytes arrived."""
         # 10 s in production; shortened on this listener's layer for the test
         self.proxy_layer(self.broker, "tcp.edge").timeout = 0.3
         client = yield self.raw_client(self.broker, "tcp.edge")
@@ -242,7 +248,7 @@ def paho_in_thread_local_port(client: Paho) -> int:
 class HAProxyTests(ProxyCase):
 
     def setUp(self) -> None:
-        haproxy_path()  # SkipTest only when haproxy is not installed
+        haproxy_path()  # skips (fails under CI) when haproxy is not installed
 
     @inlineCallbacks
     def test_unix_socket_listener_behind_send_proxy_v2(self):
@@ -282,6 +288,9 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_send_proxy_v1(self):
+        """Behind haproxy with send-proxy (v1) the session's peer is the paho client's
+        address and port, not haproxy's outgoing socket, and the destination is haproxy's
+        frontend port."""
         broker = self.start(proxy_config())
         proxy = self.haproxy(self.port_of(broker, "tcp.edge"), "send-proxy")
         client = self.paho(proxy.port, "through-v1")
@@ -302,6 +311,9 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_send_proxy_v2_with_crc32c_and_unique_id(self):
+        """Behind haproxy with send-proxy-v2, crc32c and unique-id, the client exchanges
+        messages, its session's peer is the client's address, the CRC32C TLV is present (and
+        was verified) and the unique id arrives; there is no SSL information."""
         broker = self.start(proxy_config())
         proxy = self.haproxy(self.port_of(broker, "tcp.edge"),
                              "send-proxy-v2 proxy-v2-options crc32c,unique-id",
@@ -326,6 +338,9 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_direct_connection_to_the_proxy_listener_is_refused(self):
+        """While haproxy's clients are served, a client connecting directly to the
+        proxy_protocol listener is closed without an answer or session, and one line is
+        logged."""
         log = self.proxy_log()
         broker = self.start(proxy_config())
         proxy = self.haproxy(self.port_of(broker, "tcp.edge"), "send-proxy-v2")
@@ -379,6 +394,9 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_tls_termination_with_client_certificate(self):
+        """With haproxy terminating TLS (send-proxy-v2-ssl-cn), the client certificate's CN,
+        the verify result, TLS version and cipher reach the broker; the CN is the pre-auth
+        user name and auth plugins see the client's address as the peer."""
         certs = self.certs()
         plugin = RecordRegister()
         broker = self.start(proxy_config(allow_anonymous=False), [("record", plugin)])
@@ -404,9 +422,9 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_tls_cn_replaces_the_connect_username_in_auth(self):
-        if not preauth_is_wired():
-            raise SkipTest("MQTTProtocol does not call identity.preauth_username yet "
-                           "(the lead wires it); CN checked at the identity level above")
+        """With proxy_protocol_use_cn_as_username on (the default) the certificate CN
+        replaces the CONNECT user name given to auth plugins; with it off the CONNECT user
+        name stays; the password is passed either way."""
         certs = self.certs()
         plugin = RecordRegister()
         broker = self.start(proxy_config(allow_anonymous=False) +
@@ -431,6 +449,9 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_tls_without_client_certificate_gives_no_cn(self):
+        """When haproxy terminates TLS for a client without a certificate (verify optional),
+        the SSL TLV says TLS without a certificate, there is no CN and no pre-auth user
+        name."""
         certs = self.certs()
         broker = self.start(proxy_config())
         proxy = self.tls_proxy(broker, certs, "tcp.edge", verify="optional")
@@ -447,13 +468,8 @@ class HAProxyTests(ProxyCase):
     # -- WebSocket listeners ------------------------------------------------------
 
     def start_ws(self, extra: str = "", plugins: Any = None) -> BrokerService:
-        try:
-            return self.start(proxy_config(extra, allow_anonymous=plugins is None, kind="ws"),
-                              plugins)
-        except StartupError as e:
-            if "not supported yet" in str(e):
-                raise SkipTest(f"no WebSocket layer yet: {e}")
-            raise
+        return self.start(proxy_config(extra, allow_anonymous=plugins is None, kind="ws"),
+                          plugins)
 
     def ws_paho(self, port: int, client_id: str, certs: dict[str, str] | None = None) -> Paho:
         client = self.paho(port, client_id)
@@ -473,6 +489,8 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_ws_listener_behind_send_proxy_v2(self):
+        """A ws listener with proxy_protocol on, behind haproxy's send-proxy-v2, serves a
+        paho WebSocket client with the client's own address as its session's peer."""
         broker = self.start_ws()
         proxy = self.haproxy(self.port_of(broker, "ws.edge"), "send-proxy-v2")
         client = self.ws_paho(proxy.port, "ws-through")
@@ -486,6 +504,10 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_ws_listener_tls_termination_cn(self):
+        """A ws listener behind haproxy terminating TLS takes the certificate CN as the user
+        name (proxy_protocol_use_cn_as_username defaults to on for ws too): pre-auth user
+        name and the auth plugin's request both say alice, with the client's address as
+        peer."""
         certs = self.certs()
         plugin = RecordRegister()
         broker = self.start_ws(plugins=[("record", plugin)])
@@ -505,11 +527,12 @@ class HAProxyTests(ProxyCase):
         self.assertEqual(preauth_username(session.conn.transport, listener), "alice")
         (request,) = plugin.requests
         self.assertEqual(request.peer, ("127.0.0.1", port))
-        if preauth_is_wired():
-            self.assertEqual(request.username, "alice")
+        self.assertEqual(request.username, "alice")
 
     @inlineCallbacks
     def test_ws_direct_connection_is_refused(self):
+        """A direct WebSocket upgrade to a ws listener with proxy_protocol on, without a
+        PROXY header, is closed without even an HTTP answer, and one line is logged."""
         log = self.proxy_log()
         broker = self.start_ws()
         client = yield self.raw_client(broker, "ws.edge")

@@ -66,25 +66,38 @@ class BadPacketTests(BrokerTestCase):
         return client
 
     def test_garbage_after_connect(self):
+        """Bytes that are no MQTT packet after a successful CONNECT close that connection
+        only; the broker keeps routing for the other clients and routes nothing of the
+        garbage."""
         return self.assert_closed_after(b"\x00\x01\x02\x03 garbage \xff\xff")
 
     def test_garbage_instead_of_connect(self):
+        """An HTTP request where a CONNECT should be closes that connection only; other
+        clients keep being served."""
         return self.assert_closed_after(b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n",
                                         connect_first=False)
 
     def test_publish_with_qos_3(self):
+        """A PUBLISH with QoS 3 (a malformed packet) closes that connection and is not
+        routed; other clients keep being served."""
         body = utf8("qos3") + b"\x00\x01" + b"payload"
         return self.assert_closed_after(b"\x36" + varint(len(body)) + body)
 
     def test_remaining_length_of_five_bytes(self):
+        """A remaining length encoded in more than four bytes (malformed) closes that
+        connection; other clients keep being served."""
         return self.assert_closed_after(b"\x30\xff\xff\xff\xff\x01")
 
     def test_oversize_publish(self):
+        """A PUBLISH larger than max_message_size (1024) closes that connection and is not
+        routed; other clients keep being served."""
         # 1024 is the limit; this packet is about 2 KB and must not be routed.
         return self.assert_closed_after(publish_packet("big", b"x" * 2000, qos=1))
 
     @inlineCallbacks
     def test_publish_under_the_size_limit_is_routed(self):
+        """A PUBLISH under max_message_size is routed in full and its sender stays
+        connected."""
         client = yield self.connected_raw_client(self.broker, "ok")
         client.send(publish_packet("fits", b"y" * 900))
 
@@ -96,16 +109,25 @@ class BadPacketTests(BrokerTestCase):
         self.assertFalse(client.is_closed)
 
     def test_second_connect(self):
+        """A second CONNECT on a connection is a protocol violation: that connection is
+        closed, others keep being served."""
         return self.assert_closed_after(connect_packet("again"))
 
     def test_publish_before_connect(self):
+        """A PUBLISH before CONNECT closes the connection without routing it; other clients
+        keep being served."""
         return self.assert_closed_after(publish_packet("early", b"x"), connect_first=False)
 
     def test_invalid_topic_with_wildcard(self):
+        """A PUBLISH to a topic name containing a wildcard closes the connection without
+        routing it; other clients keep being served."""
         return self.assert_closed_after(publish_packet("a/+/b", b"x"))
 
     @inlineCallbacks
     def test_many_bad_clients_at_once(self):
+        """Several clients sending different malformed packets at once are each closed and
+        their sessions removed, while the broker keeps routing for the well-behaved
+        clients."""
         bad = [
             b"\x00\x00",
             b"\x36\x05\x00\x01t\x00\x01",
@@ -131,6 +153,9 @@ class ConnectTimeoutTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_silent_client_is_dropped(self):
+        """A client that sends nothing after opening a connection is closed without any
+        answer after mqtt_connect_timeout, while a connected client is unaffected (the timer
+        applies only before CONNECT)."""
         connected = yield self.connected_raw_client(self.broker, "talker")
         silent = yield self.raw_client(self.broker)
         # mqtt_connect_timeout is 200 ms; allow plenty for a loaded machine.
@@ -154,6 +179,9 @@ class SlowClientTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_connect_byte_by_byte(self):
+        """CONNECT, SUBSCRIBE and PUBLISH sent one byte per read (each byte read by the
+        broker before the next is sent) are reassembled and answered normally: CONNACK,
+        SUBACK and the message delivered."""
         broker = self.start_broker()
         limiter = broker.listeners["tcp.default"].limiter
         client = yield self.raw_client(broker)

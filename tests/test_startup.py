@@ -18,8 +18,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet import reactor
 
 from tests.support import (
-    REPO, TIMEOUT, TWISTD, BrokerTestCase, MQTTv311, RunningProcess, in_thread, run_process,
-    stop_broker,
+    REPO, TIMEOUT, TWISTD, BrokerTestCase, MQTTv311, RunningProcess, in_thread,
+    need_mosquitto_clients, run_process, stop_broker,
 )
 from vmqtw.config import load
 from vmqtw.service import BrokerService
@@ -80,6 +80,9 @@ class CheckTests(_Programs):
 
     @inlineCallbacks
     def test_check_prints_listeners_and_binds_nothing(self):
+        """--check (twistd and python -m vmqtw) exits 0 and prints OK and a table of
+        listeners (kind, name, address, mountpoint, max_connections) with the FILE:LINE
+        where each is declared, without binding anything."""
         tmp = self.tmpdir()
         sock = os.path.join(tmp, "check.sock")
         config = self.write_config(
@@ -103,6 +106,8 @@ class CheckTests(_Programs):
 
     @inlineCallbacks
     def test_shipped_config_passes_check(self):
+        """etc/broker.conf passes --check with both runners and declares the tcp default
+        listener on 127.0.0.1:1883."""
         for name, run in self.runners():
             out, err, code = yield run(SHIPPED, "--check")
             self.assertEqual((code, err), (0, b""), f"{name}: {out!r}")
@@ -111,6 +116,8 @@ class CheckTests(_Programs):
 
     @inlineCallbacks
     def test_bad_config_line_exits_before_binding(self):
+        """A bad value exits non-zero with one error line FILE:LINE: key: reason and no
+        traceback, with and without --check, before any listener is bound."""
         tmp = self.tmpdir()
         sock = os.path.join(tmp, "never.sock")
         config = self.write_config(
@@ -130,6 +137,9 @@ class CheckTests(_Programs):
 
     @inlineCallbacks
     def test_unknown_key_and_missing_file(self):
+        """An unknown configuration key fails with FILE:LINE: key: unknown configuration
+        key, and a missing file with FILE: cannot read configuration file, both without a
+        traceback."""
         config = self.write_config("allow_anonymous = on\nlistener.tcp.default = 127.0.0.1:0\n"
                                    "no_such_key = 1\n")
         missing = os.path.join(self.tmpdir(), "missing.conf")
@@ -148,6 +158,9 @@ class StartupErrorTests(_Programs):
 
     @inlineCallbacks
     def test_port_in_use_is_a_one_line_error(self):
+        """A listener port already in use ends startup with exit status 1 and one line
+        FILE:LINE: key: cannot listen on ADDRESS ... in use, no traceback, and the listener
+        bound before it is closed with its socket file removed."""
         busy = socket.socket()
         self.addCleanup(busy.close)
         busy.bind(("127.0.0.1", 0))
@@ -174,6 +187,8 @@ class StartupErrorTests(_Programs):
 
     @inlineCallbacks
     def test_unsupported_listener_kind_is_a_one_line_error(self):
+        """A listener of an unsupported kind (listener.vmq.clustering) ends startup with
+        exit status 1 and one error line naming FILE:LINE and the key, no traceback."""
         config = self.write_config(
             "allow_anonymous = on\n"
             "listener.tcp.default = 127.0.0.1:0\n"
@@ -189,6 +204,9 @@ class StartupErrorTests(_Programs):
 class InProcessStartupErrorTests(BrokerTestCase):
 
     def test_failed_bind_closes_listeners_already_bound(self):
+        """In process, a failed bind raises StartupError with FILE:LINE and the address; the
+        service is not running, the listeners bound before it are closed (the unix socket
+        file removed) and nothing is left listening in the reactor."""
         from twisted.internet import reactor
 
         from vmqtw.config import load
@@ -224,8 +242,8 @@ class InProcessStartupErrorTests(BrokerTestCase):
 
 class RunningBrokerTests(_Programs):
 
-    if PUB is None or SUB is None:
-        skip = "mosquitto_pub/mosquitto_sub are not installed"
+    def setUp(self) -> None:
+        need_mosquitto_clients()
 
     def start(self, argv: list[str], cwd: str) -> RunningProcess:
         proc = RunningProcess(argv[0], argv[1:], cwd=cwd)
@@ -252,6 +270,9 @@ class RunningBrokerTests(_Programs):
 
     @inlineCallbacks
     def test_twistd_serves_tcp(self):
+        """twistd -n vmqtw serves mosquitto and paho clients on the port it logs, shuts down
+        cleanly on SIGTERM (Server Shut Down, no error output) and writes no files with
+        --pidfile= empty."""
         tmp = self.tmpdir()
         config = self.write_config("allow_anonymous = on\nlistener.tcp.default = 127.0.0.1:0\n")
         proc = self.start([TWISTD[0], *twistd_args(config)], cwd=tmp)
@@ -276,6 +297,8 @@ class RunningBrokerTests(_Programs):
 
     @inlineCallbacks
     def test_python_m_vmqtw_serves_unix_socket(self):
+        """python -m vmqtw serves MQTT 3.1 mosquitto clients on a unix socket listener,
+        stops cleanly on SIGTERM and removes the socket file."""
         tmp = self.tmpdir()
         sock = os.path.join(tmp, "m.sock")
         config = self.write_config(f"allow_anonymous = on\nlistener.tcp.local = local:{sock}:0\n")
@@ -291,6 +314,9 @@ class ShippedConfigTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_shipped_config_serves_paho(self):
+        """etc/broker.conf (with its vmq.passwd and vmq.acl, on port 0) refuses anonymous
+        clients (CONNACK 5) and wrong passwords (CONNACK 4) and lets the demo user exchange
+        a QoS 2 message."""
         with open(SHIPPED, encoding="utf-8") as f:
             text = f.read()
         text, n = re.subn(r"(?m)^(listener\.tcp\.default\s*=\s*127\.0\.0\.1):1883\s*$",

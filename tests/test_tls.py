@@ -120,6 +120,8 @@ class ServerTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_round_trip_paho_and_mosquitto(self):
+        """A paho subscriber and a mosquitto_pub publisher, both over TLS trusting the root
+        CA, exchange a QoS 1 message through an ssl listener."""
         c = certs()
         port = self.port("ssl.default")
         sub = self.paho(port, "sub")
@@ -136,6 +138,10 @@ class ServerTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_whole_certificate_chain_is_sent(self):
+        """The broker sends its whole certificate chain (leaf and intermediate from
+        certfile), so a client trusting only the root verifies it, over TLS 1.2 by default;
+        with a leaf-only certfile such a client fails and one that also trusts the
+        intermediate succeeds."""
         # Clients trust only the root; the broker's leaf is issued by the
         # intermediate, which must come from the broker (certfile).
         info = yield probe(self.port("ssl.default"), self, ca=certs().ca)
@@ -165,6 +171,8 @@ class MutualTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_alice_accepted_by_mosquitto_and_paho(self):
+        """With require_certificate on, a client certificate issued by the trusted CA is
+        accepted over TLS 1.2 and 1.3, by mosquitto_pub and by paho."""
         c = certs()
         yield self.pub("ssl.mtls", *client_args("alice"))
         yield self.pub("ssl.mtls13", *client_args("alice"), "--tls-version", "tlsv1.3")
@@ -176,6 +184,10 @@ class MutualTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_refused_during_the_handshake(self):
+        """With require_certificate on, clients without a certificate or with a self-signed,
+        expired, revoked (CRL) or unknown-issuer one are refused during the TLS handshake
+        (1.2 and 1.3) before any MQTT session, and the broker logs the reason per
+        listener."""
         log = self.capture_tls_log()
         for listener in ("ssl.mtls", "ssl.mtls13"):
             extra = ["--tls-version", "tlsv1.3"] if listener == "ssl.mtls13" else []
@@ -199,6 +211,8 @@ class MutualTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_paho_without_certificate_refused(self):
+        """A paho client presenting no certificate to a require_certificate listener cannot
+        connect."""
         client = self.paho(self.port("ssl.mtls"), "paho-anon")
         client.client.tls_set(ca_certs=certs().ca)
 
@@ -214,6 +228,9 @@ class MutualTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_depth(self):
+        """depth = 0 refuses a client certificate issued through an intermediate and accepts
+        one issued by the root; the default depth accepts it, and a CRL file with no CRL for
+        the intermediate does not refuse it (VerneMQ semantics)."""
         # bob: root -> intermediate -> bob, one intermediate.
         yield self.pub("ssl.depth0", *client_args("bob"), expect_ok=False)
         yield self.pub("ssl.depth0", *client_args("alice"))
@@ -222,6 +239,9 @@ class MutualTLSTests(_TLSCase):
         yield self.pub("ssl.mtls", *client_args("bob"))
 
     def test_crl_is_re_read_every_crl_refresh_interval(self):
+        """crl_refresh_interval (global, in milliseconds) sets how often a listener with a
+        crlfile re-reads it (30 s here, a running loop); a listener without a crlfile has no
+        such loop."""
         factory = self.broker.listeners["ssl.mtls"].layers[0]
         self.assertEqual(factory.crl_refresh_interval, 30.0)  # the global key, in seconds
         self.assertTrue(factory._crl_loop.running)  # stopped with the listener
@@ -229,6 +249,8 @@ class MutualTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_self_signed_leaf_refused_even_when_trusted(self):
+        """A self-signed client certificate is refused even when the cafile trusts it, with
+        a log line naming it; a properly issued one is accepted on the same listener."""
         log = self.capture_tls_log()
         # ca+selfie.pem trusts the self-signed certificate itself.
         yield self.pub("ssl.selfie", *client_args("selfie"), expect_ok=False)
@@ -237,6 +259,9 @@ class MutualTLSTests(_TLSCase):
 
     @inlineCallbacks
     def test_certificate_cn_is_the_preauth_username(self):
+        """With use_identity_as_username on, a client certificate's CN becomes the pre-auth
+        user name and the session's user name; on a verify-peer-only listener a client
+        without a certificate is served with no user name."""
         c = certs()
         listener = self.broker.listeners["ssl.cn"].listener
         cert, key = c.client("alice")
@@ -276,6 +301,9 @@ class VersionTests(_TLSCase):
 
     @inlineCallbacks
     def test_each_version_allowed_and_refused(self):
+        """tls_version lists the TLS versions a listener accepts: each listener negotiates
+        exactly its listed versions and refuses the others (default TLS 1.2), and a client
+        offering every version gets the listener's highest."""
         c = certs()
         cases = {v.replace(".", "_"): (v,) for v in ALL_VERSIONS}
         cases.update(gap=("tlsv1.1", "tlsv1.3"), modern=("tlsv1.2", "tlsv1.3"),
@@ -297,6 +325,9 @@ class VersionTests(_TLSCase):
 
     @inlineCallbacks
     def test_mosquitto_versions(self):
+        """mosquitto clients reach listeners by TLS version: 1.2 on a 1.2 listener, 1.3 on
+        1.3 and 1.2+1.3 listeners, 1.1 where listed (with the client at security level 0),
+        and 1.3-only is refused by a 1.2 listener."""
         # mosquitto's --tls-version is a minimum; tlsv1.3 means 1.3 only.
         yield self.pub("ssl.tlsv1_2", *client_args(None), "--tls-version", "tlsv1.2")
         yield self.pub("ssl.tlsv1_2", *client_args(None), "--tls-version", "tlsv1.3",
@@ -311,6 +342,8 @@ class VersionTests(_TLSCase):
 
     @inlineCallbacks
     def test_paho_capped_at_tls12_refused_by_a_tls13_listener(self):
+        """A paho client whose SSL context caps at TLS 1.2 is refused by a TLS 1.3-only
+        listener and connects to a 1.2 one."""
         c = certs()
 
         def attempt(listener):
@@ -338,6 +371,8 @@ class CipherAndCurveTests(_TLSCase):
 
     @inlineCallbacks
     def test_ciphers_restrict_tls12(self):
+        """A listener's ciphers restrict the TLS 1.2 suites: a client offering only another
+        suite is refused, one offering the configured suite connects and negotiates it."""
         c = certs()
         yield self.pub("ssl.c12", *client_args(None), "--ciphers",
                        "ECDHE-ECDSA-AES256-GCM-SHA384", expect_ok=False)
@@ -348,6 +383,9 @@ class CipherAndCurveTests(_TLSCase):
 
     @inlineCallbacks
     def test_tls13_suites(self):
+        """On a TLS 1.3 listener ciphers selects the 1.3 suites: a client offering only
+        another suite is refused, one offering the configured suite among others negotiates
+        it."""
         c = certs()
         yield self.refused_probe("ssl.c13", ca=c.ca, tls13="TLS_AES_256_GCM_SHA384")
         info = yield probe(self.port("ssl.c13"), self, ca=c.ca,
@@ -356,6 +394,8 @@ class CipherAndCurveTests(_TLSCase):
 
     @inlineCallbacks
     def test_curves(self):
+        """eccs restricts the key-exchange groups: a client offering only P-256 is refused
+        and one also offering secp384r1 is served, in TLS 1.2 and 1.3."""
         c = certs()
         for version in ("tlsv1.2", "tlsv1.3"):
             yield self.refused_probe("ssl.ecc", ca=c.ca, versions=version, groups="P-256")
@@ -392,6 +432,9 @@ class PSKTests(_TLSCase):
 
     @inlineCallbacks
     def test_right_key_wrong_key_unknown_identity(self):
+        """A PSK listener serves the right identity and key and refuses a wrong key or
+        unknown identity; a pskfile line is split at its first separator (the key may
+        contain colons) and holds the key as raw text."""
         yield self.pub("ssl.psk", *self.psk())
         yield self.pub("ssl.psk", *self.psk(hex_key="deadbeef"), expect_ok=False)
         yield self.pub("ssl.psk", *self.psk(identity="nobody"), expect_ok=False)
@@ -402,6 +445,9 @@ class PSKTests(_TLSCase):
 
     @inlineCallbacks
     def test_tls13_and_the_identity_hint(self):
+        """PSK works over TLS 1.3 (a wrong key refused); over TLS 1.2 the client gets the
+        configured identity hint, negotiates a PSK suite, and a PSK-only listener sends no
+        certificate."""
         yield self.pub("ssl.psk13", *self.psk(), "--tls-version", "tlsv1.3")
         yield self.pub("ssl.psk13", *self.psk(hex_key="deadbeef"), "--tls-version", "tlsv1.3",
                        expect_ok=False)
@@ -414,11 +460,16 @@ class PSKTests(_TLSCase):
 
     @inlineCallbacks
     def test_certificate_and_psk_on_one_listener(self):
+        """A listener with a certificate and psk_support on serves both PSK clients and
+        certificate-verifying clients."""
         yield self.pub("ssl.both", *self.psk())
         yield self.pub("ssl.both", *client_args(None))
 
     @inlineCallbacks
     def test_psk_identity_is_the_preauth_username(self):
+        """With use_identity_as_username on, the PSK identity becomes the connection's
+        pre-auth user name (not on a listener without it), and messages still flow over
+        PSK."""
         port = self.port("ssl.pskid")
         watcher = SubscriptionWatcher(self.broker)
         received = mosquitto(SUB, port, ["-t", "psk/t", "-q", "1", "-C", "1", "-W", "10",
@@ -445,6 +496,9 @@ class HandshakeTimeoutTests(_TLSCase):
 
     @inlineCallbacks
     def test_silent_client_dropped_finished_client_kept(self):
+        """A client that never completes its TLS handshake is closed after
+        tls_handshake_timeout (300 ms, not sooner) and counted, while a client that finished
+        its handshake earlier stays connected and is served."""
         self.broker = self.start_broker(
             "allow_anonymous = on\nmqtt_connect_timeout = 60000\n"
             + ssl_listener("slow", tls_handshake_timeout="300"))
@@ -484,6 +538,9 @@ class ReloadTests(_TLSCase):
 
     @inlineCallbacks
     def test_renewed_certificate_revocation_and_bad_file(self):
+        """A reload applies a renewed server certificate and a new CRL to new connections (a
+        revoked client is refused) while existing connections keep being served; a broken
+        certfile keeps the previous context and logs which file failed."""
         c = certs()
         port = self.port("ssl.r")
         cert, key = c.client("alice")
@@ -532,6 +589,8 @@ class ReloadTests(_TLSCase):
 
     @inlineCallbacks
     def test_reload_picks_up_new_psk_identities(self):
+        """A PSK identity added to the pskfile is accepted after a reload, and the existing
+        identities still work."""
         args = ["--psk", b"fresh-key".hex(), "--psk-identity", "newcomer"]
         yield self.pub("ssl.p", *args, expect_ok=False)
         with open(self.path("psk.txt"), "a") as f:
@@ -546,6 +605,8 @@ class ListenerOptionTests(_TLSCase):
 
     @inlineCallbacks
     def test_mountpoint(self):
+        """An ssl listener's mountpoint applies: its publishes reach a subscriber on a tcp
+        listener with the same mountpoint and not one without a mountpoint."""
         self.broker = self.start_broker(
             "allow_anonymous = on\n" + ssl_listener("m", mountpoint="site")
             + "listener.tcp.site = 127.0.0.1:0\nlistener.tcp.site.mountpoint = site\n"
@@ -574,6 +635,9 @@ class ListenerOptionTests(_TLSCase):
 
     @inlineCallbacks
     def test_allow_anonymous_override(self):
+        """allow_anonymous_override = on lets anonymous clients in on that ssl listener
+        only; the other ssl listener refuses them with a CONNACK, after the TLS handshake
+        succeeded."""
         # allow_anonymous is off and there is no auth plugin: only the ssl
         # listener with the override serves anonymous clients.
         self.broker = self.start_broker(
@@ -584,6 +648,9 @@ class ListenerOptionTests(_TLSCase):
 
     @inlineCallbacks
     def test_max_connections(self):
+        """max_connections = 1 on an ssl listener keeps a second client waiting (no
+        handshake, no CONNACK) until the first disconnects, then serves it; at most one
+        connection was open."""
         c = certs()
         self.broker = self.start_broker(
             "allow_anonymous = on\n" + ssl_listener("mc", max_connections="1"))
@@ -609,6 +676,8 @@ class StartupTests(_TLSCase):
 
     @inlineCallbacks
     def test_bad_tls_option_stops_python_m_vmqtw(self):
+        """An unknown curve in eccs stops python -m vmqtw with exit status 1 and one error
+        line CONFIG:LINE: key: reason, no traceback, and before any listener is bound."""
         sockdir = tempfile.mkdtemp(prefix="vmqtw-")
         self.addCleanup(shutil.rmtree, sockdir, True)
         sock = os.path.join(sockdir, "first.sock")

@@ -32,7 +32,7 @@ from tests.support import (
     connect_packet, in_thread, publish_packet, run_process, subscribe_packet,
     when_session_event, with_timeout,
 )
-from vmqtw.test.test_websocket import (
+from vmqtw.test.websocket_support import (
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, client_frame, parse_frame,
     split_response, upgrade_request,
 )
@@ -287,24 +287,33 @@ class PahoTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_mqtt311(self):
+        """A paho MQTT 3.1.1 client over ws subscribes and gets its own QoS 1 messages back:
+        a small one and a 76,800-byte one that spans several WebSocket frames, both
+        intact."""
         client = self.ws_paho(self.port, "ws311")
         got = yield in_thread(self.roundtrip, client)
         self.assertEqual(got, [("ws/small", b"hello"), ("ws/big", True)])
 
     @inlineCallbacks
     def test_mqtt31(self):
+        """A paho MQTT 3.1 client over ws subscribes and gets its own QoS 1 messages back, a
+        small one and a several-frame one, both intact."""
         client = self.ws_paho(self.port, "ws31", MQTTv31)
         got = yield in_thread(self.roundtrip, client)
         self.assertEqual(got, [("ws/small", b"hello"), ("ws/big", True)])
 
     @inlineCallbacks
     def test_mqtt5(self):
+        """A paho MQTT 5.0 client over ws subscribes and gets its own QoS 1 messages back, a
+        small one and a several-frame one, both intact."""
         client = self.ws_paho(self.port, "ws5", MQTTv5)
         got = yield in_thread(self.roundtrip, client)
         self.assertEqual(got, [("ws/small", b"hello"), ("ws/big", True)])
 
     @inlineCallbacks
     def test_ws_and_tcp_clients_share_topics(self):
+        """A ws subscriber receives what a plain TCP client publishes: both listeners route
+        through the same broker."""
         tcp_port = self.port_of(self.broker, "tcp.default")
         sub = self.ws_paho(self.port, "ws-sub")
         pub = self.paho(tcp_port, "tcp-pub")
@@ -313,6 +322,8 @@ class PahoTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_session_sees_the_tcp_peer(self):
+        """A ws client's session records the TCP peer address of the WebSocket connection
+        (127.0.0.1 and the client's own port, not the listener's)."""
         client = self.ws_paho(self.port, "peer")
         yield in_thread(client.connect)
         session = self.session(self.broker, "peer")
@@ -322,6 +333,8 @@ class PahoTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_wrong_path_fails_to_connect(self):
+        """A WebSocket upgrade on a path other than /mqtt is not upgraded, so paho fails to
+        connect."""
         client = self.ws_paho(self.port, "lost", path="/nope")
 
         def scenario():
@@ -352,18 +365,25 @@ class WssTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_mqtt311(self):
+        """A paho MQTT 3.1.1 client over wss (TLS, verifying the broker with the CA) gets
+        its own small and several-frame QoS 1 messages back intact."""
         client = self.ws_paho(self.port, "wss311", ca=self.tls.ca)
         got = yield in_thread(PahoTests.roundtrip, self, client)
         self.assertEqual(got, [("ws/small", b"hello"), ("ws/big", True)])
 
     @inlineCallbacks
     def test_mqtt5(self):
+        """A paho MQTT 5.0 client over wss gets its own small and several-frame QoS 1
+        messages back intact."""
         client = self.ws_paho(self.port, "wss5", MQTTv5, ca=self.tls.ca)
         got = yield in_thread(PahoTests.roundtrip, self, client)
         self.assertEqual(got, [("ws/small", b"hello"), ("ws/big", True)])
 
     @inlineCallbacks
     def test_client_certificate_is_found_through_the_websocket_layer(self):
+        """On a wss listener with require_certificate and use_identity_as_username, the
+        client certificate's CN (alice) is found through the WebSocket layer as the pre-auth
+        user name, and the connection's peer is the TCP client."""
         port = self.port_of(self.broker, "wss.mtls")
         client = self.ws_paho(port, "cert-client", ca=self.tls.ca, cert=self.tls.client)
         yield in_thread(client.connect)
@@ -375,6 +395,8 @@ class WssTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_client_without_certificate_is_refused(self):
+        """A wss listener with require_certificate on refuses a client that presents no
+        certificate: paho cannot connect."""
         port = self.port_of(self.broker, "wss.mtls")
         client = self.ws_paho(port, "no-cert", ca=self.tls.ca)
 
@@ -408,6 +430,8 @@ class MQTTjsTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_ws_311_and_5(self):
+        """MQTT.js under Node connects over ws with MQTT 3.1.1 and with 5.0 and gets its
+        published message back with the protocol version it asked for."""
         broker = self.start_broker(WS_CONFIG)
         url = f"ws://127.0.0.1:{self.port_of(broker, 'ws.default')}/mqtt"
         for version in (4, 5):
@@ -417,6 +441,9 @@ class MQTTjsTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_wss_with_compression(self):
+        """With websocket_compression on, MQTT.js over wss negotiates permessage-deflate
+        (the only extension in use on its one connection) and its message still
+        round-trips."""
         # MQTT.js (the ws package) offers permessage-deflate; this listener
         # accepts it, so the traffic is really compressed.
         tls = TLSFiles(self._dir())
@@ -451,6 +478,9 @@ class BrowserTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_chromium_roundtrip(self):
+        """A headless Chromium page using MQTT.js's browser bundle connects over ws,
+        subscribes, gets its own message back and reports it on TOPIC/done, which a paho
+        client on the tcp listener receives with the browser's user agent in it."""
         need_mqtt_js()
         chromium = need_program("chromium", "chromium")
         broker = self.start_broker(WS_CONFIG)
@@ -511,28 +541,42 @@ class HandshakeErrorTests(WebSocketTestCase):
         return headers
 
     def test_wrong_path_is_404(self):
+        """An upgrade request for a path other than /mqtt gets HTTP 404 with an empty body,
+        the connection is closed and no session is created."""
         return self.assertHttpError(upgrade_request(path="/other"), 404)
 
     @inlineCallbacks
     def test_plain_http_is_426(self):
+        """A plain HTTP GET (no upgrade) on /mqtt gets 426 Upgrade Required with Upgrade:
+        websocket and an empty body; the connection is closed without a session."""
         headers = yield self.assertHttpError(
             b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/8\r\n\r\n", 426)
         self.assertEqual(headers["upgrade"], "websocket")
 
     def test_plain_http_elsewhere_is_404(self):
+        """A plain HTTP GET on another path gets 404 with an empty body; the connection is
+        closed without a session."""
         return self.assertHttpError(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404)
 
     def test_missing_subprotocol_is_400(self):
+        """An upgrade request without a Sec-WebSocket-Protocol header gets 400 with an empty
+        body; the connection is closed without a session."""
         return self.assertHttpError(upgrade_request(protocols=None), 400)
 
     def test_unsupported_subprotocol_is_400(self):
+        """An upgrade request offering only a non-MQTT subprotocol (wamp.2.json) gets 400;
+        the connection is closed without a session."""
         return self.assertHttpError(upgrade_request(protocols="wamp.2.json"), 400)
 
     def test_garbage_is_400(self):
+        """Bytes that are not an HTTP request (a raw MQTT CONNECT) on a ws listener get 400
+        and the connection is closed without a session."""
         return self.assertHttpError(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\r\n\r\n", 400)
 
     @inlineCallbacks
     def test_subprotocol_list_picks_mqtt(self):
+        """From a list of offered subprotocols the broker picks the MQTT one ("chat, mqtt"
+        gives mqtt) and accepts mqttv3.1 too, echoing its choice in the 101 response."""
         for offered, chosen in (("chat, mqtt", "mqtt"), ("mqttv3.1", "mqttv3.1")):
             ws = yield self.raw_ws(self.broker)
             status, headers, _ = yield ws.upgrade(protocols=offered)
@@ -547,6 +591,10 @@ class FrameTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_packets_split_across_frames(self):
+        """MQTT packets are a byte stream over WebSocket: packets cut across binary frames,
+        several in one frame, and a fragmented message with a ping between its fragments are
+        all read; the replies arrive in order and the ping gets a pong with the same
+        payload."""
         ws = yield self.raw_ws(self.broker)
         status, _, _ = yield ws.upgrade()
         self.assertEqual(status, 101)
@@ -574,6 +622,8 @@ class FrameTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_several_packets_in_one_frame(self):
+        """CONNECT, SUBSCRIBE, PUBLISH and PINGREQ in one binary frame are all handled:
+        CONNACK, SUBACK, the PUBLISH and PINGRESP come back in order."""
         ws = yield self.raw_ws(self.broker)
         yield ws.upgrade()
         ws.frame(OP_BINARY, connect_packet("many") + subscribe_packet("m", 0)
@@ -584,6 +634,8 @@ class FrameTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_text_frame_closes_the_connection(self):
+        """MQTT over WebSocket must use binary frames: a text frame closes the connection
+        and its session goes away."""
         ws = yield self.mqtt_over_ws(self.broker, "texter")
         ws.frame(OP_TEXT, b"\x10\x00")
         yield ws.when_closed()
@@ -596,6 +648,8 @@ class FrameTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_frame_over_max_ws_frame_size_closes(self):
+        """A frame larger than max_ws_frame_size (4096) closes the connection with close
+        code 1009 (message too big)."""
         ws = yield self.mqtt_over_ws(self.broker, "big")
         ws.frame(OP_BINARY, publish_packet("b", b"x" * 4096))
         yield ws.when_closed()
@@ -605,6 +659,8 @@ class FrameTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_mqtt_disconnect_closes_the_websocket(self):
+        """An MQTT DISCONNECT makes the broker send a WebSocket close frame with code 1000
+        (and nothing else) and close once the client replies."""
         ws = yield self.mqtt_over_ws(self.broker, "leaver")
         ws.frame(OP_BINARY, b"\xe0\x00")
         yield ws.wait(lambda: any(op == OP_CLOSE for op, _ in ws.control), "a close frame")
@@ -613,6 +669,8 @@ class FrameTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_broker_shutdown_closes_websockets(self):
+        """Stopping the broker closes both an established MQTT-over-WebSocket connection and
+        one still in the middle of its HTTP upgrade."""
         ws = yield self.mqtt_over_ws(self.broker, "stay")
         pending = yield self.raw_ws(self.broker)  # not upgraded yet
         pending.send(b"GET /mqtt HTTP/1.1\r\n")
@@ -629,6 +687,9 @@ class ListenerOptionTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_mountpoint_and_versions(self):
+        """A ws listener's mountpoint prefixes its sessions (tenant, client id), and its
+        allowed_protocol_versions = 4 refuses an MQTT 3.1 CONNECT with CONNACK 0x01 and
+        closes the connection."""
         broker = self.start_broker(
             "allow_anonymous = on\nlistener.ws.default = 127.0.0.1:0\n"
             "listener.ws.default.mountpoint = tenant\n"
@@ -645,6 +706,9 @@ class ListenerOptionTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_max_connections(self):
+        """With max_connections = 1 on a ws listener a second client waits in the backlog
+        and its upgrade is answered (101) only once the first disconnects; at most one
+        connection was open."""
         broker = self.start_broker(
             "allow_anonymous = on\nlistener.ws.default = 127.0.0.1:0\n"
             "listener.ws.default.max_connections = 1\n")
@@ -659,6 +723,8 @@ class ListenerOptionTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_proxy_protocol(self):
+        """On a ws listener with proxy_protocol on, the PROXY v1 header before the HTTP
+        upgrade sets the session's peer to the client address it carries."""
         broker = self.start_broker(
             "allow_anonymous = on\nlistener.ws.default = 127.0.0.1:0\n"
             "listener.ws.default.proxy_protocol = on\n")
@@ -682,6 +748,8 @@ class ForwardedForTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_trusted_intermediate(self):
+        """With proxy_xff_support on, X-Forwarded-For through trusted intermediates gives
+        the session the original client address (the port stays the TCP peer's)."""
         broker = self.start("10.1.1.1;127.0.0.1")
         yield self.mqtt_over_ws(broker, "behind-proxy", headers=(
             ("X-Forwarded-For", "198.51.100.23, 10.1.1.1"),))
@@ -694,6 +762,8 @@ class ForwardedForTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_untrusted_intermediate_is_refused(self):
+        """An X-Forwarded-For header arriving from a peer that is not a trusted intermediate
+        gets the upgrade refused with 403 and the connection closed."""
         broker = self.start("10.1.1.1")
         ws = yield self.raw_ws(broker)
         status, _, _ = yield ws.upgrade(headers=(("X-Forwarded-For", "198.51.100.23"),))
@@ -702,6 +772,8 @@ class ForwardedForTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_paho_through_a_trusted_intermediate(self):
+        """A paho client sending X-Forwarded-For from a trusted address gets the forwarded
+        address as its session's peer."""
         broker = self.start("127.0.0.1")
         client = self.ws_paho(self.port_of(broker, "ws.default"), "paho-xff",
                               headers={"X-Forwarded-For": "192.0.2.44"})
@@ -710,6 +782,8 @@ class ForwardedForTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_cn_header(self):
+        """With proxy_xff_use_cn_as_username on, the X-SSL-Client-CN header is kept on the
+        connection as its CN, and an upgrade without that header is refused with 403."""
         broker = self.start("127.0.0.1", cn=True)
         yield self.mqtt_over_ws(broker, "with-cn", headers=(
             ("X-Forwarded-For", "198.51.100.23"), ("X-SSL-Client-CN", "carol")))
@@ -727,6 +801,10 @@ class BackPressureTests(WebSocketTestCase):
 
     @inlineCallbacks
     def test_slow_reader_is_bounded_by_max_online_messages(self):
+        """A ws subscriber that stops reading while a publisher floods 24 MiB is paused, its
+        queue stays within max_online_messages (excess dropped as queue_full) and the broker
+        buffers under 2 MiB for it; when it reads again its queue drains and a later message
+        reaches it."""
         broker = self.start_broker(
             "allow_anonymous = on\nmax_online_messages = 10\n"
             "listener.tcp.default = 127.0.0.1:0\nlistener.ws.default = 127.0.0.1:0\n")

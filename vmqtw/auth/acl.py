@@ -95,7 +95,7 @@ _SUBSTITUTIONS = {"%u": SUB_USER, "%c": SUB_CLIENT, "%m": SUB_MOUNTPOINT}
 def covers(acl: Sequence[Any], request: Sequence[str]) -> bool:
     """Whether the ACL filter ``acl`` (tokens) grants the request (its levels).
 
-    ``acl`` holds literal strings, L{PLUS} and L{HASH}; substitutions must
+    ``acl`` holds literal strings, ``PLUS`` and ``HASH``; substitutions must
     already have been replaced.
     """
     n = len(request)
@@ -215,8 +215,8 @@ def _tokens(text: str, pattern: bool, lineno: int, warn: Any) -> tuple[Any, ...]
 def parse_acl(data: bytes, warn: Any = None) -> AclTable:
     """Parse a whole ACL file.
 
-    @param warn: called as C{warn(line, message)} for tolerated oddities.
-    @raise FileFormatError: at the first line that fits no form.
+    :param warn: called as ``warn(line, message)`` for tolerated oddities.
+    :raise FileFormatError: at the first line that fits no form.
     """
     if warn is None:
         def warn(line: int, message: str) -> None:

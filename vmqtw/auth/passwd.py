@@ -12,7 +12,7 @@ starting with ``#`` are skipped.  The user is the text before the first
 
 ``$7$ITERATIONS$SALT$HASH`` (mosquitto 2.x)
     PBKDF2-HMAC-SHA512 with ITERATIONS rounds (at most
-    L{MAX_PBKDF2_ITERATIONS}, since the check runs in the reactor thread).
+    ``MAX_PBKDF2_ITERATIONS``, since the check runs in the reactor thread).
 
 Results of auth_on_register: no user name or no password, or a user not in
 the file: NEXT; right password: OK; wrong password:
@@ -21,7 +21,7 @@ the file: NEXT; right password: OK; wrong password:
 Settings (broker.conf): ``vmq_passwd.password_file`` (default ``vmq.passwd``
 next to broker.conf) and ``vmq_passwd.password_reload_interval`` (seconds,
 default 10, 0 = off).  The file is re-read when its mtime, size or inode
-changed, and on L{PasswdPlugin.reload} (SIGHUP).  A file that is broken or
+changed, and on ``PasswdPlugin.reload`` (SIGHUP).  A file that is broken or
 missing at reload time leaves the last good table in force and is logged
 with FILE:LINE; at startup either is a ``ValueError``.
 """
@@ -71,7 +71,7 @@ def _b64encode(raw: bytes) -> str:
 
 
 class PasswordHash:
-    """One stored hash; L{verify} checks a password in constant time."""
+    """One stored hash; ``verify`` checks a password in constant time."""
 
     __slots__ = ("salt", "digest", "iterations")
 
@@ -98,7 +98,7 @@ class PasswordHash:
 def parse_hash(text: str) -> PasswordHash:
     """Parse the part after ``user:``.
 
-    @raise ValueError: with a reason that never repeats the text (it may be
+    :raise ValueError: with a reason that never repeats the text (it may be
         a plain-text password someone forgot to hash).
     """
     if not text.startswith("$"):
@@ -163,8 +163,8 @@ def is_hashed(text: str) -> bool:
 def parse_password_file(data: bytes, warn: Any = None) -> dict[str, PasswordHash]:
     """Parse a whole password file.
 
-    @param warn: called as C{warn(line, message)} for tolerated oddities.
-    @raise FileFormatError: at the first malformed line.
+    :param warn: called as ``warn(line, message)`` for tolerated oddities.
+    :raise FileFormatError: at the first malformed line.
     """
     table: dict[str, PasswordHash] = {}
     seen_at: dict[str, int] = {}

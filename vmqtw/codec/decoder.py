@@ -41,6 +41,21 @@ def _packet_id(buf: bytes, p: int, end: int) -> int:
     return pid
 
 
+def _check_filter(topic_filter: str) -> None:
+    """A topic filter is at least one character long (MQTT-4.7.3-1); ``#`` is a
+    whole last level, ``+`` a whole level (3.1.1 MQTT-4.7.1-2/-3, 5.0
+    MQTT-4.7.1-1/-2).  Else the packet is malformed."""
+    if not topic_filter:
+        raise MalformedPacket("empty topic filter")
+    if "+" in topic_filter or "#" in topic_filter:
+        levels = topic_filter.split("/")
+        last = len(levels) - 1
+        for i, level in enumerate(levels):
+            if ("#" in level and (level != "#" or i != last)) or \
+                    ("+" in level and level != "+"):
+                raise MalformedPacket(f"invalid topic filter {topic_filter[:64]!r}")
+
+
 def _decode_connect(buf: bytes, p: int, end: int) -> Connect:
     if p + 2 > end:
         raise MalformedPacket("truncated CONNECT")
@@ -82,6 +97,11 @@ def _decode_connect(buf: bytes, p: int, end: int) -> Connect:
         else:
             wprops = {}
         wtopic, q = decode_string(buf, q, end)
+        # A topic name is at least one character (MQTT-4.7.3-1) and holds no
+        # wildcard (3.1.1 MQTT-4.7.1-1, 5.0 MQTT-4.7.0-1): else the CONNECT is
+        # malformed (3.x: closed without CONNACK, MQTT-3.1.4-1; 5.0: 0x81).
+        if not wtopic or "+" in wtopic or "#" in wtopic:
+            raise MalformedPacket("invalid will topic")
         wpayload, q = decode_binary(buf, q, end)
         will = Will(wtopic, wpayload, will_qos, will_retain, wprops)
     username = password = None
@@ -186,6 +206,7 @@ def _decode_unsubscribe(buf: bytes, p: int, end: int, level: int) -> Unsubscribe
     topics = []
     while q < end:
         topic, q = decode_string(buf, q, end)
+        _check_filter(topic)  # SUBSCRIBE's are refused per filter, in its SUBACK
         topics.append(topic)
     if not topics:
         raise ProtocolError("UNSUBSCRIBE with no topic filters")

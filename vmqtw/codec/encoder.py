@@ -10,7 +10,7 @@ import struct
 from typing import Any, Callable
 
 from vmqtw.codec.packets import (
-    AUTH, CONNACK, CONNECT, DISCONNECT, MQTT5, PINGREQ, PINGRESP, PUBACK, PUBCOMP,
+    AUTH, CONNACK, CONNECT, DISCONNECT, MQTT5, MQTT31, PINGREQ, PINGRESP, PUBACK, PUBCOMP,
     PUBLISH, PUBREC, PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE, Packet,
 )
 from vmqtw.codec.properties import (
@@ -83,7 +83,9 @@ def _enc_connect(p: Any, level: int) -> bytes:
 
 
 def _enc_connack(p: Any, level: int) -> bytes:
-    body = bytes((1 if p.session_present else 0, p.reason_code))
+    # MQTT 3.1 reserves the first byte ("not used"): Session Present is 3.1.1+.
+    present = 1 if p.session_present and level != MQTT31 else 0
+    body = bytes((present, p.reason_code))
     return _fixed(0x20, body + _props(p, CONNACK, level))
 
 

@@ -220,7 +220,9 @@ def decode_properties(buf: bytes, pos: int, packet_type: int,
             raise MalformedPacket(f"unknown property identifier 0x{pid:02x}")
         name, kind, types = entry
         if packet_type not in types:
-            raise ProtocolError(f"property {name} not allowed in this packet")
+            # 5.0 section 2.2.2.2: an identifier not valid for its packet type
+            # makes a Malformed Packet (0x81), not a Protocol Error.
+            raise MalformedPacket(f"property {name} not allowed in this packet")
         if kind == _K_UTF8:
             value, pos = decode_string(buf, pos, pend)
         elif kind == _K_BYTE:

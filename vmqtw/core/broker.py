@@ -115,6 +115,10 @@ class Broker:
         ``clean`` the old state is discarded.
         """
         existing = self.sessions.get(key)
+        if existing is not None and existing.conn is None:
+            # MQTT-3.1.2-8: a new connection for the ClientID before the Will
+            # Delay Interval elapsed drops a delayed will, whatever Clean Start.
+            existing.cancel_will()
         if existing is not None and existing.conn is not None:
             old = existing.conn
             existing.detach()

@@ -1,6 +1,7 @@
 """Durable storage for the broker (see ``vmqtw.store.sqlite``).
 
-``store_settings(config)`` reads the ``persistent_store.*`` keys:
+``store_settings(config)`` is what the ``persistent_store.*`` keys say, as
+``BrokerConfig.store`` holds them (typed and checked by ``vmqtw.config``):
 
 - ``persistent_store.enabled = on|off`` (default on; off = in-memory store,
   nothing survives a restart);
@@ -12,10 +13,9 @@
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any
 
+from vmqtw.config import BrokerConfig, StoreConfig
 from vmqtw.store.records import Loaded, StoredDelivery, StoredSession
 from vmqtw.store.sqlite import (
     FILENAME, SYNC_MODES, SQLiteStore, StoreCorrupt, StoreError, StoreLocked,
@@ -29,32 +29,19 @@ __all__ = [
 
 #: The store's directory when ``persistent_store.directory`` is not set,
 #: relative to the directory of the configuration file.
-DEFAULT_DIRECTORY = "data"
+DEFAULT_DIRECTORY = StoreConfig.directory
 
 
-@dataclass(frozen=True)
-class StoreSettings:
-    enabled: bool
-    directory: str
-    sync: str
+#: The store settings: ``enabled``, ``directory`` (absolute) and ``sync``.
+StoreSettings = StoreConfig
 
 
-def store_settings(config: Any) -> StoreSettings:
-    """The store settings of a ``BrokerConfig`` (raw strings in ``config.extra``)."""
-    extra = config.extra
-    enabled = extra.get("persistent_store.enabled", "on") in ("on", "true")
-    base = os.path.dirname(os.path.abspath(config.path))
-    directory = os.path.join(base, extra.get("persistent_store.directory", DEFAULT_DIRECTORY))
-    sync = extra.get("persistent_store.sync", "group")
-    if sync not in SYNC_MODES:
-        file, line = config.source("persistent_store.sync")
-        where = f"{file}:{line}" if line else file
-        raise StoreError(f"{where}: persistent_store.sync: expected one of "
-                         f"{', '.join(SYNC_MODES)}, got {sync!r}")
-    return StoreSettings(enabled, os.path.normpath(directory), sync)
+def store_settings(config: BrokerConfig) -> StoreSettings:
+    """The store settings of a ``BrokerConfig``: its typed ``store``."""
+    return config.store
 
 
-def open_store(config: Any, reactor: Any) -> Any:
+def open_store(config: BrokerConfig, reactor: Any) -> Any:
     """The store ``config`` asks for: a ``SQLiteStore`` (not loaded yet) or,
     with ``persistent_store.enabled = off``, a ``MemoryStore``."""
     settings = store_settings(config)

@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.auth.acl}: the vmq_acl plugin.
+Tests for ``vmqtw.auth.acl``: the vmq_acl plugin.
 """
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ class AclTestCase(SynchronousTestCase):
 
 class EvaluationTests(AclTestCase):
     def test_interfaces(self) -> None:
+        """The plugin provides both ``IAuthOnPublish`` and ``IAuthOnSubscribe``."""
         plugin = self.plugin("topic #")
         self.assertTrue(verifyObject(IAuthOnPublish, plugin))
         self.assertTrue(verifyObject(IAuthOnSubscribe, plugin))
@@ -80,12 +81,20 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.pub(plugin, ANON, "private/alice"))
 
     def test_user_is_username_not_client_id(self) -> None:
+        """
+        A ``user`` block matches the CONNECT username only; a client id equal to the name does
+        not match it.
+        """
         plugin = self.plugin("user alice", "topic a")
         self.assertFalse(self.pub(plugin, Client("alice"), "a"))
         self.assertFalse(self.pub(plugin, Client("alice", "bob"), "a"))
         self.assertTrue(self.pub(plugin, Client("other", "alice"), "a"))
 
     def test_user_blocks(self) -> None:
+        """
+        Rules of a ``user`` block apply only to that user, and a user named in several blocks
+        gets the rules of all of them.
+        """
         plugin = self.plugin("user alice", "topic a", "user bob", "topic b", "user alice",
                              "topic c")
         self.assertTrue(self.pub(plugin, ALICE, "a"))
@@ -95,6 +104,10 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.pub(plugin, BOB, "c"))
 
     def test_access_words(self) -> None:
+        """
+        ``read`` grants subscribe only, ``write`` publish only, and ``readwrite`` or no access
+        word both.
+        """
         plugin = self.plugin("topic read r", "topic write w", "topic readwrite rw", "topic both")
         self.assertTrue(self.sub(plugin, ANON, "r"))
         self.assertFalse(self.pub(plugin, ANON, "r"))
@@ -105,6 +118,9 @@ class EvaluationTests(AclTestCase):
             self.assertTrue(self.pub(plugin, ANON, topic))
 
     def test_pattern_access_words(self) -> None:
+        """
+        ``pattern`` lines take the same access words as ``topic`` lines, with the same meaning.
+        """
         plugin = self.plugin("pattern read r/%c", "pattern write w/%c", "pattern x/%c",
                              "pattern readwrite y/%c")
         c = Client("me")
@@ -117,6 +133,10 @@ class EvaluationTests(AclTestCase):
             self.assertTrue(self.pub(plugin, c, t))
 
     def test_patterns_apply_after_user_lines(self) -> None:
+        """
+        ``pattern`` lines apply to every client, even when they follow a ``user`` block, and
+        grant only the topics their substitution gives for that client.
+        """
         plugin = self.plugin("user alice", "topic a", "pattern devices/%c/#")
         for client in (ANON, ALICE, BOB):
             self.assertTrue(self.pub(plugin, client, f"devices/{client.client_id}/temp"))
@@ -125,6 +145,11 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.pub(plugin, BOB, "a"))
 
     def test_substitutions(self) -> None:
+        """
+        ``%u``, ``%c`` and ``%m`` are replaced by username, client id and mountpoint; a pattern
+        with ``%u`` never matches a client without a username, while ``%c`` and ``%m`` still
+        apply (an empty mountpoint gives an empty level).
+        """
         plugin = self.plugin("pattern u/%u/#", "pattern c/%c", "pattern m/%m/x",
                              "pattern all/%m/%u/%c")
         alice = Client("cid", "alice", "tenant")
@@ -156,6 +181,10 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.pub(plugin, slash, "users/x/y/inbox"))
 
     def test_percent_only_as_whole_level(self) -> None:
+        """
+        ``%c``/``%u``/``%m`` are substituted only as a whole level of a ``pattern`` line;
+        elsewhere they are kept as literal text, with a warning naming ``PATH:LINE``.
+        """
         plugin = self.plugin("pattern dev/%c-x", "topic t/%u")
         warnings = self.logged(LogLevel.warn)
         self.assertTrue(any(f"{self.path}:1:" in w and "whole topic level" in w
@@ -176,6 +205,11 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.pub(plugin, BOB, "x/a"))
 
     def test_publish_matching(self) -> None:
+        """
+        A publish topic is matched against ACL filters with MQTT wildcard rules (``#`` also
+        matching the parent level), case-sensitively and with empty levels significant; a
+        ``write`` line never grants the same topic for subscribing.
+        """
         cases = {
             "a/b": ["a/b", "a/+", "a/#", "#", "+/b", "+/+", "a/b/#"],
             "a": ["a", "a/#", "#", "+"],
@@ -225,6 +259,10 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.sub(plugin, ANON, "#"))
 
     def test_mountpoint_not_part_of_topic(self) -> None:
+        """
+        ACL filters are matched against the topic without the client's mountpoint; ``%m`` is
+        how a rule names the mountpoint.
+        """
         plugin = self.plugin("topic a/b", "pattern %m/own")
         tenant = Client("c", "u", "tenant")
         self.assertTrue(self.pub(plugin, tenant, "a/b"))
@@ -232,6 +270,10 @@ class EvaluationTests(AclTestCase):
         self.assertTrue(self.pub(plugin, tenant, "tenant/own"))
 
     def test_multi_topic_subscribe(self) -> None:
+        """
+        A SUBSCRIBE is granted only when every filter in it is granted; an empty list is
+        granted.
+        """
         plugin = self.plugin("topic read a/#", "topic read b")
         self.assertTrue(self.sub(plugin, ANON, "a/x", "b", "a/+"))
         self.assertFalse(self.sub(plugin, ANON, "a/x", "c", "b"))
@@ -239,6 +281,10 @@ class EvaluationTests(AclTestCase):
         self.assertIs(plugin.auth_on_subscribe(ANON, []), OK)
 
     def test_shared_subscription(self) -> None:
+        """
+        For a ``$share/GROUP/FILTER`` subscription the ACL is checked on the inner filter; an
+        invalid shared form is refused, and an ACL line naming ``$share/...`` grants nothing.
+        """
         plugin = self.plugin("topic read a/#")
         self.assertTrue(self.sub(plugin, ANON, "$share/group/a/b"))
         self.assertTrue(self.sub(plugin, ANON, "$share/group/a/#"))
@@ -249,6 +295,7 @@ class EvaluationTests(AclTestCase):
         self.assertFalse(self.sub(plugin, ANON, "$share/group/a"))
 
     def test_empty_file_grants_nothing(self) -> None:
+        """A file with only comments and blank lines grants neither publish nor subscribe."""
         plugin = self.plugin("# nothing", "")
         self.assertFalse(self.pub(plugin, ALICE, "a"))
         self.assertFalse(self.sub(plugin, ALICE, "a"))
@@ -263,6 +310,11 @@ class EvaluationTests(AclTestCase):
 
 class ParseTests(AclTestCase):
     def test_crlf_and_whitespace_tolerated(self) -> None:
+        """
+        CRLF line ends, leading and trailing blanks, repeated spaces and tabs between words are
+        tolerated and parsed as intended; each such line is warned about with ``PATH:LINE``,
+        CRLF only once, and nothing is an error.
+        """
         self.write("# CRLF file\r\n"
                    "topic read a\r\n"
                    "  topic write b\r\n"
@@ -288,6 +340,9 @@ class ParseTests(AclTestCase):
         self.assertEqual(self.logged(LogLevel.error), [])
 
     def test_byte_order_mark(self) -> None:
+        """
+        A UTF-8 byte order mark at the start of the file is skipped with a warning on line 1.
+        """
         self.write(b"\xef\xbb\xbftopic read a\r\n")
         plugin = make_plugin({}, self.context)
         self.assertTrue(self.sub(plugin, ANON, "a"))
@@ -296,6 +351,7 @@ class ParseTests(AclTestCase):
                             for w in warnings))
 
     def test_clean_file_no_warnings(self) -> None:
+        """A well-formed file loads without any log event."""
         self.plugin("# comment", "topic read a/#", "", "user x", "topic b", "pattern c/%c")
         self.assertEqual(self.events, [])
 
@@ -306,6 +362,11 @@ class ParseTests(AclTestCase):
         self.assertTrue(any(f"{self.path}:1:" in w for w in self.logged(LogLevel.warn)))
 
     def test_errors_at_start(self) -> None:
+        """
+        An unknown or wrongly capitalised keyword, ``user`` without a name, ``topic`` without a
+        filter, an invalid filter or invalid UTF-8 refuses plugin start with ``PATH:LINE:`` and
+        the reason.
+        """
         cases = [
             (["topic a", "topics b"], 2, "unknown keyword"),
             (["Topic a"], 1, "unknown keyword"),
@@ -326,11 +387,17 @@ class ParseTests(AclTestCase):
         self.assertIn(f"{self.path}:1: ", str(cm.exception))
 
     def test_missing_at_start(self) -> None:
+        """A missing ACL file refuses plugin start with an error naming its full path."""
         with self.assertRaises(ValueError) as cm:
             make_plugin({"acl_file": "missing.acl"}, self.context)
         self.assertIn(os.path.join(self.dir, "missing.acl"), str(cm.exception))
 
     def test_settings(self) -> None:
+        """
+        ``acl_file`` defaults to ``vmq.acl`` in the configuration directory and
+        ``acl_reload_interval`` to 10 seconds; a negative, non-numeric or hexadecimal
+        interval and an unknown ``vmq_acl.*`` setting are refused with the setting's name.
+        """
         self.write("topic #\n")
         plugin = make_plugin({"acl_file": self.path, "acl_reload_interval": "30"},
                              self.context)
@@ -359,6 +426,10 @@ class ReloadTests(AclTestCase):
         os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
 
     def test_changed_file(self) -> None:
+        """
+        A changed ACL file replaces the rules at the next reload interval, not before, and one
+        timer stays scheduled.
+        """
         self.rewrite("topic b")
         self.clock.advance(9)
         self.assertTrue(self.pub(self.acl, ANON, "a"))
@@ -368,6 +439,10 @@ class ReloadTests(AclTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_broken_file_keeps_rules(self) -> None:
+        """
+        A file that becomes malformed leaves the previous rules in force and is logged once as
+        an error with ``PATH:LINE``, not again at every interval.
+        """
         self.rewrite("topic b", "bogus line")
         self.clock.advance(10)
         self.assertTrue(self.pub(self.acl, ANON, "a"))
@@ -379,12 +454,17 @@ class ReloadTests(AclTestCase):
         self.assertEqual(len(self.logged(LogLevel.error)), 1)
 
     def test_deleted_file_keeps_rules(self) -> None:
+        """A deleted ACL file leaves the previous rules in force, with one warning."""
         os.remove(self.path)
         self.clock.advance(10)
         self.assertTrue(self.pub(self.acl, ANON, "a"))
         self.assertEqual(len(self.logged(LogLevel.warn)), 1)
 
     def test_forced_reload(self) -> None:
+        """
+        An explicit reload (as on SIGHUP) applies the file even when the plugin is stopped, and
+        does not schedule a timer.
+        """
         self.acl.stop()
         self.write("topic c\n")
         self.assertTrue(self.acl.reload())

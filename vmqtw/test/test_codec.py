@@ -39,9 +39,11 @@ def vec(name: str, level: int, data: bytes, packet: Any, canonical: bool = True)
     V.append((name, level, data, packet, canonical))
 
 
+# 3.1.1 s3.2: CONNACK, session present; 3.1 reserves that byte ("not used").
+vec("connack-sp", 4, h("20 02 01 00"), Connack(0, True))
+vec("connack-31", 3, h("20 02 00 00"), Connack(0, False))
 for _lvl in (3, 4):
-    # 3.1.1 s3.2: CONNACK, session present, accepted / refused 5.
-    vec("connack-sp", _lvl, h("20 02 01 00"), Connack(0, True))
+    # 3.1.1 s3.2: CONNACK refused 5.
     vec("connack-5", _lvl, h("20 02 00 05"), Connack(5, False))
     # 3.1.1 s3.3: PUBLISH QoS 0 "a/b" "hello".
     vec("publish-q0", _lvl, h("30 0a 0003") + b"a/b" + b"hello", Publish("a/b", b"hello"))

@@ -249,14 +249,14 @@ class ConnectTests(BadInputCase):
 
     def test_5_property_not_allowed(self) -> None:
         """A 5.0 CONNECT carrying a property not allowed on CONNECT (topic alias) raises
-        ProtocolError."""
-        self.connect_fails(connect(level=5, tail=h("03 23 0001") + s(b"abc")), P)
+        MalformedPacket (5.0 s2.2.2.2)."""
+        self.connect_fails(connect(level=5, tail=h("03 23 0001") + s(b"abc")), M)
 
     def test_5_will_property_not_allowed(self) -> None:
         """A 5.0 will carrying a property not allowed in a will (session expiry interval)
-        raises ProtocolError."""
+        raises MalformedPacket (5.0 s2.2.2.2)."""
         self.connect_fails(connect(level=5, flags=0x06, tail=h("00") + s(b"abc")
-                                   + h("05 11 00000001") + s(b"w") + s(b"m")), P)
+                                   + h("05 11 00000001") + s(b"w") + s(b"m")), M)
 
     def test_5_duplicate_property(self) -> None:
         """A 5.0 CONNECT carrying session expiry interval twice raises ProtocolError (5.0
@@ -351,9 +351,9 @@ class PublishTests(BadInputCase):
 
     def test_5_property_not_allowed(self) -> None:
         """A 5.0 PUBLISH carrying a property not allowed on PUBLISH (will delay interval,
-        session expiry interval) raises ProtocolError."""
-        self.fails((5,), h("30 09 0001 74 05 18 00000001"), P)
-        self.fails((5,), h("30 09 0001 74 05 11 00000001"), P)
+        session expiry interval) raises MalformedPacket (5.0 s2.2.2.2)."""
+        self.fails((5,), h("30 09 0001 74 05 18 00000001"), M)
+        self.fails((5,), h("30 09 0001 74 05 11 00000001"), M)
 
     def test_5_unknown_property(self) -> None:
         """A 5.0 PUBLISH carrying an unknown property identifier (0x00, 0xFF) raises
@@ -418,8 +418,8 @@ class AckTests(BadInputCase):
 
     def test_5_property_not_allowed(self) -> None:
         """A 5.0 PUBACK carrying a property not allowed on it (topic alias) raises
-        ProtocolError."""
-        self.fails((5,), h("40 07 0001 00 03 23 0001"), P)
+        MalformedPacket (5.0 s2.2.2.2)."""
+        self.fails((5,), h("40 07 0001 00 03 23 0001"), M)
 
     def test_5_duplicate_reason_string(self) -> None:
         """A 5.0 PUBREC carrying reason string twice raises ProtocolError."""
@@ -484,8 +484,8 @@ class SubscribeTests(BadInputCase):
 
     def test_5_property_not_allowed(self) -> None:
         """A 5.0 SUBSCRIBE carrying a property not allowed on it (topic alias) raises
-        ProtocolError."""
-        self.fails((5,), h("82 0a 0001 03 230001 0001 74 00"), P)
+        MalformedPacket (5.0 s2.2.2.2)."""
+        self.fails((5,), h("82 0a 0001 03 230001 0001 74 00"), M)
 
 
 class UnsubscribeTests(BadInputCase):
@@ -569,8 +569,8 @@ class EmptyPacketTests(BadInputCase):
 
     def test_disconnect_5_property_not_allowed(self) -> None:
         """A 5.0 DISCONNECT carrying a property not allowed on it (topic alias) raises
-        ProtocolError."""
-        self.fails((5,), h("e0 05 00 03 230001"), P)
+        MalformedPacket (5.0 s2.2.2.2)."""
+        self.fails((5,), h("e0 05 00 03 230001"), M)
 
     def test_auth_3x(self) -> None:
         """Packet type 15 (AUTH) is reserved at MQTT 3.1 and 3.1.1 and raises
@@ -583,5 +583,5 @@ class EmptyPacketTests(BadInputCase):
 
     def test_auth_5_property_not_allowed(self) -> None:
         """A 5.0 AUTH carrying a property not allowed on it (session expiry interval) raises
-        ProtocolError."""
-        self.fails((5,), h("f0 07 18 05 11 00000001"), P)
+        MalformedPacket (5.0 s2.2.2.2)."""
+        self.fails((5,), h("f0 07 18 05 11 00000001"), M)

@@ -36,6 +36,11 @@ u32 = st.integers(0, 0xFFFFFFFF)
 flag = st.integers(0, 1)
 packet_id = st.integers(1, 0xFFFF)
 qos = st.integers(0, 2)
+# A will topic is a topic name: non-empty, no wildcard (MQTT-4.7.3-1, 4.7.1-1).
+topic_name = st.text(st.characters(codec="utf-8", exclude_characters="\x00+#"),
+                     min_size=1, max_size=12)
+# An UNSUBSCRIBE filter is a valid topic filter (MQTT-4.7.1-2/-3, 4.7.3-1).
+topic_filter = topic_name | st.sampled_from(["#", "+", "a/+/b", "a/#", "+/+/#", "/+"])
 
 VALUES: dict[str, st.SearchStrategy[Any]] = {
     "payload_format_indicator": flag,
@@ -89,7 +94,7 @@ def connects(draw: Any, level: int) -> Connect:
         password = draw(st.none() | binary)
     else:
         password = None
-    will = draw(st.none() | st.builds(Will, text, binary, qos, st.booleans(),
+    will = draw(st.none() | st.builds(Will, topic_name, binary, qos, st.booleans(),
                                       props(WILL, level)))
     return Connect(draw(text), level, draw(st.booleans()), draw(u16), will, username,
                    password, draw(props(CONNECT, level)))
@@ -115,7 +120,8 @@ def packets(level: int) -> st.SearchStrategy[Packet]:
             for cls, t in ((Puback, PUBACK), (Pubrec, PUBREC), (Pubrel, PUBREL),
                            (Pubcomp, PUBCOMP))]
     choices = [
-        st.builds(Connack, u8, st.booleans(),
+        # 3.1 reserves the session-present byte: the encoder always sends 0.
+        st.builds(Connack, u8, st.booleans() if level != 3 else st.just(False),
                   props(CONNACK, level)),
         publishes(level),
         *acks,
@@ -123,7 +129,7 @@ def packets(level: int) -> st.SearchStrategy[Packet]:
                   st.lists(st.tuples(text, sub_options(level)), min_size=1, max_size=4),
                   props(SUBSCRIBE, level)),
         st.builds(Suback, packet_id, st.lists(u8, max_size=4), props(SUBACK, level)),
-        st.builds(Unsubscribe, packet_id, st.lists(text, min_size=1, max_size=4),
+        st.builds(Unsubscribe, packet_id, st.lists(topic_filter, min_size=1, max_size=4),
                   props(UNSUBSCRIBE, level)),
         st.builds(Unsuback, packet_id,
                   st.lists(u8, max_size=4) if level == 5 else st.just([]),

@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.config}: the VerneMQ-style configuration parser.
+Tests for ``vmqtw.config``: the VerneMQ-style configuration parser.
 """
 
 from __future__ import annotations
@@ -43,12 +43,17 @@ def one(cfg: BrokerConfig, kind: str = "tcp", name: str = "default") -> Listener
 
 class FormatTests(ErrorMixin, SynchronousTestCase):
     def test_empty(self) -> None:
+        """An empty file is a valid configuration with no listeners and every default."""
         cfg = parse("", "e.conf")
         self.assertEqual(cfg.path, "e.conf")
         self.assertEqual(cfg.listeners, ())
         self.assertEqual(cfg, BrokerConfig(path="e.conf", listeners=()))
 
     def test_comments_blank_lines_whitespace(self) -> None:
+        """
+        Comment lines (``#``, indented too), blank and whitespace-only lines are skipped, and
+        blanks around keys, ``=`` and values are ignored.
+        """
         cfg = parse(conf(
             "# a comment",
             "",
@@ -81,16 +86,19 @@ class FormatTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_crlf_line_endings(self) -> None:
+        """CRLF line endings are accepted."""
         cfg = parse("allow_anonymous = on\r\nretry_interval = 7\r\n")
         self.assertTrue(cfg.allow_anonymous)
         self.assertEqual(cfg.retry_interval, 7)
 
     def test_later_key_wins(self) -> None:
+        """When a key is set twice the later line wins and is the one its source points at."""
         cfg = parse(conf("retry_interval = 5", "retry_interval = 9"), "b.conf")
         self.assertEqual(cfg.retry_interval, 9)
         self.assertEqual(cfg.source("retry_interval"), ("b.conf", 2))
 
     def test_later_listener_declaration_wins(self) -> None:
+        """A listener declared twice is one listener with the later address and source line."""
         cfg = parse(conf(
             "listener.tcp.default = 127.0.0.1:1883",
             "listener.tcp.default = 127.0.0.1:1884",
@@ -100,23 +108,32 @@ class FormatTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg).source, ("<config>", 2))
 
     def test_overridden_bad_value_still_reported(self) -> None:
+        """
+        An invalid value is reported at its line even when a later line sets the key again.
+        """
         self.assertConfigError(
             conf("retry_interval = soon", "retry_interval = 5"),
             "broker.conf:1: retry_interval: expected an integer, got 'soon'",
         )
 
     def test_line_without_equals(self) -> None:
+        """A line without ``=`` is an error at ``FILE:LINE`` asking for ``key = value``."""
         self.assertConfigError(
             conf("# ok", "allow_anonymous on"),
             "broker.conf:2: allow_anonymous on: expected 'key = value'",
         )
 
     def test_line_without_key(self) -> None:
+        """A line with nothing before ``=`` is an error asking for ``key = value``."""
         self.assertConfigError(
             conf(" = on"), "broker.conf:1: = on: expected 'key = value'"
         )
 
     def test_unknown_key(self) -> None:
+        """
+        An unknown key is an error ``FILE:LINE: key: unknown configuration key``, with file,
+        line, key and message also available as attributes.
+        """
         err = self.assertConfigError(
             conf("allow_anonymous = on", "", "some.key = 1"),
             "broker.conf:3: some.key: unknown configuration key",
@@ -175,6 +192,12 @@ class FormatTests(ErrorMixin, SynchronousTestCase):
 
 class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
     def test_builtin_defaults(self) -> None:
+        """
+        A bare tcp listener gets VerneMQ's defaults (10000 connections, 10 acceptors, no
+        mountpoint, no lifetime limit, MQTT 3.1 and 3.1.1, no anonymous override, no PROXY
+        protocol, CN as username when PROXY is on); default options are sourced at line 0 and
+        tcp listeners carry no TLS options.
+        """
         lc = one(parse(conf("listener.tcp.default = 127.0.0.1:1883"), "b.conf"))
         self.assertEqual(lc.kind, "tcp")
         self.assertEqual(lc.name, "default")
@@ -195,6 +218,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertNotIn("certfile", lc.options)
 
     def test_root_only(self) -> None:
+        """
+        ``listener.OPTION`` settings reach every listener kind that has the option, with the
+        root line as their source.
+        """
         cfg = parse(conf(
             "listener.max_connections = 500",
             "listener.nr_of_acceptors = 3",
@@ -213,6 +240,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
             self.assertEqual(lc.option_source("mountpoint"), ("b.conf", 3))
 
     def test_protocol_overrides_root(self) -> None:
+        """``listener.KIND.OPTION`` overrides the root value for that kind only."""
         cfg = parse(conf(
             "listener.max_connections = 500",
             "listener.tcp.max_connections = 20",
@@ -224,6 +252,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg, "ssl").max_connections, 500)
 
     def test_named_overrides_protocol(self) -> None:
+        """
+        ``listener.KIND.NAME.OPTION`` overrides the protocol and root values for that listener
+        only.
+        """
         cfg = parse(conf(
             "listener.max_connections = 500",
             "listener.tcp.max_connections = 20",
@@ -246,6 +278,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg).max_connections, 7)
 
     def test_minus_one_inherits(self) -> None:
+        """
+        ``-1`` at protocol or listener level means "inherit": the value and source come from
+        the next level up.
+        """
         cfg = parse(conf(
             "listener.max_connections = 500",
             "listener.tcp.max_connections = -1",
@@ -261,6 +297,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(lc.options["max_connections"], "500")
 
     def test_minus_one_everywhere_is_builtin_default(self) -> None:
+        """``-1`` at every level gives the built-in default."""
         cfg = parse(conf(
             "listener.max_connections = -1",
             "listener.tcp.max_connections = -1",
@@ -270,6 +307,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg).max_connections, 10000)
 
     def test_infinity(self) -> None:
+        """
+        ``max_connections = infinity`` means no limit (``None``) and ``infinity`` is kept as
+        written for other options; other kinds keep their own values.
+        """
         cfg = parse(conf(
             "listener.tcp.max_connections = infinity",
             "listener.tcp.default = 127.0.0.1:1883",
@@ -282,6 +323,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg, "ssl").options["tls_handshake_timeout"], "infinity")
 
     def test_named_infinity_overrides_protocol(self) -> None:
+        """A listener's ``infinity`` overrides a protocol-level limit."""
         cfg = parse(conf(
             "listener.tcp.max_connections = 5",
             "listener.tcp.default = 127.0.0.1:1883",
@@ -290,6 +332,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertIsNone(one(cfg).max_connections)
 
     def test_mountpoint(self) -> None:
+        """
+        A mountpoint is inherited from the root through the protocol to the listener; ``off``
+        means none, trailing slashes are stripped, and an empty value inherits as in VerneMQ.
+        """
         cfg = parse(conf(
             "listener.mountpoint = root",
             "listener.tcp.mountpoint = proto/",
@@ -311,6 +357,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg, "tcp", "e").mountpoint, "proto")
 
     def test_mountpoint_wildcards(self) -> None:
+        """A mountpoint containing ``+`` or ``#`` is refused."""
         self.assertConfigError(
             conf("listener.mountpoint = a/+"),
             "broker.conf:1: listener.mountpoint: a mountpoint cannot contain "
@@ -336,6 +383,11 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg, "http").nr_of_acceptors, 20)
 
     def test_root_options_only_reach_kinds_that_have_them(self) -> None:
+        """
+        Root options reach only listener kinds that have them: vmq (cluster) listeners get a
+        mountpoint but no connection lifetime, and http listeners neither a mountpoint nor
+        MQTT protocol versions.
+        """
         cfg = parse(conf(
             "listener.max_connection_lifetime = 60",
             "listener.mountpoint = m",
@@ -352,6 +404,13 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg, "http").allowed_protocol_versions, frozenset())
 
     def test_protocol_and_named_only_options(self) -> None:
+        """
+        Options that exist only at protocol and listener level (``allowed_protocol_versions``,
+        ``allow_anonymous_override``, ``proxy_protocol``,
+        ``proxy_protocol_use_cn_as_username``) inherit from the protocol level and can be
+        overridden per listener; ``allowed_protocol_versions`` accepts a bracketed list and 131
+        (an MQTT 3.1 bridge).
+        """
         cfg = parse(conf(
             "listener.tcp.allowed_protocol_versions = 3,4,5",
             "listener.tcp.proxy_protocol = on",
@@ -372,6 +431,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertTrue(b.proxy_protocol_use_cn_as_username)
 
     def test_bool_spellings(self) -> None:
+        """``true`` and ``false`` are accepted as well as ``on`` and ``off``."""
         cfg = parse(conf(
             "listener.tcp.a = 127.0.0.1:1",
             "listener.tcp.a.proxy_protocol = true",
@@ -382,6 +442,11 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertFalse(one(cfg, "tcp", "b").proxy_protocol)
 
     def test_tls_options_resolved_raw(self) -> None:
+        """
+        TLS options are resolved through the same inheritance with their source line, get
+        VerneMQ's defaults (PSK separator ``:``, 5000 ms handshake timeout, ``tlsv1.2``), and
+        reach wss listeners as well, without PSK options there.
+        """
         cfg = parse(conf(
             "listener.ssl.cafile = /etc/ca.pem",
             "listener.ssl.certfile = /etc/proto.pem",
@@ -413,6 +478,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertNotIn("pskfile", wss.options)
 
     def test_empty_string_option_inherits(self) -> None:
+        """An empty value for a string option inherits from the level above, as in VerneMQ."""
         cfg = parse(conf(
             "listener.ssl.certfile = /etc/proto.pem",
             "listener.ssl.default = 127.0.0.1:8883",
@@ -421,6 +487,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(one(cfg, "ssl").options["certfile"], "/etc/proto.pem")
 
     def test_auth_plugins(self) -> None:
+        """
+        A listener's ``auth_plugins`` and ``authz_plugins`` are kept as written and split as
+        lists, with or without brackets.
+        """
         cfg = parse(conf(
             "plugins.vmq_passwd = on",
             "plugins.vmq_acl = on",
@@ -436,6 +506,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(config.split_list(lc.options["authz_plugins"]), ("vmq_acl",))
 
     def test_auth_plugins_errors(self) -> None:
+        """
+        A listener chain that names a plugin twice, names a plugin that is not on, or is empty
+        is refused at its line.
+        """
         self.assertConfigError(
             conf(
                 "plugins.vmq_passwd = on",
@@ -464,7 +538,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_listener_named_like_option_is_an_option(self) -> None:
-        """listener.tcp.max_connections is an option, not a listener."""
+        """
+        ``listener.tcp.max_connections`` is always an option, never a listener named
+        ``max_connections``: given an address it is an invalid integer.
+        """
         cfg = parse(conf("listener.tcp.max_connections = 5"))
         self.assertEqual(cfg.listeners, ())
         self.assertConfigError(
@@ -474,6 +551,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_listener_order_is_file_order(self) -> None:
+        """Listeners are kept in the order they are declared in the file."""
         cfg = parse(conf(
             "listener.ws.z = 127.0.0.1:3",
             "listener.tcp.b = 127.0.0.1:1",
@@ -485,12 +563,14 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_listener_config_hashable(self) -> None:
+        """A listener's configuration is hashable, so it can key a set or dict."""
         lc = one(parse(conf("listener.tcp.default = 127.0.0.1:1883")))
         self.assertEqual(len({lc, lc}), 1)
 
 
 class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
     def test_bad_int_value(self) -> None:
+        """A non-integer ``max_connections`` is refused with the accepted forms."""
         self.assertConfigError(
             conf(
                 "listener.tcp.default = 127.0.0.1:1883",
@@ -501,6 +581,10 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_int_out_of_range(self) -> None:
+        """
+        Integer options are checked against their range: ``max_connections`` at least 0,
+        ``nr_of_acceptors`` at least 1, ``active_n`` 1 to 32767, each besides ``-1``.
+        """
         self.assertConfigError(
             conf("listener.max_connections = -5"),
             "broker.conf:1: listener.max_connections: expected an integer >= 0, "
@@ -518,6 +602,9 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_infinity_not_allowed(self) -> None:
+        """
+        ``infinity`` is refused for options without that meaning, such as ``nr_of_acceptors``.
+        """
         self.assertConfigError(
             conf("listener.nr_of_acceptors = infinity"),
             "broker.conf:1: listener.nr_of_acceptors: expected an integer or -1, "
@@ -525,6 +612,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_empty_int(self) -> None:
+        """An empty integer option at protocol level is refused."""
         self.assertConfigError(
             conf("listener.tcp.max_connections ="),
             "broker.conf:1: listener.tcp.max_connections: expected an integer, "
@@ -532,6 +620,10 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_bad_bool(self) -> None:
+        """
+        A boolean option accepts only ``on``/``off`` (or ``true``/``false``); ``yes`` is
+        refused.
+        """
         self.assertConfigError(
             conf(
                 "listener.tcp.default = 127.0.0.1:1883",
@@ -542,6 +634,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_bad_protocol_versions(self) -> None:
+        """``allowed_protocol_versions`` accepts only 3, 4, 5, 131 and 132."""
         self.assertConfigError(
             conf("listener.tcp.allowed_protocol_versions = 3,4,6"),
             "broker.conf:1: listener.tcp.allowed_protocol_versions: expected a "
@@ -550,6 +643,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_bad_tls_version(self) -> None:
+        """``tls_version`` accepts only ``tlsv1`` to ``tlsv1.3``."""
         self.assertConfigError(
             conf("listener.ssl.tls_version = sslv3"),
             "broker.conf:1: listener.ssl.tls_version: expected a comma-separated "
@@ -557,6 +651,11 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_root_level_not_allowed(self) -> None:
+        """
+        Only ``max_connections``, ``nr_of_acceptors``, ``mountpoint`` and
+        ``max_connection_lifetime`` may be set at the root level; a known option there gets a
+        hint to set it per kind, an unknown one is an unknown key.
+        """
         self.assertConfigError(
             conf("listener.proxy_protocol = on"),
             "broker.conf:1: listener.proxy_protocol: unknown configuration key "
@@ -570,6 +669,10 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_option_on_wrong_kind(self) -> None:
+        """
+        An option set on a listener kind that does not have it (TLS options on tcp, PROXY on
+        ssl, connection lifetime on http) is refused, listing the kinds that do.
+        """
         self.assertConfigError(
             conf("listener.tcp.certfile = /x.pem"),
             "broker.conf:1: listener.tcp.certfile: certfile is not an option of "
@@ -591,6 +694,10 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_named_only_option_at_protocol_level(self) -> None:
+        """
+        An option that exists only per listener, such as ``allow_anonymous_override``, is
+        refused at protocol level with the form to use.
+        """
         self.assertConfigError(
             conf("listener.tcp.allow_anonymous_override = on"),
             "broker.conf:1: listener.tcp.allow_anonymous_override: "
@@ -599,6 +706,10 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_protocol_only_option_at_named_level(self) -> None:
+        """
+        An option that exists only per protocol, such as ``pskfile``, is refused on a named
+        listener with the form to use.
+        """
         self.assertConfigError(
             conf(
                 "listener.ssl.default = 127.0.0.1:8883",
@@ -609,6 +720,10 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_buffer_sizes_levels_per_kind(self) -> None:
+        """
+        ``buffer_sizes`` may be set per protocol for tcp, but only per listener for vmq
+        (cluster) listeners.
+        """
         cfg = parse(conf(
             "listener.tcp.buffer_sizes = 1,2,3",
             "listener.vmq.c = 0.0.0.0:44053",
@@ -624,6 +739,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_unknown_listener_option(self) -> None:
+        """An unknown option on a named listener is an unknown configuration key."""
         self.assertConfigError(
             conf(
                 "listener.tcp.default = 127.0.0.1:1883",
@@ -633,12 +749,14 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_unknown_kind(self) -> None:
+        """A listener kind other than VerneMQ's is an unknown configuration key."""
         self.assertConfigError(
             conf("listener.quic.default = 127.0.0.1:1883"),
             "broker.conf:1: listener.quic.default: unknown configuration key",
         )
 
     def test_too_many_parts(self) -> None:
+        """A listener key with too many dotted parts is an unknown configuration key."""
         self.assertConfigError(
             conf("listener.tcp.a.b.max_connections = 1"),
             "broker.conf:1: listener.tcp.a.b.max_connections: unknown "
@@ -646,6 +764,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_undeclared_named_listener(self) -> None:
+        """An option for a listener that is never declared is refused at the option's line."""
         self.assertConfigError(
             conf(
                 "listener.tcp.default = 127.0.0.1:1883",
@@ -656,6 +775,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_declared_under_another_kind(self) -> None:
+        """An option naming a listener declared under another kind counts as undeclared."""
         self.assertConfigError(
             conf(
                 "listener.tcp.foo = 127.0.0.1:1883",
@@ -666,6 +786,7 @@ class ListenerErrorTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_invalid_listener_name(self) -> None:
+        """Listener names may contain only letters, digits, ``_`` and ``-``."""
         self.assertConfigError(
             conf("listener.tcp.my*name = 127.0.0.1:1883"),
             "broker.conf:1: listener.tcp.my*name: invalid listener name 'my*name' "
@@ -679,6 +800,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         return one(cfg, kind, "x").address
 
     def test_ipv4(self) -> None:
+        """``IP:PORT`` gives an IPv4 address with that port and no path, printed as written."""
         a = self.address("127.0.0.1:1883")
         self.assertEqual(a, Address("127.0.0.1", 1883))
         self.assertIsNone(a.path)
@@ -686,29 +808,41 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(self.address("0.0.0.0:1883"), Address("0.0.0.0", 1883))
 
     def test_ipv6_any(self) -> None:
+        """
+        ``:::1883`` (VerneMQ's form, no brackets) is the IPv6 any address, printed as
+        ``[::]:1883``.
+        """
         a = self.address(":::1883")
         self.assertEqual(a, Address("::", 1883))
         self.assertEqual(str(a), "[::]:1883")
 
     def test_ipv6_loopback(self) -> None:
+        """
+        ``::1:1883`` is the IPv6 loopback address on port 1883: the port is after the last
+        colon.
+        """
         a = self.address("::1:1883")
         self.assertEqual(a, Address("::1", 1883))
         self.assertEqual(str(a), "[::1]:1883")
 
     def test_ipv6_normalised(self) -> None:
+        """IPv6 addresses are normalised to their compressed form."""
         self.assertEqual(
             self.address("2001:db8:0:0::1:8883"), Address("2001:db8::1", 8883)
         )
 
     def test_port_zero(self) -> None:
+        """Port 0 (any free port) is accepted."""
         self.assertEqual(self.address("127.0.0.1:0"), Address("127.0.0.1", 0))
 
     def test_unix_socket(self) -> None:
+        """``local:PATH:0`` is a Unix socket address, printed as ``local:PATH``."""
         a = self.address("local:/var/run/app.sock:0")
         self.assertEqual(a, Address(None, 0, "/var/run/app.sock"))
         self.assertEqual(str(a), "local:/var/run/app.sock")
 
     def test_unix_socket_needs_port_zero(self) -> None:
+        """A Unix socket address must end in ``:0``."""
         self.assertConfigError(
             conf("listener.tcp.x = local:/tmp/a.sock:1883"),
             "broker.conf:1: listener.tcp.x: a unix socket address must end in "
@@ -716,6 +850,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_unix_socket_tcp_only(self) -> None:
+        """Unix socket addresses are refused on listeners other than tcp."""
         self.assertConfigError(
             conf("listener.ws.x = local:/tmp/a.sock:0"),
             "broker.conf:1: listener.ws.x: unix socket addresses (local:...) are "
@@ -723,6 +858,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_hostname_rejected(self) -> None:
+        """Host names are refused: a listener address must be an IP address."""
         self.assertConfigError(
             conf("listener.tcp.x = localhost:1883"),
             "broker.conf:1: listener.tcp.x: 'localhost' is not an IP address; "
@@ -731,6 +867,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_brackets_rejected(self) -> None:
+        """Bracketed IPv6 addresses are refused with the unbracketed form to use."""
         self.assertConfigError(
             conf("listener.tcp.x = [::1]:1883"),
             "broker.conf:1: listener.tcp.x: IPv6 addresses are written without "
@@ -738,6 +875,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_bad_port(self) -> None:
+        """Ports above 65535, named, negative or empty are refused."""
         for value in ("127.0.0.1:65536", "127.0.0.1:http", "127.0.0.1:-1", "127.0.0.1:"):
             self.assertConfigError(
                 conf(f"listener.tcp.x = {value}"),
@@ -746,6 +884,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
             )
 
     def test_no_port(self) -> None:
+        """An address without a port is refused with the accepted forms."""
         self.assertConfigError(
             conf("listener.tcp.x = 127.0.0.1"),
             "broker.conf:1: listener.tcp.x: expected IP:PORT (e.g. 127.0.0.1:1883 "
@@ -753,6 +892,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_empty(self) -> None:
+        """An empty listener address is refused with the accepted forms."""
         self.assertConfigError(
             conf("listener.tcp.x ="),
             "broker.conf:1: listener.tcp.x: empty address; expected IP:PORT (e.g. "
@@ -760,6 +900,10 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_duplicate_address(self) -> None:
+        """
+        Two listeners on the same address are refused at the second, naming the first and its
+        line, whatever their kinds.
+        """
         self.assertConfigError(
             conf(
                 "listener.tcp.a = 127.0.0.1:1883",
@@ -771,6 +915,9 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_duplicate_ipv6_address(self) -> None:
+        """
+        IPv6 addresses are compared normalised, so two spellings of ``[::]:1883`` collide.
+        """
         self.assertConfigError(
             conf("listener.tcp.a = :::1883", "listener.tcp.b = 0:0::0:1883"),
             "broker.conf:2: listener.tcp.b: address [::]:1883 is already used by "
@@ -778,6 +925,7 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_duplicate_unix_path(self) -> None:
+        """Two listeners on the same Unix socket path are refused."""
         self.assertConfigError(
             conf(
                 "listener.tcp.a = local:/tmp/a.sock:0",
@@ -788,6 +936,10 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_port_zero_may_repeat(self) -> None:
+        """
+        Port 0 may repeat on the same address, and the same port on different addresses is
+        fine.
+        """
         cfg = parse(conf(
             "listener.tcp.a = 127.0.0.1:0",
             "listener.tcp.b = 127.0.0.1:0",
@@ -800,6 +952,12 @@ class AddressTests(ErrorMixin, SynchronousTestCase):
 
 class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
     def test_defaults(self) -> None:
+        """
+        Without settings the broker uses VerneMQ's defaults (no anonymous clients, 100-byte
+        client ids, 20 in flight, 1000 online and offline messages, 20 s retry, 5000 ms CONNECT
+        timeout, no session expiry, ``prefer_local`` sharing, fifo queues, no will-delay cap,
+        log level info), with no plugins or extra keys; defaults are sourced at line 0.
+        """
         cfg = parse("")
         self.assertFalse(cfg.allow_anonymous)
         self.assertEqual(cfg.max_client_id_size, 100)
@@ -818,6 +976,11 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(cfg.source("allow_anonymous"), ("<config>", 0))
 
     def test_typed_globals(self) -> None:
+        """
+        Every typed global key is parsed to its type (booleans, integers with ``-1`` for "no
+        limit", enumerations, a duration for ``max_last_will_delay``), with the source line
+        kept and nothing left over in ``extra``.
+        """
         cfg = parse(conf(
             "allow_anonymous = on",
             "max_client_id_size = 23",
@@ -867,6 +1030,10 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(dict(cfg.extra), {})
 
     def test_max_last_will_delay(self) -> None:
+        """
+        ``max_last_will_delay`` is ``client`` (no cap), plain seconds or a duration such as
+        ``2m``; anything else is refused.
+        """
         self.assertIsNone(parse("max_last_will_delay = client").max_last_will_delay)
         self.assertEqual(parse("max_last_will_delay = 90").max_last_will_delay, 90)
         self.assertEqual(parse("max_last_will_delay = 2m").max_last_will_delay, 120)
@@ -877,6 +1044,11 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_persistent_client_expiration_units(self) -> None:
+        """
+        ``persistent_client_expiration`` takes ``never`` or a count of hours, days, weeks,
+        months or years, with VerneMQ's units (a month is 4 weeks, a year 48 weeks) and ``0``
+        meaning never.
+        """
         day = 24 * 3600
         cases = {
             "never": None,
@@ -892,6 +1064,10 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
             self.assertEqual(cfg.persistent_client_expiration, expected, raw)
 
     def test_persistent_client_expiration_bad(self) -> None:
+        """
+        ``persistent_client_expiration`` refuses bare numbers, seconds, a unit without a count,
+        spaces and words other than ``never``.
+        """
         for raw in ("3600", "1s", "h", "1 d", "forever"):
             self.assertConfigError(
                 f"persistent_client_expiration = {raw}",
@@ -901,12 +1077,17 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
             )
 
     def test_bad_bool(self) -> None:
+        """A global boolean accepts only ``on``/``off``; ``1`` is refused."""
         self.assertConfigError(
             conf("allow_anonymous = 1"),
             "broker.conf:1: allow_anonymous: expected on or off, got '1'",
         )
 
     def test_bad_int(self) -> None:
+        """
+        Global integers refuse exponents and underscores and are checked against their range
+        (``-1`` at least for message limits, 1 to 65535 for receive maximums).
+        """
         self.assertConfigError(
             conf("max_inflight_messages = 1e3"),
             "broker.conf:1: max_inflight_messages: expected an integer, got '1e3'",
@@ -927,6 +1108,10 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_bad_enum(self) -> None:
+        """
+        Enumerated keys (``queue_type``, ``log_level``) refuse values outside their list,
+        naming the allowed ones.
+        """
         self.assertConfigError(
             conf("queue_type = stack"),
             "broker.conf:1: queue_type: expected one of fifo, lifo, got 'stack'",
@@ -938,6 +1123,10 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_extra_keys(self) -> None:
+        """
+        VerneMQ keys without a typed field here (cluster, ``$SYS``, logging,
+        ``persistent_store``) are accepted and kept as written in ``extra``.
+        """
         cfg = parse(conf(
             "allow_register_during_netsplit = on",
             "coordinate_registrations = off",
@@ -961,6 +1150,10 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(len(cfg.extra), 12)
 
     def test_extra_keys_validated(self) -> None:
+        """
+        Known extra keys are still checked: ``persistent_store.enabled`` must be on or off and
+        ``systree_interval`` an integer.
+        """
         self.assertConfigError(
             conf("persistent_store.enabled = maybe"),
             "broker.conf:1: persistent_store.enabled: expected on or off, got 'maybe'",
@@ -971,6 +1164,7 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_config_is_frozen(self) -> None:
+        """The parsed configuration cannot be changed: fields and ``extra`` are read-only."""
         cfg = parse("allow_anonymous = on")
         self.assertRaises(AttributeError, setattr, cfg, "allow_anonymous", False)
         self.assertRaises(TypeError, operator.setitem, cfg.extra, "x", "y")
@@ -978,6 +1172,10 @@ class GlobalKeyTests(ErrorMixin, SynchronousTestCase):
 
 class PluginTests(ErrorMixin, SynchronousTestCase):
     def test_plugins(self) -> None:
+        """
+        ``plugins.NAME = on|off`` declares plugins in file order, with an optional ``priority``
+        and ``path`` and the source line of the declaration.
+        """
         cfg = parse(conf(
             "plugins.vmq_acl = on",
             "plugins.vmq_passwd = on",
@@ -997,6 +1195,9 @@ class PluginTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_plugin_bad_values(self) -> None:
+        """
+        A plugin switch other than on/off, or a non-integer priority, is refused at its line.
+        """
         self.assertConfigError(
             conf("plugins.vmq_acl = enabled"),
             "broker.conf:1: plugins.vmq_acl: expected on or off, got 'enabled'",
@@ -1007,12 +1208,16 @@ class PluginTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_plugin_unknown_subkey(self) -> None:
+        """Keys under ``plugins.NAME.`` other than ``priority`` and ``path`` are unknown."""
         self.assertConfigError(
             conf("plugins.vmq_acl = on", "plugins.vmq_acl.colour = red"),
             "broker.conf:2: plugins.vmq_acl.colour: unknown configuration key",
         )
 
     def test_plugin_priority_without_plugin_line(self) -> None:
+        """
+        A plugin priority without a ``plugins.NAME`` line is refused with the line to add.
+        """
         self.assertConfigError(
             conf("plugins.vmq_acl.priority = 1"),
             "broker.conf:1: plugins.vmq_acl.priority: set but plugins.vmq_acl is "
@@ -1020,6 +1225,11 @@ class PluginTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_plugin_settings(self) -> None:
+        """
+        ``NAME.key = value`` lines are settings of plugin ``NAME``, passed without the prefix,
+        and may come before ``plugins.NAME``; built-in plugins need no ``plugins.NAME`` line
+        for their settings to be accepted.
+        """
         cfg = parse(conf(
             # settings may come before the plugins.NAME line
             "my_hooks.endpoint.url = http://localhost/hook?a=b",
@@ -1043,12 +1253,14 @@ class PluginTests(ErrorMixin, SynchronousTestCase):
         self.assertNotIn("vmq_acl", cfg.plugins)
 
     def test_settings_of_unknown_plugin(self) -> None:
+        """Settings for a plugin that is neither declared nor built-in are unknown keys."""
         self.assertConfigError(
             conf("vmq_webhooks.pool_timeout = 6000"),
             "broker.conf:1: vmq_webhooks.pool_timeout: unknown configuration key",
         )
 
     def test_builtin_plugins(self) -> None:
+        """The built-in plugins are ``vmq_passwd`` and ``vmq_acl``."""
         self.assertEqual(config.BUILTIN_PLUGINS, {"vmq_passwd", "vmq_acl"})
 
 
@@ -1056,6 +1268,10 @@ class RegistryTests(SynchronousTestCase):
     """The registry is the one table of listener options."""
 
     def test_root_options(self) -> None:
+        """
+        The options settable at the root level are exactly ``max_connections``,
+        ``nr_of_acceptors``, ``mountpoint`` and ``max_connection_lifetime``.
+        """
         self.assertEqual(
             set(config._ROOT_OPTIONS),
             {"max_connections", "nr_of_acceptors", "mountpoint",
@@ -1063,17 +1279,24 @@ class RegistryTests(SynchronousTestCase):
         )
 
     def test_scopes_are_known_kinds(self) -> None:
+        """
+        Every registered listener option applies to at least one kind, and only to known kinds.
+        """
         for name, opt in config.REGISTRY.items():
             self.assertTrue(opt.scope, name)
             self.assertLessEqual(set(opt.scope), set(config.LISTENER_KINDS), name)
 
     def test_defaults_validate(self) -> None:
+        """Every registered default passes its own option's check."""
         for name, opt in config.REGISTRY.items():
             if opt.default is not None:
                 opt.check(opt.default)
 
     def test_extending_the_registry(self) -> None:
-        """A new option is one registry entry."""
+        """
+        A new listener option is one registry entry: the parser then accepts it on the kinds
+        and levels of its scope and resolves it like any other.
+        """
         self.patch(config, "REGISTRY", {
             **config.REGISTRY,
             "frobnicate": config.ListenerOption(
@@ -1089,6 +1312,11 @@ class RegistryTests(SynchronousTestCase):
 
 class DescribeTests(SynchronousTestCase):
     def test_describe(self) -> None:
+        """
+        ``describe_listeners`` prints one aligned row per listener (kind, name, address,
+        mountpoint, connection limit, acceptors, versions, lifetime, anonymous override, PROXY,
+        source), with ``-`` or ``off`` where an option does not apply or is unset.
+        """
         cfg = parse(conf(
             "listener.tcp.default = 127.0.0.1:1883",
             "listener.tcp.default.mountpoint = site",
@@ -1115,10 +1343,12 @@ class DescribeTests(SynchronousTestCase):
         )
 
     def test_describe_unix(self) -> None:
+        """Unix socket listeners are described by their ``local:`` path."""
         cfg = parse(conf("listener.tcp.sock = local:/run/vmq.sock:0"))
         self.assertIn("local:/run/vmq.sock", describe_listeners(cfg))
 
     def test_describe_none(self) -> None:
+        """Without listeners the description says so, naming the file."""
         self.assertEqual(
             describe_listeners(parse("", "b.conf")), "b.conf: no listeners configured"
         )
@@ -1126,6 +1356,7 @@ class DescribeTests(SynchronousTestCase):
 
 class LoadTests(ErrorMixin, SynchronousTestCase):
     def test_load(self) -> None:
+        """``load`` reads a file and records it as the path and source of every setting."""
         path = self.mktemp()
         with open(path, "w", encoding="utf-8") as f:
             f.write(conf("allow_anonymous = on", "listener.tcp.default = 127.0.0.1:0"))
@@ -1136,6 +1367,7 @@ class LoadTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(cfg.source("allow_anonymous"), (path, 1))
 
     def test_load_error_names_file(self) -> None:
+        """Errors in a loaded file name that file and line."""
         path = self.mktemp()
         with open(path, "w", encoding="utf-8") as f:
             f.write(conf("bogus = 1"))
@@ -1143,6 +1375,7 @@ class LoadTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(str(err), f"{path}:1: bogus: unknown configuration key")
 
     def test_missing_file(self) -> None:
+        """A missing configuration file is an error naming the file, line 0, and the reason."""
         path = self.mktemp()
         err = self.assertRaises(ConfigError, load, path)
         self.assertEqual(err.file, path)
@@ -1152,12 +1385,14 @@ class LoadTests(ErrorMixin, SynchronousTestCase):
         )
 
     def test_directory(self) -> None:
+        """A directory given as configuration file is an error naming it."""
         path = self.mktemp()
         os.mkdir(path)
         err = self.assertRaises(ConfigError, load, path)
         self.assertTrue(str(err).startswith(f"{path}: cannot read configuration file: "))
 
     def test_not_utf8(self) -> None:
+        """A configuration file that is not UTF-8 is refused, naming the file."""
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(b"nodename = \xff\xfe\n")
@@ -1167,6 +1402,10 @@ class LoadTests(ErrorMixin, SynchronousTestCase):
 
 class ConfigErrorTests(SynchronousTestCase):
     def test_str(self) -> None:
+        """
+        A ``ConfigError`` prints as ``FILE:LINE: KEY: MESSAGE``, or ``FILE: MESSAGE`` without
+        line, and keeps each part as an attribute.
+        """
         self.assertEqual(
             str(ConfigError("a.conf", 3, "k", "bad")), "a.conf:3: k: bad"
         )

@@ -61,22 +61,32 @@ def pc(name: str, priority: int | None = None, enabled: bool = True) -> PluginCo
 class ChainOrderTests(SynchronousTestCase):
 
     def test_priority_then_name(self) -> None:
+        """
+        As in VerneMQ, plugins with a ``priority`` come first, lowest number first (negative
+        allowed, equal priorities by name), followed by the plugins without one in name order.
+        """
         plugins = [pc("zeta"), pc("alpha"), pc("late", 50), pc("early", 1), pc("neg", -5),
                    pc("same_b", 10), pc("same_a", 10), pc("mid")]
         self.assertEqual([p.name for p in chain_order(plugins)],
                          ["neg", "early", "same_a", "same_b", "late", "alpha", "mid", "zeta"])
 
     def test_priority_zero_comes_before_no_priority(self) -> None:
+        """A plugin with ``priority = 0`` runs before a plugin without a priority."""
         self.assertEqual([p.name for p in chain_order([pc("a"), pc("b", 0)])], ["b", "a"])
 
     def test_disabled_left_out(self) -> None:
+        """Plugins that are not ``on`` are left out of the chain, whatever their priority."""
         plugins = [pc("on_1"), pc("off_1", enabled=False), pc("off_2", 1, enabled=False)]
         self.assertEqual([p.name for p in chain_order(plugins)], ["on_1"])
 
     def test_empty(self) -> None:
+        """No plugins give an empty chain."""
         self.assertEqual(chain_order([]), [])
 
     def test_order_of_the_file_does_not_matter(self) -> None:
+        """
+        The order of ``plugins.NAME`` lines in broker.conf does not affect the chain order.
+        """
         config = parse(LISTENER + "plugins.b = on\nplugins.c = on\nplugins.c.priority = 2\n"
                        "plugins.a = on\n")
         self.assertEqual([p.name for p in chain_order(config.plugins.values())],
@@ -143,6 +153,11 @@ class BuiltinTests(LoaderTestCase):
                          "vmq_acl.acl_reload_interval = 0\n")
 
     def test_loads_both_in_name_order(self) -> None:
+        """
+        ``vmq_passwd`` and ``vmq_acl`` load as built-ins in name order; their files resolve
+        against the configuration file's directory, their settings apply, and they get the
+        broker's reactor.
+        """
         plugins = self.builtins()
         self.assertEqual([n for n, _ in plugins], ["vmq_acl", "vmq_passwd"])
         passwd, acl = plugins[1][1], plugins[0][1]
@@ -155,6 +170,10 @@ class BuiltinTests(LoaderTestCase):
         self.assertIs(passwd.reactor, self.clock)
 
     def test_verify_builtin_plugins(self) -> None:
+        """
+        Each built-in fully implements the hook interfaces it declares: ``vmq_passwd``
+        ``auth_on_register``, ``vmq_acl`` ``auth_on_publish`` and ``auth_on_subscribe``.
+        """
         for name, plugin in self.builtins():
             ifaces = [i for i in providedBy(plugin) if i in HOOK_INTERFACES]
             self.assertTrue(ifaces, name)
@@ -167,23 +186,37 @@ class BuiltinTests(LoaderTestCase):
         self.assertTrue(api.IAuthOnSubscribe.providedBy(acl))
 
     def test_disabled_builtin_not_loaded(self) -> None:
+        """Built-ins set to ``off`` are not loaded."""
         self.assertEqual(self.load("plugins.vmq_passwd = off\nplugins.vmq_acl = off\n"), [])
 
     def test_nothing_enabled(self) -> None:
+        """Without any ``plugins.NAME = on`` no plugin is loaded."""
         self.assertEqual(self.load(""), [])
 
     def test_builtin_settings_error_names_the_plugin_line(self) -> None:
+        """
+        A built-in's refusal at start (here a missing password file) becomes a configuration
+        error at the ``plugins.vmq_passwd`` line, with the plugin's own reason.
+        """
         # vmq_passwd's own ValueError (the file is missing) becomes the ConfigError message
         self.assertConfigError("plugins.vmq_passwd = on\n"
                                "vmq_passwd.password_file = nowhere.passwd\n",
                                "vmq_passwd", "nowhere.passwd", "not found")
 
     def test_unknown_builtin_setting(self) -> None:
+        """
+        A misspelt built-in setting is a configuration error at the plugin's line naming the
+        setting.
+        """
         self.write("vmq.passwd", "")
         self.assertConfigError("plugins.vmq_passwd = on\nvmq_passwd.pasword_file = x\n",
                                "vmq_passwd", "unknown setting vmq_passwd.pasword_file")
 
     def test_describe(self) -> None:
+        """
+        ``describe`` lists one ``plugin NAME: INTERFACES`` line per loaded plugin, in chain
+        order.
+        """
         text = describe(self.builtins())
         self.assertEqual(text.splitlines(), [
             "plugin vmq_acl: IAuthOnPublish, IAuthOnSubscribe",
@@ -194,6 +227,10 @@ class BuiltinTests(LoaderTestCase):
 class PathPluginTests(LoaderTestCase):
 
     def test_absolute_path(self) -> None:
+        """
+        A plugin module is loaded from an absolute ``plugins.NAME.path`` and gets empty
+        settings when none are written.
+        """
         name = self.module(RECORDING_PLUGIN)
         ((got, plugin),) = self.load(f"plugins.{name} = on\n"
                                      f"plugins.{name}.path = {self.dir}/plugins\n")
@@ -214,11 +251,13 @@ class PathPluginTests(LoaderTestCase):
         self.assertEqual(plugin.context.log.namespace, f"vmqtw.plugin.{name}")
 
     def test_module_is_registered_under_its_name(self) -> None:
+        """A path plugin's module is registered in ``sys.modules`` under the plugin's name."""
         name = self.module(RECORDING_PLUGIN)
         ((_, plugin),) = self.load(f"plugins.{name} = on\nplugins.{name}.path = plugins\n")
         self.assertIs(type(plugin), sys.modules[name].Plugin)
 
     def test_package_plugin(self) -> None:
+        """A plugin may be a package directory whose ``__init__`` provides ``make_plugin``."""
         name = unique()
         self._modules.append(name)
         self.write(f"plugins/{name}/__init__.py", "from .impl import make_plugin\n")
@@ -238,6 +277,7 @@ class PathPluginTests(LoaderTestCase):
         self.assertEqual(sys.modules[name].__file__, os.path.join(self.dir, "other", name + ".py"))
 
     def test_priority_orders_path_plugins_and_builtins(self) -> None:
+        """Priorities order path plugins and built-ins together in one chain."""
         first, second = self.module(RECORDING_PLUGIN), self.module(RECORDING_PLUGIN)
         self.write("vmq.passwd", "")
         plugins = self.load(f"plugins.{first} = on\nplugins.{first}.path = plugins\n"
@@ -247,6 +287,7 @@ class PathPluginTests(LoaderTestCase):
         self.assertEqual([n for n, _ in plugins], [second, "vmq_passwd", first])
 
     def test_importable_module_without_path(self) -> None:
+        """Without ``plugins.NAME.path`` the plugin is imported by name from ``sys.path``."""
         name = self.module(RECORDING_PLUGIN, directory="site")
         sys.path.insert(0, os.path.join(self.dir, "site"))
         self.addCleanup(sys.path.remove, os.path.join(self.dir, "site"))
@@ -257,24 +298,38 @@ class PathPluginTests(LoaderTestCase):
 class LoadErrorTests(LoaderTestCase):
 
     def test_unknown_plugin(self) -> None:
+        """
+        A plugin name that is neither built-in, nor in a path, nor importable is an "unknown
+        plugin" error at its ``plugins.NAME`` line.
+        """
         self.assertConfigError("plugins.no_such_plugin_zz = on\n", "no_such_plugin_zz",
                                "unknown plugin")
 
     def test_path_does_not_exist(self) -> None:
+        """
+        A ``plugins.NAME.path`` directory that does not exist is an error naming the resolved
+        directory.
+        """
         self.assertConfigError("plugins.p = on\nplugins.p.path = missing\n", "p",
                                os.path.join(self.dir, "missing"), "does not exist")
 
     def test_no_module_in_path(self) -> None:
+        """
+        A path directory without ``NAME.py`` or ``NAME/`` is an error saying the module is
+        missing.
+        """
         os.makedirs(os.path.join(self.dir, "empty"))
         self.assertConfigError("plugins.p = on\nplugins.p.path = empty\n", "p",
                                "no module 'p'")
 
     def test_missing_make_plugin(self) -> None:
+        """A module without ``make_plugin`` is an error that says what the loader needs."""
         name = self.module("X = 1\n")
         self.assertConfigError(f"plugins.{name} = on\nplugins.{name}.path = plugins\n", name,
                                "has no make_plugin(settings, context)")
 
     def test_make_plugin_not_callable(self) -> None:
+        """A ``make_plugin`` that is not callable is refused like a missing one."""
         name = self.module("make_plugin = 'nope'\n")
         self.assertConfigError(f"plugins.{name} = on\nplugins.{name}.path = plugins\n", name,
                                "has no make_plugin")
@@ -290,6 +345,10 @@ class LoadErrorTests(LoaderTestCase):
         self.assertTrue(str(e).endswith(": tenant_auth.users_file is not set"), str(e))
 
     def test_make_plugin_raising_something_else(self) -> None:
+        """
+        An unexpected exception from ``make_plugin`` is reported as "make_plugin failed" with
+        the exception type, at the plugin's line.
+        """
         name = self.module("""\
             def make_plugin(settings, context):
                 raise KeyError("boom")
@@ -298,6 +357,10 @@ class LoadErrorTests(LoaderTestCase):
                                "make_plugin failed: KeyError")
 
     def test_no_hook_interface(self) -> None:
+        """
+        A plugin object that declares no hook interface is refused with a hint to use
+        ``@implementer``, even when it has hook-named methods.
+        """
         name = self.module("""\
             class Plugin:
                 def auth_on_register(self, request):  # no @implementer
@@ -310,6 +373,11 @@ class LoadErrorTests(LoaderTestCase):
                                "provides no hook interface", "@implementer")
 
     def test_module_failing_at_import(self) -> None:
+        """
+        A syntax error, an exception or a missing dependency while importing a path plugin is
+        an error naming the exception type, and leaves no half-imported module in
+        ``sys.modules``.
+        """
         for source, kind in (("def broken(:\n", "SyntaxError"),
                              ("raise RuntimeError('no config')\n", "RuntimeError"),
                              ("import no_such_dependency_zz\n", "ModuleNotFoundError")):
@@ -328,6 +396,9 @@ class LoadErrorTests(LoaderTestCase):
         self.assertNotIn("unknown plugin", str(e))
 
     def test_importable_module_raising(self) -> None:
+        """
+        An importable plugin module that raises at import is reported with the exception type.
+        """
         name = self.module("1 / 0\n", directory="site")
         sys.path.insert(0, os.path.join(self.dir, "site"))
         self.addCleanup(sys.path.remove, os.path.join(self.dir, "site"))
@@ -344,6 +415,10 @@ class LoadErrorTests(LoaderTestCase):
         self.assertEqual(json.dumps([1]), "[1]")
 
     def test_failed_reload_restores_the_earlier_module(self) -> None:
+        """
+        When loading a plugin again from another path fails, the earlier module stays
+        registered.
+        """
         name = self.module(RECORDING_PLUGIN)
         self.load(f"plugins.{name} = on\nplugins.{name}.path = plugins\n")
         first = sys.modules[name]
@@ -353,6 +428,9 @@ class LoadErrorTests(LoaderTestCase):
         self.assertIs(sys.modules[name], first)
 
     def test_first_failing_plugin_is_reported(self) -> None:
+        """
+        When one plugin of several fails, loading stops with the error of that plugin's line.
+        """
         good = self.module(RECORDING_PLUGIN)
         self.assertConfigError(f"plugins.{good} = on\nplugins.{good}.path = plugins\n"
                                "plugins.zz_missing = on\n", "zz_missing", "unknown plugin")
@@ -395,22 +473,34 @@ class ListenerAuthorizerTests(SynchronousTestCase):
         return listener_authorizer(self.config, self.listeners[listener], self.plugins)
 
     def test_listed_plugins_in_the_written_order(self) -> None:
+        """
+        A listener's ``auth_plugins`` and ``authz_plugins`` build its own chains from the
+        loaded plugin objects, in the order written rather than by priority.
+        """
         auth = self.authorizer("tenants")
         self.assertEqual(self.names(auth.chain), ["c", "a"])
         self.assertEqual(self.names(auth.authz_chain), ["b", "c"])
         self.assertIs(auth.chain.plugins[0][1], self.plugins[2][1])
 
     def test_default_is_the_global_chain(self) -> None:
+        """
+        A listener without ``auth_plugins``/``authz_plugins`` uses the global chain for both.
+        """
         auth = self.authorizer("default")
         self.assertEqual(self.names(auth.chain), ["a", "b", "c"])
         self.assertEqual(self.names(auth.authz_chain), ["a", "b", "c"])
 
     def test_only_auth_plugins_set(self) -> None:
+        """Setting only ``auth_plugins`` leaves authorization on the global chain."""
         auth = self.authorizer("authn_only")
         self.assertEqual(self.names(auth.chain), ["b"])
         self.assertEqual(self.names(auth.authz_chain), ["a", "b", "c"])
 
     def test_allow_anonymous_passed_on(self) -> None:
+        """
+        The broker's ``allow_anonymous`` (off by default) is passed on to each listener's
+        authorizer.
+        """
         self.assertFalse(self.authorizer("default").allow_anonymous)
         config = parse(self.CONFIG + "allow_anonymous = on\n")
         auth = listener_authorizer(config, config.listeners[0], self.plugins)
@@ -461,6 +551,10 @@ class ListenerAuthorizerTests(SynchronousTestCase):
         self.assertEqual(self.names(auth.chain), ["acl", "login"])
 
     def test_parser_refuses_disabled_plugin_in_a_chain(self) -> None:
+        """
+        The config parser refuses a listener chain naming a plugin that is not on, at the
+        listener option's line.
+        """
         with self.assertRaises(ConfigError) as cm:
             parse(self.CONFIG.replace("plugins.c = on", "plugins.c = off"))
         self.assertIn("<config>:3: listener.tcp.tenants.auth_plugins: plugin 'c' is not "
@@ -470,6 +564,10 @@ class ListenerAuthorizerTests(SynchronousTestCase):
 class SettingsWithoutPluginTests(SynchronousTestCase):
 
     def test_builtin_settings_while_off(self) -> None:
+        """
+        Settings of a built-in plugin that is not on produce one warning per plugin listing its
+        settings, since they have no effect.
+        """
         config = parse(LISTENER + "vmq_passwd.password_file = x\n"
                        "vmq_passwd.password_reload_interval = 5\n"
                        "plugins.vmq_acl = off\nvmq_acl.acl_file = y\n")
@@ -481,11 +579,13 @@ class SettingsWithoutPluginTests(SynchronousTestCase):
         ])
 
     def test_no_warning_when_on_or_unset(self) -> None:
+        """No warning when a built-in with settings is on, or when no settings are written."""
         self.assertEqual(settings_without_plugin(parse(LISTENER)), [])
         config = parse(LISTENER + "plugins.vmq_passwd = on\nvmq_passwd.password_file = x\n")
         self.assertEqual(settings_without_plugin(config), [])
 
     def test_other_plugins_not_checked(self) -> None:
+        """Settings of a disabled non-built-in plugin do not produce the built-in warning."""
         # settings of a disabled plugin of our own: no built-in warning
         config = parse(LISTENER + "plugins.mine = off\nmine.key = 1\n")
         self.assertEqual(settings_without_plugin(config), [])
@@ -503,6 +603,11 @@ class CheckCommandTests(LoaderTestCase):
                               env=env, cwd=self.dir)
 
     def test_plugin_lines_and_warning(self) -> None:
+        """
+        ``--check`` loads the plugins, prints ``FILE: OK`` and one ``plugin NAME: INTERFACES``
+        line per plugin in chain order, exits 0, and warns on stderr about built-in settings
+        without their plugin.
+        """
         self.write("vmq.passwd", f"alice:{hash_password(b'pw')}\n")
         name = self.module(RECORDING_PLUGIN)
         self.config(f"plugins.vmq_passwd = on\nplugins.{name} = on\n"
@@ -520,6 +625,10 @@ class CheckCommandTests(LoaderTestCase):
                          "on: these settings have no effect\n")
 
     def test_plugin_error_exits_2_with_file_and_line(self) -> None:
+        """
+        A plugin that fails to load makes ``--check`` exit 2 with a single ``configuration
+        error: FILE:LINE: plugins.NAME:`` line and no traceback.
+        """
         self.config("plugins.vmq_passwd = on\nvmq_passwd.password_file = missing.passwd\n")
         result = self.run_check()
         self.assertEqual(result.returncode, 2)
@@ -546,6 +655,9 @@ class CheckCommandTests(LoaderTestCase):
 class ExamplePluginTests(LoaderTestCase):
     """plugins/tenant_auth.py, loaded the way broker.conf loads it."""
 
+    # A real environmental condition, not a stale skip: plugins/ ships with the
+    # source tree only (setup.cfg packages vmqtw and twisted.plugins), so these
+    # tests run from a checkout and skip when trial imports an installed vmqtw.
     if not os.path.isfile(os.path.join(EXAMPLES, "tenant_auth.py")):
         skip = "the example plugins/ directory is not next to this vmqtw package"
 
@@ -561,6 +673,9 @@ class ExamplePluginTests(LoaderTestCase):
         return plugin
 
     def test_verify_object(self) -> None:
+        """
+        The shipped ``tenant_auth`` example loads and fully implements its six hook interfaces.
+        """
         plugin = self.example()
         ifaces = [i for i in providedBy(plugin) if i in HOOK_INTERFACES]
         self.assertEqual(sorted(i.__name__ for i in ifaces), [
@@ -570,6 +685,10 @@ class ExamplePluginTests(LoaderTestCase):
             self.assertTrue(verifyObject(iface, plugin), iface)
 
     def test_settings_errors(self) -> None:
+        """
+        ``tenant_auth`` refuses start without ``users_file``, with an unknown setting, with an
+        unreadable file and with a file that is not JSON, each at the plugin's line.
+        """
         self.write("tenants.json", "{}")
         base = f"plugins.tenant_auth = on\nplugins.tenant_auth.path = {EXAMPLES}\n"
         self.assertConfigError(base, "tenant_auth", "tenant_auth.users_file is not set")

@@ -455,9 +455,10 @@ class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
         self.assertTrue(c.closed)
 
     def test_malformed_and_protocol_errors(self) -> None:
-        """Malformed packets get DISCONNECT 0x81 (malformed packet) and protocol violations
-        (duplicate or misplaced property, a CONNACK from a client) get 0x82 (protocol
-        error), each closing only that client while others keep working."""
+        """Malformed packets (a property not allowed on its packet included, 5.0 s2.2.2.2)
+        get DISCONNECT 0x81 (malformed packet) and protocol violations (a duplicate
+        property, a CONNACK from a client) get 0x82 (protocol error), each closing only that
+        client while others keep working."""
         cases = [
             # PUBACK with a property length overrunning the packet
             (b"\x40\x05\x00\x01\x00\x09\x00", reasons.MALFORMED_PACKET),
@@ -465,8 +466,8 @@ class ServerDisconnectTests(BrokerTestCase, BystanderMixin):
             (b"\x30\x07\x00\x01t\x02\x7f\x00x", reasons.MALFORMED_PACKET),
             # PUBLISH with the content type twice
             (b"\x30\x0d\x00\x01t\x08\x03\x00\x01a\x03\x00\x01bx", reasons.PROTOCOL_ERROR),
-            # SUBSCRIBE carrying a topic alias (not allowed on SUBSCRIBE)
-            (b"\x82\x0a\x00\x01\x03\x23\x00\x01\x00\x01t\x00", reasons.PROTOCOL_ERROR),
+            # SUBSCRIBE carrying a topic alias (not allowed on SUBSCRIBE): 5.0 2.2.2.2
+            (b"\x82\x0a\x00\x01\x03\x23\x00\x01\x00\x01t\x00", reasons.MALFORMED_PACKET),
             # SUBSCRIBE with reserved option bits set
             (b"\x82\x07\x00\x01\x00\x00\x01t\xc0", reasons.MALFORMED_PACKET),
             # a PUBLISH of QoS 3

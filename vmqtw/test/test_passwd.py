@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.auth.passwd}: the vmq_passwd plugin.
+Tests for ``vmqtw.auth.passwd``: the vmq_passwd plugin.
 """
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ class HashTests(SynchronousTestCase):
         self.assertNotEqual(hash_password(b"secret"), random)
 
     def test_verify6(self) -> None:
+        """
+        A ``$6$`` entry verifies only the exact password bytes it was made from (UTF-8
+        included); a different or empty password fails.
+        """
         entry = parse_hash(vmq6(b"p\xc3\xa4ss", SALT))
         self.assertTrue(entry.verify(b"p\xc3\xa4ss"))
         self.assertFalse(entry.verify(b"pass"))
@@ -79,10 +83,15 @@ class HashTests(SynchronousTestCase):
         self.assertTrue(parse_hash(text).verify(b"x"))
 
     def test_unpadded_base64(self) -> None:
+        """Salt and digest written in base64 without ``=`` padding are still accepted."""
         text = vmq6(b"x", SALT).rstrip("=")
         self.assertTrue(parse_hash(text).verify(b"x"))
 
     def test_verify7(self) -> None:
+        """
+        A mosquitto ``$7$`` entry (PBKDF2-SHA512 with its iteration count) verifies the right
+        password only, and ``hash_password_pbkdf2`` writes exactly that form.
+        """
         entry = parse_hash(mosq7(b"secret", SALT, 1000))
         self.assertEqual(entry.iterations, 1000)
         self.assertTrue(entry.verify(b"secret"))
@@ -96,6 +105,11 @@ class HashTests(SynchronousTestCase):
         self.assertFalse(entry.verify(b"robot"))
 
     def test_bad_hashes(self) -> None:
+        """
+        Plain text, truncated entries, bad base64, wrong digest lengths, trailing fields and
+        out-of-range or non-numeric iteration counts are refused by ``parse_hash`` and not
+        reported as hashed by ``is_hashed``.
+        """
         good = vmq6(b"x", SALT)
         digest = good.split("$")[3]
         for text in ["plaintext", "", "$", "$6$", "$6$abc", f"$6${digest}",
@@ -107,6 +121,10 @@ class HashTests(SynchronousTestCase):
         self.assertTrue(is_hashed(good))
 
     def test_reason_hides_plaintext(self) -> None:
+        """
+        The error for an entry that is not a hash does not echo the entry, which may be a
+        plain-text password.
+        """
         with self.assertRaises(ValueError) as cm:
             parse_hash("hunter2")
         self.assertNotIn("hunter2", str(cm.exception))
@@ -133,10 +151,16 @@ class PasswdPluginTests(PluginTestsMixin, SynchronousTestCase):
         return make_plugin(settings, self.context)
 
     def test_interface(self) -> None:
+        """The plugin provides ``IAuthOnRegister``."""
         plugin = self.plugin(f"alice:{vmq6(b'a', SALT)}\n")
         self.assertTrue(verifyObject(IAuthOnRegister, plugin))
 
     def test_results(self) -> None:
+        """
+        A known user with the right password gets ``ok``; a wrong or empty password gets an
+        error ``invalid_credentials``; an unknown user, or a CONNECT without username or
+        password, is passed to the next plugin (``next``), as vmq_passwd does.
+        """
         plugin = self.plugin(
             "# users\n"
             "\n"
@@ -158,7 +182,11 @@ class PasswdPluginTests(PluginTestsMixin, SynchronousTestCase):
         self.assertEqual(plugin.users, {"alice", "bob", "robots"})
 
     def test_user_before_first_colon(self) -> None:
-        """The user is the text before the first ':'; CRLF and blanks are fine."""
+        """
+        The user is the text before the first ``:`` and the rest must be a hash, so
+        ``a:b:HASH`` is refused with ``FILE:LINE``; CRLF, surrounding blanks and blank lines
+        are fine.
+        """
         plugin = self.plugin(f"  alice:{vmq6(b'x', SALT)}  \r\n\r\n   \n")
         self.assertIs(plugin.auth_on_register(request("alice", b"x")), OK)
         with self.assertRaises(ValueError) as cm:
@@ -166,18 +194,30 @@ class PasswdPluginTests(PluginTestsMixin, SynchronousTestCase):
         self.assertIn("vmq.passwd:1:", str(cm.exception))
 
     def test_byte_order_mark(self) -> None:
+        """
+        A UTF-8 byte order mark at the start of the file is skipped, and a warning names the
+        file and line 1.
+        """
         plugin = self.plugin(b"\xef\xbb\xbfalice:" + vmq6(b"x", SALT).encode() + b"\n")
         self.assertIs(plugin.auth_on_register(request("alice", b"x")), OK)
         self.assertTrue(any("vmq.passwd:1: UTF-8 byte order mark" in t
                             for t in self.events.texts()))
 
     def test_duplicate_user_last_wins(self) -> None:
+        """
+        When a user appears twice the later line wins, and the duplicate is logged with its
+        line number.
+        """
         plugin = self.plugin(f"a:{vmq6(b'one', SALT)}\na:{vmq6(b'two', SALT)}\n")
         self.assertIs(plugin.auth_on_register(request("a", b"two")), OK)
         self.assertIsInstance(plugin.auth_on_register(request("a", b"one")), Error)
         self.assertTrue(any("vmq.passwd:2:" in t for t in self.events.texts()))
 
     def test_malformed_at_start(self) -> None:
+        """
+        A malformed file (no colon, empty user, plain-text or broken hash, invalid UTF-8)
+        refuses plugin start with an error naming ``PATH:LINE`` and never showing the password.
+        """
         for text, line in [("nocolon\n", 1),
                            (f"a:{vmq6(b'x', SALT)}\n\nb:secret\n", 3),
                            (f":{vmq6(b'x', SALT)}\n", 1),
@@ -190,11 +230,21 @@ class PasswdPluginTests(PluginTestsMixin, SynchronousTestCase):
             self.assertNotIn("secret", message)
 
     def test_missing_at_start(self) -> None:
+        """
+        A password file that does not exist refuses plugin start with an error naming its full
+        path.
+        """
         with self.assertRaises(ValueError) as cm:
             make_plugin({"password_file": "nope.passwd"}, self.context)
         self.assertIn(os.path.join(self.dir, "nope.passwd"), str(cm.exception))
 
     def test_settings(self) -> None:
+        """
+        ``password_file`` is resolved against the configuration directory and
+        ``password_reload_interval`` defaults to 10 seconds; a negative, non-integer or empty
+        interval, an unknown ``vmq_passwd.*`` setting and a blank file name are refused with
+        the setting's name.
+        """
         path = self.write("other", f"a:{vmq6(b'x', SALT)}\n")
         plugin = make_plugin({"password_file": path, "password_reload_interval": "0"},
                              self.context)
@@ -214,6 +264,10 @@ class PasswdPluginTests(PluginTestsMixin, SynchronousTestCase):
         self.assertRaises(ValueError, make_plugin, {"password_file": " "}, self.context)
 
     def test_interval_off(self) -> None:
+        """
+        ``password_reload_interval = 0`` schedules no periodic reload, but an explicit reload
+        (as on SIGHUP) still picks up a changed file.
+        """
         plugin = self.plugin(f"a:{vmq6(b'x', SALT)}\n", password_reload_interval="0")
         plugin.start()
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -239,6 +293,10 @@ class PasswdReloadTests(PluginTestsMixin, SynchronousTestCase):
         return self.plugin.auth_on_register(request(user, password))
 
     def test_changed_file_picked_up(self) -> None:
+        """
+        A rewritten file takes effect at the next reload interval, not before; users removed
+        from the file are no longer known afterwards, and one timer stays scheduled.
+        """
         self.write("vmq.passwd", f"alice:{vmq6(b'two', SALT)}\nbob:{vmq6(b'b', SALT)}\n")
         self.touch_later()
         self.clock.advance(4)
@@ -255,6 +313,10 @@ class PasswdReloadTests(PluginTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_unchanged_file_not_reparsed(self) -> None:
+        """
+        Periodic checks do not re-read a file whose size, mtime and inode are unchanged; an
+        explicit reload always parses it.
+        """
         parsed: list[bytes] = []
         original = self.plugin.parse
 
@@ -270,6 +332,11 @@ class PasswdReloadTests(PluginTestsMixin, SynchronousTestCase):
         self.assertEqual(len(parsed), 1)
 
     def test_broken_file_keeps_old_table(self) -> None:
+        """
+        A file that becomes malformed leaves the previous users in force and is logged once as
+        an error with ``PATH:LINE`` and no password; an explicit reload reports it again, and
+        the fixed file is picked up at the next interval.
+        """
         self.write("vmq.passwd", f"alice:{vmq6(b'two', SALT)}\nbob:plaintext\n")
         self.touch_later()
         self.clock.advance(5)
@@ -291,6 +358,11 @@ class PasswdReloadTests(PluginTestsMixin, SynchronousTestCase):
         self.assertIs(self.check("alice", b"three"), OK)
 
     def test_deleted_file_keeps_old_table(self) -> None:
+        """
+        A deleted file leaves the previous users in force with a single warning naming the
+        path; an explicit reload fails, and a file written again is picked up at the next
+        interval.
+        """
         os.remove(self.path)
         self.clock.advance(5)
         self.clock.advance(5)
@@ -313,6 +385,10 @@ class PasswdReloadTests(PluginTestsMixin, SynchronousTestCase):
         self.assertIs(self.check("alice", b"owt"), OK)
 
     def test_stop(self) -> None:
+        """
+        The plugin keeps one reload timer while started; ``stop`` cancels it, and stopping or
+        starting twice is harmless.
+        """
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.plugin.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -322,6 +398,11 @@ class PasswdReloadTests(PluginTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_reload_failure_does_not_stop_timer(self) -> None:
+        """
+        An unexpected error while reloading is logged (not raised, not left as an unhandled
+        failure), the old users stay in force and the reload timer keeps running; an explicit
+        reload reports ``False``.
+        """
         def boom(data: bytes) -> dict:
             raise RuntimeError("boom")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.auth.passwd_cli}: the vmq-passwd command.
+Tests for ``vmqtw.auth.passwd_cli``: the vmq-passwd command.
 """
 from __future__ import annotations
 
@@ -85,6 +85,11 @@ class CliTests(SynchronousTestCase):
     # -- -c / -cf ----------------------------------------------------------------
 
     def test_create(self) -> None:
+        """
+        ``vmq-passwd -c FILE USER`` prompts twice, writes a single VerneMQ ``$6$`` line with
+        mode 0600 that the vmq_passwd plugin accepts, leaves no temporary file and prints
+        nothing on stderr.
+        """
         self.assertEqual(self.run_cli("-c", self.path, "alice", answers=("s3cret", "s3cret")), 0)
         self.assertEqual(self.prompts, ["Password: ", "Reenter password: "])
         [line] = self.lines()
@@ -95,6 +100,10 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(self.stderr.getvalue(), "")
 
     def test_create_refuses_existing(self) -> None:
+        """
+        ``-c`` on an existing file fails with "already exists" before prompting and leaves the
+        file untouched.
+        """
         self.write("keep:me\n")
         self.assertFails(self.run_cli("-c", self.path, "alice", answers=("a", "a")),
                          "already exists")
@@ -102,6 +111,10 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(self.lines(), ["keep:me"])
 
     def test_create_force(self) -> None:
+        """
+        ``-cf`` replaces an existing file with only the new user, and also creates a file that
+        does not exist yet.
+        """
         self.write(f"old:{vmq6(b'x')}\n")
         self.assertEqual(self.run_cli("-cf", self.path, "alice", answers=("pw", "pw")), 0)
         [line] = self.lines()
@@ -112,6 +125,11 @@ class CliTests(SynchronousTestCase):
     # -- add / update ------------------------------------------------------------
 
     def test_add_and_update(self) -> None:
+        """
+        Without ``-c`` an existing user's line is updated in place (later duplicates of that
+        user are dropped) and a new user is appended; comments, blank lines, other users and
+        the file's mode are kept, and no temporary file is left.
+        """
         self.write(f"# users\nalice:{vmq6(b'one')}\n\nbob:{vmq6(b'b')}\nalice:{vmq6(b'dup')}\n")
         os.chmod(self.path, 0o644)
         self.assertEqual(self.run_cli(self.path, "alice", answers=("two", "two")), 0)
@@ -126,11 +144,16 @@ class CliTests(SynchronousTestCase):
         self.assertNoTempFiles()
 
     def test_add_needs_existing_file(self) -> None:
+        """
+        Adding a user to a file that does not exist fails before prompting, pointing at ``-c``,
+        and creates no file.
+        """
         self.assertFails(self.run_cli(self.path, "alice", answers=("a", "a")), "-c")
         self.assertEqual(self.prompts, [])
         self.assertFalse(os.path.exists(self.path))
 
     def test_symlink_kept(self) -> None:
+        """Updating through a symbolic link writes the link's target and keeps the link."""
         real = os.path.join(self.dir, "real")
         with open(real, "w") as f:
             f.write("")
@@ -144,12 +167,20 @@ class CliTests(SynchronousTestCase):
     # -- passwords ---------------------------------------------------------------
 
     def test_password_mismatch(self) -> None:
+        """
+        When the two typed passwords differ the command fails with "do not match" and writes
+        nothing.
+        """
         self.write("")
         self.assertFails(self.run_cli(self.path, "alice", answers=("one", "two")),
                          "do not match")
         self.assertEqual(self.lines(), [])
 
     def test_empty_password(self) -> None:
+        """
+        An empty password is refused, whether typed or read from standard input, and nothing is
+        written.
+        """
         self.write("")
         self.assertFails(self.run_cli(self.path, "alice", answers=("", "")), "empty password")
         self.assertFails(self.run_cli("--password-stdin", self.path, "alice", stdin="\n"),
@@ -157,6 +188,11 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(self.lines(), [])
 
     def test_password_stdin(self) -> None:
+        """
+        ``--password-stdin`` reads the first line of standard input as the password (colons and
+        spaces kept, CR/LF stripped, a missing final newline fine) without prompting, in any
+        option position; empty standard input fails with "no password on standard input".
+        """
         self.write("")
         self.assertEqual(self.run_cli("--password-stdin", self.path, "alice",
                                       stdin="pa:ss word\nignored\n"), 0)
@@ -172,6 +208,9 @@ class CliTests(SynchronousTestCase):
                          "no password on standard input")
 
     def test_non_ascii_password(self) -> None:
+        """
+        Non-ASCII user names and passwords are written as UTF-8 and verify with the plugin.
+        """
         self.write("")
         self.assertEqual(self.run_cli(self.path, "jürgen", answers=("grüß", "grüß")), 0)
         self.assertTrue(verifies(self.lines()[0], "jürgen", "grüß".encode()))
@@ -180,6 +219,10 @@ class CliTests(SynchronousTestCase):
     # -- user names --------------------------------------------------------------
 
     def test_bad_usernames(self) -> None:
+        """
+        User names with ``:``, a leading ``#`` or whitespace, line breaks, or empty ones are
+        refused for add, ``-c`` and ``-D`` before prompting, and no file is written or created.
+        """
         self.write("")
         for name, message in [("a:b", "':'"), ("", "empty"), ("#x", "'#'"), (" x", "whitespace"),
                               ("a\nb", "line breaks")]:
@@ -193,6 +236,10 @@ class CliTests(SynchronousTestCase):
     # -- -D ----------------------------------------------------------------------
 
     def test_delete(self) -> None:
+        """
+        ``-D`` removes every line of the user and keeps the rest; deleting an unknown user
+        fails with "not found" and a missing file with "no such file".
+        """
         self.write(f"# c\nalice:{vmq6(b'a')}\nbob:{vmq6(b'b')}\nalice:{vmq6(b'a2')}\n")
         self.assertEqual(self.run_cli("-D", self.path, "alice"), 0)
         self.assertEqual(self.lines(), ["# c", f"bob:{vmq6(b'b')}"])
@@ -203,6 +250,12 @@ class CliTests(SynchronousTestCase):
     # -- -U ----------------------------------------------------------------------
 
     def test_hash_file(self) -> None:
+        """
+        ``-U`` hashes every plain-text password in place (the whole text after the first colon,
+        so colons and spaces stay part of it), keeps comments, blank lines and existing ``$6$``
+        and mosquitto ``$7$`` hashes, treats a hash-looking but invalid entry as plain text,
+        and is idempotent.
+        """
         pbkdf2 = hashlib.pbkdf2_hmac("sha512", b"m", b"salt", 101, 64)
         seven = f"$7$101${base64.b64encode(b'salt').decode()}${base64.b64encode(pbkdf2).decode()}"
         self.write("# plain users\r\n"
@@ -227,12 +280,20 @@ class CliTests(SynchronousTestCase):
         self.assertNoTempFiles()
 
     def test_hash_file_byte_order_mark(self) -> None:
+        """
+        ``-U`` drops a UTF-8 byte order mark so the first user's line is hashed like any other.
+        """
         with open(self.path, "wb") as f:
             f.write("\ufeffalice:pw\n".encode("utf-8"))
         self.assertEqual(self.run_cli("-U", self.path), 0)
         self.assertTrue(verifies(self.lines()[0], "alice", b"pw"))
 
     def test_hash_file_errors(self) -> None:
+        """
+        ``-U`` on a file with a line without a colon, an empty user or an empty password fails
+        with ``:LINE:`` and leaves the file byte for byte unchanged; a missing file and invalid
+        UTF-8 are reported too.
+        """
         for text, message in [("alice\n", ":1:"), ("ok:pw\n:pw\n", ":2:"),
                               ("ok:pw\nempty:\n", ":2: empty password")]:
             self.write(text)
@@ -247,6 +308,11 @@ class CliTests(SynchronousTestCase):
     # -- usage -------------------------------------------------------------------
 
     def test_usage_errors(self) -> None:
+        """
+        Missing or extra arguments, an unknown option and contradictory options (``-c`` with
+        ``-D``, ``--password-stdin`` with ``-D`` or ``-U``) print the usage and fail without
+        creating the file.
+        """
         for argv in [(), (self.path,), ("-c", self.path), ("-U",), ("-U", self.path, "x"),
                      ("-c", "-D", self.path, "x"), ("-x", self.path, "a"),
                      ("-D", "--password-stdin", self.path, "a"),
@@ -255,19 +321,29 @@ class CliTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(self.path))
 
     def test_help(self) -> None:
+        """``--help`` prints the usage on standard output and exits 0."""
         self.assertEqual(self.run_cli("--help"), 0)
         self.assertIn("usage: vmq-passwd", self.stdout.getvalue())
 
     def test_double_dash(self) -> None:
+        """``--`` ends the options, so a file name starting with ``-`` can be created."""
         path = os.path.join(self.dir, "-odd")
         self.assertEqual(self.run_cli("-c", "--", path, "a", answers=("p", "p")), 0)
         self.assertTrue(os.path.exists(path))
 
     def test_os_error(self) -> None:
+        """
+        An operating-system error, such as a missing directory, is reported as a failure naming
+        the path instead of a traceback.
+        """
         missing_dir = os.path.join(self.dir, "nope", "file")
         self.assertFails(self.run_cli("-c", missing_dir, "a", answers=("p", "p")), "nope")
 
     def test_interrupt(self) -> None:
+        """
+        Ctrl-C at the prompt fails with "interrupted", and end of input at the prompt fails
+        suggesting ``--password-stdin``; nothing is written in either case.
+        """
         self.write("")
 
         def interrupted(text: str) -> str:

@@ -183,6 +183,11 @@ class ParserCase(SynchronousTestCase):
 class V1Tests(ParserCase):
 
     def test_tcp4(self) -> None:
+        """
+        A v1 ``TCP4`` line gives the client's source and the destination as TCP IPv4 addresses,
+        no TLVs and no TLS information, however the bytes are split, and leaves the MQTT bytes
+        after it untouched.
+        """
         info = self.parses(V1_TCP4)
         self.assertEqual(info.version, 1)
         self.assertEqual(info.command, "PROXY")
@@ -194,17 +199,26 @@ class V1Tests(ParserCase):
         self.assertIsNone(info.ssl_cn)
 
     def test_tcp6_addresses_are_normalised(self) -> None:
+        """A v1 ``TCP6`` line gives IPv6 addresses in their normal compressed form."""
         info = self.parses(V1_TCP6)
         self.assertEqual(info.family, "AF_INET6")
         self.assertEqual(info.source, IPv6Address("TCP", "2001:db8::1", 51234))
         self.assertEqual(info.destination, IPv6Address("TCP", "2001:db8::2", 8883))
 
     def test_extreme_values(self) -> None:
+        """
+        The lowest and highest IPv4 addresses and ports (0.0.0.0:0, 255.255.255.255:65535) are
+        accepted.
+        """
         info = self.parses(b"PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n")
         self.assertEqual(info.source, IPv4Address("TCP", "0.0.0.0", 0))
         self.assertEqual(info.destination, IPv4Address("TCP", "255.255.255.255", 65535))
 
     def test_unknown_short_and_long(self) -> None:
+        """
+        A v1 ``UNKNOWN`` line, with or without the optional rest (up to the spec's 107-byte
+        maximum), is accepted without addresses, so the socket's own addresses apply.
+        """
         for header in (V1_UNKNOWN, b"PROXY UNKNOWN 1.2.3.4 garbage here\r\n",
                        V1_UNKNOWN_LONGEST):
             info = self.parses(header)
@@ -214,16 +228,28 @@ class V1Tests(ParserCase):
         self.assertEqual(len(V1_UNKNOWN_LONGEST), 107)
 
     def test_header_alone_and_with_nothing_after(self) -> None:
+        """
+        A v1 header followed by nothing is complete, while any prefix of it, up to a line
+        ending in CR only, waits for more bytes.
+        """
         self.parses(V1_TCP4, tail=b"")
         self.incomplete(V1_TCP4[:-1])
         self.incomplete(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r")
         self.incomplete(b"P")
 
     def test_no_crlf_within_107_bytes(self) -> None:
+        """
+        A v1 line without CRLF in its first 107 bytes (the spec's maximum) is refused as too
+        long on its 107th byte, not before.
+        """
         self.refused(V1_UNKNOWN_LONGEST[:-2] + b"f\r\n", ProxyHeaderTooLong, "107", at=106)
         self.refused(b"PROXY TCP4 " + b"1" * 200, ProxyHeaderTooLong, at=106)
 
     def test_line_endings(self) -> None:
+        """
+        A v1 line ending in LF without CR, or with a CR not followed by LF, is malformed,
+        detected as soon as the byte after the CR arrives.
+        """
         self.refused(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", MalformedProxyHeader, "LF without CR")
         self.refused(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX\n", MalformedProxyHeader,
                      "CR without LF")
@@ -231,6 +257,11 @@ class V1Tests(ParserCase):
         self.refused(b"PROXY UNKNOWN\rX", MalformedProxyHeader, at=14)
 
     def test_not_proxy(self) -> None:
+        """
+        Data that does not start with ``PROXY `` exactly (an MQTT CONNECT, an HTTP request, a
+        misspelt or lower-case keyword, a missing space) is "not a PROXY protocol header",
+        refused at the first byte that differs.
+        """
         self.refused(CONNECT, NotAProxyHeader, "not a PROXY protocol header", at=0)
         self.refused(b"PROXX TCP4 1.2.3.4 5.6.7.8 1 2\r\n", NotAProxyHeader, at=4)
         self.refused(b"proxy TCP4 1.2.3.4 5.6.7.8 1 2\r\n", NotAProxyHeader, at=0)
@@ -238,11 +269,20 @@ class V1Tests(ParserCase):
         self.refused(b"GET /mqtt HTTP/1.1\r\n", NotAProxyHeader, at=0)
 
     def test_unknown_protocols(self) -> None:
+        """
+        A v1 protocol other than ``TCP4``, ``TCP6`` or ``UNKNOWN`` (case-sensitive) is refused
+        as unsupported.
+        """
         for proto in (b"TCP5", b"UDP4", b"tcp4", b"", b"UNKNOWNX"):
             self.refused(b"PROXY " + proto + b" 1.2.3.4 5.6.7.8 1 2\r\n",
                          UnsupportedProxyHeader)
 
     def test_bad_addresses(self) -> None:
+        """
+        Invalid IPv4 addresses (out of range, leading zeros, too few parts, names, empty), an
+        IPv6 address on ``TCP4``, and invalid IPv6 addresses (IPv4 on ``TCP6``, scope ids,
+        repeated ``::``) are refused as malformed addresses.
+        """
         for src, dst in [(b"256.1.1.1", b"5.6.7.8"),
                          (b"01.2.3.4", b"5.6.7.8"),        # leading zero
                          (b"1.2.3", b"5.6.7.8"),
@@ -255,11 +295,19 @@ class V1Tests(ParserCase):
             self.refused(b"PROXY TCP6 " + src + b" ::1 1 2\r\n", MalformedProxyHeader, "address")
 
     def test_bad_ports(self) -> None:
+        """
+        Ports out of range, with leading zeros or signs, with letters or with extra spaces are
+        refused.
+        """
         for port in (b"65536", b"01", b"-1", b"+1", b"1a", b"999999", b" 1"):
             self.refused(b"PROXY TCP4 1.2.3.4 5.6.7.8 " + port + b" 2\r\n",
                          MalformedProxyHeader)
 
     def test_field_count_and_spacing(self) -> None:
+        """
+        A v1 line with too few or too many fields, or with doubled or trailing spaces, is
+        malformed.
+        """
         for line in (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
                      b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",
                      b"PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n",
@@ -268,6 +316,7 @@ class V1Tests(ParserCase):
             self.refused(line, MalformedProxyHeader)
 
     def test_non_ascii(self) -> None:
+        """Non-ASCII bytes or NUL in a v1 line make it malformed."""
         self.refused(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 \xff\r\n", MalformedProxyHeader, "ASCII")
         self.refused(b"PROXY TCP4 1.2.3.4\x005.6.7.8 1 2\r\n", MalformedProxyHeader)
 
@@ -279,6 +328,10 @@ class V1Tests(ParserCase):
 class V2Tests(ParserCase):
 
     def test_tcp4(self) -> None:
+        """
+        A v2 ``PROXY`` header with family ``TCP over IPv4`` gives the client's source and the
+        destination address and port, and no TLVs.
+        """
         info = self.parses(V2_TCP4)
         self.assertEqual((info.version, info.command), (2, "PROXY"))
         self.assertEqual((info.family, info.transport), ("AF_INET", "STREAM"))
@@ -288,12 +341,16 @@ class V2Tests(ParserCase):
         self.assertIsNone(info.ssl_cn)
 
     def test_tcp6(self) -> None:
+        """
+        A v2 header with ``TCP over IPv6`` gives IPv6 addresses, IPv4-mapped ones included.
+        """
         info = self.parses(v2(1, 0x21, inet6("2001:db8::1", "::ffff:10.0.0.1", 1, 65535)))
         self.assertEqual((info.family, info.transport), ("AF_INET6", "STREAM"))
         self.assertEqual(info.source, IPv6Address("TCP", "2001:db8::1", 1))
         self.assertEqual(info.destination, IPv6Address("TCP", "::ffff:10.0.0.1", 65535))
 
     def test_udp(self) -> None:
+        """A v2 header with a datagram transport gives UDP addresses, for IPv4 and IPv6."""
         info = self.parses(v2(1, 0x12, inet4("10.0.0.1", "10.0.0.2", 5, 6)))
         self.assertEqual(info.transport, "DGRAM")
         self.assertEqual(info.source, IPv4Address("UDP", "10.0.0.1", 5))
@@ -301,6 +358,10 @@ class V2Tests(ParserCase):
         self.assertEqual(info.source, IPv6Address("UDP", "::1", 5))
 
     def test_unix(self) -> None:
+        """
+        A v2 header with ``AF_UNIX`` gives Unix socket paths with the NUL padding removed,
+        abstract names (leading NUL) included.
+        """
         info = self.parses(v2(1, 0x31, unix(b"/run/client.sock", b"/run/broker.sock")))
         self.assertEqual(info.family, "AF_UNIX")
         self.assertEqual(info.source, UNIXAddress("/run/client.sock"))
@@ -309,6 +370,11 @@ class V2Tests(ParserCase):
         self.assertEqual(info.source, UNIXAddress("\x00abstract"))
 
     def test_local_uses_the_connection_addresses(self) -> None:
+        """
+        A v2 ``LOCAL`` header (haproxy's health checks) carries no addresses, whatever its
+        family, and its whole address and TLV block is skipped; the socket's own addresses
+        apply.
+        """
         # haproxy's health checks: LOCAL, AF_UNSPEC, no block
         info = self.parses(v2(0, 0x00))
         self.assertEqual((info.version, info.command), (2, "LOCAL"))
@@ -325,11 +391,20 @@ class V2Tests(ParserCase):
         self.assertEqual(self.parses(v2(0, 0xFF, b"junk")).command, "LOCAL")
 
     def test_proxy_with_unspec_family_falls_back(self) -> None:
+        """
+        A v2 ``PROXY`` header with family ``AF_UNSPEC`` is accepted without addresses, its
+        block ignored.
+        """
         info = self.parses(v2(1, 0x00, b"whatever"))
         self.assertEqual((info.command, info.family), ("PROXY", "AF_UNSPEC"))
         self.assertIsNone(info.source)
 
     def test_tlvs(self) -> None:
+        """
+        v2 TLVs are exposed: ALPN, authority and unique id get their own attributes (the first
+        ALPN wins), other and custom types are kept by type, and there is no TLS information
+        without an SSL TLV.
+        """
         block = (inet4("10.1.1.1", "10.2.2.2", 1234, 1883) + tlv(0x01, b"mqtt") +
                  tlv(0x02, b"broker.example.com") + tlv(0x04, b"") +
                  tlv(0x05, b"\x01" * 128) + tlv(0x30, b"ns1") + tlv(0xE0, b"custom") +
@@ -344,6 +419,11 @@ class V2Tests(ParserCase):
         self.assertIsNone(info.ssl)
 
     def test_ssl_tlv_with_verified_certificate(self) -> None:
+        """
+        An SSL TLV gives the client flags, the verify result, and the TLS version, CN, cipher,
+        signature and key algorithms from its sub-TLVs; with a verified client certificate its
+        CN is the proxy's CN.
+        """
         info = self.parses(V2_TCP4_SSL)
         ssl_info = info.ssl
         self.assertEqual((ssl_info.client, ssl_info.verify), (7, 0))
@@ -356,6 +436,11 @@ class V2Tests(ParserCase):
         self.assertEqual(info.tlvs[0x20], SSL_ALICE[3:])
 
     def test_ssl_cn_only_when_client_ssl_certificate_and_verified(self) -> None:
+        """
+        The CN from an SSL TLV counts as the client's identity only when the client used TLS
+        (``PP2_CLIENT_SSL``), presented a certificate on the connection or the session, and the
+        proxy verified it (verify = 0).
+        """
         addrs = inet4("10.1.1.1", "10.2.2.2", 1, 2)
         cn = tlv(0x22, "José".encode())
         cases = [
@@ -373,6 +458,10 @@ class V2Tests(ParserCase):
             self.assertEqual(info.ssl_cn, expected, (client, verify))
 
     def test_ssl_without_cn_or_with_bad_cn(self) -> None:
+        """
+        An SSL TLV without a CN sub-TLV, with an empty CN or a CN that is not UTF-8, or without
+        any sub-TLVs gives no CN.
+        """
         addrs = inet4("10.1.1.1", "10.2.2.2", 1, 2)
         info = self.parses(v2(1, 0x11, addrs + ssl_tlv(0x07, 0, tlv(0x21, b"TLSv1.2"))))
         self.assertEqual(info.ssl.version, "TLSv1.2")
@@ -384,6 +473,10 @@ class V2Tests(ParserCase):
         self.assertEqual((info.ssl.client, info.ssl.cn), (5, None))
 
     def test_crc32c(self) -> None:
+        """
+        A CRC32C TLV is checked against the whole header (RFC 4960 CRC32c); a header with a
+        wrong checksum, changed content, or a CRC TLV of the wrong size is refused.
+        """
         self.assertEqual(proxy.crc32c(b"123456789"), 0xE3069283)
         self.assertEqual(crc32c_bitwise(b"123456789"), 0xE3069283)
         header = with_crc(1, 0x11, inet4("10.1.1.1", "10.2.2.2", 1, 2), SSL_ALICE)
@@ -396,6 +489,10 @@ class V2Tests(ParserCase):
                      MalformedProxyHeader, "CRC32C")
 
     def test_bad_signature(self) -> None:
+        """
+        A change in any byte of the 12-byte v2 signature is "not a PROXY header", refused on
+        that byte.
+        """
         for i in range(1, 12):
             bad = bytearray(V2_TCP4)
             bad[i] ^= 0x40
@@ -403,25 +500,45 @@ class V2Tests(ParserCase):
         self.refused(b"\r\n\r\n\x01", NotAProxyHeader, at=4)
 
     def test_bad_version(self) -> None:
+        """
+        A v2 signature followed by a version other than 2 is refused as unsupported once the
+        16-byte fixed header is in.
+        """
         for version in (0, 1, 3, 15):
             self.refused(v2(1, 0x11, inet4("1.1.1.1", "2.2.2.2", 1, 2), version=version),
                          UnsupportedProxyHeader, "version", at=15)
 
     def test_bad_command(self) -> None:
+        """
+        A v2 command other than ``LOCAL`` (0) or ``PROXY`` (1) is refused as unsupported once
+        the 16-byte fixed header is in.
+        """
         for command in (2, 3, 15):
             self.refused(v2(command, 0x11, inet4("1.1.1.1", "2.2.2.2", 1, 2)),
                          UnsupportedProxyHeader, "command", at=15)
 
     def test_bad_family_or_transport(self) -> None:
+        """
+        An unknown address family or transport protocol in a v2 ``PROXY`` header is refused as
+        unsupported.
+        """
         for fam in (0x41, 0x13, 0x10, 0x01, 0x33, 0xFF):
             self.refused(v2(1, fam, inet6("::1", "::2", 1, 2)), UnsupportedProxyHeader, "family")
 
     def test_address_block_too_short(self) -> None:
+        """
+        A v2 block shorter than its family's addresses (12 bytes for IPv4, 36 for IPv6, 216 for
+        Unix) is malformed.
+        """
         self.refused(v2(1, 0x11, b"\x01" * 11), MalformedProxyHeader, "12 address bytes")
         self.refused(v2(1, 0x21, b"\x01" * 35), MalformedProxyHeader, "36 address bytes")
         self.refused(v2(1, 0x31, b"\x01" * 215), MalformedProxyHeader, "216 address bytes")
 
     def test_truncated_tlvs(self) -> None:
+        """
+        TLVs cut short, longer than the block, an SSL TLV shorter than its fixed part, and an
+        SSL sub-TLV running past its TLV are malformed.
+        """
         addrs = inet4("1.1.1.1", "2.2.2.2", 1, 2)
         self.refused(v2(1, 0x11, addrs + b"\x01\x00"), MalformedProxyHeader, "truncated")
         self.refused(v2(1, 0x11, addrs + b"\x01\x00\x05abc"), MalformedProxyHeader, "longer")
@@ -431,10 +548,18 @@ class V2Tests(ParserCase):
                      MalformedProxyHeader, "SSL sub TLV")
 
     def test_truncated_header_waits_for_more(self) -> None:
+        """
+        Any prefix of a valid v2 header, even inside the signature or the TLVs, waits for more
+        bytes.
+        """
         for n in (1, 5, 12, 13, 15, 16, len(V2_TCP4_SSL) - 1):
             self.incomplete(V2_TCP4_SSL[:n])
 
     def test_length_over_the_cap(self) -> None:
+        """
+        A v2 length above the cap is refused as soon as the length field is in, without waiting
+        for the body; a header of exactly the cap is accepted, and the cap can be lowered.
+        """
         # refused as soon as the length field is in, without waiting for the body
         self.refused(v2(1, 0x11, length=65535), ProxyHeaderTooLong, "65535", at=15)
         self.refused(v2(1, 0x11, length=proxy.V2_MAX_LENGTH + 1), ProxyHeaderTooLong, at=15)
@@ -445,6 +570,10 @@ class V2Tests(ParserCase):
         self.refused(V2_TCP4_SSL, ProxyHeaderTooLong, at=15, max_v2_length=40)
 
     def test_parse_header_function(self) -> None:
+        """
+        ``parse_header`` returns ``None`` for incomplete input and otherwise the header and its
+        length, with a one-line description; all parse errors are ``ProxyHeaderError``.
+        """
         self.assertIsNone(parse_header(b""))
         self.assertIsNone(parse_header(V2_TCP4[:20]))
         info, n = parse_header(V2_TCP4 + b"rest")
@@ -453,6 +582,10 @@ class V2Tests(ParserCase):
         self.assertIsInstance(NotAProxyHeader("x"), ProxyHeaderError)
 
     def test_parser_is_done_after_the_header(self) -> None:
+        """
+        Once the header is parsed, feeding the parser more bytes is an error: what follows
+        belongs to the inner protocol.
+        """
         parser = ProxyHeaderParser()
         self.assertIsNotNone(parser.feed(V1_TCP4))
         self.assertRaises(ValueError, parser.feed, b"more")
@@ -530,6 +663,12 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(self.factory.refused, 1)
 
     def test_inner_connected_only_after_the_header_with_the_real_peer(self) -> None:
+        """
+        The inner protocol is built and connected only when the header is complete, and from
+        then on the client's address from the header is its peer (in ``buildProtocol``,
+        ``connectionMade``, ``getPeer`` and ``peer_of``) and the destination its host;
+        acceptance is counted by version and command, and nothing is logged.
+        """
         wrapper, transport = self.connect()
         self.assertEqual(self.inner.built, [])
         self.assertIsNone(wrapper.proxy_info)
@@ -549,6 +688,10 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(self.log_lines(), [])
 
     def test_leftover_bytes_are_delivered(self) -> None:
+        """
+        Bytes after the header in the same segment reach the inner protocol, and later data
+        follows.
+        """
         wrapper, transport = self.connect()
         wrapper.dataReceived(V2_TCP4_SSL + CONNECT[:5])
         (inner,) = self.inner.built
@@ -558,6 +701,10 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(wrapper.proxy_info.ssl_cn, "alice")
 
     def test_writes_and_producer_calls_reach_the_socket(self) -> None:
+        """
+        Writes, producer registration, pause and ``loseConnection`` from the inner protocol go
+        to the socket transport.
+        """
         wrapper, transport = self.connect()
         wrapper.dataReceived(V1_TCP4)
         (inner,) = self.inner.built
@@ -572,6 +719,10 @@ class WrapperTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_local_and_unknown_keep_the_socket_addresses(self) -> None:
+        """
+        For ``LOCAL``, v1 ``UNKNOWN`` and ``AF_UNSPEC`` headers the inner protocol sees the
+        socket's peer and host addresses, and gets the data that follows.
+        """
         for header in (v2(0, 0x00), V1_UNKNOWN, v2(1, 0x00)):
             self.inner.built.clear()
             wrapper, transport = self.connect()
@@ -584,6 +735,11 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(self.factory.accepted[(2, "PROXY")], 1)
 
     def test_client_without_header_is_refused(self) -> None:
+        """
+        A connection that does not start with a PROXY header is aborted without any answer,
+        with one log line naming the listener, the peer and the first bytes; later data is
+        ignored and no inner protocol is built.
+        """
         wrapper, transport = self.connect()
         wrapper.dataReceived(CONNECT)
         self.assertRefused(transport, "not a PROXY protocol header", r"b'\x10")
@@ -592,16 +748,25 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"")  # nothing was ever answered
 
     def test_malformed_header_is_refused(self) -> None:
+        """A malformed header aborts the connection, logged once with the reason."""
         wrapper, transport = self.connect()
         wrapper.dataReceived(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n" + CONNECT)
         self.assertRefused(transport, "bad port")
 
     def test_oversize_header_is_refused(self) -> None:
+        """
+        A v2 header announcing more than the cap aborts the connection, logged with the length.
+        """
         wrapper, transport = self.connect()
         wrapper.dataReceived(v2(1, 0x11, length=60000))
         self.assertRefused(transport, "60000")
 
     def test_header_timeout(self) -> None:
+        """
+        A header not complete within the timeout aborts the connection exactly then, logged
+        with the bytes received, and the timer and connection record are gone after the
+        connection is lost.
+        """
         wrapper, transport = self.connect()
         wrapper.dataReceived(V2_TCP4[:20])
         self.clock.advance(proxy.HEADER_TIMEOUT - 0.1)
@@ -613,12 +778,20 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(self.factory.protocols, {})
 
     def test_silent_client_times_out(self) -> None:
+        """
+        The header timeout is 10 seconds, as in VerneMQ (Ranch); a client that sends nothing is
+        dropped then.
+        """
         self.assertEqual(proxy.HEADER_TIMEOUT, 10.0)  # as VerneMQ/Ranch
         wrapper, transport = self.connect()
         self.clock.advance(10)
         self.assertRefused(transport, "0 bytes")
 
     def test_no_timeout_once_the_header_is_in(self) -> None:
+        """
+        A header completed within the timeout, however slowly, cancels the timer, and the
+        connection stays open afterwards.
+        """
         wrapper, transport = self.connect()
         for b in V2_TCP4:  # slowly (28 bytes), but within the timeout
             self.clock.advance(0.3)
@@ -629,12 +802,18 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(len(self.inner.built), 1)
 
     def test_timeout_can_be_turned_off(self) -> None:
+        """With ``timeout=None`` no header timer is scheduled."""
         factory = ProxyProtocolFactory(self.inner, self.clock, timeout=None)
         wrapper = factory.buildProtocol(HAPROXY)
         wrapper.makeConnection(StringTransport(peerAddress=HAPROXY))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_connection_lost_before_the_header(self) -> None:
+        """
+        A connection lost before the header is complete cancels the timer, forgets the
+        connection, builds no inner protocol and logs nothing (a proxy closing early is not an
+        error).
+        """
         wrapper, transport = self.connect()
         self.assertEqual(len(self.factory.protocols), 1)
         wrapper.dataReceived(V1_TCP4[:10])
@@ -645,6 +824,10 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(self.log_lines(), [])  # a proxy closing early is not an error
 
     def test_connection_lost_after_the_header(self) -> None:
+        """
+        A connection lost after the header is passed to the inner protocol with the same
+        reason, and the wrapper lets go of it.
+        """
         wrapper, transport = self.connect()
         wrapper.dataReceived(V1_TCP4)
         (inner,) = self.inner.built
@@ -655,6 +838,10 @@ class WrapperTests(SynchronousTestCase):
         self.assertIsNone(wrapper.wrappedProtocol)
 
     def test_inner_factory_refusing(self) -> None:
+        """
+        When the inner factory refuses the connection (``buildProtocol`` returns ``None``)
+        after the header, the connection is closed, counted as refused and logged once.
+        """
         factory = ProxyProtocolFactory(InnerFactory(refuse=True), self.clock, name="x")
         factory.log = Logger(namespace="test", observer=self.events.append)
         wrapper = factory.buildProtocol(HAPROXY)
@@ -666,6 +853,10 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(len(self.events), 1)
 
     def test_proxy_factory_for_a_listener(self) -> None:
+        """
+        ``proxy_factory`` wraps a listener's factory with the listener's name, the 10 second
+        timeout and the given clock.
+        """
         listener = parse("listener.tcp.edge = 127.0.0.1:0\n"
                          "listener.tcp.edge.proxy_protocol = on\n").listeners[0]
         factory = proxy.proxy_factory(listener, self.inner, self.clock)
@@ -695,16 +886,29 @@ class IdentityTests(SynchronousTestCase):
         return inner.built[0]
 
     def test_cn_becomes_the_preauth_username(self) -> None:
+        """
+        A verified TLS client CN from the PROXY header becomes the username on a
+        ``proxy_protocol = on`` listener, since ``proxy_protocol_use_cn_as_username`` is on by
+        default.
+        """
         inner = self.inner_after(V2_TCP4_SSL)
         # default: proxy_protocol_use_cn_as_username = on
         self.assertEqual(preauth_username(inner.transport, tcp_listener()), "alice")
 
     def test_cn_ignored_when_the_option_is_off(self) -> None:
+        """
+        With ``proxy_protocol_use_cn_as_username = off`` the PROXY header's CN is not used as
+        the username.
+        """
         inner = self.inner_after(V2_TCP4_SSL)
         listener = tcp_listener("listener.tcp.edge.proxy_protocol_use_cn_as_username = off\n")
         self.assertIsNone(preauth_username(inner.transport, listener))
 
     def test_unverified_certificate_is_no_username(self) -> None:
+        """
+        A CN whose certificate the proxy did not verify is parsed but never used as the
+        username.
+        """
         header = v2(1, 0x11, inet4("1.1.1.1", "2.2.2.2", 1, 2) +
                     ssl_tlv(0x07, 21, tlv(0x22, b"mallory")))
         inner = self.inner_after(header)
@@ -712,6 +916,10 @@ class IdentityTests(SynchronousTestCase):
         self.assertIsNone(preauth_username(inner.transport, tcp_listener()))
 
     def test_no_ssl_tlv_keeps_the_connect_username(self) -> None:
+        """
+        v1 headers, v2 headers without an SSL TLV and ``LOCAL`` headers give no pre-auth
+        username.
+        """
         for header in (V1_TCP4, V2_TCP4, v2(0, 0)):
             inner = self.inner_after(header)
             self.assertIsNone(preauth_username(inner.transport, tcp_listener()))
@@ -737,6 +945,11 @@ class MQTTBehindProxyTests(SynchronousTestCase):
     client's, and a CONNECT in the same segment as the header is answered."""
 
     def test_connect_after_header(self) -> None:
+        """
+        A CONNECT in the same segment as a PROXY header is answered with CONNACK, and the
+        MQTT connection and its session record the client's address from the header, not the
+        proxy's.
+        """
         config = parse("allow_anonymous = on\nlistener.tcp.edge = 127.0.0.1:0\n"
                        "listener.tcp.edge.proxy_protocol = on\n")
         clock = Clock()
@@ -796,6 +1009,12 @@ class Greeter(Protocol):
 class TLSUnderProxyTests(SynchronousTestCase):
 
     def test_proxy_then_tls(self) -> None:
+        """
+        With PROXY outside TLS, application data flows through both layers, the application
+        sees the client's address from the header, and both identities are found down the
+        chain: the proxy's CN for a tcp listener with ``proxy_protocol`` and the broker-
+        verified client certificate's CN for an ssl listener with ``use_identity_as_username``.
+        """
         ca = trustme.CA()
         server_cert = ca.issue_cert("broker.example")
         client_cert = ca.issue_cert(common_name="bob")

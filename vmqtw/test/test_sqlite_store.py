@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -72,15 +72,25 @@ class StoreTestCase(TestCase):
 class RoundTripTests(StoreTestCase):
 
     def test_provides_istore(self) -> None:
+        """``SQLiteStore`` fully implements ``IStore``."""
         self.assertTrue(verifyObject(IStore, self.open()))
 
     def test_new_store_is_empty_and_created(self) -> None:
+        """
+        Opening an empty directory creates the database file (renamed into place, no ``.new``
+        file left) and loads no retained messages and no sessions.
+        """
         self.open()
         self.assertEqual((self.loaded.retained, self.loaded.sessions), ([], []))
         self.assertTrue(os.path.isfile(os.path.join(self.dir, FILENAME)))
         self.assertFalse(os.path.exists(os.path.join(self.dir, FILENAME + ".new")))
 
     def test_retained_messages(self) -> None:
+        """
+        Retained messages survive a restart per mountpoint with payload, QoS, expiry and
+        MQTT 5.0 properties intact; a cleared retained message is gone, and matching and
+        counting work before the restart too.
+        """
         store = self.open()
         props = {"content_type": "text/plain", "correlation_data": b"\x00\xff",
                  "user_property": [("a", "1"), ("a", "2")], "message_expiry_interval": 60}
@@ -102,6 +112,7 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(got[("tenant/", "a/b")].payload, b"three")
 
     def test_retained_available_for_matching_after_load(self) -> None:
+        """Retained messages loaded from the file can be matched and counted right away."""
         store = self.open()
         store.retained_set("", "x/y", Message("x/y", b"v", 1, True))
         again, _ = self.reopen(store)
@@ -109,6 +120,11 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(again.retained_count(), 1)
 
     def test_session_with_mqtt5_subscription_options(self) -> None:
+        """
+        A session survives a restart with its expiry interval, username, subscriptions
+        (MQTT 5.0 options and shared subscriptions included) and subscription identifiers;
+        an offline session keeps the time it was recorded as its disconnect time.
+        """
         store = self.open()
         subs = {"a/#": SubOptions(2, True, True, 2), "$share/g/b": SubOptions(1),
                 "c": SubOptions(0, False, False, 1)}
@@ -128,6 +144,10 @@ class RoundTripTests(StoreTestCase):
 
     @inlineCallbacks
     def test_subscription_changes_are_written_as_differences(self) -> None:
+        """
+        When a session's subscriptions change, removed filters are deleted and changed or new
+        ones written, leaving exactly the current subscriptions in the file.
+        """
         store = self.open()
         session = fake_session(subscriptions={"a": SubOptions(1), "b": SubOptions(1)})
         store.session_updated(session)
@@ -141,6 +161,11 @@ class RoundTripTests(StoreTestCase):
                          [("b", 2), ("c", 0)])
 
     def test_deliveries_in_every_state(self) -> None:
+        """
+        Outgoing deliveries survive a restart in their state (waiting for PUBACK, PUBREC or
+        PUBCOMP, or still queued), with packet id, retain flag and subscription identifiers, in
+        order; received QoS 2 packet ids awaiting PUBREL survive too.
+        """
         store = self.open()
         store.session_updated(fake_session())
         m1, m2, m3, m4 = (Message("t", b"m%d" % i, 2) for i in range(1, 5))
@@ -164,6 +189,10 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(s.incoming_qos2, {77, 78})
 
     def test_acknowledged_and_released_are_forgotten(self) -> None:
+        """
+        PUBACK, PUBCOMP, a dequeued message and a released incoming QoS 2 id remove their
+        records, and a message no delivery refers to is deleted from the file.
+        """
         store = self.open()
         store.session_updated(fake_session())
         m1, m2, m3 = (Message("t", b"m%d" % i, 2) for i in range(1, 4))
@@ -185,6 +214,10 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(0,)])
 
     def test_shared_message_stored_once(self) -> None:
+        """
+        A message queued for many sessions is stored once, and after a restart every session's
+        delivery refers to one shared ``Message`` object.
+        """
         store = self.open()
         big = Message("fan/out", b"p" * 10000, 1)
         keys = [("", f"s{i}") for i in range(50)]
@@ -200,6 +233,10 @@ class RoundTripTests(StoreTestCase):
 
     @inlineCallbacks
     def test_shared_message_deleted_with_its_last_delivery(self) -> None:
+        """
+        A message shared by several deliveries stays in the file until its last delivery is
+        gone.
+        """
         store = self.open()
         m = Message("t", b"x", 1)
         for key in (KEY, KEY2):
@@ -215,6 +252,10 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(0,)])
 
     def test_session_deleted_takes_everything_with_it(self) -> None:
+        """
+        Deleting a session removes its subscriptions, deliveries and incoming QoS 2 ids, and
+        the messages only it referred to; another session's copy of a shared message stays.
+        """
         store = self.open()
         shared = Message("t", b"shared", 1)
         for key in (KEY, KEY2):
@@ -233,6 +274,10 @@ class RoundTripTests(StoreTestCase):
                              [(0,)], table)
 
     def test_session_deleted_and_recreated_in_one_batch(self) -> None:
+        """
+        A session deleted and created again before the next commit comes back with only the new
+        subscriptions and deliveries; nothing of the old one survives.
+        """
         store = self.open()
         store.session_updated(fake_session(subscriptions={"old": SubOptions(1)}))
         store.message_queued(KEY, Message("old", b"1", 1), 1)
@@ -249,6 +294,11 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(s.incoming_qos2, set())
 
     def test_online_session_counts_as_disconnected_at_first_load(self) -> None:
+        """
+        A session still marked online (the broker stopped without marking it disconnected)
+        counts as disconnected at the first load after the stop, so its expiry runs from then,
+        and that time is kept by later loads.
+        """
         store = self.open()
         store.session_updated(fake_session(online=True, expiry=100))
         store.close()
@@ -263,6 +313,10 @@ class RoundTripTests(StoreTestCase):
         self.assertEqual(self.loaded.sessions[0].disconnected_at, 5000.0)
 
     def test_sessions_disconnected_at_shutdown(self) -> None:
+        """
+        ``sessions_disconnected`` at shutdown records the shutdown time as the disconnect time
+        of the online sessions.
+        """
         store = self.open()
         store.session_updated(fake_session(online=True, expiry=100))
         self.now = 1234.0
@@ -274,6 +328,10 @@ class RoundTripTests(StoreTestCase):
 class OrderTests(StoreTestCase):
 
     def test_queue_order_survives(self) -> None:
+        """
+        Queued deliveries come back in the order they were queued, a message queued twice
+        included.
+        """
         store = self.open()
         store.session_updated(fake_session())
         messages = [Message("t", str(i).encode(), 1) for i in range(300)]
@@ -286,6 +344,10 @@ class OrderTests(StoreTestCase):
 
     @inlineCallbacks
     def test_drain_keeps_inflight_in_send_order_and_queue_behind(self) -> None:
+        """
+        Queued messages moved into the in-flight window keep their send order and packet ids,
+        an acknowledged one is gone, and the rest of the queue follows them.
+        """
         store = self.open()
         store.session_updated(fake_session())
         messages = [Message("t", str(i).encode(), 1) for i in range(10)]
@@ -303,6 +365,11 @@ class OrderTests(StoreTestCase):
 
     @inlineCallbacks
     def test_queued_entry_becomes_the_inflight_one(self) -> None:
+        """
+        Sending a queued message turns its delivery record into the in-flight one (one row,
+        retain flag and subscription identifiers kept), whether or not the queued record was
+        already written.
+        """
         store = self.open()
         store.session_updated(fake_session())
         written, pending = Message("t", b"written", 2), Message("t", b"pending", 2)
@@ -321,6 +388,7 @@ class OrderTests(StoreTestCase):
                                (b"pending", WAIT_PUBREC, 8, False, ())])
 
     def test_duplicate_queued_copies_leave_oldest_first(self) -> None:
+        """When the same message is queued twice, dequeuing it removes the older copy."""
         store = self.open()
         store.session_updated(fake_session())
         m = Message("t", b"dup", 1)
@@ -336,23 +404,28 @@ class OrderTests(StoreTestCase):
 class GroupCommitTests(StoreTestCase):
 
     def block_writer(self, store: SQLiteStore) -> threading.Event:
-        """Make the writer wait, inside its next commit, until the event is set."""
+        """Make the writer wait, inside its next commit, until the event is set.
+
+        ``store.writer_started`` is a Deferred that fires on the reactor thread
+        once the writer is inside that commit."""
         release = threading.Event()
-        started = threading.Event()
+        started: Deferred[None] = Deferred()
         original = store._write
 
         def write(batch: Any) -> None:
-            started.set()
+            if not started.called:
+                reactor.callFromThread(started.callback, None)  # type: ignore[attr-defined]
             release.wait(10)
             original(batch)
 
         store._write = write  # type: ignore[method-assign]
         self.addCleanup(release.set)
-        store.writer_started = started  # type: ignore[attr-defined]
+        store.writer_started = started.addTimeout(10, reactor)  # type: ignore[attr-defined]
         return release
 
     @inlineCallbacks
     def test_many_calls_in_one_turn_are_one_transaction(self) -> None:
+        """Everything recorded in one reactor turn is written in a single transaction."""
         store = self.open()
         store.session_updated(fake_session())
         for i in range(2000):
@@ -364,11 +437,15 @@ class GroupCommitTests(StoreTestCase):
 
     @inlineCallbacks
     def test_calls_during_a_commit_share_the_next_one(self) -> None:
+        """
+        Records made while a commit is in progress wait for it and are then written together in
+        one more transaction (group commit), and none of their ``durable()`` calls fires early.
+        """
         store = self.open()
         release = self.block_writer(store)
         store.session_updated(fake_session())
         first = store.durable()
-        yield _wait_for(store.writer_started.is_set)  # type: ignore[attr-defined]
+        yield store.writer_started  # type: ignore[attr-defined]
         waiters = []
         for i in range(500):  # while the first commit is stuck
             store.message_queued(KEY, Message("t", b"%d" % i, 1), 1)
@@ -384,6 +461,10 @@ class GroupCommitTests(StoreTestCase):
 
     @inlineCallbacks
     def test_queued_and_acknowledged_in_one_batch_costs_no_write(self) -> None:
+        """
+        A delivery sent and acknowledged, or a QoS 2 id received and released, before the batch
+        is written cancels out and costs no transaction at all.
+        """
         store = self.open()
         store.session_updated(fake_session())
         yield store.durable()
@@ -403,6 +484,10 @@ class DurableTests(StoreTestCase):
 
     @inlineCallbacks
     def test_fires_after_the_commit(self) -> None:
+        """
+        ``durable()`` fires only once the records made before it are committed and readable
+        from another connection.
+        """
         store = self.open()
         store.session_updated(fake_session())
         store.message_queued(KEY, Message("t", b"durable", 1), 1)
@@ -416,6 +501,10 @@ class DurableTests(StoreTestCase):
 
     @inlineCallbacks
     def test_unsynced_until_handed_to_the_writer(self) -> None:
+        """
+        ``unsynced()`` is true from a record until its batch is handed to the writer, so
+        acknowledgements that depend on it wait; with ``sync = none`` it is never true.
+        """
         store = self.open()
         self.assertFalse(store.unsynced())
         store.session_updated(fake_session())
@@ -429,17 +518,22 @@ class DurableTests(StoreTestCase):
         self.assertFalse(none.unsynced(), "sync = none never holds acknowledgements")
 
     def test_nothing_pending_fires_at_once(self) -> None:
+        """With nothing pending ``durable()`` has already fired and ``pending()`` is false."""
         store = self.open()
         self.assertTrue(store.durable().called)
         self.assertFalse(store.pending())
 
     @inlineCallbacks
     def test_earlier_caller_does_not_wait_for_later_records(self) -> None:
+        """
+        A ``durable()`` fires when its own commit is done; records made after it go into a
+        later commit that only later callers wait for.
+        """
         store = self.open()
         release = GroupCommitTests.block_writer(self, store)  # type: ignore[arg-type]
         store.session_updated(fake_session())
         first = store.durable()
-        yield _wait_for(store.writer_started.is_set)  # type: ignore[attr-defined]
+        yield store.writer_started  # type: ignore[attr-defined]
         store.message_queued(KEY, Message("t", b"later", 1), 1)
         second = store.durable()
         release.set()
@@ -450,15 +544,24 @@ class DurableTests(StoreTestCase):
 
     @inlineCallbacks
     def test_sync_none_never_waits_but_still_writes(self) -> None:
+        """
+        With ``sync = none`` ``durable()`` fires at once, and the records are still written in
+        the background.
+        """
         store = self.open(sync="none")
+        idle = _idle(store)
         store.session_updated(fake_session())
         store.message_queued(KEY, Message("t", b"x", 1), 1)
         self.assertTrue(store.durable().called)
-        yield _wait_for(lambda: not store.pending())
+        yield idle
         self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(1,)])
 
     @inlineCallbacks
     def test_sync_always_uses_full_synchronous(self) -> None:
+        """
+        ``sync = always`` runs SQLite with ``synchronous=FULL`` (an fsync per commit); the
+        default ``group`` uses ``synchronous=NORMAL`` in WAL mode.
+        """
         store = self.open(sync="always")
         self.assertEqual(store._conn.execute("PRAGMA synchronous").fetchone(), (2,))
         store.session_updated(fake_session())
@@ -472,6 +575,10 @@ class DurableTests(StoreTestCase):
 
     @inlineCallbacks
     def test_failed_commit_fails_the_waiters(self) -> None:
+        """
+        A failed commit fails its ``durable()`` waiters with a ``StoreError`` naming the file
+        and the cause, and every later ``durable()`` fails at once.
+        """
         store = self.open()
 
         def broken(batch: Any) -> None:
@@ -489,12 +596,18 @@ class DurableTests(StoreTestCase):
         self.flushLoggedErrors(sqlite3.OperationalError)
 
     def test_bad_sync_mode(self) -> None:
+        """An unknown sync mode is refused."""
         self.assertRaises(ValueError, SQLiteStore, self.dir, reactor, "sometimes")
 
 
 class LoadPurgeTests(StoreTestCase):
 
     def test_expired_sessions_are_purged(self) -> None:
+        """
+        At load, sessions whose expiry interval ran out since they disconnected are deleted
+        with their subscriptions, deliveries, incoming QoS 2 ids and unshared messages, and
+        counted; sessions without expiry or not yet expired stay.
+        """
         store = self.open()
         shared = Message("t", b"s", 1)
         for cid, expiry in (("short", 10), ("long", 1000), ("never", None)):
@@ -513,6 +626,7 @@ class LoadPurgeTests(StoreTestCase):
                          [b"long", b"never", b"s"])
 
     def test_session_not_yet_expired_is_kept(self) -> None:
+        """A session loaded before its expiry runs out is kept with the remaining time."""
         store = self.open()
         store.session_updated(fake_session(expiry=10))
         _, loaded = self.reopen(store, now=1009.0)
@@ -520,6 +634,10 @@ class LoadPurgeTests(StoreTestCase):
         self.assertEqual(loaded.sessions[0].remaining_expiry(1009.0), 1.0)
 
     def test_expired_messages_are_purged_from_queues_not_from_inflight(self) -> None:
+        """
+        At load, queued messages and retained messages whose expiry has passed are dropped and
+        counted, while a message already in flight is kept for redelivery.
+        """
         store = self.open()
         store.session_updated(fake_session())
         old = Message("t", b"old", 1, expires_at=1050.0)
@@ -538,6 +656,7 @@ class LoadPurgeTests(StoreTestCase):
         self.assertNotIn((b"old",), self.rows("SELECT payload FROM messages"))
 
     def test_load_twice_or_after_writes_is_an_error(self) -> None:
+        """``load`` may run only once and before anything is recorded."""
         store = self.open()
         self.assertRaises(RuntimeError, store.load)
         fresh = SQLiteStore(tempfile.mkdtemp(dir=self.dir), reactor)
@@ -569,6 +688,10 @@ class DamagedFileTests(StoreTestCase):
         return e
 
     def test_garbage_bytes(self) -> None:
+        """
+        A file that is not an SQLite database refuses startup with ``StoreCorrupt`` naming the
+        file and saying it is not replaced, and the file is left untouched.
+        """
         os.makedirs(self.dir, exist_ok=True)
         path = os.path.join(self.dir, FILENAME)
         with open(path, "wb") as f:
@@ -578,6 +701,7 @@ class DamagedFileTests(StoreTestCase):
         self.assertIn("not replaced", str(e))
 
     def test_truncated_database(self) -> None:
+        """A database cut in half is refused as malformed and left untouched."""
         path = self.make_store_file()
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
@@ -586,18 +710,21 @@ class DamagedFileTests(StoreTestCase):
         self.assertIn("malformed", str(e))
 
     def test_truncated_to_a_page_boundary(self) -> None:
+        """A database truncated at a page boundary is refused and left untouched."""
         path = self.make_store_file()
         with open(path, "r+b") as f:
             f.truncate(4096 * 3)
         self.assertRefused(path)
 
     def test_empty_file(self) -> None:
+        """An empty store file is refused as empty rather than treated as a new store."""
         path = os.path.join(self.dir, FILENAME)
         open(path, "wb").close()
         e = self.assertRefused(path)
         self.assertIn("empty", str(e))
 
     def test_another_applications_database(self) -> None:
+        """An SQLite database without the store's tables is refused as "not a vmqtw store"."""
         path = os.path.join(self.dir, FILENAME)
         conn = sqlite3.connect(path)
         conn.execute("CREATE TABLE notes (text TEXT)")
@@ -607,6 +734,10 @@ class DamagedFileTests(StoreTestCase):
         self.assertIn("not a vmqtw store", str(e))
 
     def test_newer_schema(self) -> None:
+        """
+        A store with a newer schema version than this broker knows is refused, naming the
+        version.
+        """
         path = self.make_store_file()
         conn = sqlite3.connect(path)
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
@@ -616,6 +747,10 @@ class DamagedFileTests(StoreTestCase):
         self.assertIn("'99'", str(e))
 
     def test_a_good_file_still_opens_after_a_refusal(self) -> None:
+        """
+        A refusal does not hold on to the directory: once the good file is restored, it
+        opens with all its deliveries.
+        """
         path = self.make_store_file()
         with open(path, "rb") as f:
             good = f.read()
@@ -628,6 +763,10 @@ class DamagedFileTests(StoreTestCase):
         self.assertEqual(len(self.loaded.sessions[0].deliveries), 400)
 
     def test_inconsistent_rows(self) -> None:
+        """
+        Rows that refer to missing records make ``load`` fail with ``StoreCorrupt``
+        ("inconsistent", naming the file) before anything is purged or changed.
+        """
         store = self.open()
         store.session_updated(fake_session())
         store.message_queued(KEY, Message("t", b"x", 1), 1)
@@ -645,6 +784,9 @@ class DamagedFileTests(StoreTestCase):
         self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(1,)])
 
     def test_directory_that_cannot_be_created(self) -> None:
+        """
+        A store directory that cannot be created is a ``StoreError`` naming the database path.
+        """
         blocker = os.path.join(self.dir, "file")
         open(blocker, "w").close()
         e = self.assertRaises(StoreError, SQLiteStore, os.path.join(blocker, "sub"), reactor)
@@ -654,6 +796,10 @@ class DamagedFileTests(StoreTestCase):
 class LifecycleTests(StoreTestCase):
 
     def test_close_writes_what_is_pending(self) -> None:
+        """
+        ``close`` commits everything pending, fires the ``durable()`` waiters, stops the writer
+        thread and checkpoints the WAL into the database file.
+        """
         store = self.open()
         store.session_updated(fake_session())
         for i in range(100):
@@ -669,6 +815,9 @@ class LifecycleTests(StoreTestCase):
                          os.path.getsize(os.path.join(self.dir, FILENAME + "-wal")))
 
     def test_close_before_any_commit_writes_on_the_calling_thread(self) -> None:
+        """
+        When the writer thread never started, ``close`` writes the pending records itself.
+        """
         store = self.open()
         store.retained_set("", "r", Message("r", b"v", 0, True))
         self.assertIsNone(store._thread)  # the writer starts with the first commit
@@ -677,27 +826,44 @@ class LifecycleTests(StoreTestCase):
 
     @inlineCallbacks
     def test_close_during_a_commit(self) -> None:
+        """
+        ``close`` during a commit waits for it, then writes the records made since, and fires
+        every waiter.
+        """
         store = self.open()
         release = GroupCommitTests.block_writer(self, store)  # type: ignore[arg-type]
         store.session_updated(fake_session())
         first = store.durable()
-        yield _wait_for(store.writer_started.is_set)  # type: ignore[attr-defined]
+        yield store.writer_started  # type: ignore[attr-defined]
         store.message_queued(KEY, Message("t", b"x", 1), 1)
         second = store.durable()
-        timer = threading.Timer(0.05, release.set)  # close() blocks the reactor thread
-        timer.start()
+        # close() blocks the reactor thread: release the writer from inside
+        # close(), at the moment it starts waiting for the writer thread.
+        thread = store._thread
+        assert thread is not None
+        join = thread.join
+
+        def release_then_join(timeout: float | None = None) -> None:
+            release.set()
+            join(timeout)
+
+        thread.join = release_then_join  # type: ignore[method-assign]
         store.close()
-        timer.join()
         self.assertTrue(first.called and second.called)
         self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(1,)])
 
     def test_close_twice(self) -> None:
+        """Closing twice is harmless, and ``durable()`` after close fires at once."""
         store = self.open()
         store.close()
         store.close()
         self.assertTrue(store.durable().called)
 
     def test_second_store_on_the_same_directory_is_refused(self) -> None:
+        """
+        A second store on a directory in use is refused with ``StoreLocked`` naming the file;
+        after the first one closes the directory can be opened again.
+        """
         store = self.open()
         e = self.assertRaises(StoreLocked, SQLiteStore, self.dir, reactor)
         self.assertIn(os.path.join(self.dir, FILENAME), str(e))
@@ -716,12 +882,20 @@ class SettingsTests(SynchronousTestCase):
         return parse("listener.tcp.default = 127.0.0.1:0\n" + text, path)
 
     def test_defaults_next_to_the_config_file(self) -> None:
+        """
+        By default the store is on, ``sync`` is ``group`` and the files live in ``data/`` next
+        to the configuration file.
+        """
         config = self.config()
         s = store_settings(config)
         self.assertEqual((s.enabled, s.sync), (True, "group"))
         self.assertEqual(s.directory, os.path.join(os.path.dirname(config.path), "data"))
 
     def test_keys(self) -> None:
+        """
+        ``persistent_store.directory`` is resolved against the configuration file's directory
+        unless absolute, and ``persistent_store.sync`` selects the mode.
+        """
         config = self.config("persistent_store.directory = state/db\n"
                              "persistent_store.sync = always\n")
         s = store_settings(config)
@@ -731,28 +905,32 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(store_settings(absolute).directory, "/var/lib/vmqtw")
 
     def test_disabled_is_a_memory_store(self) -> None:
+        """``persistent_store.enabled = off`` gives an in-memory store."""
         config = self.config("persistent_store.enabled = off\n")
         self.assertFalse(store_settings(config).enabled)
         self.assertIsInstance(open_store(config, reactor), MemoryStore)
 
     def test_bad_sync_names_the_line(self) -> None:
+        """
+        An unknown ``persistent_store.sync`` or a non-boolean ``persistent_store.enabled`` is a
+        configuration error at its ``FILE:LINE``.
+        """
         e = self.assertRaises(ConfigError, self.config, "persistent_store.sync = sometimes\n")
         self.assertIn(":2: persistent_store.sync: expected one of group, always, none", str(e))
         e = self.assertRaises(ConfigError, self.config, "persistent_store.enabled = maybe\n")
         self.assertIn(":2: persistent_store.enabled", str(e))
 
 
-def _wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    """A Deferred that fires when ``predicate()`` is true (polled on the reactor)."""
-    from twisted.internet.task import LoopingCall
+def _idle(store: SQLiteStore) -> Deferred[None]:
+    """A Deferred that fires on the reactor thread when a commit of ``store``
+    completes and nothing is pending any more (bounded by a 10 s timeout)."""
+    done: Deferred[None] = Deferred()
+    committed = store._committed
 
-    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    def notify(batch: Any) -> None:
+        committed(batch)
+        if not done.called and not store.pending():
+            done.callback(None)
 
-    def check() -> None:
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:  # type: ignore[attr-defined]
-            raise AssertionError("condition not reached in time")
-
-    loop = LoopingCall(check)
-    return loop.start(0.005, now=True)
+    store._committed = notify  # type: ignore[method-assign]
+    return done.addTimeout(10, reactor)

@@ -198,26 +198,45 @@ class StartupErrorTests(SynchronousTestCase):
         return message
 
     def test_missing_certfile(self) -> None:
+        """
+        An unreadable ``certfile`` fails listener startup with ``FILE:LINE: option: cannot read
+        PATH`` and the operating system's reason.
+        """
         self.assertLayerError(
             "listener.ssl.s = 127.0.0.1:0\nlistener.ssl.s.certfile = /no/such.pem\n"
             f"listener.ssl.s.keyfile = {files().p('server.key')}\n",
             "b.conf:2: listener.ssl.s.certfile: cannot read /no/such.pem", "No such file")
 
     def test_certfile_without_certificate(self) -> None:
+        """
+        A ``certfile`` that holds no PEM certificate fails startup at the ``certfile`` line.
+        """
         bad = files().write("garbage.pem", b"hello\n")
         self.assertLayerError(
             f"listener.ssl.s = 127.0.0.1:0\nlistener.ssl.s.certfile = {bad}\n",
             "b.conf:2: listener.ssl.s.certfile: ", "holds no PEM certificate")
 
     def test_no_certfile_and_no_psk(self) -> None:
+        """
+        An ssl listener with neither a ``certfile`` nor PSK support fails startup, pointing at
+        the listener's line and saying it needs a certfile.
+        """
         self.assertLayerError("allow_anonymous = on\nlistener.ssl.s = 127.0.0.1:0\n",
                               "b.conf:2: listener.ssl.s.certfile: ", "needs a certfile")
 
     def test_key_not_matching_the_certificate(self) -> None:
+        """
+        A ``keyfile`` whose key does not belong to the certificate fails startup at the
+        ``keyfile`` line.
+        """
         text = server_conf().replace(files().p("server.key"), files().p("other.key"))
         self.assertLayerError(text, "b.conf:3: listener.ssl.s.keyfile: ", "does not match")
 
     def test_encrypted_key(self) -> None:
+        """
+        An encrypted private key fails startup at the ``keyfile`` line without ``keypasswd``
+        and at the ``keypasswd`` line with a wrong one; the right ``keypasswd`` loads it.
+        """
         f = files()
         key = serialization.load_pem_private_key(open(f.p("server.key"), "rb").read(), None)
         enc = f.write("enc.key", key.private_bytes(
@@ -231,6 +250,10 @@ class StartupErrorTests(SynchronousTestCase):
         tls.tls_factory(listener(base + "listener.ssl.s.keypasswd = pw\n"), Factory(), Clock())
 
     def test_key_in_certfile_when_keyfile_is_empty(self) -> None:
+        """
+        Without a ``keyfile`` the private key is read from the ``certfile``, which may hold
+        both.
+        """
         f = files()
         both = f.write("both.pem", open(f.p("server.pem"), "rb").read()
                        + open(f.p("server.key"), "rb").read())
@@ -238,6 +261,10 @@ class StartupErrorTests(SynchronousTestCase):
                                  f"listener.ssl.s.certfile = {both}\n"), Factory(), Clock())
 
     def test_unknown_cipher(self) -> None:
+        """
+        A cipher name OpenSSL does not know fails startup at the ``ciphers`` line naming it,
+        for TLS 1.2 cipher lists and TLS 1.3 cipher suites alike.
+        """
         self.assertLayerError(server_conf("listener.ssl.s.ciphers = "
                                           "ECDHE-ECDSA-AES128-GCM-SHA256:NO-SUCH-CIPHER\n"),
                               "b.conf:4: listener.ssl.s.ciphers: ",
@@ -247,14 +274,25 @@ class StartupErrorTests(SynchronousTestCase):
                               "b.conf:5: listener.ssl.s.ciphers: ", "TLS_NO_SUCH")
 
     def test_negated_cipher_names_are_not_checked(self) -> None:
+        """
+        Cipher-list entries starting with ``!`` (exclusions) are not checked for existence, so
+        an OpenSSL-style list such as ``HIGH:!aNULL:!MD5`` is accepted.
+        """
         tls.tls_factory(listener(server_conf("listener.ssl.s.ciphers = HIGH:!aNULL:!MD5:"
                                              "!RC4-SHA\n")), Factory(), Clock())
 
     def test_unknown_curve(self) -> None:
+        """
+        An unknown curve name in ``eccs`` fails startup at the ``eccs`` line naming the curve.
+        """
         self.assertLayerError(server_conf("listener.ssl.s.eccs = [secp384r1, nocurve]\n"),
                               "b.conf:4: listener.ssl.s.eccs: ", "unknown curve 'nocurve'")
 
     def test_unknown_tls_version(self) -> None:
+        """
+        An unknown ``tls_version`` is refused with ``FILE:LINE`` by the config parser, and
+        again by the TLS layer for options that bypassed the parser.
+        """
         # The config parser already refuses it with the line...
         with self.assertRaises(ConfigError) as cm:
             listener(server_conf("listener.ssl.s.tls_version = tlsv1.2,tlsv9\n"))
@@ -268,10 +306,17 @@ class StartupErrorTests(SynchronousTestCase):
                       str(cm2.exception))
 
     def test_psk_without_pskfile(self) -> None:
+        """
+        ``psk_support = on`` without a ``pskfile`` fails startup at the ``psk_support`` line.
+        """
         self.assertLayerError("listener.ssl.p = 127.0.0.1:0\nlistener.ssl.p.psk_support = on\n",
                               "b.conf:2: listener.ssl.p.psk_support: ", "pskfile is not set")
 
     def test_missing_and_bad_pskfile(self) -> None:
+        """
+        An unreadable ``pskfile`` fails startup at the line that set it, and a line without the
+        separator in the PSK file is reported as ``PSKFILE:LINE``.
+        """
         self.assertLayerError("listener.ssl.pskfile = /no/psk\nlistener.ssl.p = 127.0.0.1:0\n"
                               "listener.ssl.p.psk_support = on\n",
                               "b.conf:1: listener.ssl.p.pskfile: cannot read /no/psk")
@@ -282,22 +327,35 @@ class StartupErrorTests(SynchronousTestCase):
                               f"{bad}:3: no ':' separator")
 
     def test_protocol_level_option_points_at_its_line(self) -> None:
+        """
+        An option inherited from the protocol level (``listener.ssl.certfile``) is reported at
+        the line where it was written, under the listener's own option name.
+        """
         self.assertLayerError("allow_anonymous = on\nlistener.ssl.certfile = /nope.pem\n"
                               "listener.ssl.s = 127.0.0.1:0\n",
                               "b.conf:2: listener.ssl.s.certfile: cannot read /nope.pem")
 
     def test_require_certificate_without_cafile(self) -> None:
+        """
+        ``require_certificate = on`` without a ``cafile`` fails startup at the
+        ``require_certificate`` line.
+        """
         self.assertLayerError(server_conf("listener.ssl.s.require_certificate = on\n"),
                               "b.conf:4: listener.ssl.s.require_certificate: ",
                               "cafile is not set")
 
     def test_bad_crlfile(self) -> None:
+        """A ``crlfile`` that holds no PEM CRL fails startup at the ``crlfile`` line."""
         bad = files().write("bad-crl.pem", b"not a crl")
         self.assertLayerError(server_conf(f"listener.ssl.s.cafile = {files().p('ca.pem')}\n"
                                           f"listener.ssl.s.crlfile = {bad}\n"),
                               "b.conf:5: listener.ssl.s.crlfile: ", "holds no PEM CRL")
 
     def test_build_layers_uses_this_module(self) -> None:
+        """
+        For an ssl listener the layer stack starts with this module's TLS listener factory and
+        ends with the MQTT factory.
+        """
         inner = Factory.forProtocol(Protocol)
         layers = build_layers(listener(server_conf()), inner, Clock())
         self.assertIsInstance(layers[0], tls.TLSListenerFactory)
@@ -307,15 +365,22 @@ class StartupErrorTests(SynchronousTestCase):
 class PSKFileTests(SynchronousTestCase):
 
     def test_vernemq_format_plus_comments(self) -> None:
+        """
+        The PSK file holds ``IDENTITY:KEY`` lines as VerneMQ's; the key is everything after the
+        first separator, comments and blank lines are skipped, CRLF is tolerated, and a
+        repeated identity takes the later key.
+        """
         path = files().write("t.psk", b"# a comment\n\n  \nid1:raw text key\r\nid2:a:b:c\n"
                                       b"   # indented comment\nid1:later wins\n")
         self.assertEqual(tls.read_psk_file(path), {b"id1": b"later wins", b"id2": b"a:b:c"})
 
     def test_other_separator(self) -> None:
+        """A configured separator other than ``:`` splits identity and key."""
         path = files().write("t2.psk", b"id1;k:1\n")
         self.assertEqual(tls.read_psk_file(path, ";"), {b"id1": b"k:1"})
 
     def test_errors_name_the_line(self) -> None:
+        """An empty identity or an empty key is an error naming ``PATH:LINE``."""
         path = files().write("t3.psk", b"id1:k\n:nokey-identity\n")
         with self.assertRaises(tls.OptionError) as cm:
             tls.read_psk_file(path)
@@ -332,6 +397,11 @@ class ContextTests(SynchronousTestCase):
         return tls.ServerTLSOptions(listener(text if text is not None else server_conf(extra)))
 
     def test_sends_the_full_chain_and_release_buffers(self) -> None:
+        """
+        The server sends its certificate together with the intermediate from the ``certfile``,
+        and the context releases idle buffers (``SSL_MODE_RELEASE_BUFFERS``) to save memory per
+        connection.
+        """
         creator = self.creator()
         self.assertTrue(creator.context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
         client = connect(creator, client_ctx())
@@ -340,6 +410,11 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(chain[0].to_cryptography().serial_number, files().serials["server"])
 
     def test_versions_are_pinned(self) -> None:
+        """
+        ``tls_version`` lists the exact protocol versions accepted: with ``tlsv1.1,tlsv1.3``
+        TLS 1.1 and TLS 1.3 clients connect, while TLS 1.0 and TLS 1.2 clients (the version
+        in between included) fail the handshake.
+        """
         creator = self.creator("listener.ssl.s.tls_version = tlsv1.1,tlsv1.3\n")
         for version, ok in ((SSL.TLS1_VERSION, False), (SSL.TLS1_1_VERSION, True),
                             (SSL.TLS1_2_VERSION, False), (SSL.TLS1_3_VERSION, True)):
@@ -350,11 +425,17 @@ class ContextTests(SynchronousTestCase):
                 self.assertRaises(SSL.Error, connect, creator, ctx)
 
     def test_default_is_tls12_only(self) -> None:
+        """Without ``tls_version`` the listener negotiates TLS 1.2, VerneMQ's default."""
         creator = self.creator()
         client = connect(creator, client_ctx())
         self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
 
     def test_client_certificates_and_crl(self) -> None:
+        """
+        With ``require_certificate`` and a ``cafile``, a client certificate from the CA is
+        accepted, one revoked in the ``crlfile`` is refused, and a client without a certificate
+        is refused.
+        """
         f = files()
         creator = self.creator(f"listener.ssl.s.cafile = {f.p('ca.pem')}\n"
                                "listener.ssl.s.require_certificate = on\n"
@@ -364,6 +445,10 @@ class ContextTests(SynchronousTestCase):
         self.assertRaises(SSL.Error, connect, creator, client_ctx())
 
     def test_psk_identity_is_captured(self) -> None:
+        """
+        A TLS-PSK handshake with a known identity and key succeeds and the identity is recorded
+        for the connection; a wrong key or an unknown identity fails the handshake.
+        """
         f = files()
         creator = self.creator(text=f"listener.ssl.pskfile = {f.p('psk.txt')}\n"
                                     "listener.ssl.p = 127.0.0.1:0\n"
@@ -393,6 +478,11 @@ class ReloadTests(SynchronousTestCase):
         return os.path.join(self.dir, name)
 
     def test_reload_new_certificate_and_bad_file(self) -> None:
+        """
+        Reload (as on SIGHUP) switches new connections to a renewed certificate; a reload with
+        a key that does not match keeps the previous context serving and logs one failure
+        naming the file and the reason.
+        """
         f = files()
         factory = tls.tls_factory(listener(
             f"listener.ssl.s = 127.0.0.1:0\nlistener.ssl.s.certfile = {self.path('server.pem')}\n"
@@ -422,6 +512,10 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn("does not match", failures[0]["reason"])
 
     def test_reload_picks_up_the_psk_file(self) -> None:
+        """
+        Reload re-reads the PSK file: an identity added to it can connect afterwards, and the
+        existing ones still can.
+        """
         factory = tls.tls_factory(listener(
             f"listener.ssl.pskfile = {self.path('psk.txt')}\nlistener.ssl.p = 127.0.0.1:0\n"
             "listener.ssl.p.psk_support = on\n"), Factory(), Clock())
@@ -434,6 +528,11 @@ class ReloadTests(SynchronousTestCase):
         connect(factory.creator, client_ctx(psk=(b"id1", b"key-one"), ca=False))
 
     def test_crl_refresh_on_a_clock(self) -> None:
+        """
+        The CRL file is checked every refresh interval: an unchanged file keeps the context, a
+        changed one takes effect at the next tick (not before), a broken one keeps the last
+        good CRL, and stopping the factory cancels the timer.
+        """
         f = files()
         clock = Clock()
         lst = listener(server_conf(f"listener.ssl.s.cafile = {f.p('ca.pem')}\n"
@@ -461,6 +560,10 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_crl_interval_comes_from_the_broker_config(self) -> None:
+        """
+        The CRL refresh interval is the broker's ``crl_refresh_interval`` in milliseconds; 0
+        turns the refresh off.
+        """
         f = files()
         config = parse("crl_refresh_interval = 2500\n" + server_conf(
             f"listener.ssl.s.cafile = {f.p('ca.pem')}\n"
@@ -503,6 +606,11 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         return proto, transport
 
     def test_silent_client_is_dropped(self) -> None:
+        """
+        A client that sends nothing is disconnected exactly when ``tls_handshake_timeout`` (in
+        milliseconds) runs out, the timeout is counted, and no timer is left once the
+        connection is lost.
+        """
         factory, clock = self.factory("250")
         proto, transport = self.connection(factory)
         clock.advance(0.249)
@@ -514,6 +622,10 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_finished_handshake_cancels_the_timer(self) -> None:
+        """
+        A completed handshake cancels the handshake timer, so the connection is not dropped
+        later.
+        """
         factory, clock = self.factory("250")
         proto, transport = self.connection(factory)
         client = SSL.Connection(client_ctx(), None)
@@ -541,6 +653,7 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
     def test_infinity_and_zero_mean_no_timer(self) -> None:
+        """``tls_handshake_timeout = infinity`` or ``0`` sets no handshake timer."""
         for value in ("infinity", "0"):
             factory, clock = self.factory(value)
             self.assertIsNone(factory.handshake_timeout)
@@ -553,6 +666,10 @@ class IdentityTests(SynchronousTestCase):
     identity.preauth_username finds."""
 
     def test_psk_identity_attribute(self) -> None:
+        """
+        After a TLS-PSK handshake the TLS protocol exposes ``psk_identity`` (``None`` before),
+        and with ``use_identity_as_username = on`` it becomes the pre-auth username.
+        """
         f = files()
         lst = listener(f"listener.ssl.pskfile = {f.p('psk.txt')}\nlistener.ssl.p = 127.0.0.1:0\n"
                        "listener.ssl.p.psk_support = on\n"

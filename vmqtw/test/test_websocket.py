@@ -2,12 +2,11 @@
 errors, X-Forwarded-For rules, frames as a byte stream, and the adapter
 transport the MQTT protocol sees.
 
-The frame and request helpers here are also used by tests/test_websocket.py.
+The WebSocket bytes are built by hand in vmqtw.test.websocket_support, which
+tests/test_websocket.py uses too.
 """
 from __future__ import annotations
 
-import base64
-import os
 import struct
 from types import SimpleNamespace
 from typing import Any
@@ -21,87 +20,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw.config import parse
+from vmqtw.test.websocket_support import (
+    OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, client_frame, parse_frame,
+    split_response, upgrade_request,
+)
 from vmqtw.transport.identity import peer_of
 from vmqtw.transport.websocket import (
     MQTTWebSocketFactory, Refused, WebSocketSettings, WebSocketTransport, forwarded_for,
     websocket_factory,
 )
-
-# ---------------------------------------------------------------------------
-# WebSocket bytes, built by hand (shared with tests/test_websocket.py)
-# ---------------------------------------------------------------------------
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
-
-
-def upgrade_request(path: str = "/mqtt", protocols: str | None = "mqtt",
-                    headers: tuple[tuple[str, str], ...] = (), host: str = "127.0.0.1",
-                    key: str | None = None) -> bytes:
-    """An RFC 6455 upgrade request (``protocols`` None: no subprotocol header)."""
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
-    if protocols is not None:
-        lines.append(f"Sec-WebSocket-Protocol: {protocols}")
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-                 mask: bytes | None = None) -> bytes:
-    """A masked client-to-server frame."""
-    mask = mask if mask is not None else os.urandom(4)
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes([first, 0x80 | n])
-    elif n < 65536:
-        head = bytes([first, 0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([first, 0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
-def parse_frame(data: bytes) -> tuple[int, bool, bytes, int] | None:
-    """(opcode, fin, payload, bytes used) of the first (unmasked, server)
-    frame in ``data``, or None if it is incomplete."""
-    if len(data) < 2:
-        return None
-    first, second = data[0], data[1]
-    n = second & 0x7F
-    pos = 2
-    if n == 126:
-        if len(data) < 4:
-            return None
-        n = struct.unpack("!H", data[2:4])[0]
-        pos = 4
-    elif n == 127:
-        if len(data) < 10:
-            return None
-        n = struct.unpack("!Q", data[2:10])[0]
-        pos = 10
-    if second & 0x80:
-        raise AssertionError("the server masked a frame")
-    if len(data) < pos + n:
-        return None
-    return first & 0x0F, bool(first & 0x80), data[pos:pos + n], pos + n
-
-
-def split_response(data: bytes) -> tuple[int, dict[str, str], bytes] | None:
-    """(status, lower-case headers, rest) of an HTTP response, or None if the
-    head is incomplete."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = data[:end].decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, data[end + 4:]
-
 
 # ---------------------------------------------------------------------------
 # In-memory connections
@@ -243,6 +170,11 @@ class Conn:
 class HandshakeTests(SynchronousTestCase):
 
     def test_upgrade_echoes_mqtt(self) -> None:
+        """
+        An RFC 6455 upgrade offering the ``mqtt`` subprotocol is answered 101 with ``Sec-
+        WebSocket-Protocol: mqtt`` and no extension, and the MQTT protocol is built on the
+        WebSocket adapter transport.
+        """
         c = Conn()
         c.send(upgrade_request())
         status, headers, _ = c.response()
@@ -253,11 +185,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIsInstance(c.inner.built[0].transport, WebSocketTransport)
 
     def test_mqttv31_echoed(self) -> None:
+        """The MQTT 3.1 subprotocol name ``mqttv3.1`` is accepted and echoed."""
         c = Conn()
         c.send(upgrade_request(protocols="mqttv3.1"))
         self.assertEqual(c.response()[1]["sec-websocket-protocol"], "mqttv3.1")
 
     def test_first_supported_of_a_list_is_chosen(self) -> None:
+        """
+        From a list of offered subprotocols the first supported one in the client's order is
+        chosen, whatever the spacing.
+        """
         for offered, chosen in (("chat, mqtt", "mqtt"), ("mqttv3.1, mqtt", "mqttv3.1"),
                                 ("chat,superchat, mqtt ,mqttv3.1", "mqtt")):
             c = Conn()
@@ -277,28 +214,42 @@ class HandshakeTests(SynchronousTestCase):
         return headers
 
     def test_missing_subprotocol_is_400(self) -> None:
+        """
+        An upgrade without ``Sec-WebSocket-Protocol`` is refused with an empty 400 response and
+        ``Connection: close``, and no MQTT protocol is built.
+        """
         c = Conn()
         c.send(upgrade_request(protocols=None))
         self.assertRefused(c, 400)
 
     def test_unsupported_subprotocol_is_400(self) -> None:
+        """
+        Subprotocols other than ``mqtt`` and ``mqttv3.1`` (compared case-sensitively) are
+        refused with 400.
+        """
         for offered in ("chat", "MQTT", "mqttv5"):
             c = Conn()
             c.send(upgrade_request(protocols=offered))
             self.assertRefused(c, 400)
 
     def test_wrong_path_is_404(self) -> None:
+        """
+        A request for any path other than exactly ``/mqtt`` (case and trailing slash count) is
+        refused with 404.
+        """
         for path in ("/", "/other", "/mqtt/", "/MQTT", "/mqtt2"):
             c = Conn()
             c.send(upgrade_request(path=path))
             self.assertRefused(c, 404)
 
     def test_query_string_is_ignored(self) -> None:
+        """A query string after the WebSocket path does not affect the path match."""
         c = Conn()
         c.send(upgrade_request(path="/mqtt?client=x"))
         self.assertEqual(c.response()[0], 101)
 
     def test_websocket_path_option(self) -> None:
+        """``websocket_path`` replaces ``/mqtt`` as the only path accepted."""
         c = Conn("listener.ws.w.websocket_path = /ws/mqtt\n")
         c.send(upgrade_request(path="/ws/mqtt"))
         self.assertEqual(c.response()[0], 101)
@@ -307,17 +258,26 @@ class HandshakeTests(SynchronousTestCase):
         self.assertRefused(c, 404)
 
     def test_plain_http_get_is_426(self) -> None:
+        """
+        A plain HTTP GET of the WebSocket path without upgrade headers is answered 426 with
+        ``Upgrade: websocket``.
+        """
         c = Conn()
         c.send(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\n\r\n")
         headers = self.assertRefused(c, 426)
         self.assertEqual(headers["upgrade"], "websocket")
 
     def test_plain_http_to_another_path_is_404(self) -> None:
+        """A plain HTTP GET of another path is answered 404."""
         c = Conn()
         c.send(b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertRefused(c, 404)
 
     def test_other_http_errors(self) -> None:
+        """
+        A method other than GET is answered 405, HTTP/1.0 505, an unparsable request line 400
+        and a request without ``Host`` 400.
+        """
         for request, code in (
                 (b"POST /mqtt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
                 (b"GET /mqtt HTTP/1.0\r\nHost: x\r\n\r\n", 505),
@@ -328,22 +288,35 @@ class HandshakeTests(SynchronousTestCase):
             self.assertRefused(c, code)
 
     def test_request_arriving_byte_by_byte(self) -> None:
+        """An upgrade request arriving one byte at a time is accepted."""
         c = Conn()
         for byte in upgrade_request():
             c.send(bytes([byte]))
         self.assertEqual(c.response()[0], 101)
 
     def test_long_request_line_is_414(self) -> None:
+        """
+        A request line longer than the default ``max_request_line_length`` (8000) is answered
+        414.
+        """
         c = Conn()
         c.send(upgrade_request(path="/mqtt?" + "x" * 8000))
         self.assertRefused(c, 414)
 
     def test_long_request_line_is_refused_before_the_end_of_the_head(self) -> None:
+        """
+        An overlong request line is refused as soon as it exceeds the limit, without waiting
+        for the end of the request head.
+        """
         c = Conn("listener.ws.w.max_request_line_length = 100\n")
         c.send(b"GET /" + b"x" * 200)
         self.assertRefused(c, 414)
 
     def test_long_header_value_is_431(self) -> None:
+        """
+        A header value longer than ``max_header_value_length`` (4096 by default) is answered
+        431; a larger setting admits it.
+        """
         c = Conn()
         c.send(upgrade_request(headers=(("Cookie", "c" * 4097),)))
         self.assertRefused(c, 431)
@@ -352,11 +325,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(c.response()[0], 101)
 
     def test_too_many_headers_is_431(self) -> None:
+        """A request with more than 100 header lines (cowboy's max_headers) gets 431."""
         c = Conn()
         c.send(upgrade_request(headers=tuple((f"X-H{i}", "v") for i in range(100))))
         self.assertRefused(c, 431)
 
     def test_endless_head_is_431(self) -> None:
+        """
+        A request head that keeps growing without ending is answered 431 instead of being
+        buffered forever.
+        """
         c = Conn()
         c.send(b"GET /mqtt HTTP/1.1\r\n")
         for _ in range(20):
@@ -364,6 +342,10 @@ class HandshakeTests(SynchronousTestCase):
         self.assertRefused(c, 431)
 
     def test_open_handshake_timeout(self) -> None:
+        """
+        A client that does not complete the upgrade request within 10 seconds is aborted, and
+        no timer is left after the connection is lost.
+        """
         c = Conn()
         c.send(b"GET /mqtt HTTP/1.1\r\n")
         c.clock.advance(9.9)
@@ -374,6 +356,10 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(c.clock.getDelayedCalls(), [])
 
     def test_origin_null_is_accepted(self) -> None:
+        """
+        The ``Origin`` header is not checked: ``null`` and any other origin are accepted, as in
+        VerneMQ.
+        """
         c = Conn()
         c.send(upgrade_request(headers=(("Origin", "null"),)))
         self.assertEqual(c.response()[0], 101)
@@ -386,6 +372,7 @@ class CompressionTests(SynchronousTestCase):
     OFFER = (("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),)
 
     def test_off_by_default(self) -> None:
+        """Without ``websocket_compression`` a ``permessage-deflate`` offer is not accepted."""
         c = Conn()
         c.send(upgrade_request(headers=self.OFFER))
         status, headers, _ = c.response()
@@ -393,6 +380,11 @@ class CompressionTests(SynchronousTestCase):
         self.assertNotIn("sec-websocket-extensions", headers)
 
     def test_on_accepts_permessage_deflate(self) -> None:
+        """
+        With ``websocket_compression = on`` a ``permessage-deflate`` offer (RFC 7692) is
+        accepted: compressed client messages reach MQTT inflated and the broker's output is
+        sent compressed.
+        """
         c = Conn("listener.ws.websocket_compression = on\n")
         mqtt = c.open(headers=self.OFFER)
         status, headers, _ = split_response(c.output())  # type: ignore[misc]
@@ -412,6 +404,10 @@ class CompressionTests(SynchronousTestCase):
                          b"\x20" * 1000)
 
     def test_on_still_serves_clients_without_an_offer(self) -> None:
+        """
+        With compression on, clients that offer no extension still connect and exchange
+        uncompressed frames.
+        """
         c = Conn("listener.ws.websocket_compression = on\n")
         mqtt = c.open()
         c.send(client_frame(OP_BINARY, b"\x10\x00"))
@@ -425,6 +421,11 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual([struct.unpack("!H", p[:2])[0] for p in closes], [code])
 
     def test_binary_frames_are_a_byte_stream(self) -> None:
+        """
+        Binary frame payloads reach MQTT as one byte stream: consecutive frames, fragments of a
+        message as each arrives, continuation frames with a ping in between (answered with a
+        pong) and frames split across reads.
+        """
         c = Conn()
         mqtt = c.open()
         c.send(client_frame(OP_BINARY, b"abc") + client_frame(OP_BINARY, b"de"))
@@ -444,12 +445,20 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(c.frames(), [(OP_PONG, True, b"p")])
 
     def test_bytes_following_the_request_are_delivered(self) -> None:
+        """
+        Frames arriving in the same segment as the upgrade request are delivered after the
+        upgrade.
+        """
         c = Conn()
         c.send(upgrade_request() + client_frame(OP_BINARY, b"early"))
         self.assertEqual(c.response()[0], 101)
         self.assertEqual(c.inner.built[0].data, b"early")
 
     def test_text_frame_aborts(self) -> None:
+        """
+        A text frame aborts the connection (MQTT over WebSocket uses binary frames only); bytes
+        before it were delivered, nothing after it, and MQTT learns of the loss once.
+        """
         c = Conn()
         mqtt = c.open()
         c.send(client_frame(OP_BINARY, b"ok") + client_frame(OP_TEXT, b"text")
@@ -460,6 +469,10 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(len(mqtt.lost), 1)
 
     def test_frame_over_max_ws_frame_size_fails_the_connection(self) -> None:
+        """
+        A frame whose payload exceeds ``max_ws_frame_size`` is not delivered and closes the
+        connection with 1009 (message too big); frames arriving while closing are ignored.
+        """
         c = Conn(inner=Inner(max_ws_frame_size=100))
         mqtt = c.open()
         c.send(client_frame(OP_BINARY, b"x" * 100))
@@ -471,6 +484,10 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(len(mqtt.data), 100)
 
     def test_message_over_max_ws_frame_size_fails_the_connection(self) -> None:
+        """
+        As in cowboy, ``max_ws_frame_size`` also limits a message reassembled from fragments:
+        the fragment that overflows it is not delivered and the connection is closed with 1009.
+        """
         # As in cowboy, the limit also applies to a reassembled message.
         c = Conn(inner=Inner(max_ws_frame_size=100))
         mqtt = c.open()
@@ -480,6 +497,10 @@ class FrameTests(SynchronousTestCase):
         self.assertClosedWith(c, 1009)
 
     def test_broker_output_is_not_limited_by_max_ws_frame_size(self) -> None:
+        """
+        ``max_ws_frame_size`` limits only what clients send: the broker's own messages go out
+        in one frame whatever their size.
+        """
         c = Conn(inner=Inner(max_ws_frame_size=100))
         mqtt = c.open()
         mqtt.transport.write(b"z" * 5000)
@@ -487,6 +508,11 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(c.proto.maxMessagePayloadSize, 100)
 
     def test_unmasked_client_frame_fails_the_connection(self) -> None:
+        """
+        An unmasked client frame (RFC 6455 section 5.1) is not delivered and closes the
+        connection with 1002; a client that does not answer the close frame within 5 seconds is
+        dropped.
+        """
         c = Conn()
         mqtt = c.open()
         c.send(b"\x82\x02ab")
@@ -499,6 +525,10 @@ class FrameTests(SynchronousTestCase):
 class AdapterTests(SynchronousTestCase):
 
     def test_write_sends_one_binary_message(self) -> None:
+        """
+        Each ``write`` or ``writeSequence`` of the MQTT protocol becomes one binary message; an
+        empty write sends nothing.
+        """
         c = Conn()
         mqtt = c.open()
         mqtt.transport.write(b"\x20\x02\x00\x00")
@@ -508,6 +538,11 @@ class AdapterTests(SynchronousTestCase):
                                       (OP_BINARY, True, b"\xd0\x00")])
 
     def test_lose_connection_is_a_close_handshake(self) -> None:
+        """
+        ``loseConnection`` from MQTT sends one close frame with 1000 and waits for the client's
+        close frame before dropping the TCP connection; later writes are ignored, MQTT learns
+        of the loss once, and no timer is left.
+        """
         c = Conn()
         mqtt = c.open()
         mqtt.transport.loseConnection()
@@ -523,6 +558,10 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(c.clock.getDelayedCalls(), [])
 
     def test_close_handshake_timeout(self) -> None:
+        """
+        When the client does not answer the close frame within 5 seconds the connection is
+        aborted.
+        """
         c = Conn()
         mqtt = c.open()
         mqtt.transport.loseConnection()
@@ -532,6 +571,10 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(len(mqtt.lost), 1)
 
     def test_client_close_reaches_mqtt_once(self) -> None:
+        """
+        A client's close frame is answered with a close frame and reaches MQTT as one
+        connection loss, with no timer left.
+        """
         c = Conn()
         mqtt = c.open()
         c.send(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
@@ -541,12 +584,17 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(c.clock.getDelayedCalls(), [])
 
     def test_abort(self) -> None:
+        """``abortConnection`` from MQTT aborts the TCP connection at once."""
         c = Conn()
         mqtt = c.open()
         mqtt.transport.abortConnection()
         self.assertTrue(c.transport.aborted)
 
     def test_producer_is_registered_with_the_real_transport(self) -> None:
+        """
+        The MQTT protocol's streaming producer is registered with the TCP transport, and can be
+        unregistered through the adapter.
+        """
         c = Conn()
         mqtt = c.open()
         self.assertIs(c.transport.producer, mqtt)
@@ -555,6 +603,9 @@ class AdapterTests(SynchronousTestCase):
         self.assertIsNone(c.transport.producer)
 
     def test_pause_and_resume_reading(self) -> None:
+        """
+        Pausing and resuming through the adapter pauses and resumes reading from the socket.
+        """
         c = Conn()
         mqtt = c.open()
         mqtt.transport.pauseProducing()
@@ -563,6 +614,11 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(c.transport.producerState, "producing")
 
     def test_peer_host_and_chain(self) -> None:
+        """
+        The adapter reports the socket's peer and host, exposes the TCP transport as
+        ``.transport`` for the identity chain, has no CN and no certificate of its own, and
+        passes ``TCP_NODELAY`` through; the MQTT factory gets the peer address.
+        """
         c = Conn(peer=IPv6Address("TCP", "::1", 5555))
         mqtt = c.open()
         adapter = mqtt.transport
@@ -576,12 +632,20 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(mqtt.addr.port, 5555)
 
     def test_peer_certificate_comes_from_below(self) -> None:
+        """
+        The adapter's ``getPeerCertificate`` returns the certificate of the transport below
+        it (the TLS layer on a wss listener).
+        """
         c = Conn()
         c.transport.getPeerCertificate = lambda: "CERT"  # type: ignore[attr-defined]
         mqtt = c.open()
         self.assertEqual(mqtt.transport.getPeerCertificate(), "CERT")
 
     def test_shutdown_close_goes_through_mqtt(self) -> None:
+        """
+        Closing the WebSocket connection with a reason code (as at broker shutdown) lets the
+        MQTT protocol close it, so it can send its DISCONNECT.
+        """
         c = Conn()
         mqtt = c.open()
         calls = []
@@ -590,12 +654,17 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(calls, [0x8B])
 
     def test_shutdown_close_before_open_drops(self) -> None:
+        """Closing a connection whose upgrade is not complete simply drops it."""
         c = Conn()
         c.send(b"GET /mqtt HTTP/1.1\r\n")
         c.proto.close(0x8B)
         self.assertTrue(c.transport.disconnecting)
 
     def test_inner_factory_refusing_drops_the_connection(self) -> None:
+        """
+        When the MQTT factory refuses the connection (``buildProtocol`` returns ``None``) the
+        upgrade is aborted.
+        """
         inner = Inner()
         inner.buildProtocol = lambda addr: None  # type: ignore[method-assign]
         c = Conn(inner=inner)
@@ -606,12 +675,21 @@ class AdapterTests(SynchronousTestCase):
 class SettingsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
+        """
+        By default the path is ``/mqtt``, compression is off, frames may be 256 MB,
+        X-Forwarded-For is not used, and request lines and header values are limited to 8000
+        and 4096 bytes.
+        """
         s = WebSocketSettings.from_listener(ws_listener())
         self.assertEqual((s.path, s.compression, s.max_frame_size, s.xff, s.cn_header),
                          ("/mqtt", False, 268435456, False, None))
         self.assertEqual((s.max_request_line_length, s.max_header_value_length), (8000, 4096))
 
     def test_wss_listener(self) -> None:
+        """
+        wss listeners take the same WebSocket settings, from the protocol level too, and their
+        factory is marked secure.
+        """
         listener = ws_listener("listener.wss.certfile = x\nlistener.wss.websocket_path = /w\n"
                                "listener.wss.websocket_compression = on\n", kind="wss")
         s = WebSocketSettings.from_listener(listener)
@@ -620,6 +698,10 @@ class SettingsTests(SynchronousTestCase):
         self.assertTrue(f.isSecure)
 
     def test_max_ws_frame_size_from_the_broker_config(self) -> None:
+        """
+        The broker's ``max_ws_frame_size`` caps both frame and message payloads, and WebSocket
+        auto-ping is off (MQTT keep-alive does that job).
+        """
         f = websocket_factory(ws_listener(), Inner(max_ws_frame_size=1234), Clock())
         self.assertIsInstance(f, MQTTWebSocketFactory)
         self.assertEqual(f.settings.max_frame_size, 1234)
@@ -628,11 +710,17 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(f.autoPingInterval, 0)
 
     def test_inner_factory_is_reachable(self) -> None:
+        """The WebSocket factory exposes the MQTT factory it wraps as ``wrappedFactory``."""
         inner = Inner()
         f = websocket_factory(ws_listener(), inner, Clock())
         self.assertIs(f.wrappedFactory, inner)
 
     def test_cn_needs_xff_support(self) -> None:
+        """
+        ``proxy_xff_use_cn_as_username`` has no effect without ``proxy_xff_support`` (and is
+        flagged as ignored); with it, ``proxy_xff_cn_header`` names the CN header, kept
+        lower-case for a case-insensitive match.
+        """
         s = WebSocketSettings.from_listener(ws_listener(
             "listener.ws.w.proxy_xff_use_cn_as_username = on\n"))
         self.assertIsNone(s.cn_header)
@@ -644,6 +732,10 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(s.cn_header, "x-client-cn")
 
     def test_proxy_protocol_turns_xff_off(self) -> None:
+        """
+        On a listener with ``proxy_protocol = on`` X-Forwarded-For support is off and flagged
+        as ignored: the PROXY header already gives the client's address.
+        """
         s = WebSocketSettings.from_listener(ws_listener(
             "listener.ws.proxy_protocol = on\nlistener.ws.proxy_xff_support = on\n"
             "listener.ws.proxy_xff_trusted_intermediate = 127.0.0.1\n"))
@@ -663,11 +755,16 @@ def xff_settings(trusted: str = "10.0.0.1;10.0.0.2", cn: bool = False) -> WebSoc
 class ForwardedForTests(SynchronousTestCase):
 
     def test_off(self) -> None:
+        """Without ``proxy_xff_support`` the X-Forwarded-For header is not used."""
         s = WebSocketSettings.from_listener(ws_listener())
         self.assertEqual(forwarded_for(s, "1.2.3.4", {"x-forwarded-for": "9.9.9.9"}),
                          (None, None))
 
     def test_first_entry_from_a_trusted_peer(self) -> None:
+        """
+        From a trusted intermediate (IPv4-mapped IPv6 form included) the first X-Forwarded-For
+        entry, IPv4 or IPv6, is the client's address.
+        """
         s = xff_settings()
         headers = {"x-forwarded-for": "203.0.113.7, 198.51.100.1, 10.0.0.9"}
         self.assertEqual(forwarded_for(s, "10.0.0.2", headers), ("203.0.113.7", None))
@@ -676,6 +773,10 @@ class ForwardedForTests(SynchronousTestCase):
                          ("2001:db8::1", None))
 
     def test_untrusted_peer_is_refused(self) -> None:
+        """
+        A peer that is not a trusted intermediate is refused with 403, even when a trusted
+        address appears in the header.
+        """
         s = xff_settings()
         with self.assertRaises(Refused) as e:
             forwarded_for(s, "10.0.0.3", {"x-forwarded-for": "203.0.113.7"})
@@ -685,12 +786,20 @@ class ForwardedForTests(SynchronousTestCase):
             forwarded_for(s, "192.0.2.1", {"x-forwarded-for": "203.0.113.7, 10.0.0.1"})
 
     def test_empty_trusted_list_refuses_everyone(self) -> None:
+        """
+        With X-Forwarded-For support on and no trusted intermediate, every upgrade is refused
+        with 403.
+        """
         s = xff_settings(trusted="")
         with self.assertRaises(Refused) as e:
             forwarded_for(s, "127.0.0.1", {"x-forwarded-for": "203.0.113.7"})
         self.assertEqual(e.exception.code, 403)
 
     def test_missing_or_bad_header_is_refused(self) -> None:
+        """
+        From a trusted peer, a missing, empty, ``unknown`` or invalid X-Forwarded-For is
+        refused with 400.
+        """
         s = xff_settings()
         for headers in ({}, {"x-forwarded-for": ""}, {"x-forwarded-for": "unknown"},
                         {"x-forwarded-for": "1.2.3.4.5, 10.0.0.1"}):
@@ -699,6 +808,10 @@ class ForwardedForTests(SynchronousTestCase):
             self.assertEqual(e.exception.code, 400)
 
     def test_cn_header(self) -> None:
+        """
+        With ``proxy_xff_use_cn_as_username`` the CN header (``X-SSL-Client-CN`` by default) is
+        returned with the address; a missing or blank CN is refused with 403.
+        """
         s = xff_settings(cn=True)
         headers = {"x-forwarded-for": "203.0.113.7", "x-ssl-client-cn": "alice"}
         self.assertEqual(forwarded_for(s, "10.0.0.1", headers), ("203.0.113.7", "alice"))
@@ -711,6 +824,11 @@ class ForwardedForTests(SynchronousTestCase):
             self.assertEqual(e.exception.code, 403)
 
     def test_through_the_protocol(self) -> None:
+        """
+        Through a real upgrade, a trusted proxy's X-Forwarded-For address becomes the MQTT peer
+        and its CN header the adapter's ``xff_cn``; an untrusted peer or a missing CN gets 403
+        and no MQTT protocol.
+        """
         extra = ("listener.ws.proxy_xff_support = on\n"
                  "listener.ws.proxy_xff_trusted_intermediate = 10.0.0.1\n"
                  "listener.ws.w.proxy_xff_use_cn_as_username = on\n")
@@ -732,6 +850,7 @@ class ForwardedForTests(SynchronousTestCase):
         self.assertEqual(c.response()[0], 403)
 
     def test_xff_header_is_ignored_when_off(self) -> None:
+        """When X-Forwarded-For support is off, the header does not change the peer."""
         c = Conn()
         mqtt = c.open(headers=(("X-Forwarded-For", "203.0.113.7"),))
         self.assertEqual(peer_of(mqtt.transport), ("127.0.0.1", 40000))

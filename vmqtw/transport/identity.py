@@ -46,10 +46,6 @@ def certificate_cn(cert: Any) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _on(listener: Any, option: str) -> bool:
-    return str(listener.options.get(option, "off")).lower() in ("on", "true")
-
-
 def preauth_username(transport: Any, listener: Any) -> str | None:
     """The one place where an identity vouched for below MQTT replaces the
     CONNECT username, before the auth chain runs (auth still runs, as in VerneMQ).
@@ -69,9 +65,10 @@ def preauth_username(transport: Any, listener: Any) -> str | None:
         cn = getattr(layer, "xff_cn", None)
         if cn:
             return str(cn)
-    use_proxy_cn = bool(getattr(listener, "proxy_protocol", False)) and \
-        bool(getattr(listener, "proxy_protocol_use_cn_as_username", False))
-    use_identity = _on(listener, "use_identity_as_username")
+    proxy = getattr(listener, "proxy", None)
+    use_proxy_cn = proxy is not None and proxy.enabled and proxy.use_cn_as_username
+    tls = getattr(listener, "tls", None)
+    use_identity = tls is not None and tls.use_identity_as_username
     if not (use_proxy_cn or use_identity):
         return None
     for layer in transports(transport):

@@ -3,7 +3,8 @@
     bytes -> [PROXY] -> TLS (this module) -> [WebSocket] -> MQTTProtocol
 
 One connection creator of our own (``ServerTLSOptions``) builds a pyOpenSSL
-``SSL.Context`` from the listener's options, as VerneMQ documents them:
+``SSL.Context`` from the listener's typed TLS settings (``ListenerConfig.tls``,
+read by ``vmqtw.config``), whose options are as VerneMQ documents them:
 
 - ``certfile`` (the whole chain in it is sent: leaf first, then intermediates;
   VerneMQ sends only the leaf, #865), ``keyfile`` (if empty, the key is looked
@@ -43,7 +44,6 @@ context and the reason is logged.  Bad options or files at startup raise
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import weakref
@@ -60,7 +60,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from vmqtw.config import ListenerConfig, split_list
+from vmqtw.config import TLS_VERSIONS, ListenerConfig, SettingError, TLSConfig
 from vmqtw.transport.identity import certificate_cn, peer_of
 from vmqtw.transport.layers import LayerError
 
@@ -89,7 +89,7 @@ _VERSIONS = {
     "tlsv1.2": (SSL.TLS1_2_VERSION, SSL.OP_NO_TLSv1_2),
     "tlsv1.3": (SSL.TLS1_3_VERSION, SSL.OP_NO_TLSv1_3),
 }
-_VERSION_ORDER = ("tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3")
+_VERSION_ORDER = TLS_VERSIONS
 
 # X509 verify errors that only say the CRL file has no (current) CRL for an
 # issuer.  VerneMQ treats crlfile as a list of revoked certificates, so these
@@ -114,113 +114,25 @@ class OptionError(Exception):
 
 
 # --------------------------------------------------------------------------
-# Settings: the listener's options, typed and checked
+# Settings: the listener's typed TLS settings, checked against OpenSSL
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TLSSettings:
-    certfile: str = ""
-    keyfile: str = ""
-    keypasswd: str = ""
-    cafile: str = ""
-    crlfile: str = ""
-    ciphers: tuple[str, ...] = ()        # TLS <= 1.2 cipher string items
-    tls13_suites: tuple[str, ...] = ()   # TLS 1.3 suite names
-    eccs: tuple[str, ...] = ()
-    versions: tuple[str, ...] = ("tlsv1.2",)
-    depth: int = 1
-    require_certificate: bool = False
-    use_identity_as_username: bool = False
-    handshake_timeout: float | None = 5.0  # seconds; None: no timeout
-    psk: bool = False
-    pskfile: str = ""
-    psk_separator: str = ":"
-    psk_identity_hint: str = "VMQ_PSK"
-    session_id: bytes = b"vmqtw"
-
-    @property
-    def verify_peer(self) -> bool:
-        return self.require_certificate or self.use_identity_as_username
-
-
-def _on(raw: str | None) -> bool:
-    return str(raw or "off").strip().lower() in ("on", "true")
+#: The TLS settings of a listener: ``ListenerConfig.tls``.
+TLSSettings = TLSConfig
 
 
 def read_settings(listener: ListenerConfig) -> TLSSettings:
-    """The TLS settings of ``listener``; raises OptionError for a bad value."""
-    opts = listener.options
-
-    def get(name: str, default: str = "") -> str:
-        value = opts.get(name)
-        return default if value is None else str(value)
-
-    versions = split_list(get("tls_version", "tlsv1.2"))
-    if not versions:
-        raise OptionError("tls_version", "no TLS version given")
-    for v in versions:
-        if v not in _VERSIONS:
-            raise OptionError("tls_version", f"unknown TLS version {v!r} (expected "
-                              f"{', '.join(_VERSION_ORDER)})")
-    versions = tuple(v for v in _VERSION_ORDER if v in versions)
-
-    raw_ciphers = get("ciphers").strip()
-    if raw_ciphers.startswith("[") and raw_ciphers.endswith("]"):
-        raw_ciphers = raw_ciphers[1:-1]
-    items = [c for c in re.split(r"[:,\s]+", raw_ciphers) if c]
-    tls13 = tuple(c for c in items if c.startswith("TLS_"))
-    ciphers = tuple(c for c in items if not c.startswith("TLS_"))
-
-    depth_raw = get("depth", "1").strip()
+    """The TLS settings of ``listener``, checked for what a TLS listener needs
+    and against what OpenSSL knows; raises OptionError."""
     try:
-        depth = int(depth_raw)
-        if depth < 0:
-            raise ValueError
-    except ValueError:
-        raise OptionError("depth", f"expected an integer >= 0, got {depth_raw!r}") from None
-
-    hs_raw = get("tls_handshake_timeout", "5000").strip()
-    if hs_raw == "infinity":
-        handshake_timeout: float | None = None
-    else:
-        try:
-            ms = int(hs_raw)
-            if ms < 0:
-                raise ValueError
-        except ValueError:
-            raise OptionError("tls_handshake_timeout",
-                              f"expected milliseconds or infinity, got {hs_raw!r}") from None
-        handshake_timeout = ms / 1000.0 if ms > 0 else None
-
-    psk = _on(opts.get("psk_support"))
-    pskfile = get("pskfile").strip()
-    if psk and not pskfile:
+        settings = listener.tls
+    except SettingError as e:
+        raise OptionError(e.option, e.message) from None
+    if settings is None:
+        raise OptionError("certfile", f"a {listener.kind} listener has no TLS settings")
+    if settings.psk and not settings.pskfile:
         raise OptionError("psk_support", "psk_support is on but listener.ssl.pskfile is not "
                           "set")
-    sep = get("pskfile_separator", ":")
-    if len(sep) != 1:
-        raise OptionError("pskfile_separator", f"expected a single character, got {sep!r}")
-
-    settings = TLSSettings(
-        certfile=get("certfile").strip(),
-        keyfile=get("keyfile").strip(),
-        keypasswd=get("keypasswd"),
-        cafile=get("cafile").strip(),
-        crlfile=get("crlfile").strip(),
-        ciphers=ciphers,
-        tls13_suites=tls13,
-        eccs=tuple(split_list(get("eccs"))),
-        versions=versions,
-        depth=depth,
-        require_certificate=_on(opts.get("require_certificate")),
-        use_identity_as_username=_on(opts.get("use_identity_as_username")),
-        handshake_timeout=handshake_timeout,
-        psk=psk,
-        pskfile=pskfile,
-        psk_separator=sep,
-        psk_identity_hint=get("psk_identity_hint", "VMQ_PSK"),
-        session_id=hashlib.sha256(listener.key.encode()).hexdigest()[:32].encode(),
-    )
     if not settings.certfile and not settings.psk:
         raise OptionError("certfile", f"a {listener.kind} listener needs a certfile (or "
                           f"psk_support = on for a PSK-only listener)")

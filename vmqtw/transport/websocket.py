@@ -73,7 +73,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vmqtw.config import REGISTRY, ListenerConfig
+from vmqtw.config import ListenerConfig, WebSocketConfig
 
 __all__ = ["websocket_factory", "MQTTWebSocketFactory", "MQTTWebSocketProtocol",
            "WebSocketTransport", "WebSocketSettings", "Refused", "forwarded_for",
@@ -109,13 +109,6 @@ class Refused(Exception):
         self.reason = reason
 
 
-def _option(listener: ListenerConfig, name: str, default: Any) -> Any:
-    raw = listener.options.get(name)
-    if raw is None:
-        return default
-    return REGISTRY[name].check(raw)
-
-
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         addr = ipaddress.ip_address(text.strip())
@@ -127,7 +120,8 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 @dataclass(frozen=True)
 class WebSocketSettings:
-    """What a ws/wss listener does, from its options and the broker config."""
+    """What a ws/wss listener does, from its typed ``websocket`` settings and
+    the broker config."""
 
     path: str = "/mqtt"
     compression: bool = False
@@ -145,24 +139,23 @@ class WebSocketSettings:
 
     @classmethod
     def from_listener(cls, listener: ListenerConfig, config: Any = None) -> "WebSocketSettings":
+        """The settings of ``listener`` (its ``websocket`` settings, defaults for
+        a listener without them) and ``max_ws_frame_size`` from ``config``."""
+        ws = listener.websocket or WebSocketConfig()
         frame = getattr(config, "max_ws_frame_size", None) or cls.max_frame_size
-        xff = bool(_option(listener, "proxy_xff_support", False))
-        use_cn = bool(_option(listener, "proxy_xff_use_cn_as_username", False))
+        xff, use_cn = ws.xff_support, ws.xff_use_cn_as_username
         xff_ignored = False
-        if listener.proxy_protocol and (xff or use_cn):
+        if listener.proxy.enabled and (xff or use_cn):
             xff_ignored = True
             xff = use_cn = False
-        trusted = frozenset(filter(None, (_ip(a) for a in _option(
-            listener, "proxy_xff_trusted_intermediate", ()))))
-        cn_header = None
-        if use_cn and xff:
-            cn_header = str(_option(listener, "proxy_xff_cn_header", "x-ssl-client-cn")).lower()
+        trusted = frozenset(filter(None, (_ip(a) for a in ws.xff_trusted_intermediate)))
+        cn_header = ws.xff_cn_header.lower() if use_cn and xff else None
         return cls(
-            path=_option(listener, "websocket_path", "/mqtt"),
-            compression=bool(_option(listener, "websocket_compression", False)),
+            path=ws.path,
+            compression=ws.compression,
             max_frame_size=int(frame),
-            max_request_line_length=int(_option(listener, "max_request_line_length", 8000)),
-            max_header_value_length=int(_option(listener, "max_header_value_length", 4096)),
+            max_request_line_length=ws.max_request_line_length,
+            max_header_value_length=ws.max_header_value_length,
             xff=xff,
             trusted=trusted,
             cn_header=cn_header,

@@ -1,0 +1,220 @@
+"""
+The configuration as the rest of the broker sees it: frozen, typed objects.
+
+``BrokerConfig`` is the whole file; each declared listener is a
+``ListenerConfig`` with its settings resolved (named -> protocol -> root ->
+built-in default) and its layers' typed settings (``tls``, ``websocket``,
+``proxy``); plugins are ``PluginConfig`` objects.  Every problem found while
+reading the file is a ``ConfigError`` naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from vmqtw.config.settings import (
+    ProxyConfig,
+    StoreConfig,
+    TLSConfig,
+    WebSocketConfig,
+    tls_config,
+    websocket_config,
+)
+from vmqtw.config.values import _empty_mapping
+
+
+class ConfigError(Exception):
+    """
+    A problem with the configuration.
+
+    ``str(e)`` is ``"FILE:LINE: KEY: MESSAGE"``, or ``"FILE: MESSAGE"`` when the
+    problem is not tied to one line (``line == 0``), e.g. a missing file.
+    """
+
+    def __init__(self, file: str, line: int, key: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}: {self.key}: {self.message}"
+        if self.key:
+            return f"{self.file}: {self.key}: {self.message}"
+        return f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Address:
+    """
+    Where a listener binds: an IP address and port, or a unix socket path.
+
+    ``host`` is normalised (``str(ipaddress.ip_address(...))``) and is ``None``
+    for a unix socket, whose ``port`` is always 0.
+    """
+
+    host: str | None
+    port: int
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"local:{self.path}"
+        if self.host is not None and ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """
+    One resolved listener.
+
+    Typed fields hold the effective values after inheritance.  For options
+    that do not exist for this listener's kind (e.g. ``mountpoint`` on an
+    ``http`` listener) the typed field holds the neutral "off" value
+    (``''``, ``0``, ``False``, ``frozenset()``).
+
+    ``options`` has every resolved option that applies to this kind and has a
+    value (set in the file, inherited, or a built-in default) as the raw string
+    from the file, and ``option_source`` where it came from.
+
+    ``tls``, ``websocket`` and ``proxy`` are the typed settings of the
+    listener's layers, read from ``options`` through the schema's value
+    parsers (``vmqtw.config.settings``); ``tls`` is None for a kind without
+    TLS, ``websocket`` for a kind that is not MQTT over WebSocket.  They are
+    read when first used (the parser reads them right away), so a listener
+    made with ``dataclasses.replace(listener, options=...)`` gets settings
+    from its new options; reading a bad value raises ``SettingError``.
+    """
+
+    kind: str
+    name: str
+    address: Address
+    max_connections: int | None
+    nr_of_acceptors: int
+    mountpoint: str
+    max_connection_lifetime: int
+    allowed_protocol_versions: frozenset[int]
+    allow_anonymous_override: bool
+    proxy_protocol: bool
+    proxy_protocol_use_cn_as_username: bool
+    options: Mapping[str, str] = field(default_factory=_empty_mapping, hash=False)
+    source: tuple[str, int] = ("<config>", 0)
+    option_sources: Mapping[str, tuple[str, int]] = field(
+        default_factory=_empty_mapping, hash=False, compare=False, repr=False
+    )
+
+    @property
+    def key(self) -> str:
+        """The declaring key, e.g. ``'listener.tcp.default'``."""
+        return f"listener.{self.kind}.{self.name}"
+
+    def option_source(self, opt: str) -> tuple[str, int]:
+        """
+        Where the effective value of ``opt`` came from: ``(file, line)``, with
+        line 0 for a built-in default (or an option that is not set).
+        """
+        return self.option_sources.get(opt, (self.source[0], 0))
+
+    @cached_property
+    def tls(self) -> TLSConfig | None:
+        """The TLS settings (None for a kind without TLS)."""
+        return tls_config(self.options, self.kind, self.key)
+
+    @cached_property
+    def websocket(self) -> WebSocketConfig | None:
+        """The WebSocket settings (None unless a ws or wss listener)."""
+        return websocket_config(self.options, self.kind)
+
+    @cached_property
+    def proxy(self) -> ProxyConfig:
+        """The PROXY protocol settings."""
+        return ProxyConfig(
+            enabled=self.proxy_protocol,
+            use_cn_as_username=self.proxy_protocol_use_cn_as_username,
+        )
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One ``plugins.NAME`` line with its ``priority`` and ``path``."""
+
+    name: str
+    enabled: bool
+    priority: int | None
+    path: str | None
+    source: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """
+    The whole configuration file.
+
+    Typed top-level keys are fields; recognised keys without behaviour yet are
+    in ``extra`` as raw strings; ``NAME.key`` settings of plugins are in
+    ``plugin_settings``; ``store`` is the ``persistent_store.*`` keys.
+    """
+
+    path: str
+    listeners: tuple[ListenerConfig, ...]
+    allow_anonymous: bool = False
+    max_client_id_size: int = 100
+    max_message_size: int = 0
+    max_inflight_messages: int = 20
+    max_online_messages: int = 1000
+    max_offline_messages: int = 1000
+    retry_interval: int = 20
+    mqtt_connect_timeout: int = 5000
+    persistent_client_expiration: int | None = None
+    topic_max_depth: int = 10
+    upgrade_outgoing_qos: bool = False
+    max_subscriptions_per_client: int = 0
+    disconnect_on_unauthorized_publish_v3: bool = False
+    suppress_lwt_on_session_takeover: bool = False
+    shared_subscription_policy: str = "prefer_local"
+    queue_type: str = "fifo"
+    receive_max_client: int = 65535
+    receive_max_broker: int = 65535
+    topic_alias_max_client: int = 0
+    topic_alias_max_broker: int = 0
+    max_last_will_delay: int | None = None
+    # Our own key (VerneMQ has none): cap for MQTT 5.0 keep alive, announced
+    # as Server Keep Alive; 0 = no cap.
+    max_keep_alive: int = 0
+    max_ws_frame_size: int = 268435456
+    crl_refresh_interval: int = 60000
+    log_level: str = "info"
+    plugins: Mapping[str, PluginConfig] = field(
+        default_factory=_empty_mapping, hash=False
+    )
+    plugin_settings: Mapping[str, Mapping[str, str]] = field(
+        default_factory=_empty_mapping, hash=False
+    )
+    extra: Mapping[str, str] = field(default_factory=_empty_mapping, hash=False)
+    key_sources: Mapping[str, tuple[str, int]] = field(
+        default_factory=_empty_mapping, hash=False, compare=False, repr=False
+    )
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def __post_init__(self) -> None:
+        # The store directory is relative to the configuration file's directory.
+        directory = self.store.directory
+        if not os.path.isabs(directory):
+            base = os.path.dirname(os.path.abspath(self.path))
+            resolved = os.path.normpath(os.path.join(base, directory))
+            object.__setattr__(self, "store", dataclasses.replace(self.store, directory=resolved))
+
+    def source(self, key: str) -> tuple[str, int]:
+        """
+        Where ``key`` was set: ``(file, line)``; line 0 when the key is not in
+        the file (its built-in default is in effect).
+        """
+        return self.key_sources.get(key, (self.path, 0))

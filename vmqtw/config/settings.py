@@ -1,0 +1,248 @@
+"""
+The typed settings of a listener's layers (TLS, WebSocket, PROXY) and of the
+durable store, and how each is read from resolved option values.
+
+``ListenerConfig.tls``, ``.websocket`` and ``.proxy`` and ``BrokerConfig.store``
+hold these objects; the transport and store code read their fields and never
+the option text.  Each value goes through the same parser the configuration
+file's line went through (the schema's validator), so a value means the same
+everywhere.
+
+The settings objects check their own invariants (known TLS versions, a verify
+depth >= 0...), so one built in code is as safe as one read from a file.  A
+problem raises ``SettingError`` naming the option; the layer that builds the
+listener turns it into a ``FILE:LINE: KEY: message`` error with
+``ListenerConfig.option_source``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vmqtw.config import schema
+from vmqtw.config.schema import STORE_SYNC_MODES
+from vmqtw.config.values import TLS_VERSIONS, _Invalid, split_list
+
+__all__ = [
+    "SettingError", "TLSConfig", "WebSocketConfig", "ProxyConfig", "StoreConfig",
+    "PROXY_HEADER_TIMEOUT", "STORE_SYNC_MODES", "tls_config", "websocket_config",
+]
+
+#: Seconds a PROXY-protocol connection has to send its whole header (VerneMQ/Ranch: 10 s).
+PROXY_HEADER_TIMEOUT = 10.0
+
+
+class SettingError(ValueError):
+    """A setting that cannot be used; ``option`` is the listener option at fault."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+# --------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """
+    The TLS settings of an ``ssl``, ``wss`` (``vmqs``, ``https``) listener.
+
+    File names are as written (``""``: not set).  ``ciphers`` holds the
+    TLS <= 1.2 names of the ``ciphers`` option, ``tls13_suites`` its TLS 1.3
+    suite names (``TLS_...``); both empty means OpenSSL's defaults.
+    ``versions`` is ``tls_version``, oldest first.  ``handshake_timeout`` is
+    ``tls_handshake_timeout`` in seconds (None: no timeout).  ``session_id``
+    is the listener's TLS session-cache context.
+    """
+
+    certfile: str = ""
+    keyfile: str = ""
+    keypasswd: str = ""
+    cafile: str = ""
+    crlfile: str = ""
+    ciphers: tuple[str, ...] = ()
+    tls13_suites: tuple[str, ...] = ()
+    eccs: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ("tlsv1.2",)
+    depth: int = 1
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    handshake_timeout: float | None = 5.0
+    psk: bool = False
+    pskfile: str = ""
+    psk_separator: str = ":"
+    psk_identity_hint: str = "VMQ_PSK"
+    session_id: bytes = b"vmqtw"
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            raise SettingError("tls_version", "no TLS version given")
+        for v in self.versions:
+            if v not in TLS_VERSIONS:
+                raise SettingError("tls_version", f"unknown TLS version {v!r} (expected "
+                                   f"{', '.join(TLS_VERSIONS)})")
+        ordered = tuple(v for v in TLS_VERSIONS if v in self.versions)
+        if ordered != self.versions:
+            object.__setattr__(self, "versions", ordered)
+        if self.depth < 0:
+            raise SettingError("depth", f"expected an integer >= 0, got {self.depth}")
+        if len(self.psk_separator) != 1:
+            raise SettingError("pskfile_separator",
+                               f"expected a single character, got {self.psk_separator!r}")
+        if self.handshake_timeout is not None and self.handshake_timeout < 0:
+            raise SettingError("tls_handshake_timeout",
+                               f"expected milliseconds or infinity, got "
+                               f"{self.handshake_timeout * 1000:g} ms")
+
+    @property
+    def verify_peer(self) -> bool:
+        """Whether client certificates are asked for and verified."""
+        return self.require_certificate or self.use_identity_as_username
+
+
+# --------------------------------------------------------------------------
+# WebSocket, PROXY, store
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    """
+    The WebSocket settings of a ``ws`` or ``wss`` listener.
+
+    ``xff_*`` are the ``proxy_xff_*`` options (``ws`` listeners only; off on
+    ``wss``); ``xff_trusted_intermediate`` holds IP addresses as written.
+    """
+
+    path: str = "/mqtt"
+    compression: bool = False
+    max_request_line_length: int = 8000
+    max_header_value_length: int = 4096
+    xff_support: bool = False
+    xff_trusted_intermediate: tuple[str, ...] = ()
+    xff_use_cn_as_username: bool = False
+    xff_cn_header: str = "x-ssl-client-cn"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """
+    The PROXY protocol settings of a listener.
+
+    ``enabled`` is ``proxy_protocol``; ``use_cn_as_username`` is
+    ``proxy_protocol_use_cn_as_username`` (it applies only when ``enabled``);
+    ``header_timeout`` is in seconds (no key sets it; VerneMQ's is 10 s).
+    """
+
+    enabled: bool = False
+    use_cn_as_username: bool = False
+    header_timeout: float = PROXY_HEADER_TIMEOUT
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """
+    The ``persistent_store.*`` keys.
+
+    ``directory`` is absolute in a ``BrokerConfig`` (a relative value is
+    relative to the configuration file's directory); ``sync`` is one of
+    ``STORE_SYNC_MODES``.
+    """
+
+    enabled: bool = True
+    directory: str = "data"
+    sync: str = "group"
+
+    def __post_init__(self) -> None:
+        if self.sync not in STORE_SYNC_MODES:
+            raise SettingError("persistent_store.sync", f"expected one of "
+                               f"{', '.join(STORE_SYNC_MODES)}, got {self.sync!r}")
+
+
+# --------------------------------------------------------------------------
+# From resolved option values to settings
+# --------------------------------------------------------------------------
+
+
+class _Options:
+    """Typed access to one listener's resolved option values."""
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self.options = options
+
+    def raw(self, name: str, default: str) -> str:
+        value = self.options.get(name)
+        return default if value is None else value
+
+    def get(self, name: str, default: Any) -> Any:
+        """The value of option ``name`` through its schema parser, or ``default``
+        when the listener has no value for it."""
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        try:
+            return schema.REGISTRY[name].check(raw)
+        except _Invalid as e:
+            raise SettingError(name, str(e)) from None
+
+
+def tls_config(options: Mapping[str, str], kind: str, key: str) -> TLSConfig | None:
+    """
+    The TLS settings from the resolved ``options`` of listener ``key`` (of
+    ``kind``); None for a kind without TLS.  Raises ``SettingError``.
+    """
+    if kind not in schema.TLS_KINDS:
+        return None
+    o = _Options(options)
+    ciphers: tuple[str, ...] = o.get("ciphers", ())
+    timeout_ms: int | None = o.get("tls_handshake_timeout", 5000)
+    return TLSConfig(
+        certfile=o.get("certfile", ""),
+        keyfile=o.get("keyfile", ""),
+        keypasswd=o.get("keypasswd", ""),
+        cafile=o.get("cafile", ""),
+        crlfile=o.get("crlfile", ""),
+        ciphers=tuple(c for c in ciphers if not c.startswith("TLS_")),
+        tls13_suites=tuple(c for c in ciphers if c.startswith("TLS_")),
+        eccs=o.get("eccs", ()),
+        # Split only: TLSConfig names an unknown version itself, so that a
+        # TLSConfig built in code gets the same check.
+        versions=split_list(o.raw("tls_version", "tlsv1.2")),
+        depth=o.get("depth", 1),
+        require_certificate=o.get("require_certificate", False),
+        use_identity_as_username=o.get("use_identity_as_username", False),
+        handshake_timeout=timeout_ms / 1000.0 if timeout_ms else None,
+        psk=o.get("psk_support", False),
+        pskfile=o.get("pskfile", ""),
+        psk_separator=o.get("pskfile_separator", ":"),
+        psk_identity_hint=o.get("psk_identity_hint", "VMQ_PSK"),
+        session_id=hashlib.sha256(key.encode()).hexdigest()[:32].encode(),
+    )
+
+
+def websocket_config(options: Mapping[str, str], kind: str) -> WebSocketConfig | None:
+    """
+    The WebSocket settings from the resolved ``options`` of a listener of
+    ``kind``; None for a kind that is not MQTT over WebSocket.  Raises
+    ``SettingError``.
+    """
+    if kind not in schema.WEBSOCKET_KINDS:
+        return None
+    o = _Options(options)
+    return WebSocketConfig(
+        path=o.get("websocket_path", "/mqtt"),
+        compression=o.get("websocket_compression", False),
+        max_request_line_length=o.get("max_request_line_length", 8000),
+        max_header_value_length=o.get("max_header_value_length", 4096),
+        xff_support=o.get("proxy_xff_support", False),
+        xff_trusted_intermediate=o.get("proxy_xff_trusted_intermediate", ()),
+        xff_use_cn_as_username=o.get("proxy_xff_use_cn_as_username", False),
+        xff_cn_header=o.get("proxy_xff_cn_header", "x-ssl-client-cn"),
+    )
