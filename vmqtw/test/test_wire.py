@@ -72,6 +72,16 @@ class Mqtt311BuilderTests(SynchronousTestCase):
         self.assertEqual(decode(wire.subscribe_packet("a/#", 2, 8), 4),
                          [Subscribe(8, [("a/#", SubOptions(2))])])
 
+    def test_connect_packet_with_login_and_properties(self) -> None:
+        """connect_packet sets the user name and password flags and fields, and a 5.0
+        CONNECT carries the given properties."""
+        (connect,) = Decoder().feed(wire.connect_packet("c", 4, username="u", password="pw"))
+        self.assertEqual(connect, Connect("c", 4, True, 60, None, "u", b"pw"))
+        (connect,) = Decoder().feed(wire.connect_packet(
+            "c", 5, password=b"pw", properties=[wire.p_receive_max(7)]))
+        self.assertEqual(connect, Connect("c", 5, True, 60, None, None, b"pw",
+                                          {"receive_maximum": 7}))
+
     def test_parse_publish_reads_publish(self) -> None:
         """parse_publish reads back topic, payload, QoS, retain, DUP and packet id."""
         data = wire.publish("t/x", b"body", qos=1, retain=True, dup=True, pid=3)

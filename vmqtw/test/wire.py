@@ -125,14 +125,24 @@ def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False,
 # MQTT 3.1 / 3.1.1 / 5.0: client -> broker
 
 def connect_packet(client_id: str, level: int = 4, clean: bool = True,
-                   keepalive: int = 60) -> bytes:
-    """CONNECT for MQTT 3.1 (level 3), 3.1.1 (4) or 5.0 (5), no will, no login."""
+                   keepalive: int = 60, *, username: str | None = None,
+                   password: str | bytes | None = None,
+                   properties: Iterable[bytes] = ()) -> bytes:
+    """CONNECT for MQTT 3.1 (level 3), 3.1.1 (4) or 5.0 (5), without a will
+    (3.1.1 s3.1): the user name and password flags follow the arguments, and a
+    5.0 CONNECT carries the ``properties`` items (``p_*``), none by default."""
     name = b"MQIsdp" if level == 3 else b"MQTT"
-    variable = utf8(name) + bytes((level, 0x02 if clean else 0x00))
-    variable += keepalive.to_bytes(2, "big")
+    flags = ((0x02 if clean else 0x00) | (0x80 if username is not None else 0)
+             | (0x40 if password is not None else 0))
+    variable = utf8(name) + bytes((level, flags)) + keepalive.to_bytes(2, "big")
     if level == 5:
-        variable += b"\x00"  # no properties
-    return fixed(0x10, variable + utf8(client_id))
+        variable += props(*properties)
+    payload = utf8(client_id)
+    if username is not None:
+        payload += utf8(username)
+    if password is not None:
+        payload += utf8(password)
+    return fixed(0x10, variable + payload)
 
 
 def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1,
