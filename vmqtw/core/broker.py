@@ -12,9 +12,10 @@ from typing import Any, Callable
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
-from vmqtw.core.session import QUEUED, Inflight, Session, SessionKey
+from vmqtw.core.session import Inflight, Session
 from vmqtw.core.store import IStore, MemoryStore
 from vmqtw.core.topics import TopicTree, parse_shared
+from vmqtw.core.values import QUEUED, SessionKey
 
 
 class Subscription:
@@ -107,13 +108,15 @@ class Broker:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def open_session(self, key: SessionKey, clean: bool, expiry_interval: float | None,
+    def open_session(self, key: tuple[str, str], clean: bool, expiry_interval: float | None,
                      conn: Any) -> tuple[Session, bool]:
-        """Attach ``conn`` to the session ``key``; returns (session, session_present).
+        """Attach ``conn`` to the session ``key`` (a ``SessionKey`` or a plain
+        (mountpoint, client id) tuple); returns (session, session_present).
 
         An existing connection on the same key is taken over (closed).  With
         ``clean`` the old state is discarded.
         """
+        key = SessionKey(*key)  # callers may pass a plain (mountpoint, client id) tuple
         existing = self.sessions.get(key)
         if existing is not None and existing.conn is not None:
             old = existing.conn
@@ -167,7 +170,7 @@ class Broker:
         now = self.clock.seconds()
         count = 0
         for stored in stored_sessions:
-            key = (stored.mountpoint, stored.client_id)
+            key = SessionKey(stored.mountpoint, stored.client_id)
             session = Session(self, key, True, stored.expiry_interval)
             session.username = stored.username
             session.sub_ids.update(stored.sub_ids)

@@ -19,18 +19,13 @@ from zope.interface import Attribute, Interface
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import Pubrel, SubOptions
 from vmqtw.core.message import Message
+# The delivery states and the key are shared with the stores (re-exported here).
+from vmqtw.core.values import (  # noqa: F401
+    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmqtw.core.broker import Broker
-
-SessionKey = tuple[str, str]
-
-# Outgoing inflight states (a durable store records them with the same values,
-# and QUEUED = 0 for a message in the queue).
-QUEUED = 0
-WAIT_PUBACK = 1     # QoS 1 PUBLISH sent
-WAIT_PUBREC = 2     # QoS 2 PUBLISH sent
-WAIT_PUBCOMP = 3    # QoS 2 PUBREL sent
 
 
 class IClientConnection(Interface):
@@ -47,9 +42,12 @@ class IClientConnection(Interface):
 
 
 class Inflight:
+    """One sent QoS 1/2 PUBLISH waiting for the client (``state`` says for what)."""
+
     __slots__ = ("message", "qos", "retain", "state", "sent_at", "sub_ids")
 
-    def __init__(self, message: Message, qos: int, retain: bool, state: int, sent_at: float,
+    def __init__(self, message: Message, qos: int, retain: bool, state: DeliveryState,
+                 sent_at: float,
                  sub_ids: tuple[int, ...] = ()) -> None:
         self.message = message
         self.qos = qos

@@ -58,9 +58,12 @@ from zope.interface import implementer
 from vmqtw.codec.packets import SubOptions
 from vmqtw.core.message import Message
 from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.values import (
+    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
+)
 from vmqtw.store.records import (
-    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, Loaded, SessionKey, StoredDelivery,
-    StoredSession, decode_properties, decode_sub_ids, encode_properties, encode_sub_ids,
+    Loaded, StoredDelivery, StoredSession, decode_properties, decode_sub_ids,
+    encode_properties, encode_sub_ids,
 )
 
 FILENAME = "vmqtw.db"
@@ -494,6 +497,7 @@ class SQLiteStore:
                 "packet_id FROM deliveries ORDER BY seq"):
             key = (mp, cid)
             message = messages[mid]
+            state = DeliveryState(state)  # ValueError (inconsistent) when unknown
             sessions[key].deliveries.append(StoredDelivery(
                 message, qos, bool(retain), state, pid, decode_sub_ids(sub_ids)))
             ref = refs.get(id(message))
