@@ -13,7 +13,7 @@ from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
 from vmqtw.core.session import Inflight, Session
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
 from vmqtw.core.values import QUEUED, SessionKey
 
@@ -77,7 +77,11 @@ class Broker:
         self.log = log if log is not None else _NullLog()
         self.config = config
         self.clock = clock
-        self.store: IStore = store if store is not None else MemoryStore()
+        if store is None:
+            # Imported here: the store package pulls in Twisted, the core does not.
+            from vmqtw.store.memory import MemoryStore
+            store = MemoryStore()
+        self.store: IStore = store
         self.sessions: dict[SessionKey, Session] = {}
         self.trees: dict[str, TopicTree] = {}
         self.dirty: list[Any] = []

@@ -57,7 +57,8 @@ from zope.interface import implementer
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.core.message import Message
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.interfaces import IStore
+from vmqtw.core.retained import RetainedTree
 from vmqtw.core.values import (
     QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
 )
@@ -242,7 +243,7 @@ class SQLiteStore:
         self.reactor = reactor
         self.sync = sync
         self.clock = clock if clock is not None else time.time
-        self._retained = MemoryStore()
+        self._retained = RetainedTree()
         # index
         self._refs: dict[int, _Ref] = {}
         self._index: dict[SessionKey, _Sess] = {}
@@ -468,7 +469,7 @@ class SQLiteStore:
                 "SELECT mountpoint, topic, payload, qos, properties, expires_at FROM retained"):
             msg = Message(topic, bytes(payload), qos, True, decode_properties(props), expires_at)
             result.retained.append((mp, topic, msg))
-            self._retained.retained_set(mp, topic, msg)
+            self._retained.set(mp, topic, msg)
         messages: dict[int, Message] = {}
         for row, topic, payload, qos, retain, props, expires_at in conn.execute(
                 "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"):
@@ -522,18 +523,18 @@ class SQLiteStore:
     # -- IStore: retained messages --------------------------------------------------------
 
     def retained_set(self, mountpoint: str, topic: str, message: Message | None) -> None:
-        self._retained.retained_set(mountpoint, topic, message)
+        self._retained.set(mountpoint, topic, message)
         self._p_retained[(mountpoint, topic)] = message
         self._changed()
 
     def retained_match(self, mountpoint: str, topic_filter: str) -> list[Message]:
-        return self._retained.retained_match(mountpoint, topic_filter)
+        return self._retained.match(mountpoint, topic_filter)
 
     def retained_count(self) -> int:
-        return self._retained.retained_count()
+        return len(self._retained)
 
     def retained_items(self) -> Iterable[tuple[str, str, Message]]:
-        return self._retained.retained_items()
+        return self._retained.items()
 
     # -- IStore: sessions -----------------------------------------------------------------
 

@@ -18,10 +18,11 @@ from zope.interface.verify import verifyObject
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import ConfigError, parse
 from vmqtw.core.message import Message
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.interfaces import IStore
 from vmqtw.store import (
     FILENAME, SQLiteStore, StoreCorrupt, StoreError, StoreLocked, open_store, store_settings,
 )
+from vmqtw.store.memory import MemoryStore
 from vmqtw.store.records import QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
 
 KEY = ("", "c1")
