@@ -12,7 +12,7 @@ from typing import Any, Callable
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
-from vmqtw.core.session import Inflight, Session
+from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
 from vmqtw.core.values import QUEUED, SessionKey
@@ -76,12 +76,13 @@ class Broker:
                  log: Any = None) -> None:
         self.log = log if log is not None else _NullLog()
         self.config = config
-        self.clock = clock
         if store is None:
             # Imported here: the store package pulls in Twisted, the core does not.
             from vmqtw.store.memory import MemoryStore
             store = MemoryStore()
-        self.store: IStore = store
+        #: What every session of this broker is given (see ``clock`` and ``store``).
+        self.session_env = SessionEnv.from_config(config, clock, store, self._session_dropped,
+                                                  self.flush)
         self.sessions: dict[SessionKey, Session] = {}
         self.trees: dict[str, TopicTree] = {}
         self.dirty: list[Any] = []
@@ -98,6 +99,29 @@ class Broker:
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
         self.session_observers: list[Callable[[str, Session], None]] = []
+
+    @property
+    def clock(self) -> Any:
+        """``seconds()`` and ``callLater()``; replacing it also replaces the
+        sessions' clock."""
+        return self.session_env.clock
+
+    @clock.setter
+    def clock(self, clock: Any) -> None:
+        self.session_env.clock = clock
+
+    @property
+    def store(self) -> IStore:
+        """The ``IStore``; replacing it also replaces the sessions' store."""
+        return self.session_env.store  # type: ignore[no-any-return]
+
+    @store.setter
+    def store(self, store: IStore) -> None:
+        self.session_env.store = store
+
+    def _session_dropped(self, session: Session, message: Message, reason: str) -> None:
+        # Looked up on each call, so that message_dropped can be wrapped at runtime.
+        self.message_dropped(session, message, reason)
 
     # -- output batching ------------------------------------------------------------
 
@@ -138,7 +162,7 @@ class Broker:
             session.cancel_will()  # resumed in time: a delayed will is not sent
             present = True
         else:
-            session = Session(self, key, persistent, expiry_interval)
+            session = Session(self.session_env, key, persistent, expiry_interval)
             self.sessions[key] = session
             present = False
         session.conn = conn
@@ -175,7 +199,7 @@ class Broker:
         count = 0
         for stored in stored_sessions:
             key = SessionKey(stored.mountpoint, stored.client_id)
-            session = Session(self, key, True, stored.expiry_interval)
+            session = Session(self.session_env, key, True, stored.expiry_interval)
             session.username = stored.username
             session.sub_ids.update(stored.sub_ids)
             self.sessions[key] = session
