@@ -186,9 +186,9 @@ class RetainedTree:
                     if i or not name.startswith("$"):
                         push((child, i + 1))
             else:
-                child = node.children.get(level)
-                if child is not None:
-                    push((child, i + 1))
+                found = node.children.get(level)
+                if found is not None:
+                    push((found, i + 1))
         return out
 
     @staticmethod

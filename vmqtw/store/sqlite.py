@@ -487,7 +487,7 @@ class SQLiteStore:
         for mp, cid, tf, qos, nl, rap, rh, sid in conn.execute(
                 "SELECT mountpoint, client_id, topic_filter, qos, no_local, "
                 "retain_as_published, retain_handling, subscription_id FROM subscriptions"):
-            s = sessions[(mp, cid)]
+            s = sessions[SessionKey(mp, cid)]
             s.subscriptions[tf] = SubOptions(qos, bool(nl), bool(rap), rh)
             if sid:
                 s.sub_ids[tf] = sid
@@ -496,7 +496,7 @@ class SQLiteStore:
         for seq, mp, cid, mid, qos, retain, sub_ids, state, pid in conn.execute(
                 "SELECT seq, mountpoint, client_id, message_id, qos, retain, sub_ids, state, "
                 "packet_id FROM deliveries ORDER BY seq"):
-            key = (mp, cid)
+            key = SessionKey(mp, cid)
             message = messages[mid]
             state = DeliveryState(state)  # ValueError (inconsistent) when unknown
             sessions[key].deliveries.append(StoredDelivery(
@@ -516,8 +516,9 @@ class SQLiteStore:
             s.deliveries.sort(key=lambda d: d.state == QUEUED)
         for mp, cid, pid in conn.execute(
                 "SELECT mountpoint, client_id, packet_id FROM incoming_qos2"):
-            sessions[(mp, cid)].incoming_qos2.add(pid)
-            self._index[(mp, cid)].qos2.add(pid)
+            key = SessionKey(mp, cid)
+            sessions[key].incoming_qos2.add(pid)
+            self._index[key].qos2.add(pid)
         result.sessions = list(sessions.values())
 
     # -- IStore: retained messages --------------------------------------------------------
@@ -824,7 +825,7 @@ class SQLiteStore:
                                         message.expires_at))
         index = self._index
         for (mp, cid, pid), add in self._p_qos2.items():
-            sess = index.get((mp, cid))
+            sess = index.get(SessionKey(mp, cid))
             if add:
                 b.qos2_rows.append((mp, cid, pid))
                 if sess is not None:
