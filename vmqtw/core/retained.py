@@ -12,9 +12,14 @@ stored in a trie, so a lookup walks only the branches the filter can match:
 - at the first level neither wildcard enters a branch whose name starts with
   ``$`` (MQTT-4.7.2-1: ``#`` and ``+/x`` do not match ``$SYS/x``).
 
-Each mountpoint has its own tree, so a filter never sees another mountpoint's
-messages.  Clearing a topic prunes the nodes it leaves empty, and a
-mountpoint whose last retained message is cleared is forgotten.
+The messages themselves sit in a flat ``topic -> message`` table next to the
+trie, which holds only the topics: replacing a topic's retained message (the
+common case: a device publishing its state) and exact lookups stay one dict
+operation; the trie changes only when a topic appears or goes.
+
+Each mountpoint has its own table and trie, so a filter never sees another
+mountpoint's messages.  Clearing a topic prunes the trie nodes it leaves
+empty, and a mountpoint whose last retained message is cleared is forgotten.
 
 Topics are not validated here: callers pass topic names and filters that
 passed ``vmqtw.core.topics`` validation.  This module does not import Twisted.
@@ -32,31 +37,41 @@ _intern = sys.intern
 
 
 class _Node:
-    """A topic level with levels below it: the retained message of the topic
-    ending here (if any) and the children.
+    """A topic level with levels below it: ``topic`` when a retained topic
+    ends here (else None) and the children.
 
     A level with nothing below it is not a node: its parent's ``children``
-    maps the level's name straight to its ``Message`` (most retained topics
-    are leaves, and this halves what they cost).  So every node but a root
-    has at least one child; a node left without children is pruned, or
-    folded back into its message.
+    maps the level's name straight to the topic string (most retained topics
+    are leaves, and the string is the message's own).  So every node but a
+    root has at least one child; a node left without children is pruned, or
+    folded back into its topic.
     """
 
-    __slots__ = ("message", "children")
+    __slots__ = ("topic", "children")
 
-    def __init__(self, message: Message | None = None) -> None:
-        self.message = message
+    def __init__(self, topic: str | None = None) -> None:
+        self.topic = topic
         self.children: dict[str, _Entry] = {}
 
 
-_Entry = Union[_Node, Message]
+_Entry = Union[_Node, str]
+
+
+class _Mountpoint:
+    """The retained messages of one mountpoint: the table and the trie."""
+
+    __slots__ = ("messages", "root")
+
+    def __init__(self) -> None:
+        self.messages: dict[str, Message] = {}
+        self.root = _Node()
 
 
 class RetainedTree:
-    """The retained messages of every mountpoint, one trie each."""
+    """The retained messages of every mountpoint, a table and a trie each."""
 
     def __init__(self) -> None:
-        self._roots: dict[str, _Node] = {}
+        self._mounts: dict[str, _Mountpoint] = {}
         self._count = 0
 
     # -- changes ---------------------------------------------------------------------------
@@ -66,9 +81,16 @@ class RetainedTree:
         if message is None:
             self._clear(mountpoint, topic)
             return
-        node = self._roots.get(mountpoint)
-        if node is None:
-            node = self._roots[mountpoint] = _Node()
+        mount = self._mounts.get(mountpoint)
+        if mount is None:
+            mount = self._mounts[mountpoint] = _Mountpoint()
+        messages = mount.messages
+        known = topic in messages
+        messages[topic] = message
+        if known:
+            return  # a new message for a known topic: the trie stays as it is
+        self._count += 1
+        node = mount.root
         levels = topic.split("/")
         leaf = levels.pop()
         for level in levels:
@@ -80,131 +102,108 @@ class RetainedTree:
                 child = children[level] = _Node(child)  # type: ignore[arg-type]
             node = child  # type: ignore[assignment]
         children = node.children
-        old = children.get(leaf)
-        if old is None:
-            children[_intern(leaf)] = message
-            self._count += 1
-        elif old.__class__ is _Node:
-            if old.message is None:  # type: ignore[union-attr]
-                self._count += 1
-            old.message = message  # type: ignore[union-attr]
-        else:
-            children[leaf] = message
+        entry = children.get(leaf)
+        if entry is None:
+            children[_intern(leaf)] = topic
+        else:  # an inner node (a leaf would be a known topic)
+            entry.topic = topic  # type: ignore[union-attr]
 
     def _clear(self, mountpoint: str, topic: str) -> None:
-        root = self._roots.get(mountpoint)
-        if root is None:
+        mount = self._mounts.get(mountpoint)
+        if mount is None or mount.messages.pop(topic, None) is None:
+            return  # nothing retained there
+        self._count -= 1
+        if not mount.messages:
+            del self._mounts[mountpoint]  # the trie goes with it
             return
         levels = topic.split("/")
         leaf = levels.pop()
         path: list[tuple[_Node, str]] = []
-        node = root
+        node = mount.root
         for level in levels:
-            child = node.children.get(level)
-            if child is None or child.__class__ is not _Node:
-                return  # nothing retained there
             path.append((node, level))
-            node = child  # type: ignore[assignment]
-        old = node.children.get(leaf)
-        if old is None:
-            return
-        if old.__class__ is _Node:
-            if old.message is None:  # type: ignore[union-attr]
-                return
-            old.message = None  # type: ignore[union-attr]
-            self._count -= 1
+            node = node.children[level]  # type: ignore[assignment]
+        entry = node.children[leaf]
+        if entry.__class__ is _Node:
+            entry.topic = None  # type: ignore[union-attr]
             return  # a node has children: the branch stays
         del node.children[leaf]
-        self._count -= 1
-        # Prune bottom-up: a node without children goes, or becomes its message.
+        # Prune bottom-up: a node without children goes, or becomes its topic.
         for parent, level in reversed(path):
             if node.children:
                 return
-            if node.message is None:
+            if node.topic is None:
                 del parent.children[level]
             else:
-                parent.children[level] = node.message
+                parent.children[level] = node.topic
                 return
             node = parent
-        if not root.children:
-            del self._roots[mountpoint]
 
     # -- queries ---------------------------------------------------------------------------
 
     def get(self, mountpoint: str, topic: str) -> Message | None:
         """The retained message of exactly ``topic``, or None."""
-        node = self._roots.get(mountpoint)
-        if node is None:
-            return None
-        levels = topic.split("/")
-        leaf = levels.pop()
-        for level in levels:
-            child = node.children.get(level)
-            if child is None or child.__class__ is not _Node:
-                return None
-            node = child  # type: ignore[assignment]
-        entry = node.children.get(leaf)
-        if entry is None or entry.__class__ is not _Node:
-            return entry  # type: ignore[return-value]
-        return entry.message  # type: ignore[union-attr]
+        mount = self._mounts.get(mountpoint)
+        return mount.messages.get(topic) if mount is not None else None
 
     def match(self, mountpoint: str, topic_filter: str) -> list[Message]:
         """The retained messages of ``mountpoint`` whose topic ``topic_filter``
-        matches, in the tree's order (depth first, each level's children in the
-        order they were first retained)."""
-        root = self._roots.get(mountpoint)
-        if root is None:
+        matches, in the trie's order (depth first, each level's children in the
+        order they first appeared)."""
+        mount = self._mounts.get(mountpoint)
+        if mount is None:
             return []
+        messages = mount.messages
         if "+" not in topic_filter and "#" not in topic_filter:
-            message = self.get(mountpoint, topic_filter)
+            message = messages.get(topic_filter)
             return [message] if message is not None else []
         levels = topic_filter.split("/")
         n = len(levels)
-        out: list[Message] = []
-        stack: list[tuple[_Entry, int]] = [(root, 0)]
+        found: list[str] = []
+        stack: list[tuple[_Entry, int]] = [(mount.root, 0)]
         pop, push = stack.pop, stack.append
         while stack:
             entry, i = pop()
             if entry.__class__ is not _Node:  # a leaf: its topic ends here
                 if i == n or levels[i] == "#":  # 'a/#' matches 'a'
-                    out.append(entry)  # type: ignore[arg-type]
+                    found.append(entry)  # type: ignore[arg-type]
                 continue
             node: _Node = entry  # type: ignore[assignment]
             if i == n:
-                if node.message is not None:
-                    out.append(node.message)
+                if node.topic is not None:
+                    found.append(node.topic)
                 continue
             level = levels[i]
             if level == "#":
-                # The parent level itself (a root has no message), then all below.
-                if node.message is not None:
-                    out.append(node.message)
-                self._collect(node, i == 0, out)
+                # The parent level itself (a root has no topic), then all below.
+                if node.topic is not None:
+                    found.append(node.topic)
+                self._collect(node, i == 0, found)
             elif level == "+":
                 # Reversed, so that the stack pops them in their order.
                 for name, child in reversed(node.children.items()):
                     if i or not name.startswith("$"):
                         push((child, i + 1))
             else:
-                found = node.children.get(level)
-                if found is not None:
-                    push((found, i + 1))
-        return out
+                child = node.children.get(level)
+                if child is not None:
+                    push((child, i + 1))
+        return [messages[topic] for topic in found]
 
     @staticmethod
-    def _collect(top: _Node, skip_dollar: bool, out: list[Message]) -> None:
-        """Append every message strictly below ``top`` to ``out``; with
+    def _collect(top: _Node, skip_dollar: bool, found: list[str]) -> None:
+        """Append every topic strictly below ``top`` to ``found``; with
         ``skip_dollar`` (``top`` is a root) leave out the ``$`` branches."""
         stack = [child for name, child in reversed(top.children.items())
                  if not (skip_dollar and name.startswith("$"))]
-        pop, extend, append = stack.pop, stack.extend, out.append
+        pop, extend, append = stack.pop, stack.extend, found.append
         while stack:
             entry = pop()
             if entry.__class__ is not _Node:
                 append(entry)  # type: ignore[arg-type]
                 continue
-            if entry.message is not None:  # type: ignore[union-attr]
-                append(entry.message)  # type: ignore[union-attr]
+            if entry.topic is not None:  # type: ignore[union-attr]
+                append(entry.topic)  # type: ignore[union-attr]
             extend(reversed(entry.children.values()))  # type: ignore[union-attr]
 
     def __len__(self) -> int:
@@ -212,24 +211,16 @@ class RetainedTree:
         return self._count
 
     def items(self) -> Iterator[tuple[str, str, Message]]:
-        """Every (mountpoint, topic, message), each mountpoint's in tree order."""
-        for mountpoint, root in list(self._roots.items()):
-            stack: list[tuple[_Entry, str]] = [
-                (child, name) for name, child in reversed(root.children.items())]
-            while stack:
-                entry, topic = stack.pop()
-                if entry.__class__ is not _Node:
-                    yield mountpoint, topic, entry  # type: ignore[misc]
-                    continue
-                if entry.message is not None:  # type: ignore[union-attr]
-                    yield mountpoint, topic, entry.message  # type: ignore[union-attr]
-                stack.extend((child, f"{topic}/{name}") for name, child in
-                             reversed(entry.children.items()))  # type: ignore[union-attr]
+        """Every (mountpoint, topic, message), each mountpoint's in the order
+        the topics were first retained."""
+        for mountpoint, mount in list(self._mounts.items()):
+            for topic, message in list(mount.messages.items()):
+                yield mountpoint, topic, message
 
     def _node_count(self) -> int:
         """Trie entries over all mountpoints, roots and leaves included (for tests)."""
         count = 0
-        stack: list[_Entry] = list(self._roots.values())
+        stack: list[_Entry] = [mount.root for mount in self._mounts.values()]
         while stack:
             entry = stack.pop()
             count += 1

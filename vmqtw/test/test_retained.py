@@ -167,14 +167,30 @@ class RetainedTreeTests(SynchronousTestCase):
         self.assertEqual(sorted((mp, t) for mp, t, _m in tree.items()),
                          [("m2", "t"), ("m2", "u")])
 
-    def test_order_is_tree_order(self) -> None:
-        """Matches come depth first, each level in the order its names were
-        first retained."""
+    def test_order(self) -> None:
+        """Wildcard matches come depth first, each level in the order its names
+        first appeared; ``items()`` lists topics in the order they were first
+        retained."""
         tree = RetainedTree()
         for t in ("a/2", "b", "a/1", "a/1/x", "a"):
             tree.set("", t, message(t))
         self.assertEqual(topics_of(tree.match("", "#")), ["a", "a/2", "a/1", "a/1/x", "b"])
-        self.assertEqual([t for _mp, t, _m in tree.items()], ["a", "a/2", "a/1", "a/1/x", "b"])
+        self.assertEqual([t for _mp, t, _m in tree.items()], ["a/2", "b", "a/1", "a/1/x", "a"])
+
+    def test_replacing_keeps_the_trie(self) -> None:
+        """A new message for a retained topic replaces the old one without
+        touching the trie; the lookups return the new message."""
+        tree = RetainedTree()
+        tree.set("", "a/b", message("a/b", b"old"))
+        tree.set("", "a", message("a", b"old"))
+        nodes = tree._node_count()
+        new_ab, new_a = message("a/b", b"new"), message("a", b"new")
+        tree.set("", "a/b", new_ab)
+        tree.set("", "a", new_a)
+        self.assertEqual(tree._node_count(), nodes)
+        self.assertEqual(len(tree), 2)
+        self.assertEqual(tree.match("", "a/#"), [new_a, new_ab])
+        self.assertIs(tree.get("", "a/b"), new_ab)
 
     def test_items_rebuild_the_topics(self) -> None:
         """``items()`` gives each topic as it was set, empty levels included."""
@@ -202,7 +218,7 @@ class RetainedTreeTests(SynchronousTestCase):
         tree.set("", "a", None)
         tree.set("m", "deep/er/still", None)
         self.assertEqual(tree._node_count(), baseline)
-        self.assertEqual(list(tree._roots), [""])
+        self.assertEqual(list(tree._mounts), [""])
         tree.set("", "keep", None)
         self.assertEqual(tree._node_count(), 0)
         self.assertEqual(len(tree), 0)
@@ -259,7 +275,7 @@ def _count_visits(tree: RetainedTree, mountpoint: str, topic_filter: str) -> int
             visits[0] += 1
             return super().values()
 
-    stack = list(tree._roots.values())
+    stack = [mount.root for mount in tree._mounts.values()]
     while stack:
         node = stack.pop()
         children = getattr(node, "children", None)  # leaves are bare messages
