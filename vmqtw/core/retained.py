@@ -185,9 +185,9 @@ class RetainedTree:
                     if i or not name.startswith("$"):
                         push((child, i + 1))
             else:
-                child = node.children.get(level)
-                if child is not None:
-                    push((child, i + 1))
+                found_child = node.children.get(level)
+                if found_child is not None:
+                    push((found_child, i + 1))
         return [messages[topic] for topic in found]
 
     @staticmethod
