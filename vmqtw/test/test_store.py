@@ -1,4 +1,4 @@
-"""MemoryStore and the filter matcher it uses for retained messages."""
+"""MemoryStore (vmqtw.store.memory) and the one-off filter matcher of vmqtw.core.topics."""
 from __future__ import annotations
 
 import itertools
