@@ -52,8 +52,7 @@ class Inflight:
     __slots__ = ("message", "qos", "retain", "state", "sent_at", "sub_ids")
 
     def __init__(self, message: Message, qos: int, retain: bool, state: DeliveryState,
-                 sent_at: float,
-                 sub_ids: tuple[int, ...] = ()) -> None:
+                 sent_at: float, sub_ids: tuple[int, ...] = ()) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
@@ -126,10 +125,9 @@ class Session:
 
     def __init__(self, env: Union[SessionEnv, "Broker"], key: SessionKey, persistent: bool,
                  expiry_interval: float | None) -> None:
-        if env.__class__ is not SessionEnv:
-            # Older callers passed the broker itself: use its environment.
-            env = env.session_env  # type: ignore[union-attr]
-        assert isinstance(env, SessionEnv)
+        if not isinstance(env, SessionEnv):
+            # Older callers pass the broker itself: use its environment.
+            env = env.session_env
         self.env = env
         self.key = key
         self.mountpoint, self.client_id = key
