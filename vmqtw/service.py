@@ -31,8 +31,9 @@ from vmqtw import logs
 from vmqtw.codec import reasons
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
 from vmqtw.core.broker import Broker
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.interfaces import IStore
 from vmqtw.store import StoreError, open_store
+from vmqtw.store.memory import MemoryStore
 from vmqtw.transport.layers import LayerError, build_layers
 from vmqtw.transport.limits import LimitedConnections, LimitedTCPPort, LimitedUNIXPort
 from vmqtw.transport.protocol import MQTTFactory

@@ -12,9 +12,10 @@ from typing import Any, Callable
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
-from vmqtw.core.session import QUEUED, Inflight, Session, SessionKey
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.session import Inflight, Session, SessionEnv
+from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
+from vmqtw.core.values import QUEUED, SessionKey
 
 
 class Subscription:
@@ -75,8 +76,13 @@ class Broker:
                  log: Any = None) -> None:
         self.log = log if log is not None else _NullLog()
         self.config = config
-        self.clock = clock
-        self.store: IStore = store if store is not None else MemoryStore()
+        if store is None:
+            # Imported here: the store package pulls in Twisted, the core does not.
+            from vmqtw.store.memory import MemoryStore
+            store = MemoryStore()
+        #: What every session of this broker is given (see ``clock`` and ``store``).
+        self.session_env = SessionEnv.from_config(config, clock, store, self._session_dropped,
+                                                  self.flush)
         self.sessions: dict[SessionKey, Session] = {}
         self.trees: dict[str, TopicTree] = {}
         self.dirty: list[Any] = []
@@ -94,6 +100,29 @@ class Broker:
         # taking (event_name, session).
         self.session_observers: list[Callable[[str, Session], None]] = []
 
+    @property
+    def clock(self) -> Any:
+        """``seconds()`` and ``callLater()``; replacing it also replaces the
+        sessions' clock."""
+        return self.session_env.clock
+
+    @clock.setter
+    def clock(self, clock: Any) -> None:
+        self.session_env.clock = clock
+
+    @property
+    def store(self) -> IStore:
+        """The ``IStore``; replacing it also replaces the sessions' store."""
+        return self.session_env.store  # type: ignore[no-any-return]
+
+    @store.setter
+    def store(self, store: IStore) -> None:
+        self.session_env.store = store
+
+    def _session_dropped(self, session: Session, message: Message, reason: str) -> None:
+        # Looked up on each call, so that message_dropped can be wrapped at runtime.
+        self.message_dropped(session, message, reason)
+
     # -- output batching ------------------------------------------------------------
 
     def flush(self) -> None:
@@ -107,13 +136,15 @@ class Broker:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def open_session(self, key: SessionKey, clean: bool, expiry_interval: float | None,
+    def open_session(self, key: tuple[str, str], clean: bool, expiry_interval: float | None,
                      conn: Any) -> tuple[Session, bool]:
-        """Attach ``conn`` to the session ``key``; returns (session, session_present).
+        """Attach ``conn`` to the session ``key`` (a ``SessionKey`` or a plain
+        (mountpoint, client id) tuple); returns (session, session_present).
 
         An existing connection on the same key is taken over (closed).  With
         ``clean`` the old state is discarded.
         """
+        key = SessionKey(*key)  # callers may pass a plain (mountpoint, client id) tuple
         existing = self.sessions.get(key)
         if existing is not None and existing.conn is None:
             # MQTT-3.1.2-8: a new connection for the ClientID before the Will
@@ -135,7 +166,7 @@ class Broker:
             session.cancel_will()  # resumed in time: a delayed will is not sent
             present = True
         else:
-            session = Session(self, key, persistent, expiry_interval)
+            session = Session(self.session_env, key, persistent, expiry_interval)
             self.sessions[key] = session
             present = False
         session.conn = conn
@@ -171,8 +202,8 @@ class Broker:
         now = self.clock.seconds()
         count = 0
         for stored in stored_sessions:
-            key = (stored.mountpoint, stored.client_id)
-            session = Session(self, key, True, stored.expiry_interval)
+            key = SessionKey(stored.mountpoint, stored.client_id)
+            session = Session(self.session_env, key, True, stored.expiry_interval)
             session.username = stored.username
             session.sub_ids.update(stored.sub_ids)
             self.sessions[key] = session

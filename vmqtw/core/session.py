@@ -6,31 +6,31 @@ providing ``IClientConnection``; the session never touches sockets, only
 ``conn.write(bytes)``.  An MQTT 5.0 connection also has an ``out5`` attribute
 (a ``vmqtw.core.mqtt5.Outbound``) that encodes PUBLISHes for that client.
 
+Everything else a session uses (the clock, the store, where to report a
+dropped message, how to flush output after a timer, its limits) comes in one
+``SessionEnv`` given at construction; a session knows nothing of the broker.
+
 Queue items are ``(message, qos, retain)`` tuples, with a fourth element, the
 subscription identifiers, only when there are some.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from zope.interface import Attribute, Interface
 
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import Pubrel, SubOptions
 from vmqtw.core.message import Message
+# The delivery states and the key are shared with the stores (re-exported here).
+from vmqtw.core.values import (  # noqa: F401
+    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmqtw.core.broker import Broker
-
-SessionKey = tuple[str, str]
-
-# Outgoing inflight states (a durable store records them with the same values,
-# and QUEUED = 0 for a message in the queue).
-QUEUED = 0
-WAIT_PUBACK = 1     # QoS 1 PUBLISH sent
-WAIT_PUBREC = 2     # QoS 2 PUBLISH sent
-WAIT_PUBCOMP = 3    # QoS 2 PUBREL sent
+    from vmqtw.core.interfaces import IStore
 
 
 class IClientConnection(Interface):
@@ -47,10 +47,12 @@ class IClientConnection(Interface):
 
 
 class Inflight:
+    """One sent QoS 1/2 PUBLISH waiting for the client (``state`` says for what)."""
+
     __slots__ = ("message", "qos", "retain", "state", "sent_at", "sub_ids")
 
-    def __init__(self, message: Message, qos: int, retain: bool, state: int, sent_at: float,
-                 sub_ids: tuple[int, ...] = ()) -> None:
+    def __init__(self, message: Message, qos: int, retain: bool, state: DeliveryState,
+                 sent_at: float, sub_ids: tuple[int, ...] = ()) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
@@ -62,21 +64,71 @@ class Inflight:
 NO_IDS: tuple[int, ...] = ()
 
 
+class SessionEnv:
+    """What a ``Session`` needs from its surroundings, given at construction.
+
+    - ``clock``: ``seconds()`` and ``callLater()`` (a reactor, or a
+      ``twisted.internet.task.Clock`` in tests);
+    - ``store``: the ``IStore`` told about a persistent session's QoS 1/2 flows;
+    - ``dropped(session, message, reason)``: called for each message the
+      session drops (offline QoS 0, a full queue, expiry, too large);
+    - ``flush()``: writes buffered output, called after a timer resent messages;
+    - the limits: ``max_inflight`` (0 = unlimited), ``max_online`` and
+      ``max_offline`` (-1 = unlimited), ``retry_interval`` (seconds, MQTT 3.x
+      only) and ``upgrade_qos``; a session copies them when it is created.
+
+    One is shared by the sessions of a broker: the broker keeps ``clock`` and
+    ``store`` up to date when its own are replaced.
+    """
+
+    __slots__ = ("clock", "store", "dropped", "flush", "max_inflight", "max_online",
+                 "max_offline", "retry_interval", "upgrade_qos")
+
+    def __init__(self, clock: Any, store: "IStore",
+                 dropped: Callable[["Session", Message, str], None],
+                 flush: Callable[[], None], *, max_inflight: int = 20,
+                 max_online: int = 1000, max_offline: int = 1000,
+                 retry_interval: float = 20, upgrade_qos: bool = False) -> None:
+        self.clock = clock
+        self.store = store
+        self.dropped = dropped
+        self.flush = flush
+        self.max_inflight = max_inflight
+        self.max_online = max_online
+        self.max_offline = max_offline
+        self.retry_interval = retry_interval
+        self.upgrade_qos = upgrade_qos
+
+    @classmethod
+    def from_config(cls, config: Any, clock: Any, store: "IStore",
+                    dropped: Callable[["Session", Message, str], None],
+                    flush: Callable[[], None]) -> "SessionEnv":
+        """The limits of a ``BrokerConfig`` with the given collaborators."""
+        return cls(clock, store, dropped, flush,
+                   max_inflight=config.max_inflight_messages,
+                   max_online=config.max_online_messages,
+                   max_offline=config.max_offline_messages,
+                   retry_interval=config.retry_interval,
+                   upgrade_qos=config.upgrade_outgoing_qos)
+
+
 class Session:
     """State of one (mountpoint, client id)."""
 
     __slots__ = (
-        "broker", "key", "mountpoint", "client_id", "username", "persistent",
+        "env", "key", "mountpoint", "client_id", "username", "persistent",
         "expiry_interval", "subscriptions", "conn", "queue", "inflight",
         "incoming_qos2", "_next_pid", "max_inflight", "max_online", "max_offline",
         "retry_interval", "upgrade_qos", "expiry_call", "retry_call", "dropped",
         "peer", "listener", "sub_ids", "client_receive_max", "will", "will_call",
     )
 
-    def __init__(self, broker: "Broker", key: SessionKey, persistent: bool,
+    def __init__(self, env: Union[SessionEnv, "Broker"], key: SessionKey, persistent: bool,
                  expiry_interval: float | None) -> None:
-        cfg = broker.config
-        self.broker = broker
+        if not isinstance(env, SessionEnv):
+            # Older callers pass the broker itself: use its environment.
+            env = env.session_env
+        self.env = env
         self.key = key
         self.mountpoint, self.client_id = key
         self.username: str | None = None
@@ -96,13 +148,13 @@ class Session:
         self.incoming_qos2: set[int] = set()
         self._next_pid = 1
         # 0 means "unlimited", which is bounded by the 65535 packet identifiers.
-        self.max_inflight = cfg.max_inflight_messages or 65535
+        self.max_inflight = env.max_inflight or 65535
         # MQTT 5.0: the connected client's receive maximum (65535 for 3.x).
         self.client_receive_max = 65535
-        self.max_online = cfg.max_online_messages
-        self.max_offline = cfg.max_offline_messages
-        self.retry_interval = cfg.retry_interval
-        self.upgrade_qos = cfg.upgrade_outgoing_qos
+        self.max_online = env.max_online
+        self.max_offline = env.max_offline
+        self.retry_interval = env.retry_interval
+        self.upgrade_qos = env.upgrade_qos
         self.expiry_call: Any = None
         self.retry_call: Any = None
         self.dropped = 0
@@ -137,7 +189,7 @@ class Session:
                 return
             self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
                               (message, qos, retain))
-            self.broker.store.message_queued(self.key, message, qos, retain, sub_ids)
+            self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
             return
         if self.queue or conn.paused:
             self._enqueue_online(message, qos, retain, sub_ids)
@@ -165,11 +217,11 @@ class Session:
         self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
                                        (message, qos, retain))
         if qos and self.persistent:
-            self.broker.store.message_queued(self.key, message, qos, retain, sub_ids)
+            self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
 
     def _drop(self, message: Message, reason: str) -> None:
         self.dropped += 1
-        self.broker.message_dropped(self, message, reason)
+        self.env.dropped(self, message, reason)
 
     def _encode5(self, conn: Any, message: Message, qos: int, retain: bool,
                  pid: int | None, dup: bool, sub_ids: tuple[int, ...]) -> bytes | None:
@@ -178,7 +230,7 @@ class Session:
         out5 = getattr(conn, "out5", None)
         if out5 is None:
             return message.encoded(5, qos, retain, pid, dup)
-        data = out5.publish(message, qos, retain, pid, dup, sub_ids, self.broker.clock)
+        data = out5.publish(message, qos, retain, pid, dup, sub_ids, self.env.clock)
         if data is None:
             self._drop(message, "max_packet_size_exceeded")
         return data
@@ -195,13 +247,13 @@ class Session:
             if data is None:
                 self._next_pid = pid  # not used after all
                 if queued and self.persistent:
-                    self.broker.store.message_dequeued(self.key, message)
+                    self.env.store.message_dequeued(self.key, message)
                 return
-        now = self.broker.clock.seconds()
+        now = self.env.clock.seconds()
         self.inflight[pid] = Inflight(message, qos, retain,
                                       WAIT_PUBACK if qos == 1 else WAIT_PUBREC, now, sub_ids)
         if self.persistent:
-            store = self.broker.store
+            store = self.env.store
             store.message_sent(self.key, message, qos, retain, pid, sub_ids, queued)
             if qos == 2 and store.unsynced():
                 # Exactly once: the client must not see this packet id before the
@@ -216,7 +268,7 @@ class Session:
 
     def _schedule_retry(self, level: int) -> None:
         if self.retry_call is None and self.retry_interval > 0 and level < 5:
-            self.retry_call = self.broker.clock.callLater(self.retry_interval, self._retry)
+            self.retry_call = self.env.clock.callLater(self.retry_interval, self._retry)
 
     def _allocate_pid(self) -> int:
         pid = self._next_pid
@@ -230,7 +282,7 @@ class Session:
         """Move queued messages to the client while the window and transport allow."""
         conn = self.conn
         queue = self.queue
-        store = self.broker.store
+        store = self.env.store
         now: float | None = None
         while queue and conn is not None and not conn.paused:
             item = queue[0]
@@ -238,7 +290,7 @@ class Session:
             sub_ids = item[3] if len(item) > 3 else NO_IDS
             if message.expires_at is not None:
                 if now is None:
-                    now = self.broker.clock.seconds()
+                    now = self.env.clock.seconds()
                 if now >= message.expires_at:  # MQTT 5.0 message expiry: never sent
                     queue.popleft()
                     if qos and self.persistent:
@@ -266,7 +318,7 @@ class Session:
         """The client finished the flow of ``pid``: free its slot, send more."""
         del self.inflight[pid]
         if self.persistent:
-            self.broker.store.message_acked(self.key, pid)
+            self.env.store.message_acked(self.key, pid)
         self.drain()
 
     def puback(self, pid: int) -> bool:
@@ -287,9 +339,9 @@ class Session:
                 self._done(pid)
             return True
         if entry.state != WAIT_PUBCOMP and self.persistent:
-            self.broker.store.message_released(self.key, pid)
+            self.env.store.message_released(self.key, pid)
         entry.state = WAIT_PUBCOMP
-        entry.sent_at = self.broker.clock.seconds()
+        entry.sent_at = self.env.clock.seconds()
         return True
 
     def pubcomp(self, pid: int) -> bool:
@@ -305,7 +357,7 @@ class Session:
         """An incoming QoS 2 PUBLISH was routed: its PUBREL is awaited."""
         self.incoming_qos2.add(pid)
         if self.persistent:
-            self.broker.store.qos2_received(self.key, pid)
+            self.env.store.qos2_received(self.key, pid)
 
     def qos2_released(self, pid: int) -> bool:
         """PUBREL for an incoming QoS 2 ``pid``; False when the id was unknown."""
@@ -313,7 +365,7 @@ class Session:
             return False
         self.incoming_qos2.discard(pid)
         if self.persistent:
-            self.broker.store.qos2_released(self.key, pid)
+            self.env.store.qos2_released(self.key, pid)
         return True
 
     # -- connection lifecycle ------------------------------------------------------
@@ -328,12 +380,12 @@ class Session:
         self.client_receive_max = out5.receive_maximum if out5 is not None else 65535
         too_large = []
         write = conn.write
-        if self.inflight and self.persistent and self.broker.store.unsynced():
+        if self.inflight and self.persistent and self.env.store.unsynced():
             # What the store has not written yet may not reach the client yet
             # (see _send_inflight).
             write = getattr(conn, "write_durable", write)
         for pid, entry in self.inflight.items():
-            entry.sent_at = self.broker.clock.seconds()
+            entry.sent_at = self.env.clock.seconds()
             if entry.state == WAIT_PUBCOMP:
                 write(encode(Pubrel(pid), level))
             elif level < 5:
@@ -348,9 +400,9 @@ class Session:
         for pid in too_large:
             del self.inflight[pid]
             if self.persistent:
-                self.broker.store.message_acked(self.key, pid)
+                self.env.store.message_acked(self.key, pid)
         if self.inflight and self.retry_call is None and self.retry_interval > 0 and level < 5:
-            self.retry_call = self.broker.clock.callLater(self.retry_interval, self._retry)
+            self.retry_call = self.env.clock.callLater(self.retry_interval, self._retry)
         self.drain()
 
     def detach(self) -> None:
@@ -370,7 +422,7 @@ class Session:
         conn = self.conn
         if conn is None or not self.inflight:
             return
-        now = self.broker.clock.seconds()
+        now = self.env.clock.seconds()
         level = conn.protocol_level
         oldest = now
         for pid, entry in self.inflight.items():
@@ -381,9 +433,9 @@ class Session:
                 else:
                     conn.write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
             oldest = min(oldest, entry.sent_at)
-        self.retry_call = self.broker.clock.callLater(
+        self.retry_call = self.env.clock.callLater(
             max(0.001, oldest + self.retry_interval - now), self._retry)
-        self.broker.flush()
+        self.env.flush()
 
     def schedule_expiry(self, expire: Callable[["Session"], None],
                         delay: float | None = None) -> None:
@@ -391,7 +443,7 @@ class Session:
         for a session restored from the store part way through its interval)."""
         self.cancel_expiry()
         if self.expiry_interval is not None:
-            self.expiry_call = self.broker.clock.callLater(
+            self.expiry_call = self.env.clock.callLater(
                 self.expiry_interval if delay is None else delay, expire, self)
 
     def cancel_expiry(self) -> None:

@@ -19,6 +19,7 @@ from typing import Generic, Iterator, TypeVar
 __all__ = [
     "TopicError",
     "TopicTree",
+    "filter_matches",
     "parse_shared",
     "validate_topic_filter",
     "validate_topic_name",
@@ -154,6 +155,28 @@ def parse_shared(filter: str) -> tuple[str | None, str]:
         raise TopicError(f"shared subscription {filter!r} has no topic filter")
     validate_topic_filter(inner)
     return group, inner
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """
+    True if MQTT ``topic_filter`` matches ``topic`` (wildcards and ``$`` rules).
+
+    One comparison, level by level: for many topics or filters use a tree
+    (``TopicTree`` for subscriptions, ``vmqtw.core.retained.RetainedTree`` for
+    retained messages).
+    """
+    f = topic_filter.split("/")
+    t = topic.split("/")
+    if t[0].startswith("$") and f[0] in ("+", "#"):
+        return False
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= len(t):
+            return False
+        if level != "+" and level != t[i]:
+            return False
+    return len(f) == len(t)
 
 
 class _Node:

@@ -46,6 +46,6 @@ def open_store(config: BrokerConfig, reactor: Any) -> Any:
     with ``persistent_store.enabled = off``, a ``MemoryStore``."""
     settings = store_settings(config)
     if not settings.enabled:
-        from vmqtw.core.store import MemoryStore
+        from vmqtw.store.memory import MemoryStore
         return MemoryStore()
     return SQLiteStore(settings.directory, reactor, settings.sync, clock=reactor.seconds)

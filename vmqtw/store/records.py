@@ -18,14 +18,10 @@ from typing import Any
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.core.message import Message
-
-SessionKey = tuple[str, str]  # (mountpoint, client id)
-
-# Delivery states (the outgoing inflight states share vmqtw.core.session's values).
-QUEUED = 0        # waiting in the session's queue, never sent
-WAIT_PUBACK = 1   # QoS 1 PUBLISH sent
-WAIT_PUBREC = 2   # QoS 2 PUBLISH sent
-WAIT_PUBCOMP = 3  # QoS 2 PUBREC received, PUBREL sent
+# The key and the delivery states are the core's own (re-exported here).
+from vmqtw.core.values import (  # noqa: F401
+    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
+)
 
 
 @dataclass
@@ -35,7 +31,7 @@ class StoredDelivery:
     message: Message
     qos: int
     retain: bool
-    state: int = QUEUED
+    state: DeliveryState = QUEUED
     packet_id: int | None = None
     sub_ids: tuple[int, ...] = ()
 
@@ -61,7 +57,7 @@ class StoredSession:
 
     @property
     def key(self) -> SessionKey:
-        return (self.mountpoint, self.client_id)
+        return SessionKey(self.mountpoint, self.client_id)
 
     def remaining_expiry(self, now: float) -> float | None:
         """Seconds left before the session expires (None = never)."""

@@ -57,10 +57,14 @@ from zope.interface import implementer
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.core.message import Message
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.interfaces import IStore
+from vmqtw.core.retained import RetainedTree
+from vmqtw.core.values import (
+    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
+)
 from vmqtw.store.records import (
-    QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, Loaded, SessionKey, StoredDelivery,
-    StoredSession, decode_properties, decode_sub_ids, encode_properties, encode_sub_ids,
+    Loaded, StoredDelivery, StoredSession, decode_properties, decode_sub_ids,
+    encode_properties, encode_sub_ids,
 )
 
 FILENAME = "vmqtw.db"
@@ -239,7 +243,7 @@ class SQLiteStore:
         self.reactor = reactor
         self.sync = sync
         self.clock = clock if clock is not None else time.time
-        self._retained = MemoryStore()
+        self._retained = RetainedTree()
         # index
         self._refs: dict[int, _Ref] = {}
         self._index: dict[SessionKey, _Sess] = {}
@@ -465,7 +469,7 @@ class SQLiteStore:
                 "SELECT mountpoint, topic, payload, qos, properties, expires_at FROM retained"):
             msg = Message(topic, bytes(payload), qos, True, decode_properties(props), expires_at)
             result.retained.append((mp, topic, msg))
-            self._retained.retained_set(mp, topic, msg)
+            self._retained.set(mp, topic, msg)
         messages: dict[int, Message] = {}
         for row, topic, payload, qos, retain, props, expires_at in conn.execute(
                 "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"):
@@ -483,7 +487,7 @@ class SQLiteStore:
         for mp, cid, tf, qos, nl, rap, rh, sid in conn.execute(
                 "SELECT mountpoint, client_id, topic_filter, qos, no_local, "
                 "retain_as_published, retain_handling, subscription_id FROM subscriptions"):
-            s = sessions[(mp, cid)]
+            s = sessions[SessionKey(mp, cid)]
             s.subscriptions[tf] = SubOptions(qos, bool(nl), bool(rap), rh)
             if sid:
                 s.sub_ids[tf] = sid
@@ -492,8 +496,9 @@ class SQLiteStore:
         for seq, mp, cid, mid, qos, retain, sub_ids, state, pid in conn.execute(
                 "SELECT seq, mountpoint, client_id, message_id, qos, retain, sub_ids, state, "
                 "packet_id FROM deliveries ORDER BY seq"):
-            key = (mp, cid)
+            key = SessionKey(mp, cid)
             message = messages[mid]
+            state = DeliveryState(state)  # ValueError (inconsistent) when unknown
             sessions[key].deliveries.append(StoredDelivery(
                 message, qos, bool(retain), state, pid, decode_sub_ids(sub_ids)))
             ref = refs.get(id(message))
@@ -511,25 +516,26 @@ class SQLiteStore:
             s.deliveries.sort(key=lambda d: d.state == QUEUED)
         for mp, cid, pid in conn.execute(
                 "SELECT mountpoint, client_id, packet_id FROM incoming_qos2"):
-            sessions[(mp, cid)].incoming_qos2.add(pid)
-            self._index[(mp, cid)].qos2.add(pid)
+            key = SessionKey(mp, cid)
+            sessions[key].incoming_qos2.add(pid)
+            self._index[key].qos2.add(pid)
         result.sessions = list(sessions.values())
 
     # -- IStore: retained messages --------------------------------------------------------
 
     def retained_set(self, mountpoint: str, topic: str, message: Message | None) -> None:
-        self._retained.retained_set(mountpoint, topic, message)
+        self._retained.set(mountpoint, topic, message)
         self._p_retained[(mountpoint, topic)] = message
         self._changed()
 
     def retained_match(self, mountpoint: str, topic_filter: str) -> list[Message]:
-        return self._retained.retained_match(mountpoint, topic_filter)
+        return self._retained.match(mountpoint, topic_filter)
 
     def retained_count(self) -> int:
-        return self._retained.retained_count()
+        return len(self._retained)
 
     def retained_items(self) -> Iterable[tuple[str, str, Message]]:
-        return self._retained.retained_items()
+        return self._retained.items()
 
     # -- IStore: sessions -----------------------------------------------------------------
 
@@ -819,7 +825,7 @@ class SQLiteStore:
                                         message.expires_at))
         index = self._index
         for (mp, cid, pid), add in self._p_qos2.items():
-            sess = index.get((mp, cid))
+            sess = index.get(SessionKey(mp, cid))
             if add:
                 b.qos2_rows.append((mp, cid, pid))
                 if sess is not None:

@@ -336,3 +336,59 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(self.broker.dropped, 10)
         self.assertEqual(s.dropped, 10)
         self.assertEqual([lvl for lvl, _f, _k in self.log.events if lvl == "warn"], ["warn"])
+
+
+class RetainedTreeRoutingTests(SynchronousTestCase):
+    """A SUBSCRIBE finds retained messages through the store's topic tree."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = Broker(parse(BASE), self.clock)
+
+    def online(self, client_id: str, mountpoint: str = "") -> tuple[Session, FakeConnection]:
+        conn = FakeConnection()
+        session, _ = self.broker.open_session((mountpoint, client_id), True, 0, conn)
+        self.broker.session_resumed(session)
+        return session, conn
+
+    def retain(self, topic: str, payload: bytes, mountpoint: str = "", **kw: Any) -> None:
+        self.broker.publish(Message(topic, payload, 0, True, **kw), mountpoint)
+
+    def test_dollar_topics_need_an_explicit_first_level(self) -> None:
+        """Retained ``$SYS`` messages reach ``$SYS/#`` subscribers, never ``#``
+        or ``+/...`` ones (MQTT-4.7.2-1)."""
+        self.retain("$SYS/uptime", b"1")
+        self.retain("sys/uptime", b"2")
+        s, conn = self.online("a")
+        self.broker.subscribe(s, "#", SubOptions(0))
+        self.broker.subscribe(s, "+/uptime", SubOptions(0))
+        self.assertEqual(conn.written, [publish("sys/uptime", b"2", retain=True)] * 2)
+        del conn.written[:]
+        self.broker.subscribe(s, "$SYS/#", SubOptions(0))
+        self.assertEqual(conn.written, [publish("$SYS/uptime", b"1", retain=True)])
+
+    def test_mountpoints_do_not_share_retained_messages(self) -> None:
+        """A subscriber sees only the retained messages of its own mountpoint."""
+        self.retain("t/x", b"m1", "m1")
+        self.retain("t/x", b"top")
+        s1, c1 = self.online("a", "m1")
+        s0, c0 = self.online("b")
+        self.broker.subscribe(s1, "t/#", SubOptions(0))
+        self.broker.subscribe(s0, "#", SubOptions(0))
+        self.assertEqual(c1.written, [publish("t/x", b"m1", retain=True)])
+        self.assertEqual(c0.written, [publish("t/x", b"top", retain=True)])
+
+    def test_expired_retained_message_is_forgotten_on_lookup(self) -> None:
+        """An MQTT 5.0 retained message whose expiry interval ran out is not
+        sent to a new subscriber and leaves the store."""
+        message = Message("e/x", b"old", 0, True, {"message_expiry_interval": 10})
+        message.start_expiry(self.clock.seconds())
+        self.broker.publish(message, "")
+        self.retain("e/y", b"fresh")
+        self.clock.advance(11)
+        s, conn = self.online("a")
+        self.broker.subscribe(s, "e/+", SubOptions(0))
+        self.assertEqual(conn.written, [publish("e/y", b"fresh", retain=True)])
+        self.assertEqual(self.broker.store.retained_count(), 1)
+        self.assertEqual([m.payload for m in self.broker.store.retained_match("", "e/#")],
+                         [b"fresh"])

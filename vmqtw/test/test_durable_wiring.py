@@ -17,9 +17,9 @@ from vmqtw.codec.packets import SubOptions
 from vmqtw.config import load
 from vmqtw.core.message import Message
 from vmqtw.core.session import WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
-from vmqtw.core.store import MemoryStore
 from vmqtw.service import BrokerService, StartupError, make_service
 from vmqtw.store import SQLiteStore
+from vmqtw.store.memory import MemoryStore
 from vmqtw.store.records import QUEUED, StoredDelivery, StoredSession
 from vmqtw.test.harness import BASE, BrokerTestCase, Harness
 from vmqtw.test.wire import connack, puback, pubcomp, publish, pubrec, pubrel

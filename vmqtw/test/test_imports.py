@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(vmqtw.__file__)))
 SCRIPT = """
 import sys
 import vmqtw.codec
-import vmqtw.core.broker, vmqtw.core.session, vmqtw.core.store, vmqtw.core.topics
+import vmqtw.core.broker, vmqtw.core.session, vmqtw.core.interfaces, vmqtw.core.topics
+import vmqtw.core.retained, vmqtw.core.values
 import vmqtw.core.message
 bad = sorted(m for m in sys.modules if m == "twisted" or m.startswith("twisted."))
 print("\\n".join(bad))

@@ -3,13 +3,16 @@ retries, and the Session object on its own with a fake connection."""
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from vmqtw.codec import Disconnect, Puback, Pubcomp, Pubrec
 from vmqtw.config import parse
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
-from vmqtw.core.session import IClientConnection, Session
+from vmqtw.core.session import IClientConnection, Session, SessionEnv
+from vmqtw.core.values import SessionKey
+from vmqtw.store.memory import MemoryStore
 from vmqtw.test.harness import BASE, BrokerTestCase, FakeConnection, Harness
 from vmqtw.test.wire import connack, publish, pubrel, suback
 
@@ -380,3 +383,132 @@ class SessionUnitTests(BrokerTestCase):
         self.assertEqual(conn.written, [publish("t", b"x", qos=1, retain=True, pid=1),
                                         publish("t", b"x")])
 
+
+
+# ---------------------------------------------------------------------------
+# What a session is given: SessionEnv, no broker
+
+
+class RecordingStore(MemoryStore):
+    """A MemoryStore that records the delivery notifications it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def message_queued(self, key, message, qos, retain=False, sub_ids=()):  # type: ignore[no-untyped-def]
+        self.calls.append(("queued", key, message.payload, qos))
+
+    def message_sent(self, key, message, qos, retain, packet_id, sub_ids=(),  # type: ignore[no-untyped-def]
+                     queued=False):
+        self.calls.append(("sent", key, message.payload, packet_id))
+
+    def message_acked(self, key, packet_id):  # type: ignore[no-untyped-def]
+        self.calls.append(("acked", key, packet_id))
+
+
+class SessionEnvTests(SynchronousTestCase):
+    """A ``Session`` works from the ``SessionEnv`` it is given, without a broker."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = RecordingStore()
+        self.drops: list[tuple[str, bytes, str]] = []
+        self.flushes = 0
+        self.env = SessionEnv(self.clock, self.store, self.dropped, self.flush,
+                              max_inflight=2, max_online=3, max_offline=1,
+                              retry_interval=5, upgrade_qos=True)
+
+    def dropped(self, session: Session, message: Message, reason: str) -> None:
+        self.drops.append((session.client_id, message.payload, reason))
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def test_limits_come_from_the_env(self) -> None:
+        """The session copies its limits from the env when it is created."""
+        s = Session(self.env, SessionKey("", "c"), True, None)
+        self.assertEqual((s.max_inflight, s.max_online, s.max_offline, s.retry_interval,
+                          s.upgrade_qos), (2, 3, 1, 5, True))
+        self.assertIs(s.env, self.env)
+        unlimited = SessionEnv(self.clock, self.store, self.dropped, self.flush,
+                               max_inflight=0)
+        self.assertEqual(Session(unlimited, SessionKey("", "u"), True, None).max_inflight,
+                         65535)
+
+    def test_drops_are_reported_to_the_env(self) -> None:
+        """An offline QoS 0 message and one over ``max_offline`` go to the env's
+        ``dropped`` callable; the queued one is recorded in the env's store."""
+        s = Session(self.env, SessionKey("", "c"), True, None)
+        s.deliver(Message("t", b"q0"), 0, False)
+        s.deliver(Message("t", b"kept", 1), 1, False)
+        s.deliver(Message("t", b"over", 1), 1, False)
+        self.assertEqual(self.drops, [("c", b"q0", "offline_qos0"), ("c", b"over", "queue_full")])
+        self.assertEqual(s.dropped, 2)
+        self.assertEqual(self.store.calls, [("queued", ("", "c"), b"kept", 1)])
+
+    def test_store_and_clock_from_the_env(self) -> None:
+        """Sending and acknowledging a QoS 1 message is recorded in the env's
+        store, and the resend timer runs on the env's clock, then flushes."""
+        s = Session(self.env, SessionKey("", "c"), True, None)
+        conn = FakeConnection()
+        s.attach(conn)
+        s.deliver(Message("t", b"m", 1), 1, False)
+        self.assertEqual(self.store.calls, [("sent", ("", "c"), b"m", 1)])
+        self.clock.advance(5)
+        self.assertEqual(conn.written, [publish("t", b"m", qos=1, pid=1),
+                                        publish("t", b"m", qos=1, pid=1, dup=True)])
+        self.assertEqual(self.flushes, 1)
+        self.assertTrue(s.puback(1))
+        self.assertEqual(self.store.calls[-1], ("acked", ("", "c"), 1))
+
+    def test_a_broker_still_works_as_the_first_argument(self) -> None:
+        """``Session(broker, ...)`` (the old signature) uses the broker's env."""
+        broker = Broker(parse(BASE), Clock())
+        s = Session(broker, SessionKey("", "c"), True, None)
+        self.assertIs(s.env, broker.session_env)
+
+    def test_broker_gives_its_sessions_one_env(self) -> None:
+        """The broker's sessions share its env, which holds its clock, store and
+        configured limits."""
+        clock = Clock()
+        broker = Broker(parse(BASE + "max_online_messages = 7\n"), clock)
+        a, _ = broker.open_session(("", "a"), True, 0, FakeConnection())
+        b, _ = broker.open_session(("", "b"), True, 0, FakeConnection())
+        self.assertIs(a.env, broker.session_env)
+        self.assertIs(b.env, broker.session_env)
+        self.assertIs(broker.session_env.clock, clock)
+        self.assertIs(broker.session_env.store, broker.store)
+        self.assertEqual(a.max_online, 7)
+
+    def test_replacing_the_brokers_clock_or_store_reaches_sessions(self) -> None:
+        """Assigning ``broker.clock`` or ``broker.store`` changes what existing
+        sessions use too (tests shift time by replacing the clock)."""
+        broker = Broker(parse(BASE), Clock())
+        s, _ = broker.open_session(("", "s"), False, None, FakeConnection())
+        clock, store = Clock(), RecordingStore()
+        broker.clock = clock
+        broker.store = store
+        self.assertIs(broker.clock, clock)
+        self.assertIs(broker.store, store)
+        self.assertIs(s.env.clock, clock)
+        s.deliver(Message("t", b"m", 1), 1, False)
+        self.assertEqual(store.calls, [("sent", ("", "s"), b"m", 1)])
+
+    def test_brokers_message_dropped_can_be_wrapped_later(self) -> None:
+        """A session's drops reach ``broker.message_dropped`` as it is when the
+        drop happens, so it can be wrapped after the session exists."""
+        broker = Broker(parse(BASE), Clock())
+        s, _ = broker.open_session(("", "s"), False, None, None)
+        seen = []
+        original = broker.message_dropped
+
+        def wrapped(session: Session, message: Message, reason: str) -> None:
+            seen.append(reason)
+            original(session, message, reason)
+
+        broker.message_dropped = wrapped  # type: ignore[method-assign]
+        s.detach()
+        s.deliver(Message("t", b"x"), 0, False)
+        self.assertEqual(seen, ["offline_qos0"])
+        self.assertEqual(broker.dropped, 1)

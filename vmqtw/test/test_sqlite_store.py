@@ -18,10 +18,11 @@ from zope.interface.verify import verifyObject
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import ConfigError, parse
 from vmqtw.core.message import Message
-from vmqtw.core.store import IStore, MemoryStore
+from vmqtw.core.interfaces import IStore
 from vmqtw.store import (
     FILENAME, SQLiteStore, StoreCorrupt, StoreError, StoreLocked, open_store, store_settings,
 )
+from vmqtw.store.memory import MemoryStore
 from vmqtw.store.records import QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC
 
 KEY = ("", "c1")
@@ -934,3 +935,39 @@ def _idle(store: SQLiteStore) -> Deferred[None]:
 
     store._committed = notify  # type: ignore[method-assign]
     return done.addTimeout(10, reactor)
+
+
+class DeliveryStateTests(StoreTestCase):
+    """The stored state of a delivery comes back as the shared ``DeliveryState``."""
+
+    def test_loaded_states_are_enum_members(self) -> None:
+        """Every loaded delivery's state is a ``DeliveryState`` member, so the
+        restored session compares it with the same names the live one uses."""
+        from vmqtw.core.values import DeliveryState
+
+        store = self.open()
+        store.session_updated(fake_session())
+        store.message_sent(KEY, Message("t", b"1", 1), 1, False, 1)
+        store.message_sent(KEY, Message("t", b"2", 2), 2, False, 2)
+        store.message_queued(KEY, Message("t", b"3", 1), 1)
+        _, loaded = self.reopen(store)
+        states = [d.state for d in loaded.sessions[0].deliveries]
+        self.assertEqual(states, [WAIT_PUBACK, WAIT_PUBREC, QUEUED])
+        for state in states:
+            self.assertIsInstance(state, DeliveryState)
+
+    def test_unknown_state_is_refused_as_inconsistent(self) -> None:
+        """A delivery row with a state number no version ever wrote stops the
+        load with ``StoreCorrupt`` instead of restoring a flow nobody can finish."""
+        store = self.open()
+        store.session_updated(fake_session())
+        store.message_queued(KEY, Message("t", b"x", 1), 1)
+        store.close()
+        conn = sqlite3.connect(os.path.join(self.dir, FILENAME))
+        conn.execute("UPDATE deliveries SET state = 9")
+        conn.commit()
+        conn.close()
+        fresh = SQLiteStore(self.dir, reactor)
+        self.addCleanup(fresh.close)
+        e = self.assertRaises(StoreCorrupt, fresh.load)
+        self.assertIn("inconsistent", str(e))

@@ -1,4 +1,4 @@
-"""MemoryStore and the filter matcher it uses for retained messages."""
+"""MemoryStore (vmqtw.store.memory) and the one-off filter matcher of vmqtw.core.topics."""
 from __future__ import annotations
 
 import itertools
@@ -8,8 +8,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from vmqtw.core.message import Message
-from vmqtw.core.store import IStore, MemoryStore, filter_matches
-from vmqtw.core.topics import TopicTree
+from vmqtw.core.interfaces import IStore
+from vmqtw.core.topics import TopicTree, filter_matches
+from vmqtw.store.memory import MemoryStore
 
 
 class FilterMatchesTests(SynchronousTestCase):
