@@ -41,6 +41,10 @@ from twisted.trial import unittest
 
 from vmqtw.config import load
 from vmqtw.service import BrokerService
+# MQTT bytes built by hand (independently of vmqtw's codec), shared with the unit tests.
+from vmqtw.test.wire import (  # noqa: F401 (re-exported for the integration tests)
+    CONNACK_OK, DISCONNECT, connect_packet, publish_packet, subscribe_packet, utf8, varint,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,52 +60,6 @@ BASIC_CONFIG = """\
 allow_anonymous = on
 listener.tcp.default = 127.0.0.1:0
 """
-
-
-# ---------------------------------------------------------------------------
-# MQTT bytes, built by hand (independently of vmqtw's codec)
-# ---------------------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def utf8(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def connect_packet(client_id: str, level: int = 4, clean: bool = True,
-                   keepalive: int = 60) -> bytes:
-    """CONNECT for MQTT 3.1 (level 3), 3.1.1 (4) or 5.0 (5), no will, no login."""
-    name = b"MQIsdp" if level == 3 else b"MQTT"
-    variable = utf8(name) + bytes([level, 0x02 if clean else 0x00])
-    variable += keepalive.to_bytes(2, "big")
-    if level == 5:
-        variable += b"\x00"  # no properties
-    body = variable + utf8(client_id)
-    return b"\x10" + varint(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1,
-                   retain: bool = False) -> bytes:
-    body = utf8(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
-    first = 0x30 | (qos << 1) | (1 if retain else 0)
-    return bytes([first]) + varint(len(body)) + body
-
-
-def subscribe_packet(topic_filter: str, qos: int = 0, packet_id: int = 1) -> bytes:
-    body = packet_id.to_bytes(2, "big") + utf8(topic_filter) + bytes([qos])
-    return b"\x82" + varint(len(body)) + body
-
-
-CONNACK_OK = b"\x20\x02\x00\x00"
-DISCONNECT = b"\xe0\x00"
 
 
 # ---------------------------------------------------------------------------

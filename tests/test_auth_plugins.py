@@ -23,8 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from tests.support import (
-    REPO, BrokerTestCase, MQTTv31, MQTTv311, SubscriptionWatcher, in_thread,
-    need_mosquitto_clients, run_process, stop_broker, utf8, varint, when_session_event,
+    REPO, BrokerTestCase, MQTTv31, MQTTv311, SubscriptionWatcher, connect_packet, in_thread,
+    need_mosquitto_clients, run_process, stop_broker, when_session_event,
 )
 from vmqtw.auth.api import (
     NEXT, OK, Error, IAuthOnPublish, IAuthOnRegister, IAuthOnSubscribe, IOnClientGone,
@@ -51,16 +51,8 @@ CONNACK_OK = b"\x20\x02\x00\x00"
 def login_packet(client_id: str, username: str | None = None, password: str | None = None,
                  level: int = 4, clean: bool = True, keepalive: int = 60) -> bytes:
     """CONNECT with optional user name and password, built byte by byte."""
-    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) \
-        | (0x40 if password is not None else 0)
-    name = b"MQIsdp" if level == 3 else b"MQTT"
-    body = utf8(name) + bytes([level, flags]) + keepalive.to_bytes(2, "big")
-    body += utf8(client_id)
-    if username is not None:
-        body += utf8(username)
-    if password is not None:
-        body += utf8(password)
-    return b"\x10" + varint(len(body)) + body
+    return connect_packet(client_id, level, clean, keepalive, username=username,
+                          password=password)
 
 
 class AuthTestCase(BrokerTestCase):

@@ -25,8 +25,8 @@ from tests.support import (
 from vmqtw.auth.api import OK, IAuthOnRegister, IOnAuth, error, ok
 from vmqtw.config import load
 from vmqtw.service import BrokerService
-from vmqtw.test.test_mqtt5 import (
-    _s, p_auth_data, p_auth_method, p_receive_max, props, vbi,
+from vmqtw.test.wire import (
+    _s, connect_packet, p_auth_data, p_auth_method, p_receive_max, props, publish5, vbi,
 )
 
 PUB = shutil.which("mosquitto_pub")
@@ -577,15 +577,14 @@ class Paho5Tests(Broker5TestCase):
 
 def connect5_packet(client_id: str, *items: bytes, clean: bool = True,
                     keepalive: int = 60) -> bytes:
-    body = (_s("MQTT") + bytes((5, 0x02 if clean else 0)) + keepalive.to_bytes(2, "big")
-            + props(*items) + _s(client_id))
-    return b"\x10" + vbi(len(body)) + body
+    """A 5.0 CONNECT with the property ``items``, built by hand (vmqtw.test.wire)."""
+    return connect_packet(client_id, 5, clean, keepalive, properties=items)
 
 
 def publish5_packet(topic: str, payload: bytes, qos: int = 0, pid: int = 1,
                     *items: bytes) -> bytes:
-    body = _s(topic) + (pid.to_bytes(2, "big") if qos else b"") + props(*items) + payload
-    return bytes((0x30 | (qos << 1),)) + vbi(len(body)) + body
+    """A 5.0 PUBLISH with the property ``items``, built by hand (vmqtw.test.wire)."""
+    return publish5(topic, payload, *items, qos=qos, pid=pid)
 
 
 PINGREQ, PINGRESP = b"\xc0\x00", b"\xd0\x00"

@@ -1,13 +1,16 @@
 """MQTT 3.1.1 behaviour checked byte by byte with raw clients (packets built by
-hand, independently of vmqtw's codec)."""
+hand in ``vmqtw.test.wire``, independently of vmqtw's codec)."""
 from __future__ import annotations
 
 from twisted.internet.defer import inlineCallbacks
 
 from tests.support import (
-    CONNACK_OK, DISCONNECT, BrokerTestCase, abort_timers_pending, connect_packet, in_thread,
-    publish_packet, stop_broker, subscribe_packet, utf8, varint, when_session_event,
+    BrokerTestCase, abort_timers_pending, in_thread, stop_broker, when_session_event,
     with_timeout,
+)
+from vmqtw.test.wire import (
+    CONNACK_OK, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack, connect_packet,
+    parse_publish, publish_packet, subscribe_packet, utf8, varint,
 )
 
 
@@ -24,26 +27,6 @@ def read_packet(client, what="a packet"):
             break
     body = (yield client.read(length, what=what)) if length else b""
     return first, body
-
-
-def parse_publish(first: int, body: bytes):
-    """(topic, payload, qos, retain, dup, packet id) of a PUBLISH."""
-    assert first >> 4 == 3, f"not a PUBLISH: {first:#x}"
-    qos = (first >> 1) & 3
-    n = int.from_bytes(body[:2], "big")
-    topic = body[2:2 + n].decode()
-    rest = body[2 + n:]
-    pid = None
-    if qos:
-        pid, rest = int.from_bytes(rest[:2], "big"), rest[2:]
-    return topic, rest, qos, bool(first & 1), bool(first & 8), pid
-
-
-def ack(kind: int, pid: int) -> bytes:
-    return bytes([kind, 2]) + pid.to_bytes(2, "big")
-
-
-PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
 
 
 class RawProtocolTests(BrokerTestCase):

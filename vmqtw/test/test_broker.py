@@ -11,8 +11,8 @@ from vmqtw.config import parse
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
-from vmqtw.test.test_protocol import BASE, publish
-from vmqtw.test.test_session import FakeConnection
+from vmqtw.test.harness import BASE, FakeConnection
+from vmqtw.test.wire import publish
 
 
 class RecordingLog:
@@ -59,6 +59,9 @@ class BrokerTests(SynchronousTestCase):
     # -- sessions
 
     def test_open_new_and_resume(self) -> None:
+        """A persistent session survives its connection closing: opening the same key again
+        returns the same session with session present set, and observers see register,
+        offline, wakeup."""
         s, conn = self.online("a", clean=False)
         self.assertEqual(self.events, [("register", ("", "a"))])
         self.broker.connection_closed(s)
@@ -70,6 +73,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual([e for e, _k in self.events], ["register", "offline", "wakeup"])
 
     def test_takeover_tells_old_connection(self) -> None:
+        """Opening a session whose key is still connected tells the old connection it was
+        taken over and moves the session to the new connection, session present set."""
         s, conn = self.online("a", clean=False)
         conn2 = FakeConnection()
         s2, present = self.broker.open_session(("", "a"), False, None, conn2)
@@ -79,6 +84,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertIs(s.conn, conn2)
 
     def test_clean_session_discarded_on_close(self) -> None:
+        """A clean session is discarded with its subscriptions when its connection closes,
+        and observers see gone."""
         s, _conn = self.online("a")
         self.sub(s, "t")
         self.broker.connection_closed(s)
@@ -87,6 +94,9 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(self.events[-1], ("gone", ("", "a")))
 
     def test_expiry(self) -> None:
+        """An offline persistent session expires exactly when its expiry interval has
+        passed: it is kept one second before, then removed with its subscriptions and
+        observers see expired."""
         self.make("persistent_client_expiration = 1d\n")
         s, _conn = self.online("a", clean=False)
         s.expiry_interval = 86400  # what the protocol passes for a persistent session
@@ -100,6 +110,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(self.events[-1], ("expired", ("", "a")))
 
     def test_close_of_replaced_session_ignored(self) -> None:
+        """When a clean session was replaced by a new one with the same key, the old
+        connection closing does not remove the new session."""
         s, _conn = self.online("a")
         s2, _conn2 = self.online("a")
         self.assertIsNot(s, s2)
@@ -107,6 +119,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertIs(self.broker.sessions[("", "a")], s2)
 
     def test_failing_observer_is_logged(self) -> None:
+        """A session observer that raises is logged as a failure and the other observers
+        still get the event."""
         def bad(event: str, session: Session) -> None:
             raise RuntimeError("observer bug")
         self.broker.session_observers.insert(0, bad)
@@ -117,6 +131,9 @@ class BrokerTests(SynchronousTestCase):
     # -- routing
 
     def test_overlapping_once_at_highest_qos(self) -> None:
+        """A session with several subscriptions matching one topic gets the message once, at
+        the highest QoS granted among them (capped by the message's QoS), counted as one
+        delivery."""
         s, conn = self.online("a")
         self.sub(s, "a/+", 1)
         self.sub(s, "a/#", 2)
@@ -126,6 +143,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(conn.written, [publish("a/b", b"x", qos=2, pid=1)])
 
     def test_publish_counts(self) -> None:
+        """publish returns the number of sessions the message was delivered to, only within
+        the publisher's mountpoint."""
         a, _ = self.online("a")
         b, _ = self.online("b")
         self.sub(a, "t")
@@ -136,6 +155,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(self.broker.publish(Message("t", b""), "other"), 0)
 
     def test_no_local(self) -> None:
+        """With the 5.0 no local option, a session's own messages are not delivered back to
+        it; messages from others are."""
         s, conn = self.online("a", level=5)
         self.sub(s, "t", 0, no_local=True)
         self.broker.publish(Message("t", b"x"), "", sender=s)
@@ -144,12 +165,16 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(len(conn.written), 1)
 
     def test_retain_as_published(self) -> None:
+        """With the 5.0 retain as published option, a live message keeps its retain flag
+        when delivered."""
         s, conn = self.online("a")
         self.sub(s, "t", 0, retain_as_published=True)
         self.broker.publish(Message("t", b"x", retain=True), "")
         self.assertEqual(conn.written, [publish("t", b"x", retain=True)])
 
     def test_dollar_topics(self) -> None:
+        """Topics starting with "$" do not match filters starting with a wildcard ("#",
+        "+/b"), only a filter naming the "$" level ("$SYS/+")."""
         s, conn = self.online("a")
         self.sub(s, "#")
         self.sub(s, "+/b")
@@ -158,6 +183,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(self.broker.publish(Message("$SYS/b", b""), ""), 1)
 
     def test_mountpoints_isolated(self) -> None:
+        """The same client id on two mountpoints makes two sessions, and a message published
+        in one mountpoint reaches only subscribers of that mountpoint."""
         a, ca = self.online("same", mountpoint="m1")
         b, cb = self.online("same", mountpoint="m2")
         self.assertIsNot(a, b)
@@ -168,6 +195,9 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(len(cb.written), 0)
 
     def test_unsubscribe(self) -> None:
+        """subscribe reports whether a filter is new (a second subscribe only changes the
+        QoS), unsubscribe whether it existed; after the last unsubscribe the tree is
+        removed and nothing is delivered."""
         s, conn = self.online("a")
         self.assertTrue(self.sub(s, "a/#"))
         self.assertFalse(self.sub(s, "a/#", 1))
@@ -179,6 +209,8 @@ class BrokerTests(SynchronousTestCase):
     # -- shared subscriptions
 
     def test_shared_round_robin(self) -> None:
+        """Under the default policy, messages to a shared subscription go to one member each,
+        in turn: nine messages to three online members give three each."""
         members = [self.online(f"m{i}") for i in range(3)]
         for s, _c in members:
             self.sub(s, "$share/g/t", 1)
@@ -187,6 +219,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual([len(c.written) for _s, c in members], [3, 3, 3])
 
     def test_shared_random_policy(self) -> None:
+        """With shared_subscription_policy = random, every message to a shared subscription
+        is delivered to exactly one member."""
         self.make("shared_subscription_policy = random\n")
         members = [self.online(f"m{i}") for i in range(3)]
         for s, _c in members:
@@ -196,6 +230,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(sum(len(c.written) for _s, c in members), 60)
 
     def test_shared_prefers_online_then_offline_persistent(self) -> None:
+        """A shared subscription delivers to online members first; only when no member is
+        online is the message queued for one offline persistent member."""
         a, ca = self.online("a", clean=False)
         b, cb = self.online("b", clean=False)
         self.sub(a, "$share/g/t", 1)
@@ -210,6 +246,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(len(a.queue) + len(b.queue), 1)
 
     def test_shared_and_normal_subscription_of_one_session(self) -> None:
+        """A session with a normal and a shared subscription on the same topic gets the
+        message through both (two deliveries)."""
         s, conn = self.online("a")
         self.sub(s, "t")
         self.sub(s, "$share/g/t")
@@ -231,6 +269,8 @@ class BrokerTests(SynchronousTestCase):
     # -- retained
 
     def test_retained_on_subscribe(self) -> None:
+        """A new subscription gets the retained messages matching its filter, with the
+        retain flag, at the lower of the message's and the subscription's QoS."""
         self.broker.publish(Message("r/a", b"1", 1, True), "")
         self.broker.publish(Message("r/b", b"2", 0, True), "")
         self.broker.publish(Message("other", b"3", 0, True), "")
@@ -241,6 +281,8 @@ class BrokerTests(SynchronousTestCase):
             publish("r/b", b"2", retain=True)]))
 
     def test_retained_handling(self) -> None:
+        """5.0 retain handling: 2 sends no retained messages on subscribe, 1 sends them only
+        when the subscription is new, not when it is repeated."""
         self.broker.publish(Message("r", b"1", 0, True), "")
         s, conn = self.online("a", level=5)
         self.sub(s, "r", 0, retain_handling=2)
@@ -253,6 +295,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(len(conn.written), 1)
 
     def test_retained_cleared(self) -> None:
+        """A retained message with an empty payload clears the retained message on that
+        topic."""
         self.broker.publish(Message("r", b"1", 0, True), "")
         self.assertEqual(self.broker.store.retained_count(), 1)
         self.broker.publish(Message("r", b"", 0, True), "")
@@ -261,6 +305,8 @@ class BrokerTests(SynchronousTestCase):
     # -- batching and drops
 
     def test_flush_reaches_connections_dirtied_during_flush(self) -> None:
+        """Broker.flush also flushes connections that become dirty while it runs, and leaves
+        the dirty list empty."""
         flushed: list[str] = []
         broker = self.broker
 
@@ -279,6 +325,8 @@ class BrokerTests(SynchronousTestCase):
         self.assertEqual(broker.dirty, [])
 
     def test_drops_logged_once_per_session(self) -> None:
+        """Messages dropped for a full offline queue are counted on the broker and the
+        session, but the warning is logged only once per session."""
         self.make("max_offline_messages = 0\n")
         s, _conn = self.online("a", clean=False)
         self.sub(s, "t", 1)

@@ -14,97 +14,23 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw import codec
 from vmqtw.codec import (
-    Auth, Connack, Connect, Decoder, Disconnect, Pingreq, Pingresp, Puback, Pubcomp,
-    Publish, Pubrec, Pubrel, SubOptions, Suback, Subscribe, Unsuback, Unsubscribe, Will,
-    encode, encode_publish,
+    Auth, Connack, Decoder, Disconnect, Pingreq, Pingresp, Puback, Pubcomp, Publish,
+    Pubrec, Pubrel, SubOptions, Suback, Subscribe, Unsuback, Unsubscribe, encode,
+    encode_publish,
 )
 from vmqtw.codec.properties import (
     ALLOWED, PROPERTIES, PROPERTY_NAMES, WILL, decode_properties, encode_properties,
 )
-
-
-def h(s: str) -> bytes:
-    """Hex with optional spaces."""
-    return bytes.fromhex(s)
+from vmqtw.test.wire import (
+    CONNECT_5, CONNECT_5_P, CONNECT_5_PW, CONNECT_5_PW_P, CONNECT_31, CONNECT_31_P,
+    CONNECT_311, CONNECT_311_B, CONNECT_311_B_P, CONNECT_311_P, CONNECTS, h,
+)
 
 
 # ---------------------------------------------------------------------------
-# CONNECT vectors (decoded by a Decoder with protocol_level None).
-
-# 3.1.1 s3.1: minimal CONNECT, clean session, keepalive 60, client id "abc".
-CONNECT_311 = (h("10 0f 0004") + b"MQTT" + h("04 02 003c 0003") + b"abc")
-CONNECT_311_P = Connect("abc", 4, True, 60)
-
-# MQTT 3.1 (MQIsdp): flags 0xee = username|password|will retain|will qos 1|will|clean.
-CONNECT_31 = (h("10 20 0006") + b"MQIsdp" + h("03 ee 000a")
-              + h("0002") + b"c1"          # client id
-              + h("0003") + b"w/t"         # will topic
-              + h("0002") + b"hi"          # will message
-              + h("0001") + b"u"           # username
-              + h("0002") + b"pw")         # password
-CONNECT_31_P = Connect("c1", 3, True, 10, Will("w/t", b"hi", 1, True), "u", b"pw",
-                       protocol_name="MQIsdp")
-
-# 3.1.1: flags 0x94 = username|will qos 2|will, not clean, keepalive 0, empty id,
-# empty will payload.
-CONNECT_311_B = (h("10 17 0004") + b"MQTT" + h("04 94 0000")
-                 + h("0000")                  # client id ""
-                 + h("0001") + b"t"           # will topic
-                 + h("0000")                  # will payload b""
-                 + h("0004") + b"user")
-CONNECT_311_B_P = Connect("", 4, False, 0, Will("t", b"", 2, False), "user", None)
-
-# 5.0 s3.1: flags 0xc6 = username|password|will|clean start, keepalive 30.
-CONNECT_5 = (h("10 7c 0004") + b"MQTT" + h("05 c6 001e")
-             + h("33")                                   # property length 51
-             + h("11 00000e10")                          # session expiry 3600
-             + h("21 0014")                              # receive maximum 20
-             + h("27 00010000")                          # maximum packet size 65536
-             + h("22 000a")                              # topic alias maximum 10
-             + h("17 00")                                # request problem info 0
-             + h("26 0001") + b"k" + h("0001") + b"1"    # user property k=1
-             + h("26 0001") + b"k" + h("0001") + b"2"    # user property k=2
-             + h("26 0001") + b"a" + h("0000")           # user property a=""
-             + h("15 0005") + b"SCRAM"                   # authentication method
-             + h("16 0002 0102")                         # authentication data
-             + h("0004") + b"cid5"                       # client id
-             + h("27")                                   # will property length 39
-             + h("18 00000005")                          # will delay interval 5
-             + h("01 01")                                # payload format indicator
-             + h("02 0000003c")                          # message expiry 60
-             + h("03 0004") + b"text"                    # content type
-             + h("08 0004") + b"resp"                    # response topic
-             + h("09 0003 010203")                       # correlation data
-             + h("26 0001") + b"w" + h("0001") + b"x"    # user property
-             + h("0003") + b"w/5"                        # will topic
-             + h("0003") + b"bye"                        # will payload
-             + h("0002") + b"u5"                         # username
-             + h("0000"))                                # password b""
-CONNECT_5_P = Connect(
-    "cid5", 5, True, 30,
-    Will("w/5", b"bye", 0, False, {
-        "will_delay_interval": 5, "payload_format_indicator": 1,
-        "message_expiry_interval": 60, "content_type": "text",
-        "response_topic": "resp", "correlation_data": b"\x01\x02\x03",
-        "user_property": [("w", "x")]}),
-    "u5", b"",
-    {"session_expiry_interval": 3600, "receive_maximum": 20,
-     "maximum_packet_size": 65536, "topic_alias_maximum": 10,
-     "request_problem_information": 0,
-     "user_property": [("k", "1"), ("k", "2"), ("a", "")],
-     "authentication_method": "SCRAM", "authentication_data": b"\x01\x02"})
-
-# 5.0 s3.1.2.9: a 5.0 client may send a password without a user name.
-CONNECT_5_PW = (h("10 15 0004") + b"MQTT" + h("05 42 0000 00")
-                + h("0003") + b"abc" + h("0003") + b"pwd")
-CONNECT_5_PW_P = Connect("abc", 5, True, 0, None, None, b"pwd")
-
-CONNECTS = {3: (CONNECT_31, CONNECT_31_P), 4: (CONNECT_311, CONNECT_311_P),
-            5: (CONNECT_5, CONNECT_5_P)}
-
-# ---------------------------------------------------------------------------
-# Other vectors: (name, protocol level, bytes, packet, canonical?) where canonical
-# means encode(packet, level) must give exactly these bytes.
+# Vectors other than CONNECT (those live in wire.py): (name, protocol level, bytes,
+# packet, canonical?) where canonical means encode(packet, level) must give exactly
+# these bytes.
 
 V: list[tuple[str, int, bytes, Any, bool]] = []
 
@@ -274,6 +200,8 @@ class VectorConsistencyTests(SynchronousTestCase):
     """The hand-written vectors are self-consistent, checked without the decoder."""
 
     def test_remaining_lengths(self) -> None:
+        """In every hand-written vector, CONNECT included, the remaining length of the fixed
+        header equals the number of bytes that follow it (checked without the decoder)."""
         for name, _, data, _, _ in V + [("connect", 0, c, None, True) for c in
                                         (CONNECT_31, CONNECT_311, CONNECT_311_B,
                                          CONNECT_5, CONNECT_5_PW)]:
@@ -313,6 +241,9 @@ class DecodeVectorTests(SynchronousTestCase):
                 self.assertEqual(got, expected)
 
     def test_connect_vectors(self) -> None:
+        """Each CONNECT vector (MQTT 3.1, 3.1.1 and 5.0) decodes to its packet whole, byte by
+        byte and in random chunks, and sets the decoder's protocol level to the level the
+        CONNECT announces."""
         for data, packet in ((CONNECT_31, CONNECT_31_P), (CONNECT_311, CONNECT_311_P),
                              (CONNECT_311_B, CONNECT_311_B_P), (CONNECT_5, CONNECT_5_P),
                              (CONNECT_5_PW, CONNECT_5_PW_P)):
@@ -322,6 +253,8 @@ class DecodeVectorTests(SynchronousTestCase):
             self.assertEqual(d.protocol_level, packet.protocol_level)
 
     def test_vectors(self) -> None:
+        """Every non-CONNECT vector decodes to its packet at its protocol level, whole, byte by
+        byte and in random chunks."""
         for name, level, data, packet, _ in V:
             try:
                 self.check(level, data, [packet])
@@ -337,12 +270,16 @@ class DecodeVectorTests(SynchronousTestCase):
             self.check(None, stream, expected)
 
     def test_many_publishes_one_feed(self) -> None:
+        """A thousand PUBLISH packets and the start of another in one feed give exactly the
+        thousand complete packets; the partial one waits for more bytes."""
         pub = h("32 0a 0003") + b"a/b" + h("0001") + b"xyz"
         out = Decoder(protocol_level=4).feed(pub * 1000 + pub[:5])
         self.assertEqual(len(out), 1000)
         self.assertEqual(out[-1], Publish("a/b", b"xyz", 1, packet_id=1))
 
     def test_payload_is_bytes(self) -> None:
+        """A PUBLISH fed as a bytearray or a memoryview has a payload of type bytes, not a view
+        into the caller's buffer."""
         d = Decoder(protocol_level=4)
         [p] = d.feed(bytearray(h("30 0a 0003") + b"a/b" + b"hello"))
         self.assertIs(type(p.payload), bytes)
@@ -362,6 +299,8 @@ class DecodeVectorTests(SynchronousTestCase):
         self.assertEqual(got[1], Pingreq())
 
     def test_empty_feed(self) -> None:
+        """Feeding no bytes yields nothing, and a two-byte PINGREQ split in two feeds is
+        decoded once its second byte arrives."""
         d = Decoder(protocol_level=4)
         self.assertEqual(d.feed(b""), [])
         self.assertEqual(d.feed(b"\xc0"), [])
@@ -375,10 +314,13 @@ class DecodeVectorTests(SynchronousTestCase):
                          [CONNECT_5_P, Puback(1, 0x10), Publish("t", b"abc")])
 
     def test_max_packet_size_boundary(self) -> None:
+        """A packet exactly as large as max_packet_size (fixed header included) is accepted."""
         pub = h("30 0a 0003") + b"a/b" + b"hello"  # 12 bytes in all
         self.assertEqual(len(Decoder(max_packet_size=12, protocol_level=4).feed(pub)), 1)
 
     def test_caller_changes_max_packet_size(self) -> None:
+        """Lowering max_packet_size on a running decoder applies to the next packet: a fixed
+        header announcing a larger packet raises PacketTooLarge."""
         d = Decoder(protocol_level=4)
         d.feed(h("c0 00"))
         d.max_packet_size = 11
@@ -387,12 +329,16 @@ class DecodeVectorTests(SynchronousTestCase):
 
 class EncodeVectorTests(SynchronousTestCase):
     def test_connect_vectors(self) -> None:
+        """Encoding each CONNECT packet at its own protocol level gives exactly the
+        hand-written vector bytes."""
         for data, packet in ((CONNECT_31, CONNECT_31_P), (CONNECT_311, CONNECT_311_P),
                              (CONNECT_311_B, CONNECT_311_B_P), (CONNECT_5, CONNECT_5_P),
                              (CONNECT_5_PW, CONNECT_5_PW_P)):
             self.assertEqual(encode(packet, packet.protocol_level).hex(), data.hex())
 
     def test_vectors(self) -> None:
+        """Encoding each canonical vector's packet gives exactly its bytes; a non-canonical
+        vector's packet encodes to bytes that decode back to the same packet."""
         for name, level, data, packet, canonical in V:
             if canonical:
                 self.assertEqual(encode(packet, level).hex(), data.hex(), name)
@@ -401,6 +347,8 @@ class EncodeVectorTests(SynchronousTestCase):
                                  [packet], name)
 
     def test_encode_publish(self) -> None:
+        """The PUBLISH fast path encode_publish gives exactly the hand-written bytes of every
+        PUBLISH vector at its level."""
         for name, level, data, packet, _ in V:
             if isinstance(packet, Publish):
                 got = encode_publish(packet.topic, packet.payload, packet.qos, packet.retain,
@@ -431,11 +379,17 @@ class EncodeVectorTests(SynchronousTestCase):
             h("82 06 0001 0001") + b"t" + h("01"))
 
     def test_5_short_forms(self) -> None:
+        """A 5.0 PUBREC, DISCONNECT and AUTH with reason code 0 and no properties are encoded
+        in their short form, without reason code or property length (5.0 s3.5.2.1,
+        s3.14.2.1, s3.15.2.1)."""
         self.assertEqual(encode(Pubrec(9), 5), h("50 02 0009"))
         self.assertEqual(encode(Disconnect(), 5), h("e0 00"))
         self.assertEqual(encode(Auth(), 5), h("f0 00"))
 
     def test_encode_varint_and_string(self) -> None:
+        """Variable byte integers are encoded as in the table of 5.0 s1.5.5 up to 268,435,455
+        and refused beyond it or below 0; strings are UTF-8 with a two-byte length (a 4-byte
+        character counts 4) and refused above 65,535 bytes."""
         # 5.0 s1.5.5 table 1-1.
         for n, data in ((0, "00"), (127, "7f"), (128, "8001"), (16383, "ff7f"),
                         (16384, "808001"), (2097151, "ffff7f"), (2097152, "80808001"),
@@ -447,6 +401,8 @@ class EncodeVectorTests(SynchronousTestCase):
         self.assertRaises(ValueError, codec.encode_string, "x" * 65536)
 
     def test_unknown_or_misplaced_property_on_encode(self) -> None:
+        """Encoding a 5.0 packet refuses (ValueError) a property name that does not exist and
+        one that is not allowed on that packet type (will delay interval on PUBLISH)."""
         self.assertRaises(ValueError, encode, Publish("t", properties={"nope": 1}), 5)
         self.assertRaises(ValueError, encode,
                           Publish("t", properties={"will_delay_interval": 1}), 5)
@@ -454,12 +410,16 @@ class EncodeVectorTests(SynchronousTestCase):
 
 class PropertyTableTests(SynchronousTestCase):
     def test_names(self) -> None:
+        """The property table names all 27 MQTT 5.0 properties once each, by their identifier
+        (0x26 user property, 0x0B subscription identifier)."""
         self.assertEqual(len(PROPERTY_NAMES), 27)
         self.assertEqual(PROPERTY_NAMES[0x26], "user_property")
         self.assertEqual(PROPERTY_NAMES[0x0B], "subscription_identifier")
         self.assertEqual(len({name for _, name, _, _ in PROPERTIES}), 27)
 
     def test_allowed(self) -> None:
+        """The table of allowed properties follows 5.0 s2.2.2.2: will delay interval only in a
+        will, topic alias on PUBLISH, user property on every packet type."""
         self.assertIn("will_delay_interval", ALLOWED[WILL])
         self.assertNotIn("will_delay_interval", ALLOWED[codec.PUBLISH])
         self.assertIn("topic_alias", ALLOWED[codec.PUBLISH])
@@ -467,6 +427,10 @@ class PropertyTableTests(SynchronousTestCase):
             self.assertIn("user_property", ALLOWED[ptype])
 
     def test_direct_use(self) -> None:
+        """encode_properties writes a length-prefixed property block (an empty one is a single
+        zero byte, a subscription identifier a variable byte integer) and decode_properties
+        reads one back from an offset, returning the properties and the offset after the
+        block."""
         data = encode_properties({"user_property": [("a", "b")], "topic_alias": 3},
                                  codec.PUBLISH)
         self.assertEqual(data, h("0a 26 0001 61 0001 62 23 0003"))

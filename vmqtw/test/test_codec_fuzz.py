@@ -16,7 +16,7 @@ from vmqtw.codec import (
     Unsubscribe, Will, encode, encode_publish,
 )
 from vmqtw.codec.properties import ALLOWED, WILL
-from vmqtw.test.test_codec import CONNECTS
+from vmqtw.test.wire import CONNECTS, varint
 
 SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -149,14 +149,8 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def header(b0: int, n: int) -> bytes:
-    """A fixed header built here (not by the encoder under test)."""
-    out = bytearray((b0,))
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
+    """A fixed header built by hand (not by the encoder under test)."""
+    return bytes((b0,)) + varint(n)
 
 
 def strip_header(data: bytes) -> bytes:
@@ -189,6 +183,8 @@ class RoundTripTests(SynchronousTestCase):
     @STRUCTURED
     @given(st.data())
     def test_single_round_trip(self, data: Any) -> None:
+        """Any valid packet other than CONNECT, at MQTT 3.1, 3.1.1 or 5.0, decodes back to the
+        same packet after encoding."""
         level = data.draw(LEVELS)
         p = data.draw(packets(level))
         self.assertEqual(Decoder(protocol_level=level).feed(encode(p, level)), [p])
@@ -196,6 +192,8 @@ class RoundTripTests(SynchronousTestCase):
     @STRUCTURED
     @given(st.data())
     def test_encode_publish_matches_encode(self, data: Any) -> None:
+        """The PUBLISH fast path encode_publish gives exactly the bytes of encode() for any
+        PUBLISH."""
         level = data.draw(LEVELS)
         p = data.draw(publishes(level))
         self.assertEqual(encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup,
@@ -222,11 +220,16 @@ class FuzzTests(SynchronousTestCase):
     @SETTINGS
     @given(st.sampled_from([None, 3, 4, 5]), st.binary(max_size=400))
     def test_arbitrary_bytes(self, level: int | None, data: bytes) -> None:
+        """Arbitrary bytes fed to a decoder, with or without a known protocol level, give
+        packets or a CodecError carrying the packets decoded before it, never another
+        exception."""
         self.survive(Decoder(protocol_level=level), [data])
 
     @SETTINGS
     @given(LEVELS, st.binary(max_size=400), st.lists(st.integers(0, 1000), max_size=5))
     def test_connect_then_garbage(self, level: int, garbage: bytes, cuts: list[int]) -> None:
+        """A valid CONNECT followed by arbitrary bytes, cut into chunks anywhere, gives packets
+        or a CodecError, never another exception."""
         self.survive(Decoder(), split(CONNECTS[level][0] + garbage, cuts))
 
     @SETTINGS

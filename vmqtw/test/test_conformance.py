@@ -26,6 +26,9 @@ from vmqtw.auth.chain import Authorizer, Chain
 from vmqtw.codec import Connack, Decoder, MalformedPacket, ProtocolError, encode
 from vmqtw.config import parse
 from vmqtw.core.broker import Broker
+from vmqtw.test.wire import disconnect5, props
+from vmqtw.test.wire import fixed as packet
+from vmqtw.test.wire import utf8 as s
 from vmqtw.transport.protocol import MQTTFactory, MQTTProtocol
 
 CONFIG = ("listener.tcp.t = 127.0.0.1:1883\nallow_anonymous = on\n"
@@ -35,23 +38,9 @@ LEVELS = (3, 4, 5)
 
 
 # ---------------------------------------------------------------------------
-# Wire format, by hand (MQTT 3.1.1 section 1.5 / 2.2, MQTT 5.0 sections 1.5, 2.2).
-
-def vbi(n: int) -> bytes:
-    """A Variable Byte Integer (remaining length, property length)."""
-    out = bytearray()
-    while True:
-        b, n = n % 128, n // 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def s(text: str | bytes) -> bytes:
-    """A length-prefixed UTF-8 string (or binary data)."""
-    b = text.encode("utf-8") if isinstance(text, str) else text
-    return len(b).to_bytes(2, "big") + b
-
+# Wire format, by hand (MQTT 3.1.1 section 1.5 / 2.2, MQTT 5.0 sections 1.5, 2.2):
+# the primitives come from the shared builder vmqtw.test.wire; the packets below
+# take the protocol level as their first argument.
 
 def u16(n: int) -> bytes:
     return n.to_bytes(2, "big")
@@ -59,16 +48,6 @@ def u16(n: int) -> bytes:
 
 def u32(n: int) -> bytes:
     return n.to_bytes(4, "big")
-
-
-def packet(b0: int, body: bytes) -> bytes:
-    """Fixed header (type and flags, remaining length) + body."""
-    return bytes((b0,)) + vbi(len(body)) + body
-
-
-def props(raw: bytes = b"") -> bytes:
-    """An MQTT 5.0 property block: its length, then the properties."""
-    return vbi(len(raw)) + raw
 
 
 def connect(level: int, client_id: str, clean: bool = True, *, conn_props: bytes = b"",
@@ -124,10 +103,6 @@ def unsuback(level: int, pid: int, *codes: int) -> bytes:
     if level < 5:
         return packet(0xB0, u16(pid))
     return packet(0xB0, u16(pid) + props() + bytes(codes))
-
-
-def disconnect5(reason: int) -> bytes:
-    return packet(0xE0, bytes((reason,)) + props())
 
 
 DISCONNECT = b"\xe0\x00"

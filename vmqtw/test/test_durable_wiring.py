@@ -21,9 +21,8 @@ from vmqtw.service import BrokerService, StartupError, make_service
 from vmqtw.store import SQLiteStore
 from vmqtw.store.memory import MemoryStore
 from vmqtw.store.records import QUEUED, StoredDelivery, StoredSession
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, puback, pubcomp, publish, pubrec, pubrel,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, Harness
+from vmqtw.test.wire import connack, puback, pubcomp, publish, pubrec, pubrel
 
 
 class GatedStore(MemoryStore):
@@ -104,6 +103,9 @@ class RecordingTests(BrokerTestCase):
     """What a persistent session tells the store (and a clean one does not)."""
 
     def test_delivery_to_an_online_persistent_session(self) -> None:
+        """Each message sent to an online persistent session is recorded as sent (with its
+        QoS and packet id) before it goes out; PUBACK and PUBCOMP record it as acked,
+        PUBREC as released."""
         hn, store = harness()
         s = hn.subscriber("s", ("t", 2), clean=False)
         p = hn.connected("p")
@@ -120,6 +122,9 @@ class RecordingTests(BrokerTestCase):
         self.assertEqual(store.take_calls(), [("acked", "s", 2)])
 
     def test_offline_queue_then_drain(self) -> None:
+        """Messages for an offline persistent session are recorded as queued (QoS 0 is never
+        queued); on reconnect each one taken off the queue is recorded as sent from the
+        queue, the next one only once the window frees."""
         hn, store = harness("max_inflight_messages = 1\n")
         s = hn.subscriber("s", ("t", 1), clean=False)
         s.send(Disconnect())
@@ -140,6 +145,8 @@ class RecordingTests(BrokerTestCase):
                          [("acked", "s", 1), ("sent", "s", b"b", 1, 2, True)])
 
     def test_incoming_qos2_ids_of_a_persistent_publisher(self) -> None:
+        """The packet id of an incoming QoS 2 PUBLISH from a persistent session is recorded
+        before PUBREC goes out, and recorded as released at PUBREL."""
         hn, store = harness()
         p = hn.connected("p", clean=False)
         store.take_calls()
@@ -151,6 +158,8 @@ class RecordingTests(BrokerTestCase):
         self.assertEqual(store.take_calls(), [("qos2_released", "p", 7)])
 
     def test_clean_sessions_record_nothing(self) -> None:
+        """Clean sessions record nothing in the store, and their QoS 2 acknowledgements go
+        out at once."""
         hn, store = harness()
         s = hn.subscriber("s", ("t", 2))
         p = hn.connected("p")
@@ -162,6 +171,8 @@ class RecordingTests(BrokerTestCase):
         self.assertEqual(p.take(), pubrec(1) + pubcomp(1))
 
     def test_retained_set_is_recorded(self) -> None:
+        """A retained PUBLISH is recorded in the store, and its PUBACK waits until the store
+        is durable."""
         hn, store = harness()
         p = hn.connected("p")
         p.publish("r", b"keep", qos=1, retain=True, pid=1)
@@ -174,6 +185,8 @@ class RecordingTests(BrokerTestCase):
 class HeldAcknowledgementTests(BrokerTestCase):
 
     def test_memory_store_acknowledges_at_once(self) -> None:
+        """With the memory store, a QoS 1 PUBLISH to a persistent session is acknowledged at
+        once."""
         hn = Harness()
         hn.subscriber("s", ("t", 1), clean=False)
         p = hn.connected("p")
@@ -181,6 +194,8 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertEqual(p.take(), puback(1))
 
     def test_not_held_when_nothing_was_recorded(self) -> None:
+        """When a PUBLISH recorded nothing (its only subscriber is a clean session), the
+        PUBACK goes out at once without waiting for the store."""
         hn, store = harness()
         hn.subscriber("s", ("t", 1))  # a clean session: nothing to record
         p = hn.connected("p")
@@ -189,6 +204,8 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertEqual(store.waiters, [])
 
     def test_one_barrier_per_input_batch_and_release_together(self) -> None:
+        """Ten PUBLISHes received in one chunk wait on a single durable() barrier, and their
+        PUBACKs are released together, in order, when it fires."""
         hn, store = harness()
         hn.subscriber("s", ("t", 1), clean=False)
         store.commit()
@@ -201,6 +218,8 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertEqual(p.take(), b"".join(puback(i) for i in range(1, 11)))
 
     def test_each_batch_waits_for_its_own_barrier(self) -> None:
+        """PUBLISHes received in separate chunks each wait on their own durable() barrier
+        and are acknowledged as each barrier fires."""
         hn, store = harness()
         hn.subscriber("s", ("t", 1), clean=False)
         store.commit()
@@ -214,6 +233,9 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertEqual(p.take(), puback(2))
 
     def test_later_output_stays_behind_held_acks(self) -> None:
+        """While an acknowledgement is held for the store, everything written to that
+        connection afterwards (a delivered message, a PUBCOMP) waits behind it, in order;
+        once released, output flows directly again."""
         hn, store = harness()
         hn.subscriber("s", ("t", 1), clean=False)
         store.commit()
@@ -229,6 +251,8 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertEqual(p.take(), publish("echo", b"now"))
 
     def test_qos2_handshake_is_held_both_ways(self) -> None:
+        """In a QoS 2 flow between persistent sessions, the publisher's PUBREC and PUBCOMP
+        and the subscriber's PUBLISH and PUBREL each wait until the store is durable."""
         hn, store = harness()
         s = hn.subscriber("s", ("t", 2), clean=False)
         store.commit()
@@ -245,6 +269,8 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertEqual((p.take(), s.take()), (pubcomp(5), pubrel(1)))
 
     def test_store_failure_closes_without_acknowledging(self) -> None:
+        """If the store fails to make a write durable, the held PUBACK is never sent and the
+        publisher's connection is closed."""
         hn, store = harness()
         hn.subscriber("s", ("t", 1), clean=False)
         store.commit()
@@ -257,6 +283,8 @@ class HeldAcknowledgementTests(BrokerTestCase):
         self.assertTrue(p.closed)
 
     def test_closing_drops_held_output(self) -> None:
+        """Output held for the store is dropped when the client disconnects before the store
+        is durable."""
         hn, store = harness()
         hn.subscriber("s", ("t", 1), clean=False)
         store.commit()
@@ -277,6 +305,10 @@ class RestoreTests(BrokerTestCase):
         return StoredSession(**defaults)
 
     def test_restored_session_resends_inflight_then_queue(self) -> None:
+        """A session restored from the store resends its deliveries on reconnect: PUBLISHes
+        awaiting PUBACK or PUBREC with DUP and their packet ids, PUBREL for those
+        awaiting PUBCOMP, then the queued message with a new id; its subscription routes
+        again and its incoming QoS 2 ids are known."""
         hn = Harness()
         m = [Message("t", b"m%d" % i, 2) for i in range(4)]
         stored = self.stored(subscriptions={"t": SubOptions(2)}, deliveries=[
@@ -302,6 +334,8 @@ class RestoreTests(BrokerTestCase):
         self.assertEqual(s.take(), pubcomp(9))
 
     def test_restored_session_expires_after_the_rest_of_its_interval(self) -> None:
+        """A restored offline session expires after what was left of its expiry interval
+        when the broker stopped, counted from its disconnect time."""
         hn = Harness()
         hn.clock.advance(1000)
         hn.broker.restore([self.stored(expiry_interval=100, disconnected_at=940.0)])
@@ -311,6 +345,9 @@ class RestoreTests(BrokerTestCase):
         self.assertNotIn(("", "s"), hn.broker.sessions)
 
     def test_restored_shared_and_mqtt5_subscriptions(self) -> None:
+        """Restored shared and MQTT 5.0 subscriptions (options and subscription identifiers)
+        route again: messages for the offline session are queued with their subscription
+        identifiers."""
         hn = Harness()
         hn.broker.restore([self.stored(
             subscriptions={"$share/g/t": SubOptions(1), "a/#": SubOptions(1, True, True, 2)},
@@ -336,20 +373,26 @@ class ServiceStoreTests(TestCase):
         return load(path)
 
     def test_direct_construction_keeps_the_memory_store(self) -> None:
+        """A BrokerService built directly uses the memory store."""
         service = BrokerService(self.config(), reactor)
         self.assertIsInstance(service.broker.store, MemoryStore)
 
     def test_make_service_is_durable_by_default(self) -> None:
+        """make_service uses the SQLite store by default, at data/vmqtw.db next to the
+        configuration file."""
         service = make_service(self.config(), reactor)
         self.addCleanup(service.broker.store.close)
         self.assertIsInstance(service.broker.store, SQLiteStore)
         self.assertEqual(service.broker.store.path, os.path.join(self.dir, "data", "vmqtw.db"))
 
     def test_make_service_store_off(self) -> None:
+        """With persistent_store.enabled = off, make_service uses the memory store."""
         service = make_service(self.config("persistent_store.enabled = off\n"), reactor)
         self.assertIsInstance(service.broker.store, MemoryStore)
 
     def test_corrupt_store_is_a_startup_error(self) -> None:
+        """A store file that is not a database makes make_service fail with a StartupError
+        naming the file."""
         os.makedirs(os.path.join(self.dir, "data"))
         path = os.path.join(self.dir, "data", "vmqtw.db")
         with open(path, "wb") as f:
@@ -359,6 +402,9 @@ class ServiceStoreTests(TestCase):
 
     @inlineCallbacks
     def test_restart_in_process(self) -> None:
+        """Stopping a service and starting a new one on the same configuration restores the
+        persistent sessions with their subscriptions and queued messages, and the retained
+        messages."""
         config = self.config()
         first = make_service(config, reactor)
         first.privilegedStartService()

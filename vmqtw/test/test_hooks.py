@@ -106,6 +106,7 @@ ALL_CALLS = [
 class NotificationTests(SynchronousTestCase):
 
     def test_every_provider_is_called_in_order(self) -> None:
+        """A notification reaches the plugins in the order they were configured."""
         order: list[str] = []
         a, b = Recorder(), Recorder()
         a.on_register = lambda c: order.append("a")  # type: ignore[method-assign]
@@ -114,12 +115,18 @@ class NotificationTests(SynchronousTestCase):
         self.assertEqual(order, ["a", "b"])
 
     def test_all_hooks_reach_every_plugin(self) -> None:
+        """Every notification hook (on_register, on_publish, on_subscribe and the four
+        session events) reaches every plugin that provides it, with the client's id,
+        mountpoint and arguments."""
         a, b = Recorder(), Recorder()
         fire_all(Notifier([("a", a), ("b", b)]), Session())
         self.assertEqual(a.calls, ALL_CALLS)
         self.assertEqual(b.calls, ALL_CALLS)
 
     def test_plugins_without_the_hook_are_not_called(self) -> None:
+        """A plugin is called only for the hooks it declares: one providing only
+        on_client_gone gets only that, and the Notifier has no providers for the hooks
+        nobody implements."""
         gone = GoneOnly()
         n = Notifier([("gone", gone), ("unsub", Unsub(NEXT))])
         fire_all(n, Session())
@@ -127,11 +134,15 @@ class NotificationTests(SynchronousTestCase):
         self.assertEqual((n.register, n.publish, n.subscribe), ([], [], []))
 
     def test_no_plugins(self) -> None:
+        """Without plugins every notification is a no-op and on_unsubscribe keeps the topics
+        unchanged."""
         n = Notifier([])
         fire_all(n, Session())  # nothing to call, nothing fails
         self.assertEqual(n.on_unsubscribe(Session(), ["a"]), ["a"])
 
     def test_raising_plugin_is_logged_and_others_still_run(self) -> None:
+        """A plugin raising in a notification hook has its error logged once per hook, and
+        the plugins after it are still notified."""
         bad, good = Recorder(fail=True), Recorder()
         fire_all(Notifier([("bad", bad), ("good", good)]), Session())
         self.assertEqual(good.calls, ALL_CALLS)
@@ -140,6 +151,8 @@ class NotificationTests(SynchronousTestCase):
         self.assertEqual(len(errors), len(ALL_CALLS))
 
     def test_failure_names_the_plugin_and_hook(self) -> None:
+        """The logged failure of a notification hook names the plugin and the hook and
+        carries the exception."""
         events: list[dict[str, Any]] = []
         self.patch(Notifier, "log", Logger(observer=events.append))
         Notifier([("buggy", Recorder(fail=True))]).session_event("gone", Session())
@@ -148,6 +161,8 @@ class NotificationTests(SynchronousTestCase):
         self.assertTrue(event["log_failure"].check(ZeroDivisionError))
 
     def test_unknown_session_event_is_ignored(self) -> None:
+        """Session events without a notification hook ("register", unknown names) call no
+        plugin."""
         rec = Recorder()
         Notifier([("r", rec)]).session_event("register", Session())
         Notifier([("r", rec)]).session_event("something-new", Session())
@@ -158,6 +173,9 @@ class SessionEventMappingTests(SynchronousTestCase):
     """Broker session events -> hooks, with (mountpoint, client id)."""
 
     def test_mapping(self) -> None:
+        """Broker session events map to hooks: wakeup to on_client_wakeup, offline to
+        on_client_offline, gone to on_client_gone, expired to on_session_expired, each
+        called with the session's mountpoint and client id."""
         mapping = {"wakeup": "on_client_wakeup", "offline": "on_client_offline",
                    "gone": "on_client_gone", "expired": "on_session_expired"}
         for event, hook in mapping.items():
@@ -166,6 +184,7 @@ class SessionEventMappingTests(SynchronousTestCase):
             self.assertEqual(rec.calls, [(hook, "tenant", "dev-7")], event)
 
     def test_empty_mountpoint(self) -> None:
+        """The default mountpoint is passed to hooks as the empty string."""
         rec = Recorder()
         Notifier([("r", rec)]).session_event("gone", Session("", "x"))
         self.assertEqual(rec.calls, [("on_client_gone", "", "x")])
@@ -215,27 +234,35 @@ class UnsubscribeTests(SynchronousTestCase):
     """on_unsubscribe is a chain: the first answer that is not NEXT decides."""
 
     def test_rewrite(self) -> None:
+        """ok(topics=...) from on_unsubscribe replaces the topics the client unsubscribes
+        from; the plugin sees the topics the client sent."""
         p = Unsub(lambda topics: ok(topics=[t.replace("old/", "new/") for t in topics]))
         n = Notifier([("p", p)])
         self.assertEqual(n.on_unsubscribe(Session(), ["old/a", "b"]), ["new/a", "b"])
         self.assertEqual(p.calls, [["old/a", "b"]])
 
     def test_rewrite_to_nothing(self) -> None:
+        """ok(topics=[]) from on_unsubscribe leaves no topic to unsubscribe from."""
         n = Notifier([("p", Unsub(ok(topics=[])))])
         self.assertEqual(n.on_unsubscribe(Session(), ["a"]), [])
 
     def test_ok_and_next_keep_the_topics(self) -> None:
+        """OK, NEXT and ok() without modifiers keep the client's topics unchanged."""
         for answer in (OK, NEXT, ok()):
             n = Notifier([("p", Unsub(answer))])
             self.assertEqual(n.on_unsubscribe(Session(), ["a", "b"]), ["a", "b"], answer)
 
     def test_next_passes_to_the_next_plugin(self) -> None:
+        """NEXT hands on_unsubscribe to the next plugin, whose answer decides; both plugins
+        see the client's topics."""
         first, second = Unsub(NEXT), Unsub(ok(topics=["z"]))
         n = Notifier([("first", first), ("second", second)])
         self.assertEqual(n.on_unsubscribe(Session(), ["a"]), ["z"])
         self.assertEqual((first.calls, second.calls), ([["a"]], [["a"]]))
 
     def test_first_answer_wins(self) -> None:
+        """The first answer that is not NEXT ends the chain and later plugins are not asked:
+        OK and error keep the client's topics, ok(topics=...) replaces them."""
         for answer in (OK, error("no"), ok(topics=["x"])):
             later = Unsub(ok(topics=["later"]))
             n = Notifier([("first", Unsub(answer)), ("later", later)])
@@ -245,6 +272,8 @@ class UnsubscribeTests(SynchronousTestCase):
             self.assertEqual(later.calls, [], answer)
 
     def test_raising_plugin_keeps_the_topics_and_is_logged(self) -> None:
+        """A plugin raising in on_unsubscribe is logged, the client's topics are kept, and
+        later plugins are not asked."""
         later = Unsub(ok(topics=["later"]))
         n = Notifier([("bad", Unsub(ZeroDivisionError("bug"))), ("later", later)])
         self.assertEqual(n.on_unsubscribe(Session(), ["a"]), ["a"])
@@ -252,12 +281,16 @@ class UnsubscribeTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
     def test_non_result_is_logged(self) -> None:
+        """An on_unsubscribe answer that is not a plugin result (True, None, a list) is
+        logged as a PluginResultError and the client's topics are kept."""
         for value in (True, None, ["x"]):
             n = Notifier([("p", Unsub(value))])
             self.assertEqual(n.on_unsubscribe(Session(), ["a"]), ["a"])
             self.assertEqual(len(self.flushLoggedErrors(PluginResultError)), 1, value)
 
     def test_bad_topics_modifier_is_logged(self) -> None:
+        """A topics modifier that is not a list of str (a str, bytes or int items, None, a
+        tuple) is logged as a ModifierError and the client's topics are kept."""
         for topics in ("a", [b"a"], [1], None, ("a",)):
             n = Notifier([("p", Unsub(ok(topics=topics)))])
             self.assertEqual(n.on_unsubscribe(Session(), ["a"]), ["a"])

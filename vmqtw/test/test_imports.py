@@ -26,6 +26,8 @@ print("zope.interface" in sys.modules)
 class ImportTests(SynchronousTestCase):
 
     def test_codec_and_core_do_not_import_twisted(self) -> None:
+        """Importing the codec and the core modules in a fresh interpreter loads no twisted
+        module, but does load zope.interface (the session interface uses it)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,

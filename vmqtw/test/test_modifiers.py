@@ -47,9 +47,15 @@ PUBLISH_CASES: dict[str, tuple[list[tuple[Any, Any]], list[Any]]] = {
 class RegisterModifierTests(SynchronousTestCase):
 
     def test_every_modifier_is_covered(self) -> None:
+        """The table of cases covers exactly the auth_on_register modifiers the broker
+        accepts, so a new modifier cannot go untested."""
         self.assertEqual(set(REGISTER), set(REGISTER_CASES))
 
     def test_valid_values(self) -> None:
+        """Valid auth_on_register modifier values are accepted and normalised, with the
+        expected type: a mountpoint loses its trailing slashes, username may be None,
+        integer limits accept their boundaries (-1 meaning unlimited for the message
+        queues)."""
         for name, (good, _bad) in REGISTER_CASES.items():
             for value, expected in good:
                 got = check(REGISTER, {name: value}, "auth_on_register")
@@ -57,6 +63,9 @@ class RegisterModifierTests(SynchronousTestCase):
                 self.assertIs(type(got[name]), type(expected), f"{name}={value!r}")
 
     def test_invalid_values(self) -> None:
+        """Invalid auth_on_register modifier values (wrong type, bool for an integer, out of
+        range, wildcards in a mountpoint, an empty client id) raise ModifierError whose
+        message names the hook and the modifier."""
         for name, (_good, bad) in REGISTER_CASES.items():
             for value in bad:
                 with self.assertRaises(ModifierError, msg=f"{name}={value!r}") as cm:
@@ -65,6 +74,8 @@ class RegisterModifierTests(SynchronousTestCase):
                 self.assertIn(f"auth_on_register: modifier {name}:", str(cm.exception))
 
     def test_unknown_modifier(self) -> None:
+        """An unknown auth_on_register modifier raises ModifierError naming it and listing
+        the known names."""
         with self.assertRaises(ModifierError) as cm:
             check(REGISTER, {"mountpiont": "x"}, "auth_on_register")
         message = str(cm.exception)
@@ -72,31 +83,42 @@ class RegisterModifierTests(SynchronousTestCase):
         self.assertIn("mountpoint", message)  # the known names are listed
 
     def test_several_at_once(self) -> None:
+        """Several auth_on_register modifiers returned together are all checked and
+        normalised."""
         mods = ok(mountpoint="t/", client_id="c2", username=None, max_inflight_messages=5)
         self.assertEqual(check(REGISTER, mods.modifiers, "auth_on_register"),
                          {"mountpoint": "t", "client_id": "c2", "username": None,
                           "max_inflight_messages": 5})
 
     def test_one_bad_modifier_fails_all(self) -> None:
+        """One invalid modifier makes the whole set fail, even next to valid ones."""
         self.assertRaises(ModifierError, check, REGISTER,
                           {"mountpoint": "ok", "max_message_size": -1}, "auth_on_register")
 
     def test_empty(self) -> None:
+        """No modifiers check to an empty dict."""
         self.assertEqual(check(REGISTER, {}, "auth_on_register"), {})
 
     def test_publish_modifiers_are_not_register_modifiers(self) -> None:
+        """A publish modifier (topic) is refused in an auth_on_register result."""
         self.assertRaises(ModifierError, check, REGISTER, {"topic": "a"}, "auth_on_register")
 
     def test_modifier_error_is_a_value_error(self) -> None:
+        """ModifierError is a ValueError."""
         self.assertTrue(issubclass(ModifierError, ValueError))
 
 
 class PublishModifierTests(SynchronousTestCase):
 
     def test_every_modifier_is_covered(self) -> None:
+        """The table of cases covers exactly the auth_on_publish modifiers the broker
+        accepts."""
         self.assertEqual(set(PUBLISH), set(PUBLISH_CASES))
 
     def test_valid_values(self) -> None:
+        """Valid auth_on_publish modifier values are accepted and normalised: a str or
+        bytearray payload becomes bytes (UTF-8), a mountpoint loses its trailing slash,
+        5.0 properties that a plugin may set pass unchanged."""
         for name, (good, _bad) in PUBLISH_CASES.items():
             for value, expected in good:
                 got = check(PUBLISH, {name: value}, "auth_on_publish")
@@ -104,6 +126,11 @@ class PublishModifierTests(SynchronousTestCase):
                 self.assertIs(type(got[name]), type(expected), f"{name}={value!r}")
 
     def test_invalid_values(self) -> None:
+        """Invalid auth_on_publish modifier values raise ModifierError naming the hook and
+        the modifier: a value of the wrong type, a topic with wildcards, NUL or empty, a
+        QoS outside 0-2, a mountpoint with wildcards, and properties a plugin may not set
+        (topic alias, subscription identifier, session expiry), of the wrong type or
+        unknown."""
         for name, (_good, bad) in PUBLISH_CASES.items():
             for value in bad:
                 with self.assertRaises(ModifierError, msg=f"{name}={value!r}") as cm:
@@ -111,10 +138,13 @@ class PublishModifierTests(SynchronousTestCase):
                 self.assertIn(f"auth_on_publish: modifier {name}:", str(cm.exception))
 
     def test_unknown_modifier(self) -> None:
+        """A modifier that auth_on_publish does not know (a register modifier, an invented
+        name) raises ModifierError."""
         for name in ("client_id", "throttle"):
             self.assertRaises(ModifierError, check, PUBLISH, {name: 1}, "auth_on_publish")
 
     def test_whole_rewrite(self) -> None:
+        """Topic, payload, QoS, retain and mountpoint may all be rewritten at once."""
         self.assertEqual(
             check(PUBLISH, {"topic": "new/t", "payload": "p", "qos": 1, "retain": True,
                             "mountpoint": "other"}, "auth_on_publish"),
@@ -127,17 +157,23 @@ class SubscribeModifierTests(SynchronousTestCase):
     requested = [("a/b", 1), ("c/#", 2)]
 
     def test_no_topics_keeps_the_request(self) -> None:
+        """Without a topics modifier the subscription request is kept as the client sent it."""
         self.assertEqual(check_subscribe({}, self.requested), self.requested)
 
     def test_rewrite(self) -> None:
+        """A topics modifier replaces the filters and QoS of the request, one entry per
+        requested filter."""
         self.assertEqual(check_subscribe({"topics": [("x/b", 0), ("c/#", 1)]}, self.requested),
                          [("x/b", 0), ("c/#", 1)])
 
     def test_lists_accepted_as_entries(self) -> None:
+        """Topics entries may be lists as well as tuples; they come back as tuples."""
         self.assertEqual(check_subscribe({"topics": [["a/b", 1], ["c/+", 2]]}, self.requested),
                          [("a/b", 1), ("c/+", 2)])
 
     def test_deny_single_entries(self) -> None:
+        """A topics entry with QoS 0x80 refuses that one filter while the others are
+        granted; any QoS outside 0-2 also becomes 0x80."""
         got = check_subscribe({"topics": [("a/b", 0x80), ("c/#", 2)]}, self.requested)
         self.assertEqual(got, [("a/b", 0x80), ("c/#", 2)])
         for q in (3, -1, 127, 256):
@@ -145,11 +181,15 @@ class SubscribeModifierTests(SynchronousTestCase):
             self.assertEqual(got[0], ("a/b", 0x80), q)
 
     def test_shared_filter(self) -> None:
+        """A topics entry may rewrite a filter into a shared subscription
+        ($share/group/filter)."""
         self.assertEqual(
             check_subscribe({"topics": [("$share/g/a/b", 1), ("c/#", 2)]}, self.requested),
             [("$share/g/a/b", 1), ("c/#", 2)])
 
     def test_wrong_shape(self) -> None:
+        """A topics modifier that is not a list with exactly one (str filter, int QoS) pair
+        per requested filter raises ModifierError."""
         bad = [
             {"topics": "a/b"},
             {"topics": [("a/b", 1)]},                        # one entry short
@@ -167,12 +207,15 @@ class SubscribeModifierTests(SynchronousTestCase):
             self.assertRaises(ModifierError, check_subscribe, mods, self.requested)
 
     def test_invalid_rewritten_filter(self) -> None:
+        """A rewritten filter that is not a valid topic filter (empty, "#" not last, "+"
+        inside a level, NUL, a malformed $share) raises ModifierError saying so."""
         for f in ("", "a/#/b", "a+", "x\x00", "$share/g", "$share//a", "$share/g+/a"):
             with self.assertRaises(ModifierError, msg=repr(f)) as cm:
                 check_subscribe({"topics": [(f, 1), ("c/#", 1)]}, self.requested)
             self.assertIn("invalid topic filter", str(cm.exception))
 
     def test_unknown_modifier(self) -> None:
+        """A subscribe modifier other than topics raises ModifierError naming it."""
         with self.assertRaises(ModifierError) as cm:
             check_subscribe({"topics": [("a/b", 1), ("c/#", 1)], "qos": 1}, self.requested)
         self.assertIn("qos", str(cm.exception))

@@ -12,9 +12,8 @@ from vmqtw.auth.api import (
 )
 from vmqtw.auth.hooks import Notifier
 from vmqtw.codec import Unsubscribe
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, publish, suback, unsuback,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, Harness
+from vmqtw.test.wire import connack, publish, suback, unsuback
 from vmqtw.transport.protocol import MQTTFactory
 
 
@@ -79,6 +78,9 @@ class Recorder:
 
 class PublishModifierTests(BrokerTestCase):
     def test_topic_and_payload_rewritten(self) -> None:
+        """auth_on_publish ok(topic=..., payload=...) routes the rewritten message:
+        subscribers of the new topic get the new payload, subscribers of the original
+        topic get nothing."""
         hn = PluginHarness(plugins=[("rw", Rewriter())])
         out = hn.subscriber("s1", ("out/#", 0))
         orig = hn.subscriber("s2", ("in/#", 0))
@@ -88,6 +90,9 @@ class PublishModifierTests(BrokerTestCase):
         self.assertEqual(orig.take(), b"")
 
     def test_mountpoint_modifier_publishes_into_another_tree(self) -> None:
+        """A mountpoint modifier from auth_on_publish publishes into that mountpoint: a
+        subscriber on the listener with that mountpoint gets the message, one in the
+        publisher's own mountpoint does not."""
         text = ("listener.tcp.a = 127.0.0.1:1883\nlistener.tcp.b = 127.0.0.1:1884\n"
                 "listener.tcp.b.mountpoint = other\nallow_anonymous = on\n")
         hn = PluginHarness(text, plugins=[("rw", Rewriter({"mountpoint": "other"}))])
@@ -99,6 +104,8 @@ class PublishModifierTests(BrokerTestCase):
         self.assertEqual(here.take(), b"")
 
     def test_qos_modifier_keeps_the_publishers_ack_flow(self) -> None:
+        """A qos modifier changes the QoS the message is routed with, but the publisher
+        still gets the PUBACK of the QoS 1 it sent."""
         hn = PluginHarness(plugins=[("rw", Rewriter({"qos": 0}))])
         sub = hn.subscriber("s", ("t", 1))
         pub = hn.connected("p")
@@ -107,6 +114,8 @@ class PublishModifierTests(BrokerTestCase):
         self.assertEqual(sub.take(), publish("t", b"x"))   # routed at QoS 0
 
     def test_invalid_modifier_refuses_the_publish(self) -> None:
+        """An unknown publish modifier refuses the PUBLISH: nothing is routed and the 3.1.1
+        publisher is disconnected."""
         hn = PluginHarness(plugins=[("rw", Rewriter({"colour": "blue"}))])
         sub = hn.subscriber("s", ("t", 0))
         pub = hn.connected("p")
@@ -115,6 +124,8 @@ class PublishModifierTests(BrokerTestCase):
         self.assertTrue(pub.closed)  # 3.1.1: a refused publish disconnects
 
     def test_wildcard_topic_from_a_modifier_is_refused(self) -> None:
+        """A topic modifier containing a wildcard refuses the PUBLISH: nothing is routed and
+        the publisher is disconnected."""
         hn = PluginHarness(plugins=[("rw", Rewriter({"topic": "a/#"}))])
         sub = hn.subscriber("s", ("#", 0))
         pub = hn.connected("p")
@@ -125,6 +136,9 @@ class PublishModifierTests(BrokerTestCase):
 
 class SubscribeModifierTests(BrokerTestCase):
     def test_rewrite_and_deny_single_entries(self) -> None:
+        """auth_on_subscribe ok(topics=...) refuses single filters (SUBACK 0x80) and
+        rewrites others (filter and granted QoS): the session subscribes to the rewritten
+        filters only and gets only what matches them."""
         hn = PluginHarness(plugins=[("rw", Rewriter())])
         c = hn.connected("s")
         c.subscribe(3, ("deny", 1), ("wide/#", 2), ("plain", 1))
@@ -139,6 +153,9 @@ class SubscribeModifierTests(BrokerTestCase):
 
 class NotificationTests(BrokerTestCase):
     def test_on_publish_on_subscribe_on_unsubscribe(self) -> None:
+        """on_subscribe, on_publish and on_unsubscribe are called with the client's requests
+        in order; the topics on_unsubscribe returns are the ones actually removed (the
+        plugin kept one subscribed)."""
         rec = Recorder()
         hn = PluginHarness(plugins=[("rec", rec)])
         c = hn.connected("c")
@@ -156,6 +173,8 @@ class NotificationTests(BrokerTestCase):
         self.assertEqual(set(c.session.subscriptions), {"keep"})
 
     def test_unsuback_has_one_code_per_requested_filter(self) -> None:
+        """When on_unsubscribe keeps a filter subscribed, the 3.1.1 client still gets a
+        plain UNSUBACK for its request."""
         hn = PluginHarness(plugins=[("rec", Recorder())])
         c = hn.connected("c")
         c.subscribe(1, ("keep", 0))
@@ -179,6 +198,8 @@ class PreauthTests(BrokerTestCase):
             "listener.ssl.keyfile = k.pem\nlistener.ssl.s.use_identity_as_username = on\n")
 
     def test_identity_replaces_the_connect_username_before_auth(self) -> None:
+        """With use_identity_as_username, the TLS(-PSK) identity replaces the CONNECT user
+        name before auth_on_register sees it, and becomes the session's user name."""
         seen = SeesUsername()
         hn = PluginHarness(self.TEXT, plugins=[("seen", seen)])
         c = hn.client()
@@ -189,6 +210,8 @@ class PreauthTests(BrokerTestCase):
         self.assertEqual(c.session.username, "device-7")
 
     def test_no_identity_keeps_the_connect_username(self) -> None:
+        """With use_identity_as_username but no TLS identity on the connection,
+        auth_on_register sees the CONNECT user name (and here refuses it: CONNACK 5)."""
         seen = SeesUsername()
         hn = PluginHarness(self.TEXT, plugins=[("seen", seen)])
         c = hn.client()
@@ -223,6 +246,9 @@ class DeliverPlugin:
 
 class DeliverHookTests(BrokerTestCase):
     def test_rewrites_per_recipient_and_always_delivers(self) -> None:
+        """on_deliver may rewrite the payload or topic for one recipient only; NEXT, an
+        error result, an invalid modifier or a raising plugin (logged) leave the message
+        unchanged, and every subscriber still gets it."""
         hn = PluginHarness(plugins=[("d", DeliverPlugin())])
         subs = {cid: hn.subscriber(cid, ("t", 0))
                 for cid in ("tagged", "moved", "plain", "err", "bad")}
@@ -237,6 +263,9 @@ class DeliverHookTests(BrokerTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_offline_message_hook(self) -> None:
+        """on_offline_message is called with (mountpoint, client id, QoS, topic, payload,
+        retain) when a message is queued for an offline session; a QoS 0 message, which
+        is not queued, does not call it."""
         plugin = DeliverPlugin()
         hn = PluginHarness(plugins=[("d", plugin)])
         s = hn.subscriber("away", ("t", 1), clean=False)
@@ -253,6 +282,8 @@ class PublishPropertiesModifierTests(BrokerTestCase):
     TEXT = BASE + "listener.tcp.allowed_protocol_versions = 3,4,5\n"
 
     def test_properties_replaced_for_5_0_subscribers(self) -> None:
+        """ok(properties=...) from auth_on_publish replaces the properties a 5.0 subscriber
+        receives with the message."""
         from vmqtw.codec import Decoder, Publish, Subscribe, Connect
         from vmqtw.codec.packets import SubOptions
         mods = {"properties": {"user_property": [("tenant", "a")], "content_type": "text"}}
@@ -267,6 +298,8 @@ class PublishPropertiesModifierTests(BrokerTestCase):
         self.assertEqual(msg.properties, mods["properties"])
 
     def test_invalid_properties_refuse_the_publish(self) -> None:
+        """Properties a plugin may not set (topic alias), of the wrong type, or not a dict
+        refuse the PUBLISH: nothing is routed and the publisher is disconnected."""
         for bad in ({"topic_alias": 3}, {"content_type": 7}, ["not", "a", "dict"]):
             hn = PluginHarness(self.TEXT, plugins=[("rw", Rewriter({"properties": bad}))])
             sub = hn.subscriber("s", ("t", 0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from vmqtw.codec import Disconnect, Puback, Pubcomp, Pubrec
@@ -14,14 +13,17 @@ from vmqtw.core.message import Message
 from vmqtw.core.session import IClientConnection, Session, SessionEnv
 from vmqtw.core.values import SessionKey
 from vmqtw.store.memory import MemoryStore
-from vmqtw.test.test_protocol import (
-    BASE, BrokerTestCase, Harness, connack, publish, pubrel, suback,
-)
+from vmqtw.test.harness import BASE, BrokerTestCase, FakeConnection, Harness
+from vmqtw.test.wire import connack, publish, pubrel, suback
 
 
 class PersistentSessionTests(BrokerTestCase):
 
     def test_offline_queue_and_session_present(self) -> None:
+        """While a persistent session is offline, its QoS 1 and 2 messages are queued and
+        QoS 0 ones are not; on reconnect the client gets CONNACK with session present,
+        then the queued messages in order, and its subscription still works without a new
+        SUBSCRIBE."""
         hn = Harness()
         s = hn.subscriber("s", ("t/#", 2), clean=False)
         s.send(Disconnect())
@@ -44,6 +46,8 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(s2.take(), publish("t/4", b"live", qos=1, pid=4))
 
     def test_offline_qos0_dropped_and_counted(self) -> None:
+        """A message delivered at QoS 0 (downgraded to the subscription's QoS) to an offline
+        session is dropped and counted, not queued; nothing arrives on reconnect."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 0), clean=False)
         s.lose()
@@ -56,6 +60,9 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(s2.take(), b"")
 
     def test_unacked_resent_with_dup(self) -> None:
+        """On reconnect, unacknowledged QoS 1 and 2 PUBLISHes are resent with DUP set and
+        the same packet ids, and a QoS 2 flow that had reached PUBREC resumes with PUBREL
+        (3.1.1 s4.4); the flows then complete normally."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 2), clean=False)
         p = hn.connected("p")
@@ -80,6 +87,9 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(hn.broker.sessions[("", "s")].inflight, {})
 
     def test_inflight_then_queue_order_on_reconnect(self) -> None:
+        """On reconnect, the in-flight messages are resent first (DUP set), and the messages
+        queued behind the max_inflight_messages window follow as acknowledgements free
+        the window."""
         hn = Harness(BASE + "max_inflight_messages = 2\n")
         s = hn.subscriber("s", ("t", 1), clean=False)
         p = hn.connected("p")
@@ -98,6 +108,9 @@ class PersistentSessionTests(BrokerTestCase):
                          + publish("t", b"4", qos=1, pid=4))
 
     def test_max_offline_messages(self) -> None:
+        """max_offline_messages caps an offline session's queue: the first messages are
+        kept, later ones dropped and counted, and the kept ones are delivered on
+        reconnect."""
         hn = Harness(BASE + "max_offline_messages = 2\n")
         s = hn.subscriber("s", ("t", 1), clean=False)
         s.send(Disconnect())
@@ -113,6 +126,8 @@ class PersistentSessionTests(BrokerTestCase):
                          + publish("t", b"1", qos=1, pid=2))
 
     def test_persistent_client_expiration(self) -> None:
+        """persistent_client_expiration removes an offline persistent session and its
+        subscriptions once it has passed, so a later connect has no session present."""
         hn = Harness(BASE + "persistent_client_expiration = 1h\n")
         s = hn.subscriber("s", ("t", 1), clean=False)
         s.send(Disconnect())
@@ -126,6 +141,8 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(s2.take(), connack(0, session_present=False))
 
     def test_reconnect_cancels_expiry(self) -> None:
+        """Reconnecting cancels the pending expiry of a persistent session, and the full
+        expiration period starts again at the next disconnect."""
         hn = Harness(BASE + "persistent_client_expiration = 1h\n")
         s = hn.subscriber("s", ("t", 1), clean=False)
         s.lose()
@@ -140,6 +157,8 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertNotIn(("", "s"), hn.broker.sessions)
 
     def test_never_expires_by_default(self) -> None:
+        """Without persistent_client_expiration an offline persistent session is kept
+        indefinitely."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 1), clean=False)
         s.lose()
@@ -147,6 +166,9 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertIn(("", "s"), hn.broker.sessions)
 
     def test_clean_reconnect_discards_state(self) -> None:
+        """A clean session connect discards the previous persistent session, its queue and
+        subscriptions (session present 0), and ends the session at disconnect, so a later
+        persistent connect starts afresh."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 1), clean=False)
         s.lose()
@@ -165,6 +187,8 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(s3.take(), connack(0, session_present=False))
 
     def test_clean_session_ends_with_connection(self) -> None:
+        """A clean session and its subscriptions are removed when the connection breaks; a
+        later persistent connect has no session present."""
         hn = Harness()
         s = hn.subscriber("s", ("t", 1), clean=True)
         s.lose()
@@ -191,6 +215,9 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(c2.take(), b"")
 
     def test_takeover_of_persistent_session(self) -> None:
+        """A second connection with the same client id closes the first and resumes its
+        persistent session: session present, the unacknowledged message resent with DUP,
+        and new messages go only to the new connection."""
         hn = Harness()
         c1 = hn.subscriber("x", ("t", 1), clean=False)
         p = hn.connected("p")
@@ -206,6 +233,9 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(c1.take(), b"")
 
     def test_retry_interval(self) -> None:
+        """Unacknowledged PUBLISHes are resent with DUP after retry_interval seconds, and an
+        unanswered PUBREL is resent too, until the flow completes; then nothing more is
+        sent."""
         hn = Harness(BASE + "retry_interval = 10\n")
         s = hn.subscriber("s", ("t", 2))
         p = hn.connected("p")
@@ -226,6 +256,9 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(s.take(), b"")
 
     def test_incoming_qos2_survives_reconnect(self) -> None:
+        """A QoS 2 message the broker received but whose PUBREL has not arrived is
+        remembered across reconnects of a persistent session: the same packet id sent
+        again with DUP gets PUBREC and is not delivered a second time."""
         hn = Harness()
         sub = hn.subscriber("sub", ("t", 0))
         p = hn.connected("p", clean=False)
@@ -238,6 +271,8 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertEqual(sub.take(), b"")
 
     def test_subscribe_then_suback_then_queue(self) -> None:
+        """A SUBSCRIBE on a persistent session is answered at once with a SUBACK granting
+        the requested QoS."""
         hn = Harness()
         s = hn.connected("s", clean=False)
         s.subscribe(1, ("t", 1))
@@ -246,21 +281,6 @@ class PersistentSessionTests(BrokerTestCase):
 
 # ---------------------------------------------------------------------------
 # Session on its own
-
-@implementer(IClientConnection)
-class FakeConnection:
-    def __init__(self, level: int = 4) -> None:
-        self.protocol_level = level
-        self.paused = False
-        self.written: list[bytes] = []
-        self.taken_over = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def session_taken_over(self) -> None:
-        self.taken_over = True
-
 
 class SessionUnitTests(BrokerTestCase):
 
@@ -271,9 +291,13 @@ class SessionUnitTests(BrokerTestCase):
         return broker, session
 
     def test_fake_connection_provides_interface(self) -> None:
+        """The test FakeConnection provides IClientConnection, so the unit tests drive the
+        Session through its real interface."""
         self.assertTrue(verifyObject(IClientConnection, FakeConnection()))
 
     def test_deliver_when_online(self) -> None:
+        """An online session writes delivered messages at once, giving QoS 1 messages a
+        packet id; a PUBACK for that id is accepted once, and a second one is not."""
         _b, s = self.make()
         conn = FakeConnection()
         s.attach(conn)
@@ -284,6 +308,8 @@ class SessionUnitTests(BrokerTestCase):
         self.assertFalse(s.puback(1))
 
     def test_detach_keeps_only_qos_above_0(self) -> None:
+        """Messages waiting behind a paused connection stay queued when the session
+        detaches, except QoS 0 ones."""
         _b, s = self.make()
         conn = FakeConnection()
         s.attach(conn)
@@ -309,6 +335,8 @@ class SessionUnitTests(BrokerTestCase):
         self.assertIn(300, s.inflight)
 
     def test_pubrec_for_qos1_rejected(self) -> None:
+        """PUBREC or PUBCOMP for a QoS 1 message in flight is rejected; only PUBACK
+        completes it."""
         _b, s = self.make()
         conn = FakeConnection()
         s.attach(conn)
@@ -318,17 +346,21 @@ class SessionUnitTests(BrokerTestCase):
         self.assertTrue(s.puback(1))
 
     def test_qos0_never_enters_the_offline_queue(self) -> None:
+        """A QoS 0 message for an offline session is dropped and counted, not queued."""
         _b, s = self.make()
         s.deliver(Message("t", b"0"), 0, False)
         self.assertEqual(len(s.queue), 0)
         self.assertEqual(s.dropped, 1)
 
     def test_non_persistent_offline_drops(self) -> None:
+        """An offline non-persistent session queues nothing, not even QoS 1."""
         _b, s = self.make(persistent=False)
         s.deliver(Message("t", b"1", 1), 1, False)
         self.assertEqual(len(s.queue), 0)
 
     def test_max_online_messages_unlimited(self) -> None:
+        """max_online_messages = -1 lets the queue behind a paused connection grow without
+        dropping anything."""
         _b, s = self.make("max_online_messages = -1\n")
         conn = FakeConnection()
         s.attach(conn)
@@ -339,6 +371,8 @@ class SessionUnitTests(BrokerTestCase):
         self.assertEqual(s.dropped, 0)
 
     def test_shared_message_object_not_mutated(self) -> None:
+        """Delivering one Message object to a session at a lower QoS or without retain
+        writes those values but does not change the shared object."""
         _b, s = self.make()
         conn = FakeConnection(level=3)
         s.attach(conn)

@@ -16,6 +16,10 @@ from vmqtw.store.memory import MemoryStore
 class FilterMatchesTests(SynchronousTestCase):
 
     def test_cases(self) -> None:
+        """filter_matches follows the MQTT matching rules: "+" matches exactly one level (empty
+        levels included), "#" matches the parent level and everything below, matching is
+        case-sensitive, a trailing slash is a level of its own, and wildcards at the first
+        level do not match "$" topics."""
         cases = [
             ("a/b", "a/b", True), ("a/b", "a/c", False), ("a/+", "a/b", True),
             ("a/+", "a", False), ("a/+", "a/b/c", False), ("a/#", "a", True),
@@ -29,6 +33,8 @@ class FilterMatchesTests(SynchronousTestCase):
             self.assertEqual(filter_matches(f, t), expected, (f, t))
 
     def test_agrees_with_topic_tree(self) -> None:
+        """For every filter built from a few words, "+" and "#" and for 300 random topics,
+        filter_matches selects exactly the filters the TopicTree matches."""
         rng = random.Random(1234)
         words = ["a", "b", "", "$s"]
         filters = set()
@@ -50,9 +56,12 @@ class FilterMatchesTests(SynchronousTestCase):
 class MemoryStoreTests(SynchronousTestCase):
 
     def test_provides_istore(self) -> None:
+        """MemoryStore provides IStore."""
         self.assertTrue(verifyObject(IStore, MemoryStore()))
 
     def test_set_replace_clear(self) -> None:
+        """Setting a retained message replaces the previous one on the same topic, setting None
+        clears it, and clearing a topic that was never set is not an error."""
         store = MemoryStore()
         m1, m2 = Message("a/b", b"1", 1, True), Message("a/b", b"2", 0, True)
         store.retained_set("", "a/b", m1)
@@ -66,6 +75,8 @@ class MemoryStoreTests(SynchronousTestCase):
         store.retained_set("", "never/set", None)  # clearing nothing is fine
 
     def test_mountpoints_separate(self) -> None:
+        """Retained messages are kept per mountpoint: a match in one mountpoint never returns
+        another mountpoint's message, and retained_items lists (mountpoint, topic) pairs."""
         store = MemoryStore()
         store.retained_set("m1", "t", Message("t", b"1", 0, True))
         store.retained_set("m2", "t", Message("t", b"2", 0, True))
@@ -77,6 +88,8 @@ class MemoryStoreTests(SynchronousTestCase):
                          [("m1", "t"), ("m2", "t")])
 
     def test_wildcard_match(self) -> None:
+        """retained_match applies wildcard filters, and "#" and "+" do not return "$" topics
+        while "$SYS/#" does."""
         store = MemoryStore()
         for t in ("a", "a/b", "a/b/c", "b", "$SYS/x"):
             store.retained_set("", t, Message(t, b"x", 0, True))
@@ -88,6 +101,8 @@ class MemoryStoreTests(SynchronousTestCase):
         self.assertEqual([m.topic for m in store.retained_match("", "$SYS/#")], ["$SYS/x"])
 
     def test_session_notifications_are_noops(self) -> None:
+        """The session and queue notifications and close() are accepted and do nothing in the
+        memory store."""
         store = MemoryStore()
         store.session_updated(object())  # type: ignore[arg-type]
         store.session_deleted(("", "c"))
