@@ -96,8 +96,13 @@ class Address:
     host: str | None
     port: int
     path: str | None = None
+    #: A Twisted endpoint description (``tcp:1883``, ``unix:/run/x.sock``,
+    #: ``systemd:domain=INET:index=0``, ``proxy:tcp:1883``...), else None.
+    endpoint: str | None = None
 
     def __str__(self) -> str:
+        if self.endpoint is not None:
+            return self.endpoint
         if self.path is not None:
             return f"local:{self.path}"
         if self.host is not None and ":" in self.host:
@@ -1055,7 +1060,8 @@ class _Parser:
             max_connection_lifetime=typed("max_connection_lifetime", 0),
             allowed_protocol_versions=typed("allowed_protocol_versions", frozenset()),
             allow_anonymous_override=typed("allow_anonymous_override", False),
-            proxy_protocol=typed("proxy_protocol", False),
+            proxy_protocol=typed("proxy_protocol", False)
+            or (address.endpoint or "").startswith("proxy:"),
             proxy_protocol_use_cn_as_username=typed(
                 "proxy_protocol_use_cn_as_username", False
             ),
@@ -1104,11 +1110,20 @@ def _resolve_option(
 def _parse_address(value: str, kind: str) -> Address:
     """
     C{IP:PORT} split on the last colon (C{127.0.0.1:1883}, C{:::1883},
-    C{::1:1883}) or C{local:/path/app.sock:0} (tcp listeners only).
+    C{::1:1883}) or C{local:/path/app.sock:0} (tcp listeners only), or a
+    Twisted endpoint description (checked by C{vmqtw.transport.endpoints}).
     """
-    usage = "expected IP:PORT (e.g. 127.0.0.1:1883 or :::1883) or local:/path.sock:0"
+    usage = ("expected IP:PORT (e.g. 127.0.0.1:1883 or :::1883), local:/path.sock:0 "
+             "or an endpoint description (tcp:1883, unix:/path.sock, systemd:...)")
     if not value:
         raise _Invalid(f"empty address; {usage}")
+    from vmqtw.transport import endpoints
+    if endpoints.is_description(value):
+        try:
+            endpoints.check_description(value, kind)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        return Address(host=None, port=0, endpoint=value)
     host, colon, port_text = value.rpartition(":")
     if not colon or not host:
         raise _Invalid(f"{usage}, got {value!r}")
