@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from vmqtw.config import Address, ConfigError, parse
+from vmqtw.transport import activation
 from vmqtw.transport import endpoints as ep
 from vmqtw.transport import limits
 from vmqtw.transport.limits import (
@@ -149,13 +150,13 @@ class AddressEndpointTests(SynchronousTestCase):
     def test_inherited_descriptors(self) -> None:
         """LISTEN_FDS counts from fd 3, only for the process LISTEN_PID names."""
         me = str(os.getpid())
-        self.assertEqual(ep.inherited_descriptors({"LISTEN_PID": me, "LISTEN_FDS": "2"}),
+        self.assertEqual(activation.inherited_descriptors({"LISTEN_PID": me, "LISTEN_FDS": "2"}),
                          ([3, 4], []))
-        self.assertEqual(ep.inherited_descriptors(
+        self.assertEqual(activation.inherited_descriptors(
             {"LISTEN_PID": me, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "mqtt"}), ([3], ["mqtt"]))
-        self.assertEqual(ep.inherited_descriptors({"LISTEN_PID": "1", "LISTEN_FDS": "2"}),
+        self.assertEqual(activation.inherited_descriptors({"LISTEN_PID": "1", "LISTEN_FDS": "2"}),
                          ([], []))
-        self.assertEqual(ep.inherited_descriptors({}), ([], []))
+        self.assertEqual(activation.inherited_descriptors({}), ([], []))
 
     def test_systemd_index_and_name_errors(self) -> None:
         """A missing index or name is refused with what systemd did pass."""
@@ -420,6 +421,9 @@ class TwistedInternalsTests(SynchronousTestCase):
         self.assertHas(endpoints.UNIXServerEndpoint(memory, "/x"),
                        ["_address", "_backlog", "_mode", "_wantPID", "_reactor"],
                        "UNIXServerEndpoint")
+        self.assertHas(endpoints._SystemdParser._sddaemon,
+                       ["inheritedDescriptors", "inheritedNamedDescriptors"],
+                       "endpoints._SystemdParser._sddaemon (used by vmqtw.transport.activation)")
         self.assertHas(endpoints.AdoptedStreamServerEndpoint(memory, 3, socket.AF_INET),
                        ["fileno", "addressFamily", "reactor", "_used", "_close",
                         "_setNonBlocking"], "AdoptedStreamServerEndpoint")

@@ -29,7 +29,6 @@ listens, so ``--check`` and the tests do not need an inherited socket.
 """
 from __future__ import annotations
 
-import os
 import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -38,7 +37,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
-from vmqtw.transport import tls
+from vmqtw.transport import activation, tls
 from vmqtw.transport.limits import BACKLOG, LimitedServerEndpoint, accept_batch
 from vmqtw.transport.proxy import ProxyServerEndpoint
 
@@ -126,20 +125,6 @@ def _int_in(text: str, what: str, low: int, high: int) -> int:
 # Resolving an address
 # --------------------------------------------------------------------------
 
-def inherited_descriptors(environ: Any = None) -> tuple[list[int], list[str]]:
-    """The sockets passed by systemd socket activation (``LISTEN_FDS`` for
-    this process), and their names (``LISTEN_FDNAMES``; may be empty)."""
-    env = os.environ if environ is None else environ
-    if env.get("LISTEN_PID") != str(os.getpid()):
-        return [], []
-    try:
-        count = int(env.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return [], []
-    names = [n for n in env.get("LISTEN_FDNAMES", "").split(":") if n]
-    return list(range(3, 3 + count)), names
-
-
 @implementer(IStreamServerEndpoint)
 class SystemdEndpoint:
     """A socket inherited from systemd, looked up when listening (so that a
@@ -156,7 +141,7 @@ class SystemdEndpoint:
     def resolve(self) -> endpoints.AdoptedStreamServerEndpoint:
         """Twisted's endpoint for the inherited socket; ValueError if there is none."""
         if self._endpoint is None:
-            fds, names = inherited_descriptors()
+            fds, names = activation.inherited()
             if not fds:
                 raise ValueError("no socket inherited from systemd (LISTEN_PID/LISTEN_FDS "
                                  "are not set for this process: start it through a "
