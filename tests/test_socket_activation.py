@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import (
     CONNACK_OK, TWISTD, BrokerTestCase, MQTTv311, child_env, connect_packet, in_thread,
@@ -156,3 +157,31 @@ class SocketActivationTests(BrokerTestCase):
         proto = self.activate(port, twistd, "--fdname=mqtt")
         yield self.serve_one_client(proto, port, "tcp.sd")
 
+
+
+class ShippedUnitsTests(SynchronousTestCase):
+    """etc/systemd/vmqtw.socket and vmqtw.service agree with the broker."""
+
+    def test_units_name_the_same_socket_as_the_config_they_show(self):
+        """The broker.conf lines the units document parse, and the listener
+        names the socket unit's FileDescriptorName and address family."""
+        from vmqtw.config import parse
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "etc", "systemd")
+        with open(os.path.join(here, "vmqtw.socket"), encoding="utf-8") as f:
+            socket_unit = f.read()
+        with open(os.path.join(here, "vmqtw.service"), encoding="utf-8") as f:
+            service_unit = f.read()
+        lines = re.findall(r"(?m)^#\s+((?:listener|persistent_store)\.\S+ = \S+)$",
+                           service_unit)
+        self.assertEqual(len(lines), 2, service_unit)
+        config = parse("\n".join(lines) + "\n", "vmqtw.service")
+        description = str(config.listeners[0].address)
+        name = re.search(r"(?m)^FileDescriptorName=(\S+)$", socket_unit)
+        listen = re.search(r"(?m)^ListenStream=(\S+)$", socket_unit)
+        assert name is not None and listen is not None
+        self.assertEqual(description, f"systemd:domain=INET:name={name.group(1)}")
+        self.assertRegex(listen.group(1), r"^\d+\.\d+\.\d+\.\d+:\d+$")  # an INET address
+        self.assertIn(description, socket_unit)
+        self.assertIn("Service=vmqtw.service", socket_unit)
+        self.assertIn("Requires=vmqtw.socket", service_unit)
