@@ -1113,8 +1113,7 @@ def _parse_address(value: str, kind: str) -> Address:
     C{::1:1883}) or C{local:/path/app.sock:0} (tcp listeners only), or a
     Twisted endpoint description (checked by C{vmqtw.transport.endpoints}).
     """
-    usage = ("expected IP:PORT (e.g. 127.0.0.1:1883 or :::1883), local:/path.sock:0 "
-             "or an endpoint description (tcp:1883, unix:/path.sock, systemd:...)")
+    usage = "expected IP:PORT (e.g. 127.0.0.1:1883 or :::1883) or local:/path.sock:0"
     if not value:
         raise _Invalid(f"empty address; {usage}")
     from vmqtw.transport import endpoints

@@ -39,6 +39,7 @@ from vmqtw.transport.layers import protocol_layers
 from vmqtw.transport.limits import LimitedConnections, LimitedServerEndpoint, close_port_now
 from vmqtw.transport.protocol import MQTTFactory
 
+
 class StartupError(Exception):
     """A problem found while starting (e.g. a port in use); the message names file:line."""
 
@@ -85,7 +86,8 @@ class ListenerService(StreamServerEndpointService):
             reason = getattr(e, "socketError", None) or e
             raise StartupError(f"{file}:{line}: listener.{self.name}: cannot listen on "
                                f"{self.listener.address}: {reason}") from e
-        self._waitingForPort.addCallback(self._listening)
+        waiting: Any = self._waitingForPort
+        waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
         self.port = port
@@ -98,7 +100,7 @@ class ListenerService(StreamServerEndpointService):
         return port
 
     def _factory_chain(self) -> list[Any]:
-        layers = []
+        layers: list[Any] = []
         factory = self.limiter.wrappedFactory
         while factory is not None and len(layers) < 16:
             layers.append(factory)
@@ -206,7 +208,7 @@ class BrokerService(MultiService):
                                   reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)
             svc.setServiceParent(self)
-            self.listeners[svc.name] = svc
+            self.listeners[f"{listener.kind}.{listener.name}"] = svc
 
     def restore(self) -> None:
         """Load the durable store (if the broker has one) into the broker: once,

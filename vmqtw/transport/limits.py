@@ -214,7 +214,7 @@ def _port_for(endpoint: Any, factory: Any, reactor: Any) -> Any | None:
         else:
             port = LimitedTCPPort._fromListeningDescriptor(endpoint.reactor, fd,
                                                            endpoint.addressFamily, factory)
-        endpoint._close(fd)  # the port holds a duplicate
+        endpoint._close(fd)  # type: ignore[misc, call-arg]  # the port holds a duplicate
         return port
     return None
 
