@@ -365,6 +365,26 @@ class LimitedEndpointTests(TestCase):
         self.assertEqual(closed, [fd])
         self.assertNotEqual(port.fileno(), fd)
 
+    def test_adopted_unix_socket_file_stays(self) -> None:
+        """An inherited unix socket is limited too, and closing the port leaves
+        its file alone (systemd made it and listens on it again)."""
+        path = os.path.join(self.mktemp() + "-d", "s")
+        os.makedirs(os.path.dirname(path))
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path)
+        sock.listen(5)
+        fd = os.dup(sock.fileno())
+        sock.close()
+        endpoint = LimitedServerEndpoint(
+            endpoints.AdoptedStreamServerEndpoint(reactor, fd, socket.AF_UNIX), 1, 10, reactor)
+        port = self.successResultOf(endpoint.listen(Factory.forProtocol(Recorder)))
+        self.assertIsInstance(port, LimitedUNIXPort)
+        self.assertEqual(port.numberAccepts, 1)
+        d = port.stopListening()
+        d.addCallback(lambda _: self.assertTrue(os.path.exists(path),
+                                                "the inherited socket file was removed"))
+        return d
+
     def test_other_endpoints_still_get_the_cap(self) -> None:
         """An endpoint we cannot build ports for listens with the limiter as
         its factory, so max_connections still holds."""

@@ -89,7 +89,15 @@ class LimitedTCPPort(_PinnedAccepts, tcp.Port):
 
 
 class LimitedUNIXPort(_PinnedAccepts, unix.Port):
-    pass
+    #: An inherited socket (systemd socket activation): its file belongs to
+    #: whoever made it and stays when the port closes.
+    inherited = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.inherited:
+            tcp.Port.connectionLost(self, reason)  # not unix.Port's: no unlink
+            return
+        super().connectionLost(reason)
 
 
 class LimitedConnections(WrappingFactory):
@@ -211,6 +219,7 @@ def _port_for(endpoint: Any, factory: Any, reactor: Any) -> Any | None:
         if endpoint.addressFamily == socket.AF_UNIX:
             port: Any = LimitedUNIXPort._fromListeningDescriptor(endpoint.reactor, fd,
                                                                   factory)
+            port.inherited = True
         else:
             port = LimitedTCPPort._fromListeningDescriptor(endpoint.reactor, fd,
                                                            endpoint.addressFamily, factory)
