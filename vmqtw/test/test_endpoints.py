@@ -24,7 +24,7 @@ from vmqtw.transport.limits import (
     BACKLOG, LimitedConnections, LimitedServerEndpoint, LimitedTCPPort, LimitedUNIXPort,
 )
 from vmqtw.transport.proxy import ProxyProtocolFactory, ProxyServerEndpoint, ProxyServerParser
-from vmqtw.transport.tls import TLSServerEndpoint
+from vmqtw.transport.tls_endpoint import TLSServerEndpoint
 from vmqtw.transport.wrapping import WrappingServerEndpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

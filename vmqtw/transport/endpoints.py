@@ -16,7 +16,7 @@ A listener address is either VerneMQ's form or a Twisted endpoint description:
 ``listener_endpoint`` is the one function from a ``ListenerConfig`` to its
 endpoint; the endpoint is a chain of wrappers, outermost (last applied) first::
 
-    TLSServerEndpoint        (ssl, wss)          vmqtw.transport.tls
+    TLSServerEndpoint        (ssl, wss)          vmqtw.transport.tls_endpoint
       ProxyServerEndpoint    (proxy_protocol)    vmqtw.transport.proxy
         LimitedServerEndpoint (max_connections,  vmqtw.transport.limits
                                nr_of_acceptors)
@@ -37,9 +37,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
-from vmqtw.transport import activation, tls
+from vmqtw.transport import activation
 from vmqtw.transport.limits import BACKLOG, LimitedServerEndpoint, accept_batch
 from vmqtw.transport.proxy import ProxyServerEndpoint
+from vmqtw.transport.tls_endpoint import tls_endpoint
 
 if TYPE_CHECKING:
     from vmqtw.config import Address, ListenerConfig
@@ -206,7 +207,7 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
     if listener.proxy_protocol:
         endpoint = ProxyServerEndpoint(endpoint, reactor, name=name)
     if listener.kind in ("ssl", "wss"):
-        endpoint = tls.tls_endpoint(listener, endpoint, reactor)
+        endpoint = tls_endpoint(listener, endpoint, reactor)
     return endpoint  # type: ignore[no-any-return]
 
 

@@ -63,7 +63,6 @@ from zope.interface import implementer
 from vmqtw.config import ListenerConfig, split_list
 from vmqtw.transport.identity import certificate_cn, peer_of
 from vmqtw.transport.errors import LayerError
-from vmqtw.transport.wrapping import WrappingServerEndpoint
 
 __all__ = [
     "PSK_IDENTITIES", "OptionError", "TLSSettings", "ServerTLSOptions", "TLSServerProtocol",
@@ -753,7 +752,8 @@ def _crl_refresh_ms(listener: ListenerConfig, inner: Any) -> int:
     return 60000
 
 
-def _creator(listener: ListenerConfig) -> ServerTLSOptions:
+def creator_for(listener: ListenerConfig) -> ServerTLSOptions:
+    """The listener's connection creator; LayerError naming the config line."""
     try:
         return ServerTLSOptions(listener)
     except OptionError as e:
@@ -765,32 +765,9 @@ def tls_factory(listener: ListenerConfig, inner: Any, reactor: Any,
     """The TLS layer for ``listener`` around ``inner``; a bad option or file
     raises LayerError naming the config file and line of the option."""
     if creator is None:
-        creator = _creator(listener)
+        creator = creator_for(listener)
     ms = _crl_refresh_ms(listener, inner)
     return TLSListenerFactory(creator, inner, reactor, ms / 1000.0 if ms > 0 else None)
-
-
-class TLSServerEndpoint(WrappingServerEndpoint):
-    """``wrapped`` with TLS from our connection creator on every connection.
-
-    The creator (certificates, keys, CRL, PSK file) is built at once, so a bad
-    file fails when the listener is built, not when it listens.
-    """
-
-    def __init__(self, listener: ListenerConfig, wrapped: Any, reactor: Any) -> None:
-        self.listener = listener
-        self.reactor = reactor
-        self.creator = _creator(listener)
-        super().__init__(wrapped, self._tls_factory)
-
-    def _tls_factory(self, inner: Any) -> TLSListenerFactory:
-        return tls_factory(self.listener, inner, self.reactor, self.creator)
-
-
-def tls_endpoint(listener: ListenerConfig, wrapped: Any, reactor: Any) -> TLSServerEndpoint:
-    """The TLS endpoint wrapper of ``listener`` around ``wrapped``; LayerError
-    (naming the config line) for a bad option or file."""
-    return TLSServerEndpoint(listener, wrapped, reactor)
 
 
 def _located(listener: ListenerConfig, e: OptionError) -> str:
