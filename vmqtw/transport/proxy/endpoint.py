@@ -48,8 +48,9 @@ class ProxyServerParser:
     """``proxy:<any server description>[:timeout=SECONDS]``.
 
     ``timeout`` (seconds, default 10; ``0`` = none) is how long a client has
-    to send its header.  (Twisted hands every ``key=value`` to the prefix's
-    parser, so ``timeout`` goes right after ``proxy:``... or anywhere.)
+    to send its header.  Twisted passes every ``key=value`` of the whole
+    description to this parser: ``timeout`` is kept here (wherever it is
+    written) and the rest goes to the wrapped description.
     """
 
     prefix = "proxy"
