@@ -1111,15 +1111,15 @@ def _parse_address(value: str, kind: str) -> Address:
     """
     C{IP:PORT} split on the last colon (C{127.0.0.1:1883}, C{:::1883},
     C{::1:1883}) or C{local:/path/app.sock:0} (tcp listeners only), or a
-    Twisted endpoint description (checked by C{vmqtw.transport.endpoints}).
+    Twisted endpoint description (checked by C{vmqtw.transport.descriptions}).
     """
     usage = "expected IP:PORT (e.g. 127.0.0.1:1883 or :::1883) or local:/path.sock:0"
     if not value:
         raise _Invalid(f"empty address; {usage}")
-    from vmqtw.transport import endpoints
-    if endpoints.is_description(value):
+    from vmqtw.transport import descriptions
+    if descriptions.is_description(value):
         try:
-            endpoints.check_description(value, kind)
+            descriptions.check_description(value, kind)
         except ValueError as e:
             raise _Invalid(str(e)) from None
         return Address(host=None, port=0, endpoint=value)

@@ -100,6 +100,22 @@ class DescriptionTests(SynchronousTestCase):
             parse("listener.ssl.a = proxy:tcp:8883\n", "e.conf")
         self.assertIn("proxy: descriptions are for tcp", str(cm.exception))
 
+    def test_split_like_twisted(self) -> None:
+        """Descriptions split as serverFromString splits them: backslash
+        escapes, ``key=value`` at the first ``=``, later ``=`` in the value."""
+        from vmqtw.transport.descriptions import split_description
+        cases = {
+            r"tcp:1883:interface=\:\:1": (["tcp", "1883"], {"interface": "::1"}),
+            "systemd:domain=INET:index=0": (["systemd"], {"domain": "INET", "index": "0"}),
+            r"unix:/a\:b:mode=0o660": (["unix", "/a:b"], {"mode": "0o660"}),
+            "tcp:1:x=a=b": (["tcp", "1"], {"x": "a=b"}),
+            "tcp:": (["tcp", ""], {}),
+        }
+        for description, expected in cases.items():
+            self.assertEqual(split_description(description), expected, description)
+        e = endpoints.serverFromString(MemoryReactorClock(), r"tcp:1883:interface=\:\:1")
+        self.assertEqual((e._port, e._interface), (1883, "::1"))
+
     def test_is_description(self) -> None:
         """Only the known prefixes make a value a description."""
         self.assertTrue(ep.is_description("tcp:1"))
@@ -404,9 +420,9 @@ class TwistedInternalsTests(SynchronousTestCase):
     """The private Twisted attributes vmqtw.transport.limits relies on.
 
     If one of these fails after a Twisted upgrade, max_connections and the
-    accept batch (nr_of_acceptors) no longer work as documented: adapt
-    ``vmqtw/transport/limits.py`` (and ``endpoints._parse`` in
-    ``vmqtw/transport/endpoints.py``) before anything else.
+    accept batch (nr_of_acceptors) no longer work as documented, or socket
+    activation under twistd loses its sockets: adapt
+    ``vmqtw/transport/limits.py`` (and ``activation.py``) before anything else.
     """
 
     def assertHas(self, obj: Any, names: list[str], where: str) -> None:
@@ -433,7 +449,7 @@ class TwistedInternalsTests(SynchronousTestCase):
                           f"accept batch (max_connections, nr_of_acceptors)")
 
     def test_endpoint_internals(self) -> None:
-        """The private fields of Twisted's server endpoints, and its tokenizer."""
+        """The private fields of Twisted's server endpoints."""
         memory = MemoryReactorClock()
         self.assertHas(endpoints.TCP4ServerEndpoint(memory, 1),
                        ["_port", "_backlog", "_interface", "_reactor"], "TCP4ServerEndpoint")
@@ -447,5 +463,3 @@ class TwistedInternalsTests(SynchronousTestCase):
         self.assertHas(endpoints.AdoptedStreamServerEndpoint(memory, 3, socket.AF_INET),
                        ["fileno", "addressFamily", "reactor", "_used", "_close",
                         "_setNonBlocking"], "AdoptedStreamServerEndpoint")
-        self.assertEqual(endpoints._parse(r"tcp:1:interface=\:\:1"),
-                         (["tcp", "1"], {"interface": "::1"}))

@@ -24,7 +24,7 @@ endpoint; the endpoint is a chain of wrappers, outermost (last applied) first::
 
 so a connection's bytes go PROXY -> TLS -> the factory given to ``listen``
 (WebSocket -> MQTT).  Descriptions are checked when the configuration is read
-(``check_description``) but only turned into endpoints when the listener
+(``vmqtw.transport.descriptions``) but only turned into endpoints when the listener
 listens, so ``--check`` and the tests do not need an inherited socket.
 """
 from __future__ import annotations
@@ -38,6 +38,9 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from zope.interface import implementer
 
 from vmqtw.transport import activation
+from vmqtw.transport.descriptions import (
+    PREFIXES, check_description, is_description, split_description,
+)
 from vmqtw.transport.limits import BACKLOG, LimitedServerEndpoint, accept_batch
 from vmqtw.transport.proxy import ProxyServerEndpoint
 from vmqtw.transport.tls_endpoint import tls_endpoint
@@ -49,78 +52,6 @@ __all__ = [
     "PREFIXES", "is_description", "check_description", "address_endpoint",
     "listener_endpoint", "endpoint_chain", "SystemdEndpoint",
 ]
-
-#: Description prefixes a listener address may use.
-PREFIXES = ("tcp", "tcp6", "unix", "systemd", "proxy")
-#: Listener kinds that may have the PROXY protocol (as ``proxy_protocol``).
-PROXY_KINDS = ("tcp", "ws", "http")
-
-_ARGS = {
-    "tcp": ({"interface", "backlog"}, 1),
-    "tcp6": ({"interface", "backlog"}, 1),
-    "unix": ({"backlog", "mode", "lockfile"}, 1),
-    "systemd": ({"domain", "index", "name"}, 0),
-}
-
-
-def is_description(value: str) -> bool:
-    """True if ``value`` starts with one of ``PREFIXES`` and a colon."""
-    prefix, colon, _ = value.partition(":")
-    return bool(colon) and prefix in PREFIXES
-
-
-def _split(description: str) -> tuple[list[str], dict[str, str]]:
-    # Twisted's own tokenizer (backslash escapes, key=value).
-    args, kwargs = endpoints._parse(description)
-    return [str(a) for a in args], {str(k): str(v) for k, v in kwargs.items()}
-
-
-def check_description(description: str, kind: str = "tcp") -> None:
-    """Raise ValueError (the message says what is wrong) unless
-    ``description`` is an endpoint description a ``kind`` listener can use."""
-    proxied = description.startswith("proxy:")
-    if proxied:
-        if kind not in PROXY_KINDS:
-            raise ValueError(f"proxy: descriptions are for {', '.join(PROXY_KINDS)} "
-                             f"listeners (as proxy_protocol)")
-        description = description[len("proxy:"):]
-    try:
-        args, kwargs = _split(description)
-    except Exception as e:
-        raise ValueError(f"cannot parse endpoint description {description!r}: {e}") from None
-    if not args or args[0] not in _ARGS:
-        known = ", ".join(p + ":" for p in PREFIXES if p != "proxy" or not proxied)
-        raise ValueError(f"unknown endpoint type in {description!r} (use {known})")
-    prefix, positional = args[0], args[1:]
-    allowed, n = _ARGS[prefix]
-    if len(positional) != n:
-        what = "a path" if prefix == "unix" else "a port" if n else "no positional value"
-        raise ValueError(f"{prefix}: takes {what}, got {description!r}")
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"{prefix}: unknown parameter {unknown[0]!r} (known: "
-                         f"{', '.join(sorted(allowed))})")
-    if prefix in ("tcp", "tcp6"):
-        _int_in(positional[0], "port", 0, 65535)
-    if "backlog" in kwargs:
-        _int_in(kwargs["backlog"], "backlog", 1, 1 << 20)
-    if prefix == "unix" and not positional[0]:
-        raise ValueError("unix: needs a socket path")
-    if prefix == "systemd":
-        family = kwargs.get("domain")
-        if family is None or not isinstance(getattr(socket, f"AF_{family}", None), int):
-            raise ValueError("systemd: needs domain=INET, INET6 or UNIX")
-        if ("index" in kwargs) == ("name" in kwargs):
-            raise ValueError("systemd: needs exactly one of index=N or name=NAME")
-        if "index" in kwargs:
-            _int_in(kwargs["index"], "index", 0, 1 << 16)
-
-
-def _int_in(text: str, what: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise ValueError(f"{what} must be an integer between {low} and {high}, got {text!r}")
-    return int(text)
-
 
 # --------------------------------------------------------------------------
 # Resolving an address
@@ -174,7 +105,7 @@ class SystemdEndpoint:
 def description_endpoint(reactor: Any, description: str) -> Any:
     """The endpoint of a (checked) ``tcp:``, ``tcp6:``, ``unix:`` or
     ``systemd:`` description; ``backlog`` defaults to ``BACKLOG``."""
-    args, kwargs = _split(description)
+    args, kwargs = split_description(description)
     if args[0] == "systemd":
         return SystemdEndpoint(reactor, kwargs["domain"],
                                int(kwargs["index"]) if "index" in kwargs else None,
