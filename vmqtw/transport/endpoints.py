@@ -33,7 +33,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
@@ -52,6 +52,7 @@ __all__ = [
     "PREFIXES", "is_description", "check_description", "address_endpoint",
     "listener_endpoint", "endpoint_chain", "SystemdEndpoint",
 ]
+
 
 # --------------------------------------------------------------------------
 # Resolving an address
@@ -94,7 +95,6 @@ class SystemdEndpoint:
         return self._endpoint
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        from twisted.internet.defer import fail, maybeDeferred
         try:
             endpoint = self.resolve()
         except ValueError:
