@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from vmqtw import config as configmod
+from vmqtw.transport import activation  # noqa: F401  (before Twisted's endpoints; see there)
 
 
 class Options(usage.Options):

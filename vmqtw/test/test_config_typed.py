@@ -357,7 +357,7 @@ class OnOffTests(SynchronousTestCase):
 
 class LayeringTests(SynchronousTestCase):
 
-    ORDER = ("values", "schema", "settings", "model", "parser", "describe")
+    ORDER = ("descriptions", "values", "schema", "settings", "model", "parser", "describe")
 
     def test_modules_import_down_only(self) -> None:
         """Each module of ``vmqtw.config`` imports only modules listed before it in

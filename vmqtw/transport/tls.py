@@ -62,7 +62,7 @@ from zope.interface import implementer
 
 from vmqtw.config import TLS_VERSIONS, ListenerConfig, SettingError, TLSConfig
 from vmqtw.transport.identity import certificate_cn, peer_of
-from vmqtw.transport.layers import LayerError
+from vmqtw.transport.errors import LayerError
 
 __all__ = [
     "PSK_IDENTITIES", "OptionError", "TLSSettings", "ServerTLSOptions", "TLSServerProtocol",
@@ -664,13 +664,20 @@ def _crl_refresh_ms(listener: ListenerConfig, inner: Any) -> int:
     return 60000
 
 
-def tls_factory(listener: ListenerConfig, inner: Any, reactor: Any) -> TLSListenerFactory:
-    """The TLS layer for ``listener`` around ``inner``; a bad option or file
-    raises LayerError naming the config file and line of the option."""
+def creator_for(listener: ListenerConfig) -> ServerTLSOptions:
+    """The listener's connection creator; LayerError naming the config line."""
     try:
-        creator = ServerTLSOptions(listener)
+        return ServerTLSOptions(listener)
     except OptionError as e:
         raise LayerError(_located(listener, e)) from None
+
+
+def tls_factory(listener: ListenerConfig, inner: Any, reactor: Any,
+                creator: ServerTLSOptions | None = None) -> TLSListenerFactory:
+    """The TLS layer for ``listener`` around ``inner``; a bad option or file
+    raises LayerError naming the config file and line of the option."""
+    if creator is None:
+        creator = creator_for(listener)
     ms = _crl_refresh_ms(listener, inner)
     return TLSListenerFactory(creator, inner, reactor, ms / 1000.0 if ms > 0 else None)
 
