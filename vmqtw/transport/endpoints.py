@@ -136,7 +136,8 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
         accept_batch(listener.nr_of_acceptors), reactor)
     name = f"{listener.kind}.{listener.name}"
     if listener.proxy.enabled:
-        endpoint = ProxyServerEndpoint(endpoint, reactor, name=name)
+        endpoint = ProxyServerEndpoint(endpoint, reactor, name=name,
+                                     timeout=listener.proxy.header_timeout)
     if listener.kind in ("ssl", "wss"):
         endpoint = tls_endpoint(listener, endpoint, reactor)
     return endpoint  # type: ignore[no-any-return]
