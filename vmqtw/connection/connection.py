@@ -12,7 +12,8 @@ and a close.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.hooks import Notifier

@@ -187,9 +187,9 @@ def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> N
         return
     if level == MQTT31 and not conn.broker.config.disconnect_on_unauthorized_publish_v3:
         if packet.qos == 1:
-            conn.write(encode(Puback(packet.packet_id), level))
+            conn.write(encode(Puback(packet.packet_id), level))  # type: ignore[arg-type]
         elif packet.qos == 2:
-            conn.write(encode(Pubrec(packet.packet_id), level))
+            conn.write(encode(Pubrec(packet.packet_id), level))  # type: ignore[arg-type]
         return
     conn.close()
 

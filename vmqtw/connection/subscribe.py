@@ -59,7 +59,7 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
             rewrite_subscriptions(conn, verdict.modifiers, wanted,  # type: ignore[union-attr]
                                   wanted_at, codes, rewritten)
     limit = config.max_subscriptions_per_client
-    accepted = []
+    accepted: list[tuple[str, SubOptions]] = []
     for i, (topic_filter, options) in enumerate(packet.topics):
         if codes[i] >= 0x80:
             continue

@@ -13,7 +13,7 @@ opens a session, so the per-message delivery path reads plain attributes.
 """
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute
 
 from vmqtw.core.session import IClientConnection
 

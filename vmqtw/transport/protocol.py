@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -43,7 +43,7 @@ class MQTTProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, factory: "MQTTFactory") -> None:
+    def __init__(self, factory: MQTTFactory) -> None:
         self.factory = factory
         self.broker = factory.broker
         self.protocol_level = 4           # set by the connection once CONNECT is accepted
@@ -92,7 +92,7 @@ class MQTTProtocol(Protocol):
         self._socket, self._direct = socket_under(transport)
         self.connection.connection_made()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
@@ -138,7 +138,7 @@ class MQTTProtocol(Protocol):
                 gates = self._gates = deque()
             gates.append([False, False, []])  # type: ignore[union-attr]
             self.broker.dirty.append(self)
-        gates[-1][2].append(data)
+        gates[-1][2].append(data)  # type: ignore[misc]
 
     def _gate_durable(self, _: Any, segment: list[Any]) -> None:
         """The store is durable up to ``segment``: release the segments that may go."""
@@ -202,7 +202,7 @@ class MQTTProtocol(Protocol):
         if transport is None:
             return
         try:
-            transport.unregisterProducer()  # type: ignore[union-attr]
+            transport.unregisterProducer()  # type: ignore[attr-defined]
         except Exception:
             pass
         # A peer that stops reading must not keep the socket forever.  Scheduled
@@ -214,7 +214,7 @@ class MQTTProtocol(Protocol):
     def abort_connection(self) -> None:
         self._closing = True
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     @staticmethod
     def _abort_if_open(transport: Any) -> None:
@@ -228,7 +228,7 @@ class MQTTProtocol(Protocol):
 
     def resume_reading(self) -> None:
         if self.transport is not None:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def preauth_username(self) -> str | None:
         return preauth_username(self.transport, self.factory.listener)
