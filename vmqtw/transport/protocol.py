@@ -27,7 +27,6 @@ from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.mqtt5 import Outbound
 from vmqtw.core.session import IClientConnection, Session
-from vmqtw.logs import Logger
 from vmqtw.transport._twisted_private import socket_under, write_now
 from vmqtw.transport.identity import peer_of, preauth_username
 
@@ -40,8 +39,6 @@ class MQTTProtocol(Protocol):
 
     It is also the object the core writes deliveries to (a session's ``conn``).
     """
-
-    log = Logger()
 
     def __init__(self, factory: MQTTFactory) -> None:
         self.factory = factory
