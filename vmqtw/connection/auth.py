@@ -65,6 +65,7 @@ def auth_step(conn: Connection, data: bytes | None) -> None:
 
 
 def auth_error(failure: Failure, conn: Connection, connecting: bool) -> None:
+    """on_auth raised: treat it as a refusal."""
     conn.log.failure("enhanced authentication failed unexpectedly", failure)
     auth_answer(Error("plugin_error"), conn, connecting)
 

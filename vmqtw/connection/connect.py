@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def handle_connect(conn: Connection, packet: Connect) -> None:
+    """CONNECT: check it, then authenticate (enhanced auth first when it names a method)."""
     if conn.state != AWAIT_CONNECT:
         conn.protocol_violation("second CONNECT")
         return
@@ -138,12 +139,14 @@ def register(conn: Connection, request: RegisterRequest, packet: Connect) -> Non
 
 
 def resume_reading(result: Any, conn: Connection) -> Any:
+    """Read again once the plugin answered (unless the connection ended meanwhile)."""
     if conn.state != CLOSED:
         conn.transport.resume_reading()
     return result
 
 
 def register_failed(failure: Failure, conn: Connection) -> None:
+    """auth_on_register raised: refuse with "server unavailable"."""
     conn.log.failure("authentication failed unexpectedly", failure)
     if conn.state == AUTHENTICATING:
         conn.state = AWAIT_CONNECT
@@ -212,6 +215,7 @@ def apply_register_modifiers(conn: Connection, modifiers: dict[str, Any], packet
 
 
 def apply_session_overrides(conn: Connection, mods: dict[str, Any]) -> None:
+    """auth_on_register's session limits (inflight, queues, lifetime...)."""
     session = conn.session
     assert session is not None
     for name, attr in (("max_inflight_messages", "max_inflight"),

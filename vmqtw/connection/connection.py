@@ -208,6 +208,7 @@ class Connection:
         self.close(reasons.IMPLEMENTATION_SPECIFIC_ERROR)
 
     def publish_will(self, session: Session) -> None:
+        """Hand the will to the broker (at most once)."""
         will = self.will
         self.will = None
         if will is not None:
@@ -282,11 +283,13 @@ class Connection:
         self.timers[name] = self.clock.callLater(delay, f)
 
     def stop_timer(self, name: str) -> None:
+        """Cancel the timer ``name`` if it is running."""
         call = self.timers.pop(name, None)
         if call is not None and call.active():
             call.cancel()
 
     def connect_timeout(self) -> None:
+        """No CONNECT (or no AUTH answer) in time: close."""
         self.timers.pop("connect", None)
         if self.state == AWAIT_CONNECT or self.state == AWAIT_AUTH:
             self.log.info("closing {peer}: no {packet} within {timeout} ms", peer=self.peer_str(),
@@ -295,6 +298,7 @@ class Connection:
             self.close()
 
     def keepalive_check(self) -> None:
+        """Close a client silent for 1.5 x its keep alive; otherwise check again later."""
         limit = self.keepalive * 1.5
         idle = self.clock.seconds() - self.last_activity
         if idle >= limit:
@@ -306,6 +310,7 @@ class Connection:
         self.timers["keepalive"] = self.clock.callLater(limit - idle, self.keepalive_check)
 
     def lifetime_expired(self) -> None:
+        """max_connection_lifetime reached: disconnect (0xA0 for 5.0)."""
         self.timers.pop("lifetime", None)
         self.log.info("closing {peer} (client {client_id!r}): max_connection_lifetime reached",
                       peer=self.peer_str(), client_id=self.client_id)
@@ -315,8 +320,10 @@ class Connection:
 
     @property
     def client_id(self) -> str:
+        """The client id for log lines ("" before CONNECT)."""
         return self.client.client_id if self.client is not None else ""
 
     def peer_str(self) -> str:
+        """``host:port`` of the peer for log lines."""
         host, port = self.peer
         return f"{host}:{port}" if host else "?"

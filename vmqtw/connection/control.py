@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def handle_pingreq(conn: Connection, packet: Any) -> None:
+    """PINGREQ: PINGRESP (the read itself already reset the keep alive)."""
     if conn.state != CONNECTED:
         conn.protocol_violation("PINGREQ before CONNECT")
         return
@@ -44,4 +45,5 @@ def change_session_expiry(conn: Connection, expiry: int) -> bool:
 
 
 def handle_unexpected(conn: Connection, packet: Any) -> None:
+    """A packet only a server sends (CONNACK, SUBACK...): a violation."""
     conn.protocol_violation(f"unexpected {type(packet).__name__} from a client")

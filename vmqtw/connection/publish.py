@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def handle_publish(conn: Connection, packet: Publish) -> None:
+    """PUBLISH: topic checks, authorization and modifiers, routing, acknowledgement."""
     session = conn.session
     if conn.state != CONNECTED or session is None:
         conn.protocol_violation("PUBLISH before CONNECT")
@@ -197,6 +198,7 @@ def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> N
 # -- acknowledgements of what we sent, and the client's PUBREL -------------------------------
 
 def handle_puback(conn: Connection, packet: Puback) -> None:
+    """The client acknowledged a QoS 1 delivery."""
     if conn.session is None:
         conn.protocol_violation("PUBACK before CONNECT")
         return
@@ -204,6 +206,7 @@ def handle_puback(conn: Connection, packet: Puback) -> None:
 
 
 def handle_pubrec(conn: Connection, packet: Pubrec) -> None:
+    """The client received a QoS 2 delivery: release it with PUBREL."""
     session = conn.session
     if session is None:
         conn.protocol_violation("PUBREC before CONNECT")
@@ -219,6 +222,7 @@ def handle_pubrec(conn: Connection, packet: Pubrec) -> None:
 
 
 def handle_pubrel(conn: Connection, packet: Pubrel) -> None:
+    """The client releases its QoS 2 message: PUBCOMP, and the id may be reused."""
     session = conn.session
     if session is None:
         conn.protocol_violation("PUBREL before CONNECT")
@@ -236,6 +240,7 @@ def handle_pubrel(conn: Connection, packet: Pubrel) -> None:
 
 
 def handle_pubcomp(conn: Connection, packet: Pubcomp) -> None:
+    """The client completed a QoS 2 delivery."""
     if conn.session is None:
         conn.protocol_violation("PUBCOMP before CONNECT")
         return

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
+    """SUBSCRIBE: validate each filter, authorize, apply limits, SUBACK, subscribe."""
     session = conn.session
     if conn.state != CONNECTED or session is None:
         conn.protocol_violation("SUBSCRIBE before CONNECT")
@@ -110,6 +111,7 @@ def rewrite_subscriptions(conn: Connection, modifiers: dict[str, Any],
 
 
 def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
+    """UNSUBSCRIBE (plugins may rewrite the list), then UNSUBACK."""
     session = conn.session
     if conn.state != CONNECTED or session is None:
         conn.protocol_violation("UNSUBSCRIBE before CONNECT")
