@@ -39,14 +39,11 @@ class ImportTests(SynchronousTestCase):
 
 
 SANS_IO_SCRIPT = """
-import sys
-import vmqtw.codec
-import vmqtw.core.broker, vmqtw.core.session, vmqtw.core.store, vmqtw.core.topics
-import vmqtw.core.message, vmqtw.core.mqtt5
-import vmqtw.connection
-import vmqtw.connection.auth, vmqtw.connection.connect, vmqtw.connection.connection
-import vmqtw.connection.control, vmqtw.connection.publish, vmqtw.connection.state
-import vmqtw.connection.subscribe, vmqtw.connection.transport
+import importlib, pkgutil, sys
+for package in ("vmqtw.codec", "vmqtw.core", "vmqtw.connection"):
+    pkg = importlib.import_module(package)
+    for info in pkgutil.walk_packages(pkg.__path__, package + "."):
+        importlib.import_module(info.name)
 print("\\n".join(sorted(m for m in sys.modules if m.startswith("twisted.internet"))))
 """
 
