@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import REPO, missing
 
@@ -17,7 +17,7 @@ def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-class LintTests(TestCase):
+class LintTests(SynchronousTestCase):
 
     def test_ruff_is_clean(self) -> None:
         """``ruff check`` finds nothing anywhere in the repository."""
