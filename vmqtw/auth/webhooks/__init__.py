@@ -1,0 +1,22 @@
+"""vmq_webhooks: VerneMQ's webhooks plugin (``plugins.vmq_webhooks = on``).
+
+See ``docs/webhooks.md``.  Modules: L{settings} (broker.conf keys),
+L{bodies} (request bodies), L{answers} (reading answers), L{client} (HTTP,
+pools, TLS, cache) and L{plugin} (the hooks).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vmqtw.auth.webhooks.plugin import WebhooksPlugin
+from vmqtw.auth.webhooks.settings import parse_settings
+
+__all__ = ["make_plugin", "WebhooksPlugin"]
+
+
+def make_plugin(settings: Mapping[str, Any], context: Any) -> WebhooksPlugin:
+    parsed = parse_settings(settings)
+    if not parsed.endpoints:
+        raise ValueError("no webhook is registered: set vmq_webhooks.NAME.hook and "
+                         "vmq_webhooks.NAME.endpoint")
+    return WebhooksPlugin(parsed, context)
