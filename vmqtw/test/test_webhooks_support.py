@@ -93,14 +93,22 @@ class WebhookService:
         self.site = Site(_Hooks(self))
         self.site.noisy = False
         self.port: Any = None
+        self.port_number = 0
 
     def listen(self, testcase: Any) -> "WebhookService":
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        testcase.addCleanup(self.port.stopListening)
+        self.port_number = self.port.getHost().port
+        testcase.addCleanup(self.stop)
         return self
 
+    def stop(self) -> "defer.Deferred[Any]":
+        """Stop listening (again is fine); the URL then refuses connections."""
+        if not self.port.connected:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self.port.stopListening)
+
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}{path}"
+        return f"http://127.0.0.1:{self.port_number}{path}"
 
     def route(self, path: str, handler: Callable[[Any], Any] | Any) -> None:
         """Answer ``path`` with ``handler(body)`` (or a constant answer)."""
