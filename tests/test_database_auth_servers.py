@@ -199,9 +199,11 @@ class MariaDB:
 
 
 class Redis:
-    """redis-server without persistence, with a password."""
+    """redis-server without persistence, with a password.  ``seed`` (if set)
+    runs after every start, since a restart forgets everything."""
 
     password = "redis-pw"
+    seed: "Callable[[Redis], None] | None" = None
 
     def __init__(self) -> None:
         self.binary = shutil.which("redis-server")
@@ -221,6 +223,8 @@ class Redis:
               "redis-server", 30)
         if self.process.poll() is not None:
             raise RuntimeError("redis-server exited at start")
+        if self.seed is not None:
+            self.seed(self)
 
     def command(self, *args: str) -> bytes:
         """One command (after AUTH) over a blocking socket; the raw reply."""

@@ -133,17 +133,23 @@ class SQLBackend:
                 pass
 
     def _run(self, *args: Any) -> Any:
-        """(in a pool thread) one lookup; any failure drops the connection."""
-        try:
-            conn = self._connect()
-            cursor = conn.cursor()
+        """(in a pool thread) one lookup.  A failure drops the connection; if it
+        was an old one (the database may have restarted since), the lookup is
+        tried once more on a new connection."""
+        for attempt in (1, 2):
+            reused = getattr(self.local, "conn", None) is not None
             try:
-                return self._lookup(cursor, *args)
-            finally:
-                cursor.close()
-        except Exception:
-            self._drop()
-            raise
+                conn = self._connect()
+                cursor = conn.cursor()
+                try:
+                    return self._lookup(cursor, *args)
+                finally:
+                    cursor.close()
+            except Exception:
+                self._drop()
+                if not reused or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def lookup(self, mountpoint: str, client_id: str, username: str,
                password: bytes) -> "defer.Deferred[Row | None]":
