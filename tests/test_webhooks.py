@@ -141,3 +141,63 @@ class WebhookBrokerTests(AuthTestCase):
         yield client.when_closed()
         self.assertTrue(self.log.matching("vmq_webhooks", "auth_on_publish", "fail closed"))
         self.flushLoggedErrors()
+
+
+class WebhookTLSTests(AuthTestCase):
+    """https:// endpoints: the server certificate is checked against
+    vmq_webhooks.cafile unless verify_peer is off."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from OpenSSL import crypto
+        from twisted.internet import reactor, ssl
+
+        from tests.certs import certs
+        self.certs = certs()
+        with open(self.certs.server, "rb") as f:
+            end = b"-----END CERTIFICATE-----"
+            blocks = [b + end for b in f.read().split(end) if b"-----BEGIN" in b]
+        with open(self.certs.server_key, "rb") as f:
+            key = crypto.load_privatekey(crypto.FILETYPE_PEM, f.read())
+        options = ssl.CertificateOptions(
+            privateKey=key, certificate=ssl.Certificate.loadPEM(blocks[0]).original,
+            extraCertChain=[ssl.Certificate.loadPEM(b).original for b in blocks[1:]])
+        self.hooks = WebhookService()
+        self.port = reactor.listenSSL(0, self.hooks.site, options, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = f"https://127.0.0.1:{self.port.getHost().port}/auth"
+        self.log = LogLines(self)
+
+    def plugin(self, **settings: str) -> Any:
+        from twisted.internet import reactor
+
+        from vmqtw.auth.context import PluginContext
+        from vmqtw.auth.webhooks import make_plugin
+        plugin = make_plugin({"w.hook": "auth_on_register", "w.endpoint": self.url,
+                              **settings}, PluginContext(reactor, self.dir))
+        self.addCleanup(plugin.stop)
+        return plugin
+
+    @inlineCallbacks
+    def test_trusted_server(self):
+        """With cafile naming the server's CA the request goes through."""
+        from vmqtw.test.test_webhooks import register_request
+        result = yield self.plugin(cafile=self.certs.ca).auth_on_register(register_request())
+        self.assertEqual(repr(result), "OK")
+        self.assertEqual(self.hooks.requests[0].hook, "auth_on_register")
+
+    @inlineCallbacks
+    def test_untrusted_server_refuses(self):
+        """A server certificate nobody vouches for refuses (fail closed), logged."""
+        from vmqtw.test.test_webhooks import register_request
+        result = yield self.plugin().auth_on_register(register_request())
+        self.assertEqual(result.reason, "webhook_failed")
+        self.assertEqual(self.hooks.requests, [])
+        self.assertTrue(self.log.matching(self.url, "refused"))
+
+    @inlineCallbacks
+    def test_verify_peer_off(self):
+        """verify_peer = off accepts any server certificate."""
+        from vmqtw.test.test_webhooks import register_request
+        result = yield self.plugin(verify_peer="off").auth_on_register(register_request())
+        self.assertEqual(repr(result), "OK")

@@ -312,6 +312,20 @@ class PluginTests(TestCase):
         self.assertIn("timeout", self.logged.texts()[-1])
 
     @defer.inlineCallbacks
+    def test_cancelled_request_is_not_an_endpoint_failure(self):
+        """Cancelling a pending answer (the client left) cancels the HTTP request
+        and logs nothing about the endpoint."""
+        hanging: defer.Deferred[Any] = defer.Deferred()
+        self.service.route("/slow", lambda body: hanging)
+        plugin = self.plugin(w=("auth_on_register", "/slow"))
+        asked = self.service.next_request("/slow")
+        pending = plugin.auth_on_register(register_request())
+        yield asked
+        pending.cancel()
+        self.failureResultOf(pending, defer.CancelledError)
+        self.assertEqual(self.logged.texts(), [])
+
+    @defer.inlineCallbacks
     def test_unreachable_endpoint_refuses(self):
         """A closed port (connection refused) refuses too."""
         port = reactor.listenTCP(0, self.service.site, interface="127.0.0.1")

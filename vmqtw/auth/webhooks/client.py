@@ -11,6 +11,7 @@ from typing import Any
 from OpenSSL import SSL, crypto
 from twisted.internet import defer, ssl
 from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived, readBody,
@@ -117,6 +118,7 @@ def _pem_blocks(data: bytes) -> list[bytes]:
     return [part + end for part in data.split(end) if b"-----BEGIN" in part]
 
 
+@implementer(IOpenSSLClientConnectionCreator)
 class _Unverified:
     """``verify_peer = off``: TLS without checking the server's certificate."""
 
@@ -216,8 +218,11 @@ class Poster:
         def done(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
-            if timed_out and isinstance(result, Failure):
-                raise WebhookFailure("timeout")
+            if isinstance(result, Failure):
+                if timed_out:
+                    raise WebhookFailure("timeout")
+                if _was_cancelled(result):
+                    raise defer.CancelledError()  # by the caller: not the endpoint's fault
             return result
 
         d.addBoth(done)
@@ -228,6 +233,14 @@ class Poster:
         agents, self._agents = self._agents, {}
         return defer.gatherResults([pool.closeCachedConnections()
                                     for _, pool in agents.values()])
+
+
+def _was_cancelled(failure: Failure) -> bool:
+    """A request failure that is a cancellation (the Agent wraps it)."""
+    if failure.check(defer.CancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or []
+    return any(isinstance(r, Failure) and r.check(defer.CancelledError) for r in reasons)
 
 
 def _failure_reason(failure: Failure) -> Any:
