@@ -214,3 +214,36 @@ class RedisProtocolTests(SynchronousTestCase):
         self.assertEqual(_parse(b"*2\r\n:1\r\n$1\r\nx\r\n", 0), ([1, b"x"], 15))
         self.assertIsInstance(_parse(b"-ERR no\r\n", 0)[0], RedisError)
         self.assertIsNone(_parse(b"$3\r\nab", 0))
+
+
+class RedisPipelineTests(SynchronousTestCase):
+
+    def test_pipelined_replies_fire_in_order(self) -> None:
+        """Commands written back to back get their replies in order, even when the
+        replies arrive split across reads."""
+        from twisted.internet.testing import StringTransport
+
+        from vmqtw.auth.diversity.redis import RedisProtocol
+        proto = RedisProtocol()
+        proto.makeConnection(StringTransport())
+        first = proto.execute("GET", "a")
+        second = proto.execute("GET", "b")
+        self.assertEqual(proto.transport.value(),
+                         b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n")
+        proto.dataReceived(b"$1\r\nx\r\n$-")
+        self.assertEqual(self.successResultOf(first), b"x")
+        self.assertNoResult(second)
+        proto.dataReceived(b"1\r\n")
+        self.assertIsNone(self.successResultOf(second))
+
+    def test_connection_lost_fails_pending_commands(self) -> None:
+        """A lost connection fails what waits on it and refuses new commands."""
+        from twisted.internet.testing import StringTransport
+
+        from vmqtw.auth.diversity.redis import RedisProtocol
+        proto = RedisProtocol()
+        proto.makeConnection(StringTransport())
+        pending = proto.execute("GET", "a")
+        proto.connectionLost(None)
+        self.failureResultOf(pending, ConnectionError)
+        self.failureResultOf(proto.execute("GET", "b"), ConnectionError)
