@@ -372,6 +372,32 @@ class PluginTests(TestCase):
         self.assertEqual(len({r.peer_port for r in self.service.requests}), 1)
 
     @defer.inlineCallbacks
+    def test_pool_max_connections_limits_requests_in_flight(self):
+        """With pool_max_connections = 1 a second request waits until the first
+        one has its answer."""
+        release: defer.Deferred[Any] = defer.Deferred()
+        self.service.route("/a", lambda body: release if body["client_id"] == "c1"
+                           else OK_ANSWER)
+        settings = {"w.hook": "auth_on_register", "w.endpoint": self.service.url("/a"),
+                    "pool_max_connections": "1"}
+        plugin = make_plugin(settings, PluginContext(reactor, ".", Logger(observer=self.logged)))
+        self.addCleanup(plugin.stop)
+        asked = self.service.next_request("/a")
+        first = plugin.auth_on_register(register_request())
+        yield asked
+        second_request = register_request()
+        second_request.client_id = "c2"
+        second = plugin.auth_on_register(second_request)
+        asked = self.service.next_request("/a")
+        _, limit = plugin.poster._agent(self.service.url("/a"))
+        self.assertEqual((limit.tokens, len(limit.waiting)), (0, 1))  # queued, not sent
+        self.assertNoResult(second)
+        release.callback(OK_ANSWER)
+        self.assertIs((yield first), OK)
+        yield asked
+        self.assertIs((yield second), OK)
+
+    @defer.inlineCallbacks
     def test_publish_body_and_modifiers(self):
         """auth_on_publish sends VerneMQ's fields in order (payload base64) and
         returns the translated modifiers; MQTT 5.0 clients skip the v3 hook."""

@@ -167,13 +167,15 @@ class Poster:
         self.reactor = reactor
         self.settings = settings
         self.cache = Cache(reactor)
-        self._agents: dict[str, tuple[Agent, HTTPConnectionPool]] = {}
+        self._agents: dict[str, tuple[Agent, HTTPConnectionPool, defer.DeferredSemaphore]] = {}
         self._policy: Any = None
 
-    def _agent(self, url: str) -> Agent:
+    def _agent(self, url: str) -> tuple[Agent, defer.DeferredSemaphore]:
+        """The Agent of one endpoint URL and the limit of its requests in flight
+        (``pool_max_connections``; more wait their turn, within their timeout)."""
         found = self._agents.get(url)
         if found is not None:
-            return found[0]
+            return found[0], found[2]
         pool = HTTPConnectionPool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = self.settings.pool_max_connections
         pool.cachedConnectionTimeout = self.settings.pool_timeout
@@ -184,8 +186,9 @@ class Poster:
             agent = Agent(self.reactor, contextFactory=self._policy, pool=pool)
         else:
             agent = Agent(self.reactor, pool=pool)
-        self._agents[url] = (agent, pool)
-        return agent
+        limit = defer.DeferredSemaphore(self.settings.pool_max_connections)
+        self._agents[url] = (agent, pool, limit)
+        return agent, limit
 
     def post(self, endpoint: Endpoint, body: dict[str, Any]) -> "defer.Deferred[tuple[bytes, int | None]]":
         """POST ``body``; fires with (answer bytes, max-age or None), or fails
@@ -194,8 +197,11 @@ class Poster:
         data = json.dumps(body, separators=(",", ":")).encode("utf-8")
         headers = Headers({b"content-type": [b"application/json"],
                            b"vernemq-hook": [endpoint.hook.encode("ascii")]})
-        d = self._agent(endpoint.url).request(
-            b"POST", endpoint.url.encode("utf-8"), headers, _Bytes(data))
+        agent, limit = self._agent(endpoint.url)
+
+        def send() -> "defer.Deferred[Any]":
+            return agent.request(b"POST", endpoint.url.encode("utf-8"), headers,
+                                 _Bytes(data)).addCallback(got_response)
 
         def got_response(response: Any) -> Any:
             if response.code != 200:
@@ -206,7 +212,7 @@ class Poster:
             seconds = max_age(response.headers)
             return readBody(response).addCallback(lambda answer: (answer, seconds))
 
-        d.addCallback(got_response)
+        d = limit.run(send)
         timed_out = []
 
         def time_out() -> None:
@@ -232,7 +238,7 @@ class Poster:
     def stop(self) -> "defer.Deferred[Any]":
         agents, self._agents = self._agents, {}
         return defer.gatherResults([pool.closeCachedConnections()
-                                    for _, pool in agents.values()])
+                                    for _, pool, _ in agents.values()])
 
 
 def _was_cancelled(failure: Failure) -> bool:
