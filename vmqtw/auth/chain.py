@@ -175,6 +175,16 @@ class Chain:
 class Authorizer:
     """The one authorization point for CONNECT, PUBLISH (and will) and SUBSCRIBE.
 
+    ``publish``/``subscribe`` (and ``_m5``) answer a Result, or, only when the
+    caller passes ``deferrable=True``, possibly a Deferred that fires with a
+    Result and never fails.  A caller passing it must, on a Deferred: stop
+    reading the client and hold its later packets in order; when it fires,
+    apply the verdict exactly as a synchronous one (unless the connection is
+    gone), then replay the held packets (stopping again at the next Deferred)
+    and resume reading; cancel it if the connection closes first (it then
+    fires with ``Error("cancelled")``).  Synchronous plugins never create a
+    Deferred, so the hot path is unchanged.
+
     ``allow_anonymous`` (or a listener's ``allow_anonymous_override``) skips the
     register chain but not the publish/subscribe hooks.  With no authorization
     plugin at all in the chain, publish and subscribe are allowed; once any
