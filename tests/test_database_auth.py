@@ -187,6 +187,17 @@ class DatabaseAuthMixin:
         self.assertTrue(self.log.matching(self.kind, "database unavailable"))
         self.assertEqual((yield self.connack(service, "c1", "alice", "secret")), CONNACK_OK)
 
+    @inlineCallbacks
+    def test_database_restarted_between_logins(self):
+        """Connections opened before the database restarted are replaced without
+        refusing anybody: the login after the restart works."""
+        service = self.broker()
+        self.assertEqual((yield self.connack(service, "c1", "alice", "secret")), CONNACK_OK)
+        self.db.pause()
+        self.db.resume()
+        self.assertEqual((yield self.connack(service, "c1", "alice", "secret")), CONNACK_OK)
+        self.assertEqual(self.log.matching("database unavailable"), [])
+
 
 class PostgresTests(DatabaseAuthMixin, AuthTestCase):
     prefix, kind = "postgres", "auth_postgres"

@@ -161,15 +161,25 @@ class RedisBackend:
     @defer.inlineCallbacks
     def lookup(self, mountpoint: str, client_id: str, username: str,
                password: bytes):  # type: ignore[no-untyped-def]
-        """As SQLBackend.lookup."""
-        try:
-            conn = yield self._connection()
-            specific = yield conn.execute("GET", redis_key(mountpoint, client_id, username))
-            default = None
-            if specific is None:
-                default = yield conn.execute("GET", redis_key(mountpoint, "*", username))
-        except Exception as e:
-            raise BackendDown(f"{type(e).__name__}: {e}"[:300]) from e
+        """As SQLBackend.lookup.  A command lost with an old connection (the
+        server may have restarted since) is tried once more on a new one."""
+        for attempt in (1, 2):
+            conn = None
+            try:
+                conn = yield self._connection()
+                specific = yield conn.execute("GET", redis_key(mountpoint, client_id, username))
+                default = None
+                if specific is None:
+                    default = yield conn.execute("GET", redis_key(mountpoint, "*", username))
+                break
+            except ConnectionError as e:
+                if conn is not None and conn.transport is not None:
+                    conn.transport.loseConnection()
+                    conn.connected_ = False
+                if attempt == 2 or conn is None:
+                    raise BackendDown(f"{type(e).__name__}: {e}"[:300]) from e
+            except Exception as e:
+                raise BackendDown(f"{type(e).__name__}: {e}"[:300]) from e
         for raw in (specific, default):
             if raw is None:
                 continue
