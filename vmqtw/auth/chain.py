@@ -29,7 +29,7 @@ class PluginResultError(TypeError):
 
 
 def _choose(iface: InterfaceClass, hook: str, args: tuple[Any, ...]) -> Any:
-    """A chooser for L{Chain._run}: ``hook`` of every plugin providing ``iface``."""
+    """A chooser for ``Chain._run``: ``hook`` of every plugin providing ``iface``."""
     call = (hook, args)
     return lambda plugin: call if iface.providedBy(plugin) else None
 
@@ -75,7 +75,7 @@ class Chain:
         """Run a synchronous hook through the chain.
 
         A plugin answering with a Deferred here is refused (fail closed): the
-        caller cannot wait.  Callers that can wait use L{run_deferrable}."""
+        caller cannot wait.  Callers that can wait use ``run_deferrable``."""
         return self._run(_choose(iface, hook, args), False)  # type: ignore[return-value]
 
     def run_sync_m5(self, iface_m5: InterfaceClass, hook_m5: str, iface: InterfaceClass,
@@ -98,7 +98,7 @@ class Chain:
     def run_deferrable_m5(self, iface_m5: InterfaceClass, hook_m5: str, iface: InterfaceClass,
                           hook: str, args: tuple[Any, ...],
                           properties: dict[str, Any]) -> "Result | defer.Deferred[Result]":
-        """L{run_deferrable} for an MQTT 5.0 client (see L{run_sync_m5})."""
+        """``run_deferrable`` for an MQTT 5.0 client (see ``run_sync_m5``)."""
         return self._run(_choose_m5(iface_m5, hook_m5, iface, hook, args, properties), True)
 
     def _run(self, choose: Any, deferrable: bool,
@@ -216,7 +216,7 @@ class Authorizer:
         """auth_on_publish through the chain: a Result.
 
         With ``deferrable=True`` the answer may instead be a Deferred firing
-        with a Result (a plugin waits for a server); see L{Chain.run_deferrable}.
+        with a Result (a plugin waits for a server); see ``Chain.run_deferrable``.
         Without it, a plugin's Deferred answer is refused (fail closed)."""
         if not self._has_publish:
             return OK
@@ -228,7 +228,7 @@ class Authorizer:
 
     def subscribe(self, client: Any, topics: list[tuple[str, int]],
                   deferrable: bool = False) -> Any:
-        """auth_on_subscribe through the chain (``deferrable`` as in L{publish})."""
+        """auth_on_subscribe through the chain (``deferrable`` as in ``publish``)."""
         if not self._has_subscribe:
             return OK
         if deferrable:
@@ -241,7 +241,7 @@ class Authorizer:
     def publish_m5(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,
                    properties: dict[str, Any], deferrable: bool = False) -> Any:
         """auth_on_publish_m5 where a plugin provides it, else auth_on_publish
-        (``deferrable`` as in L{publish})."""
+        (``deferrable`` as in ``publish``)."""
         if not self._has_publish_m5:
             return self.publish(client, topic, payload, qos, retain, deferrable)
         run = self.authz_chain.run_deferrable_m5 if deferrable else self.authz_chain.run_sync_m5
@@ -251,7 +251,7 @@ class Authorizer:
     def subscribe_m5(self, client: Any, topics: list[tuple[str, int]],
                      properties: dict[str, Any], deferrable: bool = False) -> Any:
         """auth_on_subscribe_m5 where a plugin provides it, else auth_on_subscribe
-        (``deferrable`` as in L{publish})."""
+        (``deferrable`` as in ``publish``)."""
         if not self._has_subscribe_m5:
             return self.subscribe(client, topics, deferrable)
         run = self.authz_chain.run_deferrable_m5 if deferrable else self.authz_chain.run_sync_m5

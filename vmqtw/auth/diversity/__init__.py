@@ -1,8 +1,8 @@
 """vmq_diversity: database authentication with VerneMQ's schemas
 (``plugins.vmq_diversity = on``).  See ``docs/database-auth.md``.
 
-Modules: L{settings} (broker.conf keys), L{acl} (ACL entries and the cache),
-L{sql} (PostgreSQL, MySQL/MariaDB), L{redis} (Redis) and L{plugin}.
+Modules: ``settings`` (broker.conf keys), ``acl`` (ACL entries and the cache),
+``sql`` (PostgreSQL, MySQL/MariaDB), ``redis`` (Redis) and ``plugin``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """vmq_webhooks: VerneMQ's webhooks plugin (``plugins.vmq_webhooks = on``).
 
-See ``docs/webhooks.md``.  Modules: L{settings} (broker.conf keys),
-L{bodies} (request bodies), L{answers} (reading answers), L{client} (HTTP,
-pools, TLS, cache) and L{plugin} (the hooks).
+See ``docs/webhooks.md``.  Modules: ``settings`` (broker.conf keys),
+``bodies`` (request bodies), ``answers`` (reading answers), ``client`` (HTTP,
+pools, TLS, cache) and ``plugin`` (the hooks).
 """
 from __future__ import annotations
 

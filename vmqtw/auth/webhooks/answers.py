@@ -3,7 +3,7 @@
 
 VerneMQ's modifier names and encodings are translated to the hook API's
 (``ok(**modifiers)``).  Anything malformed (not JSON, no ``result``, an unknown
-modifier or a bad value) raises L{AnswerError}, which the auth hooks turn into
+modifier or a bad value) raises ``AnswerError``, which the auth hooks turn into
 a refusal, as VerneMQ does.
 """
 from __future__ import annotations
