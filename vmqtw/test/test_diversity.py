@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from vmqtw.auth.api import OK, Error, Ok, RegisterRequest
+from vmqtw.auth.api import OK, Error, RegisterRequest
 from vmqtw.auth.context import PluginContext
 from vmqtw.auth.diversity.acl import AclCache, ClientAcl, parse_acl
 from vmqtw.auth.diversity.plugin import DATABASE_UNAVAILABLE, DiversityPlugin

@@ -11,7 +11,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from vmqtw.auth import api
-from vmqtw.auth.api import NEXT, OK, AuthRequest, Error, Ok, RegisterRequest
+from vmqtw.auth.api import NEXT, OK, AuthRequest, Ok, RegisterRequest
 from vmqtw.auth.context import PluginContext
 from vmqtw.auth.webhooks import make_plugin
 from vmqtw.auth.webhooks.answers import AnswerError, parse_answer
