@@ -91,6 +91,13 @@ class SettingsTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             make_plugin({}, PluginContext(Clock(), "."))
 
+    def test_missing_tls_file_is_a_startup_error(self) -> None:
+        """An https endpoint with a cafile that cannot be read fails at startup."""
+        with self.assertRaises(ValueError) as e:
+            make_plugin({"a.hook": "auth_on_register", "a.endpoint": "https://h/a",
+                         "cafile": "/nonexistent/ca.pem"}, PluginContext(Clock(), "."))
+        self.assertIn("/nonexistent/ca.pem", str(e.exception))
+
     def test_interfaces_follow_the_configured_hooks(self) -> None:
         """The plugin provides exactly the hook interfaces it has endpoints for, so
         an auth_on_register-only webhook does not take part in authorization."""

@@ -6,8 +6,10 @@ Modules: ``settings`` (broker.conf keys), ``acl`` (ACL entries and the cache),
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
+from vmqtw.auth.context import resolve_path
 from vmqtw.auth.diversity.plugin import DiversityPlugin
 from vmqtw.auth.diversity.settings import parse_settings
 
@@ -27,4 +29,8 @@ def make_plugin(settings: Mapping[str, Any], context: Any) -> DiversityPlugin:
             except ImportError:
                 raise ValueError(f"vmq_diversity.{db.kind} needs the Python package "
                                  f"{needed!r} (pip install 'vmqtw[db]')") from None
-    return DiversityPlugin(parsed, context)
+    # relative certificate paths are taken from the configuration file's directory
+    databases = tuple(dataclasses.replace(db, **{
+        k: resolve_path(getattr(db, k), context.config_dir)
+        for k in ("cafile", "certfile", "keyfile") if getattr(db, k)}) for db in parsed.databases)
+    return DiversityPlugin(dataclasses.replace(parsed, databases=databases), context)

@@ -6,8 +6,10 @@ pools, TLS, cache) and ``plugin`` (the hooks).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
+from vmqtw.auth.context import resolve_path
 from vmqtw.auth.webhooks.plugin import WebhooksPlugin
 from vmqtw.auth.webhooks.settings import parse_settings
 
@@ -19,4 +21,9 @@ def make_plugin(settings: Mapping[str, Any], context: Any) -> WebhooksPlugin:
     if not parsed.endpoints:
         raise ValueError("no webhook is registered: set vmq_webhooks.NAME.hook and "
                          "vmq_webhooks.NAME.endpoint")
+    tls = parsed.tls
+    files = {k: resolve_path(v, context.config_dir) for k, v in (
+        ("cafile", tls.cafile), ("certfile", tls.certfile), ("keyfile", tls.keyfile)) if v}
+    if files:  # relative paths are taken from the configuration file's directory
+        parsed = dataclasses.replace(parsed, tls=dataclasses.replace(tls, **files))
     return WebhooksPlugin(parsed, context)

@@ -169,6 +169,12 @@ class Poster:
         self.cache = Cache(reactor)
         self._agents: dict[str, tuple[Agent, HTTPConnectionPool, defer.DeferredSemaphore]] = {}
         self._policy: Any = None
+        if any(e.url.startswith("https://") for e in settings.endpoints):
+            # Read the TLS files now: a missing or broken one is a startup error.
+            try:
+                self._policy = _TLSPolicy(settings.tls)
+            except (OSError, crypto.Error, ValueError) as e:
+                raise ValueError(f"vmq_webhooks TLS settings: {e}") from None
 
     def _agent(self, url: str) -> tuple[Agent, defer.DeferredSemaphore]:
         """The Agent of one endpoint URL and the limit of its requests in flight
