@@ -218,7 +218,7 @@ def tail(path: Path, n: int = 15) -> str:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join("    | " + line for line in lines[-n:]) or "    | (empty log)"
+    return "\n".join("    | " + l for l in lines[-n:]) or "    | (empty log)"
 
 
 def build_loadgen() -> None:
@@ -557,7 +557,7 @@ def run_once(sc: Scenario, broker: Broker, budget: float) -> Run:
     if result is not None and result.get("failed"):
         error = (error + "; " if error else "") + "load generator reported a failure"
     if error and stderr:
-        error += "\n    loadgen stderr:\n" + "\n".join("    | " + line for line in
+        error += "\n    loadgen stderr:\n" + "\n".join("    | " + l for l in
                                                     stderr.splitlines()[-8:])
     run.error = error
     run.ok = not error and run.value is not None
