@@ -124,7 +124,8 @@ class Authorizer:
         #: True when some plugin of the register chain does MQTT 5.0 enhanced auth.
         self.has_on_auth = bool(self.chain.providers(IOnAuth))
 
-    def register(self, request: RegisterRequest, anonymous_override: bool = False) -> "defer.Deferred[Result]":
+    def register(self, request: RegisterRequest,
+                 anonymous_override: bool = False) -> "defer.Deferred[Result]":
         if self.allow_anonymous or anonymous_override:
             return defer.succeed(OK)
         return self.chain.run_async(IAuthOnRegister, "auth_on_register", request)

@@ -102,7 +102,7 @@ def rewrite_subscriptions(conn: Connection, modifiers: dict[str, Any],
         for i in wanted_at:
             codes[i] = denied
         return
-    for i, (topic_filter, qos) in zip(wanted_at, entries):
+    for i, (topic_filter, qos) in zip(wanted_at, entries, strict=True):
         if qos >= 0x80:
             codes[i] = denied
         else:

@@ -44,11 +44,10 @@ context and the reason is logged.  Bad options or files at startup raise
 """
 from __future__ import annotations
 
-import os
 import re
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding

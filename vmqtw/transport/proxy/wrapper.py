@@ -191,7 +191,7 @@ class ProxyProtocolFactory(WrappingFactory):
                  max_v2_length: int = V2_MAX_LENGTH, name: str = "") -> None:
         super().__init__(wrappedFactory)
         if clock is None:
-            from twisted.internet import reactor as clock  # noqa: N813
+            from twisted.internet import reactor as clock
         self.clock = clock
         self.timeout = timeout
         self.max_v2_length = max_v2_length
