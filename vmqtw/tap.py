@@ -134,4 +134,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         startup_failed(e)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()

@@ -84,7 +84,7 @@ class Chain:
         return Error(CHAIN_EXHAUSTED)
 
     @defer.inlineCallbacks
-    def run_async(self, iface: InterfaceClass, hook: str, *args: Any):  # type: ignore[no-untyped-def]
+    def run_async(self, iface: InterfaceClass, hook: str, *args: Any):
         """Run a hook whose plugins may return Deferreds; fires with a Result."""
         for name, plugin in self.plugins:
             if not iface.providedBy(plugin):

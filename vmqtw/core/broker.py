@@ -113,7 +113,7 @@ class Broker:
     @property
     def store(self) -> IStore:
         """The ``IStore``; replacing it also replaces the sessions' store."""
-        return self.session_env.store  # type: ignore[no-any-return]
+        return self.session_env.store
 
     @store.setter
     def store(self, store: IStore) -> None:

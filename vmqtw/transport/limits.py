@@ -58,7 +58,7 @@ class _PinnedAccepts:
     factory: Any
 
     @property
-    def numberAccepts(self) -> int:  # type: ignore[override]
+    def numberAccepts(self) -> int:
         batch = self.accept_batch
         room = getattr(self.factory, "room", None)
         free = room() if room is not None else None

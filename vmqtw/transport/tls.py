@@ -370,7 +370,7 @@ def _make_psk_callback(table: dict[bytes, bytes], name: str) -> Any:
             return 0
         ident = _ffi.string(identity)
         key = table.get(ident)
-        conn = SSL.Connection._reverse_mapping.get(ssl)  # type: ignore[attr-defined]
+        conn = SSL.Connection._reverse_mapping.get(ssl)
         if key is None or len(key) > max_len:
             proto = conn.get_app_data() if conn is not None else None
             host, port = peer_of(proto) if proto is not None else ("", 0)

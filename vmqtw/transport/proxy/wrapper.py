@@ -182,7 +182,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 class ProxyProtocolFactory(WrappingFactory):
     """Wraps the inner factory of a ``proxy_protocol = on`` listener."""
 
-    protocol = ProxyProtocolWrapper  # type: ignore[assignment]
+    protocol = ProxyProtocolWrapper
     log = Logger(namespace="vmqtw.transport.proxy")
     noisy = False  # no "Starting factory" lines: the listener logs its start
 
