@@ -273,6 +273,7 @@ class TopicTree(Generic[K, V]):
                 node = node.children.get(level)
             if node is None:
                 return False
+        assert node is not None  # split() yields at least one level
         if key not in node.subs:
             return False
         del node.subs[key]
@@ -306,6 +307,7 @@ class TopicTree(Generic[K, V]):
                 node = node.children.get(level)
             if node is None:
                 return None
+        assert node is not None  # split() yields at least one level
         entry = node.subs.get(key)
         return None if entry is None else entry[2]
 
