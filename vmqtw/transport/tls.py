@@ -54,9 +54,11 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.config import TLS_VERSIONS, ListenerConfig, SettingError, TLSConfig
@@ -596,7 +598,7 @@ class TLSServerProtocol(BufferingTLSTransport):
                  timeout=int((self.factory.handshake_timeout or 0) * 1000))
         self.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_handshake_timer()
         failure = self._reason or reason
         if not self._handshakeDone and failure is not None and \
