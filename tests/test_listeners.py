@@ -331,11 +331,11 @@ class IPv6Tests(BrokerTestCase):
         try:
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         except OSError as e:
-            raise SkipTest(f"no IPv6 sockets on this machine: {e}")
+            raise SkipTest(f"no IPv6 sockets on this machine: {e}") from e
         try:
             s.bind(("::1", 0))
         except OSError as e:
-            raise SkipTest(f"cannot bind the IPv6 loopback ::1: {e}")
+            raise SkipTest(f"cannot bind the IPv6 loopback ::1: {e}") from e
         finally:
             s.close()
         self.broker = self.start_broker(

@@ -257,7 +257,7 @@ class BrokerService(MultiService):
         if not provides_any(self.plugins, AUTHZ_INTERFACES):
             self.log.warn("no authorization plugin is enabled: no ACL is in force, every "
                           "client may publish and subscribe to every topic")
-        for name, plugin in self.plugins:
+        for name, _plugin in self.plugins:
             self.log.info("plugin {plugin} enabled", plugin=name)
 
     def startService(self) -> None:

@@ -156,7 +156,7 @@ class Chain:
         return Error(PLUGIN_ERROR)
 
     @defer.inlineCallbacks
-    def run_async(self, iface: InterfaceClass, hook: str, *args: Any):  # type: ignore[no-untyped-def]
+    def run_async(self, iface: InterfaceClass, hook: str, *args: Any):
         """Run a hook whose plugins may return Deferreds; fires with a Result."""
         for name, plugin in self.plugins:
             if not iface.providedBy(plugin):
@@ -206,7 +206,8 @@ class Authorizer:
         #: True when some plugin of the register chain does MQTT 5.0 enhanced auth.
         self.has_on_auth = bool(self.chain.providers(IOnAuth))
 
-    def register(self, request: RegisterRequest, anonymous_override: bool = False) -> "defer.Deferred[Result]":
+    def register(self, request: RegisterRequest,
+                 anonymous_override: bool = False) -> "defer.Deferred[Result]":
         if self.allow_anonymous or anonymous_override:
             return defer.succeed(OK)
         return self.chain.run_async(IAuthOnRegister, "auth_on_register", request)

@@ -55,12 +55,12 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     else:
         verdict = conn.authorizer.publish(session, topic, packet.payload, qos, packet.retain)
         if verdict.__class__ is Error:
-            unauthorized_publish(conn, packet, verdict)  # type: ignore[arg-type]
+            unauthorized_publish(conn, packet, verdict)
             return
         message = Message(topic, packet.payload, qos, packet.retain)
     mountpoint = session.mountpoint
-    if verdict.__class__ is Ok and verdict.modifiers:  # type: ignore[union-attr]
-        modified = modified_message(conn, verdict.modifiers, message)  # type: ignore[union-attr]
+    if verdict.__class__ is Ok and verdict.modifiers:
+        modified = modified_message(conn, verdict.modifiers, message)
         if modified is None:
             unauthorized_publish(conn, packet, Error("invalid_modifiers"))
             return
@@ -138,7 +138,7 @@ def inbound_message5(conn: Connection, packet: Publish, topic: str,
     verdict = conn.authorizer.publish_m5(session, topic, packet.payload, packet.qos,
                                          packet.retain, props)
     if verdict.__class__ is Error:
-        unauthorized_publish(conn, packet, verdict)  # type: ignore[arg-type]
+        unauthorized_publish(conn, packet, verdict)
         return None
     message = Message(topic, packet.payload, packet.qos, packet.retain, props)
     if "message_expiry_interval" in props:

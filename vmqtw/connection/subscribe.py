@@ -56,8 +56,8 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
                           client_id=session.client_id, filters=[f for f, _ in wanted])
             denied = reasons.NOT_AUTHORIZED if level == MQTT5 else failure
             codes = [c if c >= 0x80 else denied for c in codes]
-        elif verdict.__class__ is Ok and verdict.modifiers:  # type: ignore[union-attr]
-            rewrite_subscriptions(conn, verdict.modifiers, wanted,  # type: ignore[union-attr]
+        elif verdict.__class__ is Ok and verdict.modifiers:
+            rewrite_subscriptions(conn, verdict.modifiers, wanted,
                                   wanted_at, codes, rewritten)
     limit = config.max_subscriptions_per_client
     accepted: list[tuple[str, SubOptions]] = []
@@ -102,7 +102,7 @@ def rewrite_subscriptions(conn: Connection, modifiers: dict[str, Any],
         for i in wanted_at:
             codes[i] = denied
         return
-    for i, (topic_filter, qos) in zip(wanted_at, entries):
+    for i, (topic_filter, qos) in zip(wanted_at, entries, strict=True):
         if qos >= 0x80:
             codes[i] = denied
         else:

@@ -240,6 +240,7 @@ class Session:
         """Send a QoS 1/2 PUBLISH; ``queued``: it was just taken off the queue."""
         pid = self._allocate_pid()
         level = conn.protocol_level
+        data: bytes | None
         if level < 5:
             data = message.encoded(level, qos, retain, pid)
         else:

@@ -140,7 +140,7 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
                                      timeout=listener.proxy.header_timeout)
     if listener.kind in ("ssl", "wss"):
         endpoint = tls_endpoint(listener, endpoint, reactor)
-    return endpoint  # type: ignore[no-any-return]
+    return endpoint
 
 
 def endpoint_chain(endpoint: Any) -> Iterator[Any]:

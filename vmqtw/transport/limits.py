@@ -31,7 +31,6 @@ from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -58,7 +57,7 @@ class _PinnedAccepts:
     factory: Any
 
     @property
-    def numberAccepts(self) -> int:  # type: ignore[override]
+    def numberAccepts(self) -> int:
         batch = self.accept_batch
         room = getattr(self.factory, "room", None)
         free = room() if room is not None else None
@@ -127,7 +126,8 @@ class LimitedConnections(WrappingFactory):
             return None
         return max(0, cap - len(self.protocols))
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:
+    # IProtocolFactory lets buildProtocol refuse with None; WrappingFactory's annotation does not.
+    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:  # type: ignore[override]
         cap = self.max_connections
         if cap is not None and len(self.protocols) >= cap:
             self.refused += 1

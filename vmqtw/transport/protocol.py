@@ -145,7 +145,7 @@ class MQTTProtocol(Protocol):
             return
         out = self._out
         while gates and gates[0][1]:
-            out.extend(gates.popleft()[2])  # type: ignore[union-attr]
+            out.extend(gates.popleft()[2])
         if not self._flushing:
             self.flush()
 

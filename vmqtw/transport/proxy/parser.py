@@ -23,7 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
@@ -368,7 +368,7 @@ def _parse_v2(buf: bytes, max_length: int) -> tuple[ProxyInfo, int] | None:
     if length < alen:
         raise MalformedProxyHeader(f"v2: {family} needs {alen} address bytes, "
                                    f"the header has {length}")
-    kind = "TCP" if transport == "STREAM" else "UDP"
+    kind: Literal["TCP", "UDP"] = "TCP" if transport == "STREAM" else "UDP"
     src: Any
     dst: Any
     if family == "AF_INET":

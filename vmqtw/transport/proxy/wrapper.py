@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -118,6 +118,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 
     def _socket_peer(self) -> str:
         try:
+            assert self.transport is not None  # set by makeConnection, never cleared
             return _addr_text(self.transport.getPeer())
         except Exception:
             return "?"
@@ -160,17 +161,19 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         info = self.proxy_info
         if info is not None and info.source is not None:
             return info.source
+        assert self.transport is not None  # set by makeConnection, never cleared
         return self.transport.getPeer()
 
     def getHost(self) -> Any:
         info = self.proxy_info
         if info is not None and info.destination is not None:
             return info.destination
+        assert self.transport is not None  # set by makeConnection, never cleared
         return self.transport.getHost()
 
     # -- teardown -------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
         self._parser = None
         self.factory.unregisterProtocol(self)
@@ -182,7 +185,7 @@ class ProxyProtocolWrapper(ProtocolWrapper):
 class ProxyProtocolFactory(WrappingFactory):
     """Wraps the inner factory of a ``proxy_protocol = on`` listener."""
 
-    protocol = ProxyProtocolWrapper  # type: ignore[assignment]
+    protocol = ProxyProtocolWrapper
     log = Logger(namespace="vmqtw.transport.proxy")
     noisy = False  # no "Starting factory" lines: the listener logs its start
 
@@ -191,7 +194,7 @@ class ProxyProtocolFactory(WrappingFactory):
                  max_v2_length: int = V2_MAX_LENGTH, name: str = "") -> None:
         super().__init__(wrappedFactory)
         if clock is None:
-            from twisted.internet import reactor as clock  # noqa: N813
+            from twisted.internet import reactor as clock
         self.clock = clock
         self.timeout = timeout
         self.max_v2_length = max_v2_length
