@@ -1,0 +1,562 @@
+"""``IMetadata`` on Redis, with txredisapi (a Twisted-native client: no threads, no
+asyncio reactor).
+
+Two connections per node: one for commands and scripts (pipelined), one that only
+blocks in ``XREAD`` on the two change logs (routes and retained messages). Every
+command has a deadline (``op_timeout``); a Redis that is down or silent turns into
+:class:`~vmqtw.cluster.metadata.MetadataUnavailable`, never a hang. The key layout and the
+scripts are in :mod:`vmqtw.cluster.redis_scripts`.
+
+Recovery rules:
+
+- A heartbeat that finds this node's record missing (Redis restarted without its
+  data, or another node reaped us while we were slow) or that follows a failed one
+  re-announces the node and *all* its routes (one ``ANNOUNCE`` script).
+- A member is dropped from the local view only once its last known expiry has passed
+  (Redis clock) or it left explicitly, so a Redis restart does not make live nodes
+  flap while they re-register.
+- When the change-log connection fails, or the log was trimmed past what this node
+  had read, the views are reloaded from a snapshot.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Generator
+from urllib.parse import unquote, urlparse
+
+import txredisapi
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vmqtw.cluster import redis_scripts as lua
+from vmqtw.cluster.metadata import (
+    Claim, IMetadata, Member, MembersCallback, MetadataUnavailable, RetainedCallback,
+    RetainedChange, RouteChange, RoutesCallback,
+)
+from vmqtw.logs import Logger
+
+_UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN")
+
+
+def _lp(text: str) -> bytes:
+    """A length-prefixed key part: ``<len>:<text>`` (UTF-8 bytes)."""
+    raw = text.encode()
+    return str(len(raw)).encode() + b":" + raw
+
+
+def _id(stream_id: bytes) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+@implementer(IMetadata)
+class RedisMetadata:
+    """One node's connection to the cluster's Redis.
+
+    :param address: ``host:port`` of this node's ``listener.vmq`` (published to peers).
+    :param cluster_name: key prefix, so several clusters can share one Redis.
+    :param heartbeat_interval: ``cluster.heartbeat_interval`` in seconds.
+    :param node_timeout: ``cluster.node_timeout``: a node that has not heartbeat for
+        this long is dead.
+    :param op_timeout: deadline of every Redis command (seconds).
+    """
+
+    log = Logger()
+
+    def __init__(self, node_name: str, *, address: str = "", host: str = "127.0.0.1",
+                 port: int = 6379, dbid: int | None = None, password: str | None = None,
+                 cluster_name: str = "vmqtw", heartbeat_interval: float = 1.0,
+                 node_timeout: float = 5.0, op_timeout: float = 5.0,
+                 reconnect_max_delay: float = 2.0, rlog_maxlen: int = 100_000,
+                 retlog_maxlen: int = 10_000, block_ms: int = 1000,
+                 batch: int = 1000, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+            reactor = _reactor
+        self.node_name = node_name
+        self.address = address
+        self.host, self.port, self.dbid, self.password = host, port, dbid, password
+        self.heartbeat_interval = heartbeat_interval
+        self.node_timeout = node_timeout
+        self.op_timeout = op_timeout
+        self.reconnect_max_delay = reconnect_max_delay
+        self.rlog_maxlen, self.retlog_maxlen = rlog_maxlen, retlog_maxlen
+        self.block_ms, self.batch = block_ms, batch
+        self.reactor = reactor
+        p = "{" + cluster_name + "}"
+        self.prefix = p
+        self.k_members = f"{p}:members"
+        self.k_node = f"{p}:node:{node_name}"
+        self.k_routes = f"{p}:routes:{node_name}"
+        self.k_rlog = f"{p}:rlog"
+        self.k_retain = f"{p}:retain"
+        self.k_retlog = f"{p}:retlog"
+        self.incarnation = os.urandom(8).hex()
+        self.reachable = False
+        self._lost = False
+        self._running = False
+        self._cmd: Any = None
+        self._blk: Any = None
+        self._heartbeat: LoopingCall | None = None
+        self._beating = False
+        self._need_announce = False
+        self._follow_done: Deferred[None] | None = None
+        self._sleep: Deferred[None] | None = None
+        self._pending: set[Deferred[Any]] = set()
+        self._own_routes: set[str] = set()
+        self._members: dict[str, Member] = {}
+        self._routes: dict[str, set[str]] = {}
+        self._retained: dict[tuple[str, str], bytes] = {}
+        self._rlog_id = b"0-0"
+        self._retlog_id = b"0-0"
+        self._member_watchers: list[MembersCallback] = []
+        self._route_watchers: list[RoutesCallback] = []
+        self._retained_watchers: list[RetainedCallback] = []
+
+    @classmethod
+    def from_url(cls, url: str, node_name: str, **kwargs: Any) -> RedisMetadata:
+        """Build from ``metadata.redis.url`` (``redis://[:password@]host[:port][/db]``)."""
+        u = urlparse(url)
+        if u.scheme != "redis":
+            raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} (use redis://)")
+        db = u.path.strip("/")
+        return cls(node_name, host=u.hostname or "127.0.0.1", port=u.port or 6379,
+                   dbid=int(db) if db else None,
+                   password=unquote(u.password) if u.password else None, **kwargs)
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        factory = txredisapi.RedisFactory(
+            f"{self.host}:{self.port}", self.dbid, 1, isLazy=True, charset=None,
+            password=self.password, replyTimeout=self.op_timeout, convertNumbers=False)
+        factory.initialDelay = 0.1
+        factory.maxDelay = self.reconnect_max_delay
+        factory.startConnecting(HostnameEndpoint(self.reactor, self.host, self.port,
+                                                 timeout=self.op_timeout))
+        return factory
+
+    def _op(self, d: Deferred[Any], timeout: float | None = None) -> Deferred[Any]:
+        """Give ``d`` a deadline and turn engine trouble into MetadataUnavailable."""
+        limit = self.op_timeout if timeout is None else timeout
+        d.addTimeout(limit, self.reactor)
+        self._pending.add(d)
+
+        def settled(result: Any) -> Any:
+            self._pending.discard(d)
+            return result
+        d.addBoth(settled)
+
+        def unavailable(f: Failure) -> Failure:
+            if f.check(txredisapi.ResponseError) and not str(f.value).startswith(
+                    _UNAVAILABLE_REPLIES):
+                return f
+            if f.check(MetadataUnavailable):
+                return f
+            reason = (f"no answer within {limit:g}s" if f.check(Exception) and
+                      type(f.value).__name__ in ("TimeoutError", "CancelledError")
+                      else f.getErrorMessage())
+            raise MetadataUnavailable(
+                f"Redis at {self.host}:{self.port} unavailable: {reason}")
+        return d.addErrback(unavailable)
+
+    def _cmd_call(self, *args: Any) -> Deferred[Any]:
+        if self._cmd is None:
+            from twisted.internet.defer import fail
+            return fail(MetadataUnavailable("metadata not started"))
+        return self._op(self._cmd.handler.execute_command(*args))
+
+    def _eval(self, script: str, keys: list[Any], args: list[Any]) -> Deferred[Any]:
+        if self._cmd is None:
+            from twisted.internet.defer import fail
+            return fail(MetadataUnavailable("metadata not started"))
+        return self._op(self._cmd.handler.eval(script, keys, args))
+
+    def _notify(self, watchers: list[Any], *args: Any) -> None:
+        for callback in list(watchers):
+            try:
+                callback(*args)
+            except Exception:
+                self.log.failure("cluster metadata watcher {callback!r} failed",
+                                 callback=callback)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @inlineCallbacks
+    def start(self) -> Generator[Deferred[Any], Any, None]:
+        self._running = True
+        self._cmd = self._connect()
+        self._blk = self._connect()
+        try:
+            yield self._announce()
+            yield self._beat()
+            yield self._load_routes()
+            yield self._load_retained()
+        except BaseException:
+            self._running = False
+            yield self._disconnect()
+            raise
+        self._heartbeat = LoopingCall(self._tick)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(self.heartbeat_interval, now=False)
+        self._follow_done = self._follow()
+        self.log.info("cluster metadata: node {node} joined cluster {prefix} on Redis "
+                      "{host}:{port}", node=self.node_name, prefix=self.prefix,
+                      host=self.host, port=self.port)
+
+    @inlineCallbacks
+    def stop(self) -> Generator[Deferred[Any], Any, None]:
+        self._running = False
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
+        if self._sleep is not None:
+            self._sleep.cancel()
+        yield self._disconnect()
+        if self._follow_done is not None:
+            yield self._follow_done
+            self._follow_done = None
+
+    def _disconnect(self) -> Deferred[Any]:
+        from twisted.internet.defer import DeferredList
+        factories = [f for f in (self._cmd, self._blk) if f is not None]
+        self._cmd = self._blk = None
+        # Commands still waiting for a connection would otherwise wait for their
+        # deadline; they fail now with MetadataUnavailable.
+        for d in list(self._pending):
+            d.cancel()
+        self.reachable = False
+        return DeferredList([f.disconnect() for f in factories], consumeErrors=True)
+
+    def leave(self) -> Deferred[Any]:
+        return self._eval(lua.LEAVE, [self.k_members, self.k_node, self.k_routes, self.k_rlog],
+                          [self.node_name, self.rlog_maxlen])
+
+    # -- membership ---------------------------------------------------------
+
+    def _announce(self) -> Deferred[Any]:
+        self._need_announce = False
+        d = self._eval(lua.ANNOUNCE,
+                       [self.k_members, self.k_node, self.k_routes, self.k_rlog],
+                       [self.node_name, int(self.node_timeout * 1000), self.address,
+                        self.incarnation, self.rlog_maxlen, *sorted(self._own_routes)])
+
+        def failed(f: Failure) -> Failure:
+            self._need_announce = True
+            return f
+        return d.addErrback(failed)
+
+    @inlineCallbacks
+    def _beat(self) -> Generator[Deferred[Any], Any, None]:
+        try:
+            now, known, flat = yield self._eval(
+                lua.HEARTBEAT, [self.k_members, self.k_node, self.k_rlog],
+                [self.node_name, int(self.node_timeout * 1000), self.prefix, self.rlog_maxlen])
+        except MetadataUnavailable as e:
+            if not self._lost and self._running:
+                self.log.warn("cluster metadata: heartbeat failed: {reason}", reason=str(e))
+            self._lost = True
+            self.reachable = False
+            self._need_announce = True
+            raise
+        if self._lost:
+            self.log.info("cluster metadata: Redis reachable again")
+            self._lost = False
+        if not int(known) or self._need_announce:
+            if not int(known):
+                self.log.info("cluster metadata: node {node} unknown to Redis; "
+                              "re-announcing {n} routes", node=self.node_name,
+                              n=len(self._own_routes))
+            yield self._announce()
+        self.reachable = True
+        fresh = {}
+        for i in range(0, len(flat), 3):
+            name = flat[i].decode()
+            fresh[name] = Member(name, flat[i + 2].decode(), int(flat[i + 1]))
+        self._update_members(fresh, int(now))
+
+    def _tick(self) -> None:
+        if self._beating or not self._running:
+            return
+        self._beating = True
+
+        def failed(f: Failure) -> None:
+            if not f.check(MetadataUnavailable):
+                self.log.failure("cluster metadata: heartbeat failed", f)
+
+        def done(result: Any) -> None:
+            self._beating = False
+        self._beat().addErrback(failed).addBoth(done)
+
+    def _update_members(self, fresh: dict[str, Member], now_ms: int) -> None:
+        old = self._members
+        merged = dict(fresh)
+        for name, m in old.items():
+            # Missing from Redis but not expired yet (Redis restarted): keep it.
+            if name not in merged and m.expires_ms >= now_ms:
+                merged[name] = m
+        self._members = merged
+        up = {n: m for n, m in merged.items() if n not in old or old[n].address != m.address}
+        down = set(old) - set(merged)
+        if down:
+            changes: list[RouteChange] = []
+            for name in down:
+                changes += self._replace_routes(name, set())
+            self._emit_routes(changes)
+        if up or down:
+            self.log.info("cluster members: up {up}, down {down}", up=sorted(up),
+                          down=sorted(down))
+            self._notify(self._member_watchers, up, down)
+
+    def members(self) -> dict[str, Member]:
+        return dict(self._members)
+
+    def watch_members(self, callback: MembersCallback) -> None:
+        self._member_watchers.append(callback)
+
+    # -- routes -------------------------------------------------------------
+
+    def add_route(self, topic_filter: str) -> Deferred[Any]:
+        self._own_routes.add(topic_filter)
+        return self._route_op(lua.ROUTE_ADD, topic_filter)
+
+    def remove_route(self, topic_filter: str) -> Deferred[Any]:
+        self._own_routes.discard(topic_filter)
+        return self._route_op(lua.ROUTE_DEL, topic_filter)
+
+    def _route_op(self, script: str, topic_filter: str) -> Deferred[Any]:
+        d = self._eval(script, [self.k_routes, self.k_rlog],
+                       [self.node_name, topic_filter, self.rlog_maxlen])
+
+        def failed(f: Failure) -> Failure:
+            # Redis does not have our current routes: announce them all once it is back.
+            self._need_announce = True
+            return f
+        return d.addCallback(lambda _: None).addErrback(failed)
+
+    def routes(self) -> dict[str, frozenset[str]]:
+        return {node: frozenset(fs) for node, fs in self._routes.items() if fs}
+
+    def watch_routes(self, callback: RoutesCallback) -> None:
+        self._route_watchers.append(callback)
+
+    def _replace_routes(self, node: str, filters: set[str]) -> list[RouteChange]:
+        old = self._routes.get(node, set())
+        changes = [RouteChange(node, f, False) for f in sorted(old - filters)]
+        changes += [RouteChange(node, f, True) for f in sorted(filters - old)]
+        if filters:
+            self._routes[node] = set(filters)
+        else:
+            self._routes.pop(node, None)
+        return changes
+
+    def _emit_routes(self, changes: list[RouteChange]) -> None:
+        if changes:
+            self._notify(self._route_watchers, changes)
+
+    @inlineCallbacks
+    def _load_routes(self) -> Generator[Deferred[Any], Any, None]:
+        reply = yield self._eval(lua.SNAPSHOT, [self.k_members, self.k_rlog], [self.prefix])
+        self._rlog_id = reply[0]
+        changes: list[RouteChange] = []
+        for i in range(1, len(reply), 2):
+            node = reply[i].decode()
+            changes += self._replace_routes(node, {f.decode() for f in reply[i + 1]})
+        self._emit_routes(changes)
+
+    @inlineCallbacks
+    def _apply_rlog(self, entries: list[Any]) -> Generator[Deferred[Any], Any, None]:
+        changes: list[RouteChange] = []
+        for entry_id, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2]))
+            node = fields.get(b"node", b"").decode()
+            op = fields.get(b"op", b"")
+            topic_filter = fields.get(b"filter", b"").decode()
+            if op == b"add":
+                if topic_filter not in self._routes.setdefault(node, set()):
+                    self._routes[node].add(topic_filter)
+                    changes.append(RouteChange(node, topic_filter, True))
+            elif op == b"del":
+                current = self._routes.get(node, set())
+                if topic_filter in current:
+                    current.discard(topic_filter)
+                    changes.append(RouteChange(node, topic_filter, False))
+                    if not current:
+                        self._routes.pop(node, None)
+            elif op == b"reset":
+                keys = yield self._cmd_call("HKEYS", f"{self.prefix}:routes:{node}")
+                changes += self._replace_routes(node, {k.decode() for k in keys})
+            elif op == b"leave":
+                changes += self._replace_routes(node, set())
+                if self._members.pop(node, None) is not None and node != self.node_name:
+                    self._notify(self._member_watchers, {}, {node})
+            self._rlog_id = entry_id
+        self._emit_routes(changes)
+
+    # -- the change-log follower ----------------------------------------------
+
+    @inlineCallbacks
+    def _follow(self) -> Generator[Deferred[Any], Any, None]:
+        failures = 0
+        reload = False
+        while self._running:
+            try:
+                if reload:
+                    yield self._load_routes()
+                    yield self._load_retained()
+                    reload = False
+                reply = yield self._op(
+                    self._blk.handler.execute_command(
+                        "XREAD", "COUNT", self.batch, "BLOCK", self.block_ms, "STREAMS",
+                        self.k_rlog, self.k_retlog, self._rlog_id, self._retlog_id,
+                        apply_timeout=False),
+                    timeout=self.block_ms / 1000 + self.op_timeout)
+                for key, entries in reply or []:
+                    before = self._rlog_id if key == self.k_rlog.encode() else self._retlog_id
+                    if key == self.k_rlog.encode():
+                        yield self._apply_rlog(entries)
+                    else:
+                        self._apply_retlog(entries)
+                    if len(entries) >= self.batch and (yield self._trimmed(key, before)):
+                        reload = True
+                failures = 0
+            except Exception as e:
+                if not self._running:
+                    break
+                failures += 1
+                reload = True
+                if failures == 1:
+                    self.log.warn("cluster metadata: change log unavailable ({reason}); "
+                                  "will reload", reason=str(e))
+                self._sleep = deferLater(self.reactor,
+                                         min(0.05 * 2 ** failures, self.reconnect_max_delay),
+                                         lambda: None)
+                try:
+                    yield self._sleep
+                except Exception:
+                    break
+                finally:
+                    self._sleep = None
+
+    @inlineCallbacks
+    def _trimmed(self, key: bytes, before: bytes) -> Generator[Deferred[Any], Any, bool]:
+        """Whether the log lost entries after ``before`` (trimmed by MAXLEN)."""
+        info = yield self._cmd_call("XINFO", "STREAM", key)
+        fields = dict(zip(info[::2], info[1::2]))
+        deleted = fields.get(b"max-deleted-entry-id", b"0-0")
+        return _id(deleted) > _id(before)
+
+    # -- client-id registry -------------------------------------------------
+
+    def _owner_key(self, mountpoint: str, client_id: str) -> bytes:
+        return (self.prefix.encode() + b":owner:" + _lp(mountpoint) + b":"
+                + client_id.encode())
+
+    def claim(self, mountpoint: str, client_id: str) -> Deferred[Claim]:
+        d = self._eval(lua.CLAIM, [self._owner_key(mountpoint, client_id)], [self.node_name])
+        return d.addCallback(lambda r: Claim(r[0].decode() or None, int(r[1])))
+
+    def owner(self, mountpoint: str, client_id: str) -> Deferred[tuple[str, int] | None]:
+        d = self._cmd_call("HMGET", self._owner_key(mountpoint, client_id), "node", "epoch")
+
+        def parse(r: list[Any]) -> tuple[str, int] | None:
+            if not r[0]:
+                return None
+            return r[0].decode(), int(r[1])
+        return d.addCallback(parse)
+
+    def is_owner(self, mountpoint: str, client_id: str, epoch: int) -> Deferred[bool]:
+        return self.owner(mountpoint, client_id).addCallback(
+            lambda o: o == (self.node_name, epoch))
+
+    def release(self, mountpoint: str, client_id: str, epoch: int) -> Deferred[bool]:
+        d = self._eval(lua.RELEASE, [self._owner_key(mountpoint, client_id)],
+                       [self.node_name, str(epoch)])
+        return d.addCallback(lambda r: int(r) == 1)
+
+    # -- retained messages --------------------------------------------------
+
+    def set_retained(self, mountpoint: str, topic: str, message: bytes) -> Deferred[Any]:
+        field = _lp(mountpoint) + b":" + topic.encode()
+        return self._eval(lua.RETAIN, [self.k_retain, self.k_retlog],
+                          [field, message, self.retlog_maxlen]).addCallback(lambda _: None)
+
+    def delete_retained(self, mountpoint: str, topic: str) -> Deferred[Any]:
+        field = _lp(mountpoint) + b":" + topic.encode()
+        return self._eval(lua.RETAIN, [self.k_retain, self.k_retlog],
+                          [field, self.retlog_maxlen]).addCallback(lambda _: None)
+
+    def retained(self) -> dict[tuple[str, str], bytes]:
+        return dict(self._retained)
+
+    def watch_retained(self, callback: RetainedCallback) -> None:
+        self._retained_watchers.append(callback)
+
+    @staticmethod
+    def _split_field(field: bytes) -> tuple[str, str]:
+        n, _, rest = field.partition(b":")
+        size = int(n)
+        return rest[:size].decode(), rest[size + 1:].decode()
+
+    @inlineCallbacks
+    def _load_retained(self) -> Generator[Deferred[Any], Any, None]:
+        reply = yield self._eval(lua.RETAINED_SNAPSHOT, [self.k_retain, self.k_retlog], [])
+        self._retlog_id = reply[0]
+        fresh = {self._split_field(reply[i]): reply[i + 1] for i in range(1, len(reply), 2)}
+        changes = [RetainedChange(mp, t, None) for (mp, t) in self._retained
+                   if (mp, t) not in fresh]
+        changes += [RetainedChange(mp, t, m) for (mp, t), m in fresh.items()
+                    if self._retained.get((mp, t)) != m]
+        self._retained = fresh
+        if changes:
+            self._notify(self._retained_watchers, changes)
+
+    def _apply_retlog(self, entries: list[Any]) -> None:
+        changes: list[RetainedChange] = []
+        for entry_id, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2]))
+            key = self._split_field(fields.get(b"key", b"0:"))
+            if fields.get(b"op") == b"set":
+                message = fields.get(b"msg", b"")
+                self._retained[key] = message
+                changes.append(RetainedChange(key[0], key[1], message))
+            elif self._retained.pop(key, None) is not None:
+                changes.append(RetainedChange(key[0], key[1], None))
+            self._retlog_id = entry_id
+        if changes:
+            self._notify(self._retained_watchers, changes)
+
+    # -- persistent-session subscriptions -----------------------------------
+
+    def _session_key(self, mountpoint: str, client_id: str) -> bytes:
+        return self.prefix.encode() + b":sess:" + _lp(mountpoint) + b":" + client_id.encode()
+
+    def store_subscriptions(self, mountpoint: str, client_id: str,
+                            subscriptions: dict[str, bytes]) -> Deferred[Any]:
+        if not subscriptions:
+            from twisted.internet.defer import succeed
+            return succeed(None)
+        args: list[Any] = []
+        for topic_filter, info in subscriptions.items():
+            args += [topic_filter, info]
+        return self._cmd_call("HSET", self._session_key(mountpoint, client_id),
+                              *args).addCallback(lambda _: None)
+
+    def remove_subscriptions(self, mountpoint: str, client_id: str,
+                             filters: list[str]) -> Deferred[Any]:
+        if not filters:
+            from twisted.internet.defer import succeed
+            return succeed(None)
+        return self._cmd_call("HDEL", self._session_key(mountpoint, client_id),
+                              *filters).addCallback(lambda _: None)
+
+    def subscriptions(self, mountpoint: str, client_id: str) -> Deferred[dict[str, bytes]]:
+        d = self._cmd_call("HGETALL", self._session_key(mountpoint, client_id))
+        return d.addCallback(lambda r: {r[i].decode(): r[i + 1] for i in range(0, len(r), 2)})
+
+    def delete_session(self, mountpoint: str, client_id: str) -> Deferred[Any]:
+        return self._cmd_call("DEL", self._session_key(mountpoint, client_id)).addCallback(
+            lambda _: None)
