@@ -21,13 +21,13 @@ TAKEOVER_DONE 5  status u8 then as TAKEOVER
 ========= ===========================================================================
 
 Strings are UTF-8; the MQTT 5 properties travel as the already encoded property block.
-Nothing here imports Twisted. Decoding errors are :class:`LinkError` subclasses.
+Records are named tuples: cheap to build on the decoding side, which runs once per
+forwarded publish. Nothing here imports Twisted. Decoding errors are :class:`LinkError` subclasses.
 """
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 # Frame types.
 HELLO = 1
@@ -79,8 +79,7 @@ class UnexpectedFrame(LinkError):
     """A well-formed frame of a type not allowed at this point of the conversation."""
 
 
-@dataclass(frozen=True, slots=True)
-class Msg:
+class Msg(NamedTuple):
     """A publish for the receiving node's *local* subscribers (never forwarded again)."""
 
     mountpoint: str
@@ -91,8 +90,7 @@ class Msg:
     properties: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Enq:
+class Enq(NamedTuple):
     """Enqueue a message into the named session on the receiving node (``ref`` correlates
     the :class:`EnqAck`)."""
 
@@ -106,16 +104,14 @@ class Enq:
     properties: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class EnqAck:
+class EnqAck(NamedTuple):
     """The answer to the :class:`Enq` with the same ``ref`` (``status`` 0 = enqueued)."""
 
     ref: int
     status: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Takeover:
+class Takeover(NamedTuple):
     """Ask the receiving node to give up its session for a client id claimed with ``epoch``."""
 
     ref: int
@@ -124,8 +120,7 @@ class Takeover:
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class TakeoverDone:
+class TakeoverDone(NamedTuple):
     """The answer to a :class:`Takeover` (``status`` 0 = done, the queue has been sent)."""
 
     ref: int
@@ -141,46 +136,39 @@ Record = Union[Msg, Enq, EnqAck, Takeover, TakeoverDone]
 # ---------------------------------------------------------------------------
 # Encoding.
 
-def _flags(qos: int, retain: bool) -> int:
-    if qos not in (0, 1, 2):
-        raise ValueError(f"invalid QoS {qos!r}")
-    return qos | (4 if retain else 0)
-
-
 def encode_record(record: Record) -> bytes:
     """The bytes of one record inside a ``BATCH`` body."""
     kind = type(record)
     if kind is Msg:
-        mp = record.mountpoint.encode()
-        topic = record.topic.encode()
-        props = record.properties
-        payload = record.payload
-        return b"".join((
-            _MSG.pack(MSG, _flags(record.qos, record.retain), len(mp), len(topic),
-                      len(props), len(payload)),
-            mp, topic, props, payload))
+        mp, topic, payload, qos, retain, props = record  # type: ignore[misc]
+        if qos.__class__ is not int or not 0 <= qos <= 2:
+            raise ValueError(f"invalid QoS {qos!r}")
+        mpb = mp.encode()
+        tb = topic.encode()
+        return b"".join((_MSG.pack(MSG, qos | 4 if retain else qos, len(mpb), len(tb),
+                                   len(props), len(payload)), mpb, tb, props, payload))
     if kind is Enq:
-        mp = record.mountpoint.encode()
-        topic = record.topic.encode()
-        cid = record.client_id.encode()
-        props = record.properties
-        payload = record.payload
-        return b"".join((
-            _ENQ.pack(ENQ, _flags(record.qos, record.retain), len(mp), len(topic),
-                      len(props), len(payload), record.ref, len(cid)),
-            mp, topic, props, payload, cid))
+        ref, mp, cid, topic, payload, qos, retain, props = record  # type: ignore[misc]
+        if qos.__class__ is not int or not 0 <= qos <= 2:
+            raise ValueError(f"invalid QoS {qos!r}")
+        mpb = mp.encode()
+        tb = topic.encode()
+        cb = cid.encode()
+        return b"".join((_ENQ.pack(ENQ, qos | 4 if retain else qos, len(mpb), len(tb),
+                                   len(props), len(payload), ref, len(cb)),
+                         mpb, tb, props, payload, cb))
     if kind is EnqAck:
         return _ENQ_ACK.pack(ENQ_ACK, record.status, record.ref)
     if kind is Takeover:
-        mp = record.mountpoint.encode()
-        cid = record.client_id.encode()
-        return b"".join((_TAKEOVER.pack(TAKEOVER, len(mp), len(cid), record.ref, record.epoch),
-                         mp, cid))
+        mpb = record.mountpoint.encode()
+        cb = record.client_id.encode()
+        return b"".join((_TAKEOVER.pack(TAKEOVER, len(mpb), len(cb), record.ref, record.epoch),
+                         mpb, cb))
     if kind is TakeoverDone:
-        mp = record.mountpoint.encode()
-        cid = record.client_id.encode()
-        return b"".join((_TAKEOVER_DONE.pack(TAKEOVER_DONE, record.status, len(mp), len(cid),
-                                             record.ref, record.epoch), mp, cid))
+        mpb = record.mountpoint.encode()
+        cb = record.client_id.encode()
+        return b"".join((_TAKEOVER_DONE.pack(TAKEOVER_DONE, record.status, len(mpb), len(cb),
+                                             record.ref, record.epoch), mpb, cb))
     raise TypeError(f"not a link record: {record!r}")
 
 
@@ -245,18 +233,9 @@ class BatchEncoder:
 # ---------------------------------------------------------------------------
 # Decoding.
 
-def _text(buf: bytes, start: int, end: int, what: str) -> str:
-    try:
-        return buf[start:end].decode()
-    except UnicodeDecodeError:
-        raise MalformedFrame(f"{what} is not valid UTF-8") from None
-
-
-def _qos_retain(flags: int) -> tuple[int, bool]:
-    qos = flags & 3
-    if qos == 3 or flags & ~7:
-        raise MalformedFrame(f"invalid record flags {flags:#x}")
-    return qos, bool(flags & 4)
+_new = tuple.__new__
+_MSG_SIZE = _MSG.size
+_BAD_FLAGS = frozenset(f for f in range(256) if f & 3 == 3 or f & ~7)
 
 
 def decode_batch(body: bytes, start: int = 0) -> list[Record]:
@@ -270,16 +249,17 @@ def decode_batch(body: bytes, start: int = 0) -> list[Record]:
             kind = body[p]
             if kind == MSG:
                 _, flags, lmp, ltopic, lprops, lpay = _MSG.unpack_from(body, p)
-                a = p + _MSG.size
+                a = p + _MSG_SIZE
                 b = a + lmp
                 c = b + ltopic
                 d = c + lprops
                 p = d + lpay
                 if p > n:
                     raise MalformedFrame("truncated MSG record")
-                qos, retain = _qos_retain(flags)
-                append(Msg(_text(body, a, b, "mountpoint"), _text(body, b, c, "topic"),
-                           body[d:p], qos, retain, body[c:d]))
+                if flags in _BAD_FLAGS:
+                    raise MalformedFrame(f"invalid record flags {flags:#x}")
+                append(_new(Msg, (body[a:b].decode() if lmp else "", body[b:c].decode(),
+                                  body[d:p], flags & 3, flags > 3, body[c:d])))
             elif kind == ENQ:
                 _, flags, lmp, ltopic, lprops, lpay, ref, lcid = _ENQ.unpack_from(body, p)
                 a = p + _ENQ.size
@@ -290,9 +270,11 @@ def decode_batch(body: bytes, start: int = 0) -> list[Record]:
                 p = e + lcid
                 if p > n:
                     raise MalformedFrame("truncated ENQ record")
-                qos, retain = _qos_retain(flags)
-                append(Enq(ref, _text(body, a, b, "mountpoint"), _text(body, e, p, "client id"),
-                           _text(body, b, c, "topic"), body[d:e], qos, retain, body[c:d]))
+                if flags in _BAD_FLAGS:
+                    raise MalformedFrame(f"invalid record flags {flags:#x}")
+                append(_new(Enq, (ref, body[a:b].decode(), body[e:p].decode(),
+                                  body[b:c].decode(), body[d:e], flags & 3, flags > 3,
+                                  body[c:d])))
             elif kind == ENQ_ACK:
                 _, status, ref = _ENQ_ACK.unpack_from(body, p)
                 p += _ENQ_ACK.size
@@ -304,8 +286,7 @@ def decode_batch(body: bytes, start: int = 0) -> list[Record]:
                 p = b + lcid
                 if p > n:
                     raise MalformedFrame("truncated TAKEOVER record")
-                append(Takeover(ref, _text(body, a, b, "mountpoint"),
-                                _text(body, b, p, "client id"), epoch))
+                append(Takeover(ref, body[a:b].decode(), body[b:p].decode(), epoch))
             elif kind == TAKEOVER_DONE:
                 _, status, lmp, lcid, ref, epoch = _TAKEOVER_DONE.unpack_from(body, p)
                 a = p + _TAKEOVER_DONE.size
@@ -313,12 +294,14 @@ def decode_batch(body: bytes, start: int = 0) -> list[Record]:
                 p = b + lcid
                 if p > n:
                     raise MalformedFrame("truncated TAKEOVER_DONE record")
-                append(TakeoverDone(ref, _text(body, a, b, "mountpoint"),
-                                    _text(body, b, p, "client id"), epoch, status))
+                append(TakeoverDone(ref, body[a:b].decode(), body[b:p].decode(), epoch,
+                                    status))
             else:
                 raise MalformedFrame(f"unknown record kind {kind}")
     except struct.error:
         raise MalformedFrame("truncated record header") from None
+    except UnicodeDecodeError:
+        raise MalformedFrame("a string in a record is not valid UTF-8") from None
     return records
 
 
