@@ -99,6 +99,20 @@ class RedisServer:
         self.proc = None
 
 
+class FromUrlTests(unittest.SynchronousTestCase):
+
+    def test_url_parts(self) -> None:
+        """metadata.redis.url gives host, port, database and password."""
+        m = RedisMetadata.from_url("redis://:s%40cret@10.0.0.5:6380/2", "n1")
+        self.assertEqual((m.host, m.port, m.dbid, m.password), ("10.0.0.5", 6380, 2, "s@cret"))
+        m = RedisMetadata.from_url("redis://localhost", "n1")
+        self.assertEqual((m.host, m.port, m.dbid, m.password), ("localhost", 6379, None, None))
+
+    def test_other_schemes_refused(self) -> None:
+        """A URL that is not redis:// is a ValueError."""
+        self.assertRaises(ValueError, RedisMetadata.from_url, "http://x", "n1")
+
+
 class RedisMetadataTests(unittest.TestCase):
 
     timeout = 60
@@ -307,6 +321,56 @@ class RedisMetadataTests(unittest.TestCase):
         yield until(lambda: b.routes().get("node-a") == {"r/1", "r/3"}, "the new route")
         self.assertEqual(set(b.members()), {"node-a", "node-b"})
         self.assertEqual(removed, [])
+        self.assertTrue(a.reachable and b.reachable)
+
+    @inlineCallbacks
+    def test_epochs_keep_increasing_across_a_redis_restart(
+            self) -> Generator[Deferred[Any], Any, None]:
+        """A claim after Redis lost its data still gets an epoch above every earlier
+        one, so a node holding an old epoch stays fenced."""
+        a, b = yield self.two_nodes()
+        before = yield a.claim("", "c")
+        port = self.redis.port
+        self.redis.kill()
+        yield self.redis.start(port)
+        yield until(lambda: a.reachable and b.reachable, "the nodes to reconnect")
+        after = yield b.claim("", "c")
+        self.assertEqual(after.previous, None)
+        self.assertGreater(after.epoch, before.epoch)
+        self.assertFalse((yield a.is_owner("", "c", before.epoch)))
+
+    @inlineCallbacks
+    def test_follower_reloads_after_losing_its_connection(
+            self) -> Generator[Deferred[Any], Any, None]:
+        """When the change-log connection is killed, the node reconnects, reloads the
+        views and sees changes made meanwhile."""
+        a, b = yield self.two_nodes()
+        yield a.add_route("f/1")
+        yield until(lambda: "node-a" in b.routes(), "b to see a's route")
+        clients = yield self.redis_call("CLIENT", "LIST")
+        blocked = [line.split(b" ")[0].split(b"=")[1] for line in clients.splitlines()
+                   if b"cmd=xread" in line]
+        self.assertTrue(blocked)
+        for cid in blocked:
+            yield self.redis_call("CLIENT", "KILL", "ID", cid)
+        yield a.remove_route("f/1")
+        yield a.set_retained("", "t", b"v")
+        yield until(lambda: "node-a" not in b.routes() and b.retained() == {("", "t"): b"v"},
+                    "b to catch up")
+
+    @inlineCallbacks
+    def test_trimmed_log_is_detected(self) -> Generator[Deferred[Any], Any, None]:
+        """A change log trimmed past the last entry a node read is reported as a gap
+        (the follower then reloads), an untrimmed one is not."""
+        a, b = yield self.two_nodes()
+        yield a.add_route("g/1")
+        yield until(lambda: "node-a" in b.routes(), "b to see a's route")
+        last = b._rlog_id
+        self.assertFalse((yield b._trimmed(b"{test}:rlog", last)))
+        yield a.add_route("g/2")
+        yield a.add_route("g/3")
+        yield self.redis_call("XTRIM", "{test}:rlog", "MAXLEN", "1")
+        self.assertTrue((yield b._trimmed(b"{test}:rlog", last)))
 
     @inlineCallbacks
     def test_dead_redis_gives_a_clear_error(self) -> Generator[Deferred[Any], Any, None]:

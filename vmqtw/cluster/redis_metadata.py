@@ -47,11 +47,6 @@ def _lp(text: str) -> bytes:
     return str(len(raw)).encode() + b":" + raw
 
 
-def _id(stream_id: bytes) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
 @implementer(IMetadata)
 class RedisMetadata:
     """One node's connection to the cluster's Redis.
@@ -232,6 +227,10 @@ class RedisMetadata:
         return DeferredList([f.disconnect() for f in factories], consumeErrors=True)
 
     def leave(self) -> Deferred[Any]:
+        # No more heartbeats: one would find the record gone and register us again.
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = None
         return self._eval(lua.LEAVE, [self.k_members, self.k_node, self.k_routes, self.k_rlog],
                           [self.node_name, self.rlog_maxlen])
 
@@ -443,11 +442,18 @@ class RedisMetadata:
 
     @inlineCallbacks
     def _trimmed(self, key: bytes, before: bytes) -> Generator[Deferred[Any], Any, bool]:
-        """Whether the log lost entries after ``before`` (trimmed by MAXLEN)."""
-        info = yield self._cmd_call("XINFO", "STREAM", key)
-        fields = dict(zip(info[::2], info[1::2]))
-        deleted = fields.get(b"max-deleted-entry-id", b"0-0")
-        return _id(deleted) > _id(before)
+        """Whether the log may have lost entries after ``before`` (trimmed by MAXLEN).
+
+        Trimming removes the oldest entries first, so while ``before`` (the last entry
+        read) is still in the log nothing after it was lost. Once it is gone this node
+        is about ``maxlen`` entries behind, and a reload is the right move anyway.
+        """
+        if before == b"0-0":
+            info = yield self._cmd_call("XINFO", "STREAM", key)
+            fields = dict(zip(info[::2], info[1::2]))
+            return int(fields.get(b"entries-added", 0)) > int(fields.get(b"length", 0))
+        found = yield self._cmd_call("XRANGE", key, before, before, "COUNT", 1)
+        return not found
 
     # -- client-id registry -------------------------------------------------
 
