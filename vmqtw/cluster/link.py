@@ -12,6 +12,7 @@ unreachable, or its socket is paused by TCP back-pressure, records stay buffered
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
@@ -310,7 +311,8 @@ class PeerLink:
         self.buffer_size = buffer_size
         self.flush_threshold = flush_threshold
         self.handshake_timeout = handshake_timeout
-        self.retry_policy = retry_policy or backoffPolicy(0.1, 10.0, 2.0)
+        self.retry_policy = retry_policy or backoffPolicy(
+            0.1, 10.0, 2.0, jitter=lambda: random.uniform(0, 0.1))
         self.factory = _LinkClientFactory(self)
         self._encoder = BatchEncoder(max_frame_size)
         self._proto: LinkClientProtocol | None = None
