@@ -231,6 +231,10 @@ class LinkClientProtocol(Protocol):
                 if reply is not None:
                     self.transport.write(reply)
                 if self.handshake.done:
+                    if self.handshake.peer_name != self.link.peer_name:
+                        # A stale address now used by another node of the cluster.
+                        raise HandshakeError(f"reached node {self.handshake.peer_name!r} "
+                                             f"instead of {self.link.peer_name!r}")
                     if self._timer is not None:
                         self._timer.cancel()
                         self._timer = None

@@ -160,6 +160,19 @@ class PeerLinkTimingTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertEqual(len(endpoint.connections), 2)
 
+    def test_other_node_at_the_address_is_not_used(self) -> None:
+        """A link that reaches a node with another name than the peer it is for (a
+        stale address) does not become connected and closes."""
+        clock = Clock()
+        endpoint = MemoryEndpoint()
+        link = PeerLink("me", "node-x", endpoint, "k", reactor=clock)
+        capture_logs(self, link_module.LinkClientProtocol)
+        link.start()
+        proto, transport = endpoint.connections[-1]
+        FakePeer().complete(proto, transport)    # the fake server is called "peer"
+        self.assertFalse(link.connected)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
     def test_records_from_the_server_close_the_client(self) -> None:
         """The server sends nothing after ACCEPT; anything else aborts the connection."""
         link, proto, transport, clock = self.connect()
