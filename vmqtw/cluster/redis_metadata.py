@@ -32,10 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.cluster import redis_scripts as lua
-from vmqtw.cluster.metadata import (
-    Claim, IMetadata, Member, MembersCallback, MetadataUnavailable, RetainedCallback,
-    RetainedChange, RouteChange, RoutesCallback,
-)
+from vmqtw.cluster.metadata import Claim, IMetadata, Member, MetadataUnavailable, RouteChange
+from vmqtw.cluster.views import LocalViews
 from vmqtw.logs import Logger
 
 _UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN")
@@ -48,7 +46,7 @@ def _lp(text: str) -> bytes:
 
 
 @implementer(IMetadata)
-class RedisMetadata:
+class RedisMetadata(LocalViews):
     """One node's connection to the cluster's Redis.
 
     :param address: ``host:port`` of this node's ``listener.vmq`` (published to peers).
@@ -71,7 +69,7 @@ class RedisMetadata:
         if reactor is None:
             from twisted.internet import reactor as _reactor
             reactor = _reactor
-        self.node_name = node_name
+        super().__init__(node_name)
         self.address = address
         self.host, self.port, self.dbid, self.password = host, port, dbid, password
         self.heartbeat_interval = heartbeat_interval
@@ -102,14 +100,8 @@ class RedisMetadata:
         self._sleep: Deferred[None] | None = None
         self._pending: set[Deferred[Any]] = set()
         self._own_routes: set[str] = set()
-        self._members: dict[str, Member] = {}
-        self._routes: dict[str, set[str]] = {}
-        self._retained: dict[tuple[str, str], bytes] = {}
         self._rlog_id = b"0-0"
         self._retlog_id = b"0-0"
-        self._member_watchers: list[MembersCallback] = []
-        self._route_watchers: list[RoutesCallback] = []
-        self._retained_watchers: list[RetainedCallback] = []
 
     @classmethod
     def from_url(cls, url: str, node_name: str, **kwargs: Any) -> RedisMetadata:
@@ -169,14 +161,6 @@ class RedisMetadata:
             from twisted.internet.defer import fail
             return fail(MetadataUnavailable("metadata not started"))
         return self._op(self._cmd.handler.eval(script, keys, args))
-
-    def _notify(self, watchers: list[Any], *args: Any) -> None:
-        for callback in list(watchers):
-            try:
-                callback(*args)
-            except Exception:
-                self.log.failure("cluster metadata watcher {callback!r} failed",
-                                 callback=callback)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -290,32 +274,6 @@ class RedisMetadata:
             self._beating = False
         self._beat().addErrback(failed).addBoth(done)
 
-    def _update_members(self, fresh: dict[str, Member], now_ms: int) -> None:
-        old = self._members
-        merged = dict(fresh)
-        for name, m in old.items():
-            # Missing from Redis but not expired yet (Redis restarted): keep it.
-            if name not in merged and m.expires_ms >= now_ms:
-                merged[name] = m
-        self._members = merged
-        up = {n: m for n, m in merged.items() if n not in old or old[n].address != m.address}
-        down = set(old) - set(merged)
-        if down:
-            changes: list[RouteChange] = []
-            for name in down:
-                changes += self._replace_routes(name, set())
-            self._emit_routes(changes)
-        if up or down:
-            self.log.info("cluster members: up {up}, down {down}", up=sorted(up),
-                          down=sorted(down))
-            self._notify(self._member_watchers, up, down)
-
-    def members(self) -> dict[str, Member]:
-        return dict(self._members)
-
-    def watch_members(self, callback: MembersCallback) -> None:
-        self._member_watchers.append(callback)
-
     # -- routes -------------------------------------------------------------
 
     def add_route(self, topic_filter: str) -> Deferred[Any]:
@@ -336,26 +294,6 @@ class RedisMetadata:
             return f
         return d.addCallback(lambda _: None).addErrback(failed)
 
-    def routes(self) -> dict[str, frozenset[str]]:
-        return {node: frozenset(fs) for node, fs in self._routes.items() if fs}
-
-    def watch_routes(self, callback: RoutesCallback) -> None:
-        self._route_watchers.append(callback)
-
-    def _replace_routes(self, node: str, filters: set[str]) -> list[RouteChange]:
-        old = self._routes.get(node, set())
-        changes = [RouteChange(node, f, False) for f in sorted(old - filters)]
-        changes += [RouteChange(node, f, True) for f in sorted(filters - old)]
-        if filters:
-            self._routes[node] = set(filters)
-        else:
-            self._routes.pop(node, None)
-        return changes
-
-    def _emit_routes(self, changes: list[RouteChange]) -> None:
-        if changes:
-            self._notify(self._route_watchers, changes)
-
     @inlineCallbacks
     def _load_routes(self) -> Generator[Deferred[Any], Any, None]:
         reply = yield self._eval(lua.SNAPSHOT, [self.k_members, self.k_rlog], [self.prefix])
@@ -375,23 +313,14 @@ class RedisMetadata:
             op = fields.get(b"op", b"")
             topic_filter = fields.get(b"filter", b"").decode()
             if op == b"add":
-                if topic_filter not in self._routes.setdefault(node, set()):
-                    self._routes[node].add(topic_filter)
-                    changes.append(RouteChange(node, topic_filter, True))
+                changes += self._route_view_add(node, topic_filter)
             elif op == b"del":
-                current = self._routes.get(node, set())
-                if topic_filter in current:
-                    current.discard(topic_filter)
-                    changes.append(RouteChange(node, topic_filter, False))
-                    if not current:
-                        self._routes.pop(node, None)
+                changes += self._route_view_del(node, topic_filter)
             elif op == b"reset":
                 keys = yield self._cmd_call("HKEYS", f"{self.prefix}:routes:{node}")
                 changes += self._replace_routes(node, {k.decode() for k in keys})
             elif op == b"leave":
-                changes += self._replace_routes(node, set())
-                if self._members.pop(node, None) is not None and node != self.node_name:
-                    self._notify(self._member_watchers, {}, {node})
+                changes += self._member_left(node)
             self._rlog_id = entry_id
         self._emit_routes(changes)
 
@@ -495,12 +424,6 @@ class RedisMetadata:
         return self._eval(lua.RETAIN, [self.k_retain, self.k_retlog],
                           [field, self.retlog_maxlen]).addCallback(lambda _: None)
 
-    def retained(self) -> dict[tuple[str, str], bytes]:
-        return dict(self._retained)
-
-    def watch_retained(self, callback: RetainedCallback) -> None:
-        self._retained_watchers.append(callback)
-
     @staticmethod
     def _split_field(field: bytes) -> tuple[str, str]:
         n, _, rest = field.partition(b":")
@@ -511,29 +434,18 @@ class RedisMetadata:
     def _load_retained(self) -> Generator[Deferred[Any], Any, None]:
         reply = yield self._eval(lua.RETAINED_SNAPSHOT, [self.k_retain, self.k_retlog], [])
         self._retlog_id = reply[0]
-        fresh = {self._split_field(reply[i]): reply[i + 1] for i in range(1, len(reply), 2)}
-        changes = [RetainedChange(mp, t, None) for (mp, t) in self._retained
-                   if (mp, t) not in fresh]
-        changes += [RetainedChange(mp, t, m) for (mp, t), m in fresh.items()
-                    if self._retained.get((mp, t)) != m]
-        self._retained = fresh
-        if changes:
-            self._notify(self._retained_watchers, changes)
+        self._replace_retained({self._split_field(reply[i]): reply[i + 1]
+                                for i in range(1, len(reply), 2)})
 
     def _apply_retlog(self, entries: list[Any]) -> None:
-        changes: list[RetainedChange] = []
+        updates: list[tuple[tuple[str, str], bytes | None]] = []
         for entry_id, flat in entries:
             fields = dict(zip(flat[::2], flat[1::2]))
             key = self._split_field(fields.get(b"key", b"0:"))
-            if fields.get(b"op") == b"set":
-                message = fields.get(b"msg", b"")
-                self._retained[key] = message
-                changes.append(RetainedChange(key[0], key[1], message))
-            elif self._retained.pop(key, None) is not None:
-                changes.append(RetainedChange(key[0], key[1], None))
+            updates.append((key, fields.get(b"msg", b"") if fields.get(b"op") == b"set"
+                            else None))
             self._retlog_id = entry_id
-        if changes:
-            self._notify(self._retained_watchers, changes)
+        self._apply_retained(updates)
 
     # -- persistent-session subscriptions -----------------------------------
 
