@@ -345,3 +345,22 @@ class HandshakeTests(SynchronousTestCase):
             c.receive(REFUSE, b"duplicate node name")
         self.assertEqual(cm.exception.reason, "duplicate node name")
         self.assertNotIsInstance(cm.exception, CookieMismatch)
+
+
+class SansIOTests(SynchronousTestCase):
+
+    def test_codec_and_handshake_do_not_import_twisted(self) -> None:
+        """The link's codec and handshake are sans-IO: importing them loads no
+        Twisted module."""
+        import os
+        import subprocess
+        import sys
+
+        import vmqtw
+        root = os.path.dirname(os.path.dirname(os.path.abspath(vmqtw.__file__)))
+        script = ("import sys, vmqtw.cluster.codec, vmqtw.cluster.handshake\n"
+                  "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted'))")
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual((out.returncode, out.stdout.strip()), (0, "[]"), out.stderr)
