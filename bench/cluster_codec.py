@@ -5,6 +5,7 @@
     python3 bench/cluster_codec.py                 # default: 200,000 records, 3 runs
     python3 bench/cluster_codec.py --records 50000 --runs 5
     python3 bench/cluster_codec.py --profile       # cProfile of encode+decode, top 15
+    python3 bench/cluster_codec.py --link          # two processes over loopback TCP
 
 Records are ``Msg`` publishes with a 64-byte payload and an 11-byte topic, the same
 payload size as bench/run.py. "batch" is the number of records per BATCH frame (a
@@ -13,6 +14,11 @@ flush threshold, about 690 such records). Decoding is fed in 64 KiB pieces, like
 socket reads. Figures are process CPU time (``time.process_time``), median of the runs,
 in microseconds per record; "rec/s" is 1 / (encode + decode), i.e. what one core could
 push through the codec alone, an upper bound for the link.
+
+``--link`` runs the real thing: a receiving node (a child process with a
+``LinkServerFactory``) and a sending node (this process, a ``PeerLink`` fed as fast as
+TCP back-pressure allows) over loopback TCP. It prints records/s and each side's CPU per
+record (process CPU time, handshake and start-up excluded).
 """
 from __future__ import annotations
 
@@ -68,6 +74,70 @@ def measure(records: list[Msg], batch: int) -> tuple[float, float, int]:
     return (t1 - t0) * per, (t3 - t2) * per, len(stream)
 
 
+def receiver(n: int) -> None:
+    """The receiving node: print the port, count records, print CPU when all came."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from vmqtw.cluster.link import LinkServerFactory
+    state = {"n": 0, "t0": 0.0}
+
+    def deliver(node: str, records: list) -> None:
+        if not state["n"]:
+            state["t0"] = time.process_time()
+        state["n"] += len(records)
+        if state["n"] >= n:
+            print(f"DONE {time.process_time() - state['t0']:.6f}", flush=True)
+            reactor.stop()
+
+    def listening(port: object) -> None:
+        print(f"PORT {port.getHost().port}", flush=True)  # type: ignore[attr-defined]
+    factory = LinkServerFactory("receiver", "bench", deliver)
+    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory).addCallback(listening)
+    reactor.run()
+
+
+def link_bench(n: int) -> tuple[float, float, float]:
+    """(records/s, sender us/record, receiver us/record) for ``n`` records."""
+    import subprocess
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from vmqtw.cluster.link import PeerLink
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--receiver", str(n)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    port = int(child.stdout.readline().split()[1])
+    records = make_records(min(n, 100_000))
+    link = PeerLink("sender", "receiver", TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                    "bench")
+    state = {"sent": 0, "t0": 0.0, "w0": 0.0, "cpu": 0.0, "wall": 0.0}
+
+    def pump() -> None:
+        if child.poll() is not None:
+            state["wall"] = time.perf_counter() - state["w0"]
+            reactor.stop()
+            return
+        if link.connected and state["sent"] < n:
+            if not state["sent"]:
+                state["t0"], state["w0"] = time.process_time(), time.perf_counter()
+            if link.pending_bytes < 1 << 20:
+                for _ in range(min(2000, n - state["sent"])):
+                    link.send(records[state["sent"] % len(records)])
+                    state["sent"] += 1
+            if state["sent"] >= n:
+                state["cpu"] = time.process_time() - state["t0"]
+        reactor.callLater(0 if state["sent"] < n else 0.01, pump)
+    link.start()
+    reactor.callLater(0, pump)
+    reactor.run()
+    out = child.stdout.read()
+    child.wait(10)
+    recv_cpu = float(out.split("DONE")[1].split()[0])
+    return n / state["wall"], state["cpu"] * 1e6 / n, recv_cpu * 1e6 / n
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -75,7 +145,19 @@ def main() -> int:
     parser.add_argument("--batch", type=int, action="append",
                         help="records per frame (repeatable; default 1 16 64 690)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--link", action="store_true",
+                        help="two processes over loopback TCP instead of the codec alone")
+    parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.receiver:
+        receiver(args.receiver)
+        return 0
+    if args.link:
+        rate, send_us, recv_us = link_bench(args.records * 5)
+        print(f"vmq link over loopback TCP, {args.records * 5} records of {len(PAYLOAD)}-byte "
+              f"payload: {rate / 1000:.0f}k rec/s; CPU per record: sender {send_us:.2f} us "
+              f"(encode, batch, write), receiver {recv_us:.2f} us (read, split, decode)")
+        return 0
     batches = args.batch or [1, 16, 64, 690]
     records = make_records(args.records)
     if args.profile:
