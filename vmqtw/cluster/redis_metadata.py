@@ -25,7 +25,10 @@ from typing import Any, Generator
 from urllib.parse import unquote, urlparse
 
 import txredisapi
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet import defer
+from twisted.internet.defer import (
+    CancelledError, Deferred, DeferredList, fail, inlineCallbacks, succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
@@ -143,8 +146,8 @@ class RedisMetadata(LocalViews):
                 return f
             if f.check(MetadataUnavailable):
                 return f
-            reason = (f"no answer within {limit:g}s" if f.check(Exception) and
-                      type(f.value).__name__ in ("TimeoutError", "CancelledError")
+            reason = (f"no answer within {limit:g}s"
+                      if f.check(defer.TimeoutError, CancelledError, txredisapi.TimeoutError)
                       else f.getErrorMessage())
             raise MetadataUnavailable(
                 f"Redis at {self.host}:{self.port} unavailable: {reason}")
@@ -152,13 +155,11 @@ class RedisMetadata(LocalViews):
 
     def _cmd_call(self, *args: Any) -> Deferred[Any]:
         if self._cmd is None:
-            from twisted.internet.defer import fail
             return fail(MetadataUnavailable("metadata not started"))
         return self._op(self._cmd.handler.execute_command(*args))
 
     def _eval(self, script: str, keys: list[Any], args: list[Any]) -> Deferred[Any]:
         if self._cmd is None:
-            from twisted.internet.defer import fail
             return fail(MetadataUnavailable("metadata not started"))
         return self._op(self._cmd.handler.eval(script, keys, args))
 
@@ -200,7 +201,6 @@ class RedisMetadata(LocalViews):
             self._follow_done = None
 
     def _disconnect(self) -> Deferred[Any]:
-        from twisted.internet.defer import DeferredList
         factories = [f for f in (self._cmd, self._blk) if f is not None]
         self._cmd = self._blk = None
         # Commands still waiting for a connection would otherwise wait for their
@@ -455,7 +455,6 @@ class RedisMetadata(LocalViews):
     def store_subscriptions(self, mountpoint: str, client_id: str,
                             subscriptions: dict[str, bytes]) -> Deferred[Any]:
         if not subscriptions:
-            from twisted.internet.defer import succeed
             return succeed(None)
         args: list[Any] = []
         for topic_filter, info in subscriptions.items():
@@ -466,7 +465,6 @@ class RedisMetadata(LocalViews):
     def remove_subscriptions(self, mountpoint: str, client_id: str,
                              filters: list[str]) -> Deferred[Any]:
         if not filters:
-            from twisted.internet.defer import succeed
             return succeed(None)
         return self._cmd_call("HDEL", self._session_key(mountpoint, client_id),
                               *filters).addCallback(lambda _: None)
