@@ -58,8 +58,8 @@ class MetadataContract:
     assertRaises: Callable[..., Any]
 
     @inlineCallbacks
-    def two_nodes(self) -> Generator[Deferred[Any], Any, tuple[Any, Any]]:
-        a, b = self.node("node-a"), self.node("node-b")
+    def two_nodes(self, **options: Any) -> Generator[Deferred[Any], Any, tuple[Any, Any]]:
+        a, b = self.node("node-a", **options), self.node("node-b", **options)
         yield a.start()
         yield b.start()
         yield until(lambda: set(a.members()) == {"node-a", "node-b"}, "a to see b")
@@ -125,13 +125,13 @@ class MetadataContract:
     def test_leave_is_seen_at_once(self) -> Generator[Deferred[Any], Any, None]:
         """A node that leaves is removed from the others' member and route views
         through the change log, without waiting for the node timeout."""
-        a, b = yield self.two_nodes()
+        a, b = yield self.two_nodes(node_timeout=30.0)
         yield a.add_route("y")
         yield until(lambda: "node-a" in b.routes(), "b to see a's route")
         yield a.leave()
         yield a.stop()
         yield until(lambda: "node-a" not in b.members() and "node-a" not in b.routes(),
-                    "the leave", timeout=0.9)
+                    "the leave", timeout=20.0)
 
     @inlineCallbacks
     def test_claims_give_increasing_epochs_and_fence_stale_owners(
