@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from typing import Any, Generator
+from typing import Any, Callable, Generator, Sequence
 
 import txredisapi
 from twisted.internet import reactor
@@ -64,27 +64,41 @@ def bounded(d: Deferred[Any], seconds: float) -> Deferred[Any]:
 
 
 class RedisServer:
-    """A throw-away ``redis-server`` without persistence, killed by PID."""
+    """A throw-away ``redis-server`` without persistence, killed by PID.
 
-    def __init__(self, case: unittest.TestCase) -> None:
+    :param args: more command-line options (``--replicaof HOST PORT``, ...).
+    :param sentinel: configuration lines: run as a Redis Sentinel with them.
+    """
+
+    def __init__(self, case: unittest.TestCase, args: Sequence[str] = (),
+                 sentinel: Sequence[str] = ()) -> None:
         if shutil.which("redis-server") is None:
             missing("redis-server is not installed (apt-get install redis-server)")
         self.dir = tempfile.mkdtemp(prefix="vmqtw-redis-")
         case.addCleanup(shutil.rmtree, self.dir, True)
         case.addCleanup(self.kill)
+        self.args = list(args)
+        self.sentinel = list(sentinel)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                  "--loglevel", "warning"]
+        if self.sentinel:
+            conf = os.path.join(self.dir, "sentinel.conf")
+            with open(conf, "w") as f:
+                f.write("\n".join(self.sentinel) + "\n")
+            return ["redis-server", conf, "--sentinel", *common]
+        return ["redis-server", *common, "--save", "", "--appendonly", "no", *self.args]
 
     @inlineCallbacks
     def start(self, port: int | None = None) -> Generator[Deferred[Any], Any, None]:
         """Start on ``port`` (a free one if None) and wait until it answers PING."""
         for _ in range(5):
             self.port = port or free_port()
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", self.dir,
-                 "--loglevel", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
             for _ in range(250):
                 if self.proc.poll() is not None or pong(self.port):
                     break
@@ -225,3 +239,88 @@ class RedisMetadataTests(MetadataContract, unittest.TestCase):
         self.assertIn(f"Redis at 127.0.0.1:{nowhere.port} unavailable", str(cm.exception))
         with self.assertRaises(MetadataUnavailable):
             yield bounded(nowhere.add_route("z"), 10 * 0.5)
+
+
+class SentinelTests(unittest.TestCase):
+    """``metadata.redis.sentinels``: the cluster follows a Sentinel failover."""
+
+    timeout = 90
+
+    def redis(self, *args: str) -> RedisServer:
+        server = RedisServer(self, args)
+        return server
+
+    @inlineCallbacks
+    def call(self, port: int, *args: Any) -> Generator[Deferred[Any], Any, Any]:
+        conn = yield txredisapi.Connection("127.0.0.1", port, reconnect=False, charset=None,
+                                           convertNumbers=False)
+        try:
+            return (yield conn.execute_command(*args))
+        finally:
+            yield conn.disconnect()
+
+    @inlineCallbacks
+    def wait_for(self, port: int, args: tuple[Any, ...], check: Callable[[Any], bool],
+                 what: str, timeout: float = 20.0) -> Generator[Deferred[Any], Any, None]:
+        """Poll a command on ``port`` until ``check(reply)`` holds (bounded)."""
+        for _ in range(int(timeout / 0.1)):
+            try:
+                if check((yield self.call(port, *args))):
+                    return
+            except Exception:
+                pass
+            yield deferLater(reactor, 0.1, lambda: None)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    @inlineCallbacks
+    def test_cluster_continues_after_a_failover(self) -> Generator[Deferred[Any], Any, None]:
+        """With the Redis master killed, Sentinel promotes the replica; both nodes
+        reconnect to it, keep their views, re-announce, and new changes flow."""
+        self.addCleanup(deferLater, reactor, 0.01, lambda: None)
+        master = RedisServer(self)
+        yield master.start()
+        replica = RedisServer(self, ["--replicaof", "127.0.0.1", str(master.port)])
+        yield replica.start()
+        yield self.wait_for(replica.port, ("INFO", "replication"),
+                            lambda r: b"master_link_status:up" in r, "the replica to sync")
+        sentinel = RedisServer(self, sentinel=[
+            f"sentinel monitor vmq 127.0.0.1 {master.port} 1",
+            "sentinel down-after-milliseconds vmq 300",
+            "sentinel failover-timeout vmq 3000",
+        ])
+        yield sentinel.start()
+        yield self.wait_for(sentinel.port, ("SENTINEL", "REPLICAS", "vmq"), bool,
+                            "Sentinel to discover the replica")
+        options: dict[str, Any] = dict(sentinels=[("127.0.0.1", sentinel.port)],
+                                       master_name="vmq", heartbeat_interval=0.1,
+                                       node_timeout=5.0, op_timeout=1.0, block_ms=200,
+                                       cluster_name="test")
+        a = RedisMetadata("node-a", **options)
+        b = RedisMetadata("node-b", **options)
+        self.addCleanup(a.stop)
+        self.addCleanup(b.stop)
+        yield a.start()
+        yield b.start()
+        self.assertIn("Sentinels", a.server)
+        yield a.add_route("before/failover")
+        yield until(lambda: "node-a" in b.routes(), "b to see a's route")
+        first = yield a.claim("", "c")
+        master.kill()
+        yield self.wait_for(sentinel.port, ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "vmq"),
+                            lambda r: r and int(r[1]) == replica.port, "the failover",
+                            timeout=30.0)
+        yield until(lambda: a.reachable and b.reachable, "both nodes on the new master",
+                    timeout=20.0)
+        for _ in range(100):
+            try:
+                yield a.add_route("after/failover")
+                break
+            except MetadataUnavailable:
+                yield deferLater(reactor, 0.1, lambda: None)
+        yield until(lambda: b.routes().get("node-a") == {"before/failover", "after/failover"},
+                    "b to see both of a's routes")
+        self.assertEqual(set(b.members()), {"node-a", "node-b"})
+        second = yield b.claim("", "c")
+        self.assertGreater(second.epoch, first.epoch)
+        routes = yield self.call(replica.port, "HKEYS", "{test}:routes:node-a")
+        self.assertEqual(set(routes), {b"before/failover", b"after/failover"})

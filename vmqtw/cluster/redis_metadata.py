@@ -21,7 +21,7 @@ Recovery rules:
 from __future__ import annotations
 
 import os
-from typing import Any, Generator
+from typing import Any, Generator, Sequence
 from urllib.parse import unquote, urlparse
 
 import txredisapi
@@ -48,6 +48,28 @@ def _lp(text: str) -> bytes:
     return str(len(raw)).encode() + b":" + raw
 
 
+class _SentinelMasterProtocol(txredisapi.SentinelRedisProtocol):
+    """txredisapi's master check compares ``ROLE``'s reply with a ``str``, which never
+    matches on a connection that returns bytes (``charset=None``, as we need for
+    payloads): every master would be refused. Same check, on bytes or str."""
+
+    def connectionMade(self) -> Any:
+        def check_role(role: list[Any]) -> Any:
+            name = role[0].decode() if isinstance(role[0], bytes) else role[0]
+            if self.factory.is_master and name != "master":
+                self.transport.loseConnection()
+                return succeed(None)
+            return txredisapi.RedisProtocol.connectionMade(self)
+
+        if self.password is not None:
+            self.auth(self.password, self.username)
+        return self.role().addCallback(check_role)
+
+
+class _SentinelMasterFactory(txredisapi.SentinelConnectionFactory):
+    protocol = _SentinelMasterProtocol
+
+
 @implementer(IMetadata)
 class RedisMetadata(LocalViews):
     """One node's connection to the cluster's Redis.
@@ -58,6 +80,10 @@ class RedisMetadata(LocalViews):
     :param node_timeout: ``cluster.node_timeout``: a node that has not heartbeat for
         this long is dead.
     :param op_timeout: deadline of every Redis command (seconds).
+    :param sentinels: ``metadata.redis.sentinels``: ``(host, port)`` of Redis Sentinels;
+        when given, ``host``/``port`` are ignored and the node always talks to the
+        current master of ``master_name`` (``metadata.redis.master_name``), following a
+        failover (the Sentinels themselves are reached without a password).
     """
 
     log = Logger()
@@ -68,13 +94,16 @@ class RedisMetadata(LocalViews):
                  node_timeout: float = 5.0, op_timeout: float = 5.0,
                  reconnect_max_delay: float = 2.0, rlog_maxlen: int = 100_000,
                  retlog_maxlen: int = 10_000, block_ms: int = 1000,
-                 batch: int = 1000, reactor: Any = None) -> None:
+                 batch: int = 1000, sentinels: Sequence[tuple[str, int]] = (),
+                 master_name: str = "vmqtw", reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
             reactor = _reactor
         super().__init__(node_name)
         self.address = address
         self.host, self.port, self.dbid, self.password = host, port, dbid, password
+        self.sentinels = list(sentinels)
+        self.master_name = master_name
         self.heartbeat_interval = heartbeat_interval
         self.node_timeout = node_timeout
         self.op_timeout = op_timeout
@@ -96,6 +125,7 @@ class RedisMetadata(LocalViews):
         self._running = False
         self._cmd: Any = None
         self._blk: Any = None
+        self._sentinel: Any = None
         self._heartbeat: LoopingCall | None = None
         self._beating = False
         self._need_announce = False
@@ -120,6 +150,17 @@ class RedisMetadata(LocalViews):
     # -- plumbing -------------------------------------------------------------
 
     def _connect(self) -> Any:
+        """A connection handler (lazy: commands wait while it (re)connects)."""
+        if self.sentinels:
+            if self._sentinel is None:
+                self._sentinel = txredisapi.Sentinel(list(self.sentinels))
+                self._sentinel.discovery_timeout = self.op_timeout
+            # Asks the Sentinels for the current master before every connection
+            # attempt and refuses a server whose role is not master.
+            return self._sentinel.master_for(
+                self.master_name, factory_class=_SentinelMasterFactory, dbid=self.dbid,
+                charset=None, password=self.password, replyTimeout=self.op_timeout,
+                convertNumbers=False)
         factory = txredisapi.RedisFactory(
             f"{self.host}:{self.port}", self.dbid, 1, isLazy=True, charset=None,
             password=self.password, replyTimeout=self.op_timeout, convertNumbers=False)
@@ -127,7 +168,15 @@ class RedisMetadata(LocalViews):
         factory.maxDelay = self.reconnect_max_delay
         factory.startConnecting(HostnameEndpoint(self.reactor, self.host, self.port,
                                                  timeout=self.op_timeout))
-        return factory
+        return factory.handler
+
+    @property
+    def server(self) -> str:
+        """Which Redis this node uses, for messages."""
+        if self.sentinels:
+            return f"master {self.master_name!r} of Sentinels " + ",".join(
+                f"{h}:{p}" for h, p in self.sentinels)
+        return f"Redis at {self.host}:{self.port}"
 
     def _op(self, d: Deferred[Any], timeout: float | None = None) -> Deferred[Any]:
         """Give ``d`` a deadline and turn engine trouble into MetadataUnavailable."""
@@ -149,19 +198,18 @@ class RedisMetadata(LocalViews):
             reason = (f"no answer within {limit:g}s"
                       if f.check(defer.TimeoutError, CancelledError, txredisapi.TimeoutError)
                       else f.getErrorMessage())
-            raise MetadataUnavailable(
-                f"Redis at {self.host}:{self.port} unavailable: {reason}")
+            raise MetadataUnavailable(f"{self.server} unavailable: {reason}")
         return d.addErrback(unavailable)
 
     def _cmd_call(self, *args: Any) -> Deferred[Any]:
         if self._cmd is None:
             return fail(MetadataUnavailable("metadata not started"))
-        return self._op(self._cmd.handler.execute_command(*args))
+        return self._op(self._cmd.execute_command(*args))
 
     def _eval(self, script: str, keys: list[Any], args: list[Any]) -> Deferred[Any]:
         if self._cmd is None:
             return fail(MetadataUnavailable("metadata not started"))
-        return self._op(self._cmd.handler.eval(script, keys, args))
+        return self._op(self._cmd.eval(script, keys, args))
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -183,9 +231,8 @@ class RedisMetadata(LocalViews):
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(self.heartbeat_interval, now=False)
         self._follow_done = self._follow()
-        self.log.info("cluster metadata: node {node} joined cluster {prefix} on Redis "
-                      "{host}:{port}", node=self.node_name, prefix=self.prefix,
-                      host=self.host, port=self.port)
+        self.log.info("cluster metadata: node {node} joined cluster {prefix} on {server}",
+                      node=self.node_name, prefix=self.prefix, server=self.server)
 
     @inlineCallbacks
     def stop(self) -> Generator[Deferred[Any], Any, None]:
@@ -201,14 +248,14 @@ class RedisMetadata(LocalViews):
             self._follow_done = None
 
     def _disconnect(self) -> Deferred[Any]:
-        factories = [f for f in (self._cmd, self._blk) if f is not None]
-        self._cmd = self._blk = None
+        handlers = [h for h in (self._cmd, self._blk, self._sentinel) if h is not None]
+        self._cmd = self._blk = self._sentinel = None
         # Commands still waiting for a connection would otherwise wait for their
         # deadline; they fail now with MetadataUnavailable.
         for d in list(self._pending):
             d.cancel()
         self.reachable = False
-        return DeferredList([f.disconnect() for f in factories], consumeErrors=True)
+        return DeferredList([h.disconnect() for h in handlers], consumeErrors=True)
 
     def leave(self) -> Deferred[Any]:
         # No more heartbeats: one would find the record gone and register us again.
@@ -337,7 +384,7 @@ class RedisMetadata(LocalViews):
                     yield self._load_retained()
                     reload = False
                 reply = yield self._op(
-                    self._blk.handler.execute_command(
+                    self._blk.execute_command(
                         "XREAD", "COUNT", self.batch, "BLOCK", self.block_ms, "STREAMS",
                         self.k_rlog, self.k_retlog, self._rlog_id, self._retlog_id,
                         apply_timeout=False),
