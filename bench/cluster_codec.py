@@ -29,10 +29,11 @@ import pstats
 import statistics
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vmqtw.cluster.codec import BatchEncoder, Msg, RecordDecoder  # noqa: E402
+from vmqtw.cluster.codec import BatchEncoder, Msg, RecordDecoder
 
 PAYLOAD = bytes(range(64))
 
@@ -80,14 +81,16 @@ def receiver(n: int) -> None:
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
     from vmqtw.cluster.link import LinkServerFactory
-    state = {"n": 0, "t0": 0.0}
+    got = 0
+    t0 = 0.0
 
-    def deliver(node: str, records: list) -> None:
-        if not state["n"]:
-            state["t0"] = time.process_time()
-        state["n"] += len(records)
-        if state["n"] >= n:
-            print(f"DONE {time.process_time() - state['t0']:.6f}", flush=True)
+    def deliver(node: str, records: list[Any]) -> None:
+        nonlocal got, t0
+        if not got:
+            t0 = time.process_time()
+        got += len(records)
+        if got >= n:
+            print(f"DONE {time.process_time() - t0:.6f}", flush=True)
             reactor.stop()
 
     def listening(port: object) -> None:
@@ -112,30 +115,32 @@ def link_bench(n: int) -> tuple[float, float, float]:
     records = make_records(min(n, 100_000))
     link = PeerLink("sender", "receiver", TCP4ClientEndpoint(reactor, "127.0.0.1", port),
                     "bench")
-    state = {"sent": 0, "t0": 0.0, "w0": 0.0, "cpu": 0.0, "wall": 0.0}
+    sent = 0
+    t0 = w0 = cpu = wall = 0.0
 
     def pump() -> None:
+        nonlocal sent, t0, w0, cpu, wall
         if child.poll() is not None:
-            state["wall"] = time.perf_counter() - state["w0"]
+            wall = time.perf_counter() - w0
             reactor.stop()
             return
-        if link.connected and state["sent"] < n:
-            if not state["sent"]:
-                state["t0"], state["w0"] = time.process_time(), time.perf_counter()
+        if link.connected and sent < n:
+            if not sent:
+                t0, w0 = time.process_time(), time.perf_counter()
             if link.pending_bytes < 1 << 20:
-                for _ in range(min(2000, n - state["sent"])):
-                    link.send(records[state["sent"] % len(records)])
-                    state["sent"] += 1
-            if state["sent"] >= n:
-                state["cpu"] = time.process_time() - state["t0"]
-        reactor.callLater(0 if state["sent"] < n else 0.01, pump)
+                for _ in range(min(2000, n - sent)):
+                    link.send(records[sent % len(records)])
+                    sent += 1
+            if sent >= n:
+                cpu = time.process_time() - t0
+        reactor.callLater(0 if sent < n else 0.01, pump)
     link.start()
     reactor.callLater(0, pump)
     reactor.run()
     out = child.stdout.read()
     child.wait(10)
     recv_cpu = float(out.split("DONE")[1].split()[0])
-    return n / state["wall"], state["cpu"] * 1e6 / n, recv_cpu * 1e6 / n
+    return n / wall, cpu * 1e6 / n, recv_cpu * 1e6 / n
 
 
 def main() -> int:

@@ -158,17 +158,19 @@ def encode_record(record: Record) -> bytes:
                                    len(props), len(payload), ref, len(cb)),
                          mpb, tb, props, payload, cb))
     if kind is EnqAck:
-        return _ENQ_ACK.pack(ENQ_ACK, record.status, record.ref)
+        ref, status = record  # type: ignore[misc]
+        return _ENQ_ACK.pack(ENQ_ACK, status, ref)
     if kind is Takeover:
-        mpb = record.mountpoint.encode()
-        cb = record.client_id.encode()
-        return b"".join((_TAKEOVER.pack(TAKEOVER, len(mpb), len(cb), record.ref, record.epoch),
-                         mpb, cb))
+        ref, mp, cid, epoch = record  # type: ignore[misc]
+        mpb = mp.encode()
+        cb = cid.encode()
+        return b"".join((_TAKEOVER.pack(TAKEOVER, len(mpb), len(cb), ref, epoch), mpb, cb))
     if kind is TakeoverDone:
-        mpb = record.mountpoint.encode()
-        cb = record.client_id.encode()
-        return b"".join((_TAKEOVER_DONE.pack(TAKEOVER_DONE, record.status, len(mpb), len(cb),
-                                             record.ref, record.epoch), mpb, cb))
+        ref, mp, cid, epoch, status = record  # type: ignore[misc]
+        mpb = mp.encode()
+        cb = cid.encode()
+        return b"".join((_TAKEOVER_DONE.pack(TAKEOVER_DONE, status, len(mpb), len(cb), ref,
+                                             epoch), mpb, cb))
     raise TypeError(f"not a link record: {record!r}")
 
 

@@ -55,6 +55,7 @@ class LinkServerProtocol(Protocol):
     the factory's ``deliver(peer_node_name, records)``."""
 
     log = Logger()
+    transport: Any
 
     def __init__(self, factory: LinkServerFactory) -> None:
         self.factory = factory
@@ -157,7 +158,7 @@ class LinkServerFactory(Factory):
                  reactor: IReactorTime | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
-            reactor = _reactor  # type: ignore[assignment]
+            reactor = _reactor
         self.node_name = node_name
         self.cookie = cookie
         self.deliver = deliver
@@ -196,6 +197,7 @@ class LinkClientProtocol(Protocol):
     back-pressure pauses and resumes the :class:`PeerLink`'s writing."""
 
     log = Logger()
+    transport: Any
 
     def __init__(self, link: PeerLink) -> None:
         self.link = link
@@ -358,16 +360,20 @@ class PeerLink:
             proto.on_lost.append(d)
             proto.transport.abortConnection()
             waits.append(d)
-        return DeferredList(waits).addCallback(lambda _: None)  # type: ignore[return-value]
+        return DeferredList(waits).addCallback(lambda _: None)
 
     def _connect(self) -> None:
         self._retry = None
         if not self._running:
             return
-        attempt = self.endpoint.connect(self.factory)
+        attempt: Deferred[Any] = self.endpoint.connect(self.factory)
         self._attempt = attempt
-        attempt.addCallback(lambda proto: proto.ready)
+        attempt.addCallback(self._handshake)
         attempt.addCallbacks(self._ready, self._attempt_failed)
+
+    @staticmethod
+    def _handshake(proto: LinkClientProtocol) -> Deferred[LinkClientProtocol]:
+        return proto.ready
 
     def _attempt_failed(self, failure: Failure) -> None:
         self._attempt = None

@@ -96,8 +96,8 @@ class MemoryMetadata(LocalViews):
     def start(self) -> Deferred[None]:
         try:
             self.engine.check()
-        except MetadataUnavailable as e:
-            return fail(e)
+        except MetadataUnavailable as error:
+            return fail(error)
         self._announce()
         self.engine.nodes.add(self)
         e = self.engine

@@ -355,7 +355,7 @@ class RedisMetadata(LocalViews):
     def _apply_rlog(self, entries: list[Any]) -> Generator[Deferred[Any], Any, None]:
         changes: list[RouteChange] = []
         for entry_id, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2]))
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             node = fields.get(b"node", b"").decode()
             op = fields.get(b"op", b"")
             topic_filter = fields.get(b"filter", b"").decode()
@@ -426,7 +426,7 @@ class RedisMetadata(LocalViews):
         """
         if before == b"0-0":
             info = yield self._cmd_call("XINFO", "STREAM", key)
-            fields = dict(zip(info[::2], info[1::2]))
+            fields = dict(zip(info[::2], info[1::2], strict=True))
             return int(fields.get(b"entries-added", 0)) > int(fields.get(b"length", 0))
         found = yield self._cmd_call("XRANGE", key, before, before, "COUNT", 1)
         return not found
@@ -487,7 +487,7 @@ class RedisMetadata(LocalViews):
     def _apply_retlog(self, entries: list[Any]) -> None:
         updates: list[tuple[tuple[str, str], bytes | None]] = []
         for entry_id, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2]))
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
             key = self._split_field(fields.get(b"key", b"0:"))
             updates.append((key, fields.get(b"msg", b"") if fields.get(b"op") == b"set"
                             else None))
