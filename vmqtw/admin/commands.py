@@ -25,8 +25,11 @@ Handler = Callable[["Admin", Parsed], list[out.Element]]
 
 @dataclass
 class Reply:
+    """``code`` 0 (done) or 1; ``usage_error``: the command line itself was wrong."""
+
     code: int
     elements: list[out.Element] = field(default_factory=list)
+    usage_error: bool = False
 
     def render(self, fmt: str = "human") -> str:
         return out.render(self.elements, fmt)
@@ -88,7 +91,7 @@ class Admin:
             text = str(e)
             if e.usage:
                 text += "\n" + e.usage
-            return Reply(1, [out.Text(text)])
+            return Reply(1, [out.Text(text)], usage_error=True)
         except CommandError as e:
             return Reply(1, [out.Text(str(e))])
 
