@@ -1,0 +1,81 @@
+"""The operations stack of one broker service, built in one place.
+
+``Operations(service)`` takes a running broker service (anything with
+``broker``, ``config``, ``listeners`` - a dict of listener services -,
+``plugins`` and ``reactor``) and builds the metrics registry, the API keys,
+the listener controller and the admin command set; it makes the admin
+channel and ``$SYS`` services and the resource tree of an HTTP listener.
+
+Settings come from the configuration's raw keys (``config.extra``):
+``nodename``, ``prometheus_namespace``, ``admin_socket``, ``api_keys_file``,
+``min_apikey_length``, ``max_apikey_expiry_days``, ``systree_*`` and
+``persistent_store.directory`` (the admin socket and the key file live in the
+store's directory unless given).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+from vmqtw.admin.apikeys import FILENAME as KEYS_FILENAME
+from vmqtw.admin.apikeys import ApiKeys
+from vmqtw.admin.channel import SOCKET_NAME, AdminChannelService
+from vmqtw.admin.commands import Admin
+from vmqtw.admin.listeners import ServiceListeners, view
+from vmqtw.admin.systree import SysTree
+from vmqtw.metrics import Metrics, metrics_settings
+
+
+def state_directory(config: Any) -> str:
+    """The store's directory (``persistent_store.directory``, default ``data``
+    next to the configuration file)."""
+    base = os.path.dirname(os.path.abspath(config.path))
+    return os.path.normpath(os.path.join(
+        base, config.extra.get("persistent_store.directory", "data")))
+
+
+def _path(config: Any, key: str, default_name: str) -> str:
+    value = config.extra.get(key)
+    base = os.path.dirname(os.path.abspath(config.path))
+    if value:
+        return os.path.normpath(os.path.join(base, value))
+    return os.path.join(state_directory(config), default_name)
+
+
+class Operations:
+    def __init__(self, service: Any, clock: Callable[[], float] | None = None,
+                 builder: Callable[..., Any] | None = None) -> None:
+        self.service = service
+        config = service.config
+        extra: Mapping[str, str] = config.extra
+        node, namespace = metrics_settings(extra)
+        self.metrics = Metrics(node, namespace, broker=service.broker)
+        max_days = extra.get("max_apikey_expiry_days")
+        keys_path = _path(config, "api_keys_file", KEYS_FILENAME)
+        os.makedirs(os.path.dirname(keys_path), exist_ok=True)
+        self.apikeys = ApiKeys(keys_path, int(extra.get("min_apikey_length", 0)),
+                               int(max_days) if max_days else None)
+        self.listeners = ServiceListeners(service.listeners, builder)
+        kwargs = {"clock": clock} if clock is not None else {}
+        self.admin = Admin(service.broker, self.metrics, self.listeners, self.apikeys,
+                           getattr(service, "plugins", ()), node, **kwargs)
+        self.socket_path = _path(config, "admin_socket", SOCKET_NAME)
+
+    def listeners_view(self) -> list[dict[str, Any]]:
+        return view(self.listeners)
+
+    def admin_channel(self) -> AdminChannelService:
+        return AdminChannelService(self.admin, self.socket_path, self.service.reactor)
+
+    def systree(self) -> SysTree:
+        return SysTree.from_settings(self.service.broker, self.metrics, self.service.reactor,
+                                     self.service.config.extra)
+
+    def http_root(self, modules: Iterable[str] | None = None,
+                  auth_modes: Mapping[str, str] | None = None, authorizer: Any = None,
+                  pub_settings: Any = None) -> Any:
+        """The resource tree of an HTTP listener (``vmqtw.http.site.build_root``)."""
+        from vmqtw.http.site import DEFAULT_MODULES, build_root
+        return build_root(self.admin, self.metrics, self.listeners_view, self.apikeys,
+                          DEFAULT_MODULES if modules is None else modules, auth_modes,
+                          authorizer, pub_settings)
