@@ -165,7 +165,8 @@ def _matches(value: Any, wanted: str) -> bool:
         try:
             return re.search(wanted[1:], text) is not None
         except re.error as e:
-            raise UsageError(f"Invalid regex {wanted[1:]!r}: {e}") from None
+            raise UsageError(f"Invalid regex {wanted[1:]!r}: {e}",
+                             COMMANDS[("session", "show")].usage) from None
     return text == wanted
 
 
@@ -177,7 +178,7 @@ def session_show(admin: Admin, p: Parsed) -> list[out.Element]:
     limit = int_value(p.flag("limit", "100"), "--limit", COMMANDS[("session", "show")].usage, 1)
     columns: list[str] = []
     filters: dict[str, str] = {}
-    for name, value in p.flags.items():
+    for name, value in p.items:
         if name in ("limit", "rowtimeout"):
             continue
         if name not in SESSION_COLUMNS:
@@ -186,6 +187,8 @@ def session_show(admin: Admin, p: Parsed) -> list[out.Element]:
             columns.append(name)
         else:
             filters[name] = value
+    for value in filters.values():
+        _matches("", value)  # a bad regex is a usage error even with no sessions
     shown = sorted(columns or DEFAULT_SESSION_COLUMNS)
     per_topic = any(c in SUBSCRIPTION_COLUMNS for c in (*shown, *filters))
     rows: list[dict[str, Any]] = []
@@ -267,9 +270,8 @@ def _required(p: Parsed, key: str, cmd: tuple[str, ...]) -> str:
 def retain_show(admin: Admin, p: Parsed) -> list[out.Element]:
     usage = COMMANDS[("retain", "show")].usage
     limit = int_value(p.flag("limit", "100"), "--limit", usage, 1)
-    columns = [k for k, v in p.flags.items() if v is None]
-    filters = {k: v for k, v in p.flags.items() if v is not None
-               and k not in ("limit", "rowtimeout")}
+    columns = [k for k, v in p.items if v is None]
+    filters = {k: v for k, v in p.items if v is not None and k not in ("limit", "rowtimeout")}
     shown = sorted(columns) if columns else ["payload", "topic"]
     rows: list[dict[str, Any]] = []
     items = getattr(admin.broker.store, "retained_items", None)

@@ -29,8 +29,10 @@ class Flag:
 @dataclass
 class Parsed:
     args: dict[str, str] = field(default_factory=dict)
-    #: flag name -> value (None for a bare flag), in the order given
+    #: flag name -> value (None for a bare flag); the last one given wins
     flags: dict[str, str | None] = field(default_factory=dict)
+    #: every flag as given, in order (``--topic --topic=a`` is two items)
+    items: list[tuple[str, str | None]] = field(default_factory=list)
 
     def flag(self, name: str, default: Any = None) -> Any:
         return self.flags.get(name, default)
@@ -55,6 +57,7 @@ def parse(tokens: list[str], keys: tuple[str, ...], flags: tuple[Flag, ...],
             if spec is not None and spec.takes_value and not eq:
                 raise UsageError(f"The flag --{name} needs a value", usage)
             out.flags[name] = value if eq else None
+            out.items.append((name, out.flags[name]))
         elif token.startswith("-") and len(token) > 1:
             spec = by_short.get(token[1:])
             if spec is None:
@@ -66,6 +69,7 @@ def parse(tokens: list[str], keys: tuple[str, ...], flags: tuple[Flag, ...],
                 i += 1
             else:
                 out.flags[spec.name] = None
+            out.items.append((spec.name, out.flags[spec.name]))
         elif "=" in token:
             key, _, value = token.partition("=")
             if key not in keys:
