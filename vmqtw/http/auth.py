@@ -13,12 +13,20 @@ from vmqtw.admin.apikeys import ApiKeys
 REALM_HEADER = b'Authorization realm="VerneMQ"'
 
 
+def header(request: Any, name: bytes) -> str | None:
+    """A request header as text (None when absent)."""
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def request_key(request: Any) -> str | None:
     """The key a request presents: ``x-api-key``, else the Basic user name."""
-    header = request.getHeader(b"x-api-key")
-    if header:
-        return header.decode("utf-8", "replace").strip()
-    auth = request.getHeader(b"authorization") or ""
+    key = header(request, b"x-api-key")
+    if key:
+        return key.strip()
+    auth = header(request, b"authorization") or ""
     scheme, _, value = auth.partition(" ")
     if scheme.lower() != "basic" or not value:
         return None

@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from vmqtw.auth.api import Error, Ok, RegisterRequest
 from vmqtw.core.message import Message
+from vmqtw.http.auth import header
 from vmqtw.core.topics import TopicError, validate_topic_name
 from vmqtw.logs import Logger
 
@@ -148,20 +149,20 @@ class Publish(Resource):
     # -- input -------------------------------------------------------------------
 
     def _fields(self, request: Any) -> dict[str, Any]:
-        ctype = (request.getHeader(b"content-type") or "").split(";")[0].strip().lower()
+        ctype = (header(request, b"content-type") or "").split(";")[0].strip().lower()
         if ctype not in CONTENT_TYPES:
             raise PubError(415, "Unsupported content type.")
         body = request.content.read()
         args = {k.decode(): [v.decode("utf-8", "replace") for v in vs]
                 for k, vs in request.args.items()}
-        header = request.getHeader(b"topic")
-        if header is not None:
+        topic = header(request, b"topic")
+        if topic is not None:
             if "topic" in args:
                 raise PubError(400, "Parameters found in header as well as url-encoded")
             self._check_size(body)
-            f: dict[str, Any] = {"topic": header, "payload": body}
+            f: dict[str, Any] = {"topic": topic, "payload": body}
             for name in ("qos", "retain", "client_id", "user", "password", "user_properties"):
-                value = request.getHeader(name.encode())
+                value = header(request, name.encode())
                 if value is not None:
                     f[name] = value
             if "user_properties" in f:
