@@ -346,7 +346,8 @@ class Metrics:
         values = self.values
         extra = {name: source() - self._offsets.get(name, 0)
                  for name, source in self.sources.items()}
-        for (name, labels), value in zip(self.series, values):
+        # (values has one more slot than series: the spare, never exported)
+        for (name, labels), value in zip(self.series, values):  # noqa: B905
             if name in extra and not labels:
                 value += extra[name]
             yield "counter", name, labels, value
@@ -390,7 +391,7 @@ class Metrics:
     def aggregated(self) -> dict[str, tuple[str, float]]:
         """name -> (type, value) summed over labels, as ``$SYS`` and ``metrics show``."""
         out: dict[str, tuple[str, float]] = {}
-        for typ, name, _labels_, value in self.samples():
+        for typ, name, _, value in self.samples():
             prev = out.get(name)
             out[name] = (typ, value + (prev[1] if prev else 0))
         return out

@@ -73,7 +73,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+\n"
 
     def line(values: list[str]) -> str:
-        return "|" + "|".join(f" {v:<{w}} " for v, w in zip(values, widths)) + "|\n"
+        return "|" + "|".join(f" {v:<{w}} " for v, w in zip(values, widths, strict=True)) + "|\n"
 
     return border + line(header) + border + "".join(line(r) for r in cells) + border
 

@@ -52,7 +52,7 @@ def build_root(admin: Admin, metrics: Metrics, listeners: Callable[[], list[dict
         mode = auth_mode(module, modes)
         scope = SCOPES.get(module, "")
 
-        def guard(resource: Any) -> Any:
+        def guard(resource: Any, scope: str = scope, mode: str = mode) -> Any:
             return guarded(resource, apikeys, scope, mode)
 
         if module == "vmq_metrics_http":

@@ -6,12 +6,11 @@ import os
 import stat
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw import logs
 from vmqtw.admin import output
-from vmqtw.admin.apikeys import ApiKeys
+from vmqtw.admin.apikeys import ApiKeyError, ApiKeys
 from vmqtw.admin.commands import Admin, current_log_level
 from vmqtw.admin.listeners import ServiceListeners, view
 from vmqtw.admin.systree import SysTree, systree_topic
@@ -247,8 +246,10 @@ class ApiKeyTests(AdminTestCase):
     def test_min_length_and_max_expiry(self) -> None:
         """min_apikey_length and max_apikey_expiry_days are enforced."""
         keys = ApiKeys(None, min_length=40, max_expiry_days=30, clock=lambda: NOW)
-        self.assertRaises(Exception, keys.add, "short")
-        self.assertRaises(Exception, keys.create)  # no expiry with a maximum set
+        self.assertEqual(str(self.assertRaises(ApiKeyError, keys.add, "short")),
+                         "invalid_key_length")
+        # no expiry while a maximum is set
+        self.assertEqual(str(self.assertRaises(ApiKeyError, keys.create)), "invalid_expiry_date")
         key = keys.create(expires=NOW + 86400)
         self.assertEqual(len(key), 40)
 
