@@ -190,6 +190,15 @@ V5_REASONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mqtt_auth_received": ("The number of AUTH packets received.", _AUTH),
 }
 
+#: Counters that are the sum of others, computed when read, so that the hot
+#: path counts fewer things: every matched subscription enters a session's
+#: queue, and every PUBLISH sent leaves one.  Code should not count these
+#: itself (what it adds to their own slot is added to the sum).
+DERIVED: dict[str, tuple[str, ...]] = {
+    "queue_message_in": ("router_matches_local",),
+    "queue_message_out": ("mqtt_publish_sent",),
+}
+
 #: Gauges read from the broker at scrape time.
 GAUGES: dict[str, str] = {
     "router_subscriptions": "The number of subscriptions in the routing table.",
@@ -346,6 +355,9 @@ class Metrics:
         values = self.values
         extra = {name: source() - self._offsets.get(name, 0)
                  for name, source in self.sources.items()}
+        for name, parts in DERIVED.items():
+            extra[name] = extra.get(name, 0) + sum(
+                values[i] for i, (n, _) in enumerate(self.series) if n in parts)
         # (values has one more slot than series: the spare, never exported)
         for (name, labels), value in zip(self.series, values):  # noqa: B905
             if name in extra and not labels:

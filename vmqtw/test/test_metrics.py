@@ -188,6 +188,19 @@ class BrokerGaugeTests(SynchronousTestCase):
         hn.broker.dropped = 7
         self.assertEqual(m.aggregated()["queue_message_drop"], ("counter", 2))
 
+    def test_derived_queue_counters(self) -> None:
+        """queue_message_in follows router_matches_local and queue_message_out
+        follows mqtt_publish_sent (all versions), so the hot path counts less."""
+        m = Metrics()
+        m.inc("router_matches_local", 4)
+        m.inc("mqtt_publish_sent", 2, mqtt_version="4")
+        m.inc("mqtt_publish_sent", 1, mqtt_version="5")
+        totals = m.aggregated()
+        self.assertEqual(totals["queue_message_in"], ("counter", 4))
+        self.assertEqual(totals["queue_message_out"], ("counter", 3))
+        m.reset()
+        self.assertEqual(m.aggregated()["queue_message_out"], ("counter", 0))
+
     def test_aggregated_sums_labels(self) -> None:
         """The aggregated view ($SYS, metrics show) sums a name over its labels."""
         m = Metrics()
