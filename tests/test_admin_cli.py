@@ -173,6 +173,45 @@ class CommandTests(AdminCliTestCase):
         self.assertEqual((code, err), (1, b"can't stop listener due to 'not_found'\n"))
 
     @inlineCallbacks
+    def test_listener_start_new_and_delete(self) -> None:
+        """listener start on a new address adds a working listener (with the
+        file's settings and the given options); delete removes it; bad options
+        are refused with VerneMQ's one-line error."""
+        out = yield self.ok("listener", "start", "address=127.0.0.1", "port=0",
+                            "--mountpoint=tenant", "--max_connections=5")
+        self.assertEqual(out, "Done\n")
+        out = yield self.ok("listener", "show", "--format=json")
+        rows = json.loads(out)["table"]
+        self.assertEqual(len(rows), 2)
+        new = [r for r in rows if r["mountpoint"] == "tenant"][0]
+        self.assertEqual((new["type"], new["status"], new["max_conns"]), ("mqtt", "running", 5))
+        client = yield self.raw_client(host="127.0.0.1", port=int(new["port"]))
+        from tests.support import connect_packet
+        client.send(connect_packet("on-new"))
+        yield client.read(4)
+        self.assertIn(("tenant", "on-new"), self.service.broker.sessions)
+        yield self.ok("listener", "delete", "address=127.0.0.1", f"port={new['port']}", )
+        yield client.when_closed()
+        out = yield self.ok("listener", "show", "--format=json")
+        self.assertEqual(len(json.loads(out)["table"]), 1)
+        out, err, code = yield self.vmq_admin("listener", "start", "address=127.0.0.1",
+                                              "port=0", "--max_connections=lots")
+        self.assertEqual(code, 1)
+        self.assertTrue(err.startswith(b"can't start listener due to '"), err)
+        self.assertEqual(err.count(b"\n"), 1)
+        import socket
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        out, err, code = yield self.vmq_admin("listener", "start", "address=127.0.0.1",
+                                              f"port={taken}")
+        self.assertEqual(code, 1)
+        self.assertIn(b"cannot listen", err)
+        self.assertEqual(len(self.service.listeners), 1)
+
+    @inlineCallbacks
     def test_metrics_plugin_cluster_and_log(self) -> None:
         """metrics show, plugin show, cluster show and log level answer."""
         self.ops.metrics.inc("mqtt_publish_received", 3, mqtt_version="4")

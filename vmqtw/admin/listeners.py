@@ -24,6 +24,12 @@ TYPES = {"tcp": "mqtt", "ssl": "mqtts", "ws": "mqttws", "wss": "mqttwss",
 MQTT_KINDS = ("tcp", "ssl", "ws", "wss")
 
 
+def _reason(e: BaseException) -> str:
+    """The first line of an error, for VerneMQ's one-line answers."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 class ListenerError(Exception):
     """``str(e)`` is the reason: ``can't <verb> listener due to '<reason>'``."""
 
@@ -152,7 +158,7 @@ class ServiceListeners:
             try:
                 svc.bind()
             except Exception as e:
-                raise ListenerError(f"can't restart listener due to '{e}'") from e
+                raise ListenerError(f"can't restart listener due to '{_reason(e)}'") from e
         self.suspended.discard(name)
 
     def start(self, address: str, port: int, options: dict[str, Any]) -> None:
@@ -166,12 +172,21 @@ class ServiceListeners:
         kind = options.pop("kind", "tcp")
         if self.builder is None:
             raise ListenerError("can't start listener due to 'not_supported'")
+        svc = None
         try:
             svc = self.builder(kind, address, port, options)
-            svc.bind()
+            if svc.port is None:  # the builder may have started it already
+                svc.bind()
         except Exception as e:
-            raise ListenerError(f"can't start listener due to '{e}'") from e
-        self.services[f"{kind}.{address}:{port}"] = svc
+            if svc is not None:
+                self._forget(svc)
+            raise ListenerError(f"can't start listener due to '{_reason(e)}'") from e
+        self.services[getattr(svc, "name", None) or f"{kind}.{address}:{port}"] = svc
+
+    @staticmethod
+    def _forget(svc: Any) -> None:
+        if getattr(svc, "parent", None) is not None:
+            svc.disownServiceParent()
 
     def delete(self, address: str, port: int) -> None:
         name, svc = self._find(address, port, "delete")
@@ -179,3 +194,4 @@ class ServiceListeners:
         self.suspended.discard(name)
         self._address_of.pop(name, None)
         del self.services[name]
+        self._forget(svc)

@@ -42,6 +42,47 @@ def _path(config: Any, key: str, default_name: str) -> str:
     return os.path.join(state_directory(config), default_name)
 
 
+def listener_builder(service: Any) -> Callable[[str, str, int, dict[str, Any]], Any]:
+    """``vmq-admin listener start`` for a new address: the listener is declared
+    as if its lines were added to the configuration file (so it inherits the
+    file's ``listener.*`` settings and its options are checked by the same
+    parser), then built like the configured ones and added to the service.
+    Runtime listeners are not persisted, as in VerneMQ."""
+    counter = [0]
+
+    def build(kind: str, host: str, port: int, options: dict[str, Any]) -> Any:
+        from vmqtw.auth.loader import listener_authorizer
+        from vmqtw.config import parse
+        from vmqtw.service import ListenerService
+        from vmqtw.transport.protocol import MQTTFactory
+        if kind not in ("tcp", "ssl", "ws", "wss"):
+            raise ValueError("not_supported")
+        counter[0] += 1
+        name = f"runtime{counter[0]}"
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"listener.{kind}.{name} = {address}"]
+        lines += [f"listener.{kind}.{name}.{k} = {'on' if v is None else v}"
+                  for k, v in options.items()]
+        with open(service.config.path, encoding="utf-8") as f:
+            text = f.read()
+        config = parse(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n",
+                       service.config.path)
+        (listener,) = [l for l in config.listeners if l.kind == kind and l.name == name]
+        authorizer = listener_authorizer(service.config, listener, service.plugins)
+        factory = MQTTFactory(service.broker, authorizer, listener, service.reactor,
+                              service.notifier)
+        svc = ListenerService(listener, factory, service.reactor)
+        try:
+            svc.setServiceParent(service)  # binds at once when the service is running
+        except BaseException:
+            if svc.parent is not None:
+                svc.disownServiceParent()
+            raise
+        return svc
+
+    return build
+
+
 class Operations:
     def __init__(self, service: Any, clock: Callable[[], float] | None = None,
                  builder: Callable[..., Any] | None = None) -> None:
@@ -55,7 +96,8 @@ class Operations:
         os.makedirs(os.path.dirname(keys_path), exist_ok=True)
         self.apikeys = ApiKeys(keys_path, int(extra.get("min_apikey_length", 0)),
                                int(max_days) if max_days else None)
-        self.listeners = ServiceListeners(service.listeners, builder)
+        self.listeners = ServiceListeners(
+            service.listeners, builder if builder is not None else listener_builder(service))
         kwargs = {"clock": clock} if clock is not None else {}
         self.admin = Admin(service.broker, self.metrics, self.listeners, self.apikeys,
                            getattr(service, "plugins", ()), node, **kwargs)
