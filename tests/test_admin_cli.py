@@ -228,6 +228,29 @@ class CommandTests(AdminCliTestCase):
         self.assertEqual(current_log_level(), "warn")
 
     @inlineCallbacks
+    def test_trace_client(self) -> None:
+        """vmq-admin trace client streams a client's packets until trace stop_all
+        (the connection code reports them to the tracer; here the test does)."""
+        from tests.support import RunningProcess
+        from vmqtw.codec import Pingreq, Pingresp
+        yield self.connected_raw_client(self.service, "traced")
+        tracing = RunningProcess(sys.executable, ["-m", "vmqtw.admin.cli", "-c",
+                                                  self.config_path, "trace", "client",
+                                                  "client-id=traced"])
+        self.addCleanup(tracing.stop)
+        yield tracing.wait_for_output(rb'Starting trace for 1 existing sessions for client '
+                                      rb'"traced"\n')
+        tracer = self.ops.admin.tracer
+        tracer.packet(("", "traced"), "RECV", Pingreq())
+        tracer.packet(("", "traced"), "SEND", Pingresp())
+        yield tracing.wait_for_output(rb'MQTT SEND: CID: "traced" PINGRESP\(\)\n')
+        yield self.ok("trace", "stop_all")
+        out, err, code = yield tracing.proto.ended
+        self.assertEqual(code, 0, err)
+        self.assertIn(b'MQTT RECV: CID: "traced" PINGREQ()\n', out)
+        self.assertTrue(out.endswith(b"Trace stopped\n"), out)
+
+    @inlineCallbacks
     def test_api_keys_persist(self) -> None:
         """api-key create stores the key in a 0600 file next to the store."""
         key = (yield self.ok("api-key", "create", "scope=status")).strip()

@@ -6,5 +6,7 @@
 - ``listeners``: the listener controller interface (show/start/stop/restart/delete);
 - ``channel``: the local admin socket (unix, 0600, one JSON line each way);
 - ``cli``: the ``vmq-admin`` console script;
-- ``systree``: the ``$SYS`` publisher.
+- ``systree``: the ``$SYS`` publisher;
+- ``trace``: live protocol traces (``vmq-admin trace client``);
+- ``ops``: the whole stack built from a broker service (what the service wires in).
 """

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import stat
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.protocol import Factory
@@ -28,8 +28,32 @@ SOCKET_NAME = "vmq-admin.sock"
 
 
 class AdminProtocol(LineOnlyReceiver):
+    """One console.  While a streaming command (a trace) runs, its lines go
+    out as ``{"stream": "..."}``; the final answer comes when it ends."""
+
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
+    trace: Any = None
+    streaming = False
+
+    def write(self, text: str) -> None:
+        """A line from a streaming command."""
+        if self.transport is not None and self.streaming:
+            self._answer({"stream": text})
+
+    def end(self) -> None:
+        """The streaming command is over: final answer, close."""
+        if self.streaming:
+            self.streaming = False
+            self.trace = None
+            self._answer({"code": 0, "output": ""})
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        trace, self.trace = self.trace, None
+        if trace is not None:
+            self.factory.admin.tracer.stop(trace)
+        self.streaming = False
 
     def lineReceived(self, line: bytes) -> None:
         try:
@@ -41,9 +65,15 @@ class AdminProtocol(LineOnlyReceiver):
             self._answer({"code": 1, "output": f"bad request: {e}\n"})
             self.transport.loseConnection()
             return
+        if self.streaming:
+            return  # a console that is tracing sends nothing else
         fmt = "json" if "--format=json" in argv else "human"
         try:
-            reply = self.factory.admin.run(argv)
+            reply = self.factory.admin.run(argv, console=self)
+            if reply.streaming:
+                self.streaming = True
+                self._answer({"stream": reply.render(fmt).rstrip("\n")})
+                return
             answer = {"code": reply.code, "output": reply.render(fmt)}
         except Exception:  # a bug in a command must not reach the reactor
             self.factory.log.failure("admin command {argv!r} failed", argv=argv)
@@ -124,27 +154,44 @@ class ChannelError(Exception):
     """The broker could not be reached or answered nonsense."""
 
 
-def request(path: str, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+def request(path: str, argv: list[str], timeout: float = 30.0,
+            on_stream: Callable[[str], None] | None = None) -> tuple[int, str]:
     """Send one command over the admin socket: (exit code, output).  Blocking;
-    used by the ``vmq-admin`` script."""
+    used by the ``vmq-admin`` script.  Lines of a streaming command (a trace)
+    go to ``on_stream`` as they come, with no time limit."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    buffer = b""
     try:
         try:
             sock.connect(path)
             sock.sendall(json.dumps({"argv": argv}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            while True:
+                while b"\n" not in buffer:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ChannelError(f"the broker at {path} closed the channel")
+                    buffer += chunk
+                line, buffer = buffer.split(b"\n", 1)
+                answer = _decode(path, line)
+                if "stream" in answer:
+                    sock.settimeout(None)
+                    if on_stream is not None:
+                        on_stream(str(answer["stream"]))
+                    continue
+                return int(answer["code"]), str(answer["output"])
         except OSError as e:
             raise ChannelError(f"cannot reach the broker at {path}: {e}") from e
     finally:
         sock.close()
+
+
+def _decode(path: str, line: bytes) -> dict[str, Any]:
     try:
-        answer = json.loads(data)
-        return int(answer["code"]), str(answer["output"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ChannelError(f"bad answer from the broker at {path}: {data[:200]!r}") from e
+        answer = json.loads(line)
+        if not isinstance(answer, dict) or not ("stream" in answer or (
+                "code" in answer and "output" in answer)):
+            raise ValueError(line)
+        return answer
+    except ValueError as e:
+        raise ChannelError(f"bad answer from the broker at {path}: {line[:200]!r}") from e

@@ -74,8 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"vmq-admin: cannot read the configuration {config}: "
                              f"{e.strerror or e}\n" + USAGE)
             return 2
+    def stream(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
     try:
-        code, output = request(path, args)
+        code, output = request(path, args, on_stream=stream)
+    except KeyboardInterrupt:  # the end of a trace
+        return 0
     except ChannelError as e:
         sys.stderr.write(f"vmq-admin: {e}\n")
         return 3

@@ -17,6 +17,7 @@ from vmqtw.admin import output as out
 from vmqtw.admin.apikeys import SCOPES, ApiKeyError, ApiKeys, format_expiry, parse_expiry
 from vmqtw.admin.listeners import MQTT_KINDS, IListenerController, ListenerError
 from vmqtw.admin.parse import Flag, Parsed, UsageError, bool_value, int_value, parse
+from vmqtw.admin.trace import TraceError, Tracer
 from vmqtw.codec import reasons
 from vmqtw.metrics import DEFAULT_NODE, Metrics
 
@@ -30,6 +31,8 @@ class Reply:
     code: int
     elements: list[out.Element] = field(default_factory=list)
     usage_error: bool = False
+    #: the command goes on writing to the console (``trace client``)
+    streaming: bool = False
 
     def render(self, fmt: str = "human") -> str:
         return out.render(self.elements, fmt)
@@ -72,8 +75,13 @@ class Admin:
                  listeners: IListenerController | None = None,
                  apikeys: ApiKeys | None = None,
                  plugins: Iterable[tuple[str, Any]] = (),
-                 node: str = DEFAULT_NODE, clock: Callable[[], float] = time.time) -> None:
+                 node: str = DEFAULT_NODE, clock: Callable[[], float] = time.time,
+                 tracer: Tracer | None = None) -> None:
         self.broker = broker
+        self.tracer = tracer if tracer is not None else Tracer(clock)
+        #: where a streaming command writes while it runs (see ``run``)
+        self.console: Any = None
+        self._streaming = False
         self.metrics = metrics
         self.listeners = listeners
         self.apikeys = apikeys if apikeys is not None else ApiKeys(None)
@@ -81,12 +89,16 @@ class Admin:
         self.node = node
         self.clock = clock
 
-    def run(self, argv: list[str]) -> Reply:
-        """Run one command line; never raises."""
+    def run(self, argv: list[str], console: Any = None) -> Reply:
+        """Run one command line; never raises.  ``console`` (with ``write(text)``,
+        ``end()`` and a ``trace`` attribute) lets a command go on writing after
+        it returned: the reply then has ``streaming`` set."""
+        self.console, self._streaming = console, False
         try:
             cmd, rest = self.lookup([a for a in argv if a != "--format=json"])
             parsed = parse(rest, cmd.keys, cmd.flags, cmd.any_flag, cmd.usage)
-            return Reply(0, cmd.handler(self, parsed))
+            elements = cmd.handler(self, parsed)
+            return Reply(0, elements, streaming=self._streaming)
         except UsageError as e:
             text = str(e)
             if e.usage:
@@ -94,6 +106,8 @@ class Admin:
             return Reply(1, [out.Text(text)], usage_error=True)
         except CommandError as e:
             return Reply(1, [out.Text(str(e))])
+        finally:
+            self.console = None
 
     @staticmethod
     def lookup(argv: list[str]) -> tuple[Command, list[str]]:
@@ -482,6 +496,42 @@ def log_level(admin: Admin, p: Parsed) -> list[out.Element]:
     if level not in LOG_LEVELS:
         raise UsageError(f"Invalid log level: {level}", COMMANDS[("log", "level")].usage)
     logs.set_level(level)
+    return _done()
+
+
+# -- traces ------------------------------------------------------------------------------
+
+@command("trace client", "trace client client-id=<ClientId> [-m|--mountpoint=<Mountpoint>] "
+         "[--rate-max=10] [--rate-interval=100] [--trunc-payload=200]", keys=("client-id",),
+         flags=(Flag("mountpoint", "m", True), Flag("rate-max", takes_value=True),
+                Flag("rate-interval", takes_value=True),
+                Flag("trunc-payload", takes_value=True)))
+def trace_client(admin: Admin, p: Parsed) -> list[out.Element]:
+    cmd = ("trace", "client")
+    usage = COMMANDS[cmd].usage
+    client_id = _required(p, "client-id", cmd)
+    mountpoint = p.flag("mountpoint", "")
+    rate_max = int_value(p.flag("rate-max", "10"), "--rate-max", usage, 1)
+    interval = int_value(p.flag("rate-interval", "100"), "--rate-interval", usage, 1)
+    trunc = int_value(p.flag("trunc-payload", "200"), "--trunc-payload", usage, 0)
+    console = admin.console
+    if console is None:
+        raise CommandError("trace client needs the vmq-admin console")
+    try:
+        console.trace = admin.tracer.start(client_id, mountpoint, console.write, console.end,
+                                           rate_max, interval, trunc)
+    except TraceError as e:
+        raise CommandError(str(e)) from None
+    admin._streaming = True
+    session = _find_session(admin, client_id, mountpoint)
+    online = 1 if session is not None and session.conn is not None else 0
+    return [out.Text(f'Starting trace for {online} existing sessions for client '
+                     f'"{client_id}"')]
+
+
+@command("trace stop_all", "trace stop_all")
+def trace_stop_all(admin: Admin, p: Parsed) -> list[out.Element]:
+    admin.tracer.stop_all()
     return _done()
 
 

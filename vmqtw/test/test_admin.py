@@ -404,6 +404,92 @@ class MiscTests(AdminTestCase):
                           {"type": "text", "text": "t"}])
 
 
+class Console:
+    """Stands in for the admin channel's console."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.ended = 0
+        self.trace = None
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+class TraceTests(AdminTestCase):
+
+    def start(self, line: str = "trace client client-id=c1") -> Console:
+        console = Console()
+        reply = self.admin.run(line.split(), console=console)
+        self.assertEqual(reply.code, 0, reply.render())
+        self.assertTrue(reply.streaming)
+        return console
+
+    def test_trace_formats_packets(self) -> None:
+        """Traced packets are written in VerneMQ's form with a UTC timestamp;
+        other clients are not traced."""
+        from vmqtw.codec import Connect, Subscribe, SubOptions, Puback, Pingreq
+        c = self.hn.connected("c1")
+        console = self.start()
+        self.assertEqual(self.admin.tracer.watching, {("", "c1")})
+        tracer = self.admin.tracer
+        tracer.packet(("", "c1"), "RECV", Connect("c1", 4, True, 30, username="u",
+                                                  password=b"secret"))
+        tracer.packet(("", "c1"), "RECV", Publish("a/b", b"hello", 1, False, False, 7))
+        tracer.packet(("", "c1"), "RECV", Subscribe(3, [("x/#", SubOptions(1))]))
+        tracer.packet(("", "c1"), "SEND", Puback(7))
+        tracer.packet(("", "c1"), "RECV", Pingreq())
+        tracer.packet(("", "other"), "RECV", Pingreq())
+        lines = [line.split(" ", 1)[1] for line in console.lines]
+        self.assertEqual(lines, [
+            'MQTT RECV: CID: "c1" CONNECT(c: c1, v: 4, u: u, p: ********, cs: 1, ka: 30)',
+            'MQTT RECV: CID: "c1" PUBLISH(d0, q1, r0, m7, "a/b") with payload:\n    "hello"',
+            'MQTT RECV: CID: "c1" SUBSCRIBE(m3) with topics:\n    "x/#" q:1',
+            'MQTT SEND: CID: "c1" PUBACK(m7)',
+            'MQTT RECV: CID: "c1" PINGREQ()',
+        ])
+        self.assertRegex(console.lines[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} ")
+        self.assertNotIn("secret", "".join(console.lines))
+        del c
+
+    def test_rate_limit_and_truncation(self) -> None:
+        """Over --rate-max lines per --rate-interval are dropped and reported;
+        payloads are cut to --trunc-payload bytes."""
+        now = [1000.0]
+        self.admin.tracer.clock = lambda: now[0]
+        console = self.start("trace client client-id=c1 --rate-max=2 --rate-interval=1000 "
+                             "--trunc-payload=3")
+        for _ in range(5):
+            self.admin.tracer.packet(("", "c1"), "RECV", Publish("t", b"abcdef", 0))
+        self.assertEqual(len(console.lines), 2)
+        self.assertTrue(console.lines[0].endswith('"abc"... (6 bytes)'))
+        now[0] += 1.0
+        self.admin.tracer.packet(("", "c1"), "RECV", Publish("t", b"x", 0))
+        self.assertEqual(console.lines[2], "*** rate limit: 3 trace lines dropped ***")
+        self.assertEqual(len(console.lines), 4)
+
+    def test_one_trace_at_a_time_and_stop_all(self) -> None:
+        """A second trace is refused; trace stop_all ends the first and tells its console."""
+        console = self.start()
+        reply = self.admin.run("trace client client-id=c2".split(), console=Console())
+        self.assertEqual(reply.code, 1)
+        self.assertIn("already running", reply.render())
+        self.assertEqual(self.run_ok("trace stop_all"), "Done\n")
+        self.assertEqual((console.lines, console.ended), (["Trace stopped"], 1))
+        self.assertEqual(self.admin.tracer.watching, set())
+        self.assertEqual(self.run_ok("trace stop_all"), "Done\n")
+
+    def test_trace_needs_a_console(self) -> None:
+        """Without a console (the HTTP API) trace client is refused."""
+        self.assertIn("needs the vmq-admin console",
+                      self.run_fails("trace client client-id=c1"))
+        self.assertIn("Invalid value for --rate-max",
+                      self.run_fails("trace client client-id=c1 --rate-max=0"))
+
+
 class SysTreeTests(SynchronousTestCase):
 
     def test_publishes_every_interval_to_subscribers(self) -> None:

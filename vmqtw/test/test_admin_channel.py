@@ -75,13 +75,62 @@ class ChannelTests(TestCase):
     @inlineCallbacks
     def test_a_crashing_command_does_not_reach_the_reactor(self) -> None:
         """An exception inside a command is logged and answered as an internal error."""
-        def boom(argv: list[str]) -> None:
+        def boom(argv: list[str], console: object = None) -> None:
             raise RuntimeError("boom")
 
         self.service.admin.run = boom  # type: ignore[method-assign]
         code, out = yield threads.deferToThread(request, self.path, ["cluster", "show"])
         self.assertEqual((code, out), (1, "internal error, see the broker's log\n"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
+    def test_trace_streams_until_stopped(self) -> None:
+        """A trace's lines stream to the console as they come; trace stop_all
+        ends it with exit code 0; a console that goes away stops its trace."""
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+        from vmqtw.codec import Pingreq
+
+        tracer = self.service.admin.tracer
+        lines: list[str] = []
+        started: Deferred = Deferred()
+
+        def on_stream(line: str) -> None:
+            lines.append(line)
+            if len(lines) == 1:
+                reactor.callFromThread(started.callback, None)
+
+        d = threads.deferToThread(request, self.path, ["trace", "client", "client-id=c1"],
+                                  10, on_stream)
+        yield started
+        self.assertEqual(lines, ['Starting trace for 0 existing sessions for client "c1"'])
+        tracer.packet(("", "c1"), "RECV", Pingreq())
+        code, _ = yield threads.deferToThread(request, self.path, ["trace", "stop_all"])
+        self.assertEqual(code, 0)
+        code, out = yield d
+        self.assertEqual(code, 0)
+        self.assertTrue(lines[1].endswith('MQTT RECV: CID: "c1" PINGREQ()'), lines)
+        self.assertEqual(lines[2], "Trace stopped")
+
+        def vanish() -> None:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(self.path)
+            s.sendall(b'{"argv": ["trace", "client", "client-id=c2"]}\n')
+            s.recv(4096)
+            s.close()
+
+        stopped: Deferred = Deferred()
+        real_stop = tracer.stop
+
+        def stop(trace: object) -> None:
+            real_stop(trace)  # type: ignore[arg-type]
+            stopped.callback(None)
+
+        tracer.stop = stop  # type: ignore[method-assign]
+        yield threads.deferToThread(vanish)
+        yield stopped.addTimeout(10, reactor)
+        self.assertIsNone(tracer.trace)
 
     def test_second_broker_refused(self) -> None:
         """A socket a live broker answers on is not taken over."""
