@@ -317,6 +317,18 @@ class Metrics:
         self._versions[3] = self._versions[4]
         self.sources["queue_message_drop"] = self._broker_dropped
 
+    def register_counter(self, name: str, doc: str, read: Callable[[], int]) -> None:
+        """A counter kept elsewhere (a plugin, ``vmq_http_pub``), read at scrape
+        time, like VerneMQ's ``vmq_metrics_mfa``.  Registering a name again adds
+        the new reader (e.g. one per HTTP listener)."""
+        if (name, ()) not in self._index:
+            self.descriptions.setdefault(name, ("counter", doc))
+            self._index[(name, ())] = len(self.values)
+            self.series.append((name, ()))
+            self.values.append(0)
+        previous = self.sources.get(name)
+        self.sources[name] = read if previous is None else (lambda: previous() + read())
+
     def _add(self, name: str, doc: str, labels: Labels) -> None:
         self.descriptions.setdefault(name, ("counter", doc))
         self._index[(name, labels)] = len(self.series)
@@ -357,9 +369,10 @@ class Metrics:
                  for name, source in self.sources.items()}
         for name, parts in DERIVED.items():
             extra[name] = extra.get(name, 0) + sum(
-                values[i] for i, (n, _) in enumerate(self.series) if n in parts)
-        # (values has one more slot than series: the spare, never exported)
-        for (name, labels), value in zip(self.series, values):  # noqa: B905
+                values[self._index[key]] for key in self.series if key[0] in parts)
+        index = self._index
+        for name, labels in self.series:  # (the spare slot is in no series)
+            value = values[index[(name, labels)]]
             if name in extra and not labels:
                 value += extra[name]
             yield "counter", name, labels, value

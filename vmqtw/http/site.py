@@ -27,6 +27,14 @@ DEFAULT_MODULES = ("vmq_metrics_http", "vmq_http_mgmt_api", "vmq_status_http",
 ALL_MODULES = DEFAULT_MODULES + ("vmq_http_pub",)
 DEFAULT_AUTH = {"vmq_http_mgmt_api": "apikey", "vmq_http_v2_api": "apikey",
                 "vmq_http_pub": "apikey"}
+#: vmq_http_pub's counters: (metric, attribute of the Publish resource, help).
+PUB_COUNTERS = (
+    ("http_pub_published", "published", "The number of messages published over HTTP."),
+    ("http_pub_api_error", "api_errors", "The number of HTTP publish requests refused as "
+                                         "invalid."),
+    ("http_pub_auth_error", "auth_errors", "The number of HTTP publish requests refused by "
+                                           "authentication or authorization."),
+)
 SCOPES = {"vmq_metrics_http": "metrics", "vmq_status_http": "status",
           "vmq_http_mgmt_api": "mgmt", "vmq_http_v2_api": "api2", "vmq_http_pub": "httppub"}
 
@@ -74,7 +82,11 @@ def build_root(admin: Admin, metrics: Metrics, listeners: Callable[[], list[dict
             restmqtt.putChild(b"api", v1)
             v1_inner = Resource()
             v1.putChild(b"v1", v1_inner)
-            v1_inner.putChild(b"publish", guard(Publish(broker, authorizer, pub_settings)))
+            publish = Publish(broker, authorizer, pub_settings)
+            v1_inner.putChild(b"publish", guard(publish))
+            for name, attr, doc in PUB_COUNTERS:
+                metrics.register_counter(name, doc,
+                                         lambda attr=attr: getattr(publish, attr))
             root.putChild(b"restmqtt", restmqtt)
     if api.children:
         root.putChild(b"api", api)

@@ -345,6 +345,7 @@ class PubTests(HttpTestCase):
                                         "x-api-key": "nope"}, b"{}")
         self.assertEqual(response.code, 401)
         self.assertEqual(self.received(), {})
+        self.assertEqual(self.metrics.aggregated()["http_pub_auth_error"], ("counter", 2))
 
     @inlineCallbacks
     def test_modifiers_rewrite_topic(self) -> None:
@@ -379,6 +380,9 @@ class PubTests(HttpTestCase):
         self.assertEqual((response.code, body), (400, b"Content is not a valid json"))
         response, _ = yield self.post("/restmqtt/api/v1/publish", b"x", "text/plain")
         self.assertEqual(response.code, 415)
+        totals = self.metrics.aggregated()
+        self.assertEqual(totals["http_pub_api_error"], ("counter", 9))
+        self.assertEqual(totals["http_pub_published"], ("counter", 0))
         response, body = yield self.post("/restmqtt/api/v1/publish?topic=a", b"x",
                                          "application/octet-stream", topic="b")
         self.assertEqual(body, b"Parameters found in header as well as url-encoded")

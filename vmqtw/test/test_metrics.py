@@ -201,6 +201,21 @@ class BrokerGaugeTests(SynchronousTestCase):
         m.reset()
         self.assertEqual(m.aggregated()["queue_message_out"], ("counter", 0))
 
+    def test_registered_counters(self) -> None:
+        """Counters kept elsewhere are exported by name, added up when several
+        readers register the same name, and zeroed by reset()."""
+        m = Metrics()
+        spare = m.spare
+        box = {"a": 2, "b": 3}
+        m.register_counter("http_pub_published", "Published over HTTP.", lambda: box["a"])
+        m.register_counter("http_pub_published", "Published over HTTP.", lambda: box["b"])
+        self.assertEqual(m.spare, spare)  # slots resolved earlier stay valid
+        self.assertIn('vernemq_http_pub_published{node="VerneMQ@127.0.0.1"} 5\n',
+                      exposition(m).decode())
+        m.reset()
+        box["a"] += 1
+        self.assertEqual(m.aggregated()["http_pub_published"], ("counter", 1))
+
     def test_aggregated_sums_labels(self) -> None:
         """The aggregated view ($SYS, metrics show) sums a name over its labels."""
         m = Metrics()
