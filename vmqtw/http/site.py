@@ -86,7 +86,7 @@ def build_root(admin: Admin, metrics: Metrics, listeners: Callable[[], list[dict
             v1_inner.putChild(b"publish", guard(publish))
             for name, attr, doc in PUB_COUNTERS:
                 metrics.register_counter(name, doc,
-                                         lambda attr=attr: getattr(publish, attr))
+                                         lambda attr=attr, p=publish: getattr(p, attr))
             root.putChild(b"restmqtt", restmqtt)
     if api.children:
         root.putChild(b"api", api)
