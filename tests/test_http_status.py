@@ -13,7 +13,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from tests.support import BrokerTestCase, missing, run_process
 from vmqtw.admin.ops import Operations
@@ -45,8 +44,9 @@ class HttpListenerTestCase(BrokerTestCase):
             "allow_anonymous = on\nlistener.tcp.default = 127.0.0.1:0\n"
             f"persistent_store.directory = {self.state}\n")
         self.ops = Operations(self.service)
-        self.root = self.ops.http_root()
-        self.web = reactor.listenTCP(0, Site(self.root), interface="127.0.0.1")
+        site = self.ops.http_site({}, None)
+        self.root = site.resource
+        self.web = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(self.web.stopListening)
         self.base = f"http://127.0.0.1:{self.web.getHost().port}"
 

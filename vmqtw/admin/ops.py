@@ -121,3 +121,15 @@ class Operations:
         return build_root(self.admin, self.metrics, self.listeners_view, self.apikeys,
                           DEFAULT_MODULES if modules is None else modules, auth_modes,
                           authorizer, pub_settings)
+
+    def http_site(self, options: Mapping[str, str], authorizer: Any = None) -> Any:
+        """The ``twisted.web`` Site of one HTTP listener, from its raw options
+        (``http_modules``, ``http_module.M.auth.mode``, request limits) and the
+        file's global keys; ``authorizer`` is the listener's, for vmq_http_pub.
+        A bad value raises ValueError naming the key."""
+        from vmqtw.http.settings import http_settings
+        from vmqtw.http.site import make_site
+        settings = http_settings(self.service.config.extra, options)
+        root = self.http_root(settings.modules, settings.auth_modes, authorizer, settings.pub)
+        return make_site(root, settings.max_request_line_length,
+                         settings.max_header_value_length)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from vmqtw.admin.apikeys import ApiKeys
 from vmqtw.admin.commands import Admin
@@ -91,3 +93,34 @@ def build_root(admin: Admin, metrics: Metrics, listeners: Callable[[], list[dict
     if api.children:
         root.putChild(b"api", api)
     return root
+
+
+class LimitedChannel(HTTPChannel):
+    """HTTP with VerneMQ's per-listener limits: ``max_request_line_length``
+    (the request line and each header line) and ``max_header_value_length``;
+    a request over either is answered 400 and the connection closed."""
+
+    MAX_LENGTH = 8000
+    max_header_value_length = 4096
+
+    def headerReceived(self, line: bytes) -> bool:
+        _, _, value = line.partition(b":")
+        if len(value.strip(b" \t")) > self.max_header_value_length:
+            refuse = getattr(self, "_respondToBadRequestAndDisconnect", None)
+            if refuse is not None:
+                refuse()
+            else:  # pragma: no cover - older twisted.web
+                self.transport.loseConnection()
+            return False
+        return bool(super().headerReceived(line))
+
+
+def make_site(root: Resource, max_request_line_length: int = 8000,
+              max_header_value_length: int = 4096) -> Site:
+    """A ``Site`` for ``root`` with the listener's request limits."""
+    channel = type("Channel", (LimitedChannel,), {
+        "MAX_LENGTH": max_request_line_length,
+        "max_header_value_length": max_header_value_length})
+    site = Site(root)
+    site.protocol = channel
+    return site
