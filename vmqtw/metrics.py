@@ -344,6 +344,20 @@ class Metrics:
         """The slots of MQTT ``protocol_level`` (3, 4 or 5), shared by every connection."""
         return self._versions[5 if protocol_level >= 5 else 4]
 
+    def watch_sessions(self, broker: Any) -> None:
+        """Count ``queue_setup`` and ``queue_teardown`` from the broker's session
+        events (a session is VerneMQ's queue), off the packet path."""
+        values = self.values
+        setup, teardown = self.slot("queue_setup"), self.slot("queue_teardown")
+
+        def observe(event: str, session: Any) -> None:
+            if event == "register":
+                values[setup] += 1
+            elif event in ("gone", "expired"):
+                values[teardown] += 1
+
+        broker.session_observers.append(observe)
+
     def inc(self, name: str, amount: int = 1, **labels: str) -> None:
         """Add to a counter by name (for code off the hot path)."""
         self.values[self.slot(name, **labels)] += amount

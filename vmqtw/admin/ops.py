@@ -91,6 +91,9 @@ class Operations:
         extra: Mapping[str, str] = config.extra
         node, namespace = metrics_settings(extra)
         self.metrics = Metrics(node, namespace, broker=service.broker)
+        self.metrics.watch_sessions(service.broker)
+        # sessions restored from the store before we were built
+        self.metrics.inc("queue_initialized_from_storage", len(service.broker.sessions))
         max_days = extra.get("max_apikey_expiry_days")
         keys_path = _path(config, "api_keys_file", KEYS_FILENAME)
         os.makedirs(os.path.dirname(keys_path), exist_ok=True)

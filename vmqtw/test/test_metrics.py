@@ -174,6 +174,21 @@ class BrokerGaugeTests(SynchronousTestCase):
         self.assertEqual(g["retain_memory"], len("r/1") + len("hello"))
         self.assertGreater(g["vm_memory_total"], 0)
 
+    def test_queue_setup_and_teardown_from_session_events(self) -> None:
+        """A new session counts as queue_setup, its end as queue_teardown; a
+        resumed session is neither."""
+        hn = Harness()
+        m = Metrics(broker=hn.broker)
+        m.watch_sessions(hn.broker)
+        c = hn.connected("a")
+        p = hn.connected("p", clean=False)
+        p.lose()
+        hn.connected("p", clean=False, session_present=True)
+        c.lose()
+        totals = m.aggregated()
+        self.assertEqual(totals["queue_setup"], ("counter", 2))
+        self.assertEqual(totals["queue_teardown"], ("counter", 1))
+
     def test_dropped_messages_and_reset(self) -> None:
         """queue_message_drop follows Broker.dropped; reset() zeroes every
         counter, including those kept by the broker."""
