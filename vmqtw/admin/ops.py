@@ -67,7 +67,7 @@ def listener_builder(service: Any) -> Callable[[str, str, int, dict[str, Any]], 
             text = f.read()
         config = parse(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n",
                        service.config.path)
-        (listener,) = [l for l in config.listeners if l.kind == kind and l.name == name]
+        (listener,) = [x for x in config.listeners if x.kind == kind and x.name == name]
         authorizer = listener_authorizer(service.config, listener, service.plugins)
         factory = MQTTFactory(service.broker, authorizer, listener, service.reactor,
                               service.notifier)

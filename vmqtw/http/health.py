@@ -16,7 +16,8 @@ ListenersView = Callable[[], list[dict[str, Any]]]
 
 def listeners_problem(listeners: ListenersView) -> str | None:
     """VerneMQ's reason text when some listener is not running, else None."""
-    down = [f"{{{l['type']},{l['status']}}}" for l in listeners() if l["status"] != "running"]
+    down = [f"{{{row['type']},{row['status']}}}" for row in listeners()
+            if row["status"] != "running"]
     if not down:
         return None
     return "Listeners are not ready: [" + ",".join(down) + "]"

@@ -51,8 +51,8 @@ def status(metrics: Metrics, broker: Any, listeners: ListenersView) -> list[dict
         "matches_remote": total("router_matches_remote"),
         "version": VERSION,
         "mystatus": [{node: True}],
-        "listeners": [dict(l, mountpoint=l["mountpoint"] or [], port=int(l["port"]))
-                      for l in listeners()],
+        "listeners": [dict(row, mountpoint=row["mountpoint"] or [], port=int(row["port"]))
+                      for row in listeners()],
     }}]
 
 

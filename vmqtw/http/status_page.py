@@ -32,13 +32,15 @@ PAGE = r"""<!DOCTYPE html>
 <ul class="issues" id="issues"></ul>
 <div class="cards">
   <div class="card"><div class="v" id="num_online">-</div><div class="k">online sessions</div></div>
-  <div class="card"><div class="v" id="num_offline">-</div><div class="k">offline sessions</div></div>
+  <div class="card"><div class="v" id="num_offline">-</div>
+    <div class="k">offline sessions</div></div>
   <div class="card"><div class="v" id="rate_connect">-</div><div class="k">connects / s</div></div>
   <div class="card"><div class="v" id="rate_in">-</div><div class="k">publish in / s</div></div>
   <div class="card"><div class="v" id="rate_out">-</div><div class="k">publish out / s</div></div>
   <div class="card"><div class="v" id="rate_drop">-</div><div class="k">dropped / s</div></div>
   <div class="card"><div class="v" id="queued">-</div><div class="k">queued</div></div>
-  <div class="card"><div class="v" id="num_subscriptions">-</div><div class="k">subscriptions</div></div>
+  <div class="card"><div class="v" id="num_subscriptions">-</div>
+    <div class="k">subscriptions</div></div>
   <div class="card"><div class="v" id="num_retained">-</div><div class="k">retained</div></div>
 </div>
 <canvas id="chart" width="720" height="200"></canvas>
