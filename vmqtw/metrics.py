@@ -390,8 +390,8 @@ class Metrics:
             if name in extra and not labels:
                 value += extra[name]
             yield "counter", name, labels, value
-        for name, value in self.gauges().items():
-            yield GAUGE_TYPE.get(name, "gauge"), name, (), value
+        for name, reading in self.gauges().items():
+            yield GAUGE_TYPE.get(name, "gauge"), name, (), reading
 
     def gauges(self) -> dict[str, float]:
         """The figures read at scrape time: broker gauges and process figures."""

@@ -47,7 +47,7 @@ class AdminProtocol(LineOnlyReceiver):
             self.streaming = False
             self.trace = None
             self._answer({"code": 0, "output": ""})
-            self.transport.loseConnection()
+            self._close()
 
     def connectionLost(self, reason: Any = None) -> None:
         trace, self.trace = self.trace, None
@@ -63,7 +63,7 @@ class AdminProtocol(LineOnlyReceiver):
                 raise ValueError("argv must be a list of strings")
         except (ValueError, KeyError, TypeError) as e:
             self._answer({"code": 1, "output": f"bad request: {e}\n"})
-            self.transport.loseConnection()
+            self._close()
             return
         if self.streaming:
             return  # a console that is tracing sends nothing else
@@ -82,10 +82,15 @@ class AdminProtocol(LineOnlyReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._answer({"code": 1, "output": "bad request: line too long\n"})
-        self.transport.loseConnection()
+        self._close()
 
     def _answer(self, answer: dict[str, Any]) -> None:
-        self.transport.write(json.dumps(answer).encode() + b"\n")
+        if self.transport is not None:
+            self.transport.write(json.dumps(answer).encode() + b"\n")
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
 
 
 class AdminFactory(Factory):
@@ -132,7 +137,7 @@ class AdminChannelService(Service):
         super().startService()
         reactor = self.reactor
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         remove_stale_socket(self.path)
         old = os.umask(0o177)  # no window in which the socket is open to others

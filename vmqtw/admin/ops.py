@@ -15,6 +15,7 @@ store's directory unless given).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from vmqtw.admin.apikeys import FILENAME as KEYS_FILENAME
@@ -101,9 +102,9 @@ class Operations:
                                int(max_days) if max_days else None)
         self.listeners = ServiceListeners(
             service.listeners, builder if builder is not None else listener_builder(service))
-        kwargs = {"clock": clock} if clock is not None else {}
         self.admin = Admin(service.broker, self.metrics, self.listeners, self.apikeys,
-                           getattr(service, "plugins", ()), node, **kwargs)
+                           getattr(service, "plugins", ()), node,
+                           clock=clock if clock is not None else time.time)
         self.socket_path = _path(config, "admin_socket", SOCKET_NAME)
 
     def listeners_view(self) -> list[dict[str, Any]]:

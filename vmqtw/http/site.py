@@ -41,6 +41,12 @@ SCOPES = {"vmq_metrics_http": "metrics", "vmq_status_http": "status",
           "vmq_http_mgmt_api": "mgmt", "vmq_http_v2_api": "api2", "vmq_http_pub": "httppub"}
 
 
+def _reader(obj: Any, attr: str) -> Callable[[], int]:
+    def read() -> int:
+        return int(getattr(obj, attr))
+    return read
+
+
 def auth_mode(module: str, modes: Mapping[str, str]) -> str:
     return modes.get(module, DEFAULT_AUTH.get(module, "noauth"))
 
@@ -87,8 +93,7 @@ def build_root(admin: Admin, metrics: Metrics, listeners: Callable[[], list[dict
             publish = Publish(broker, authorizer, pub_settings)
             v1_inner.putChild(b"publish", guard(publish))
             for name, attr, doc in PUB_COUNTERS:
-                metrics.register_counter(name, doc,
-                                         lambda attr=attr, p=publish: getattr(p, attr))
+                metrics.register_counter(name, doc, _reader(publish, attr))
             root.putChild(b"restmqtt", restmqtt)
     if api.children:
         root.putChild(b"api", api)
@@ -109,7 +114,7 @@ class LimitedChannel(HTTPChannel):
             refuse = getattr(self, "_respondToBadRequestAndDisconnect", None)
             if refuse is not None:
                 refuse()
-            else:  # pragma: no cover - older twisted.web
+            elif self.transport is not None:  # pragma: no cover - older twisted.web
                 self.transport.loseConnection()
             return False
         return bool(super().headerReceived(line))
@@ -121,6 +126,5 @@ def make_site(root: Resource, max_request_line_length: int = 8000,
     channel = type("Channel", (LimitedChannel,), {
         "MAX_LENGTH": max_request_line_length,
         "max_header_value_length": max_header_value_length})
-    site = Site(root)
-    site.protocol = channel
-    return site
+    site_class = type("LimitedSite", (Site,), {"protocol": channel})
+    return site_class(root)
