@@ -13,7 +13,6 @@ listener is named by ``address`` and ``port`` as in VerneMQ.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Callable
 
 from zope.interface import Interface, implementer
@@ -67,48 +66,46 @@ class ServiceListeners:
     """The controller over the service's listeners.
 
     Each listener object has ``listener`` (its config: ``kind``, ``address``
-    with ``host``/``port``, ``mountpoint``, ``max_connections``, ``options``),
-    ``port`` (the listening port or None), ``limiter.protocols`` (the open
-    connections), ``bind()`` and ``close_connections()``.  ``builder(kind,
-    host, port, options)`` makes a new unbound listener object for ``start``.
+    with ``host``/``port``/``path``, ``mountpoint``, ``max_connections``,
+    ``options``), ``port`` (the listening port, None before it listens),
+    ``limiter`` (its ``LimitedConnections``: ``protocols`` and the ``port`` it
+    pauses at ``max_connections``), ``bind()`` and ``close_connections()``.
+    ``builder(kind, host, port, options)`` makes a new listener for ``start``.
+
+    Stopping a listener stops accepting on its listening socket (it stays
+    bound, so it comes back on the same address and port - a port-0 listener
+    too - and pending connections wait in the kernel's backlog; VerneMQ closes
+    the socket, so new connections are refused there).  ``delete`` closes it.
     """
 
     def __init__(self, services: dict[str, Any],
                  builder: Callable[[str, str, int, dict[str, Any]], Any] | None = None) -> None:
         self.services = services
         self.builder = builder
-        self.suspended: set[str] = set()
-        #: The bound address of a listener stopped or suspended by us (a port
-        #: 0 listener keeps being known by the port it had).
-        self._address_of: dict[str, tuple[str, int]] = {}
+        #: listener name -> "suspended" or "stopped" (absent: running)
+        self.state: dict[str, str] = {}
 
     def _find(self, address: str, port: int, verb: str) -> tuple[str, Any]:
         for name, svc in self.services.items():
-            host, bound = self._address(svc)
-            if host == address and bound == port:
+            if self._address(svc) == (address, port):
                 return name, svc
-        for name, (host, bound) in self._address_of.items():
-            if host == address and bound == port and name in self.services:
-                return name, self.services[name]
         raise ListenerError(f"can't {verb} listener due to 'not_found'")
 
-    def _address(self, svc: Any) -> tuple[str, int]:
-        for name, known in self.services.items():
-            if known is svc and svc.port is None and name in self._address_of:
-                return self._address_of[name]
-        addr = svc.listener.address
+    @staticmethod
+    def _address(svc: Any) -> tuple[str, int]:
         if svc.port is not None:
             host = svc.port.getHost()
             if hasattr(host, "port"):
                 return host.host, host.port
+        addr = svc.listener.address
         if addr.path is not None:
             return "local:" + addr.path, 0
         return addr.host or "0.0.0.0", addr.port
 
     def _status(self, name: str, svc: Any) -> str:
-        if name in self.suspended:
-            return "suspended"
-        return "stopped" if svc.port is None else "running"
+        if svc.port is None:
+            return "stopped"
+        return self.state.get(name, "running")
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -129,37 +126,43 @@ class ServiceListeners:
             })
         return out
 
-    def stop(self, address: str, port: int, kill: bool) -> None:
-        name, svc = self._find(address, port, "stop")
-        self._address_of[name] = (address, port)
-        port_, svc.port = svc.port, None
-        if port_ is not None:
-            port_.stopListening()  # closes the listening socket, not the connections
-        if kill:
-            svc.close_connections()
-            self.suspended.discard(name)
-        elif port_ is not None:
-            self.suspended.add(name)
+    @staticmethod
+    def _pause(svc: Any) -> None:
+        """Stop accepting; the connection limiter may not resume it meanwhile."""
+        port, limiter = svc.port, svc.limiter
+        if port is None:
+            return
+        if getattr(limiter, "port", None) is port:
+            limiter.port = None
+        port.stopReading()
 
     @staticmethod
-    def _close(svc: Any) -> None:
-        port, svc.port = svc.port, None
-        if port is not None:
-            port.stopListening()
-        svc.close_connections()
+    def _resume(svc: Any) -> None:
+        port, limiter = svc.port, svc.limiter
+        if port is None:
+            return
+        if hasattr(limiter, "port"):
+            limiter.port = port
+        if not getattr(limiter, "paused", False):  # else: it resumes below the cap
+            port.startReading()
+
+    def stop(self, address: str, port: int, kill: bool) -> None:
+        name, svc = self._find(address, port, "stop")
+        self._pause(svc)
+        if kill:
+            svc.close_connections()
+        self.state[name] = "stopped" if kill else "suspended"
 
     def restart(self, address: str, port: int) -> None:
         name, svc = self._find(address, port, "restart")
         if svc.port is None:
-            cfg = svc.listener
-            if cfg.address.path is None and cfg.address.port == 0:
-                # a listener bound to port 0 comes back on the port it had
-                svc.listener = replace(cfg, address=replace(cfg.address, port=port))
             try:
                 svc.bind()
             except Exception as e:
                 raise ListenerError(f"can't restart listener due to '{_reason(e)}'") from e
-        self.suspended.discard(name)
+        elif name in self.state:
+            self._resume(svc)
+        self.state.pop(name, None)
 
     def start(self, address: str, port: int, options: dict[str, Any]) -> None:
         try:
@@ -185,13 +188,17 @@ class ServiceListeners:
 
     @staticmethod
     def _forget(svc: Any) -> None:
+        """Take a listener out of the service tree, which stops it (closing
+        its listening socket)."""
         if getattr(svc, "parent", None) is not None:
             svc.disownServiceParent()
+        elif svc.port is not None:
+            port, svc.port = svc.port, None
+            port.stopListening()
 
     def delete(self, address: str, port: int) -> None:
         name, svc = self._find(address, port, "delete")
-        self._close(svc)
-        self.suspended.discard(name)
-        self._address_of.pop(name, None)
+        svc.close_connections()
         del self.services[name]
+        self.state.pop(name, None)
         self._forget(svc)

@@ -272,12 +272,26 @@ class FakePort:
     def __init__(self, port: int) -> None:
         self.port = port
         self.listening = True
+        self.reading = True
 
     def getHost(self) -> FakeAddress:
         return FakeAddress("127.0.0.1", self.port)
 
     def stopListening(self) -> None:
-        self.listening = False
+        self.listening = self.reading = False
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class FakeLimiter:
+    def __init__(self, port: FakePort) -> None:
+        self.protocols = {1, 2}
+        self.port: FakePort | None = port
+        self.paused = False
 
 
 class FakeListenerService:
@@ -286,7 +300,7 @@ class FakeListenerService:
     def __init__(self, listener: Any, port: int) -> None:
         self.listener = listener
         self.port: Any = FakePort(port)
-        self.limiter = type("L", (), {"protocols": {1, 2}})()
+        self.limiter = FakeLimiter(self.port)
         self.closed = 0
         self.binds = 0
 
@@ -318,13 +332,28 @@ class ListenerTests(AdminTestCase):
         self.assertIn("allowed_protocol_versions", row)
 
     def test_stop_suspends_and_restart_resumes(self) -> None:
-        """stop closes the listening socket but keeps connections; restart binds
-        again; the status follows."""
+        """stop stops accepting but keeps the connections and the socket (the
+        connection limiter may not resume it meanwhile); restart accepts again."""
+        port = self.svc.port
         self.run_ok("listener stop address=127.0.0.1 port=1883")
         self.assertEqual(self.svc.closed, 0)
+        self.assertEqual((port.reading, port.listening), (False, True))
+        self.assertIsNone(self.svc.limiter.port)
         self.assertEqual(view(self.controller)[0]["status"], "suspended")
         self.run_ok("listener restart address=127.0.0.1 port=1883")
-        self.assertEqual(self.svc.binds, 1)
+        self.assertEqual(self.svc.binds, 0)
+        self.assertTrue(port.reading)
+        self.assertIs(self.svc.limiter.port, port)
+        self.assertEqual(view(self.controller)[0]["status"], "running")
+
+    def test_restart_at_the_connection_cap(self) -> None:
+        """A listener paused at max_connections stays paused on restart: the
+        limiter resumes it when a connection closes."""
+        port = self.svc.port
+        self.run_ok("listener stop address=127.0.0.1 port=1883")
+        self.svc.limiter.paused = True
+        self.run_ok("listener restart address=127.0.0.1 port=1883")
+        self.assertFalse(port.reading)
         self.assertEqual(view(self.controller)[0]["status"], "running")
 
     def test_stop_kill_closes_connections(self) -> None:
@@ -334,10 +363,15 @@ class ListenerTests(AdminTestCase):
         self.assertEqual(view(self.controller)[0]["status"], "stopped")
         self.run_ok("listener start address=127.0.0.1 port=1883")
         self.assertEqual(view(self.controller)[0]["status"], "running")
+        self.assertTrue(self.svc.port.reading)
 
     def test_delete_and_unknown(self) -> None:
-        """delete forgets the listener; unknown addresses fail with VerneMQ's text."""
+        """delete closes the connections and the socket and forgets the listener;
+        unknown addresses fail with VerneMQ's text."""
+        port = self.svc.port
         self.run_ok("listener delete address=127.0.0.1 port=1883")
+        self.assertEqual(self.svc.closed, 1)
+        self.assertFalse(port.listening)
         self.assertEqual(self.controller.rows(), [])
         self.assertEqual(self.run_fails("listener stop address=127.0.0.1 port=1883"),
                          "can't stop listener due to 'not_found'\n")
