@@ -318,7 +318,8 @@ def metrics_show(admin: Admin, p: Parsed) -> list[out.Element]:
     metrics = _metrics(admin)
     usage = COMMANDS[("metrics", "show")].usage
     described = "with-descriptions" in p.flags
-    aggregate = bool_value(p.flag("aggregate", "true"), "--aggregate", usage)
+    aggregate = "aggregate" not in p.flags or bool_value(p.flag("aggregate"), "--aggregate",
+                                                          usage)
     wanted = {k: v for k, v in p.flags.items() if k not in ("with-descriptions", "aggregate")}
     if any(v is None for v in wanted.values()):
         raise UsageError("Label flags need a value (--<label>=<value>)", usage)

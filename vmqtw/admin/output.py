@@ -41,10 +41,8 @@ def cell(value: Any) -> str:
     """A value as VerneMQ prints it in a table."""
     if value is None:
         return "undefined"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
+    if isinstance(value, bool):
+        return json.dumps(value)  # true / false, as Erlang's atoms read
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmqtw.config import _bool as config_bool  # the one reader of on/off values
+
 
 class UsageError(Exception):
     """A bad command line: the message is printed with the command's usage."""
@@ -81,15 +83,14 @@ def parse(tokens: list[str], keys: tuple[str, ...], flags: tuple[Flag, ...],
 
 
 def bool_value(value: str | None, name: str, usage: str = "") -> bool:
-    """A flag's on/off value (a bare flag is true)."""
+    """A flag's value, read like the configuration's booleans (``true``,
+    ``false``, ``on``, ``off``); a bare flag is true."""
     if value is None:
         return True
-    lowered = value.lower()
-    if lowered in ("true", "on", "yes", "1"):
-        return True
-    if lowered in ("false", "off", "no", "0"):
-        return False
-    raise UsageError(f"Invalid value for {name}: {value}", usage)
+    try:
+        return bool(config_bool(value.lower()))
+    except ValueError:
+        raise UsageError(f"Invalid value for {name}: {value}", usage) from None
 
 
 def int_value(value: str | None, name: str, usage: str = "", lo: int = 0) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
+from vmqtw.config import _bool as config_bool  # the one reader of on/off values
 from vmqtw.core.message import Message
 from vmqtw.logs import Logger
 from vmqtw.metrics import Metrics
@@ -52,11 +53,11 @@ class SysTree(Service):
                       extra: Mapping[str, str]) -> "SysTree":
         """Built from a config's raw keys (``BrokerConfig.extra``)."""
         return cls(broker, metrics, clock,
-                   enabled=extra.get("systree_enabled", "on") in ("on", "true"),
+                   enabled=config_bool(extra.get("systree_enabled", "on")),
                    interval_ms=int(extra.get("systree_interval", DEFAULT_INTERVAL_MS)),
                    mountpoint=extra.get("systree_mountpoint", ""),
                    qos=int(extra.get("systree_qos", 0)),
-                   retain=extra.get("systree_retain", "off") in ("on", "true"))
+                   retain=config_bool(extra.get("systree_retain", "off")))
 
     def startService(self) -> None:
         super().startService()

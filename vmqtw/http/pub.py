@@ -75,10 +75,14 @@ class HttpClient:
 
 
 def _bool(value: Any) -> bool:
+    """The retain flag: a JSON boolean, or one written in a header or the query."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value.lower())
+        except ValueError:
+            pass
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
     raise PubError(400, "Invalid retain flag. Must be true or false.")
 
 

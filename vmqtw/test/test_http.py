@@ -320,8 +320,9 @@ class PubTests(HttpTestCase):
         """Topic in a header or the query takes the body as payload; ?encoding=base64."""
         response, _ = yield self.post("/restmqtt/api/v1/publish", b"raw",
                                       "application/octet-stream", topic="h/1", user="good",
-                                      password="pw")
+                                      password="pw", retain="true", qos="1")
         self.assertEqual(response.code, 200)
+        self.assertEqual(self.hn.broker.store.retained_count(), 1)
         response, _ = yield self.post("/restmqtt/api/v1/publish?topic=q/1&user=good"
                                       "&password=pw", b"qq", "application/octet-stream")
         self.assertEqual(response.code, 200)
