@@ -51,7 +51,7 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
