@@ -69,8 +69,10 @@ class Logger(_TwistedLogger):
             super().emit(level, format, **kwargs)
 
 
-def _at_least(name: str, observer: ILogObserver) -> ILogObserver:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_NAMES[name])
+def _at_least(name: str, observer: Any) -> Any:
+    """``observer`` behind a filter that lets events at ``name`` and above through
+    (returns an ``ILogObserver``; typed ``Any`` as zope interfaces are not types)."""
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=_NAMES[name])
     return FilteringLogObserver(observer, [predicate])
 
 
@@ -125,10 +127,10 @@ def observers(log: LogConfig, stdout: IO[str] | None = None, *,
         out.append(_at_least(log.level, textFileLogObserver(stdout or sys.stdout)))
     if log.console in ("file", "both"):
         stream = _file(log.console_file, log.rotation_size, log.rotation_keep)
-        out.append(_at_least(log.level, textFileLogObserver(stream)))  # type: ignore[arg-type]
+        out.append(_at_least(log.level, textFileLogObserver(stream)))  # type: ignore[arg-type,unused-ignore]
     if log.error_file:
         stream = _file(log.error_file, log.error_rotation_size, log.error_rotation_keep)
-        out.append(_at_least("error", textFileLogObserver(stream)))  # type: ignore[arg-type]
+        out.append(_at_least("error", textFileLogObserver(stream)))  # type: ignore[arg-type,unused-ignore]
     if log.syslog:
         make = syslog_factory or SyslogObserver
         out.append(_at_least(log.syslog_level, make()))

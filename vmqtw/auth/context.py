@@ -19,6 +19,7 @@ import os
 from typing import Any, Generic, Mapping, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
 from vmqtw.logs import Logger
 
 __all__ = ["PluginContext", "FileFormatError", "ReloadingFile", "resolve_path",

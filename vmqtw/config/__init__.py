@@ -49,8 +49,8 @@ The package, by role (imports point down this list):
 
 from __future__ import annotations
 
+from vmqtw.config import compat as compat
 from vmqtw.config import parser as _parser
-from vmqtw.config import compat
 from vmqtw.config.describe import describe_listeners, describe_tls, describe_warnings
 from vmqtw.config.model import (
     Address,

@@ -26,7 +26,6 @@ from vmqtw.config.model import (
 )
 from vmqtw.config.schema import (
     _LISTENER_NAME_RE,
-    GlobalKey,
     BUILTIN_PLUGINS,
     GLOBAL_KEYS,
     LISTENER_KINDS,
@@ -35,6 +34,7 @@ from vmqtw.config.schema import (
     REGISTRY,
     ROOT,
     SERVED_KINDS,
+    GlobalKey,
     ListenerOption,
     root_options,
 )
