@@ -201,6 +201,17 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(cfg.store.directory, "/etc/vmqtw/data")
         self.assertEqual(cfg.resolve("x/../y"), "/etc/vmqtw/y")
 
+    def test_tls_file_errors_name_the_resolved_path(self) -> None:
+        """A missing certfile written relative is reported by the TLS layer with the path
+        resolved against the configuration file's directory."""
+        from vmqtw.transport import tls
+        base = os.path.abspath(self.mktemp())
+        cfg = parse("listener.ssl.a = 127.0.0.1:0\nlistener.ssl.certfile = c.pem\n",
+                    os.path.join(base, "broker.conf"))
+        settings = tls.read_settings(cfg.listeners[0])
+        err = self.assertRaises(tls.OptionError, tls.load_material, settings)
+        self.assertIn(f"cannot read {os.path.join(base, 'c.pem')}", str(err))
+
     def test_plugin_file_errors_name_the_resolved_path(self) -> None:
         """A missing password or ACL file is reported with its resolved, normalised path."""
         from vmqtw.auth import loader
