@@ -48,6 +48,43 @@ class LevelTests(SynchronousTestCase):
         self.assertEqual(seen[-1]["log_format"], "now shown")
 
 
+class OneSourceTests(SynchronousTestCase):
+
+    #: Modules still creating ``twisted.logger.Logger`` directly (being edited
+    #: elsewhere at the time of writing): each must move to ``vmqtw.logs.Logger``.
+    #: The list may only shrink.
+    PENDING = frozenset({
+        "auth/chain.py", "auth/loader.py", "service.py", "tap.py",
+        "transport/limits.py", "transport/proxy.py", "transport/tls.py",
+        "transport/websocket.py",
+    })
+
+    def test_every_module_logs_through_vmqtw_logs(self) -> None:
+        """Apart from the known pending modules, no module of the package (tests aside)
+        imports ``twisted.logger.Logger``: they use ``vmqtw.logs.Logger``, so the log
+        level applies to every logger."""
+        import ast
+
+        import vmqtw
+        root = os.path.dirname(os.path.abspath(vmqtw.__file__))
+        direct = set()
+        for folder, _dirs, files in os.walk(root):
+            rel_folder = os.path.relpath(folder, root)
+            if rel_folder.split(os.sep)[0] == "test":
+                continue
+            for name in files:
+                if not name.endswith(".py") or name == "logs.py" and rel_folder == ".":
+                    continue
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                for node in ast.walk(tree):
+                    if (isinstance(node, ast.ImportFrom) and node.module == "twisted.logger"
+                            and any(a.name == "Logger" for a in node.names)):
+                        direct.add(os.path.relpath(path, root).replace(os.sep, "/"))
+        self.assertLessEqual(direct, self.PENDING)
+
+
 class DestinationTests(SynchronousTestCase):
 
     def setUp(self) -> None:
