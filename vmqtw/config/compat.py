@@ -82,7 +82,8 @@ NO_EFFECT_PREFIXES: tuple[tuple[str, str], ...] = (
                                "persistent_store.*"),
     ("vmq_swc.", _CLUSTER + " (no SWC metadata replication)"),
     ("vmq_plumtree.", _CLUSTER + " (no Plumtree metadata replication)"),
-    ("vmq_bcrypt.", "bcrypt for vmq_diversity, a plugin vmqtw does not ship"),
+    ("vmq_bcrypt.", "VerneMQ's bcrypt worker pool for vmq_diversity; vmqtw checks bcrypt "
+                    "hashes in a thread with the Python bcrypt library"),
     ("log.crash", "the Erlang crash log; Python tracebacks go to the error log"),
 )
 
