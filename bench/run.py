@@ -600,7 +600,7 @@ def one_run(sc: Scenario, args: argparse.Namespace, workdir: Path, bname: str, t
         run = run_once(sc, broker, budget_for(sc, args.quick))
         if not run.ok:
             log_tail = tail(broker.log)  # as it was when the run failed
-    except Exception as e:  # noqa: BLE001 - a failed scenario must not stop the rest
+    except Exception as e:  # a failed scenario must not stop the rest
         run = Run(ok=False, error=str(e))
     finally:
         status = broker.stop()
@@ -700,7 +700,7 @@ def report(sc: Scenario, out: Outcome, brokers: list[str]) -> list[dict[str, Any
         parts.append(f"[target {target}: {verdict}]")
         print("  ".join(parts), flush=True)
         for b in brokers:
-            if cpu_l[b] is not None and cpu_l[b] > 90 and name != "idle_conn_mem":
+            if (cpu := cpu_l[b]) is not None and cpu > 90 and name != "idle_conn_mem":
                 user = out.median(b, lambda r: r.extra.get("cpu_user_pct"))
                 why = ""
                 if user is not None:
@@ -710,8 +710,8 @@ def report(sc: Scenario, out: Outcome, brokers: list[str]) -> list[dict[str, Any
                       f"- it may be the bottleneck{why}", flush=True)
         per_core = {}
         for b in brokers:
-            effs = [key(r) / (r.broker_cpu / 100.0) for r in out.ok_runs(b)
-                    if key(r) is not None and r.broker_cpu and unit not in ("KiB", "us")]
+            effs = [v / (r.broker_cpu / 100.0) for r in out.ok_runs(b)
+                    if (v := key(r)) is not None and r.broker_cpu and unit not in ("KiB", "us")]
             per_core[b] = statistics.median(effs) if effs else None
         rows.append({"scenario": name, "unit": unit, "better": better, "target": target,
                      "per_broker_cpu_second": per_core,
@@ -731,7 +731,8 @@ def report(sc: Scenario, out: Outcome, brokers: list[str]) -> list[dict[str, Any
                     notes.append(f"QoS 1 LOST {x.get('lost')} message(s), "
                                  f"{x.get('unacked')} PUBLISH(es) never acknowledged")
                 elif x.get("lost", 0):
-                    notes.append(f"dropped {x['lost']} of {x.get('total_expected')} QoS 0 deliveries")
+                    notes.append(f"dropped {x['lost']} of {x.get('total_expected')} "
+                                 "QoS 0 deliveries")
                 if x.get("wrong_qos"):
                     notes.append(f"{x['wrong_qos']} deliveries at a QoS other than {x.get('qos')}")
                 if x.get("bad"):

@@ -3,18 +3,24 @@
 # tests (vmqtw/test) and the integration tests with real clients (tests/).
 #
 # System packages (Debian): mosquitto-clients, mosquitto, haproxy, chromium,
-# nodejs/npm -- installed with apt-get when missing (needs root or sudo).
+# nodejs/npm, systemd (for systemd-socket-activate) -- installed with apt-get
+# when missing (needs root or sudo).
 # MQTT.js for the WebSocket tests comes from the npm registry (tests/node).
 # vmqtw itself is pip-installed regularly, so twistd finds its plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
+# Database auth tests (vmq_diversity): real postgresql, mariadb-server and redis-server.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -331,11 +331,11 @@ class IPv6Tests(BrokerTestCase):
         try:
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         except OSError as e:
-            raise SkipTest(f"no IPv6 sockets on this machine: {e}")
+            raise SkipTest(f"no IPv6 sockets on this machine: {e}") from e
         try:
             s.bind(("::1", 0))
         except OSError as e:
-            raise SkipTest(f"cannot bind the IPv6 loopback ::1: {e}")
+            raise SkipTest(f"cannot bind the IPv6 loopback ::1: {e}") from e
         finally:
             s.close()
         self.broker = self.start_broker(
@@ -363,3 +363,78 @@ class IPv6Tests(BrokerTestCase):
 
         self.assertEqual((yield in_thread(scenario)), [b"over ipv6"])
 
+
+
+class EndpointDescriptionTests(BrokerTestCase):
+    """Listener addresses written as Twisted endpoint descriptions."""
+
+    @inlineCallbacks
+    def test_tcp_description_serves_and_keeps_max_connections(self):
+        """listener.tcp.x = tcp:0:interface=127.0.0.1 serves clients, and its
+        max_connections holds exactly as for an IP:PORT address: the third
+        client waits until a slot frees."""
+        broker = self.start_broker(
+            "allow_anonymous = on\n"
+            "listener.tcp.default = tcp:0:interface=127.0.0.1\n"
+            "listener.tcp.default.max_connections = 2\n")
+        listener = broker.listeners["tcp.default"]
+        self.assertEqual(listener.address()[0], "127.0.0.1")
+        c1 = yield self.connected_raw_client(broker, "d1")
+        yield self.connected_raw_client(broker, "d2")
+        c3 = yield self.raw_client(broker)
+        c3.send(connect_packet("d3"))
+        yield quiet_period(0.3)
+        self.assertEqual((c3.buffer, c3.is_closed), (b"", False))
+        self.assertTrue(listener.limiter.paused)
+        yield c1.close()
+        self.assertEqual((yield c3.read(4, what="CONNACK after a slot was freed")), CONNACK_OK)
+        self.assertEqual((listener.limiter.high_water, listener.limiter.refused), (2, 0))
+
+    @inlineCallbacks
+    def test_unix_description_serves_and_cleans_up(self):
+        """listener.tcp.x = unix:PATH serves clients on the socket and removes
+        the socket file when the broker stops."""
+        tmp = tempfile.mkdtemp(prefix="vmqtw-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        path = os.path.join(tmp, "d.sock")
+        broker = self.start_broker(f"allow_anonymous = on\nlistener.tcp.u = unix:{path}\n")
+        self.assertEqual(broker.listeners["tcp.u"].address(), (f"local:{path}", 0))
+        client = yield self.connected_raw_client(broker, "unix-desc", "tcp.u")
+        yield client.close()
+        yield stop_broker(broker)
+        self.assertFalse(os.path.exists(path), "the socket file was left behind")
+
+    @inlineCallbacks
+    def test_proxy_description_needs_the_header(self):
+        """listener.tcp.x = proxy:tcp:... is a PROXY listener: the client
+        address comes from the header, and a client without one is closed."""
+        broker = self.start_broker(
+            "allow_anonymous = on\n"
+            "listener.tcp.default = proxy:tcp:0:interface=127.0.0.1\n")
+        self.assertEqual(type(broker.listeners["tcp.default"].layers[0]).__name__,
+                         "ProxyProtocolFactory")
+        client = yield self.raw_client(broker)
+        client.send(b"PROXY TCP4 198.51.100.9 127.0.0.1 4242 1883\r\n" + connect_packet("pd"))
+        self.assertEqual((yield client.read(4, what="CONNACK")), CONNACK_OK)
+        self.assertEqual(broker.broker.sessions[("", "pd")].peer, ("198.51.100.9", 4242))
+        bypass = yield self.raw_client(broker)
+        bypass.send(connect_packet("bypass"))
+        yield bypass.when_closed()
+        self.assertEqual(bypass.buffer, b"")
+
+    def test_systemd_description_without_socket_activation(self):
+        """Outside socket activation a systemd: listener fails to start with
+        FILE:LINE and a reason, and nothing is left listening."""
+        from twisted.internet import reactor
+
+        from vmqtw.config import load
+        from vmqtw.service import BrokerService, StartupError
+        config = self.write_config("allow_anonymous = on\n"
+                                   "listener.tcp.first = 127.0.0.1:0\n"
+                                   "listener.tcp.sd = systemd:domain=INET:index=0\n")
+        service = BrokerService(load(config), reactor)
+        e = self.assertRaises(StartupError, service.privilegedStartService)
+        self.assertTrue(str(e).startswith(
+            f"{config}:3: listener.tcp.sd: cannot listen on systemd:domain=INET:index=0: "
+            "no socket inherited from systemd"), str(e))
+        self.assertIsNone(service.listeners["tcp.first"].port)

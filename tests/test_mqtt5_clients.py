@@ -419,7 +419,7 @@ class Paho5Tests(Broker5TestCase):
         """Topic aliases set by a 5.0 publisher (full topic with alias 3, then an empty
         topic with alias 3) are resolved by the broker: both a 5.0 and a 3.1.1 subscriber
         receive all three messages under the full topic."""
-        sub, pub, old = self.client("sub"), self.client("pub"), self.client("old")
+        sub, pub, _old = self.client("sub"), self.client("pub"), self.client("old")
         old_client = Paho(self.port, "v5-old311", MQTTv311)
         self.addCleanup(lambda: in_thread(old_client.close))
 
@@ -732,7 +732,7 @@ class RawMQTT5Tests(Broker5TestCase):
             got.append((yield read_packet(sub, "PUBLISH")))
         yield self.assert_alive(sub)   # PINGRESP comes next: no third PUBLISH was sent
         self.assertEqual(sub.buffer, b"")
-        for first, body in got:
+        for _first, body in got:
             sub.send(b"\x40\x02" + body[6:8])  # PUBACK (topic "rm/t" is 6 bytes)
             got.append((yield read_packet(sub, "PUBLISH")))
             if len(got) == 5:

@@ -31,7 +31,7 @@ class PluginTests(unittest.TestCase):
         try:
             from setuptools.config.setupcfg import read_configuration
         except ImportError:  # pragma: no cover
-            raise unittest.SkipTest("setuptools is not installed")
+            raise unittest.SkipTest("setuptools is not installed") from None
         cwd = os.getcwd()
         os.chdir(REPO)  # find: / find_namespace: search relative to the cwd
         try:

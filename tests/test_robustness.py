@@ -135,10 +135,10 @@ class BadPacketTests(BrokerTestCase):
             publish_packet("big", b"z" * 4000),
         ]
         clients = []
-        for i, data in enumerate(bad):
+        for i, _data in enumerate(bad):
             client = yield self.connected_raw_client(self.broker, f"bad{i}")
             clients.append(client)
-        for client, data in zip(clients, bad):
+        for client, data in zip(clients, bad, strict=True):
             client.send(data)
         for client in clients:
             yield client.when_closed()

@@ -1,7 +1,8 @@
 """Build the service tree from a configuration.
 
     BrokerService (the broker, store and authorizer; closes clients on stop)
-      ListenerService per configured listener (binds in privilegedStartService)
+      ListenerService per configured listener: a StreamServerEndpointService
+      on the listener's endpoint (listens in privilegedStartService)
 
 A durable store (``make_service`` opens the one the config asks for) is
 restored into the broker in ``privilegedStartService``, before any listener is
@@ -17,11 +18,10 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from vmqtw.auth.hooks import Notifier
 from vmqtw.auth.loader import (
@@ -34,89 +34,99 @@ from vmqtw.core.broker import Broker
 from vmqtw.core.interfaces import IStore
 from vmqtw.store import StoreError, open_store
 from vmqtw.store.memory import MemoryStore
-from vmqtw.transport.layers import LayerError, build_layers
-from vmqtw.transport.limits import LimitedConnections, LimitedTCPPort, LimitedUNIXPort
+from vmqtw.transport.endpoints import endpoint_chain, listener_endpoint
+from vmqtw.transport.errors import LayerError
+from vmqtw.transport.layers import protocol_layers
+from vmqtw.transport.limits import LimitedConnections, LimitedServerEndpoint, close_port_now
 from vmqtw.transport.protocol import MQTTFactory
-
-#: listen() backlog, as ranch's default (the kernel caps it at net.core.somaxconn).
-BACKLOG = 1024
-#: Sockets accepted per readiness event for each of nr_of_acceptors: VerneMQ's
-#: acceptors each accept in a loop concurrently; on one reactor thread the
-#: closest equivalent is a larger accept batch (Twisted's own starts at 100).
-ACCEPTS_PER_ACCEPTOR = 10
 
 
 class StartupError(Exception):
     """A problem found while starting (e.g. a port in use); the message names file:line."""
 
 
-class ListenerService(Service):
-    """One configured listener: a listening port and its factory chain."""
+class ListenerService(StreamServerEndpointService):
+    """One configured listener: its endpoint (``vmqtw.transport.endpoints``)
+    listening with its protocol factory (WebSocket, MQTT).
+
+    Listening happens in ``privilegedStartService`` and is synchronous: a
+    listener that cannot listen raises ``StartupError`` naming its config line.
+    """
 
     log = Logger()
 
     def __init__(self, listener: ListenerConfig, factory: Any, reactor: Any) -> None:
         self.listener = listener
-        self.name = f"{listener.kind}.{listener.name}"
         self.reactor = reactor
         try:
-            #: The factory chain, outermost first (PROXY, TLS, WebSocket, MQTT).
-            self.layers = build_layers(listener, factory, reactor)
+            inner = protocol_layers(listener, factory, reactor)
+            endpoint = listener_endpoint(listener, reactor)
         except LayerError as e:
             raise StartupError(str(e)) from e
-        self.limiter = LimitedConnections(self.layers[0], listener.max_connections)
+        super().__init__(endpoint, inner[0])
+        self.setName(f"{listener.kind}.{listener.name}")
+        #: Counts this listener's connections and enforces max_connections.
+        self.limiter: LimitedConnections = next(
+            e.limiter for e in endpoint_chain(endpoint) if isinstance(e, LimitedServerEndpoint))
+        #: The factory chain, outermost first (PROXY, TLS, WebSocket, MQTT); the
+        #: PROXY and TLS factories exist once the endpoint has listened.
+        self.layers: list[Any] = inner
+        #: The listening port (None when not listening).
         self.port: Any = None
 
     def bind(self) -> None:
-        listener = self.listener
-        addr = listener.address
-        batch = max(1, listener.nr_of_acceptors) * ACCEPTS_PER_ACCEPTOR
+        """Listen now (once); StartupError naming the config line on failure."""
+        if self._waitingForPort is not None:
+            return
+        self._raiseSynchronously = True
         try:
-            if addr.path is not None:
-                port: Any = LimitedUNIXPort(addr.path, self.limiter, BACKLOG,
-                                            reactor=self.reactor)
-            else:
-                port = LimitedTCPPort(addr.port, self.limiter, BACKLOG, addr.host or "",
-                                      self.reactor)
-            port.accept_batch = batch
-            port.startListening()
-        except (CannotListenError, OSError) as e:
-            file, line = listener.source
+            super().privilegedStartService()
+        except Exception as e:
+            self._waitingForPort = None
+            file, line = self.listener.source
+            reason = getattr(e, "socketError", None) or e
             raise StartupError(f"{file}:{line}: listener.{self.name}: cannot listen on "
-                               f"{addr}: {getattr(e, 'socketError', e)}") from e
+                               f"{self.listener.address}: {reason}") from e
+        waiting: Any = self._waitingForPort
+        waiting.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
         self.port = port
-        self.limiter.port = port
+        self.layers = self._factory_chain()
         self.log.info("listener {listener} on {address} (mountpoint {mountpoint!r}, "
                       "max_connections {max_connections})", listener=self.name,
                       address=self.bound_address(),
-                      mountpoint=listener.mountpoint,
-                      max_connections=listener.max_connections or "infinity")
+                      mountpoint=self.listener.mountpoint,
+                      max_connections=self.listener.max_connections or "infinity")
+        return port
+
+    def _factory_chain(self) -> list[Any]:
+        layers: list[Any] = []
+        factory = self.limiter.wrappedFactory
+        while factory is not None and len(layers) < 16:
+            layers.append(factory)
+            factory = getattr(factory, "wrappedFactory", None)
+        return layers
 
     def privilegedStartService(self) -> None:
-        if self.port is None:
-            self.bind()
-        super().privilegedStartService()
+        self.bind()
 
     def stopService(self) -> Any:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+        if self._waitingForPort is None:
+            Service.stopService(self)
+            return None
+        self.port = None
+        d = super().stopService()
+        self._waitingForPort = None
+        return d
 
     def close_now(self) -> None:
-        """Close the listening socket synchronously (unlinking a unix socket file).
-
-        Used when startup fails: the reactor may never run, so the usual
-        ``stopListening`` (which closes one reactor turn later) would leave the
-        socket - and a unix socket's file - behind.
-        """
+        """Close the listening socket synchronously (unlinking a unix socket
+        file), for a startup that failed."""
         port, self.port = self.port, None
-        if port is None:
-            return
-        port.stopReading()
-        if getattr(port, "connected", False):
-            port.connectionLost(Failure(ConnectionDone("startup failed")))
+        self._waitingForPort = None
+        if port is not None:
+            close_port_now(port)
 
     def close_connections(self) -> None:
         """Close every connection of this listener, CONNECTed or not."""
@@ -199,7 +209,7 @@ class BrokerService(MultiService):
                                   reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)
             svc.setServiceParent(self)
-            self.listeners[svc.name] = svc
+            self.listeners[f"{listener.kind}.{listener.name}"] = svc
 
     def restore(self) -> None:
         """Load the durable store (if the broker has one) into the broker: once,
@@ -247,7 +257,7 @@ class BrokerService(MultiService):
         if not provides_any(self.plugins, AUTHZ_INTERFACES):
             self.log.warn("no authorization plugin is enabled: no ACL is in force, every "
                           "client may publish and subscribe to every topic")
-        for name, plugin in self.plugins:
+        for name, _plugin in self.plugins:
             self.log.info("plugin {plugin} enabled", plugin=name)
 
     def startService(self) -> None:

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from vmqtw import config as configmod
+from vmqtw.transport import activation  # noqa: F401  (before Twisted's endpoints; see there)
 
 
 class Options(usage.Options):
@@ -27,7 +28,7 @@ class Options(usage.Options):
             self.broker_config = configmod.load(self["config"])
         except configmod.ConfigError as e:
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         if self["check"]:
             self._check()
 
@@ -44,7 +45,7 @@ class Options(usage.Options):
             BrokerService(self.broker_config, reactor, plugins=plugins)
         except (configmod.ConfigError, StartupError) as e:
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         for warning in loader.settings_without_plugin(self.broker_config):
             sys.stderr.write(f"vmqtw: warning: {warning}\n")
         sys.stdout.write(f"{self['config']}: OK\n")
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
     except usage.UsageError as e:
         sys.stderr.write(f"{options}\nvmqtw: {e}\n")
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     # Keep stderr for errors: they must not vanish into the log on stdout.
@@ -133,4 +134,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         startup_failed(e)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()

@@ -143,10 +143,12 @@ class IAuthOnRegister(Interface):
 class IAuthOnPublish(Interface):
     def auth_on_publish(client: IClient, topic: str, payload: bytes, qos: int,
                         retain: bool) -> Result:
-        """Decide a PUBLISH (also the will message at CONNECT).  Synchronous.
+        """Decide a PUBLISH (also the will message at CONNECT).
 
         ``ok(topic=..., payload=..., qos=..., retain=..., mountpoint=...)``
-        rewrites the message."""
+        rewrites the message.  Answer synchronously where you can (prefetch at
+        CONNECT): a Deferred is accepted by the chain (``Authorizer.publish(...,
+        deferrable=True)``), but callers that cannot wait refuse it (fail closed)."""
 
 
 class IAuthOnPublishM5(Interface):
@@ -160,7 +162,8 @@ class IAuthOnPublishM5(Interface):
 class IAuthOnSubscribe(Interface):
     def auth_on_subscribe(client: IClient, topics: list[tuple[str, int]]) -> Result:
         """Decide a SUBSCRIBE.  ``ok(topics=[(filter, qos_or_128), ...])`` rewrites
-        or denies single entries (a QoS of 128 denies that entry).  Synchronous."""
+        or denies single entries (a QoS of 128 denies that entry).  A Deferred
+        answer is treated as for auth_on_publish."""
 
 
 class IAuthOnSubscribeM5(Interface):

@@ -8,7 +8,7 @@ Every built-in plugin module exposes::
 ``vmq_passwd.password_file = x`` the key is ``password_file``).  Settings
 errors raise ``ValueError``.
 
-L{ReloadingFile} is shared by vmq_passwd and vmq_acl: it loads a file at
+``ReloadingFile`` is shared by vmq_passwd and vmq_acl: it loads a file at
 startup (any problem is a ``ValueError``), re-reads it every N seconds when
 its mtime, size or inode changed, and on a reload keeps the last good table
 when the file is missing or broken.
@@ -19,6 +19,7 @@ import os
 from typing import Any, Generic, Mapping, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted import logger as twisted_logger
 
 from vmqtw.logs import Logger
 
@@ -32,7 +33,7 @@ class PluginContext:
     """What a plugin gets from the loader besides its settings."""
 
     def __init__(self, reactor: IReactorTime, config_dir: str,
-                 log: Logger | None = None) -> None:
+                 log: twisted_logger.Logger | None = None) -> None:
         #: Used for periodic reloads (callLater, seconds).
         self.reactor = reactor
         #: Relative paths in the plugin's settings resolve against this directory.
@@ -95,8 +96,8 @@ def _stamp(st: os.stat_result) -> _Stamp:
 class ReloadingFile(Generic[T]):
     """A table parsed from a file, reloaded periodically and on demand.
 
-    Subclasses implement L{parse} (bytes to table, raising L{FileFormatError})
-    and L{install} (make a table current).  The first load happens in the
+    Subclasses implement ``parse`` (bytes to table, raising ``FileFormatError``)
+    and ``install`` (make a table current).  The first load happens in the
     constructor.
     """
 

@@ -31,6 +31,8 @@ from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig, PluginConfig
 BUILTIN_MODULES = {
     "vmq_passwd": "vmqtw.auth.passwd",
     "vmq_acl": "vmqtw.auth.acl",
+    "vmq_webhooks": "vmqtw.auth.webhooks",
+    "vmq_diversity": "vmqtw.auth.diversity",
 }
 
 #: Every interface a plugin may provide; one of them is required.

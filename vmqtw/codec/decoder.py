@@ -407,7 +407,7 @@ class Decoder:
                                          level))  # type: ignore[arg-type]
                 pos = end
         except UnicodeDecodeError:
-            err: CodecError = MalformedPacket("invalid UTF-8 in topic")
+            err = MalformedPacket("invalid UTF-8 in topic")
             self._fail(err, packets)
             raise err from None
         except CodecError as e:

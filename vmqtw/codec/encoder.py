@@ -40,7 +40,7 @@ def encode_publish(topic: str, payload: bytes, qos: int, retain: bool, dup: bool
     if tl > 65535:
         raise ValueError("topic longer than 65535 bytes")
     if qos:
-        var = _pack_H(tl) + tb + _pack_H(packet_id)  # type: ignore[arg-type]
+        var = _pack_H(tl) + tb + _pack_H(packet_id)
     else:
         var = _pack_H(tl) + tb
     if protocol_level == MQTT5:

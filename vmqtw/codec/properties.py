@@ -212,6 +212,7 @@ def decode_properties(buf: bytes, pos: int, packet_type: int,
         raise MalformedPacket("properties overrun the packet")
     props: dict[str, Any] = {}
     by_id = _BY_ID
+    value: Any  # str, int or bytes, by the property's kind
     while pos < pend:
         pid = buf[pos]
         pos += 1

@@ -103,8 +103,13 @@ class Address:
     host: str | None
     port: int
     path: str | None = None
+    #: A Twisted endpoint description (``tcp:1883``, ``unix:/run/x.sock``,
+    #: ``systemd:domain=INET:index=0``, ``proxy:tcp:1883``...), else None.
+    endpoint: str | None = None
 
     def __str__(self) -> str:
+        if self.endpoint is not None:
+            return self.endpoint
         if self.path is not None:
             return f"local:{self.path}"
         if self.host is not None and ":" in self.host:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from vmqtw.config import compat
+from vmqtw.config import compat, descriptions
 from vmqtw.config.build import build_log, builtin_plugins
 from vmqtw.config.model import (
     Address,
@@ -445,7 +445,8 @@ class _Parser:
             max_connection_lifetime=typed("max_connection_lifetime", 0),
             allowed_protocol_versions=typed("allowed_protocol_versions", frozenset()),
             allow_anonymous_override=typed("allow_anonymous_override", False),
-            proxy_protocol=typed("proxy_protocol", False),
+            proxy_protocol=typed("proxy_protocol", False)
+            or (address.endpoint or "").startswith("proxy:"),
             proxy_protocol_use_cn_as_username=typed(
                 "proxy_protocol_use_cn_as_username", False
             ),
@@ -527,11 +528,18 @@ def _resolve_option(
 def _parse_address(value: str, kind: str) -> Address:
     """
     ``IP:PORT`` split on the last colon (``127.0.0.1:1883``, ``:::1883``,
-    ``::1:1883``) or ``local:/path/app.sock:0`` (tcp listeners only).
+    ``::1:1883``) or ``local:/path/app.sock:0`` (tcp listeners only), or a
+    Twisted endpoint description (checked by ``vmqtw.config.descriptions``).
     """
     usage = "expected IP:PORT (e.g. 127.0.0.1:1883 or :::1883) or local:/path.sock:0"
     if not value:
         raise _Invalid(f"empty address; {usage}")
+    if descriptions.is_description(value):
+        try:
+            descriptions.check_description(value, kind)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        return Address(host=None, port=0, endpoint=value)
     host, colon, port_text = value.rpartition(":")
     if not colon or not host:
         raise _Invalid(f"{usage}, got {value!r}")

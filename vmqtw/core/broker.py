@@ -134,7 +134,7 @@ class Broker:
     @property
     def store(self) -> IStore:
         """The ``IStore``; replacing it also replaces the sessions' store."""
-        return self.session_env.store  # type: ignore[no-any-return]
+        return self.session_env.store
 
     @store.setter
     def store(self, store: IStore) -> None:
@@ -234,8 +234,9 @@ class Broker:
             last_pid = 0
             for d in stored.deliveries:
                 if d.state == QUEUED:
-                    session.queue_for_append().append((d.message, d.qos, d.retain, d.sub_ids) if d.sub_ids
-                                         else (d.message, d.qos, d.retain))
+                    session.queue_for_append().append(
+                        (d.message, d.qos, d.retain, d.sub_ids) if d.sub_ids
+                        else (d.message, d.qos, d.retain))
                 else:
                     session.inflight[d.packet_id] = Inflight(d.message, d.qos, d.retain,
                                                              d.state, now, d.sub_ids)

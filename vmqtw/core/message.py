@@ -132,7 +132,7 @@ class Message:
         tb = (self.topic if topic is None else topic).encode("utf-8")
         parts = [_pack_H(len(tb)), tb]
         if qos:
-            parts.append(_pack_H(packet_id))  # type: ignore[arg-type]
+            parts.append(_pack_H(packet_id))
         parts.append(encode_varint(len(props)))
         parts.append(props)
         var = b"".join(parts)

@@ -100,7 +100,7 @@ class RetainedTree:
                 child = children[_intern(level)] = _Node()
             elif child.__class__ is not _Node:  # a leaf gets a level below it
                 child = children[level] = _Node(child)  # type: ignore[arg-type]
-            node = child  # type: ignore[assignment]
+            node = child
         children = node.children
         entry = children.get(leaf)
         if entry is None:
@@ -125,7 +125,7 @@ class RetainedTree:
             node = node.children[level]  # type: ignore[assignment]
         entry = node.children[leaf]
         if entry.__class__ is _Node:
-            entry.topic = None  # type: ignore[union-attr]
+            entry.topic = None
             return  # a node has children: the branch stays
         del node.children[leaf]
         # Prune bottom-up: a node without children goes, or becomes its topic.
@@ -168,7 +168,7 @@ class RetainedTree:
                 if i == n or levels[i] == "#":  # 'a/#' matches 'a'
                     found.append(entry)  # type: ignore[arg-type]
                 continue
-            node: _Node = entry  # type: ignore[assignment]
+            node: _Node = entry
             if i == n:
                 if node.topic is not None:
                     found.append(node.topic)
@@ -202,9 +202,9 @@ class RetainedTree:
             if entry.__class__ is not _Node:
                 append(entry)  # type: ignore[arg-type]
                 continue
-            if entry.topic is not None:  # type: ignore[union-attr]
-                append(entry.topic)  # type: ignore[union-attr]
-            extend(reversed(entry.children.values()))  # type: ignore[union-attr]
+            if entry.topic is not None:
+                append(entry.topic)
+            extend(reversed(entry.children.values()))
 
     def __len__(self) -> int:
         """How many retained messages there are, over all mountpoints."""
@@ -225,5 +225,5 @@ class RetainedTree:
             entry = stack.pop()
             count += 1
             if entry.__class__ is _Node:
-                stack.extend(entry.children.values())  # type: ignore[union-attr]
+                stack.extend(entry.children.values())
         return count

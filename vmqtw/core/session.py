@@ -247,7 +247,7 @@ class Session:
             self._drop(message, "queue_full")
             return False
         while queue and len(queue) >= limit:
-            self._drop_item(queue.pop())  # type: ignore[union-attr]
+            self._drop_item(queue.pop())
         return True
 
     def _drop_item(self, item: tuple[Any, ...]) -> None:
@@ -290,6 +290,7 @@ class Session:
         """Send a QoS 1/2 PUBLISH; ``queued``: it was just taken off the queue."""
         pid = self._allocate_pid()
         level = conn.protocol_level
+        data: bytes | None
         if level < 5:
             data = message.encoded(level, qos, retain, pid)
         else:

@@ -77,7 +77,7 @@ def validate_topic_name(topic: str, max_depth: int = 0) -> None:
     Lone surrogates are only detected for very long strings; the codec
     decodes strictly, so they cannot arrive from the wire.
 
-    @raise TopicError: if the topic name is invalid.
+    :raises TopicError: if the topic name is invalid.
     """
     if not topic:
         raise TopicError("topic name is empty")
@@ -97,7 +97,7 @@ def validate_topic_filter(filter: str, max_depth: int = 0) -> None:
     ``#`` may only be the whole last level and ``+`` only a whole level;
     if ``max_depth > 0`` it may have at most ``max_depth`` levels.
 
-    @raise TopicError: if the filter is invalid.
+    :raises TopicError: if the filter is invalid.
     """
     if not filter:
         raise TopicError("topic filter is empty")
@@ -131,10 +131,10 @@ def parse_shared(filter: str) -> tuple[str | None, str]:
     ``'$share/GROUP/a/b'`` gives ``('GROUP', 'a/b')``; any filter not
     starting with ``'$share/'`` gives ``(None, filter)`` unchanged and
     unvalidated.  For a shared filter the inner filter is checked with
-    L{validate_topic_filter} (without a depth limit; the caller applies
+    ``validate_topic_filter`` (without a depth limit; the caller applies
     its own limit to the returned filter).
 
-    @raise TopicError: if the shared form is invalid (no inner filter,
+    :raises TopicError: if the shared form is invalid (no inner filter,
         empty group, group containing a wildcard, invalid inner filter).
     """
     if not filter.startswith(_SHARE_PREFIX):
@@ -207,11 +207,11 @@ class TopicTree(Generic[K, V]):
 
     Keys are hashable subscriber identities, values are opaque.  Filters
     are not validated here: callers pass filters that have passed
-    L{validate_topic_filter} (and, for shared subscriptions, the inner
-    filter from L{parse_shared}).
+    ``validate_topic_filter`` (and, for shared subscriptions, the inner
+    filter from ``parse_shared``).
 
-    L{match} results are cached per topic; the cache is dropped on every
-    change to the tree and cleared whenever it reaches C{cache_size}
+    ``match`` results are cached per topic; the cache is dropped on every
+    change to the tree and cleared whenever it reaches ``cache_size``
     topics (0 disables caching).
     """
 
@@ -227,9 +227,9 @@ class TopicTree(Generic[K, V]):
 
     def add(self, filter: str, key: K, value: V) -> bool:
         """
-        Store C{value} for (C{filter}, C{key}).
+        Store ``value`` for (``filter``, ``key``).
 
-        @return: True if (filter, key) is new, False if its value was
+        :returns: True if (filter, key) is new, False if its value was
             replaced.
         """
         node = self._root
@@ -256,9 +256,9 @@ class TopicTree(Generic[K, V]):
 
     def remove(self, filter: str, key: K) -> bool:
         """
-        Remove (C{filter}, C{key}), pruning nodes left empty.
+        Remove (``filter``, ``key``), pruning nodes left empty.
 
-        @return: True if it was there.
+        :returns: True if it was there.
         """
         path: list[tuple[_Node, str]] = []
         node: _Node | None = self._root
@@ -273,6 +273,7 @@ class TopicTree(Generic[K, V]):
                 node = node.children.get(level)
             if node is None:
                 return False
+        assert node is not None  # split() yields at least one level
         if key not in node.subs:
             return False
         del node.subs[key]
@@ -294,7 +295,7 @@ class TopicTree(Generic[K, V]):
     # -- queries -------------------------------------------------------
 
     def get(self, filter: str, key: K) -> V | None:
-        """Return the value stored for (C{filter}, C{key}), or None."""
+        """Return the value stored for (``filter``, ``key``), or None."""
         node: _Node | None = self._root
         for level in filter.split("/"):
             assert node is not None
@@ -306,12 +307,13 @@ class TopicTree(Generic[K, V]):
                 node = node.children.get(level)
             if node is None:
                 return None
+        assert node is not None  # split() yields at least one level
         entry = node.subs.get(key)
         return None if entry is None else entry[2]
 
     def match(self, topic: str) -> list[tuple[str, K, V]]:
         """
-        Return every (filter, key, value) whose filter matches C{topic}.
+        Return every (filter, key, value) whose filter matches ``topic``.
 
         The order is unspecified.  The returned list may be shared with
         other callers through the cache: callers must not mutate it.
@@ -328,7 +330,7 @@ class TopicTree(Generic[K, V]):
         return result
 
     def _match(self, topic: str) -> list[tuple[str, K, V]]:
-        """Walk the trie for C{topic}, without the cache."""
+        """Walk the trie for ``topic``, without the cache."""
         levels = topic.split("/")
         n = len(levels)
         out: list = []

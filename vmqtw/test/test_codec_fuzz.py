@@ -145,7 +145,7 @@ def packets(level: int) -> st.SearchStrategy[Packet]:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 def header(b0: int, n: int) -> bytes:

@@ -1312,7 +1312,7 @@ class RegistryTests(SynchronousTestCase):
 
     def test_defaults_validate(self) -> None:
         """Every registered default passes its own option's check."""
-        for name, opt in config.REGISTRY.items():
+        for _name, opt in config.REGISTRY.items():
             if opt.default is not None:
                 opt.check(opt.default)
 

@@ -36,3 +36,40 @@ class ImportTests(SynchronousTestCase):
         lines = out.stdout.split()
         self.assertEqual(lines[:-1], [], "twisted modules imported by codec/core")
         self.assertEqual(lines[-1], "True")  # the session interface uses zope.interface
+
+
+SANS_IO_SCRIPT = """
+import importlib, pkgutil, sys
+for package in ("vmqtw.codec", "vmqtw.core", "vmqtw.connection"):
+    pkg = importlib.import_module(package)
+    for info in pkgutil.walk_packages(pkg.__path__, package + "."):
+        importlib.import_module(info.name)
+print("\\n".join(sorted(m for m in sys.modules if m.startswith("twisted.internet"))))
+"""
+
+DEFERRED_SCRIPT = """
+import sys
+import twisted.internet.defer
+print("\\n".join(sorted(m for m in sys.modules if m.startswith("twisted.internet"))))
+"""
+
+
+class SansIOImportTests(SynchronousTestCase):
+
+    def _modules(self, script: str) -> set[str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return set(out.stdout.split())
+
+    def test_codec_core_and_connection_use_only_deferreds_from_twisted_internet(self) -> None:
+        """codec, core and connection import nothing from ``twisted.internet``
+        beyond what ``twisted.internet.defer`` itself pulls in: no reactor, no
+        transports, no endpoints."""
+        allowed = self._modules(DEFERRED_SCRIPT)
+        used = self._modules(SANS_IO_SCRIPT)
+        self.assertEqual(sorted(used - allowed), [],
+                         "twisted.internet modules imported by codec/core/connection")
+        self.assertNotIn("twisted.internet.reactor", used)

@@ -109,7 +109,8 @@ class ConnectTests(BrokerTestCase):
         hn = Harness(BASE5)
         c = hn.client(level=5)
         # CONNECT v5, clean, keepalive 0, properties: receive maximum twice, id "x"
-        body = _s("MQTT") + b"\x05\x02\x00\x00" + props(p_receive_max(1), p_receive_max(2)) + _s("x")
+        body = (_s("MQTT") + b"\x05\x02\x00\x00" + props(p_receive_max(1), p_receive_max(2))
+                + _s("x"))
         c.send(b"\x10" + vbi(len(body)) + body)
         self.assertEqual(c.take(), connack5(reasons.PROTOCOL_ERROR))
         self.assertTrue(c.closed)

@@ -284,7 +284,7 @@ class PublishPropertiesModifierTests(BrokerTestCase):
     def test_properties_replaced_for_5_0_subscribers(self) -> None:
         """ok(properties=...) from auth_on_publish replaces the properties a 5.0 subscriber
         receives with the message."""
-        from vmqtw.codec import Decoder, Publish, Subscribe, Connect
+        from vmqtw.codec import Subscribe, Connect
         from vmqtw.codec.packets import SubOptions
         mods = {"properties": {"user_property": [("tenant", "a")], "content_type": "text"}}
         hn = PluginHarness(self.TEXT, plugins=[("rw", Rewriter(mods))])

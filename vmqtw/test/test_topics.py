@@ -1,5 +1,5 @@
 """
-Tests for L{vmqtw.core.topics}.
+Tests for ``vmqtw.core.topics``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vmqtw.core.topics import (
 
 def naive_match(filter: str, topic: str) -> bool:
     """
-    Oracle: does C{filter} match C{topic}?  A plain level-by-level
+    Oracle: does ``filter`` match ``topic``?  A plain level-by-level
     comparison, independent of the trie.
     """
     f = filter.split("/")
@@ -37,7 +37,7 @@ def naive_match(filter: str, topic: str) -> bool:
 
 
 class ValidateTopicNameTests(SynchronousTestCase):
-    """Tests for L{validate_topic_name}."""
+    """Tests for ``validate_topic_name``."""
 
     VALID = [
         "a",
@@ -97,7 +97,7 @@ class ValidateTopicNameTests(SynchronousTestCase):
 
 
 class ValidateTopicFilterTests(SynchronousTestCase):
-    """Tests for L{validate_topic_filter}."""
+    """Tests for ``validate_topic_filter``."""
 
     VALID = [
         "a",
@@ -159,7 +159,7 @@ class ValidateTopicFilterTests(SynchronousTestCase):
 
 
 class ParseSharedTests(SynchronousTestCase):
-    """Tests for L{parse_shared}."""
+    """Tests for ``parse_shared``."""
 
     def test_shared(self) -> None:
         """Shared filters are split into group and inner filter."""
@@ -207,7 +207,7 @@ def _matches(tree: TopicTree, topic: str) -> set:
 
 
 class MatchTests(SynchronousTestCase):
-    """Table tests of L{TopicTree.match}."""
+    """Table tests of ``TopicTree.match``."""
 
     # (filter, topic, matches?)
     TABLE = [
@@ -329,7 +329,7 @@ class MatchTests(SynchronousTestCase):
 
 
 class TreeTests(SynchronousTestCase):
-    """Tests for add/remove/get/len/filters of L{TopicTree}."""
+    """Tests for add/remove/get/len/filters of ``TopicTree``."""
 
     def test_addReplace(self) -> None:
         """add returns True for a new entry, False when replacing."""

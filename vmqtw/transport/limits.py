@@ -12,16 +12,41 @@ one readiness event than the listener has room for, so a burst of clients
 beyond the cap stays queued in the kernel's backlog instead of being accepted
 and closed; as a last resort, a connection accepted past the cap is refused
 (closed), so the cap is never exceeded.
+
+``LimitedServerEndpoint`` puts both on any stream server endpoint: for
+Twisted's TCP, UNIX and adopted (``systemd:``) endpoints it builds the
+listening port itself, as the pinned-accept subclass; any other endpoint
+listens as usual and gets the cap (pause + refuse) without the pinned batch.
+
+This is the one module that relies on Twisted internals (``tcp.Port`` and
+``unix.Port`` attributes, the private fields of Twisted's server endpoints);
+``vmqtw.test.test_endpoints`` fails loudly if an upgrade removes them.
 """
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
-from twisted.internet import tcp, unix
+from twisted.internet import defer, endpoints, tcp, unix
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+#: listen() backlog, as ranch's default (the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
+#: Sockets accepted per readiness event for each of nr_of_acceptors: VerneMQ's
+#: acceptors each accept in a loop concurrently; on one reactor thread the
+#: closest equivalent is a larger accept batch (Twisted's own starts at 100).
+ACCEPTS_PER_ACCEPTOR = 10
+
+
+def accept_batch(nr_of_acceptors: int) -> int:
+    """Sockets a listener accepts per readiness event for ``nr_of_acceptors``."""
+    return max(1, nr_of_acceptors) * ACCEPTS_PER_ACCEPTOR
 
 
 class _PinnedAccepts:
@@ -32,7 +57,7 @@ class _PinnedAccepts:
     factory: Any
 
     @property
-    def numberAccepts(self) -> int:  # type: ignore[override]
+    def numberAccepts(self) -> int:
         batch = self.accept_batch
         room = getattr(self.factory, "room", None)
         free = room() if room is not None else None
@@ -63,7 +88,15 @@ class LimitedTCPPort(_PinnedAccepts, tcp.Port):
 
 
 class LimitedUNIXPort(_PinnedAccepts, unix.Port):
-    pass
+    #: An inherited socket (systemd socket activation): its file belongs to
+    #: whoever made it and stays when the port closes.
+    inherited = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.inherited:
+            tcp.Port.connectionLost(self, reason)  # not unix.Port's: no unlink
+            return
+        super().connectionLost(reason)
 
 
 class LimitedConnections(WrappingFactory):
@@ -93,7 +126,8 @@ class LimitedConnections(WrappingFactory):
             return None
         return max(0, cap - len(self.protocols))
 
-    def buildProtocol(self, addr: Any) -> Protocol | None:
+    # IProtocolFactory lets buildProtocol refuse with None; WrappingFactory's annotation does not.
+    def buildProtocol(self, addr: Any) -> ProtocolWrapper | None:  # type: ignore[override]
         cap = self.max_connections
         if cap is not None and len(self.protocols) >= cap:
             self.refused += 1
@@ -161,3 +195,88 @@ class LimitedConnections(WrappingFactory):
                 not getattr(port, "disconnecting", False):
             port.startReading()
 
+
+
+# --------------------------------------------------------------------------
+# The endpoint
+# --------------------------------------------------------------------------
+
+def _port_for(endpoint: Any, factory: Any, reactor: Any) -> Any | None:
+    """A not yet listening pinned-accept port for one of Twisted's own server
+    endpoints, or None for any other endpoint.  (Reads their private fields.)"""
+    if isinstance(endpoint, endpoints._TCPServerEndpoint):
+        return LimitedTCPPort(endpoint._port, factory, endpoint._backlog,
+                              endpoint._interface, endpoint._reactor)
+    if isinstance(endpoint, endpoints.UNIXServerEndpoint):
+        return LimitedUNIXPort(endpoint._address, factory, endpoint._backlog,
+                               endpoint._mode, endpoint._reactor, endpoint._wantPID)
+    if isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint):
+        if endpoint._used:
+            raise RuntimeError("the inherited socket was already used by another listener")
+        endpoint._used = True
+        fd = endpoint.fileno
+        endpoint._setNonBlocking(fd)
+        if endpoint.addressFamily == socket.AF_UNIX:
+            port: Any = LimitedUNIXPort._fromListeningDescriptor(endpoint.reactor, fd,
+                                                                  factory)
+            port.inherited = True
+        else:
+            port = LimitedTCPPort._fromListeningDescriptor(endpoint.reactor, fd,
+                                                           endpoint.addressFamily, factory)
+        endpoint._close(fd)  # type: ignore[misc, call-arg]  # the port holds a duplicate
+        return port
+    return None
+
+
+@implementer(IStreamServerEndpoint)
+class LimitedServerEndpoint:
+    """``max_connections`` and the accept batch around another server endpoint.
+
+    ``limiter`` (a ``LimitedConnections``) exists from the start, so its
+    counters can be read before and after the endpoint listens.  ``listen``
+    makes it the outermost factory around the one it is given.  ``endpoint``
+    may also be an object with a ``resolve()`` method returning the real
+    endpoint (resolved only when listening, e.g. an inherited ``systemd:``
+    socket).
+    """
+
+    def __init__(self, endpoint: Any, max_connections: int | None = None,
+                 accept_batch: int = ACCEPTS_PER_ACCEPTOR, reactor: Any = None) -> None:
+        self.wrapped = endpoint
+        self.accept_batch = accept_batch
+        self.reactor = reactor
+        self.limiter = LimitedConnections(None, max_connections)
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return defer.maybeDeferred(self._listen, protocolFactory)
+
+    def _listen(self, factory: IProtocolFactory) -> Any:
+        limiter = self.limiter
+        limiter.wrappedFactory = factory
+        endpoint = self.wrapped
+        resolve = getattr(endpoint, "resolve", None)
+        if callable(resolve):
+            endpoint = resolve()
+        port = _port_for(endpoint, limiter, self.reactor)
+        if port is None:
+            # Someone else's endpoint: the cap still holds (pause + refuse).
+            return endpoint.listen(limiter).addCallback(self._listening)
+        port.accept_batch = self.accept_batch
+        port.startListening()
+        return self._listening(port)
+
+    def _listening(self, port: Any) -> Any:
+        self.limiter.port = port
+        return port
+
+
+def close_port_now(port: Any) -> None:
+    """Close a listening port synchronously (unlinking a unix socket file).
+
+    For a startup that failed: the reactor may never run, so the usual
+    ``stopListening`` (which closes one reactor turn later) would leave the
+    socket - and a unix socket's file - behind.
+    """
+    port.stopReading()
+    if getattr(port, "connected", False):
+        port.connectionLost(Failure(ConnectionDone("startup failed")))

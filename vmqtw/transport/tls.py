@@ -44,25 +44,26 @@ context and the reason is logged.  Bad options or files at startup raise
 """
 from __future__ import annotations
 
-import os
 import re
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.config import TLS_VERSIONS, ListenerConfig, SettingError, TLSConfig
 from vmqtw.transport.identity import certificate_cn, peer_of
-from vmqtw.transport.layers import LayerError
+from vmqtw.transport.errors import LayerError
 
 __all__ = [
     "PSK_IDENTITIES", "OptionError", "TLSSettings", "ServerTLSOptions", "TLSServerProtocol",
@@ -371,7 +372,7 @@ def _make_psk_callback(table: dict[bytes, bytes], name: str) -> Any:
             return 0
         ident = _ffi.string(identity)
         key = table.get(ident)
-        conn = SSL.Connection._reverse_mapping.get(ssl)  # type: ignore[attr-defined]
+        conn = SSL.Connection._reverse_mapping.get(ssl)
         if key is None or len(key) > max_len:
             proto = conn.get_app_data() if conn is not None else None
             host, port = peer_of(proto) if proto is not None else ("", 0)
@@ -597,7 +598,7 @@ class TLSServerProtocol(BufferingTLSTransport):
                  timeout=int((self.factory.handshake_timeout or 0) * 1000))
         self.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_handshake_timer()
         failure = self._reason or reason
         if not self._handshakeDone and failure is not None and \
@@ -664,13 +665,20 @@ def _crl_refresh_ms(listener: ListenerConfig, inner: Any) -> int:
     return 60000
 
 
-def tls_factory(listener: ListenerConfig, inner: Any, reactor: Any) -> TLSListenerFactory:
-    """The TLS layer for ``listener`` around ``inner``; a bad option or file
-    raises LayerError naming the config file and line of the option."""
+def creator_for(listener: ListenerConfig) -> ServerTLSOptions:
+    """The listener's connection creator; LayerError naming the config line."""
     try:
-        creator = ServerTLSOptions(listener)
+        return ServerTLSOptions(listener)
     except OptionError as e:
         raise LayerError(_located(listener, e)) from None
+
+
+def tls_factory(listener: ListenerConfig, inner: Any, reactor: Any,
+                creator: ServerTLSOptions | None = None) -> TLSListenerFactory:
+    """The TLS layer for ``listener`` around ``inner``; a bad option or file
+    raises LayerError naming the config file and line of the option."""
+    if creator is None:
+        creator = creator_for(listener)
     ms = _crl_refresh_ms(listener, inner)
     return TLSListenerFactory(creator, inner, reactor, ms / 1000.0 if ms > 0 else None)
 

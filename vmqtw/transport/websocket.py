@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -69,6 +69,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -235,7 +236,8 @@ class WebSocketTransport:
 
     def __init__(self, ws: "MQTTWebSocketProtocol", peer: Any, xff_cn: str | None) -> None:
         self.ws = ws
-        self.transport = ws.transport
+        #: duck-typed: TCP, TLS or PROXY, with TCP extras, handle and producer methods
+        self.transport: Any = ws.transport
         self.xff_cn = xff_cn
         self.connected = True
         self.disconnecting = False
@@ -247,7 +249,7 @@ class WebSocketTransport:
         if data and self.connected:
             self.ws.send_mqtt(data)
 
-    def writeSequence(self, data: list[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
@@ -337,6 +339,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     _binary = False
 
     factory: "MQTTWebSocketFactory"
+    maxMessagePayloadSize: int  # set by autobahn's setProtocolOptions
 
     # -- the HTTP request ------------------------------------------------------
 
@@ -382,6 +385,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
             if request.path != settings.path:
                 raise Refused(404, "Not Found")
             subprotocol = select_subprotocol(list(request.protocols))
+            assert self.transport is not None  # the handshake arrived on it
             direct = getattr(self.transport.getPeer(), "host", "")
             self._forwarded, self._xff_cn = forwarded_for(settings, direct, request.headers)
         except Refused as e:
@@ -393,6 +397,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     # -- open: the MQTT protocol takes over ------------------------------------
 
     def onOpen(self) -> None:
+        assert self.transport is not None  # the handshake arrived on it
         below = self.transport.getPeer()
         peer = below
         if self._forwarded is not None:
@@ -455,14 +460,15 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
                 mqtt.dataReceived(payload)
 
     def onMessageFrameEnd(self) -> None:
-        self.frame_data = None
+        # autobahn infers a list from its own ``[]``, yet resets it to None too
+        self.frame_data = None  # type: ignore[assignment]
 
     def onMessageEnd(self) -> None:
         self.message_data = []
 
     # -- the end --------------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
             super().connectionLost(reason)
         finally:
@@ -503,7 +509,8 @@ def _accept_deflate(offers: list[Any]) -> Any:
 class MQTTWebSocketFactory(WebSocketServerFactory):
     """The WebSocket layer of one ws/wss listener."""
 
-    protocol = MQTTWebSocketProtocol
+    # autobahn's factory is not generic over its protocol, Twisted's Factory[P] is
+    protocol = MQTTWebSocketProtocol  # type: ignore[assignment]
     log_ = Logger()
 
     def __init__(self, listener: ListenerConfig, inner: Any, reactor: Any) -> None:
