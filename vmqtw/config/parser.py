@@ -26,7 +26,7 @@ from vmqtw.config.model import (
 )
 from vmqtw.config.schema import (
     _LISTENER_NAME_RE,
-    BUILTIN_PLUGINS,
+    VERNEMQ_PLUGINS,
     GLOBAL_KEYS,
     LISTENER_KINDS,
     NAMED,
@@ -175,7 +175,7 @@ class _Parser:
 
     @staticmethod
     def find_plugin_names(effective: Mapping[str, int]) -> set[str]:
-        names = set(BUILTIN_PLUGINS)
+        names = set(VERNEMQ_PLUGINS)
         for key in effective:
             parts = key.split(".")
             if parts[0] == "plugins" and len(parts) >= 2 and parts[1]:

@@ -309,6 +309,12 @@ GLOBAL_KEYS: dict[str, GlobalKey] = {
 # plugins.NAME line in the file.  As in VerneMQ they are ON by default.
 BUILTIN_PLUGINS: frozenset[str] = frozenset({"vmq_passwd", "vmq_acl"})
 
+#: Plugins of VerneMQ's release whose ``NAME.key`` settings VerneMQ's schema
+#: knows whether or not the plugin is on: accepted without a ``plugins.NAME``
+#: line (with a warning when the plugin is not on).
+VERNEMQ_PLUGINS: frozenset[str] = BUILTIN_PLUGINS | {"vmq_webhooks", "vmq_diversity",
+                                                      "vmq_bridge"}
+
 #: The default file of each built-in plugin (VerneMQ: ``./etc/vmq.passwd``
 #: and ``./etc/vmq.acl``; here next to the configuration file) and the
 #: setting that names it.

@@ -133,11 +133,17 @@ class WarningTests(SynchronousTestCase):
                                        "listener.tcp.forward_connection_opts = off\n"), {})
 
     def test_disabled_plugin_settings(self) -> None:
-        """Every setting of a plugin that is off warns that it has no effect."""
+        """Every setting of a plugin that is off warns that it has no effect, also for
+        VerneMQ's own plugins without a plugins.NAME line (off by default); another
+        plugin's settings still need its plugins.NAME line."""
         got = self.warnings("plugins.vmq_webhooks = off\n"
-                            "vmq_webhooks.h1.hook = auth_on_register\n")
+                            "vmq_webhooks.h1.hook = auth_on_register\n"
+                            "vmq_diversity.auth_redis.enabled = off\n")
         self.assertEqual(got["vmq_webhooks.h1.hook"],
                          "plugins.vmq_webhooks is not on: this setting has no effect")
+        self.assertEqual(got["vmq_diversity.auth_redis.enabled"],
+                         "plugins.vmq_diversity is not on: this setting has no effect")
+        self.assertRaises(ConfigError, parse, "my_plugin.x = 1\n")
 
     def test_every_no_effect_key_is_in_the_readme(self) -> None:
         """The README's "Migrating from VerneMQ" section names every key (or family)
