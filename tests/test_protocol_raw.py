@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 
 from tests.support import (
-    BrokerTestCase, abort_timers_pending, in_thread, stop_broker, when_session_event,
-    with_timeout,
+    BrokerTestCase, abort_timers_pending, in_thread, read_packet, stop_broker,
+    when_session_event, with_timeout,
 )
 from vmqtw.test.wire import (
     CONNACK_OK, DISCONNECT, PUBACK, PUBCOMP, PUBREC, PUBREL, ack, connect_packet,
@@ -14,19 +14,6 @@ from vmqtw.test.wire import (
 )
 
 
-@inlineCallbacks
-def read_packet(client, what="a packet"):
-    """One whole packet: (first byte, body)."""
-    first = (yield client.read(1, what=what))[0]
-    length, shift = 0, 0
-    for _ in range(4):
-        byte = (yield client.read(1, what=f"the length of {what}"))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    body = (yield client.read(length, what=what)) if length else b""
-    return first, body
 
 
 class RawProtocolTests(BrokerTestCase):

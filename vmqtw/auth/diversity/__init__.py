@@ -30,7 +30,10 @@ def make_plugin(settings: Mapping[str, Any], context: Any) -> DiversityPlugin:
                 raise ValueError(f"vmq_diversity.{db.kind} needs the Python package "
                                  f"{needed!r} (pip install 'vmqtw[db]')") from None
     # relative certificate paths are taken from the configuration file's directory
-    databases = tuple(dataclasses.replace(db, **{
-        k: resolve_path(getattr(db, k), context.config_dir)
-        for k in ("cafile", "certfile", "keyfile") if getattr(db, k)}) for db in parsed.databases)
+    databases = tuple(dataclasses.replace(
+        db,
+        cafile=db.cafile and resolve_path(db.cafile, context.config_dir),
+        certfile=db.certfile and resolve_path(db.certfile, context.config_dir),
+        keyfile=db.keyfile and resolve_path(db.keyfile, context.config_dir),
+    ) for db in parsed.databases)
     return DiversityPlugin(dataclasses.replace(parsed, databases=databases), context)

@@ -58,17 +58,19 @@ def parse_acl(raw: Any, warn: Any = None) -> tuple[AclEntry, ...]:
                 warn(f"ACL entry without a pattern skipped: {item!r}")
             continue
 
-        def number(key: str, default: int) -> int:
-            value = item.get(key, default)
-            return value if isinstance(value, int) and not isinstance(value, bool) else default
-
         retain = item.get("allowed_retain", True)
         out.append(AclEntry(
-            pattern=tuple(item["pattern"].split("/")), max_qos=number("max_qos", 2),
-            max_payload_size=number("max_payload_size", DEFAULT_MAX_PAYLOAD),
+            pattern=tuple(item["pattern"].split("/")), max_qos=_number(item, "max_qos", 2),
+            max_payload_size=_number(item, "max_payload_size", DEFAULT_MAX_PAYLOAD),
             allowed_retain=retain if isinstance(retain, bool) else True,
             modifiers=item.get("modifiers")))
     return tuple(out)
+
+
+def _number(item: dict[str, Any], key: str, default: int) -> int:
+    """``item[key]`` when it is a whole number (not a JSON boolean), else ``default``."""
+    value = item.get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _substitute(pattern: tuple[str, ...], user: str, client_id: str,
@@ -173,7 +175,7 @@ def _publish_modifiers(mods: Any, warn: Any) -> Result:
             if warn:
                 warn(f"publish modifier {key}={value!r} is not valid, dropped")
             continue
-        out[key] = value.encode("utf-8") if key == "payload" else value
+        out[key] = value.encode("utf-8") if key == "payload" and isinstance(value, str) else value
     return Ok(out) if out else OK
 
 

@@ -60,7 +60,7 @@ class DiversityPlugin:
     # -- CONNECT ------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def auth_on_register(self, request: api.RegisterRequest):  # type: ignore[no-untyped-def]
+    def auth_on_register(self, request: api.RegisterRequest):
         if request.username is None or request.password is None:
             return Error(INVALID_CREDENTIALS)
         mountpoint = request.mountpoint or ""

@@ -137,7 +137,7 @@ class RedisBackend:
         return d
 
     @defer.inlineCallbacks
-    def _open(self, index: int):  # type: ignore[no-untyped-def]
+    def _open(self, index: int):
         """Connect (AUTH, SELECT) and fire everybody waiting for slot ``index``."""
         s = self.settings
         try:
@@ -160,7 +160,7 @@ class RedisBackend:
 
     @defer.inlineCallbacks
     def lookup(self, mountpoint: str, client_id: str, username: str,
-               password: bytes):  # type: ignore[no-untyped-def]
+               password: bytes):
         """As SQLBackend.lookup.  A command lost with an old connection (the
         server may have restarted since) is tried once more on a new one."""
         for attempt in (1, 2):

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from vmqtw.config.values import _bool
 
 __all__ = ["DatabaseSettings", "DiversitySettings", "parse_settings"]
 
-_TRUE = ("on", "true", "yes", "1")
-_FALSE = ("off", "false", "no", "0")
 
 #: auth_<db> -> (settings prefix, default port, hash methods, default method, user default)
 DATABASES: dict[str, tuple[str, int, tuple[str, ...], str]] = {
@@ -62,12 +61,10 @@ class DiversitySettings:
 
 
 def _flag(key: str, raw: Any) -> bool:
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"vmq_diversity.{key} must be on or off, got {raw!r}")
+    try:
+        return _bool(str(raw).strip().lower())
+    except ValueError:
+        raise ValueError(f"vmq_diversity.{key} must be on or off, got {raw!r}") from None
 
 
 def _number(key: str, raw: Any, lo: int = 0) -> int:

@@ -22,8 +22,10 @@ def make_plugin(settings: Mapping[str, Any], context: Any) -> WebhooksPlugin:
         raise ValueError("no webhook is registered: set vmq_webhooks.NAME.hook and "
                          "vmq_webhooks.NAME.endpoint")
     tls = parsed.tls
-    files = {k: resolve_path(v, context.config_dir) for k, v in (
-        ("cafile", tls.cafile), ("certfile", tls.certfile), ("keyfile", tls.keyfile)) if v}
-    if files:  # relative paths are taken from the configuration file's directory
-        parsed = dataclasses.replace(parsed, tls=dataclasses.replace(tls, **files))
+    # relative paths are taken from the configuration file's directory
+    parsed = dataclasses.replace(parsed, tls=dataclasses.replace(
+        tls,
+        cafile=tls.cafile and resolve_path(tls.cafile, context.config_dir),
+        certfile=tls.certfile and resolve_path(tls.certfile, context.config_dir),
+        keyfile=tls.keyfile and resolve_path(tls.keyfile, context.config_dir)))
     return WebhooksPlugin(parsed, context)

@@ -184,7 +184,7 @@ class Poster:
             return found[0], found[2]
         pool = HTTPConnectionPool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = self.settings.pool_max_connections
-        pool.cachedConnectionTimeout = self.settings.pool_timeout
+        pool.cachedConnectionTimeout = self.settings.pool_timeout  # type: ignore[assignment]  # Twisted annotates int; any number of seconds works
         pool.retryAutomatically = False  # a lost answer is a failure, not a second request
         if url.startswith("https://"):
             if self._policy is None:
@@ -196,7 +196,8 @@ class Poster:
         self._agents[url] = (agent, pool, limit)
         return agent, limit
 
-    def post(self, endpoint: Endpoint, body: dict[str, Any]) -> "defer.Deferred[tuple[bytes, int | None]]":
+    def post(self, endpoint: Endpoint,
+             body: dict[str, Any]) -> "defer.Deferred[tuple[bytes, int | None]]":
         """POST ``body``; fires with (answer bytes, max-age or None), or fails
         with WebhookFailure.  Never takes longer than the endpoint's
         ``response_timeout``: the request is cancelled then."""

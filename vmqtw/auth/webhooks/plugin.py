@@ -132,7 +132,7 @@ class WebhooksPlugin:
         if failure.check(defer.CancelledError):
             return failure  # the caller gave up waiting: nothing to say about the endpoint
         reason = failure.getErrorMessage() if failure.check(WebhookFailure) else \
-            f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            f"{getattr(failure.type, '__name__', 'error')}: {failure.getErrorMessage()}"
         return self._refuse(hook, endpoint, reason)
 
     def _refuse(self, hook: str, endpoint: Endpoint, reason: str) -> Result:
@@ -221,14 +221,14 @@ class WebhooksPlugin:
                    retain: bool) -> None:
         hook = self._pick(client, "on_publish")
         if hook is not None:
-            props = {} if hook.endswith("_m5") else None
+            props: dict[str, Any] | None = {} if hook.endswith("_m5") else None
             self._notify(hook, lambda e: publish_body(client, topic, payload, qos, retain,
                                                       props, e.base64_payload))
 
     def on_subscribe(self, client: Any, topics: list[tuple[str, int]]) -> None:
         hook = self._pick(client, "on_subscribe")
         if hook is not None:
-            props = {} if hook.endswith("_m5") else None
+            props: dict[str, Any] | None = {} if hook.endswith("_m5") else None
             self._notify(hook, lambda e: subscribe_body(client, topics, props))
 
     def on_unsubscribe(self, client: Any, topics: list[str]) -> Result:

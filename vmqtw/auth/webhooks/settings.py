@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from vmqtw.config.values import _bool
+
 #: Every hook VerneMQ's webhooks plugin can call.
 AUTH_HOOKS = frozenset({
     "auth_on_register", "auth_on_register_m5", "auth_on_publish", "auth_on_publish_m5",
@@ -37,8 +39,6 @@ GLOBAL_KEYS = ("pool_max_connections", "pool_timeout", "tls_version", "verify_pe
 ENDPOINT_KEYS = ("hook", "endpoint", "base64encode", "base64_payload", "no_payload",
                  "response_timeout")
 
-_TRUE = ("on", "true", "yes", "1")
-_FALSE = ("off", "false", "no", "0")
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,10 @@ class WebhookSettings:
 
 
 def _flag(key: str, raw: Any) -> bool:
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"vmq_webhooks.{key} must be on or off, got {raw!r}")
+    try:
+        return _bool(str(raw).strip().lower())
+    except ValueError:
+        raise ValueError(f"vmq_webhooks.{key} must be on or off, got {raw!r}") from None
 
 
 def _count(key: str, raw: Any, minimum: int = 0) -> int:
