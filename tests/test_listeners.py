@@ -109,9 +109,9 @@ class MountpointTests(BrokerTestCase):
         self.assertEqual((payload, dropped), (b"a still connected", False))
         sessions = self.broker.broker.sessions
         self.assertIn(("site-a", "same"), sessions)
-        self.assertIn(("site-b", "same"), sessions)  # trailing '/' stripped
+        self.assertIn(("site-b/", "same"), sessions)  # kept as written, as in VerneMQ
         self.assertIsNotNone(sessions[("site-a", "same")].conn)
-        self.assertIsNotNone(sessions[("site-b", "same")].conn)
+        self.assertIsNotNone(sessions[("site-b/", "same")].conn)
 
 
 class MaxConnectionsTests(BrokerTestCase):

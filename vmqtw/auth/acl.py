@@ -51,6 +51,7 @@ Settings: ``vmq_acl.acl_file`` (default ``vmq.acl`` next to broker.conf),
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -322,4 +323,7 @@ def make_plugin(settings: Mapping[str, str], context: PluginContext) -> AclPlugi
     if not path:
         raise ValueError("vmq_acl.acl_file is empty")
     interval = parse_interval(settings, "acl_reload_interval", "vmq_acl")
-    return AclPlugin(resolve_path(path, context.config_dir), interval, context)
+    # Relative to the configuration file's directory; normalised so that errors name
+    # the file plainly.
+    return AclPlugin(os.path.normpath(resolve_path(path, context.config_dir)), interval,
+                     context)

@@ -238,4 +238,7 @@ def make_plugin(settings: Mapping[str, str], context: PluginContext) -> PasswdPl
     if not path:
         raise ValueError("vmq_passwd.password_file is empty")
     interval = parse_interval(settings, "password_reload_interval", "vmq_passwd")
-    return PasswdPlugin(resolve_path(path, context.config_dir), interval, context)
+    # Relative to the configuration file's directory; normalised so that errors name
+    # the file plainly.
+    return PasswdPlugin(os.path.normpath(resolve_path(path, context.config_dir)), interval,
+                        context)

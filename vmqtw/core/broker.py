@@ -30,18 +30,42 @@ class Subscription:
         self.sub_ids: tuple[int, ...] = (sub_id,) if sub_id else ()
 
 
+#: ``shared_subscription_policy`` values.  VerneMQ (``vmq_shared_subscriptions``)
+#: picks a RANDOM member, online members first; the policies differ in which
+#: cluster nodes' members are candidates:
+#:
+#: - ``prefer_local``: members on this node, else on any node;
+#: - ``local_only``: members on this node only;
+#: - ``random``: members on any node;
+#: - ``prefer_online_before_local``: online members on any node first, then
+#:   local offline ones.
+#:
+#: vmqtw is one node, so every member is local and the four policies pick
+#: the same way: at random among the online members, else among the offline
+#: members of persistent sessions (their queue takes the message).
+SHARED_SUBSCRIPTION_POLICIES: tuple[str, ...] = (
+    "prefer_local", "local_only", "random", "prefer_online_before_local",
+)
+
+
 class SharedGroup:
     """A tree value for ``$share/GROUP/filter``: the members share the messages."""
 
-    __slots__ = ("name", "members", "_next")
+    __slots__ = ("name", "members")
+
+    #: Where the random choice comes from (tests replace it).
+    rng: random.Random = random.Random()
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[SessionKey, Subscription] = {}
-        self._next = 0
 
     def pick(self, policy: str) -> Subscription | None:
-        """One member, preferring those that are online."""
+        """One member for a message, as VerneMQ picks it under ``policy``
+        (see ``SHARED_SUBSCRIPTION_POLICIES``: on one node, a random online
+        member, else a random offline member of a persistent session)."""
+        if policy not in SHARED_SUBSCRIPTION_POLICIES:
+            raise ValueError(f"unknown shared_subscription_policy {policy!r}")
         members = list(self.members.values())
         if not members:
             return None
@@ -49,10 +73,7 @@ class SharedGroup:
         pool = online or [m for m in members if m.session.persistent]
         if not pool:
             return None
-        if policy == "random":
-            return random.choice(pool)
-        self._next = (self._next + 1) % len(pool)
-        return pool[self._next]
+        return self.rng.choice(pool)
 
 
 class _NullLog:

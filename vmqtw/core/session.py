@@ -75,20 +75,28 @@ class SessionEnv:
     - ``flush()``: writes buffered output, called after a timer resent messages;
     - the limits: ``max_inflight`` (0 = unlimited), ``max_online`` and
       ``max_offline`` (-1 = unlimited), ``retry_interval`` (seconds, MQTT 3.x
-      only) and ``upgrade_qos``; a session copies them when it is created.
+      only) and ``upgrade_qos``; a session copies them when it is created;
+    - the queue discipline, VerneMQ's ``queue_type`` (``lifo``: the newest
+      queued message is delivered first, and a full queue drops its OLDEST
+      message to make room; ``fifo``, the default: oldest first, a full queue
+      drops the NEW message) and ``override_max_online_messages`` (off: when a
+      session comes back online, the offline messages beyond
+      ``max_online_messages`` are dropped, as VerneMQ moves them into a
+      bounded online queue; on: all of them are kept).
 
     One is shared by the sessions of a broker: the broker keeps ``clock`` and
     ``store`` up to date when its own are replaced.
     """
 
     __slots__ = ("clock", "store", "dropped", "flush", "max_inflight", "max_online",
-                 "max_offline", "retry_interval", "upgrade_qos")
+                 "max_offline", "retry_interval", "upgrade_qos", "lifo", "override_online")
 
     def __init__(self, clock: Any, store: "IStore",
                  dropped: Callable[["Session", Message, str], None],
                  flush: Callable[[], None], *, max_inflight: int = 20,
                  max_online: int = 1000, max_offline: int = 1000,
-                 retry_interval: float = 20, upgrade_qos: bool = False) -> None:
+                 retry_interval: float = 20, upgrade_qos: bool = False,
+                 lifo: bool = False, override_online: bool = False) -> None:
         self.clock = clock
         self.store = store
         self.dropped = dropped
@@ -98,6 +106,8 @@ class SessionEnv:
         self.max_offline = max_offline
         self.retry_interval = retry_interval
         self.upgrade_qos = upgrade_qos
+        self.lifo = lifo
+        self.override_online = override_online
 
     @classmethod
     def from_config(cls, config: Any, clock: Any, store: "IStore",
@@ -109,7 +119,9 @@ class SessionEnv:
                    max_online=config.max_online_messages,
                    max_offline=config.max_offline_messages,
                    retry_interval=config.retry_interval,
-                   upgrade_qos=config.upgrade_outgoing_qos)
+                   upgrade_qos=config.upgrade_outgoing_qos,
+                   lifo=getattr(config, "queue_type", "fifo") == "lifo",
+                   override_online=getattr(config, "override_max_online_messages", False))
 
 
 class Session:
@@ -184,11 +196,9 @@ class Session:
             if qos == 0 or not self.persistent:
                 self._drop(message, "offline_qos0")
                 return
-            if 0 <= self.max_offline <= len(self.queue):
-                self._drop(message, "queue_full")
+            if not self._make_room(self.max_offline, message):
                 return
-            self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
-                              (message, qos, retain))
+            self._put((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
             self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
             return
         if self.queue or conn.paused:
@@ -211,13 +221,53 @@ class Session:
 
     def _enqueue_online(self, message: Message, qos: int, retain: bool,
                         sub_ids: tuple[int, ...] = NO_IDS) -> None:
-        if 0 <= self.max_online <= len(self.queue):
-            self._drop(message, "queue_full")
+        if not self._make_room(self.max_online, message):
             return
-        self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
-                                       (message, qos, retain))
+        self._put((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
         if qos and self.persistent:
             self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        """Queue ``item``: at the back (fifo), or at the front (lifo: the
+        newest message is delivered first)."""
+        queue = self.queue_for_append()
+        if self.env.lifo:
+            queue.appendleft(item)
+        else:
+            queue.append(item)
+
+    def _make_room(self, limit: int, message: Message) -> bool:
+        """Whether ``message`` may be queued under ``limit`` (-1 = none).  A
+        full fifo queue drops ``message``; a full lifo queue drops its oldest
+        message instead (VerneMQ's ``vmq_queue``)."""
+        queue = self.queue
+        if limit < 0 or len(queue) < limit:
+            return True
+        if not self.env.lifo or not queue or limit == 0:
+            self._drop(message, "queue_full")
+            return False
+        while queue and len(queue) >= limit:
+            self._drop_item(queue.pop())
+        return True
+
+    def _drop_item(self, item: tuple[Any, ...]) -> None:
+        """Drop a queued ``(message, qos, retain[, sub_ids])``."""
+        message, qos = item[0], item[1]
+        if qos and self.persistent:
+            self.env.store.message_dequeued(self.key, message)
+        self._drop(message, "queue_full")
+
+    def _trim_to_online_limit(self) -> None:
+        """Back online without ``override_max_online_messages``: VerneMQ moves
+        the offline messages into the online queue, which holds at most
+        ``max_online_messages``; the rest are dropped (the newest for fifo,
+        the oldest for lifo: the ones at the far end of the queue)."""
+        queue = self.queue
+        limit = self.max_online
+        if self.env.override_online or limit < 0 or len(queue) <= limit:
+            return
+        while len(queue) > limit:
+            self._drop_item(queue.pop())  # type: ignore[union-attr]
 
     def _drop(self, message: Message, reason: str) -> None:
         self.dropped += 1
@@ -404,6 +454,7 @@ class Session:
                 self.env.store.message_acked(self.key, pid)
         if self.inflight and self.retry_call is None and self.retry_interval > 0 and level < 5:
             self.retry_call = self.env.clock.callLater(self.retry_interval, self._retry)
+        self._trim_to_online_limit()
         self.drain()
 
     def detach(self) -> None:

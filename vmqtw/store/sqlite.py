@@ -51,7 +51,6 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -62,6 +61,7 @@ from vmqtw.core.retained import RetainedTree
 from vmqtw.core.values import (
     QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
 )
+from vmqtw.logs import Logger
 from vmqtw.store.records import (
     Loaded, StoredDelivery, StoredSession, decode_properties, decode_sub_ids,
     encode_properties, encode_sub_ids,
