@@ -103,7 +103,8 @@ def connect5(conn: Connection, packet: Connect) -> bool:
     conn.transport.out5 = Outbound(
         receive_maximum=min(props.get("receive_maximum", 65535), config.receive_max_client),
         maximum_packet_size=props.get("maximum_packet_size", 0),
-        alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_client))
+        # VerneMQ: topic_alias_max_broker caps the aliases the broker sends.
+        alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_broker))
     cap = config.max_keep_alive
     if cap and (packet.keepalive == 0 or packet.keepalive > cap):
         conn.keepalive = cap
@@ -276,8 +277,8 @@ def connack_properties(conn: Connection, session: Any) -> dict[str, Any]:
     if "server_keep_alive" in conn.connack5:
         props["server_keep_alive"] = conn.connack5["server_keep_alive"]
     props["receive_maximum"] = config.receive_max_broker
-    if config.topic_alias_max_broker:
-        props["topic_alias_maximum"] = config.topic_alias_max_broker
+    if config.topic_alias_max_client:  # VerneMQ: the aliases a client may send us
+        props["topic_alias_maximum"] = config.topic_alias_max_client
     if conn.decoder.max_packet_size < MAX_PACKET:
         props["maximum_packet_size"] = conn.decoder.max_packet_size
     props["retain_available"] = 1

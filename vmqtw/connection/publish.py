@@ -94,7 +94,7 @@ def inbound_topic5(conn: Connection, packet: Publish, session: Session) -> str |
     config = conn.broker.config
     alias = props.get("topic_alias")
     if alias is not None:
-        if alias > config.topic_alias_max_broker:
+        if alias > config.topic_alias_max_client:  # announced in our CONNACK
             conn.protocol_violation(f"topic alias {alias} above the maximum",
                                     reasons.TOPIC_ALIAS_INVALID)
             return None
