@@ -13,7 +13,7 @@ from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
 from vmqtw.codec.encoder import encode
-from vmqtw.codec.packets import MQTT5, MQTT31, Connack, Connect
+from vmqtw.codec.packets import BRIDGE, MQTT5, MQTT31, Connack, Connect
 from vmqtw.connection import auth as enhanced_auth
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, NEVER_EXPIRES, ClientView,
@@ -43,6 +43,9 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         conn.refuse(reasons.UNSUPPORTED_PROTOCOL_VERSION,
                     f"protocol level {level} not allowed on this listener")
         return
+    if level & BRIDGE:  # 131/132: a bridge speaking 3.1/3.1.1 (see the decoder)
+        level &= ~BRIDGE
+        conn.protocol_level = level
     preauth = conn.transport.preauth_username()
     if preauth is not None:  # TLS/PSK/PROXY/XFF identity; auth still runs
         packet.username = preauth
