@@ -40,8 +40,12 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         # Answer as a server that does not speak this version: the 3.x
         # CONNACK 0x01, also to a 5.0 client (which reads it as 0x84).
         conn.protocol_level = 4
+        conn.client = ClientView(packet.client_id, listener.mountpoint, packet.username,
+                                 conn.peer, conn.listener_name)  # for the log line
+        allowed = ",".join(str(v) for v in sorted(listener.allowed_protocol_versions))
         conn.refuse(reasons.UNSUPPORTED_PROTOCOL_VERSION,
-                    f"protocol level {level} not allowed on this listener")
+                    f"protocol level {level} not allowed on this listener (allowed: "
+                    f"{allowed}; to change: {listener.key}.allowed_protocol_versions)")
         return
     if level & BRIDGE:  # 131/132: a bridge speaking 3.1/3.1.1 (see the decoder)
         level &= ~BRIDGE

@@ -260,8 +260,11 @@ class Connection:
     def refuse(self, reason_v5: int, why: str) -> None:
         """Refuse the CONNECT: a CONNACK with the reason (as the client's level
         spells it), then close."""
-        self.log.info("refusing CONNECT from {peer} (client {client_id!r}): {reason}",
-                      peer=self.peer_str(), reason=why, client_id=self.client_id)
+        client = self.client
+        self.log.info("refusing CONNECT from {peer} (client {client_id!r}, username "
+                      "{username!r}): {reason}", peer=self.peer_str(), reason=why,
+                      client_id=self.client_id,
+                      username=client.username if client is not None else None)
         code = reasons.connack_code(reason_v5, self.protocol_level)
         self.write(encode(Connack(code), self.protocol_level))
         self.close()
