@@ -88,6 +88,10 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         clean_start=packet.clean_start, protocol_level=level,
         properties=packet.properties, listener=conn.listener_name,
         listener_address=str(listener.address), listener_kind=listener.kind)
+    if listener.options.get("forward_connection_opts") in ("on", "true"):
+        # VerneMQ's auth_on_register/6 Opts: the listener (always in our
+        # request) and the client certificate.
+        request.client_cert = conn.transport.client_certificate()
     if conn.auth_method is not None:
         conn.auth_connect = (request, packet)
         enhanced_auth.auth_step(conn, packet.properties.get("authentication_data"))
