@@ -14,6 +14,7 @@ from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import BRIDGE, MQTT5, MQTT31, Connack, Connect
+from vmqtw.config.schema import REGISTRY as LISTENER_OPTIONS
 from vmqtw.connection import auth as enhanced_auth
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, NEVER_EXPIRES, ClientView,
@@ -88,7 +89,8 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         clean_start=packet.clean_start, protocol_level=level,
         properties=packet.properties, listener=conn.listener_name,
         listener_address=str(listener.address), listener_kind=listener.kind)
-    if listener.options.get("forward_connection_opts") in ("on", "true"):
+    forward = listener.options.get("forward_connection_opts")
+    if forward is not None and LISTENER_OPTIONS["forward_connection_opts"].check(forward):
         # VerneMQ's auth_on_register/6 Opts: the listener (always in our
         # request) and the client certificate.
         request.client_cert = conn.transport.client_certificate()
