@@ -239,6 +239,8 @@ def apply_session_overrides(conn: Connection, mods: dict[str, Any]) -> None:
                        ("upgrade_qos", "upgrade_qos")):
         if name in mods:
             setattr(session, attr, mods[name])
+    if "max_message_rate" in mods:  # PUBLISHes per second, 0 = no limit
+        conn.max_message_rate = mods["max_message_rate"]
     if "max_connection_lifetime" in mods:
         conn.stop_timer("lifetime")
         if mods["max_connection_lifetime"]:

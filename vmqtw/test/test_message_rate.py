@@ -117,3 +117,36 @@ class MessageRateTests(SynchronousTestCase):
         self.assertFalse(p.closed)
         rig.clock.advance(1.0)
         self.assertEqual([(x.type, x.packet_id) for x in p.packets()], [(4, 3)])
+
+
+class RegisterModifierTests(SynchronousTestCase):
+
+    def test_auth_on_register_sets_the_rate(self) -> None:
+        """auth_on_register's ``max_message_rate`` modifier (VerneMQ's) sets the client's
+        limit, here where the configuration sets none."""
+        from zope.interface import implementer
+
+        from vmqtw.auth.api import IAuthOnRegister, ok
+
+        @implementer(IAuthOnRegister)
+        class Limit:
+            def auth_on_register(self, request: object) -> object:
+                return ok(max_message_rate=1)
+
+        rig = Rig(BASE.replace("allow_anonymous = on", "allow_anonymous = off"),
+                  [("limit", Limit())])
+        s = subscriber_anonymous(rig)
+        p = rig.connected("pub", username="u", password=b"p")
+        p.send(*pubs(1, 2))
+        self.assertEqual(s.take(), received(1))
+        self.assertFalse(p.transport.reading)
+        rig.clock.advance(1.0)
+        self.assertEqual(s.take(), received(2))
+
+
+def subscriber_anonymous(rig: Rig) -> Client:
+    """A subscriber on ``t/#`` (registered through the same plugins)."""
+    s = rig.connected("sub", username="u", password=b"p")
+    s.send(Subscribe(1, [("t/#", SubOptions(0))]))
+    assert s.take() == suback(1, 0)
+    return s
