@@ -10,6 +10,7 @@ import socket
 import sys
 import tempfile
 
+from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 
 from tests.support import REPO, TWISTD, BrokerTestCase, run_process
@@ -113,6 +114,12 @@ class CommandLineTests(BrokerTestCase):
             self.assertTrue(lines[0].startswith(expected), lines[0])
             self.assertNotIn("b'", lines[0])
             self.assertNotIn(b"Traceback", out + err)
+            # The daemon child removes its pid file just after it has told the
+            # parent (which has exited by now): no event to wait for, so poll.
+            for _ in range(100):
+                if not os.path.exists(pidfile):
+                    break
+                yield task.deferLater(reactor, 0.05, lambda: None)
             self.assertFalse(os.path.exists(pidfile))
 
 
