@@ -195,6 +195,7 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
         apply_session_overrides(conn, overrides)
     conn.notifier.on_register(conn.session)
     conn.replay_held()
+    conn.decode_rest()
     conn.broker.flush()
 
 
@@ -253,6 +254,7 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
     session.listener = client.listener
     conn.session = session
     conn.state = CONNECTED
+    conn.decoder.authenticated()
     if level == MQTT5:
         conn.write(encode(Connack(0, present, connack_properties(conn, session)), MQTT5))
     else:

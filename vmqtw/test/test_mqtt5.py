@@ -34,7 +34,8 @@ class ConnectTests(BrokerTestCase):
         subscriptions are available, and nothing else follows it."""
         hn = Harness(BASE5)
         c = connect5(hn, "c1")
-        self.assertEqual(c.take(), bytes.fromhex("200e00000b21ffff2501280129012a01"))
+        self.assertEqual(c.take(), bytes.fromhex("2013000010" "21ffff" "2700100000"
+                                                     "2501280129012a01"))
         self.assertEqual(c.take(), b"")
         self.assertFalse(c.closed)
 
