@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
-from vmqtw.auth.api import Error, Ok, RegisterRequest
+from vmqtw.auth.api import OK, Error, Ok, RegisterRequest
+from vmqtw.auth.chain import CHAIN_EXHAUSTED
 from vmqtw.auth.modifiers import REGISTER as REGISTER_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
@@ -126,8 +127,24 @@ def connect5(conn: Connection, packet: Connect) -> bool:
 
 
 def register(conn: Connection, request: RegisterRequest, packet: Connect) -> None:
-    """Ask the auth_on_register chain; a late answer pauses reading meanwhile."""
-    d = conn.authorizer.register(request, conn.listener.allow_anonymous_override)
+    """Ask the auth_on_register chain; a late answer pauses reading meanwhile.
+
+    With anonymous access allowed (``allow_anonymous``, or the listener's
+    ``allow_anonymous_override``) a CONNECT without a user name is accepted
+    without asking; one WITH a user name is still verified (as mosquitto
+    does), see ``anonymous_verdict``."""
+    authorizer = conn.authorizer
+    anonymous = authorizer.allow_anonymous or conn.listener.allow_anonymous_override
+    if anonymous and (request.username is None or not authorizer.has_register or
+                      conn.transport.preauth_username() is not None):
+        # Nothing to verify: no user name, no plugin that could verify one,
+        # or the name comes from the transport (certificate, PSK identity).
+        d = authorizer.register(request, True)
+    elif anonymous:
+        d = authorizer.verify(request)
+        d.addCallback(anonymous_verdict, conn, request, packet)
+    else:
+        d = authorizer.register(request, False)
     if not d.called:
         # A plugin answers later: stop reading until it does (packets
         # already read are held).  Synchronous answers skip the two
@@ -136,6 +153,24 @@ def register(conn: Connection, request: RegisterRequest, packet: Connect) -> Non
         d.addBoth(resume_reading, conn)
     d.addCallback(registered, conn, packet)
     d.addErrback(register_failed, conn)
+
+
+def anonymous_verdict(result: Any, conn: Connection, request: RegisterRequest,
+                      packet: Connect) -> Any:
+    """The register chain's answer for a user name claimed where anonymous
+    access is allowed: a plugin's OK or refusal (a wrong password: CONNACK 4 /
+    0x86) stands; a name no plugin knows is dropped, and the client is
+    connected as anonymous, so it gets none of that user's ACL rights."""
+    if isinstance(result, Error) and result.reason == CHAIN_EXHAUSTED:
+        conn.log.info("client {client_id!r} from {peer}: user name {username!r} is not known "
+                      "to any authentication plugin; connected as anonymous",
+                      client_id=request.client_id, peer=conn.peer_str(),
+                      username=request.username)
+        packet.username = None
+        if conn.client is not None:
+            conn.client.username = None
+        return OK
+    return result
 
 
 def resume_reading(result: Any, conn: Connection) -> Any:
@@ -160,7 +195,10 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
         return
     conn.state = AWAIT_CONNECT
     if isinstance(result, Error):
+        # A wrong password and a user name no plugin knows get the same answer,
+        # so that user names cannot be enumerated.
         code = (reasons.BAD_USER_NAME_OR_PASSWORD if result.reason == "invalid_credentials"
+                or (result.reason == CHAIN_EXHAUSTED and packet.username is not None)
                 else reasons.NOT_AUTHORIZED)
         conn.refuse(code, f"authentication: {result.reason}")
         conn.broker.flush()

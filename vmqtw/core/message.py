@@ -64,7 +64,8 @@ class Message:
         self.retain = retain
         self.properties = properties or {}
         self.expires_at = expires_at
-        self._cache: dict[Any, bytes] | None = None
+        # bytes per variant; the _LAST_IDS entry is (retain, sub_ids, bytes)
+        self._cache: dict[Any, Any] | None = None
         self._props5: bytes | None = None
 
     def start_expiry(self, now: float) -> None:
@@ -129,9 +130,9 @@ class Message:
             return data
         last = cache.get(_LAST_IDS)
         if last is not None and last[0] == retain and last[1] == sub_ids:
-            return last[2]  # type: ignore[no-any-return]
+            return last[2]
         data = self.encoded5(0, retain, None, False, sub_id_bytes(sub_ids))
-        cache[_LAST_IDS] = (retain, sub_ids, data)  # type: ignore[assignment]
+        cache[_LAST_IDS] = (retain, sub_ids, data)
         return data
 
     def encoded5(self, qos: int, retain: bool, packet_id: int | None, dup: bool,
