@@ -16,6 +16,7 @@ from vmqtw.codec import reasons
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import MQTT5, MQTT31, Connack, Connect
 from vmqtw.connection import auth as enhanced_auth
+from vmqtw.connection import reauth
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, NEVER_EXPIRES, ClientView,
     is_utf8, valid_topic_name,
@@ -287,9 +288,15 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
     transport = conn.transport
     transport.protocol_level = level  # what the core encodes deliveries with
     session, present = conn.broker.open_session(key, packet.clean_start, expiry, transport)
+    owner = (session.username, session.listener)
     session.username = client.username
     session.peer = conn.peer
     session.listener = client.listener
+    if present and owner != (client.username, client.listener):
+        # Another user (or listener) resumes this session: what the previous
+        # owner was allowed is authorized again before anything is delivered.
+        reauth.reauthorize(conn.broker, conn.authorizer, session, "session resumed by "
+                           f"user {client.username!r} on {client.listener}")
     conn.session = session
     conn.state = CONNECTED
     conn.decoder.authenticated()

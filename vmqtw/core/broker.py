@@ -7,6 +7,7 @@ write to their connection objects, which buffer until ``flush()``.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any, Callable
 
 from vmqtw.codec.packets import SubOptions
@@ -15,7 +16,7 @@ from vmqtw.core.message import Message
 from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
-from vmqtw.core.values import QUEUED, SessionKey
+from vmqtw.core.values import QUEUED, WAIT_PUBCOMP, SessionKey
 
 
 class Subscription:
@@ -374,6 +375,54 @@ class Broker:
                     tree.remove(inner, gkey)
         if not len(tree):
             del self.trees[session.mountpoint]
+
+    # -- re-authorization (a new owner, new ACL rules) -----------------------------------------
+
+    def reauthorize(self, session: Session, may_subscribe: Callable[[str, SubOptions], bool],
+                    may_read: Callable[[str], bool]) -> tuple[list[str], int]:
+        """Keep only what ``session``'s owner may have, as the authorization
+        hooks say now: the subscriptions ``may_subscribe(filter, options)``
+        grants, and the queued and inflight messages whose topic
+        ``may_read(topic)`` grants (asked once per topic).  For a session
+        resumed by another user and after ACL/password reloads: deliveries
+        then need no authorization lookup per message.
+
+        Returns the dropped topic filters and the number of dropped messages."""
+        denied = [f for f, options in list(session.subscriptions.items())
+                  if not may_subscribe(f, options)]
+        for topic_filter in denied:
+            self.unsubscribe(session, topic_filter)
+        if not session.queue and not session.inflight:
+            return denied, 0
+        verdicts: dict[str, bool] = {}
+
+        def readable(topic: str) -> bool:
+            verdict = verdicts.get(topic)
+            if verdict is None:
+                verdict = verdicts[topic] = may_read(topic)
+            return verdict
+
+        store = self.store
+        dropped = 0
+        if session.queue:
+            kept: deque[tuple[Any, ...]] = deque()
+            for item in session.queue:
+                message = item[0]
+                if readable(message.topic):
+                    kept.append(item)
+                    continue
+                dropped += 1
+                if item[1] and session.persistent:
+                    store.message_dequeued(session.key, message)
+            session.queue = kept if kept else ()
+        for pid, entry in list(session.inflight.items()):
+            # A QoS 2 flow past PUBREC has delivered its message already: let it end.
+            if entry.state != WAIT_PUBCOMP and not readable(entry.message.topic):
+                del session.inflight[pid]
+                dropped += 1
+                if session.persistent:
+                    store.message_acked(session.key, pid)
+        return denied, dropped
 
     # -- routing ------------------------------------------------------------------------------
 
