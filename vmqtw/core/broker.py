@@ -13,6 +13,7 @@ from typing import Any, Callable
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
+from vmqtw.core.retained_delivery import RetainedSender
 from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
@@ -100,6 +101,8 @@ class Broker:
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
         self.session_observers: list[Callable[[str, Session], None]] = []
+        #: Retained messages for new subscriptions, in slices; the retained quotas.
+        self.retained = RetainedSender(self)
 
     @property
     def clock(self) -> Any:
@@ -128,6 +131,7 @@ class Broker:
 
     def flush(self) -> None:
         """Write every connection's buffered output (once per input batch or timer)."""
+        self.retained.budget = self.retained.steps  # see RetainedSender.new_batch
         dirty = self.dirty
         while dirty:
             self.dirty = []
@@ -304,7 +308,6 @@ class Broker:
         The MQTT 5.0 subscription identifier, if any, is ``session.sub_ids[topic_filter]``.
         """
         group, inner = parse_shared(topic_filter)
-        mp = session.mountpoint
         new, sub = self._tree_add(session, topic_filter, options)
         session.subscriptions[topic_filter] = options
         if session.persistent:
@@ -312,16 +315,9 @@ class Broker:
         if group is None:
             rh = options.retain_handling
             if rh == 0 or (rh == 1 and new):
-                now = None
-                for msg in self.store.retained_match(mp, inner):
-                    if msg.expires_at is not None:
-                        if now is None:
-                            now = self.clock.seconds()
-                        if now >= msg.expires_at:  # expired: forget it (checked lazily)
-                            self.store.retained_set(mp, msg.topic, None)
-                            continue
-                    qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
-                    session.deliver(msg, qos, True, sub.sub_ids)
+                # In slices: a filter matching many retained messages does not
+                # stall the other clients (see vmqtw.core.retained_delivery).
+                self.retained.start(session, inner, sub, options)
         return new
 
     def _tree_add(self, session: Session, topic_filter: str,
@@ -427,10 +423,17 @@ class Broker:
     # -- routing ------------------------------------------------------------------------------
 
     def publish(self, message: Message, mountpoint: str, sender: Session | None = None) -> int:
-        """Route ``message`` within ``mountpoint``; returns the number of deliveries."""
+        """Route ``message`` within ``mountpoint``; returns the number of deliveries.
+
+        A retained message over the retained quotas is routed but not retained
+        (the connection refuses a 5.0 QoS 1/2 one before it gets here)."""
         if message.retain:
-            self.store.retained_set(mountpoint, message.topic,
-                                    message if message.payload else None)
+            if self.retained.allowed(mountpoint, message):
+                self.store.retained_set(mountpoint, message.topic,
+                                        message if message.payload else None)
+            else:
+                self.retained.refuse(mountpoint, message,
+                                     sender.client_id if sender is not None else None)
         tree = self.trees.get(mountpoint)
         if tree is None:
             return 0
