@@ -281,6 +281,12 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
     if level == MQTT5:
         # Session Expiry Interval: 0 = ends with the connection, 0xFFFFFFFF = never.
         expiry = None if conn.session_expiry == NEVER_EXPIRES else conn.session_expiry
+        cap = config.persistent_client_expiration  # None: never
+        if cap is not None and (expiry is None or expiry > cap):
+            # Capped as VerneMQ expires persistent sessions; the CONNACK says so
+            # (MQTT-3.2.2.3.2: the client must use the server's value).
+            expiry = cap
+            conn.connack5["session_expiry_interval"] = cap
     elif packet.clean_start:
         expiry = 0
     else:
@@ -322,6 +328,8 @@ def connack_properties(conn: Connection, session: Any) -> dict[str, Any]:
         props["assigned_client_identifier"] = session.client_id
     if "server_keep_alive" in conn.connack5:
         props["server_keep_alive"] = conn.connack5["server_keep_alive"]
+    if "session_expiry_interval" in conn.connack5:
+        props["session_expiry_interval"] = conn.connack5["session_expiry_interval"]
     props["receive_maximum"] = config.receive_max_broker
     if config.topic_alias_max_broker:
         props["topic_alias_maximum"] = config.topic_alias_max_broker

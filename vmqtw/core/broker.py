@@ -226,6 +226,7 @@ class Broker:
                     last_pid = d.packet_id
             if last_pid:
                 session._next_pid = last_pid % 65535 + 1
+            session.inflight_bytes = sum(len(e.message.payload) for e in session.inflight.values())
             session.incoming_qos2.update(stored.incoming_qos2)
             session.schedule_expiry(self._expire, stored.remaining_expiry(now))
             count += 1
@@ -284,6 +285,7 @@ class Broker:
         session.sub_ids.clear()
         session.queue = ()
         session.inflight.clear()
+        session.inflight_bytes = 0
         session.cancel_expiry()
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
@@ -415,6 +417,7 @@ class Broker:
             # A QoS 2 flow past PUBREC has delivered its message already: let it end.
             if entry.state != WAIT_PUBCOMP and not readable(entry.message.topic):
                 del session.inflight[pid]
+                session.inflight_bytes -= len(entry.message.payload)
                 dropped += 1
                 if session.persistent:
                     store.message_acked(session.key, pid)

@@ -75,20 +75,23 @@ class SessionEnv:
     - ``flush()``: writes buffered output, called after a timer resent messages;
     - the limits: ``max_inflight`` (0 = unlimited), ``max_online`` and
       ``max_offline`` (-1 = unlimited), ``retry_interval`` (seconds, MQTT 3.x
-      only) and ``upgrade_qos``; a session copies them when it is created.
+      only), ``upgrade_qos`` and ``max_inflight_bytes`` (payload bytes of the
+      QoS 1/2 messages sent and not acknowledged yet, 0 = unlimited; one
+      message is always let through); a session copies them when it is created.
 
     One is shared by the sessions of a broker: the broker keeps ``clock`` and
     ``store`` up to date when its own are replaced.
     """
 
     __slots__ = ("clock", "store", "dropped", "flush", "max_inflight", "max_online",
-                 "max_offline", "retry_interval", "upgrade_qos")
+                 "max_offline", "retry_interval", "upgrade_qos", "max_inflight_bytes")
 
     def __init__(self, clock: Any, store: "IStore",
                  dropped: Callable[["Session", Message, str], None],
                  flush: Callable[[], None], *, max_inflight: int = 20,
                  max_online: int = 1000, max_offline: int = 1000,
-                 retry_interval: float = 20, upgrade_qos: bool = False) -> None:
+                 retry_interval: float = 20, upgrade_qos: bool = False,
+                 max_inflight_bytes: int = 0) -> None:
         self.clock = clock
         self.store = store
         self.dropped = dropped
@@ -98,6 +101,7 @@ class SessionEnv:
         self.max_offline = max_offline
         self.retry_interval = retry_interval
         self.upgrade_qos = upgrade_qos
+        self.max_inflight_bytes = max_inflight_bytes
 
     @classmethod
     def from_config(cls, config: Any, clock: Any, store: "IStore",
@@ -109,7 +113,8 @@ class SessionEnv:
                    max_online=config.max_online_messages,
                    max_offline=config.max_offline_messages,
                    retry_interval=config.retry_interval,
-                   upgrade_qos=config.upgrade_outgoing_qos)
+                   upgrade_qos=config.upgrade_outgoing_qos,
+                   max_inflight_bytes=config.max_inflight_bytes)
 
 
 class Session:
@@ -121,6 +126,7 @@ class Session:
         "incoming_qos2", "_next_pid", "max_inflight", "max_online", "max_offline",
         "retry_interval", "upgrade_qos", "expiry_call", "retry_call", "dropped",
         "peer", "listener", "sub_ids", "client_receive_max", "will", "will_call",
+        "max_inflight_bytes", "inflight_bytes",
     )
 
     def __init__(self, env: Union[SessionEnv, "Broker"], key: SessionKey, persistent: bool,
@@ -155,6 +161,9 @@ class Session:
         self.max_offline = env.max_offline
         self.retry_interval = env.retry_interval
         self.upgrade_qos = env.upgrade_qos
+        self.max_inflight_bytes = env.max_inflight_bytes
+        #: Payload bytes of the messages in ``inflight`` (see ``inflight_full``).
+        self.inflight_bytes = 0
         self.expiry_call: Any = None
         self.retry_call: Any = None
         self.dropped = 0
@@ -203,11 +212,19 @@ class Session:
                 if data is not None:
                     conn.write(data)
             return
-        n = len(self.inflight)
-        if n >= self.max_inflight or n >= self.client_receive_max:
+        if self.inflight_full(message):
             self._enqueue_online(message, qos, retain, sub_ids)
             return
         self._send_inflight(conn, message, qos, retain, sub_ids)
+
+    def inflight_full(self, message: Message) -> bool:
+        """Whether sending ``message`` now would exceed the inflight window
+        (in messages, or in payload bytes with ``max_inflight_bytes``)."""
+        n = len(self.inflight)
+        if n >= self.max_inflight or n >= self.client_receive_max:
+            return True
+        limit = self.max_inflight_bytes
+        return bool(limit and n and self.inflight_bytes + len(message.payload) > limit)
 
     def _enqueue_online(self, message: Message, qos: int, retain: bool,
                         sub_ids: tuple[int, ...] = NO_IDS) -> None:
@@ -252,6 +269,7 @@ class Session:
         now = self.env.clock.seconds()
         self.inflight[pid] = Inflight(message, qos, retain,
                                       WAIT_PUBACK if qos == 1 else WAIT_PUBREC, now, sub_ids)
+        self.inflight_bytes += len(message.payload)
         if self.persistent:
             store = self.env.store
             store.message_sent(self.key, message, qos, retain, pid, sub_ids, queued)
@@ -298,8 +316,7 @@ class Session:
                     self._drop(message, "expired")
                     continue
             if qos:
-                n = len(self.inflight)
-                if n >= self.max_inflight or n >= self.client_receive_max:
+                if self.inflight_full(message):
                     return
                 queue.popleft()
                 self._send_inflight(conn, message, qos, retain, sub_ids, True)
@@ -316,7 +333,7 @@ class Session:
 
     def _done(self, pid: int) -> None:
         """The client finished the flow of ``pid``: free its slot, send more."""
-        del self.inflight[pid]
+        self.inflight_bytes -= len(self.inflight.pop(pid).message.payload)
         if self.persistent:
             self.env.store.message_acked(self.key, pid)
         self.drain()
@@ -398,7 +415,7 @@ class Session:
                 else:
                     write(data)
         for pid in too_large:
-            del self.inflight[pid]
+            self.inflight_bytes -= len(self.inflight.pop(pid).message.payload)
             if self.persistent:
                 self.env.store.message_acked(self.key, pid)
         if self.inflight and self.retry_call is None and self.retry_interval > 0 and level < 5:

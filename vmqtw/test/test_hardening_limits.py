@@ -135,3 +135,74 @@ class RetainedQuotaTests(SynchronousTestCase):
         retain_many(rig, 1)
         rig.broker.publish(Message("will", b"gone", 0, True), "")
         self.assertEqual(rig.broker.store.retained_count(), 1)
+
+
+class PerClientLimitTests(SynchronousTestCase):
+    """Item 9: finite per-client limits by default."""
+
+    def test_subscriptions_per_client_finite_by_default(self) -> None:
+        """``max_subscriptions_per_client`` defaults to 10,000 (VerneMQ: unlimited;
+        the issue's 100k subscriptions held 144 MiB): the 10,001st filter is
+        refused (3.x 0x80, 5.0 0x97 quota exceeded)."""
+        rig = Rig()
+        self.assertEqual(rig.config.max_subscriptions_per_client, 10000)
+        for level, refused in ((4, 0x80), (5, 0x97)):
+            c = rig.client(level)
+            c.send(Connect(f"many{level}", level))
+            c.take()
+            filters = [(f"f/{i}", SubOptions(0)) for i in range(10001)]
+            c.send(Subscribe(1, filters))
+            (ack,) = c.packets()
+            self.assertEqual(ack.reason_codes[-2:], [0, refused])
+            self.assertEqual(len(c.session.subscriptions), 10000)
+
+    def test_inflight_bytes(self) -> None:
+        """``max_inflight_bytes`` bounds the payload bytes sent and not acknowledged:
+        a message that does not fit waits in the queue until a PUBACK frees room."""
+        rig = Rig(BASE + "max_inflight_bytes = 1000\n")
+        sub = rig.connected("sub")
+        sub.send(Subscribe(1, [("t", SubOptions(1))]))
+        sub.take()
+        p = rig.connected("p")
+        for pid in (1, 2):
+            p.send(Publish("t", bytes([48 + pid]) * 600, 1, False, False, pid))
+        p.take()
+        (first,) = sub.packets()
+        self.assertEqual(sub.session.inflight_bytes, 600)
+        self.assertEqual(len(sub.session.queue), 1)
+        sub.send(puback(first.packet_id))
+        (second,) = sub.packets()
+        self.assertEqual(second.payload, b"2" * 600)
+        self.assertEqual(sub.session.inflight_bytes, 600)
+        sub.send(puback(second.packet_id))
+        self.assertEqual(sub.session.inflight_bytes, 0)
+
+    def test_one_big_message_always_passes(self) -> None:
+        """A message over ``max_inflight_bytes`` is still sent when nothing is inflight."""
+        rig = Rig(BASE + "max_inflight_bytes = 100\n")
+        sub = rig.connected("sub")
+        sub.send(Subscribe(1, [("t", SubOptions(1))]))
+        sub.take()
+        rig.broker.publish(Message("t", b"x" * 500, 1), "")
+        rig.broker.flush()
+        (msg,) = sub.packets()
+        self.assertEqual(len(msg.payload), 500)
+
+    def test_session_expiry_capped_by_persistent_client_expiration(self) -> None:
+        """A 5.0 Session Expiry Interval above ``persistent_client_expiration``
+        (here 1 hour; 0xFFFFFFFF = never) is capped, and the CONNACK tells the
+        client the value in force; a shorter one is kept as asked."""
+        rig = Rig(BASE + "persistent_client_expiration = 1h\n")
+        c = rig.client(5)
+        c.send(Connect("c", 5, False, 0, properties={"session_expiry_interval": 0xFFFFFFFF}))
+        (ack,) = c.packets()
+        self.assertEqual(ack.properties["session_expiry_interval"], 3600)
+        self.assertEqual(c.session.expiry_interval, 3600)
+        short = rig.client(5)
+        short.send(Connect("s", 5, False, 0, properties={"session_expiry_interval": 60}))
+        (ack,) = short.packets()
+        self.assertNotIn("session_expiry_interval", ack.properties)
+        self.assertEqual(short.session.expiry_interval, 60)
+        c.lose()
+        rig.clock.advance(3600)
+        self.assertNotIn(("", "c"), rig.broker.sessions)
