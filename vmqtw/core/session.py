@@ -212,7 +212,10 @@ class Session:
                 if data is not None:
                     conn.write(data)
             return
-        if self.inflight_full(message):
+        n = len(self.inflight)  # inflight_full(), inlined on the hot path
+        if n >= self.max_inflight or n >= self.client_receive_max or (
+                self.max_inflight_bytes and n and
+                self.inflight_bytes + len(message.payload) > self.max_inflight_bytes):
             self._enqueue_online(message, qos, retain, sub_ids)
             return
         self._send_inflight(conn, message, qos, retain, sub_ids)
