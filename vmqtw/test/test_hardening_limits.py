@@ -2,10 +2,13 @@
 retained delivery in slices, retained quotas, per-client limits."""
 from __future__ import annotations
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw.codec import Connect, Publish, Subscribe, SubOptions, Unsubscribe
 from vmqtw.core.message import Message
+from vmqtw.core.retained import RetainedTree
 from vmqtw.core.retained_delivery import STEPS_PER_TURN
 from vmqtw.test.connection_harness import BASE, Rig, puback, suback
 
@@ -79,6 +82,47 @@ class RetainedSliceTests(SynchronousTestCase):
         rig.clock.advance(0)
         self.assertEqual(rig.broker.retained.pending, 0)
         self.assertNotIn(("", "c"), rig.broker.sessions)
+
+
+class IterMatchTests(SynchronousTestCase):
+    """``RetainedTree.iter_match``, the step-wise lookup behind the slices."""
+
+    def test_same_as_match(self) -> None:
+        """On random trees and filters (``$`` topics, empty levels, ``+`` and
+        ``#``), the messages ``iter_match`` yields are those of ``match``, in the
+        same order, and the byte count follows every set and clear."""
+        rnd = random.Random(14)
+        words = ["a", "b", "$SYS", "x", ""]
+        for _tree in range(200):
+            tree = RetainedTree()
+            topics = []
+            for _ in range(rnd.randint(0, 30)):
+                topic = "/".join(rnd.choice(words) for _ in range(rnd.randint(1, 4)))
+                if topic:
+                    tree.set("", topic, Message(topic, b"p" * rnd.randint(1, 5), 0, True))
+                    topics.append(topic)
+            for topic in topics[:3]:
+                tree.set("", topic, None)
+            for _ in range(20):
+                levels = [rnd.choice(words + ["+", "+"]) for _ in range(rnd.randint(1, 4))]
+                if rnd.random() < 0.4:
+                    levels.append("#")
+                topic_filter = "/".join(levels)
+                stepped = [m for m in tree.iter_match("", topic_filter) if m is not None]
+                self.assertEqual(stepped, tree.match("", topic_filter), topic_filter)
+            self.assertEqual(tree.nbytes, sum(len(m.payload) for _, _, m in tree.items()))
+
+    def test_changes_between_steps(self) -> None:
+        """A topic cleared while a lookup is under way is not yielded."""
+        tree = RetainedTree()
+        for i in range(10):
+            tree.set("", f"a/{i}", Message(f"a/{i}", b"v", 0, True))
+        steps = tree.iter_match("", "a/#")
+        first = [next(steps) for _ in range(3)]
+        tree.set("", "a/9", None)
+        rest = [m.topic for m in steps if m is not None]
+        self.assertNotIn("a/9", rest)
+        self.assertEqual(len([m for m in first if m is not None]) + len(rest), 9)
 
 
 class RetainedQuotaTests(SynchronousTestCase):
