@@ -6,7 +6,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from vmqtw.codec import Connect, Publish, Subscribe, SubOptions, Unsubscribe
+from vmqtw.codec import Connect, Disconnect, Publish, Subscribe, SubOptions, Unsubscribe
 from vmqtw.core.message import Message
 from vmqtw.core.retained import RetainedTree
 from vmqtw.core.retained_delivery import STEPS_PER_TURN
@@ -250,3 +250,13 @@ class PerClientLimitTests(SynchronousTestCase):
         c.lose()
         rig.clock.advance(3600)
         self.assertNotIn(("", "c"), rig.broker.sessions)
+
+    def test_disconnect_cannot_extend_past_the_cap(self) -> None:
+        """A 5.0 DISCONNECT raising the session expiry is capped the same way."""
+        rig = Rig(BASE + "persistent_client_expiration = 1h\n")
+        c = rig.client(5)
+        c.send(Connect("c", 5, False, 0, properties={"session_expiry_interval": 60}))
+        c.take()
+        session = c.session
+        c.send(Disconnect(0, {"session_expiry_interval": 0xFFFFFFFF}))
+        self.assertEqual(session.expiry_interval, 3600)
