@@ -261,10 +261,10 @@ class BrokerService(MultiService):
                                 self.authorizers)
         if found.errors:
             raise StartupError("\n".join(found.errors))
-        for message in found.loud:
-            self.log.critical("{message}", message=message)
-        for message in found.warnings:
-            self.log.warn("{message}", message=message)
+        for text in found.loud:
+            self.log.critical("{text}", text=text)
+        for text in found.warnings:
+            self.log.warn("{text}", text=text)
         config = self.config
         if not config.allow_anonymous and not provides_any(self.plugins, AUTHN_INTERFACES) \
                 and not any(l.allow_anonymous_override for l in config.listeners):

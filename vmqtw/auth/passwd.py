@@ -260,7 +260,7 @@ class HashVerifier:
     def verify(self, entry: PasswordHash, password: bytes) -> "Deferred[bool] | None":
         """A Deferred firing with ``entry.verify(password)``, run in a thread;
         None when ``waiting`` checks are already queued."""
-        if len(self.semaphore.waiting) >= self.waiting:
+        if self.semaphore.tokens == 0 and len(self.semaphore.waiting) >= self.waiting:
             self.refused += 1
             return None
         pool = self.reactor.getThreadPool()
