@@ -18,7 +18,6 @@ listener turns it into a ``FILE:LINE: KEY: message`` error with
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +162,8 @@ class ProxyConfig:
     trusted_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        import ipaddress
+
         try:
             networks = tuple(ipaddress.ip_network(n, strict=False)
                              for n in self.trusted_sources)
@@ -175,6 +176,8 @@ class ProxyConfig:
         socket peer, always trusted) may send a PROXY header."""
         if not self.trusted_sources or host is None:
             return True
+        import ipaddress
+
         try:
             addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:

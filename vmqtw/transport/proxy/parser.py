@@ -23,7 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
@@ -222,7 +222,7 @@ def _c_crc32c() -> Any:
 #: The C implementation (``crc32c`` package), or None when it is missing.
 crc32c_c = _c_crc32c()
 #: CRC32C of a whole buffer: the C implementation when available (#14).
-crc32c: Callable[[bytes], int] = crc32c_c if crc32c_c is not None else crc32c_python
+crc32c = crc32c_c if crc32c_c is not None else crc32c_python
 
 
 # ---------------------------------------------------------------------------
