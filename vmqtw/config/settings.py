@@ -118,6 +118,15 @@ class TLSConfig:
         return self.require_certificate or self.use_identity_as_username
 
 
+def default_tls_versions(ciphers: tuple[str, ...]) -> str:
+    """``tls_version`` when the listener does not set it (security, #14): TLS 1.2
+    and 1.3; but a ``ciphers`` list without a TLS 1.3 suite keeps VerneMQ's
+    ``tlsv1.2``, so that the list it set is the whole story."""
+    if ciphers and not any(c.startswith("TLS_") for c in ciphers):
+        return "tlsv1.2"
+    return "tlsv1.2,tlsv1.3"
+
+
 # --------------------------------------------------------------------------
 # WebSocket, PROXY, store
 # --------------------------------------------------------------------------
@@ -248,15 +257,6 @@ class _Options:
             return schema.REGISTRY[name].check(raw)
         except _Invalid as e:
             raise SettingError(name, str(e)) from None
-
-
-def default_tls_versions(ciphers: tuple[str, ...]) -> str:
-    """``tls_version`` when the listener does not set it (security, #14): TLS 1.2
-    and 1.3; but a ``ciphers`` list without a TLS 1.3 suite keeps VerneMQ's
-    ``tlsv1.2``, so that the list it set is the whole story."""
-    if ciphers and not any(c.startswith("TLS_") for c in ciphers):
-        return "tlsv1.2"
-    return "tlsv1.2,tlsv1.3"
 
 
 def tls_config(options: Mapping[str, str], kind: str, key: str) -> TLSConfig | None:
