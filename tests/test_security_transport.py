@@ -57,7 +57,10 @@ class ProxyTrustedSourcesTests(BrokerTestCase):
 
     def setUp(self) -> None:
         self.lines: list[str] = []
-        observer = (lambda e: self.lines.append(formatEvent(e)))
+
+        def observer(event: dict) -> None:
+            self.lines.append(formatEvent(event))
+
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.broker = self.start_broker(

@@ -302,7 +302,7 @@ class PasswdPlugin(ReloadingFile[dict[str, PasswordHash]]):
         """The user names currently in force."""
         return frozenset(self._users)
 
-    def auth_on_register(self, request: RegisterRequest) -> Result:
+    def auth_on_register(self, request: RegisterRequest) -> "Result | Deferred[Result]":
         username, password = request.username, request.password
         if username is None or password is None:
             return NEXT
@@ -320,11 +320,14 @@ class PasswdPlugin(ReloadingFile[dict[str, PasswordHash]]):
                                   waiting=self.verifier.waiting,
                                   refused=self.verifier.refused)
                 return error("server_busy")
-            return checked.addCallback(
-                lambda ok: OK if ok else error("invalid_credentials"))
+            return checked.addCallback(_verdict)
         if entry.verify(password):
             return OK
         return error("invalid_credentials")
+
+
+def _verdict(ok: bool) -> Result:
+    return OK if ok else error("invalid_credentials")
 
 
 def make_plugin(settings: Mapping[str, str], context: PluginContext) -> PasswdPlugin:

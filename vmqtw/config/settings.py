@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmqtw.config import schema
@@ -169,6 +169,7 @@ class ProxyConfig:
     use_cn_as_username: bool = False
     header_timeout: float = PROXY_HEADER_TIMEOUT
     trusted_sources: tuple[str, ...] = ()
+    _networks: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         import ipaddress
@@ -194,7 +195,7 @@ class ProxyConfig:
         mapped = getattr(addr, "ipv4_mapped", None)
         if mapped is not None:
             addr = mapped
-        return any(addr in net for net in getattr(self, "_networks"))
+        return any(addr in net for net in self._networks)
 
 
 def proxy_config(options: Mapping[str, str], enabled: bool,

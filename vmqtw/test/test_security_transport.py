@@ -67,7 +67,8 @@ class ProxyTrustTests(SynchronousTestCase):
     def test_trusts_addresses_and_networks(self) -> None:
         """``ProxyConfig.trusts`` matches IPs and CIDRs (IPv4-mapped IPv6 too), refuses
         others, trusts unix-socket peers, and trusts everyone without sources."""
-        cfg = ProxyConfig(enabled=True, trusted_sources=("127.0.0.1", "10.0.0.0/8", "2001:db8::/32"))
+        cfg = ProxyConfig(enabled=True,
+                          trusted_sources=("127.0.0.1", "10.0.0.0/8", "2001:db8::/32"))
         for host, ok in (("127.0.0.1", True), ("10.20.30.40", True), ("::ffff:10.1.2.3", True),
                          ("2001:db8::7", True), ("127.0.0.2", False), ("192.0.2.1", False),
                          ("not-an-ip", False), (None, True)):

@@ -14,8 +14,9 @@ read by ``vmqtw.config``), whose options are as VerneMQ documents them:
   -- security, #14: VerneMQ only turns peer verification on, so a client
   without a certificate fell back to its CONNECT user name; here it is refused
   at the handshake, and a connection that still ends up with neither a
-  certificate nor a PSK identity is closed), ``depth`` (OpenSSL's verify depth: the number of intermediate CAs
-  allowed), a self-signed client leaf is refused even if it is trusted;
+  certificate nor a PSK identity is closed), ``depth`` (OpenSSL's verify
+  depth: the number of intermediate CAs allowed), a self-signed client leaf
+  is refused even if it is trusted;
 - ``crlfile`` (PEM, one or more CRLs), checked for the whole chain.  As in
   VerneMQ, the file is a list of revoked certificates: a chain whose issuer has
   no CRL in the file, or a CRL past its next-update date, is not refused for
