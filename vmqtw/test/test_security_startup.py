@@ -223,7 +223,9 @@ class StartupTests(TestCase):
                 self.start(listeners)
             message = str(e.exception)
             self.assertTrue(message.startswith(f"{conf}:{line}: listener.tcp."), message)
-            self.assertIn(os.path.join(self.dir, "vmq.passwd") + ":15", message)
+            with open(os.path.join(ETC, "vmq.passwd")) as f:
+                demo_line = [n for n, text in enumerate(f, 1) if text.startswith("demo:")][0]
+            self.assertIn(os.path.join(self.dir, "vmq.passwd") + f":{demo_line}", message)
             self.assertIn("demo", message)
 
     def test_demo_user_on_loopback_starts_with_a_loud_warning(self) -> None:
@@ -235,8 +237,10 @@ class StartupTests(TestCase):
         self.assertEqual(len(critical), 1)
         self.assertIn("DEMO CREDENTIALS", critical[0])
         warnings = "\n".join(self.logged(LogLevel.warn))
-        self.assertIn(os.path.join(self.dir, "vmq.acl") + ":18: 'topic #' grants every topic",
-                      warnings)
+        with open(os.path.join(ETC, "vmq.acl")) as f:
+            acl_line = [n for n, text in enumerate(f, 1) if text.strip() == "topic #"][0]
+        self.assertIn(os.path.join(self.dir, "vmq.acl") + f":{acl_line}: 'topic #' grants "
+                      "every topic", warnings)
 
     def test_plain_text_network_listener_and_loose_modes_warned(self) -> None:
         """Without the demo user a listener on 0.0.0.0 without TLS starts with a warning
