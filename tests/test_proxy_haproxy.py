@@ -62,9 +62,12 @@ def ssl_cn_tlv(cn: str, verify: int = 0) -> bytes:
 
 
 def proxy_config(extra: str = "", allow_anonymous: bool = True, kind: str = "tcp") -> str:
+    """A PROXY listener ``edge`` that trusts headers from 127.0.0.1 (where haproxy
+    runs), so proxy_protocol_use_cn_as_username is on by default."""
     return (f"allow_anonymous = {'on' if allow_anonymous else 'off'}\n"
             f"listener.{kind}.edge = 127.0.0.1:0\n"
-            f"listener.{kind}.edge.proxy_protocol = on\n" + extra)
+            f"listener.{kind}.edge.proxy_protocol = on\n"
+            f"listener.{kind}.edge.proxy_protocol_trusted_sources = 127.0.0.1\n" + extra)
 
 
 @implementer(IAuthOnRegister)
@@ -422,7 +425,8 @@ class HAProxyTests(ProxyCase):
 
     @inlineCallbacks
     def test_tls_cn_replaces_the_connect_username_in_auth(self):
-        """With proxy_protocol_use_cn_as_username on (the default) the certificate CN
+        """With proxy_protocol_use_cn_as_username on (the default with trusted sources) the
+        certificate CN
         replaces the CONNECT user name given to auth plugins; with it off the CONNECT user
         name stays; the password is passed either way."""
         certs = self.certs()
@@ -505,7 +509,8 @@ class HAProxyTests(ProxyCase):
     @inlineCallbacks
     def test_ws_listener_tls_termination_cn(self):
         """A ws listener behind haproxy terminating TLS takes the certificate CN as the user
-        name (proxy_protocol_use_cn_as_username defaults to on for ws too): pre-auth user
+        name (proxy_protocol_use_cn_as_username defaults to on for ws too, with trusted
+        sources set): pre-auth user
         name and the auth plugin's request both say alice, with the client's address as
         peer."""
         certs = self.certs()

@@ -139,7 +139,7 @@ class ServerTLSTests(_TLSCase):
     @inlineCallbacks
     def test_whole_certificate_chain_is_sent(self):
         """The broker sends its whole certificate chain (leaf and intermediate from
-        certfile), so a client trusting only the root verifies it, over TLS 1.2 by default;
+        certfile), so a client trusting only the root verifies it, over TLS 1.3 by default;
         with a leaf-only certfile such a client fails and one that also trusts the
         intermediate succeeds."""
         # Clients trust only the root; the broker's leaf is issued by the
@@ -147,7 +147,7 @@ class ServerTLSTests(_TLSCase):
         info = yield probe(self.port("ssl.default"), self, ca=certs().ca)
         self.assertEqual(info["serials"][0], certs().serials["server"])
         self.assertEqual(len(info["serials"]), 2)
-        self.assertEqual(info["version"], "TLSv1.2")  # the default tls_version
+        self.assertEqual(info["version"], "TLSv1.3")  # the default tls_version: 1.2 and 1.3
         # A certfile with the leaf alone cannot be verified by such a client.
         yield self.pub("ssl.leafonly", *client_args(None), expect_ok=False)
         yield self.pub("ssl.leafonly", "--cafile", certs().path("ca+intermediate.pem"))
@@ -260,8 +260,9 @@ class MutualTLSTests(_TLSCase):
     @inlineCallbacks
     def test_certificate_cn_is_the_preauth_username(self):
         """With use_identity_as_username on, a client certificate's CN becomes the pre-auth
-        user name and the session's user name; on a verify-peer-only listener a client
-        without a certificate is served with no user name."""
+        user name and the session's user name; a client without a certificate is refused
+        at the handshake (#14: the option implies require_certificate, so nobody falls
+        back to a CONNECT user name)."""
         c = certs()
         listener = self.broker.listeners["ssl.cn"].listener
         cert, key = c.client("alice")
@@ -269,17 +270,16 @@ class MutualTLSTests(_TLSCase):
                                    client_context(ca=c.ca, cert=cert, key=key), self)
         client.send(connect_packet("with-cert"))
         self.assertEqual((yield client.read(4)), CONNACK_OK)
-        anon = yield tls_connect(self.port("ssl.cn"), client_context(ca=c.ca), self)
-        anon.send(connect_packet("no-cert"))  # verify_peer only: no certificate is fine
-        self.assertEqual((yield anon.read(4)), CONNACK_OK)
+        # No certificate: refused, whatever user name the CONNECT would claim.
+        yield self.refused_probe("ssl.cn", ca=c.ca)
         names = {}
         for proto in mqtt_protocols(self.broker, "ssl.cn"):
             names[proto.client.client_id] = preauth_username(proto.transport, listener)
-        self.assertEqual(names, {"with-cert": "alice", "no-cert": None})
+        self.assertEqual(names, {"with-cert": "alice"})
         # ... and it replaced the (absent) CONNECT username for auth and the session.
         sessions = self.broker.broker.sessions
         self.assertEqual(sessions[("", "with-cert")].username, "alice")
-        self.assertIsNone(sessions[("", "no-cert")].username)
+        self.assertNotIn(("", "no-cert"), sessions)
 
 
 # ---------------------------------------------------------------------------
@@ -302,12 +302,12 @@ class VersionTests(_TLSCase):
     @inlineCallbacks
     def test_each_version_allowed_and_refused(self):
         """tls_version lists the TLS versions a listener accepts: each listener negotiates
-        exactly its listed versions and refuses the others (default TLS 1.2), and a client
+        exactly its listed versions and refuses the others (default TLS 1.2 and 1.3), and a client
         offering every version gets the listener's highest."""
         c = certs()
         cases = {v.replace(".", "_"): (v,) for v in ALL_VERSIONS}
         cases.update(gap=("tlsv1.1", "tlsv1.3"), modern=("tlsv1.2", "tlsv1.3"),
-                     default=("tlsv1.2",))
+                     default=("tlsv1.2", "tlsv1.3"))
         names = {"tlsv1": "TLSv1", "tlsv1.1": "TLSv1.1", "tlsv1.2": "TLSv1.2",
                  "tlsv1.3": "TLSv1.3"}
         for listener, allowed in cases.items():
@@ -453,7 +453,7 @@ class PSKTests(_TLSCase):
                        expect_ok=False)
         hints: list[bytes] = []
         info = yield probe(self.port("ssl.psk"), self, psk=("client1", PSK_TEXT.encode()),
-                           psk_hints=hints)
+                           psk_hints=hints, versions="tlsv1.2")
         self.assertEqual(hints[-1], b"HINT-1")  # (a TLS 1.3 ClientHello asks first, unhinted)
         self.assertIn("PSK", info["cipher"])
         self.assertEqual(info["serials"], [])  # no certificate on a PSK-only listener
@@ -663,7 +663,7 @@ class ListenerOptionTests(_TLSCase):
         self.assertFalse(second.called, "a second TLS client was served over the cap")
         yield first.close()
         info = yield second
-        self.assertEqual(info["version"], "TLSv1.2")
+        self.assertEqual(info["version"], "TLSv1.3")
         self.assertEqual(self.broker.listeners["ssl.mc"].limiter.high_water, 1)
 
 

@@ -33,6 +33,7 @@ from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
 from vmqtw.connection.reauth import watch_reloads
 from vmqtw.core.broker import Broker
 from vmqtw.core.interfaces import IStore
+from vmqtw.startup_checks import find_open_doors
 from vmqtw.store import StoreError, open_store
 from vmqtw.store.memory import MemoryStore
 from vmqtw.transport.endpoints import endpoint_chain, listener_endpoint
@@ -249,10 +250,25 @@ class BrokerService(MultiService):
             for svc in bound:
                 svc.close_now()
             raise
-        self._warn_about_open_doors()
+        try:
+            self._warn_about_open_doors()
+        except StartupError:
+            for svc in bound:
+                svc.close_now()
+            raise
         super().privilegedStartService()
 
     def _warn_about_open_doors(self) -> None:
+        """Log what is left open; StartupError for what must not be (the demo
+        user reachable from the network; see ``vmqtw.startup_checks``)."""
+        found = find_open_doors(self.config, list(self.listeners.values()), self.plugins,
+                                self.authorizers)
+        if found.errors:
+            raise StartupError("\n".join(found.errors))
+        for text in found.loud:
+            self.log.critical("{text}", text=text)
+        for text in found.warnings:
+            self.log.warn("{text}", text=text)
         config = self.config
         if not config.allow_anonymous and not provides_any(self.plugins, AUTHN_INTERFACES) \
                 and not any(l.allow_anonymous_override for l in config.listeners):

@@ -46,6 +46,10 @@ filter makes the answer NEXT, so unless another plugin grants it the whole
 SUBSCRIBE is refused, as in VerneMQ.  A shared subscription
 ``$share/GROUP/FILTER`` is checked on FILTER.
 
+``AclTable.open_to_all`` lists the lines that grant ``#`` (every topic,
+``$SYS`` included) to every client: a ``topic`` line before the first ``user``
+line, or a ``pattern`` line (the broker warns about them at startup).
+
 Settings: ``vmq_acl.acl_file`` (default ``vmq.acl`` next to broker.conf),
 ``vmq_acl.acl_reload_interval`` (seconds, default 10, 0 = off).
 """
@@ -152,6 +156,8 @@ class AclTable:
         self.users: dict[str, dict[str, _Rules]] = {}
         #: (tokens, uses %u) pairs per access.
         self.patterns: dict[str, list[tuple[tuple[Any, ...], bool]]] = {READ: [], WRITE: []}
+        #: ``(line, text)`` of each line granting ``#`` to every client.
+        self.open_to_all: list[tuple[int, str]] = []
 
     def add_topic(self, user: str | None, accesses: Iterable[str], text: str,
                   tokens: tuple[Any, ...]) -> None:
@@ -275,6 +281,8 @@ def parse_acl(data: bytes, warn: Any = None) -> AclTable:
             validate_topic_filter(filt)
         except TopicError as e:
             raise FileFormatError(lineno, str(e)) from None
+        if filt == "#" and (keyword == "pattern" or user is None):
+            table.open_to_all.append((lineno, line))
         if keyword == "topic":
             table.add_topic(user, accesses, filt, _tokens(filt, False, lineno, warn))
         else:

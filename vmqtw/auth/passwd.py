@@ -11,12 +11,24 @@ starting with ``#`` are skipped.  The user is the text before the first
     any id is accepted (``$6$`` is what everybody writes).
 
 ``$7$ITERATIONS$SALT$HASH`` (mosquitto 2.x)
-    PBKDF2-HMAC-SHA512 with ITERATIONS rounds (at most
-    ``MAX_PBKDF2_ITERATIONS``, since the check runs in the reactor thread).
+    PBKDF2-HMAC-SHA512 with ITERATIONS rounds, at most
+    ``MAX_PBKDF2_ITERATIONS`` (210,000, OWASP's figure for PBKDF2-SHA512:
+    about 0.16 s of one core per check; a line above it is refused).  Above
+    ``INLINE_MAX_ITERATIONS`` the check runs in the reactor's thread pool
+    (``HashVerifier``): at most ``HASHES_IN_FLIGHT`` at a time, further
+    CONNECTs wait their turn -- their sockets are paused and bounded by
+    ``max_connections`` -- and beyond ``HASHES_WAITING`` waiting ones a CONNECT
+    is refused as not authorized (security, #14: a flood of CONNECTs must not
+    freeze the reactor, nor make an honest client wait for minutes).
 
 Results of auth_on_register: no user name or no password, or a user not in
 the file: NEXT; right password: OK; wrong password:
-``error('invalid_credentials')`` (CONNACK "bad user name or password").
+``error('invalid_credentials')`` (CONNACK "bad user name or password"); for
+a hash checked in a thread, a Deferred firing with one of those.
+
+``PasswdPlugin.demo_users()`` names the users that still have the demo
+password shipped in ``etc/vmq.passwd`` (the broker warns, or refuses to
+start when such a user is reachable from the network).
 
 Settings (broker.conf): ``vmq_passwd.password_file`` (default ``vmq.passwd``
 next to broker.conf) and ``vmq_passwd.password_reload_interval`` (seconds,
@@ -34,6 +46,8 @@ import hmac
 import os
 from typing import Any, Callable, Mapping
 
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from vmqtw.auth.api import NEXT, OK, IAuthOnRegister, RegisterRequest, Result, error
@@ -42,15 +56,32 @@ from vmqtw.auth.context import (
     resolve_path,
 )
 
-__all__ = ["PasswordHash", "PasswdPlugin", "parse_hash", "hash_password",
-           "hash_password_pbkdf2", "make_plugin", "SALT_BYTES", "MAX_PBKDF2_ITERATIONS"]
+__all__ = ["PasswordHash", "PasswdPlugin", "HashVerifier", "parse_hash", "hash_password",
+           "hash_password_pbkdf2", "make_plugin", "is_demo_entry", "SALT_BYTES",
+           "MAX_PBKDF2_ITERATIONS"]
 
 #: Salt length used by VerneMQ's vmq-passwd, and by ours.
 SALT_BYTES = 12
 #: SHA-512 digest length; both hash forms store exactly this many bytes.
 HASH_BYTES = 64
-#: Upper bound for ``$7$`` iterations (mosquitto's default is 101).
-MAX_PBKDF2_ITERATIONS = 1_000_000
+#: Upper bound for ``$7$`` iterations (mosquitto's default is 101; OWASP
+#: recommends 210,000 for PBKDF2-HMAC-SHA512).
+MAX_PBKDF2_ITERATIONS = 210_000
+#: ``$7$`` hashes with more iterations are checked in a thread (1,000 rounds
+#: take about half a millisecond).
+INLINE_MAX_ITERATIONS = 1_000
+#: Threaded hash checks running at once, and waiting (beyond: refused).
+HASHES_IN_FLIGHT = 2
+HASHES_WAITING = 256
+#: The demo user shipped in etc/vmq.passwd: its name and password.
+DEMO_USER = "demo"
+DEMO_PASSWORD = b"demo"
+#: (salt, digest) of the hash shipped for it.
+KNOWN_DEMO_HASHES = frozenset({(
+    base64.b64decode("6Ib1sO8zXJX2Qn5c"),
+    base64.b64decode("b8qTBBcDYMeL/pIMNZhv5+02RRLYdHdLHdEuDwc8tOM8t0i+H6H/FkSJdVavdcpqXg"
+                     "/Ow53jY7Lkd2Af/LlEFA=="),
+)})
 #: mosquitto 2.x's default iteration count.
 PBKDF2_DEFAULT_ITERATIONS = 101
 
@@ -160,10 +191,20 @@ def is_hashed(text: str) -> bool:
     return True
 
 
-def parse_password_file(data: bytes, warn: Any = None) -> dict[str, PasswordHash]:
+def is_demo_entry(user: str, entry: PasswordHash) -> bool:
+    """Whether ``user:entry`` is the shipped demo hash, or user ``demo`` with
+    the password ``demo``."""
+    if (entry.salt, entry.digest) in KNOWN_DEMO_HASHES:
+        return True
+    return user == DEMO_USER and entry.verify(DEMO_PASSWORD)
+
+
+def parse_password_file(data: bytes, warn: Any = None,
+                        lines: dict[str, int] | None = None) -> dict[str, PasswordHash]:
     """Parse a whole password file.
 
     :param warn: called as ``warn(line, message)`` for tolerated oddities.
+    :param lines: if given, filled with user -> line number (of the line in force).
     :raise FileFormatError: at the first malformed line.
     """
     table: dict[str, PasswordHash] = {}
@@ -194,7 +235,37 @@ def parse_password_file(data: bytes, warn: Any = None) -> dict[str, PasswordHash
             warn(lineno, f"user {user!r} is also on line {seen_at[user]}; this line wins")
         seen_at[user] = lineno
         table[user] = entry
+    if lines is not None:
+        lines.update(seen_at)
     return table
+
+
+class HashVerifier:
+    """Checks slow hashes in the reactor's thread pool: at most ``in_flight``
+    at once, at most ``waiting`` queued (``verify`` returns None beyond)."""
+
+    def __init__(self, reactor: Any, in_flight: int = HASHES_IN_FLIGHT,
+                 waiting: int = HASHES_WAITING) -> None:
+        self.reactor = reactor
+        self.semaphore = DeferredSemaphore(in_flight)
+        self.waiting = waiting
+        #: CONNECTs refused because too many checks were waiting.
+        self.refused = 0
+
+    @staticmethod
+    def usable(reactor: Any) -> bool:
+        """Whether ``reactor`` has a thread pool (a test Clock has none)."""
+        return callable(getattr(reactor, "getThreadPool", None))
+
+    def verify(self, entry: PasswordHash, password: bytes) -> "Deferred[bool] | None":
+        """A Deferred firing with ``entry.verify(password)``, run in a thread;
+        None when ``waiting`` checks are already queued."""
+        if self.semaphore.tokens == 0 and len(self.semaphore.waiting) >= self.waiting:
+            self.refused += 1
+            return None
+        pool = self.reactor.getThreadPool()
+        return self.semaphore.run(deferToThreadPool, self.reactor, pool, entry.verify,
+                                  password)
 
 
 @implementer(IAuthOnRegister)
@@ -208,25 +279,38 @@ class PasswdPlugin(ReloadingFile[dict[str, PasswordHash]]):
         #: Called after a reload with the user names removed from the file or
         #: whose password changed: the broker closes their connections.
         self.users_revoked: list[Callable[[frozenset[str]], None]] = []
+        self._lines: dict[str, int] = {}
+        self._parsed_lines: dict[str, int] = {}
+        self.verifier = HashVerifier(context.reactor) \
+            if HashVerifier.usable(context.reactor) else None
         super().__init__(path, interval, context)
 
     def parse(self, data: bytes) -> dict[str, PasswordHash]:
-        return parse_password_file(data, self.warn)
+        lines: dict[str, int] = {}
+        table = parse_password_file(data, self.warn, lines)
+        self._parsed_lines = lines
+        return table
 
     def install(self, table: dict[str, PasswordHash]) -> None:
         old, self._users = self._users, table
+        self._lines = self._parsed_lines
         revoked = frozenset(user for user, entry in old.items()
                             if user not in table or table[user].digest != entry.digest)
         if revoked:
             for observer in list(self.users_revoked):
                 observer(revoked)
 
+    def demo_users(self) -> list[tuple[str, int]]:
+        """``(user, line)`` of each user in force with the shipped demo password."""
+        return [(user, self._lines.get(user, 0)) for user, entry in self._users.items()
+                if is_demo_entry(user, entry)]
+
     @property
     def users(self) -> frozenset[str]:
         """The user names currently in force."""
         return frozenset(self._users)
 
-    def auth_on_register(self, request: RegisterRequest) -> Result:
+    def auth_on_register(self, request: RegisterRequest) -> "Result | Deferred[Result]":
         username, password = request.username, request.password
         if username is None or password is None:
             return NEXT
@@ -235,9 +319,23 @@ class PasswdPlugin(ReloadingFile[dict[str, PasswordHash]]):
             return NEXT
         if isinstance(password, str):  # defensive: the API says bytes
             password = password.encode("utf-8")
+        if entry.iterations > INLINE_MAX_ITERATIONS and self.verifier is not None:
+            checked = self.verifier.verify(entry, password)
+            if checked is None:
+                if self.verifier.refused == 1 or self.verifier.refused % 1000 == 0:
+                    self.log.warn("vmq_passwd: {waiting} password checks waiting; refusing "
+                                  "CONNECTs beyond that ({refused} so far)",
+                                  waiting=self.verifier.waiting,
+                                  refused=self.verifier.refused)
+                return error("server_busy")
+            return checked.addCallback(_verdict)
         if entry.verify(password):
             return OK
         return error("invalid_credentials")
+
+
+def _verdict(ok: bool) -> Result:
+    return OK if ok else error("invalid_credentials")
 
 
 def make_plugin(settings: Mapping[str, str], context: PluginContext) -> PasswdPlugin:

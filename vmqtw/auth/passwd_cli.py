@@ -6,8 +6,9 @@
 Hashes are written in VerneMQ's ``$6$`` form (12 random salt bytes,
 SHA-512(password || salt)), which VerneMQ and mosquitto 1.x read too.  The
 file is rewritten atomically: a temporary file in the same directory, then
-``os.replace``; an existing file's permission bits are kept, a new file is
-created readable by its owner only (0600).
+``os.replace``; the file is always left readable and writable by its owner
+only (0600; security, #14): an existing file's stricter mode (0400) is kept,
+its group and other bits are dropped (silently: scripts see no new output).
 
 Differences from VerneMQ's C tool, on purpose: ``-U`` splits each line at the
 FIRST ``:`` (passwords containing ``:`` survive) and leaves lines that already
@@ -143,6 +144,14 @@ def _line_user(line: str) -> str | None:
     return user if sep else None
 
 
+def private_mode(mode: int | None) -> int:
+    """The mode a password file is written with: 0600, or an existing file's
+    stricter owner bits (0400); never any group or other bit."""
+    if mode is None:
+        return 0o600
+    return (mode & 0o600) or 0o600
+
+
 def write_atomically(path: str, lines: list[str]) -> None:
     """Replace ``path`` with ``lines`` via a temporary file in the same directory."""
     target = os.path.realpath(path)
@@ -158,7 +167,7 @@ def write_atomically(path: str, lines: list[str]) -> None:
             f.write("".join(line + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else 0o600)
+        os.chmod(tmp, private_mode(mode))
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -22,6 +22,7 @@ from vmqtw.config.settings import (
     StoreConfig,
     TLSConfig,
     WebSocketConfig,
+    proxy_config,
     tls_config,
     websocket_config,
 )
@@ -185,10 +186,8 @@ class ListenerConfig:
     @cached_property
     def proxy(self) -> ProxyConfig:
         """The PROXY protocol settings."""
-        return ProxyConfig(
-            enabled=self.proxy_protocol,
-            use_cn_as_username=self.proxy_protocol_use_cn_as_username,
-        )
+        return proxy_config(self.options, self.proxy_protocol,
+                            self.proxy_protocol_use_cn_as_username)
 
 
 @dataclass(frozen=True)

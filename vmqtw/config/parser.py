@@ -447,8 +447,10 @@ class _Parser:
             allow_anonymous_override=typed("allow_anonymous_override", False),
             proxy_protocol=typed("proxy_protocol", False)
             or (address.endpoint or "").startswith("proxy:"),
+            # Unset: on only with trusted sources (#14).
             proxy_protocol_use_cn_as_username=typed(
-                "proxy_protocol_use_cn_as_username", False
+                "proxy_protocol_use_cn_as_username",
+                bool(options.get("proxy_protocol_trusted_sources")),
             ),
             options=MappingProxyType(options),
             source=(self.filename, decl.line),
@@ -457,7 +459,7 @@ class _Parser:
         try:
             # Read the layers' typed settings now: every value was checked
             # above, so this only fails if the schema and the settings disagree.
-            _ = listener.tls, listener.websocket
+            _ = listener.tls, listener.websocket, listener.proxy
         except SettingError as e:
             file, line = listener.option_source(e.option)
             self.fail(line or decl.line, f"{listener.key}.{e.option}", e.message)

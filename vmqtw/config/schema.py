@@ -134,6 +134,24 @@ def _intopt(
     )
 
 
+def _cidr_list(raw: str) -> tuple[str, ...]:
+    """IP addresses or networks (``10.0.0.0/8``), separated by commas, ``;`` or
+    blanks; each normalised (``str(ip_network(...))``)."""
+    import ipaddress
+
+    from vmqtw.config.values import _Invalid
+
+    out: list[str] = []
+    for item in re.split(r"[,;\s]+", raw.strip()):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise _Invalid(f"{item!r} is not an IP address or network (CIDR)") from None
+    return tuple(out)
+
+
 REGISTRY: dict[str, ListenerOption] = {
     # -- options with a root level (vernemq.md 1.2) --
     "max_connections": _intopt(_scope((_ALL, "RPN")), "10000", 0, infinity=True),
@@ -153,7 +171,14 @@ REGISTRY: dict[str, ListenerOption] = {
     "forward_connection_opts": _opt(_scope((_MQTT, "PN")), _bool, "off"),
     # -- PROXY protocol / X-Forwarded-For --
     "proxy_protocol": _opt(_scope(("tcp ws http", "PN")), _bool, "off"),
-    "proxy_protocol_use_cn_as_username": _opt(_scope(("tcp ws http", "PN")), _bool, "on"),
+    # Security (#14): no built-in default.  Unset, it is on only when
+    # proxy_protocol_trusted_sources is set (VerneMQ: always on).
+    "proxy_protocol_use_cn_as_username": _opt(_scope(("tcp ws http", "PN")), _bool),
+    # our addition (#14): the peers allowed to send a PROXY header (IPs or
+    # CIDRs, comma-separated); empty = any peer, as in VerneMQ.
+    "proxy_protocol_trusted_sources": _opt(
+        _scope(("tcp ws http", "PN")), _cidr_list, "", inherit=_INHERIT_STR
+    ),
     "proxy_xff_support": _opt(_scope(("ws", "PN")), _bool, "off"),
     "proxy_xff_trusted_intermediate": _opt(
         _scope(("ws", "PN")), _ip_list, "", inherit=_INHERIT_STR
@@ -189,7 +214,13 @@ REGISTRY: dict[str, ListenerOption] = {
     "crlfile": _opt(_scope((_TLS, "PN")), _str, ""),
     "depth": _intopt(_scope((_TLS, "PN")), "1", 0),
     "require_certificate": _opt(_scope((_TLS, "PN")), _bool, "off"),
-    "tls_version": _opt(_scope((_TLS, "PN")), _tls_versions, "tlsv1.2"),
+    # Security (#14): no built-in value; unset, TLS 1.2 and 1.3, or VerneMQ's
+    # tlsv1.2 when ciphers names no TLS 1.3 suite (see settings.tls_config).
+    "tls_version": _opt(_scope((_TLS, "PN")), _tls_versions),
+    # our addition (#14): refuse client certificates when the CRL file cannot
+    # say (no CRL for an issuer, a CRL past its next update, an unreadable
+    # file at a refresh); off = VerneMQ's fail-open list of revoked certificates.
+    "crl_fail_closed": _opt(_scope((_TLS, "PN")), _bool, "off"),
     "use_identity_as_username": _opt(_scope(("ssl wss", "PN")), _bool, "off"),
     "psk_support": _opt(_scope(("ssl", "PN")), _bool, "off"),
     "psk_identity_hint": _opt(_scope(("ssl", "PN")), _str, "VMQ_PSK"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmqtw.config import schema
@@ -30,6 +30,7 @@ from vmqtw.config.values import TLS_VERSIONS, _Invalid, split_list
 __all__ = [
     "SettingError", "TLSConfig", "WebSocketConfig", "ProxyConfig", "StoreConfig",
     "PROXY_HEADER_TIMEOUT", "STORE_SYNC_MODES", "tls_config", "websocket_config",
+    "proxy_config",
 ]
 
 #: Seconds a PROXY-protocol connection has to send its whole header (VerneMQ/Ranch: 10 s).
@@ -71,7 +72,7 @@ class TLSConfig:
     ciphers: tuple[str, ...] = ()
     tls13_suites: tuple[str, ...] = ()
     eccs: tuple[str, ...] = ()
-    versions: tuple[str, ...] = ("tlsv1.2",)
+    versions: tuple[str, ...] = ("tlsv1.2", "tlsv1.3")
     depth: int = 1
     require_certificate: bool = False
     use_identity_as_username: bool = False
@@ -81,6 +82,7 @@ class TLSConfig:
     psk_separator: str = ":"
     psk_identity_hint: str = "VMQ_PSK"
     session_id: bytes = b"vmqtw"
+    crl_fail_closed: bool = False
 
     def __post_init__(self) -> None:
         if not self.versions:
@@ -106,6 +108,24 @@ class TLSConfig:
     def verify_peer(self) -> bool:
         """Whether client certificates are asked for and verified."""
         return self.require_certificate or self.use_identity_as_username
+
+    @property
+    def certificate_required(self) -> bool:
+        """Whether a client without a certificate is refused at the handshake:
+        ``require_certificate``, or ``use_identity_as_username`` (security, #14:
+        the identity IS the user name, so a client without one must not fall
+        back to the CONNECT user name; a TLS-PSK handshake, which has no
+        certificate, is still served and its identity used)."""
+        return self.require_certificate or self.use_identity_as_username
+
+
+def default_tls_versions(ciphers: tuple[str, ...]) -> str:
+    """``tls_version`` when the listener does not set it (security, #14): TLS 1.2
+    and 1.3; but a ``ciphers`` list without a TLS 1.3 suite keeps VerneMQ's
+    ``tlsv1.2``, so that the list it set is the whole story."""
+    if ciphers and not any(c.startswith("TLS_") for c in ciphers):
+        return "tlsv1.2"
+    return "tlsv1.2,tlsv1.3"
 
 
 # --------------------------------------------------------------------------
@@ -138,13 +158,60 @@ class ProxyConfig:
     The PROXY protocol settings of a listener.
 
     ``enabled`` is ``proxy_protocol``; ``use_cn_as_username`` is
-    ``proxy_protocol_use_cn_as_username`` (it applies only when ``enabled``);
+    ``proxy_protocol_use_cn_as_username`` (it applies only when ``enabled``;
+    unset, it is on only when trusted sources are set);
     ``header_timeout`` is in seconds (no key sets it; VerneMQ's is 10 s).
+    ``trusted_sources`` is ``proxy_protocol_trusted_sources``: the networks
+    (``str(ipaddress.ip_network(...))``) allowed to send a header; empty means
+    any peer (VerneMQ's behaviour).
     """
 
     enabled: bool = False
     use_cn_as_username: bool = False
     header_timeout: float = PROXY_HEADER_TIMEOUT
+    trusted_sources: tuple[str, ...] = ()
+    _networks: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        try:
+            networks = tuple(ipaddress.ip_network(n, strict=False)
+                             for n in self.trusted_sources)
+        except ValueError as e:
+            raise SettingError("proxy_protocol_trusted_sources", str(e)) from None
+        object.__setattr__(self, "_networks", networks)
+
+    def trusts(self, host: str | None) -> bool:
+        """Whether a peer at ``host`` (an IP address as text; None for a unix
+        socket peer, always trusted) may send a PROXY header."""
+        if not self.trusted_sources or host is None:
+            return True
+        import ipaddress
+
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(addr, "ipv4_mapped", None)
+        if mapped is not None:
+            addr = mapped
+        return any(addr in net for net in self._networks)
+
+
+def proxy_config(options: Mapping[str, str], enabled: bool,
+                 use_cn_as_username: bool | None = None) -> ProxyConfig:
+    """
+    The PROXY settings from the resolved ``options`` of a listener.
+    ``use_cn_as_username`` None: the option's value, or (unset) whether
+    trusted sources are set.  Raises ``SettingError``.
+    """
+    o = _Options(options)
+    trusted: tuple[str, ...] = o.get("proxy_protocol_trusted_sources", ())
+    if use_cn_as_username is None:
+        use_cn_as_username = o.get("proxy_protocol_use_cn_as_username", bool(trusted))
+    return ProxyConfig(enabled=enabled, use_cn_as_username=bool(use_cn_as_username),
+                       trusted_sources=trusted)
 
 
 @dataclass(frozen=True)
@@ -273,7 +340,7 @@ def tls_config(options: Mapping[str, str], kind: str, key: str,
         eccs=o.get("eccs", ()),
         # Split only: TLSConfig names an unknown version itself, so that a
         # TLSConfig built in code gets the same check.
-        versions=split_list(o.raw("tls_version", "tlsv1.2")),
+        versions=split_list(o.raw("tls_version", default_tls_versions(ciphers))),
         depth=o.get("depth", 1),
         require_certificate=o.get("require_certificate", False),
         use_identity_as_username=o.get("use_identity_as_username", False),
@@ -283,6 +350,7 @@ def tls_config(options: Mapping[str, str], kind: str, key: str,
         psk_separator=o.get("pskfile_separator", ":"),
         psk_identity_hint=o.get("psk_identity_hint", "VMQ_PSK"),
         session_id=hashlib.sha256(key.encode()).hexdigest()[:32].encode(),
+        crl_fail_closed=o.get("crl_fail_closed", False),
     )
 
 

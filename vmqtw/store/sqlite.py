@@ -287,7 +287,9 @@ class SQLiteStore:
 
     def _lock(self) -> int:
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            # Private (#14): payloads are stored in clear.  An existing
+            # directory keeps its mode (startup warns when it is loose).
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
             fd = os.open(os.path.join(self.directory, LOCKNAME), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot use the store directory "
@@ -376,6 +378,9 @@ class SQLiteStore:
             if os.path.exists(name):
                 os.remove(name)
         try:
+            # Made 0600 before SQLite opens it: SQLite gives the -wal and -shm
+            # files the database file's mode (#14: payloads are in clear).
+            os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")

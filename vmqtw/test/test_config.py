@@ -216,7 +216,8 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(lc.allowed_protocol_versions, frozenset({3, 4, 5, 131}))
         self.assertFalse(lc.allow_anonymous_override)
         self.assertFalse(lc.proxy_protocol)
-        self.assertTrue(lc.proxy_protocol_use_cn_as_username)
+        # off by default without proxy_protocol_trusted_sources (#14)
+        self.assertFalse(lc.proxy_protocol_use_cn_as_username)
         self.assertEqual(lc.source, ("b.conf", 1))
         self.assertEqual(lc.options["max_connections"], "10000")
         self.assertEqual(lc.options["mountpoint"], "off")
@@ -422,6 +423,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         cfg = parse(conf(
             "listener.tcp.allowed_protocol_versions = 3,4,5",
             "listener.tcp.proxy_protocol = on",
+            "listener.tcp.proxy_protocol_use_cn_as_username = on",
             "listener.tcp.a = 127.0.0.1:1",
             "listener.tcp.a.allowed_protocol_versions = [5, 131]",
             "listener.tcp.a.allow_anonymous_override = on",
@@ -481,7 +483,10 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(ssl.options["tls_handshake_timeout"], "5000")
         wss = one(cfg, "wss")
         self.assertEqual(wss.options["certfile"], "")  # default, nothing inherited
-        self.assertEqual(wss.options["tls_version"], "tlsv1.2")
+        # no built-in value (#14): unset, the TLS settings say TLS 1.2 and 1.3
+        self.assertNotIn("tls_version", wss.options)
+        assert wss.tls is not None
+        self.assertEqual(wss.tls.versions, ("tlsv1.2", "tlsv1.3"))
         self.assertEqual(wss.options["websocket_path"], "/mqtt")
         self.assertNotIn("pskfile", wss.options)
 

@@ -204,12 +204,19 @@ class WebSocketConfigTests(SynchronousTestCase):
 class ProxyConfigTests(SynchronousTestCase):
 
     def test_proxy_settings(self) -> None:
-        """``listener.proxy`` holds proxy_protocol, its CN option (on by default)
-        and the header timeout (10 s, as VerneMQ)."""
+        """``listener.proxy`` holds proxy_protocol, its CN option (off by default, on
+        by default when trusted sources are set), the trusted sources and the header
+        timeout (10 s, as VerneMQ)."""
         lc = listener("listener.tcp.l = 127.0.0.1:0\nlistener.tcp.l.proxy_protocol = on\n",
                       "tcp")
-        self.assertEqual(lc.proxy, ProxyConfig(enabled=True, use_cn_as_username=True,
+        self.assertEqual(lc.proxy, ProxyConfig(enabled=True, use_cn_as_username=False,
                                                header_timeout=10.0))
+        lc = listener("listener.tcp.l = 127.0.0.1:0\nlistener.tcp.l.proxy_protocol = on\n"
+                      "listener.tcp.l.proxy_protocol_trusted_sources = 127.0.0.1, 10.0.0.0/8\n",
+                      "tcp")
+        self.assertEqual(lc.proxy, ProxyConfig(
+            enabled=True, use_cn_as_username=True, header_timeout=10.0,
+            trusted_sources=("127.0.0.1/32", "10.0.0.0/8")))
         ssl = listener("listener.ssl.l = 127.0.0.1:0\n", "ssl")
         self.assertEqual(ssl.proxy, ProxyConfig(enabled=False, use_cn_as_username=False))
 

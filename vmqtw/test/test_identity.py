@@ -120,13 +120,17 @@ class PreauthTests(SynchronousTestCase):
     def test_proxy_cn_needs_proxy_protocol_on(self) -> None:
         """
         A PROXY v2 header's TLS client CN becomes the username only when the listener has
-        ``proxy_protocol = on``; ``proxy_protocol_use_cn_as_username`` is on by default and
-        turning it off keeps the CONNECT username.
+        ``proxy_protocol = on``; ``proxy_protocol_use_cn_as_username`` is on by default when
+        trusted sources are set (off without them) and turning it off keeps the CONNECT
+        username.
         """
         info = Layer(ssl_cn="bob")
         chain = Layer(Layer(proxy_info=info))
         self.assertIsNone(preauth_username(chain, listener(kind="tcp")))
-        on = listener("listener.tcp.l.proxy_protocol = on\n", kind="tcp")
+        untrusted = listener("listener.tcp.l.proxy_protocol = on\n", kind="tcp")
+        self.assertIsNone(preauth_username(chain, untrusted))
+        on = listener("listener.tcp.l.proxy_protocol = on\n"
+                      "listener.tcp.l.proxy_protocol_trusted_sources = 10.0.0.0/8\n", kind="tcp")
         self.assertEqual(preauth_username(chain, on), "bob")
         off = listener("listener.tcp.l.proxy_protocol = on\n"
                        "listener.tcp.l.proxy_protocol_use_cn_as_username = off\n", kind="tcp")

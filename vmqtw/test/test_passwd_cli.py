@@ -128,7 +128,7 @@ class CliTests(SynchronousTestCase):
         """
         Without ``-c`` an existing user's line is updated in place (later duplicates of that
         user are dropped) and a new user is appended; comments, blank lines, other users and
-        the file's mode are kept, and no temporary file is left.
+        are kept, a 0644 file is tightened to 0600 (#14), and no temporary file is left.
         """
         self.write(f"# users\nalice:{vmq6(b'one')}\n\nbob:{vmq6(b'b')}\nalice:{vmq6(b'dup')}\n")
         os.chmod(self.path, 0o644)
@@ -140,7 +140,7 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(self.run_cli(self.path, "carol", answers=("c", "c")), 0)
         self.assertTrue(verifies(self.lines()[-1], "carol", b"c"))
         self.assertEqual(len(self.lines()), 5)
-        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o644)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
         self.assertNoTempFiles()
 
     def test_add_needs_existing_file(self) -> None:

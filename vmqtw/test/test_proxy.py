@@ -870,9 +870,12 @@ class WrapperTests(SynchronousTestCase):
 # Identity through the chain
 # ---------------------------------------------------------------------------
 
-def tcp_listener(extra: str = "") -> Any:
-    return parse("listener.tcp.edge = 127.0.0.1:0\n"
-                 "listener.tcp.edge.proxy_protocol = on\n" + extra).listeners[0]
+def tcp_listener(extra: str = "", trusted: str = "127.0.0.1") -> Any:
+    """A PROXY listener; with ``trusted`` sources (so CN-as-username is on by default)."""
+    lines = "listener.tcp.edge = 127.0.0.1:0\nlistener.tcp.edge.proxy_protocol = on\n"
+    if trusted:
+        lines += f"listener.tcp.edge.proxy_protocol_trusted_sources = {trusted}\n"
+    return parse(lines + extra).listeners[0]
 
 
 class IdentityTests(SynchronousTestCase):
@@ -888,12 +891,24 @@ class IdentityTests(SynchronousTestCase):
     def test_cn_becomes_the_preauth_username(self) -> None:
         """
         A verified TLS client CN from the PROXY header becomes the username on a
-        ``proxy_protocol = on`` listener, since ``proxy_protocol_use_cn_as_username`` is on by
-        default.
+        ``proxy_protocol = on`` listener with trusted sources, since
+        ``proxy_protocol_use_cn_as_username`` is then on by default.
         """
         inner = self.inner_after(V2_TCP4_SSL)
-        # default: proxy_protocol_use_cn_as_username = on
+        # default with trusted sources: proxy_protocol_use_cn_as_username = on
         self.assertEqual(preauth_username(inner.transport, tcp_listener()), "alice")
+
+    def test_cn_ignored_by_default_without_trusted_sources(self) -> None:
+        """
+        Without ``proxy_protocol_trusted_sources`` (any peer may send a header),
+        ``proxy_protocol_use_cn_as_username`` defaults to off: a header's CN is not
+        the username unless the option is set explicitly.
+        """
+        inner = self.inner_after(V2_TCP4_SSL)
+        self.assertIsNone(preauth_username(inner.transport, tcp_listener(trusted="")))
+        explicit = tcp_listener("listener.tcp.edge.proxy_protocol_use_cn_as_username = on\n",
+                                trusted="")
+        self.assertEqual(preauth_username(inner.transport, explicit), "alice")
 
     def test_cn_ignored_when_the_option_is_off(self) -> None:
         """

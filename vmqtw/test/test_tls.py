@@ -424,11 +424,17 @@ class ContextTests(SynchronousTestCase):
             else:
                 self.assertRaises(SSL.Error, connect, creator, ctx)
 
-    def test_default_is_tls12_only(self) -> None:
-        """Without ``tls_version`` the listener negotiates TLS 1.2, VerneMQ's default."""
+    def test_default_is_tls12_and_tls13(self) -> None:
+        """Without ``tls_version`` the listener speaks TLS 1.2 and 1.3 (#14; VerneMQ: 1.2
+        only) and negotiates 1.3; TLS 1.1 is refused."""
         creator = self.creator()
         client = connect(creator, client_ctx())
+        self.assertEqual(client.get_protocol_version_name(), "TLSv1.3")
+        v12 = SSL.TLS1_2_VERSION
+        client = connect(creator, client_ctx(versions=(v12, v12)))
         self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
+        v11 = SSL.TLS1_1_VERSION
+        self.assertRaises(SSL.Error, connect, creator, client_ctx(versions=(v11, v11)))
 
     def test_client_certificates_and_crl(self) -> None:
         """

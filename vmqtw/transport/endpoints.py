@@ -137,7 +137,8 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
     name = f"{listener.kind}.{listener.name}"
     if listener.proxy.enabled:
         endpoint = ProxyServerEndpoint(endpoint, reactor, name=name,
-                                     timeout=listener.proxy.header_timeout)
+                                     timeout=listener.proxy.header_timeout,
+                                     trusted=listener.proxy)
     if listener.kind in ("ssl", "wss"):
         endpoint = tls_endpoint(listener, endpoint, reactor)
     return endpoint

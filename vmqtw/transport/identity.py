@@ -75,9 +75,14 @@ def preauth_username(transport: Any, listener: Any) -> str | None:
     - the CN header of a TLS-terminating HTTP proxy in front of a ws listener
       (``xff_cn``, set by the WebSocket layer under ``proxy_xff_use_cn_as_username``);
     - a PROXY v2 header's verified TLS client CN (``proxy_info.ssl_cn``), when
-      the listener's ``proxy_protocol_use_cn_as_username`` is on;
+      the listener's ``proxy_protocol_use_cn_as_username`` is on (by default
+      only with ``proxy_protocol_trusted_sources``, whose check closes any
+      other peer before its header is read);
     - with ``use_identity_as_username`` on: a TLS-PSK identity
-      (``psk_identity`` on a layer), or the client certificate's CN.
+      (``psk_identity`` on a layer), or the client certificate's CN.  The TLS
+      layer refuses a client with neither (the option implies
+      ``require_certificate``), so that case never reaches this function
+      over TLS.
     None means: keep the username from CONNECT.
     """
     for layer in transports(transport):

@@ -10,22 +10,34 @@ read by ``vmqtw.config``), whose options are as VerneMQ documents them:
   VerneMQ sends only the leaf, #865), ``keyfile`` (if empty, the key is looked
   for in ``certfile``), ``keypasswd``;
 - ``cafile``, ``require_certificate`` (verify the peer and fail without a
-  certificate), ``use_identity_as_username`` (turns peer verification on, as in
-  VerneMQ), ``depth`` (OpenSSL's verify depth: the number of intermediate CAs
-  allowed), a self-signed client leaf is refused even if it is trusted;
+  certificate), ``use_identity_as_username`` (implies ``require_certificate``
+  -- security, #14: VerneMQ only turns peer verification on, so a client
+  without a certificate fell back to its CONNECT user name; here it is refused
+  at the handshake, and a connection that still ends up with neither a
+  certificate nor a PSK identity is closed), ``depth`` (OpenSSL's verify
+  depth: the number of intermediate CAs allowed), a self-signed client leaf
+  is refused even if it is trusted;
 - ``crlfile`` (PEM, one or more CRLs), checked for the whole chain.  As in
   VerneMQ, the file is a list of revoked certificates: a chain whose issuer has
   no CRL in the file, or a CRL past its next-update date, is not refused for
   that.  The file is re-read every ``crl_refresh_interval`` ms (the global key;
-  0 = never);
+  0 = never).  ``crl_fail_closed = on`` (our option, #14) refuses instead: a
+  client certificate whose issuer has no CRL, or whose CRL is expired or not
+  yet valid, and every client certificate while the CRL file cannot be read
+  at a refresh or reload (until it can);
 - ``tls_version``: a list; the listener speaks exactly those versions (minimum
   and maximum pinned, ``OP_NO_*`` for a gap); TLS 1.0/1.1 need ``@SECLEVEL=0``
   with OpenSSL 3+, which is added to the cipher string for them;
 - ``ciphers``: OpenSSL names separated by ``:``; names of TLS 1.3 suites
   (``TLS_AES_128_GCM_SHA256``...) go to the TLS 1.3 list, the others to the
   TLS <= 1.2 list.  A list without TLS 1.3 names leaves OpenSSL's TLS 1.3
-  suites; without TLS <= 1.2 names, OpenSSL's default list (plus VerneMQ's
-  four PSK suites when PSK is on);
+  suites (all forward-secret AEAD); without TLS <= 1.2 names,
+  ``DEFAULT_CIPHERS``: forward-secret AEAD suites only (ECDHE with AES-GCM or
+  ChaCha20-Poly1305; no static RSA, no CBC -- #14; VerneMQ's default list has
+  both), plus ``DEFAULT_PSK_CIPHERS`` when PSK is on -- unless ``tls_version``
+  lists TLS 1.0 or 1.1 (no AEAD suite there): then OpenSSL's default list;
+- ``tls_version`` defaults to TLS 1.2 and 1.3 (VerneMQ: 1.2 only); a listener
+  that sets ``tls_version`` or ``ciphers`` gets exactly what it set;
 - ``eccs``: the curves/groups offered (``SSL_CTX_set1_curves_list``);
 - ``psk_support`` + ``pskfile`` + ``pskfile_separator`` + ``psk_identity_hint``:
   TLS-PSK through cryptography's bindings.  The PSK file has VerneMQ's format
@@ -83,6 +95,18 @@ PSK_IDENTITIES: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakK
 #: The PSK suites VerneMQ adds to its built-in list when PSK is on.
 PSK_CIPHERS = ("PSK-AES256-GCM-SHA384", "PSK-AES256-CBC-SHA", "PSK-AES128-GCM-SHA256",
                "PSK-AES128-CBC-SHA")
+
+#: The TLS <= 1.2 suites of a listener that does not set ``ciphers``: forward
+#: secret (ECDHE) and AEAD (GCM, ChaCha20-Poly1305) only, as Mozilla's
+#: "intermediate" profile.  TLS 1.3's suites all are.
+DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+                   "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+                   "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305")
+#: Added to ``DEFAULT_CIPHERS`` on a PSK listener: the ECDHE-PSK AEAD suite,
+#: then VerneMQ's two AEAD PSK suites (its CBC ones are left out).  Plain PSK
+#: suites have no forward secrecy: set ``ciphers`` to leave them out.
+DEFAULT_PSK_CIPHERS = ("ECDHE-PSK-CHACHA20-POLY1305", "PSK-AES256-GCM-SHA384",
+                       "PSK-AES128-GCM-SHA256")
 
 _VERSIONS = {
     "tlsv1": (SSL.TLS1_VERSION, SSL.OP_NO_TLSv1),
@@ -142,6 +166,10 @@ def read_settings(listener: ListenerConfig) -> TLSSettings:
     if settings.require_certificate and not settings.cafile:
         raise OptionError("require_certificate", "require_certificate is on but cafile is "
                           "not set: no client certificate could be verified")
+    if settings.use_identity_as_username and not settings.cafile and not settings.psk:
+        raise OptionError("use_identity_as_username", "use_identity_as_username is on (it "
+                          "requires a client certificate) but cafile is not set: no "
+                          "client certificate could be verified")
     _check_ciphers(settings)
     _check_curves(settings.eccs)
     return settings
@@ -332,19 +360,27 @@ class _Verifier:
     """The verify callback: OpenSSL's verdict, plus VerneMQ's rules (no
     self-signed leaf; the CRL file is only a list of revoked certificates)."""
 
-    def __init__(self, name: str, crl: bool) -> None:
+    def __init__(self, name: str, crl: bool, fail_closed: bool = False) -> None:
         self.name = name
         self.crl = crl
+        #: crl_fail_closed: CRL freshness errors refuse too.
+        self.fail_closed = fail_closed
+        #: With fail_closed: why the CRL file is unusable now (every client
+        #: certificate is refused while set), else None.
+        self.broken: str | None = None
 
     def __call__(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
                  ok: int) -> bool:
         try:
+            if self.broken is not None:
+                self._refuse(conn, cert, depth, f"crl_fail_closed: {self.broken}")
+                return False
             if ok:
                 if depth == 0 and _self_signed(cert):
                     self._refuse(conn, cert, depth, "self-signed client certificate")
                     return False
                 return True
-            if self.crl and errno in _CRL_FRESHNESS_ERRORS:
+            if self.crl and errno in _CRL_FRESHNESS_ERRORS and not self.fail_closed:
                 return True
             self._refuse(conn, cert, depth, _verify_error(errno))
             return False
@@ -409,11 +445,17 @@ def build_context(settings: TLSSettings, material: Material, name: str) -> SSL.C
 
     # -- ciphers --
     items = list(settings.ciphers)
-    if not items:
+    old_versions = "tlsv1" in versions or "tlsv1.1" in versions
+    if not items and old_versions:
+        # tls_version asks for TLS 1.0/1.1, which have no AEAD suite: the
+        # listener gets what it asked for, with OpenSSL's list (as before #14).
         items = ["DEFAULT"]
         if settings.psk:
             items += PSK_CIPHERS
-    old_versions = "tlsv1" in versions or "tlsv1.1" in versions
+    elif not items:
+        items = list(DEFAULT_CIPHERS)
+        if settings.psk:
+            items += DEFAULT_PSK_CIPHERS
     if old_versions and not any(i.startswith("@SECLEVEL") for i in items):
         items.append("@SECLEVEL=0")
     try:
@@ -465,10 +507,11 @@ def build_context(settings: TLSSettings, material: Material, name: str) -> SSL.C
         for crl in material.crls:
             store.add_crl(crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
-    verifier = _Verifier(name, bool(material.crls))
+    verifier = _Verifier(name, bool(material.crls), settings.crl_fail_closed)
+    ctx._vmqtw_verifier = verifier  # type: ignore[attr-defined]
     if settings.verify_peer:
         mode = SSL.VERIFY_PEER
-        if settings.require_certificate:
+        if settings.certificate_required:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode, verifier)
         ctx.set_verify_depth(settings.depth)
@@ -524,12 +567,25 @@ class ServerTLSOptions:
             log.error("listener {listener}: TLS reload failed, keeping the previous "
                       "certificates, keys, CRL and PSK file: {reason}", listener=self.name,
                       reason=self._describe(e))
+            if e.option == "crlfile":
+                self._crl_unusable(e)
             return False
         self.material, self.context = material, context
         self.generation += 1
         log.info("listener {listener}: TLS certificates, keys, CRL and PSK file reloaded",
                  listener=self.name)
         return True
+
+    def _crl_unusable(self, e: OptionError) -> None:
+        """With crl_fail_closed: refuse every client certificate until the CRL
+        file can be read again."""
+        verifier = getattr(self.context, "_vmqtw_verifier", None)
+        if not self.settings.crl_fail_closed or verifier is None:
+            return
+        if verifier.broken is None:
+            log.error("listener {listener}: crl_fail_closed is on: refusing every client "
+                      "certificate until the CRL file can be read", listener=self.name)
+        verifier.broken = e.message
 
     def refresh_crl(self) -> bool:
         """Re-read the CRL file; a changed file gives a new context.  True if
@@ -538,7 +594,8 @@ class ServerTLSOptions:
             return False
         try:
             crls, data = _load_crls(self.settings.crlfile)
-            if data == self.material.crl_data:
+            verifier = getattr(self.context, "_vmqtw_verifier", None)
+            if data == self.material.crl_data and getattr(verifier, "broken", None) is None:
                 return False
             material = Material(chain=self.material.chain, key=self.material.key,
                                 ca=self.material.ca, crls=crls, crl_data=data,
@@ -547,6 +604,7 @@ class ServerTLSOptions:
         except OptionError as e:
             log.error("listener {listener}: CRL refresh failed, keeping the previous CRL: "
                       "{reason}", listener=self.name, reason=self._describe(e))
+            self._crl_unusable(e)
             return False
         self.material, self.context = material, context
         self.generation += 1
@@ -581,6 +639,24 @@ class TLSServerProtocol(BufferingTLSTransport):
         super()._checkHandshakeStatus()
         if self._handshakeDone:
             self._cancel_handshake_timer()
+            if self.factory.identity_required and not self._has_identity():
+                # use_identity_as_username: never fall back to the CONNECT
+                # user name (OpenSSL already refuses a certificate-less
+                # client; this also covers any handshake it let through).
+                host, port = peer_of(self.transport) if self.transport is not None \
+                    else ("", 0)
+                log.info("listener {listener}: {peer} has neither a client certificate "
+                         "nor a PSK identity (use_identity_as_username); closing",
+                         listener=self.factory.name, peer=f"{host}:{port}")
+                self.abortConnection()
+
+    def _has_identity(self) -> bool:
+        if self.psk_identity:
+            return True
+        try:
+            return self.getPeerCertificate() is not None
+        except Exception:
+            return False
 
     def _cancel_handshake_timer(self) -> None:
         timer, self._handshake_timer = self._handshake_timer, None
@@ -622,6 +698,9 @@ class TLSListenerFactory(TLSMemoryBIOFactory):
         self.name = creator.name
         self.clock = clock
         self.handshake_timeout = creator.settings.handshake_timeout
+        #: use_identity_as_username: a connection without a certificate or
+        #: PSK identity is closed after the handshake.
+        self.identity_required = creator.settings.use_identity_as_username
         self.crl_refresh_interval = crl_refresh_interval  # seconds; None/0: never
         self.handshake_timeouts = 0
         self._crl_loop: LoopingCall | None = None

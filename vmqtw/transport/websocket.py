@@ -23,6 +23,13 @@ What a client sees (VerneMQ's ``vmq_websocket``, ``vernemq.md`` 1.5):
   connection is failed with close code 1009.  It limits what clients send, not
   what the broker sends.  Other WebSocket protocol errors (e.g. an unmasked
   frame) get a close frame with their code too (1002...).
+- Before login (until the broker has sent a successful CONNACK) a frame
+  and a message are limited to ``PREAUTH_MAX_MESSAGE`` (100 kB, mosquitto's
+  limit for a CONNECT before authentication), counted after decompression:
+  over it the connection is failed with 1009 (security, #14: a 597 KiB
+  deflate bomb used to make the broker inflate and hold 620 MiB).  autobahn
+  bounds each inflate call by what is left of the message budget, so the
+  broker never holds more than that from an unauthenticated client.
 - permessage-deflate is accepted only with ``websocket_compression = on``
   (our option; VerneMQ always accepts it).  A client whose offer is declined
   talks uncompressed, so clients work either way.
@@ -91,6 +98,8 @@ MAX_HEADERS = 100
 OPEN_HANDSHAKE_TIMEOUT = 10
 #: Seconds a client has to answer our close frame.
 CLOSE_HANDSHAKE_TIMEOUT = 5
+#: Largest frame and message (after decompression) before login (#14).
+PREAUTH_MAX_MESSAGE = 100_000
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
@@ -337,6 +346,8 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     _forwarded: str | None = None
     _xff_cn: str | None = None
     _binary = False
+    #: True until a successful CONNACK went out (the pre-auth limits apply).
+    preauth = True
 
     factory: "MQTTWebSocketFactory"
     maxMessagePayloadSize: int  # set by autobahn's setProtocolOptions
@@ -417,12 +428,21 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         autobahn's message limit is lifted while we send."""
         if self.state != _OPEN:
             return
+        if self.preauth and _is_connack_ok(data):
+            self.logged_in()
         limit = self.maxMessagePayloadSize
         self.maxMessagePayloadSize = 0
         try:
             self.sendMessage(data, isBinary=True)
         finally:
             self.maxMessagePayloadSize = limit
+
+    def logged_in(self) -> None:
+        """The client is authenticated: lift the pre-auth limits to
+        ``max_ws_frame_size``."""
+        self.preauth = False
+        size = self.factory.settings.max_frame_size
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = size
 
     def close_websocket(self) -> None:
         """Start the closing handshake (autobahn drops TCP on the reply or
@@ -487,6 +507,23 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
                 mqtt.connectionLost(reason)
 
 
+def _is_connack_ok(data: bytes) -> bool:
+    """Whether ``data`` (what MQTT writes) starts with a CONNACK whose return or
+    reason code is 0: the first packet a server sends is CONNACK (or a 5.0
+    AUTH while authenticating), so this is the moment login is done."""
+    if len(data) < 4 or data[0] != 0x20:
+        return False
+    pos = 1
+    for _ in range(4):  # remaining length: a variable byte integer
+        byte = data[pos]
+        pos += 1
+        if not byte & 0x80:
+            break
+        if pos >= len(data):
+            return False
+    return len(data) > pos + 1 and data[pos + 1] == 0
+
+
 class _Timers:
     """autobahn's timer interface on our reactor, one DelayedCall per timer
     (its batched timers leave calls behind that trial reports, and ignore the
@@ -527,8 +564,9 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             webStatus=False,
             utf8validateIncoming=False,      # text frames close the connection anyway
-            maxFramePayloadSize=settings.max_frame_size,
-            maxMessagePayloadSize=settings.max_frame_size,
+            # raised to max_ws_frame_size once the client is logged in
+            maxFramePayloadSize=min(settings.max_frame_size, PREAUTH_MAX_MESSAGE),
+            maxMessagePayloadSize=min(settings.max_frame_size, PREAUTH_MAX_MESSAGE),
             autoFragmentSize=0,
             openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,

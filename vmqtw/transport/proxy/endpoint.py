@@ -22,6 +22,7 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from vmqtw.config.settings import ProxyConfig
 from vmqtw.transport.proxy.parser import HEADER_TIMEOUT
 from vmqtw.transport.proxy.wrapper import ProxyProtocolFactory
 from vmqtw.transport.wrapping import WrappingServerEndpoint
@@ -33,24 +34,33 @@ class ProxyServerEndpoint(WrappingServerEndpoint):
     """``wrapped``, with a PROXY header expected first on every connection."""
 
     def __init__(self, wrapped: IStreamServerEndpoint, clock: Any = None, *,
-                 timeout: float | None = HEADER_TIMEOUT, name: str = "") -> None:
+                 timeout: float | None = HEADER_TIMEOUT, name: str = "",
+                 trusted: tuple[str, ...] | ProxyConfig = ()) -> None:
+        """``trusted``: the IP addresses/networks allowed to send a header (or
+        a listener's ``ProxyConfig``); empty: any peer."""
         self.clock = clock
         self.timeout = timeout
         self.name = name
+        if not isinstance(trusted, ProxyConfig):
+            trusted = ProxyConfig(enabled=True, trusted_sources=tuple(trusted))
+        self.trusted = trusted
         super().__init__(wrapped, self._proxy_factory)
 
     def _proxy_factory(self, inner: IProtocolFactory) -> IProtocolFactory:
-        return ProxyProtocolFactory(inner, self.clock, timeout=self.timeout, name=self.name)
+        return ProxyProtocolFactory(inner, self.clock, timeout=self.timeout, name=self.name,
+                                    trusted=self.trusted)
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class ProxyServerParser:
-    """``proxy:<any server description>[:timeout=SECONDS]``.
+    """``proxy:<any server description>[:timeout=SECONDS][:trusted=NETS]``.
 
     ``timeout`` (seconds, default 10; ``0`` = none) is how long a client has
-    to send its header.  Twisted passes every ``key=value`` of the whole
-    description to this parser: ``timeout`` is kept here (wherever it is
-    written) and the rest goes to the wrapped description.
+    to send its header.  ``trusted`` lists the peers allowed to send one
+    (IPs or CIDRs separated by ``,``; escape an IPv6 ``:`` as ``\\:``); others
+    are closed at once.  Twisted passes every ``key=value`` of the whole
+    description to this parser: ``timeout`` and ``trusted`` are kept here
+    (wherever they are written) and the rest goes to the wrapped description.
     """
 
     prefix = "proxy"
@@ -58,6 +68,8 @@ class ProxyServerParser:
     def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> ProxyServerEndpoint:
         from twisted.internet.endpoints import quoteStringArgument, serverFromString
         raw_timeout = kwargs.pop("timeout", None)
+        raw_trusted = str(kwargs.pop("trusted", "") or "")
+        trusted = tuple(t.strip() for t in raw_trusted.split(",") if t.strip())
         timeout: float | None = HEADER_TIMEOUT
         if raw_timeout is not None:
             timeout = float(raw_timeout) or None
@@ -69,4 +81,9 @@ class ProxyServerParser:
                                           f"{quoteStringArgument(str(v))}"
                                           for k, v in kwargs.items())
         inner = serverFromString(reactor, description)
-        return ProxyServerEndpoint(inner, reactor, timeout=timeout, name=description)
+        try:
+            settings = ProxyConfig(enabled=True, trusted_sources=trusted)
+        except ValueError as e:
+            raise ValueError(f"proxy: trusted={raw_trusted}: {e}") from None
+        return ProxyServerEndpoint(inner, reactor, timeout=timeout, name=description,
+                                   trusted=settings)

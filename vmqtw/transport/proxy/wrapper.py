@@ -9,6 +9,11 @@ without a valid header within ``HEADER_TIMEOUT`` seconds, or whose first bytes
 are not a PROXY header (e.g. a client that bypasses the proxy and sends
 CONNECT), is aborted with one log line: a listener with ``proxy_protocol = on``
 never serves a connection without the header.
+
+With trusted sources (``proxy_protocol_trusted_sources``), a connection whose
+socket peer is not in them is aborted as soon as it is accepted, with one log
+line, before any byte is read: only the proxies may claim a client address
+(and a TLS client CN).  A unix-socket peer is always trusted.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
+from vmqtw.config.settings import ProxyConfig
 from vmqtw.transport.proxy.parser import (
     HEADER_TIMEOUT, V2_MAX_LENGTH, ProxyHeaderError, ProxyHeaderParser, ProxyInfo,
 )
@@ -72,6 +78,10 @@ class ProxyProtocolWrapper(ProtocolWrapper):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+        if not self.factory.trusts(self.transport):
+            self.factory.untrusted += 1
+            self._fail("peer is not in proxy_protocol_trusted_sources")
+            return
         timeout = self.factory.timeout
         if timeout is not None and timeout > 0:
             self._timer = self.factory.clock.callLater(timeout, self._timed_out)
@@ -191,7 +201,10 @@ class ProxyProtocolFactory(WrappingFactory):
 
     def __init__(self, wrappedFactory: Any, clock: Any = None, *,
                  timeout: float | None = HEADER_TIMEOUT,
-                 max_v2_length: int = V2_MAX_LENGTH, name: str = "") -> None:
+                 max_v2_length: int = V2_MAX_LENGTH, name: str = "",
+                 trusted: ProxyConfig | None = None) -> None:
+        """``trusted``: the settings whose ``trusts(host)`` says which socket
+        peers may send a header (None: any peer)."""
         super().__init__(wrappedFactory)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -203,6 +216,23 @@ class ProxyProtocolFactory(WrappingFactory):
         self.accepted: Counter[tuple[int, str]] = Counter()
         #: Connections closed for a missing/bad header (or refused by the inner factory).
         self.refused = 0
+        #: The trusted-source check (None: every peer may send a header).
+        self.trusted = trusted if trusted is not None and trusted.trusted_sources else None
+        #: Of ``refused``: connections from a peer outside the trusted sources.
+        self.untrusted = 0
+
+    def trusts(self, transport: Any) -> bool:
+        """Whether the socket peer of ``transport`` may send a PROXY header."""
+        if self.trusted is None:
+            return True
+        try:
+            peer = transport.getPeer()
+        except Exception:
+            return False
+        host = getattr(peer, "host", None)
+        if host is None and hasattr(peer, "name"):
+            return True  # unix socket: the file's permissions decide
+        return self.trusted.trusts(host or "")
 
     def buildProtocol(self, addr: Any) -> ProxyProtocolWrapper:
         # The inner protocol is built later, with the address from the header.
@@ -216,4 +246,5 @@ class ProxyProtocolFactory(WrappingFactory):
 def proxy_factory(listener: Any, inner: Any, reactor: Any) -> ProxyProtocolFactory:
     """The PROXY layer of ``listener`` (see ``vmqtw.transport.layers``)."""
     return ProxyProtocolFactory(inner, reactor, timeout=listener.proxy.header_timeout,
-                                name=f"{listener.kind}.{listener.name}")
+                                name=f"{listener.kind}.{listener.name}",
+                                trusted=listener.proxy)
