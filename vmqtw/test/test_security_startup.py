@@ -27,7 +27,9 @@ from vmqtw.service import BrokerService, StartupError
 from vmqtw.startup_checks import is_loopback
 from vmqtw.store.sqlite import SQLiteStore
 
-ETC = os.path.join(os.path.dirname(__file__), "..", "..", "etc")
+#: The shipped sample files (etc/ in the repository; the package carries the same
+#: files in vmqtw/data, which is what an installed package can read).
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 
 
 def request(username: str, password: bytes) -> RegisterRequest:
