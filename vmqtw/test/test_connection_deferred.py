@@ -13,11 +13,11 @@ from zope.interface import implementer
 
 from vmqtw.auth.api import OK, IAuthOnPublish, IAuthOnSubscribe, error, ok
 from vmqtw.codec import (
-    Disconnect, Pingreq, Puback, Publish, Suback, SubOptions, Subscribe, reasons,
+    Connect, Disconnect, Pingreq, Puback, Publish, Suback, SubOptions, Subscribe, Will, reasons,
 )
 from vmqtw.connection.state import CONNECTED
 from vmqtw.test.connection_harness import (
-    BASE, PINGRESP, Client, Rig, puback, publish, pubrec, suback,
+    BASE, PINGRESP, Client, Rig, connack, puback, publish, pubrec, suback,
 )
 
 
@@ -261,11 +261,50 @@ class DeferredEndTests(SynchronousTestCase):
         self.assertEqual(topics(self.sub), ["a", "b"])
 
 
+class DeferredWillTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        self.plugin = LateAuthz()
+        self.rig = Rig(BASE, [("late", self.plugin)])
+
+    def test_will_verdict_later_holds_the_connect(self) -> None:
+        """The will's auth_on_publish answered later: no CONNACK and reading
+        paused until it is in; then CONNACK and the packets sent meanwhile."""
+        c = self.rig.client()
+        c.send(Connect("c", 4, will=Will("late/will", b"bye")), Pingreq())
+        self.assertEqual(c.take(), b"")
+        self.assertFalse(c.transport.reading)
+        self.plugin.pending[0].callback(OK)
+        self.assertEqual(c.take(), connack(0) + PINGRESP)
+        self.assertTrue(c.transport.reading)
+        self.assertEqual(c.connection.state, CONNECTED)
+
+    def test_will_denied_later_refuses_the_connect(self) -> None:
+        """A will denied later refuses the CONNECT (CONNACK 5), as a synchronous
+        denial does; nothing held is handled."""
+        c = self.rig.client()
+        c.send(Connect("c", 4, will=Will("late/will", b"bye")), publish("t", b"x", 0))
+        self.plugin.pending[0].callback(error("not_allowed"))
+        self.assertEqual(c.take(), connack(5))
+        self.assertTrue(c.closed)
+        self.assertEqual(self.plugin.asked, ["late/will"])
+
+    def test_connection_lost_while_the_will_waits(self) -> None:
+        """The stream ends while the will is being authorized: the wait is
+        cancelled and no session is opened."""
+        c = self.rig.client()
+        c.send(Connect("c", 4, will=Will("late/will", b"bye")))
+        c.lose()
+        self.assertEqual(self.plugin.cancelled, self.plugin.pending)
+        self.assertEqual(c.take(), b"")
+        self.assertEqual(self.rig.broker.sessions, {})
+
+
 class SynchronousPathTests(SynchronousTestCase):
 
     def test_synchronous_plugin_never_makes_a_deferred(self) -> None:
-        """With a plugin answering at once, PUBLISH (QoS 0/1/2, 3.1.1 and 5.0) and
-        SUBSCRIBE create no Deferred and never pause reading."""
+        """With a plugin answering at once, PUBLISH (QoS 0/1/2, 3.1.1 and 5.0),
+        SUBSCRIBE and a will create no Deferred and never pause reading."""
         rig = Rig(BASE, [("sync", LateAuthz())])
         made: list[Any] = []
         original = Deferred.__init__
@@ -281,4 +320,11 @@ class SynchronousPathTests(SynchronousTestCase):
             for qos in (0, 1, 2):
                 c.send(Publish("t/x", b"x", qos, packet_id=qos or None))
         self.assertEqual(made, [])
-        self.assertEqual([c.transport.read_pauses for c in clients], [0, 0])
+        without_will = rig.client()
+        without_will.send(Connect("n", 4))
+        baseline = len(made)  # auth_on_register's own (allow_anonymous: defer.succeed)
+        with_will = rig.client()
+        with_will.send(Connect("w", 4, will=Will("w", b"bye")))
+        self.assertEqual(with_will.take(), connack(0))
+        self.assertEqual(len(made), 2 * baseline)  # the will's check adds none
+        self.assertEqual([c.transport.read_pauses for c in clients + [with_will]], [0, 0, 0])
