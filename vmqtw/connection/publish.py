@@ -56,11 +56,11 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
         if props is None:
             return
         verdict = conn.authorizer.publish_m5(session, topic, packet.payload, qos,
-                                             packet.retain, props, deferrable=True)
+                                             packet.retain, props, True)  # deferrable
     else:
         props = None
         verdict = conn.authorizer.publish(session, topic, packet.payload, qos, packet.retain,
-                                          deferrable=True)
+                                          True)  # deferrable (positional: the hot path)
     if type(verdict) is Deferred:
         conn.await_verdict(verdict, 1 if qos and level == MQTT5 else 0,
                            authorized_publish, packet, topic, props, session)
