@@ -367,6 +367,8 @@ class Connection:
         """Close a client silent for 1.5 x its keep alive; otherwise check again later."""
         limit = self.keepalive * 1.5
         idle = self.clock.seconds() - self.last_activity
+        if self.pending is not None:  # we stopped reading (a verdict): its bytes wait unread
+            idle = 0.0
         if idle >= limit:
             self.timers.pop("keepalive", None)
             self.log.info("closing {peer} (client {client_id!r}): keep alive timeout",

@@ -179,6 +179,20 @@ class DeferredPublishTests(SynchronousTestCase):
         self.plugin.pending[0].callback(OK)
         self.assertEqual(c.take(), PINGRESP)
 
+    def test_no_keepalive_timeout_while_reading_is_paused(self) -> None:
+        """While a verdict is pending the broker does not read, so the client's
+        silence is not held against it; the keep alive counts again afterwards."""
+        c = self.rig.connected("c", keepalive=2)
+        c.send(publish("late/a", b"A", 0))
+        for _ in range(10):
+            self.rig.clock.advance(1)
+        self.assertFalse(c.closed)
+        self.plugin.pending[0].callback(OK)
+        for _ in range(4):  # silent for more than 1.5 x 2 s after the verdict
+            self.rig.clock.advance(1)
+        self.assertTrue(c.closed)
+
+
 
 class DeferredSubscribeTests(SynchronousTestCase):
 
