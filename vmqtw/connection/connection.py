@@ -204,8 +204,8 @@ class Connection:
             apply(self, verdict, *args)
             if later:
                 self.replay_held()
-                if self.state != CLOSED and self.pending is None:
-                    self.transport.resume_reading()
+                if self.state != CLOSED and self.pending is None and not self.held:
+                    self.transport.resume_reading()  # unless something holds input again
                 self.broker.flush()
 
         d.addCallback(answered)
