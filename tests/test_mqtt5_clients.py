@@ -38,6 +38,7 @@ allow_anonymous = on
 listener.tcp.default = 127.0.0.1:0
 listener.tcp.default.allowed_protocol_versions = 3,4,5
 listener.tcp.old = 127.0.0.1:0
+listener.tcp.old.allowed_protocol_versions = 3,4
 topic_alias_max_broker = 10
 topic_alias_max_client = 10
 """

@@ -26,7 +26,12 @@ from vmqtw.codec.properties import (
 
 DEFAULT_MAX_PACKET_SIZE = 268435460  # 1 + 4 + 268,435,455
 
-_VALID_PROTOCOLS = frozenset(((b"MQIsdp", 3), (b"MQTT", 4), (b"MQTT", 5)))
+# 131 and 132 are 3.1 and 3.1.1 with the bridge bit (0x80) that a mosquitto
+# bridge with ``try_private true`` sets; the decoder keeps the level as sent
+# (every ``level == MQTT5`` test treats them as 3.x) and reads a bridge's
+# SUBSCRIBE as no-local + retain-as-published, as mosquitto and VerneMQ do.
+_VALID_PROTOCOLS = frozenset(((b"MQIsdp", 3), (b"MQTT", 4), (b"MQTT", 5),
+                              (b"MQIsdp", 0x80 | 3), (b"MQTT", 0x80 | 4)))
 
 # Required low nibble of the fixed header for every non-PUBLISH type (spec 2.1.3).
 _FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
@@ -179,7 +184,12 @@ def _decode_subscribe(buf: bytes, p: int, end: int, level: int) -> Subscribe:
         else:
             if o & 0xFC:
                 raise MalformedPacket("requested QoS reserved bits set")
-            opts = SubOptions(qos)
+            if level & 0x80 and not topic.startswith("$share/"):
+                # A bridge: never send its own messages back to it (no
+                # loops), and keep their retain flag for the other broker.
+                opts = SubOptions(qos, True, True)
+            else:
+                opts = SubOptions(qos)
         topics.append((topic, opts))
     if not topics:
         raise ProtocolError("SUBSCRIBE with no topic filters")

@@ -106,16 +106,11 @@ def _positive(value: Any) -> bool:
 WHEN_SET: dict[str, tuple[Callable[[Any], bool], str]] = {
     "systree_enabled": (_on, "the $SYS tree is " + _NOT_YET + " (nothing is published "
                         "under $SYS)"),
-    "max_message_rate": (_positive, "the per-client publish rate limit is " + _NOT_YET
-                         + ": publishers are NOT rate limited"),
 }
 
 #: Listener options whose VerneMQ effect is missing for some values (the
 #: predicate gets the raw value, already checked).
 LISTENER_WHEN_SET: dict[str, tuple[Callable[[str], Any], str]] = {
-    "forward_connection_opts": (_bool,
-                                "passing the connection options (listener address, "
-                                "client certificate) to auth plugins is " + _NOT_YET),
 }
 
 

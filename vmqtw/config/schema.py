@@ -144,9 +144,9 @@ REGISTRY: dict[str, ListenerOption] = {
     "mountpoint": _opt(_scope((_MQTT + " vmq vmqs", "RPN")), _mountpoint, "off"),
     "max_connection_lifetime": _intopt(_scope((_MQTT, "RPN")), "0", 0),
     # -- MQTT --
-    # Default "3,4" follows the listener documentation our spec is based on;
-    # VerneMQ 2.x's schema default is "3,4,5,131".
-    "allowed_protocol_versions": _opt(_scope((_MQTT, "PN")), _protocol_versions, "3,4"),
+    # VerneMQ 2.x's schema default (its older listener docs say "3,4"):
+    # MQTT 3.1, 3.1.1, 5.0 and 3.1 bridges (131; 132 = 3.1.1 bridges is not).
+    "allowed_protocol_versions": _opt(_scope((_MQTT, "PN")), _protocol_versions, "3,4,5,131"),
     "allow_anonymous_override": _opt(_scope((_MQTT, "N")), _bool, "off"),
     "auth_plugins": _opt(_scope((_MQTT, "N")), _plugin_list),
     "authz_plugins": _opt(_scope((_MQTT, "N")), _plugin_list),

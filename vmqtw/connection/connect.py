@@ -14,7 +14,8 @@ from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
 from vmqtw.codec.encoder import encode
-from vmqtw.codec.packets import MQTT5, MQTT31, Connack, Connect
+from vmqtw.codec.packets import BRIDGE, MQTT5, MQTT31, Connack, Connect
+from vmqtw.config.schema import REGISTRY as LISTENER_OPTIONS
 from vmqtw.connection import auth as enhanced_auth
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, NEVER_EXPIRES, ClientView,
@@ -41,9 +42,16 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         # Answer as a server that does not speak this version: the 3.x
         # CONNACK 0x01, also to a 5.0 client (which reads it as 0x84).
         conn.protocol_level = 4
+        conn.client = ClientView(packet.client_id, listener.mountpoint, packet.username,
+                                 conn.peer, conn.listener_name)  # for the log line
+        allowed = ",".join(str(v) for v in sorted(listener.allowed_protocol_versions))
         conn.refuse(reasons.UNSUPPORTED_PROTOCOL_VERSION,
-                    f"protocol level {level} not allowed on this listener")
+                    f"protocol level {level} not allowed on this listener (allowed: "
+                    f"{allowed}; to change: {listener.key}.allowed_protocol_versions)")
         return
+    if level & BRIDGE:  # 131/132: a bridge speaking 3.1/3.1.1 (see the decoder)
+        level &= ~BRIDGE
+        conn.protocol_level = level
     preauth = conn.transport.preauth_username()
     if preauth is not None:  # TLS/PSK/PROXY/XFF identity; auth still runs
         packet.username = preauth
@@ -82,6 +90,11 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         clean_start=packet.clean_start, protocol_level=level,
         properties=packet.properties, listener=conn.listener_name,
         listener_address=str(listener.address), listener_kind=listener.kind)
+    forward = listener.options.get("forward_connection_opts")
+    if forward is not None and LISTENER_OPTIONS["forward_connection_opts"].check(forward):
+        # VerneMQ's auth_on_register/6 Opts: the listener (always in our
+        # request) and the client certificate.
+        request.client_cert = conn.transport.client_certificate()
     if conn.auth_method is not None:
         conn.auth_connect = (request, packet)
         enhanced_auth.auth_step(conn, packet.properties.get("authentication_data"))
@@ -104,7 +117,8 @@ def connect5(conn: Connection, packet: Connect) -> bool:
     conn.transport.out5 = Outbound(
         receive_maximum=min(props.get("receive_maximum", 65535), config.receive_max_client),
         maximum_packet_size=props.get("maximum_packet_size", 0),
-        alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_client))
+        # VerneMQ: topic_alias_max_broker caps the aliases the broker sends.
+        alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_broker))
     cap = config.max_keep_alive
     if cap and (packet.keepalive == 0 or packet.keepalive > cap):
         conn.keepalive = cap
@@ -237,6 +251,8 @@ def apply_session_overrides(conn: Connection, mods: dict[str, Any]) -> None:
                        ("upgrade_qos", "upgrade_qos")):
         if name in mods:
             setattr(session, attr, mods[name])
+    if "max_message_rate" in mods:  # PUBLISHes per second, 0 = no limit
+        conn.max_message_rate = mods["max_message_rate"]
     if "max_connection_lifetime" in mods:
         conn.stop_timer("lifetime")
         if mods["max_connection_lifetime"]:
@@ -288,8 +304,8 @@ def connack_properties(conn: Connection, session: Any) -> dict[str, Any]:
     if "server_keep_alive" in conn.connack5:
         props["server_keep_alive"] = conn.connack5["server_keep_alive"]
     props["receive_maximum"] = config.receive_max_broker
-    if config.topic_alias_max_broker:
-        props["topic_alias_maximum"] = config.topic_alias_max_broker
+    if config.topic_alias_max_client:  # VerneMQ: the aliases a client may send us
+        props["topic_alias_maximum"] = config.topic_alias_max_client
     if conn.decoder.max_packet_size < MAX_PACKET:
         props["maximum_packet_size"] = conn.decoder.max_packet_size
     props["retain_available"] = 1

@@ -67,6 +67,7 @@ class Connection:
         "will", "clean_disconnect", "peer", "last_activity", "keepalive", "held", "timers",
         "head", "problem_info", "session_expiry", "will_delay", "aliases_in", "auth_method",
         "connack5", "auth_data", "reauth", "auth_connect", "pending", "held_inflight",
+        "max_message_rate", "rate_count", "rate_window_end",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -112,6 +113,10 @@ class Connection:
         self.auth_data: bytes | None = None    # enhanced authentication data for the CONNACK
         self.reauth = 0                        # REAUTH_* state
         self.auth_connect: Any = None          # (RegisterRequest, Connect) during AUTH steps
+        # -- max_message_rate (see publish.over_rate) --
+        self.max_message_rate = publish.message_rate_limit(broker.config)
+        self.rate_count = 0
+        self.rate_window_end = 0.0
 
     # -- what the transport tells us ------------------------------------------------------
 
@@ -139,12 +144,15 @@ class Connection:
         for packet in packets:
             if self.state == CLOSED:
                 break
-            if self.state == AUTHENTICATING or self.pending is not None:
+            # Held while a plugin decides (about CONNECT, or a PUBLISH/SUBSCRIBE:
+            # ``pending``), or behind a packet held by the message rate limit
+            # (reading is paused meanwhile).
+            if self.state == AUTHENTICATING or self.held or self.pending is not None:
                 self.hold(packet)
                 continue
             handlers[packet.type](self, packet)
         if error is not None and self.state != CLOSED:
-            if self.state == AUTHENTICATING or self.pending is not None:
+            if self.state == AUTHENTICATING or self.held or self.pending is not None:
                 self.held.append(error)
             else:
                 self.codec_error(error)
@@ -152,14 +160,15 @@ class Connection:
 
     def replay_held(self) -> None:
         """Handle the packets that arrived while a plugin was deciding (about
-        CONNECT, or a PUBLISH/SUBSCRIBE), in order; whatever comes while a
-        plugin decides again stays held."""
+        CONNECT, or a PUBLISH/SUBSCRIBE) or while the message rate limit paused
+        reading, in order; whatever comes while a plugin decides again (or is
+        over the rate again) stays held."""
         held, self.held = self.held, []
         self.held_inflight = 0
         for item in held:
             if self.state == CLOSED:
                 break
-            if self.state == AUTHENTICATING or self.pending is not None:
+            if self.state == AUTHENTICATING or self.held or self.pending is not None:
                 if isinstance(item, CodecError):
                     self.held.append(item)
                 else:
@@ -317,8 +326,11 @@ class Connection:
     def refuse(self, reason_v5: int, why: str) -> None:
         """Refuse the CONNECT: a CONNACK with the reason (as the client's level
         spells it), then close."""
-        self.log.info("refusing CONNECT from {peer} (client {client_id!r}): {reason}",
-                      peer=self.peer_str(), reason=why, client_id=self.client_id)
+        client = self.client
+        self.log.info("refusing CONNECT from {peer} (client {client_id!r}, username "
+                      "{username!r}): {reason}", peer=self.peer_str(), reason=why,
+                      client_id=self.client_id,
+                      username=client.username if client is not None else None)
         code = reasons.connack_code(reason_v5, self.protocol_level)
         self.write(encode(Connack(code), self.protocol_level))
         self.close()

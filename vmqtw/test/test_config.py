@@ -213,7 +213,7 @@ class ListenerInheritanceTests(ErrorMixin, SynchronousTestCase):
         self.assertEqual(lc.nr_of_acceptors, 10)
         self.assertEqual(lc.mountpoint, "")
         self.assertEqual(lc.max_connection_lifetime, 0)
-        self.assertEqual(lc.allowed_protocol_versions, frozenset({3, 4}))
+        self.assertEqual(lc.allowed_protocol_versions, frozenset({3, 4, 5, 131}))
         self.assertFalse(lc.allow_anonymous_override)
         self.assertFalse(lc.proxy_protocol)
         self.assertTrue(lc.proxy_protocol_use_cn_as_username)
@@ -1353,6 +1353,7 @@ class DescribeTests(SynchronousTestCase):
             "listener.ws.v6 = ::1:8080",
             "listener.ws.v6.max_connections = infinity",
             "listener.http.metrics = 127.0.0.1:8888",
+            "listener.ws.v6.allowed_protocol_versions = 3,4",
         ), "b.conf")
         self.assertEqual(
             describe_listeners(cfg).splitlines(),

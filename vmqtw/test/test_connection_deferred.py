@@ -193,6 +193,34 @@ class DeferredPublishTests(SynchronousTestCase):
         self.assertTrue(c.closed)
 
 
+    def test_rate_limit_then_late_verdict_keeps_reading_paused(self) -> None:
+        """A PUBLISH held by max_message_rate whose verdict, once the window ends,
+        comes later: reading stays paused until that verdict, then resumes."""
+        rig = Rig(BASE + "max_message_rate = 1\n", [("late", self.plugin)])
+        c = rig.connected("c")
+        c.send(publish("a", b"A", 1, 1), publish("late/b", b"B", 1, 2))
+        self.assertEqual(c.take(), puback(1))
+        self.assertFalse(c.transport.reading)
+        rig.clock.advance(1)  # the rate window ends: late/b is asked about
+        self.assertEqual(self.plugin.asked[-1], "late/b")
+        self.assertFalse(c.transport.reading)
+        self.plugin.pending[0].callback(OK)
+        self.assertEqual(c.take(), puback(2))
+        self.assertTrue(c.transport.reading)
+
+    def test_late_verdict_then_rate_limit_keeps_reading_paused(self) -> None:
+        """A late verdict whose replay runs into max_message_rate: reading stays
+        paused (the rate limit holds input) until the rate window ends."""
+        rig = Rig(BASE + "max_message_rate = 1\n", [("late", self.plugin)])
+        c = rig.connected("c")
+        c.send(publish("late/a", b"A", 1, 1), publish("b", b"B", 1, 2))
+        self.plugin.pending[0].callback(OK)
+        self.assertEqual(c.take(), puback(1))
+        self.assertFalse(c.transport.reading)
+        rig.clock.advance(1)
+        self.assertEqual(c.take(), puback(2))
+        self.assertTrue(c.transport.reading)
+
 
 class DeferredSubscribeTests(SynchronousTestCase):
 

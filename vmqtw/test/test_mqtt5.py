@@ -41,8 +41,8 @@ class ConnectTests(BrokerTestCase):
     def test_connack_limits_from_config(self) -> None:
         """The 5.0 CONNACK announces the configured limits: server keep alive
         (max_keep_alive), receive maximum (receive_max_broker), topic alias maximum
-        (topic_alias_max_broker) and maximum packet size (max_message_size)."""
-        hn = Harness(BASE5 + "receive_max_broker = 5\ntopic_alias_max_broker = 10\n"
+        (topic_alias_max_client) and maximum packet size (max_message_size)."""
+        hn = Harness(BASE5 + "receive_max_broker = 5\ntopic_alias_max_client = 10\n"
                      "max_message_size = 1000\nmax_keep_alive = 60\n")
         c = connect5(hn, "c1", keepalive=0)
         self.assertEqual(c.take(), connack5(
