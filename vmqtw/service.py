@@ -30,6 +30,7 @@ from vmqtw.auth.loader import (
 from vmqtw import logs
 from vmqtw.codec import reasons
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
+from vmqtw.connection.reauth import watch_reloads
 from vmqtw.core.broker import Broker
 from vmqtw.core.interfaces import IStore
 from vmqtw.store import StoreError, open_store
@@ -201,6 +202,9 @@ class BrokerService(MultiService):
                 self.broker.offline_hook = self.notifier.on_offline_message
             self.authorizers = {l.key: listener_authorizer(config, l, self.plugins)
                                 for l in config.listeners}
+            # ACL/password file reloads reach existing sessions (#14).
+            watch_reloads(self.broker, {f"{lc.kind}.{lc.name}": self.authorizers[lc.key]
+                                        for lc in config.listeners}, self.plugins)
         except ConfigError as e:
             raise StartupError(str(e)) from e
         self.listeners: dict[str, ListenerService] = {}

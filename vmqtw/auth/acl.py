@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -290,6 +290,9 @@ class AclPlugin(ReloadingFile[AclTable]):
 
     def __init__(self, path: str, interval: int, context: PluginContext) -> None:
         self.table = AclTable()
+        #: Called (without arguments) after a reload installed new rules: the
+        #: broker authorizes existing subscriptions again (``vmqtw.connection.reauth``).
+        self.rules_reloaded: list[Callable[[], None]] = []
         super().__init__(path, interval, context)
 
     def parse(self, data: bytes) -> AclTable:
@@ -297,6 +300,8 @@ class AclPlugin(ReloadingFile[AclTable]):
 
     def install(self, table: AclTable) -> None:
         self.table = table
+        for observer in list(self.rules_reloaded):
+            observer()
 
     def allows(self, access: str, client: IClient, topic: str) -> bool:
         return self.table.allows(access, client.username, client.client_id,

@@ -234,7 +234,8 @@ class BrokerConfig:
     listeners: tuple[ListenerConfig, ...]
     allow_anonymous: bool = False
     max_client_id_size: int = 100
-    max_message_size: int = 0
+    # Finite by default (VerneMQ: 0 = the protocol's 256 MiB); see README "Security".
+    max_message_size: int = 1048576
     max_inflight_messages: int = 20
     max_online_messages: int = 1000
     max_offline_messages: int = 1000
@@ -243,7 +244,8 @@ class BrokerConfig:
     persistent_client_expiration: int | None = None
     topic_max_depth: int = 10
     upgrade_outgoing_qos: bool = False
-    max_subscriptions_per_client: int = 0
+    # Finite by default (VerneMQ: 0 = unlimited); see README "Security".
+    max_subscriptions_per_client: int = 10000
     disconnect_on_unauthorized_publish_v3: bool = False
     suppress_lwt_on_session_takeover: bool = False
     shared_subscription_policy: str = "prefer_local"
@@ -260,6 +262,14 @@ class BrokerConfig:
     # Our own key (VerneMQ has none): cap for MQTT 5.0 keep alive, announced
     # as Server Keep Alive; 0 = no cap.
     max_keep_alive: int = 0
+    # Our own keys (VerneMQ has none), see README "Security": the largest
+    # packet before authentication completes; the retained messages kept
+    # (count and payload bytes); the payload bytes of QoS 1/2 messages
+    # unacknowledged by one client.  0 = no limit.
+    max_preauth_packet_size: int = 102400
+    max_retained_messages: int = 1000000
+    max_retained_bytes: int = 1073741824
+    max_inflight_bytes: int = 16777216
     max_ws_frame_size: int = 268435456
     crl_refresh_interval: int = 60000
     log_level: str = "info"

@@ -265,6 +265,11 @@ _TYPED_GLOBALS: dict[str, Validator] = {
     "max_last_will_delay": _last_will_delay,
     # our own key: MQTT 5.0 Server Keep Alive cap in seconds (0 = no cap)
     "max_keep_alive": _int(0, 65535),
+    # our own keys (security limits, 0 = no limit): see README "Security"
+    "max_preauth_packet_size": _int(0),
+    "max_retained_messages": _int(0),
+    "max_retained_bytes": _int(0),
+    "max_inflight_bytes": _int(0),
     "max_ws_frame_size": _int(1),
     "crl_refresh_interval": _int(0),
     # our own key, not VerneMQ's (VerneMQ uses log.console.level)

@@ -86,7 +86,10 @@ class Connection:
         if max_packet_size is None:
             size = broker.config.max_message_size
             max_packet_size = size if size > 0 else MAX_PACKET
-        self.decoder = Decoder(max_packet_size=max_packet_size)
+        # Until CONNECT (and AUTH) succeed, a small limit: a client that has not
+        # logged in cannot make the broker buffer a big packet.
+        self.decoder = Decoder(max_packet_size=max_packet_size,
+                               preauth_max_packet_size=broker.config.max_preauth_packet_size)
         self.state = AWAIT_CONNECT
         self.protocol_level = 4
         self.session: Session | None = None
@@ -134,6 +137,16 @@ class Connection:
         self.last_activity = self.clock.seconds()
         if self.state == AWAIT_CONNECT and len(self.head) < 16:
             self.head += data[:16]
+        self.decode(data)
+        if self.state == AUTHENTICATING:
+            # The decoder stops after a CONNECT until authentication succeeds;
+            # while a plugin decides, what follows is decoded (with the
+            # pre-authentication limit) and held.
+            self.decode(b"")
+        self.broker.flush()
+
+    def decode(self, data: bytes) -> None:
+        """Decode ``data`` and handle (or hold) the packets."""
         error: CodecError | None = None
         try:
             packets = self.decoder.feed(data)
@@ -156,7 +169,6 @@ class Connection:
                 self.held.append(error)
             else:
                 self.codec_error(error)
-        self.broker.flush()
 
     def replay_held(self) -> None:
         """Handle the packets that arrived while a plugin was deciding (about
@@ -230,6 +242,12 @@ class Connection:
                          failure, client_id=self.client_id)
         self.close(reasons.IMPLEMENTATION_SPECIFIC_ERROR)
         self.broker.flush()
+
+    def decode_rest(self) -> None:
+        """Decode and handle what arrived after the CONNECT: the decoder holds
+        it back until the client is authenticated (see ``Decoder.authenticated``)."""
+        if self.state == CONNECTED:
+            self.data_received(b"")
 
     def connection_lost(self) -> None:
         """The stream ended (any reason): publish the will unless the client said

@@ -89,6 +89,11 @@ def authorized_publish(conn: Connection, verdict: Any, packet: Publish, topic: s
             unauthorized_publish(conn, packet, Error("invalid_modifiers"))
             return
         message, mountpoint = modified[0], modified[1] or mountpoint
+    if message.retain and level == MQTT5 and qos and \
+            not conn.broker.retained.allowed(mountpoint, message):
+        conn.broker.retained.refuse(mountpoint, message, session.client_id)
+        refuse_publish5(conn, packet, reasons.QUOTA_EXCEEDED, "retained message quota exceeded")
+        return
     count = conn.broker.publish(message, mountpoint, session)
     notifier = conn.notifier
     if notifier.publish:

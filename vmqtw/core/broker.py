@@ -7,15 +7,17 @@ write to their connection objects, which buffer until ``flush()``.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any, Callable
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
+from vmqtw.core.retained_delivery import RetainedSender
 from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
-from vmqtw.core.values import QUEUED, SessionKey
+from vmqtw.core.values import QUEUED, WAIT_PUBCOMP, SessionKey
 
 
 class Subscription:
@@ -120,6 +122,8 @@ class Broker:
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
         self.session_observers: list[Callable[[str, Session], None]] = []
+        #: Retained messages for new subscriptions, in slices; the retained quotas.
+        self.retained = RetainedSender(self)
 
     @property
     def clock(self) -> Any:
@@ -148,6 +152,7 @@ class Broker:
 
     def flush(self) -> None:
         """Write every connection's buffered output (once per input batch or timer)."""
+        self.retained.budget = self.retained.steps  # see RetainedSender.new_batch
         dirty = self.dirty
         while dirty:
             self.dirty = []
@@ -243,6 +248,7 @@ class Broker:
                     last_pid = d.packet_id
             if last_pid:
                 session._next_pid = last_pid % 65535 + 1
+            session.inflight_bytes = sum(len(e.message.payload) for e in session.inflight.values())
             session.incoming_qos2.update(stored.incoming_qos2)
             session.schedule_expiry(self._expire, stored.remaining_expiry(now))
             count += 1
@@ -301,6 +307,7 @@ class Broker:
         session.sub_ids.clear()
         session.queue = ()
         session.inflight.clear()
+        session.inflight_bytes = 0
         session.cancel_expiry()
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
@@ -325,7 +332,6 @@ class Broker:
         The MQTT 5.0 subscription identifier, if any, is ``session.sub_ids[topic_filter]``.
         """
         group, inner = parse_shared(topic_filter)
-        mp = session.mountpoint
         new, sub = self._tree_add(session, topic_filter, options)
         session.subscriptions[topic_filter] = options
         if session.persistent:
@@ -333,16 +339,9 @@ class Broker:
         if group is None:
             rh = options.retain_handling
             if rh == 0 or (rh == 1 and new):
-                now = None
-                for msg in self.store.retained_match(mp, inner):
-                    if msg.expires_at is not None:
-                        if now is None:
-                            now = self.clock.seconds()
-                        if now >= msg.expires_at:  # expired: forget it (checked lazily)
-                            self.store.retained_set(mp, msg.topic, None)
-                            continue
-                    qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
-                    session.deliver(msg, qos, True, sub.sub_ids)
+                # In slices: a filter matching many retained messages does not
+                # stall the other clients (see vmqtw.core.retained_delivery).
+                self.retained.start(session, inner, sub, options)
         return new
 
     def _tree_add(self, session: Session, topic_filter: str,
@@ -397,13 +396,69 @@ class Broker:
         if not len(tree):
             del self.trees[session.mountpoint]
 
+    # -- re-authorization (a new owner, new ACL rules) -----------------------------------------
+
+    def reauthorize(self, session: Session, may_subscribe: Callable[[str, SubOptions], bool],
+                    may_read: Callable[[str], bool]) -> tuple[list[str], int]:
+        """Keep only what ``session``'s owner may have, as the authorization
+        hooks say now: the subscriptions ``may_subscribe(filter, options)``
+        grants, and the queued and inflight messages whose topic
+        ``may_read(topic)`` grants (asked once per topic).  For a session
+        resumed by another user and after ACL/password reloads: deliveries
+        then need no authorization lookup per message.
+
+        Returns the dropped topic filters and the number of dropped messages."""
+        denied = [f for f, options in list(session.subscriptions.items())
+                  if not may_subscribe(f, options)]
+        for topic_filter in denied:
+            self.unsubscribe(session, topic_filter)
+        if not session.queue and not session.inflight:
+            return denied, 0
+        verdicts: dict[str, bool] = {}
+
+        def readable(topic: str) -> bool:
+            verdict = verdicts.get(topic)
+            if verdict is None:
+                verdict = verdicts[topic] = may_read(topic)
+            return verdict
+
+        store = self.store
+        dropped = 0
+        if session.queue:
+            kept: deque[tuple[Any, ...]] = deque()
+            for item in session.queue:
+                message = item[0]
+                if readable(message.topic):
+                    kept.append(item)
+                    continue
+                dropped += 1
+                if item[1] and session.persistent:
+                    store.message_dequeued(session.key, message)
+            session.queue = kept if kept else ()
+        for pid, entry in list(session.inflight.items()):
+            # A QoS 2 flow past PUBREC has delivered its message already: let it end.
+            if entry.state != WAIT_PUBCOMP and not readable(entry.message.topic):
+                del session.inflight[pid]
+                session.inflight_bytes -= len(entry.message.payload)
+                dropped += 1
+                if session.persistent:
+                    store.message_acked(session.key, pid)
+        return denied, dropped
+
     # -- routing ------------------------------------------------------------------------------
 
     def publish(self, message: Message, mountpoint: str, sender: Session | None = None) -> int:
-        """Route ``message`` within ``mountpoint``; returns the number of deliveries."""
+        """Route ``message`` within ``mountpoint``; returns the number of deliveries.
+
+        A retained message over the retained quotas is routed but not retained
+        (the connection refuses a 5.0 QoS 1/2 one before it gets here)."""
         if message.retain:
-            self.store.retained_set(mountpoint, message.topic,
-                                    message if message.payload else None)
+            if self.retained.allowed(mountpoint, message):
+                self.store.retained_set(mountpoint, message.topic,
+                                        message if message.payload else None)
+            else:
+                self.retained.refuse(mountpoint, message,
+                                     sender.client_id if sender is not None else None)
         tree = self.trees.get(mountpoint)
         if tree is None:
             return 0
