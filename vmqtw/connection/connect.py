@@ -5,6 +5,7 @@ import binascii
 import os
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from vmqtw.auth.api import OK, Error, Ok, RegisterRequest
@@ -232,17 +233,28 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
             conn.broker.flush()
             return
     will = conn.will
+    verdict: Any = None
     if will is not None:
+        # A plugin may answer later (a webhook): held like a PUBLISH's verdict.
         if conn.protocol_level == MQTT5:
             verdict = conn.authorizer.publish_m5(client, will.topic, will.payload, will.qos,
-                                                 will.retain, will.properties)
+                                                 will.retain, will.properties, deferrable=True)
         else:
             verdict = conn.authorizer.publish(client, will.topic, will.payload, will.qos,
-                                              will.retain)
-        if isinstance(verdict, Error):
-            conn.refuse(reasons.NOT_AUTHORIZED, "will message not authorized")
-            conn.broker.flush()
+                                              will.retain, deferrable=True)
+        if type(verdict) is Deferred:
+            conn.await_verdict(verdict, 0, will_authorized, packet, client, overrides)
             return
+    will_authorized(conn, verdict, packet, client, overrides)
+
+
+def will_authorized(conn: Connection, verdict: Any, packet: Connect, client: ClientView,
+                    overrides: dict[str, Any]) -> None:
+    """The will's verdict (None without a will): refuse, or accept the CONNECT."""
+    if isinstance(verdict, Error):
+        conn.refuse(reasons.NOT_AUTHORIZED, "will message not authorized")
+        conn.broker.flush()
+        return
     connected(conn, packet, client)
     if overrides:
         apply_session_overrides(conn, overrides)

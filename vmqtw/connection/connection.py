@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.hooks import Notifier
 from vmqtw.codec import reasons
@@ -63,7 +66,7 @@ class Connection:
         "listener_name", "clock", "decoder", "state", "protocol_level", "session", "client",
         "will", "clean_disconnect", "peer", "last_activity", "keepalive", "held", "timers",
         "head", "problem_info", "session_expiry", "will_delay", "aliases_in", "auth_method",
-        "connack5", "auth_data", "reauth", "auth_connect",
+        "connack5", "auth_data", "reauth", "auth_connect", "pending", "held_inflight",
         "max_message_rate", "rate_count", "rate_window_end",
     )
 
@@ -96,8 +99,11 @@ class Connection:
         self.peer: tuple[str, int] = ("", 0)
         self.last_activity = 0.0
         self.keepalive = 0
-        # Packets (and a decoding error) read while a plugin decides about CONNECT.
+        # Packets (and a decoding error) read while a plugin decides about CONNECT,
+        # or about a PUBLISH/SUBSCRIBE (``pending``).
         self.held: list[Any] = []
+        self.pending: Deferred[Any] | None = None  # a publish/subscribe verdict to come
+        self.held_inflight = 0  # QoS>0 PUBLISHes of a 5.0 client waiting (receive maximum)
         self.timers: dict[str, Any] = {}
         self.head = b""  # first bytes of the stream: is a broken CONNECT a 5.0 one?
         # -- MQTT 5.0 (see connect.connect5) --
@@ -149,36 +155,93 @@ class Connection:
             packets = getattr(e, "packets", [])
         handlers = HANDLERS
         for packet in packets:
-            # Held while a plugin decides about CONNECT, or behind a packet
-            # held by the message rate limit (reading is paused meanwhile).
-            if self.state == AUTHENTICATING or self.held:
-                self.held.append(packet)
-                continue
             if self.state == CLOSED:
                 break
+            # Held while a plugin decides (about CONNECT, or a PUBLISH/SUBSCRIBE:
+            # ``pending``), or behind a packet held by the message rate limit
+            # (reading is paused meanwhile).
+            if self.state == AUTHENTICATING or self.held or self.pending is not None:
+                self.hold(packet)
+                continue
             handlers[packet.type](self, packet)
         if error is not None and self.state != CLOSED:
-            if self.state == AUTHENTICATING or self.held:
+            if self.state == AUTHENTICATING or self.held or self.pending is not None:
                 self.held.append(error)
             else:
                 self.codec_error(error)
 
     def replay_held(self) -> None:
-        """Handle the packets that arrived while a plugin was deciding about
-        CONNECT (or while the message rate limit paused reading), in order;
-        whatever comes while it decides again (or is over the rate again)
-        stays held."""
+        """Handle the packets that arrived while a plugin was deciding (about
+        CONNECT, or a PUBLISH/SUBSCRIBE) or while the message rate limit paused
+        reading, in order; whatever comes while a plugin decides again (or is
+        over the rate again) stays held."""
         held, self.held = self.held, []
+        self.held_inflight = 0
         for item in held:
             if self.state == CLOSED:
                 break
-            if self.state == AUTHENTICATING or self.held:
-                self.held.append(item)
+            if self.state == AUTHENTICATING or self.held or self.pending is not None:
+                if isinstance(item, CodecError):
+                    self.held.append(item)
+                else:
+                    self.hold(item)
                 continue
             if isinstance(item, CodecError):
                 self.codec_error(item)
             else:
                 HANDLERS[item.type](self, item)
+
+    def hold(self, packet: Any) -> None:
+        """Keep ``packet`` for ``replay_held``.  While a verdict is pending, a 5.0
+        client's QoS>0 PUBLISH is unacknowledged: it counts toward the receive
+        maximum (MQTT 5.0 s4.9), and one too many is a violation."""
+        self.held.append(packet)
+        if self.pending is not None and packet.type == PUBLISH and packet.qos and \
+                self.protocol_level == MQTT5 and self.session is not None and \
+                packet.packet_id not in self.session.incoming_qos2:
+            self.held_inflight += 1
+            if len(self.session.incoming_qos2) + self.held_inflight > \
+                    self.broker.config.receive_max_broker:
+                self.protocol_violation("receive maximum exceeded",
+                                        reasons.RECEIVE_MAXIMUM_EXCEEDED)
+
+    def await_verdict(self, d: Deferred[Any], inflight: int,
+                      apply: Callable[..., None], *args: Any) -> None:
+        """A plugin answers a PUBLISH/SUBSCRIBE later: hold what the client sends
+        meanwhile and stop reading; when ``d`` fires, ``apply(self, verdict,
+        *args)`` (the synchronous path's code), replay the held packets and read
+        again.  ``inflight`` is 1 for a 5.0 QoS>0 PUBLISH (receive maximum).
+        ``connection_lost`` cancels ``d``; a verdict after the close is dropped."""
+        self.pending = d
+        self.held_inflight = inflight
+        later = False
+
+        def answered(verdict: Any) -> None:
+            if self.pending is not d:  # the connection ended meanwhile
+                return
+            self.pending = None
+            if self.state == CLOSED:
+                return
+            apply(self, verdict, *args)
+            if later:
+                self.replay_held()
+                if self.state != CLOSED and self.pending is None and not self.held:
+                    self.transport.resume_reading()  # unless something holds input again
+                self.broker.flush()
+
+        d.addCallback(answered)
+        d.addErrback(self.verdict_failed)
+        if self.pending is d:  # not answered at once: wait
+            later = True
+            self.transport.pause_reading()
+
+    def verdict_failed(self, failure: Failure) -> None:
+        """Applying a late verdict raised (a bug): log it and close, rather than
+        leave the client unread forever."""
+        self.log.failure("client {client_id!r}: applying an authorization verdict failed",
+                         failure, client_id=self.client_id)
+        self.close(reasons.IMPLEMENTATION_SPECIFIC_ERROR)
+        self.broker.flush()
 
     def decode_rest(self) -> None:
         """Decode and handle what arrived after the CONNECT: the decoder holds
@@ -191,6 +254,9 @@ class Connection:
         goodbye, and detach from the session."""
         previous = self.state
         self.state = CLOSED
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.cancel()  # aborts the plugin's request (e.g. the webhook's HTTP call)
         for call in self.timers.values():
             if call.active():
                 call.cancel()
@@ -331,6 +397,8 @@ class Connection:
         """Close a client silent for 1.5 x its keep alive; otherwise check again later."""
         limit = self.keepalive * 1.5
         idle = self.clock.seconds() - self.last_activity
+        if self.pending is not None:  # we stopped reading (a verdict): its bytes wait unread
+            idle = 0.0
         if idle >= limit:
             self.timers.pop("keepalive", None)
             self.log.info("closing {peer} (client {client_id!r}): keep alive timeout",

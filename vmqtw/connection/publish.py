@@ -1,11 +1,15 @@
 """PUBLISH and the QoS 1/2 acknowledgements, in both directions.
 
-The per-message path: check the topic, authorize (synchronously), route
-through the broker, acknowledge once the store is durable.
+The per-message path: check the topic, authorize, route through the broker,
+acknowledge once the store is durable.  A plugin may answer the authorization
+later (a Deferred, e.g. a webhook): the connection then holds the client's
+later packets until ``authorized_publish`` applied the verdict.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
 
 from vmqtw.auth.api import Error, Ok
 from vmqtw.auth.modifiers import PUBLISH as PUBLISH_MODIFIERS
@@ -50,16 +54,34 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
         conn.write(encode(Pubrec(packet.packet_id), level))
         return
     if level == MQTT5:
-        result = inbound_message5(conn, packet, topic, session)
-        if result is None:
+        props = inbound_properties5(conn, packet)
+        if props is None:
             return
-        message, verdict = result
+        verdict = conn.authorizer.publish_m5(session, topic, packet.payload, qos,
+                                             packet.retain, props, True)  # deferrable
     else:
-        verdict = conn.authorizer.publish(session, topic, packet.payload, qos, packet.retain)
-        if verdict.__class__ is Error:
-            unauthorized_publish(conn, packet, verdict)
-            return
-        message = Message(topic, packet.payload, qos, packet.retain)
+        props = None
+        verdict = conn.authorizer.publish(session, topic, packet.payload, qos, packet.retain,
+                                          True)  # deferrable (positional: the hot path)
+    if type(verdict) is Deferred:
+        conn.await_verdict(verdict, 1 if qos and level == MQTT5 else 0,
+                           authorized_publish, packet, topic, props, session)
+        return
+    authorized_publish(conn, verdict, packet, topic, props, session)
+
+
+def authorized_publish(conn: Connection, verdict: Any, packet: Publish, topic: str,
+                       props: dict[str, Any] | None, session: Session) -> None:
+    """Apply auth_on_publish's verdict (given at once or later): refuse, or
+    route the message (with its modifiers) and acknowledge it."""
+    if verdict.__class__ is Error:
+        unauthorized_publish(conn, packet, verdict)
+        return
+    qos = packet.qos
+    level = conn.protocol_level
+    message = Message(topic, packet.payload, qos, packet.retain, props)
+    if props is not None and "message_expiry_interval" in props:
+        message.start_expiry(conn.broker.clock.seconds())
     mountpoint = session.mountpoint
     if verdict.__class__ is Ok and verdict.modifiers:
         modified = modified_message(conn, verdict.modifiers, message)
@@ -176,10 +198,9 @@ def inbound_topic5(conn: Connection, packet: Publish, session: Session) -> str |
     return topic
 
 
-def inbound_message5(conn: Connection, packet: Publish, topic: str,
-                     session: Session) -> tuple[Message, Any] | None:
-    """Check the payload format and authorize; the Message to route and the
-    authorization verdict, or None when the PUBLISH was refused
+def inbound_properties5(conn: Connection, packet: Publish) -> dict[str, Any] | None:
+    """Check the payload format; the properties the message carries on (the
+    topic alias is per hop), or None when the PUBLISH was refused
     (acknowledged with a reason, or closed)."""
     props = packet.properties
     if props.get("payload_format_indicator") == 1 and not is_utf8(packet.payload):
@@ -191,15 +212,7 @@ def inbound_message5(conn: Connection, packet: Publish, topic: str,
         return None
     if "topic_alias" in props:  # per hop: never forwarded
         props = {k: v for k, v in props.items() if k != "topic_alias"}
-    verdict = conn.authorizer.publish_m5(session, topic, packet.payload, packet.qos,
-                                         packet.retain, props)
-    if verdict.__class__ is Error:
-        unauthorized_publish(conn, packet, verdict)
-        return None
-    message = Message(topic, packet.payload, packet.qos, packet.retain, props)
-    if "message_expiry_interval" in props:
-        message.start_expiry(conn.broker.clock.seconds())
-    return message, verdict
+    return props
 
 
 def modified_message(conn: Connection, modifiers: dict[str, Any],

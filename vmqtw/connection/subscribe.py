@@ -1,7 +1,13 @@
-"""SUBSCRIBE and UNSUBSCRIBE: filter checks, authorization and its modifiers, limits."""
+"""SUBSCRIBE and UNSUBSCRIBE: filter checks, authorization and its modifiers, limits.
+
+A plugin may answer a SUBSCRIBE's authorization later (a Deferred, e.g. a
+webhook): the connection then holds the client's later packets until
+``authorized_subscribe`` applied the verdict."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
 
 from vmqtw.auth.api import Error, Ok
 from vmqtw.auth.modifiers import ModifierError, check_subscribe
@@ -13,6 +19,7 @@ from vmqtw.core.topics import TopicError, parse_shared, validate_topic_filter
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmqtw.connection.connection import Connection
+    from vmqtw.core.session import Session
 
 
 def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
@@ -45,16 +52,33 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
         wanted_at.append(len(codes))
         codes.append(options.qos)
         wanted.append((topic_filter, options.qos))
-    rewritten: dict[int, tuple[str, int]] = {}
+    verdict: Any = None
     if wanted:
         if level == MQTT5:
-            verdict = conn.authorizer.subscribe_m5(session, wanted, packet.properties)
+            verdict = conn.authorizer.subscribe_m5(session, wanted, packet.properties,
+                                                   deferrable=True)
         else:
-            verdict = conn.authorizer.subscribe(session, wanted)
+            verdict = conn.authorizer.subscribe(session, wanted, deferrable=True)
+        if type(verdict) is Deferred:
+            conn.await_verdict(verdict, 0, authorized_subscribe, packet, session, codes,
+                               wanted, wanted_at)
+            return
+    authorized_subscribe(conn, verdict, packet, session, codes, wanted, wanted_at)
+
+
+def authorized_subscribe(conn: Connection, verdict: Any, packet: Subscribe, session: Session,
+                         codes: list[int], wanted: list[tuple[str, int]],
+                         wanted_at: list[int]) -> None:
+    """Apply auth_on_subscribe's verdict (given at once or later; None when no
+    filter was valid): limits, SUBACK, subscriptions."""
+    config = conn.broker.config
+    level = conn.protocol_level
+    rewritten: dict[int, tuple[str, int]] = {}
+    if wanted:
         if verdict.__class__ is Error:
             conn.log.info("client {client_id!r}: subscribe to {filters} not authorized",
                           client_id=session.client_id, filters=[f for f, _ in wanted])
-            denied = reasons.NOT_AUTHORIZED if level == MQTT5 else failure
+            denied = reasons.NOT_AUTHORIZED if level == MQTT5 else reasons.SUBACK_FAILURE
             codes = [c if c >= 0x80 else denied for c in codes]
         elif verdict.__class__ is Ok and verdict.modifiers:
             rewrite_subscriptions(conn, verdict.modifiers, wanted,
@@ -70,7 +94,7 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
                                  options.retain_handling)
         if limit and topic_filter not in session.subscriptions and \
                 len(session.subscriptions) + len(accepted) >= limit:
-            codes[i] = reasons.QUOTA_EXCEEDED if level == MQTT5 else failure
+            codes[i] = reasons.QUOTA_EXCEEDED if level == MQTT5 else reasons.SUBACK_FAILURE
             continue
         accepted.append((topic_filter, options))
     conn.write(encode(Suback(packet.packet_id, codes), level))
