@@ -66,6 +66,7 @@ from vmqtw.config.schema import (
 from vmqtw.config.schema import _scope as _scope
 from vmqtw.config.settings import (
     PROXY_HEADER_TIMEOUT,
+    ClusterConfig,
     ProxyConfig,
     SettingError,
     StoreConfig,
@@ -89,6 +90,7 @@ __all__ = [
     "WebSocketConfig",
     "ProxyConfig",
     "StoreConfig",
+    "ClusterConfig",
     "ListenerOption",
     "GlobalKey",
     "REGISTRY",

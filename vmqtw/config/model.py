@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from vmqtw.config.settings import (
+    ClusterConfig,
     ProxyConfig,
     StoreConfig,
     TLSConfig,
@@ -165,7 +166,8 @@ class BrokerConfig:
 
     Typed top-level keys are fields; recognised keys without behaviour yet are
     in ``extra`` as raw strings; ``NAME.key`` settings of plugins are in
-    ``plugin_settings``; ``store`` is the ``persistent_store.*`` keys.
+    ``plugin_settings``; ``store`` is the ``persistent_store.*`` keys, ``cluster``
+    the cluster keys (also in ``extra``).
     """
 
     path: str
@@ -208,6 +210,8 @@ class BrokerConfig:
         default_factory=_empty_mapping, hash=False, compare=False, repr=False
     )
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: The cluster keys (``nodename``, ``metadata_plugin``...; vmqtw.cluster).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         # The store directory is relative to the configuration file's directory.

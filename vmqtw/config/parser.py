@@ -33,7 +33,7 @@ from vmqtw.config.schema import (
     ListenerOption,
     root_options,
 )
-from vmqtw.config.settings import SettingError, StoreConfig
+from vmqtw.config.settings import ClusterConfig, SettingError, StoreConfig, cluster_config
 from vmqtw.config.values import (
     _PLUGIN_NAME_RE,
     Validator,
@@ -105,6 +105,7 @@ class _Parser:
         listeners = self.resolve_listeners()
         plugins = self.build_plugins()
         self.check_plugin_lists(plugins)
+        cluster = self.build_cluster()
         if self.errors:
             # min() keeps the first of several errors on the same line.
             raise min(self.errors, key=lambda e: e.line)
@@ -117,6 +118,7 @@ class _Parser:
             ),
             extra=MappingProxyType(self.extra),
             store=self.build_store(),
+            cluster=cluster,
             key_sources=MappingProxyType(
                 {k: (self.filename, n) for k, n in self.sources.items()}
             ),
@@ -412,6 +414,16 @@ class _Parser:
             directory=got.get("persistent_store.directory", StoreConfig.directory),
             sync=got.get("persistent_store.sync", StoreConfig.sync),
         )
+
+
+    def build_cluster(self) -> ClusterConfig:
+        """The cluster keys (checked by ``classify``); a bad combination is an error
+        on the line of the key at fault."""
+        try:
+            return cluster_config(self.extra_typed)
+        except SettingError as e:
+            self.fail(self.sources.get(e.option, 0), e.option, e.message)
+            return ClusterConfig()
 
 
 def _resolve_option(
