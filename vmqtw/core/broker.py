@@ -95,6 +95,10 @@ class Broker:
         self.deliver_hook: Callable[[Session, Message, int, bool], Message] | None = None
         self.offline_hook: Callable[[Session, Message, int, bool], None] | None = None
         self.dropped = 0
+        #: The cluster seam (``vmqtw.cluster.router.ClusterRouter``), None on a single
+        #: node: told when a filter enters or leaves the tree (``subscribed`` /
+        #: ``unsubscribed``) and given every message published here (``publish``).
+        self.remote: Any = None
         self.stopping = False  # see stop()
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
@@ -343,6 +347,8 @@ class Broker:
                 tree.add(inner, gkey, shared)
             new = session.key not in shared.members
             shared.members[session.key] = sub
+        if new and self.remote is not None:
+            self.remote.subscribed(mp, topic_filter)
         return new, sub
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -364,6 +370,8 @@ class Broker:
             current = tree.get(inner, session.key)
             if current is not None and current.session is session:
                 tree.remove(inner, session.key)
+                if self.remote is not None:
+                    self.remote.unsubscribed(session.mountpoint, topic_filter)
         else:
             gkey = (None, group)  # never equal to a (mountpoint, client id) key
             shared = tree.get(inner, gkey)
@@ -371,6 +379,8 @@ class Broker:
                 member = shared.members.get(session.key)
                 if member is not None and member.session is session:
                     del shared.members[session.key]
+                    if self.remote is not None:
+                        self.remote.unsubscribed(session.mountpoint, topic_filter)
                 if not shared.members:
                     tree.remove(inner, gkey)
         if not len(tree):
@@ -378,11 +388,17 @@ class Broker:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def publish(self, message: Message, mountpoint: str, sender: Session | None = None) -> int:
-        """Route ``message`` within ``mountpoint``; returns the number of deliveries."""
-        if message.retain:
-            self.store.retained_set(mountpoint, message.topic,
-                                    message if message.payload else None)
+    def publish(self, message: Message, mountpoint: str, sender: Session | None = None,
+                from_remote: bool = False) -> int:
+        """Route ``message`` within ``mountpoint``; returns the number of local
+        deliveries.  ``from_remote``: it came from another cluster node, which stored
+        it if retained; it goes to local subscribers only."""
+        if not from_remote:
+            if message.retain:
+                self.store.retained_set(mountpoint, message.topic,
+                                        message if message.payload else None)
+            if self.remote is not None:
+                self.remote.publish(message, mountpoint)
         tree = self.trees.get(mountpoint)
         if tree is None:
             return 0
