@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
 from tests.support import (
-    TIMEOUT, Paho, RunningProcess, in_thread, quiet_period,
+    TIMEOUT, MQTTv5, MQTTv311, Paho, RunningProcess, in_thread, quiet_period,
 )
 from tests.test_cluster_redis import RedisServer
 
@@ -76,6 +76,7 @@ class ClusterProcessTests(unittest.TestCase):
                     f"cluster.heartbeat_interval = 200\n"
                     f"cluster.node_timeout = {int(NODE_TIMEOUT * 1000)}\n"
                     f"listener.tcp.default = 127.0.0.1:0\n"
+                    f"listener.tcp.allowed_protocol_versions = 3,4,5\n"
                     f"listener.vmq.clustering = 127.0.0.1:0\n"
                     f"persistent_store.enabled = off\n")
         return path
@@ -96,8 +97,8 @@ class ClusterProcessTests(unittest.TestCase):
             timeout=START_TIMEOUT)
         return node
 
-    def client(self, node: Node, client_id: str) -> Paho:
-        c = Paho(node.port, client_id)
+    def client(self, node: Node, client_id: str, protocol: int = MQTTv311) -> Paho:
+        c = Paho(node.port, client_id, protocol)
         self.clients.append(c)
         self.addCleanup(lambda: in_thread(c.close))
         return c
@@ -280,6 +281,34 @@ class ClusterProcessTests(unittest.TestCase):
 
         self.assertEqual((yield in_thread(scenario)),
                          [("r/1", b"from-n1"), ("r/1", b"from-n3")])
+
+    @inlineCallbacks
+    def test_same_client_id_on_another_node(self) -> Generator[Deferred[Any], Any, None]:
+        """An MQTT 5.0 client connected to node 1 is disconnected with 0x8E (session
+        taken over) when a client with the same id connects to node 2, and node 1
+        drops its subscription: messages for it now reach only the new connection."""
+        n1, n2 = yield self._start_all("n1", "n2")
+        first = self.client(n1, "dev", MQTTv5)
+        second = self.client(n2, "dev", MQTTv5)
+        pub = self.client(n1, "pub")
+
+        def scenario() -> tuple[Any, ...]:
+            first.connect()
+            first.subscribe("dev/in", 1)
+            second.connect()
+            second.subscribe("dev/in", 1)
+            first.wait_disconnected()
+            pub.connect()
+            self.probe(pub, second, "dev/in")
+            pub.publish("dev/in", b"after", 1)
+            got = self.collect(second, 1)
+            return first.disconnect_reason.value, got, self.nothing_more(second)
+
+        reason, got, extra = yield in_thread(scenario)
+        self.assertEqual(reason, 0x8E)
+        self.assertEqual((got, extra), ([("dev/in", b"after")], []))
+        self.assertIn(b"client 'dev' connected to node n2@127.0.0.1; session here closed",
+                      n1.out)
 
     @inlineCallbacks
     def _start_all(self, *names: str) -> Generator[Deferred[Any], Any, list[Node]]:

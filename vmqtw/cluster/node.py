@@ -26,6 +26,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 
 from vmqtw.cluster.link import LinkServerFactory, PeerLink
 from vmqtw.cluster.metadata import Member, MetadataUnavailable
+from vmqtw.cluster.registry import ClientRegistry
 from vmqtw.cluster.router import ClusterRouter
 from vmqtw.cluster.wiring import CLUSTER_KINDS, ClusterConfigError
 from vmqtw.config import BrokerConfig, ClusterConfig, ListenerConfig
@@ -81,6 +82,8 @@ class ClusterNode(Service):
                                                                             reactor)
         self.links: dict[str, PeerLink] = {}
         self.router = ClusterRouter(broker, self.metadata, self.links)
+        self.registry = ClientRegistry(broker, self.metadata, self.links)
+        self.router.control = self.registry.control
         self.server = LinkServerFactory(
             self.cluster.nodename, self.cluster.cookie, self.router.deliver,
             max_frame_size=self.cluster.incoming_buffer_size,
@@ -147,6 +150,7 @@ class ClusterNode(Service):
         super().startService()
         self.metadata.address = self.address
         self.router.attach()
+        self.registry.attach()
         self._join()
 
     def _join(self) -> None:

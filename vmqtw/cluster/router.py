@@ -91,6 +91,9 @@ class ClusterRouter:
         self.local: dict[tuple[str, str], int] = {}
         #: mountpoint -> the other nodes' filters (tree key and value: the node name).
         self.remote: dict[str, TopicTree[str, str]] = {}
+        #: Called with ``(peer, record)`` for the records that are not messages
+        #: (takeover control; :class:`~vmqtw.cluster.registry.ClientRegistry`).
+        self.control: Callable[[str, Record], None] | None = None
         self.forwarded = 0
         self.received = 0
         self.route_errors = 0
@@ -201,6 +204,8 @@ class ClusterRouter:
                 self.received += 1
                 broker.publish(from_record(record, now), record.mountpoint,
                                from_remote=True)
+            elif self.control is not None:
+                self.control(peer, record)
             else:
                 self.log.debug("cluster: ignoring {kind} record from {peer}",
                                kind=type(record).__name__, peer=peer)

@@ -7,8 +7,11 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from vmqtw.cluster.codec import Msg, Record, decode_batch, encode_record
+from vmqtw.cluster.codec import (
+    Msg, Record, Takeover, TakeoverDone, decode_batch, encode_record,
+)
 from vmqtw.cluster.memory_metadata import MemoryEngine, MemoryMetadata
+from vmqtw.cluster.registry import STALE, ClientRegistry
 from vmqtw.cluster.router import ClusterRouter, from_record, route_key, split_route, to_record
 from vmqtw.cluster.wiring import ClusterConfigError, cluster_node
 from vmqtw.codec import SubOptions
@@ -41,6 +44,9 @@ class Node:
         self.links: dict[str, FakeLink] = {}
         self.router = ClusterRouter(self.broker, self.meta, self.links)
         self.router.attach()
+        self.registry = ClientRegistry(self.broker, self.meta, self.links)
+        self.router.control = self.registry.control
+        self.registry.attach()
 
     def online(self, client_id: str, mountpoint: str = "") -> tuple[Session, FakeConnection]:
         conn = FakeConnection(4)
@@ -49,7 +55,8 @@ class Node:
         return session, conn
 
 
-class RouterTests(SynchronousTestCase):
+class ClusterCase(SynchronousTestCase):
+    """Three nodes ``a``, ``b``, ``c`` on one ``MemoryEngine`` and a ``Clock``."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -92,6 +99,10 @@ class RouterTests(SynchronousTestCase):
         message.start_expiry(self.clock.seconds())
         self.nodes[node].broker.publish(message, mountpoint)
         self.nodes[node].broker.flush()
+
+
+
+class RouterTests(ClusterCase):
 
     def test_routes_collapse_per_filter(self) -> None:
         """Two local subscribers of one filter make one route, withdrawn only with the
@@ -206,6 +217,56 @@ class RouterTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.settle()
         self.assertEqual(self.nodes["a"].router.nodes_for("", "late"), {"b"})
+
+
+class TakeoverTests(ClusterCase):
+    """The client-id registry on top of the same three nodes."""
+
+    def records(self, node: str, peer: str) -> list[Record]:
+        return [r for data in self.nodes[node].links[peer].sent for r in decode_batch(data)]
+
+    def test_connect_on_another_node_takes_over(self) -> None:
+        """A CONNECT on node b for a client connected on node a closes the connection
+        on a (session taken over) and drops the session there; b answers nothing,
+        a confirms with TAKEOVER_DONE."""
+        old, old_conn = self.nodes["a"].online("dev")
+        self.sub_on(old, "a", "dev/in")
+        self.settle()
+        new, new_conn = self.nodes["b"].online("dev")
+        self.settle()
+        sent = self.records("b", "a")
+        self.assertEqual([type(r) for r in sent], [Takeover])
+        self.pump()
+        self.assertTrue(old_conn.taken_over)
+        self.assertNotIn(old.key, self.nodes["a"].broker.sessions)
+        self.assertFalse(new_conn.taken_over)
+        self.assertIs(self.nodes["b"].broker.sessions[new.key], new)
+        self.settle()
+        self.assertEqual(self.engine.routes["a"], set())  # a's subscription went with it
+        self.pump()
+        self.assertEqual(self.nodes["b"].registry.takeovers_done, 1)
+
+    def sub_on(self, session: Session, node: str, topic_filter: str) -> None:
+        self.nodes[node].broker.subscribe(session, topic_filter, SubOptions(0))
+
+    def test_stale_takeover_is_ignored(self) -> None:
+        """A takeover whose epoch is not newer than this node's own claim changes
+        nothing and is answered as stale (fencing)."""
+        session, conn = self.nodes["a"].online("dev")
+        self.settle()
+        mine = self.nodes["a"].registry.epochs[session.key]
+        self.nodes["a"].registry.control("b", Takeover(7, "", "dev", mine - 1))
+        self.assertFalse(conn.taken_over)
+        self.assertIn(session.key, self.nodes["a"].broker.sessions)
+        self.assertEqual(self.records("a", "b"), [TakeoverDone(7, "", "dev", mine - 1, STALE)])
+
+    def test_reconnect_on_the_same_node_sends_nothing(self) -> None:
+        """A client that reconnects to the node that owns it causes no takeover record."""
+        self.nodes["a"].online("dev")
+        self.settle()
+        self.nodes["a"].online("dev")
+        self.settle()
+        self.assertEqual(self.records("a", "b") + self.records("a", "c"), [])
 
 
 class RecordTests(SynchronousTestCase):
