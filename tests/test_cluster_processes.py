@@ -65,8 +65,9 @@ class ClusterProcessTests(unittest.TestCase):
         os.makedirs(self.dir)
         self.clients: list[Paho] = []
 
-    def config(self, name: str, cookie: str) -> str:
+    def config(self, name: str, cookie: str, link: str = "") -> str:
         path = os.path.join(self.dir, f"{name}.conf")
+        link = link or "listener.vmq.clustering = 127.0.0.1:0\n"
         with open(path, "w") as f:
             f.write(f"allow_anonymous = on\n"
                     f"nodename = {name}@127.0.0.1\n"
@@ -77,16 +78,16 @@ class ClusterProcessTests(unittest.TestCase):
                     f"cluster.node_timeout = {int(NODE_TIMEOUT * 1000)}\n"
                     f"listener.tcp.default = 127.0.0.1:0\n"
                     f"listener.tcp.allowed_protocol_versions = 3,4,5\n"
-                    f"listener.vmq.clustering = 127.0.0.1:0\n"
-                    f"persistent_store.enabled = off\n")
+                    f"persistent_store.enabled = off\n" + link)
         return path
 
     @inlineCallbacks
-    def start_node(self, name: str, cookie: str = "s3cret"
+    def start_node(self, name: str, cookie: str = "s3cret", link: str = ""
                    ) -> Generator[Deferred[Any], Any, Node]:
-        """Start a node and wait until it serves MQTT and has joined the cluster."""
-        proc = RunningProcess(sys.executable, ["-m", "vmqtw", "-c", self.config(name, cookie)],
-                              cwd=self.dir)
+        """Start a node and wait until it serves MQTT and has joined the cluster;
+        ``link``: the config lines of its vmq listener (plain, on port 0, by default)."""
+        config = self.config(name, cookie, link)
+        proc = RunningProcess(sys.executable, ["-m", "vmqtw", "-c", config], cwd=self.dir)
         self.addCleanup(proc.stop)
         node = Node(name, proc)
         m = yield proc.wait_for_output(rb"listener tcp\.default on 127\.0\.0\.1:(\d+)",
@@ -309,6 +310,34 @@ class ClusterProcessTests(unittest.TestCase):
         self.assertEqual((got, extra), ([("dev/in", b"after")], []))
         self.assertIn(b"client 'dev' connected to node n2@127.0.0.1; session here closed",
                       n1.out)
+
+    @inlineCallbacks
+    def test_tls_link(self) -> Generator[Deferred[Any], Any, None]:
+        """With listener.vmqs (certificate, CA) on both nodes the links run over TLS,
+        the server certificate checked against the CA, and messages cross them."""
+        from tests.certs import certs
+        c = certs()
+        link = (f"listener.vmqs.clustering = 127.0.0.1:0\n"
+                f"listener.vmqs.certfile = {c.server}\n"
+                f"listener.vmqs.keyfile = {c.server_key}\n"
+                f"listener.vmqs.cafile = {c.ca}\n")
+        n1 = yield self.start_node("n1", link=link)
+        n2 = yield self.start_node("n2", link=link)
+        yield n1.proc.wait_for_output(rb"vmq link to node n2@127\.0\.0\.1 established",
+                                      timeout=TIMEOUT)
+        self.assertIn(b"vmq link on tls:127.0.0.1:", n1.out)
+        pub = self.client(n2, "pub")
+        sub = self.client(n1, "sub")
+
+        def scenario() -> list[tuple[str, bytes]]:
+            pub.connect()
+            sub.connect()
+            sub.subscribe("t/#", 1)
+            self.probe(pub, sub, "t/probe")
+            pub.publish("t/1", b"over-tls", 1)
+            return self.collect(sub, 1)
+
+        self.assertEqual((yield in_thread(scenario)), [("t/1", b"over-tls")])
 
     @inlineCallbacks
     def _start_all(self, *names: str) -> Generator[Deferred[Any], Any, list[Node]]:

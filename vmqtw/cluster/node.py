@@ -14,6 +14,8 @@ It is started by :mod:`vmqtw.service` when the configuration names a metadata en
 
 The address peers use is the bound address of the first vmq listener; when it is a
 wildcard (``0.0.0.0:44053``) the host part of ``nodename`` (``VerneMQ@HOST``) is used.
+With a ``vmqs`` listener first, the address is announced as ``tls:HOST:PORT`` and peers
+connect with TLS (:mod:`vmqtw.cluster.tls`).
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from vmqtw.cluster.link import LinkServerFactory, PeerLink
 from vmqtw.cluster.metadata import Member, MetadataUnavailable
 from vmqtw.cluster.registry import ClientRegistry
 from vmqtw.cluster.router import ClusterRouter
+from vmqtw.cluster.tls import TLS_PREFIX, OptionError, client_creator, split_address
 from vmqtw.cluster.wiring import CLUSTER_KINDS, ClusterConfigError
 from vmqtw.config import BrokerConfig, ClusterConfig, ListenerConfig
 from vmqtw.logs import Logger
@@ -49,11 +52,6 @@ def make_metadata(cluster: ClusterConfig, reactor: Any) -> Any:
         return RedisMetadata(cluster.nodename, sentinels=cluster.redis_sentinels,
                              master_name=cluster.redis_master_name, **options)
     return RedisMetadata.from_url(cluster.redis_url, cluster.nodename, **options)
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class ClusterNode(Service):
@@ -89,6 +87,16 @@ class ClusterNode(Service):
             max_frame_size=self.cluster.incoming_buffer_size,
             handshake_timeout=self.cluster.handshake_timeout, reactor=reactor)
         self.ports: list[Any] = []
+        tls_listener = next((l for l in self.listeners if l.kind == "vmqs"), None)
+        try:
+            self.tls_creator = client_creator(tls_listener)
+        except OptionError as e:
+            assert tls_listener is not None
+            file, line = tls_listener.option_source(e.option)
+            if not line:
+                file, line = tls_listener.source
+            raise ClusterConfigError(f"{file}:{line}: {tls_listener.key}.{e.option}: "
+                                     f"{e.message}") from e
         self.metadata.watch_members(self.members_changed)
         self.joined = False
         self._join_call: Any = None
@@ -138,7 +146,8 @@ class ClusterNode(Service):
         ip = host.host
         if ip in ("0.0.0.0", "::", ""):
             ip = self.cluster.host or "127.0.0.1"
-        return f"[{ip}]:{host.port}" if ":" in ip else f"{ip}:{host.port}"
+        prefix = TLS_PREFIX if self.listeners[0].kind == "vmqs" else ""
+        return prefix + (f"[{ip}]:{host.port}" if ":" in ip else f"{ip}:{host.port}")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -216,11 +225,13 @@ class ClusterNode(Service):
             self.links[name] = self._link(member)
 
     def _link(self, member: Member) -> PeerLink:
-        host, port = _split_address(member.address)
+        tls, host, port = split_address(member.address)
         c = self.cluster
-        link = PeerLink(c.nodename, member.name,
-                        HostnameEndpoint(self.reactor, host, port, timeout=c.handshake_timeout),
-                        c.cookie, reactor=self.reactor, buffer_size=c.outgoing_buffer_size,
+        endpoint: Any = HostnameEndpoint(self.reactor, host, port, timeout=c.handshake_timeout)
+        if tls:
+            endpoint = wrapClientTLS(self.tls_creator(host), endpoint)
+        link = PeerLink(c.nodename, member.name, endpoint, c.cookie, reactor=self.reactor,
+                        buffer_size=c.outgoing_buffer_size,
                         flush_threshold=c.flush_threshold,
                         max_frame_size=c.incoming_buffer_size,
                         handshake_timeout=c.handshake_timeout)
