@@ -65,7 +65,7 @@ class ClusterProcessTests(unittest.TestCase):
         os.makedirs(self.dir)
         self.clients: list[Paho] = []
 
-    def config(self, name: str, cookie: str, link: str = "") -> str:
+    def config(self, name: str, cookie: str, link: str = "", extra: str = "") -> str:
         path = os.path.join(self.dir, f"{name}.conf")
         link = link or "listener.vmq.clustering = 127.0.0.1:0\n"
         with open(path, "w") as f:
@@ -78,15 +78,16 @@ class ClusterProcessTests(unittest.TestCase):
                     f"cluster.node_timeout = {int(NODE_TIMEOUT * 1000)}\n"
                     f"listener.tcp.default = 127.0.0.1:0\n"
                     f"listener.tcp.allowed_protocol_versions = 3,4,5\n"
-                    f"persistent_store.enabled = off\n" + link)
+                    f"persistent_store.enabled = off\n" + link + extra)
         return path
 
     @inlineCallbacks
-    def start_node(self, name: str, cookie: str = "s3cret", link: str = ""
+    def start_node(self, name: str, cookie: str = "s3cret", link: str = "", extra: str = ""
                    ) -> Generator[Deferred[Any], Any, Node]:
         """Start a node and wait until it serves MQTT and has joined the cluster;
-        ``link``: the config lines of its vmq listener (plain, on port 0, by default)."""
-        config = self.config(name, cookie, link)
+        ``link``: the config lines of its vmq listener (plain, on port 0, by default);
+        ``extra``: more config lines."""
+        config = self.config(name, cookie, link, extra)
         proc = RunningProcess(sys.executable, ["-m", "vmqtw", "-c", config], cwd=self.dir)
         self.addCleanup(proc.stop)
         node = Node(name, proc)
@@ -268,6 +269,7 @@ class ClusterProcessTests(unittest.TestCase):
         yield n2.proc.wait_for_output(rb"node n2@127\.0\.0\.1 unknown to Redis; re-announcing",
                                       timeout=TIMEOUT)
         n3 = yield self.start_node("n3")
+        yield self.linked(n1, n2, n3)
         pub = self.client(n3, "pub")
         old = self.client(n1, "old")
 
@@ -323,8 +325,7 @@ class ClusterProcessTests(unittest.TestCase):
                 f"listener.vmqs.cafile = {c.ca}\n")
         n1 = yield self.start_node("n1", link=link)
         n2 = yield self.start_node("n2", link=link)
-        yield n1.proc.wait_for_output(rb"vmq link to node n2@127\.0\.0\.1 established",
-                                      timeout=TIMEOUT)
+        yield self.linked(n1, n2)
         self.assertIn(b"vmq link on tls:127.0.0.1:", n1.out)
         pub = self.client(n2, "pub")
         sub = self.client(n1, "sub")
@@ -340,15 +341,50 @@ class ClusterProcessTests(unittest.TestCase):
         self.assertEqual((yield in_thread(scenario)), [("t/1", b"over-tls")])
 
     @inlineCallbacks
+    def test_netsplit_flags(self) -> Generator[Deferred[Any], Any, None]:
+        """While a member cannot be reached (here: it has a wrong cookie), a node with
+        the netsplit flags off refuses CONNECT with "server unavailable"; a node with
+        them on serves; once the member has expired, the first node serves again."""
+        n1 = yield self.start_node("n1")
+        n2 = yield self.start_node("n2", extra="allow_register_during_netsplit = on\n"
+                                   "allow_subscribe_during_netsplit = on\n"
+                                   "allow_publish_during_netsplit = on\n")
+        yield self.linked(n1, n2)
+        bad = yield self.start_node("bad", cookie="wrong")
+        yield n1.proc.wait_for_output(rb"vmq link to node bad@127\.0\.0\.1 .*cookie",
+                                      timeout=TIMEOUT)
+        refused = self.client(n1, "refused")
+        served = self.client(n2, "served")
+
+        def during() -> tuple[Any, ...]:
+            code = refused.connect(expect_success=False)[0]
+            refused.wait_disconnected()
+            served.connect()
+            return code, served.subscribe("x", 1)
+
+        # paho reports the 3.1.1 CONNACK code 3 as its 5.0 equivalent 0x88.
+        self.assertEqual((yield in_thread(during)), (0x88, [1]))
+        yield bad.proc.stop()
+        yield n1.proc.wait_for_output(rb"down \['bad@127\.0\.0\.1'\]",
+                                      timeout=NODE_TIMEOUT + TIMEOUT)
+        again = self.client(n1, "again")
+        self.assertEqual((yield in_thread(again.connect)), (0, False))
+
+    @inlineCallbacks
     def _start_all(self, *names: str) -> Generator[Deferred[Any], Any, list[Node]]:
         nodes = []
         for name in names:
             nodes.append((yield self.start_node(name)))
-        # Every node has seen every other one join (its links are being set up).
-        for node in nodes:
-            for other in names:
-                if other != node.name:
-                    yield node.proc.wait_for_output(
-                        rb"cluster members: up \[[^\]]*'" + other.encode() + rb"@",
-                        timeout=TIMEOUT)
+        yield self.linked(*nodes)
         return nodes
+
+    @inlineCallbacks
+    def linked(self, *nodes: Node) -> Generator[Deferred[Any], Any, None]:
+        """Wait until each node has a link to each other one: the nodes are ready (a
+        node refuses CONNECT while it cannot reach a member: netsplit flags off)."""
+        for node in nodes:
+            for other in nodes:
+                if other is not node:
+                    yield node.proc.wait_for_output(
+                        rb"vmq link to node " + re.escape(other.name.encode())
+                        + rb"@127\.0\.0\.1 established", timeout=TIMEOUT)

@@ -209,6 +209,8 @@ class BrokerService(MultiService):
             self.cluster = cluster_node(config, self.broker, reactor)
         except ClusterConfigError as e:
             raise StartupError(str(e)) from e
+        if self.cluster is not None:  # the netsplit flags
+            self.authorizers = self.cluster.gate(self.authorizers)
         for listener in config.listeners:
             if self.cluster is not None and listener.kind in CLUSTER_KINDS:
                 continue  # the cluster node listens on these

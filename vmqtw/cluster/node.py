@@ -10,7 +10,10 @@ It is started by :mod:`vmqtw.service` when the configuration names a metadata en
 - keeps one outgoing :class:`~vmqtw.cluster.link.PeerLink` per live member;
 - wires a :class:`~vmqtw.cluster.router.ClusterRouter` into the broker, which announces
   the local subscriptions as routes, follows the other nodes' routes and forwards
-  publishes to them.
+  publishes to them, and a :class:`~vmqtw.cluster.registry.ClientRegistry` (one
+  connection per client id in the cluster);
+- gates CONNECT, PUBLISH and SUBSCRIBE while the node does not see the whole cluster
+  (:mod:`vmqtw.cluster.netsplit`).
 
 The address peers use is the bound address of the first vmq listener; when it is a
 wildcard (``0.0.0.0:44053``) the host part of ``nodename`` (``VerneMQ@HOST``) is used.
@@ -28,6 +31,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from vmqtw.cluster.link import LinkServerFactory, PeerLink
 from vmqtw.cluster.metadata import Member, MetadataUnavailable
+from vmqtw.cluster.netsplit import NetsplitGate
 from vmqtw.cluster.registry import ClientRegistry
 from vmqtw.cluster.router import ClusterRouter
 from vmqtw.cluster.tls import TLS_PREFIX, OptionError, client_creator, split_address
@@ -205,6 +209,28 @@ class ClusterNode(Service):
         waits.append(self.metadata.stop())
         self.joined = False
         return DeferredList(waits, consumeErrors=True)
+
+    # -- netsplits -------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """Whether this node sees the whole cluster: joined, the engine answers, and a
+        handshaken link to every other live member is up."""
+        meta = self.metadata
+        if not self.joined or not meta.reachable:
+            return False
+        me = self.cluster.nodename
+        links = self.links
+        for name in meta.members():
+            if name != me:
+                link = links.get(name)
+                if link is None or not link.connected:
+                    return False
+        return True
+
+    def gate(self, authorizers: dict[str, Any]) -> dict[str, Any]:
+        """The listeners' authorizers behind the netsplit flags (:mod:`.netsplit`)."""
+        return {key: NetsplitGate(a, self.is_ready, self.cluster)
+                for key, a in authorizers.items()}
 
     # -- members -> links ----------------------------------------------------------
 

@@ -161,6 +161,7 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
     conn.state = AWAIT_CONNECT
     if isinstance(result, Error):
         code = (reasons.BAD_USER_NAME_OR_PASSWORD if result.reason == "invalid_credentials"
+                else reasons.SERVER_UNAVAILABLE if result.reason == "netsplit"  # cluster
                 else reasons.NOT_AUTHORIZED)
         conn.refuse(code, f"authentication: {result.reason}")
         conn.broker.flush()
