@@ -53,8 +53,10 @@ def make_metadata(cluster: ClusterConfig, reactor: Any) -> Any:
         cluster_name=cluster.name, heartbeat_interval=cluster.heartbeat_interval,
         node_timeout=cluster.node_timeout, reactor=reactor)
     if cluster.redis_sentinels:
-        return RedisMetadata(cluster.nodename, sentinels=cluster.redis_sentinels,
-                             master_name=cluster.redis_master_name, **options)
+        # The URL still gives the database and password; host and port come from the
+        # Sentinels.
+        options.update(sentinels=cluster.redis_sentinels,
+                       master_name=cluster.redis_master_name)
     return RedisMetadata.from_url(cluster.redis_url, cluster.nodename, **options)
 
 
@@ -106,7 +108,6 @@ class ClusterNode(Service):
         self._join_call: Any = None
         self._joining: Deferred[Any] | None = None
         self._attempts = 0
-        broker.remote = self.router
         self.setName("cluster")
 
     # -- listening --------------------------------------------------------------

@@ -120,6 +120,25 @@ class RouterTests(ClusterCase):
         self.assertEqual(self.engine.routes["a"], set())
         self.assertEqual(self.nodes["b"].router.nodes_for("", "t/1"), set())
 
+    def test_subscriptions_before_attach_are_announced_once(self) -> None:
+        """Subscriptions made before the router is attached (a restored store) are
+        announced when it attaches, counted once, and withdrawn with the last one."""
+        broker = Broker(parse(BASE), self.clock)
+        conn = FakeConnection(4)
+        session, _ = broker.open_session(("", "early"), True, 0, conn)
+        broker.subscribe(session, "e/#", SubOptions(0))
+        meta = MemoryMetadata(self.engine, "d")
+        meta.start()
+        router = ClusterRouter(broker, meta, {})
+        router.attach()
+        self.settle()
+        self.assertEqual(self.engine.routes["d"], {"e/#"})
+        self.assertEqual(router.local, {("", "e/#"): 1})
+        broker.unsubscribe(session, "e/#")
+        self.settle()
+        self.assertEqual(self.engine.routes["d"], set())
+        meta.stop()
+
     def test_publish_reaches_each_matching_node_once(self) -> None:
         """A publish goes once to each node with matching routes, however many of its
         subscriptions match, and to no other node; each subscriber gets one copy."""
@@ -321,6 +340,24 @@ class ClusterConfigTests(SynchronousTestCase):
                          (1000, 100, 8192))
         self.assertEqual(c.redis_sentinels, (("s1", 26380), ("s2", 26379)))
         self.assertEqual(c.redis_master_name, "m")
+
+    def test_metadata_from_the_keys(self) -> None:
+        """The Redis metadata is built from metadata.redis.url, or from the Sentinels
+        when they are given (the URL then gives only database and password), with the
+        cluster name and timings."""
+        from vmqtw.cluster.node import make_metadata
+        c = parse("nodename = n1\nmetadata.redis.url = redis://:pw@r:7000/2\n"
+                  "cluster.name = c1\ncluster.heartbeat_interval = 300\n").cluster
+        m = make_metadata(c, Clock())
+        self.assertEqual((m.node_name, m.host, m.port, m.dbid, m.password, m.prefix),
+                         ("n1", "r", 7000, 2, "pw", "{c1}"))
+        self.assertEqual(m.heartbeat_interval, 0.3)
+        c = parse("metadata.redis.sentinels = s1:26380\n"
+                  "metadata.redis.url = redis://:pw@ignored/3\n"
+                  "metadata.redis.master_name = mm\n").cluster
+        m = make_metadata(c, Clock())
+        self.assertEqual((m.sentinels, m.master_name, m.dbid, m.password),
+                         ([("s1", 26380)], "mm", 3, "pw"))
 
     def test_defaults_are_one_node(self) -> None:
         """Without metadata_plugin the broker is not a cluster node."""
