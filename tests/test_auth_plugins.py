@@ -179,28 +179,31 @@ class PasswdTests(AuthTestCase):
         self.assertEqual(self.broker.broker.sessions, {})
 
     @inlineCallbacks
-    def test_unknown_user_is_connack_5(self):
+    def test_unknown_user_is_connack_4(self):
         """vmq_passwd answers NEXT for a user not in its file; no other plugin
-        says anything, so the chain is exhausted: not authorized."""
+        says anything, so the chain is exhausted: the same CONNACK 4 as a wrong
+        password (#14: user names cannot be enumerated)."""
         client = self.user(self.broker, "eve-1", "eve", "secret-a")
-        self.assertEqual((yield in_thread(refused_then_closed, client)), PAHO_NOT_AUTHORIZED)
+        self.assertEqual((yield in_thread(refused_then_closed, client)),
+                         PAHO_BAD_USER_OR_PASSWORD)
         for level in (3, 4):
             self.assertEqual((yield self.connack(self.broker, "raw", "eve", "x", level)),
-                             CONNACK_NOT_AUTHORIZED, level)
+                             CONNACK_BAD_LOGIN, level)
 
     @inlineCallbacks
     def test_no_credentials_is_connack_5(self):
-        """With allow_anonymous off, a CONNECT without credentials, or with a user name but
-        no password, is refused with CONNACK 5 (not authorized): no plugin accepts it."""
+        """With allow_anonymous off, a CONNECT without credentials is refused with
+        CONNACK 5 (not authorized): no plugin accepts it; with a user name but no
+        password, with CONNACK 4, as an unknown user or a wrong password."""
         self.assertEqual((yield self.connack(self.broker, "anon")), CONNACK_NOT_AUTHORIZED)
         # a user name without a password: vmq_passwd has no opinion either
         self.assertEqual((yield self.connack(self.broker, "nopw", "alice")),
-                         CONNACK_NOT_AUTHORIZED)
+                         CONNACK_BAD_LOGIN)
 
     @inlineCallbacks
     def test_mosquitto_clients(self):
         """mosquitto_sub and mosquitto_pub log in with vmq_passwd users and exchange a
-        message; mosquitto_pub exits with the CONNACK code: 4 for a wrong password, 5 for an
+        message; mosquitto_pub exits with the CONNACK code: 4 for a wrong password and for an
         unknown user."""
         need_mosquitto_clients()
         watcher = SubscriptionWatcher(self.broker)
@@ -218,22 +221,24 @@ class PasswdTests(AuthTestCase):
         self.assertIn(b"bad user name or password", err)
         out, err, code = yield self.mosquitto(PUB, self.broker, "-u", "eve", "-P", "x",
                                               "-t", "m/t", "-m", "x")
-        self.assertEqual(code, 5)
-        self.assertIn(b"not authorised", err)
+        self.assertEqual(code, 4)
+        self.assertIn(b"bad user name or password", err)
 
 
 class AnonymousTests(AuthTestCase):
 
     @inlineCallbacks
-    def test_allow_anonymous_skips_the_password_check(self):
-        """VerneMQ: allow_anonymous = on skips auth_on_register altogether, so
-        even a wrong password is let in; the ACL still applies."""
+    def test_allow_anonymous_still_checks_a_claimed_user(self):
+        """allow_anonymous = on lets clients without a user name in, and one whose
+        name no plugin knows (as anonymous); a known user with a wrong password is
+        refused (#14: VerneMQ let it in, with that user's ACL).  The ACL applies."""
         self.passwd(alice="secret-a")
         self.file("vmq.acl", "topic read public/#\n")
         broker = self.start(PASSWD_CONFIG.replace("allow_anonymous = off",
                                                   "allow_anonymous = on"))
-        for args in (("alice", "wrong"), ("eve", "x"), (None, None)):
-            self.assertEqual((yield self.connack(broker, "c", *args)), CONNACK_OK, args)
+        for args, expected in ((("alice", "wrong"), CONNACK_BAD_LOGIN),
+                               (("eve", "x"), CONNACK_OK), ((None, None), CONNACK_OK)):
+            self.assertEqual((yield self.connack(broker, "c", *args)), expected, args)
         client = self.user(broker, "anon")
 
         def scenario():
@@ -274,15 +279,15 @@ class AnonymousOverrideTests(AuthTestCase):
     @inlineCallbacks
     def test_anonymous_only_on_the_override_listener(self):
         """allow_anonymous_override = on lets anonymous clients in on that listener only
-        (others get CONNACK 5); there the password check is skipped whatever the
-        credentials, while the other listener refuses a wrong password with CONNACK 4."""
+        (others get CONNACK 5); a claimed user name is still checked there (#14): a
+        wrong password is refused with CONNACK 4 on both listeners."""
         self.assertEqual((yield self.connack(self.broker, "a1", listener="tcp.open")),
                          CONNACK_OK)
         self.assertEqual((yield self.connack(self.broker, "a2", listener="tcp.default")),
                          CONNACK_NOT_AUTHORIZED)
-        # OR semantics: the register chain is skipped there, whatever the credentials
+        # a claimed user name is verified even where anonymous clients are let in
         self.assertEqual((yield self.connack(self.broker, "a3", "monitor", "wrong",
-                                             listener="tcp.open")), CONNACK_OK)
+                                             listener="tcp.open")), CONNACK_BAD_LOGIN)
         self.assertEqual((yield self.connack(self.broker, "a4", "monitor", "wrong",
                                              listener="tcp.default")), CONNACK_BAD_LOGIN)
         client = self.user(self.broker, "paho-anon", listener="tcp.default")
@@ -661,7 +666,7 @@ vmq_acl.acl_reload_interval = 0
     def test_per_listener_auth_plugins(self):
         """listener.X.auth_plugins gives each listener its own register chain: tenant users
         log in only on the tenants listener and vmq_passwd users only on the default one
-        (CONNACK 5 elsewhere); a wrong tenant password is CONNACK 4."""
+        (elsewhere they are unknown: CONNACK 4, as a wrong tenant password)."""
         b = self.broker
         self.assertEqual((yield self.connack(b, "a", "alice", "secret-a",
                                              listener="tcp.tenants")), CONNACK_OK)
@@ -669,10 +674,10 @@ vmq_acl.acl_reload_interval = 0
                          CONNACK_BAD_LOGIN)
         # the default listener's chain is vmq_passwd only: alice is unknown there
         self.assertEqual((yield self.connack(b, "a", "alice", "secret-a")),
-                         CONNACK_NOT_AUTHORIZED)
+                         CONNACK_BAD_LOGIN)
         # and vmq_passwd's users are unknown on the tenants listener
         self.assertEqual((yield self.connack(b, "m", "monitor", "mon", listener="tcp.tenants")),
-                         CONNACK_NOT_AUTHORIZED)
+                         CONNACK_BAD_LOGIN)
         self.assertEqual((yield self.connack(b, "m", "monitor", "mon")), CONNACK_OK)
         client = self.tenant("alice", password="nope")
         self.assertEqual((yield in_thread(refused_then_closed, client)),
@@ -753,7 +758,7 @@ vmq_acl.acl_reload_interval = 0
         users = dict(TENANTS, dave={"password": "pw-d", "tenant": "tenant-d"})
         self.file("tenants.json", json.dumps(users))
         self.assertEqual((yield self.connack(self.broker, "d", "dave", "pw-d",
-                                             listener="tcp.tenants")), CONNACK_NOT_AUTHORIZED)
+                                             listener="tcp.tenants")), CONNACK_BAD_LOGIN)
         self.broker.reload()
         self.assertEqual((yield self.connack(self.broker, "d", "dave", "pw-d",
                                              listener="tcp.tenants")), CONNACK_OK)

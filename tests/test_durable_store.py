@@ -209,7 +209,9 @@ class DurableStoreTests(BrokerTestCase):
         2000, in order."""
         n = 2000  # enough that commits take a while: the last ones are not on disk
         with open(self.config, "a", encoding="utf-8") as f:  # when acknowledged too early
-            f.write("max_offline_messages = -1\n")
+            # and, as in VerneMQ, keep the whole backlog when the subscriber comes back
+            # (without it only max_online_messages of it would move online)
+            f.write("max_offline_messages = -1\noverride_max_online_messages = on\n")
         proc, port = yield self.start()
         sub = self.client(port, "durable-sub", clean=False)
         yield in_thread(lambda: (sub.connect(), sub.subscribe("k/#", 1), sub.disconnect()))

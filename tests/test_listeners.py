@@ -109,9 +109,9 @@ class MountpointTests(BrokerTestCase):
         self.assertEqual((payload, dropped), (b"a still connected", False))
         sessions = self.broker.broker.sessions
         self.assertIn(("site-a", "same"), sessions)
-        self.assertIn(("site-b", "same"), sessions)  # trailing '/' stripped
+        self.assertIn(("site-b/", "same"), sessions)  # kept as written, as in VerneMQ
         self.assertIsNotNone(sessions[("site-a", "same")].conn)
-        self.assertIsNotNone(sessions[("site-b", "same")].conn)
+        self.assertIsNotNone(sessions[("site-b/", "same")].conn)
 
 
 class MaxConnectionsTests(BrokerTestCase):
@@ -238,12 +238,13 @@ class ProtocolVersionTests(BrokerTestCase):
         self.broker = self.start_broker(
             "allow_anonymous = on\n"
             "listener.tcp.default = 127.0.0.1:0\n"
+            "listener.tcp.default.allowed_protocol_versions = 3,4\n"
             "listener.tcp.only311 = 127.0.0.1:0\n"
             "listener.tcp.only311.allowed_protocol_versions = 4\n")
 
     @inlineCallbacks
     def test_default_refuses_mqtt5_raw(self):
-        """A listener with the default allowed_protocol_versions (3,4) refuses an MQTT 5.0
+        """A listener with allowed_protocol_versions = 3,4 refuses an MQTT 5.0
         CONNECT with an unsupported-version CONNACK (5.0 reason 0x84 or 3.x code 1), closes
         the connection and keeps no session."""
         client = yield self.raw_client(self.broker)

@@ -24,13 +24,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from vmqtw.auth.hooks import Notifier
-from vmqtw.cluster.wiring import CLUSTER_KINDS, ClusterConfigError, cluster_node
+from vmqtw.cluster.wiring import ClusterConfigError, cluster_node
 from vmqtw.auth.loader import (
     AUTHN_INTERFACES, AUTHZ_INTERFACES, listener_authorizer, load_plugins, provides_any,
 )
 from vmqtw import logs
 from vmqtw.codec import reasons
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
+from vmqtw.connection.reauth import watch_reloads
 from vmqtw.core.broker import Broker
 from vmqtw.core.interfaces import IStore
 from vmqtw.store import StoreError, open_store
@@ -202,6 +203,9 @@ class BrokerService(MultiService):
                 self.broker.offline_hook = self.notifier.on_offline_message
             self.authorizers = {l.key: listener_authorizer(config, l, self.plugins)
                                 for l in config.listeners}
+            # ACL/password file reloads reach existing sessions (#14).
+            watch_reloads(self.broker, {f"{lc.kind}.{lc.name}": self.authorizers[lc.key]
+                                        for lc in config.listeners}, self.plugins)
         except ConfigError as e:
             raise StartupError(str(e)) from e
         self.listeners: dict[str, ListenerService] = {}
@@ -212,8 +216,6 @@ class BrokerService(MultiService):
         if self.cluster is not None:  # the netsplit flags
             self.authorizers = self.cluster.gate(self.authorizers)
         for listener in config.listeners:
-            if self.cluster is not None and listener.kind in CLUSTER_KINDS:
-                continue  # the cluster node listens on these
             factory = MQTTFactory(self.broker, self.authorizers[listener.key], listener,
                                   reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)

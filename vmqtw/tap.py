@@ -1,6 +1,7 @@
 """``twistd vmqtw`` options and service maker, and the ``vmqtw`` console script."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -8,22 +9,47 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from vmqtw import __version__
 from vmqtw import config as configmod
 from vmqtw.transport import activation  # noqa: F401  (before Twisted's endpoints; see there)
 
 
+#: The configuration file used without ``-c`` (relative to the working directory).
+DEFAULT_CONFIG = "etc/broker.conf"
+
+
 class Options(usage.Options):
-    synopsis = "[-c FILE] [--check]"
+    synopsis = "[-c FILE] [--check] [--sample-config] [--version]"
     longdesc = ("Run the vmqtw MQTT broker with listeners and settings read from a "
-                "VerneMQ-style configuration file.")
+                "VerneMQ-style configuration file.  Start from the sample one: "
+                "vmqtw --sample-config > broker.conf")
     optParameters = [
-        ["config", "c", "etc/broker.conf", "Path of the broker configuration file."],
+        ["config", "c", None,
+         f"Path of the broker configuration file [default: {DEFAULT_CONFIG}]."],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print the resolved listeners and exit."],
     ]
 
+    def opt_version(self) -> NoReturn:
+        """Print vmqtw's version and exit."""
+        sys.stdout.write(f"vmqtw {__version__}\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+    def opt_sample_config(self) -> NoReturn:
+        """Print the sample configuration shipped with vmqtw and exit."""
+        from vmqtw.data import read_sample
+        sys.stdout.write(read_sample("broker.conf"))
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
+        if self["config"] is None:
+            self["config"] = DEFAULT_CONFIG
+            if not os.path.exists(DEFAULT_CONFIG):
+                sys.stderr.write(no_config_message())
+                raise SystemExit(2)
         try:
             self.broker_config = configmod.load(self["config"])
         except configmod.ConfigError as e:
@@ -83,6 +109,17 @@ class _Broker(MultiService):
             startup_failed(e)
 
 
+def no_config_message() -> str:
+    """What a bare ``vmqtw`` (no ``-c``, no ``etc/broker.conf`` here) says."""
+    from vmqtw.data import sample_dir
+    return (f"vmqtw: no configuration file: {DEFAULT_CONFIG} does not exist in "
+            f"{os.getcwd()} and no -c FILE was given.\n"
+            "vmqtw: start from the sample shipped with vmqtw:\n"
+            "    vmqtw --sample-config > broker.conf\n"
+            "    vmqtw -c broker.conf --check && vmqtw -c broker.conf\n"
+            f"vmqtw: (the sample and its vmq.passwd and vmq.acl are in {sample_dir()})\n")
+
+
 def startup_failed(error: Exception, log: bool = True) -> NoReturn:
     """Report a startup problem as one line on the process's real stderr and exit 1.
 
@@ -102,11 +139,13 @@ def makeService(options: Options) -> IService:
     parent = getattr(options, "parent", None)
     daemonizing = parent is not None and not parent.get("nodaemon", True)
     try:
+        # Still in twistd's first process (it forks later), with its stderr.
         broker = make_service(options.broker_config)
     except StartupError as e:
-        if daemonizing:
-            raise
         startup_failed(e, log=False)  # twistd has not started logging yet
+    if daemonizing:
+        from vmqtw.daemon import report_startup_errors_in_one_line
+        report_startup_errors_in_one_line()
     return _Broker(broker, exit_on_error=not daemonizing)
 
 

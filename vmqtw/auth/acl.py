@@ -51,8 +51,9 @@ Settings: ``vmq_acl.acl_file`` (default ``vmq.acl`` next to broker.conf),
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from zope.interface import implementer
 
@@ -289,6 +290,9 @@ class AclPlugin(ReloadingFile[AclTable]):
 
     def __init__(self, path: str, interval: int, context: PluginContext) -> None:
         self.table = AclTable()
+        #: Called (without arguments) after a reload installed new rules: the
+        #: broker authorizes existing subscriptions again (``vmqtw.connection.reauth``).
+        self.rules_reloaded: list[Callable[[], None]] = []
         super().__init__(path, interval, context)
 
     def parse(self, data: bytes) -> AclTable:
@@ -296,6 +300,8 @@ class AclPlugin(ReloadingFile[AclTable]):
 
     def install(self, table: AclTable) -> None:
         self.table = table
+        for observer in list(self.rules_reloaded):
+            observer()
 
     def allows(self, access: str, client: IClient, topic: str) -> bool:
         return self.table.allows(access, client.username, client.client_id,
@@ -322,4 +328,7 @@ def make_plugin(settings: Mapping[str, str], context: PluginContext) -> AclPlugi
     if not path:
         raise ValueError("vmq_acl.acl_file is empty")
     interval = parse_interval(settings, "acl_reload_interval", "vmq_acl")
-    return AclPlugin(resolve_path(path, context.config_dir), interval, context)
+    # Relative to the configuration file's directory; normalised so that errors name
+    # the file plainly.
+    return AclPlugin(os.path.normpath(resolve_path(path, context.config_dir)), interval,
+                     context)

@@ -205,11 +205,18 @@ class Authorizer:
         self._has_publish = self._has_subscribe = self.authz_enabled
         #: True when some plugin of the register chain does MQTT 5.0 enhanced auth.
         self.has_on_auth = bool(self.chain.providers(IOnAuth))
+        #: True when some plugin of the register chain checks CONNECTs.
+        self.has_register = bool(self.chain.providers(IAuthOnRegister))
 
     def register(self, request: RegisterRequest,
                  anonymous_override: bool = False) -> "defer.Deferred[Result]":
         if self.allow_anonymous or anonymous_override:
             return defer.succeed(OK)
+        return self.chain.run_async(IAuthOnRegister, "auth_on_register", request)
+
+    def verify(self, request: RegisterRequest) -> "defer.Deferred[Result]":
+        """The register chain's answer even where anonymous access is allowed
+        (a claimed user name is checked: see ``vmqtw.connection.connect.register``)."""
         return self.chain.run_async(IAuthOnRegister, "auth_on_register", request)
 
     def publish(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,

@@ -19,7 +19,9 @@ import os
 from typing import Any, Generic, Mapping, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted import logger as twisted_logger
+
+from vmqtw.logs import Logger
 
 __all__ = ["PluginContext", "FileFormatError", "ReloadingFile", "resolve_path",
            "parse_interval", "check_settings"]
@@ -31,7 +33,7 @@ class PluginContext:
     """What a plugin gets from the loader besides its settings."""
 
     def __init__(self, reactor: IReactorTime, config_dir: str,
-                 log: Logger | None = None) -> None:
+                 log: twisted_logger.Logger | None = None) -> None:
         #: Used for periodic reloads (callLater, seconds).
         self.reactor = reactor
         #: Relative paths in the plugin's settings resolve against this directory.

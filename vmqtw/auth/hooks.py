@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from vmqtw.auth import api
@@ -18,6 +17,7 @@ from vmqtw.auth.chain import PluginResultError
 from vmqtw.auth.modifiers import DELIVER as DELIVER_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
+from vmqtw.logs import Logger
 
 
 class Notifier:

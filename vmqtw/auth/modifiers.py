@@ -85,6 +85,7 @@ REGISTER: dict[str, Callable[[Any], Any]] = {
     "max_online_messages": _int(-1),
     "max_offline_messages": _int(-1),
     "max_connection_lifetime": _int(0),
+    "max_message_rate": _int(0),
     "retry_interval": _int(0),
     "upgrade_qos": _bool,
 }

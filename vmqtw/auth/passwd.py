@@ -32,7 +32,7 @@ import binascii
 import hashlib
 import hmac
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from zope.interface import implementer
 
@@ -205,13 +205,21 @@ class PasswdPlugin(ReloadingFile[dict[str, PasswordHash]]):
 
     def __init__(self, path: str, interval: int, context: PluginContext) -> None:
         self._users: dict[str, PasswordHash] = {}
+        #: Called after a reload with the user names removed from the file or
+        #: whose password changed: the broker closes their connections.
+        self.users_revoked: list[Callable[[frozenset[str]], None]] = []
         super().__init__(path, interval, context)
 
     def parse(self, data: bytes) -> dict[str, PasswordHash]:
         return parse_password_file(data, self.warn)
 
     def install(self, table: dict[str, PasswordHash]) -> None:
-        self._users = table
+        old, self._users = self._users, table
+        revoked = frozenset(user for user, entry in old.items()
+                            if user not in table or table[user].digest != entry.digest)
+        if revoked:
+            for observer in list(self.users_revoked):
+                observer(revoked)
 
     @property
     def users(self) -> frozenset[str]:
@@ -238,4 +246,7 @@ def make_plugin(settings: Mapping[str, str], context: PluginContext) -> PasswdPl
     if not path:
         raise ValueError("vmq_passwd.password_file is empty")
     interval = parse_interval(settings, "password_reload_interval", "vmq_passwd")
-    return PasswdPlugin(resolve_path(path, context.config_dir), interval, context)
+    # Relative to the configuration file's directory; normalised so that errors name
+    # the file plainly.
+    return PasswdPlugin(os.path.normpath(resolve_path(path, context.config_dir)), interval,
+                        context)

@@ -35,16 +35,11 @@ from vmqtw.cluster.netsplit import NetsplitGate
 from vmqtw.cluster.registry import ClientRegistry
 from vmqtw.cluster.router import ClusterRouter
 from vmqtw.cluster.tls import TLS_PREFIX, OptionError, client_creator, split_address
-from vmqtw.cluster.wiring import CLUSTER_KINDS, ClusterConfigError
-from vmqtw.config import BrokerConfig, ClusterConfig, ListenerConfig
+from vmqtw.cluster.wiring import ClusterConfigError, cluster_listeners
+from vmqtw.config import BrokerConfig, ClusterConfig
 from vmqtw.logs import Logger
 from vmqtw.transport.endpoints import listener_endpoint
 from vmqtw.transport.errors import LayerError
-
-def cluster_listeners(config: BrokerConfig) -> list[ListenerConfig]:
-    """The ``listener.vmq`` / ``listener.vmqs`` listeners of ``config``."""
-    return [l for l in config.listeners if l.kind in CLUSTER_KINDS]
-
 
 def make_metadata(cluster: ClusterConfig, reactor: Any) -> Any:
     """The ``IMetadata`` provider the configuration asks for (Redis)."""

@@ -170,10 +170,11 @@ class ClusterRouter:
 
     # -- publishing ------------------------------------------------------------------
 
-    def publish(self, message: Message, mountpoint: str) -> None:
+    def publish(self, message: Message, mountpoint: str, retain: bool = True) -> None:
         """A message published on this node: once to each node with a matching route;
-        a retained one is also recorded in the metadata."""
-        if message.retain:
+        a retained one is also recorded in the metadata (unless ``retain`` is false:
+        the local retained quotas refused it)."""
+        if message.retain and retain:
             self._retain(message, mountpoint)
         tree = self.remote.get(mountpoint)
         if tree is None:

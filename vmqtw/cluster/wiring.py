@@ -17,20 +17,18 @@ class ClusterConfigError(Exception):
     """The cluster cannot be set up as configured (the message names file:line)."""
 
 
+def cluster_listeners(config: BrokerConfig) -> list[Any]:
+    """The ``listener.vmq`` / ``listener.vmqs`` listeners of ``config`` (the MQTT
+    service leaves them alone: they are in ``config.unserved_listeners``)."""
+    return [l for l in config.unserved_listeners if l.kind in CLUSTER_KINDS]
+
+
 def cluster_node(config: BrokerConfig, broker: Any, reactor: Any) -> Any:
     """A :class:`~vmqtw.cluster.node.ClusterNode` for ``broker`` when the configuration
-    names a metadata engine, else None (a single node, as before).
-
-    A ``listener.vmq`` without a metadata engine is a :class:`ClusterConfigError`
-    naming its line: the nodes would have no way to find each other.
+    names a metadata engine, else None: a single node, as before (a ``listener.vmq``
+    is then not opened; the configuration carries a warning for it).
     """
-    vmq = [l for l in config.listeners if l.kind in CLUSTER_KINDS]
     if not config.cluster.enabled:
-        if vmq:
-            file, line = vmq[0].source
-            raise ClusterConfigError(
-                f"{file}:{line}: {vmq[0].key}: a cluster listener needs a metadata "
-                f"engine (metadata_plugin = redis and metadata.redis.url)")
         return None
     from vmqtw.cluster.node import ClusterNode
     return ClusterNode(config, broker, reactor)

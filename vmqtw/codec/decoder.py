@@ -26,7 +26,12 @@ from vmqtw.codec.properties import (
 
 DEFAULT_MAX_PACKET_SIZE = 268435460  # 1 + 4 + 268,435,455
 
-_VALID_PROTOCOLS = frozenset(((b"MQIsdp", 3), (b"MQTT", 4), (b"MQTT", 5)))
+# 131 and 132 are 3.1 and 3.1.1 with the bridge bit (0x80) that a mosquitto
+# bridge with ``try_private true`` sets; the decoder keeps the level as sent
+# (every ``level == MQTT5`` test treats them as 3.x) and reads a bridge's
+# SUBSCRIBE as no-local + retain-as-published, as mosquitto and VerneMQ do.
+_VALID_PROTOCOLS = frozenset(((b"MQIsdp", 3), (b"MQTT", 4), (b"MQTT", 5),
+                              (b"MQIsdp", 0x80 | 3), (b"MQTT", 0x80 | 4)))
 
 # Required low nibble of the fixed header for every non-PUBLISH type (spec 2.1.3).
 _FLAGS = (None, 0, 0, None, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0)
@@ -179,7 +184,12 @@ def _decode_subscribe(buf: bytes, p: int, end: int, level: int) -> Subscribe:
         else:
             if o & 0xFC:
                 raise MalformedPacket("requested QoS reserved bits set")
-            opts = SubOptions(qos)
+            if level & 0x80 and not topic.startswith("$share/"):
+                # A bridge: never send its own messages back to it (no
+                # loops), and keep their retain flag for the other broker.
+                opts = SubOptions(qos, True, True)
+            else:
+                opts = SubOptions(qos)
         topics.append((topic, opts))
     if not topics:
         raise ProtocolError("SUBSCRIBE with no topic filters")
@@ -273,18 +283,30 @@ def _decode_other(b0: int, buf: bytes, p: int, end: int, level: int) -> Packet:
 class Decoder:
     """Turn a byte stream into packets.  See the module docstring."""
 
-    __slots__ = ("max_packet_size", "protocol_level", "_pending", "_have", "_need",
-                 "_failed", "_connected")
+    __slots__ = ("max_packet_size", "protocol_level", "preauth_max_packet_size", "_pending",
+                 "_have", "_need", "_failed", "_connected")
 
     def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-                 protocol_level: int | None = None) -> None:
+                 protocol_level: int | None = None,
+                 preauth_max_packet_size: int = 0) -> None:
         self.max_packet_size = max_packet_size
         self.protocol_level = protocol_level
+        #: While not 0, the limit for every packet until ``authenticated()``:
+        #: a bigger one is refused from its fixed header, before its body is
+        #: buffered, and decoding stops after the CONNECT (what follows it is
+        #: decoded with the full limit once the client is authenticated).
+        self.preauth_max_packet_size = preauth_max_packet_size
         self._pending: list[bytes] = []   # buffered chunks of an incomplete packet
         self._have = 0                    # total length of _pending
         self._need = 0                    # bytes needed to complete it (0: unknown)
         self._failed: CodecError | None = None
         self._connected = False           # a CONNECT has been decoded
+
+    def authenticated(self) -> None:
+        """The client is authenticated: ``max_packet_size`` alone applies from
+        now on.  Bytes left after the CONNECT are decoded by the next ``feed``
+        (``feed(b"")`` decodes them without new input)."""
+        self.preauth_max_packet_size = 0
 
     def feed(self, data: bytes) -> list[Packet]:
         """Buffer ``data`` and return every complete packet, in order.
@@ -318,6 +340,9 @@ class Decoder:
         need = 0
         level = self.protocol_level
         max_size = self.max_packet_size
+        preauth = self.preauth_max_packet_size
+        if preauth and preauth < max_size:
+            max_size = preauth
         try:
             while n - pos >= 2:
                 b0 = buf[pos]
@@ -352,7 +377,8 @@ class Decoder:
                 end = start + rl
                 if end - pos > max_size:
                     raise PacketTooLarge(
-                        f"packet of {end - pos} bytes exceeds maximum {max_size}")
+                        f"packet of {end - pos} bytes exceeds maximum {max_size}"
+                        + (" before authentication" if preauth else ""))
                 if end > n:
                     need = end - pos
                     break
@@ -400,6 +426,10 @@ class Decoder:
                     self._connected = True
                     self.protocol_level = level = pkt.protocol_level
                     append(pkt)
+                    if preauth:
+                        # The rest waits for authentication (and its limit).
+                        pos = end
+                        break
                 else:
                     # Control packets are small: decode each from its own slice so
                     # that no read can ever stray into the next packet.

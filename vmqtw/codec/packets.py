@@ -36,6 +36,7 @@ AUTH = 15
 MQTT31 = 3
 MQTT311 = 4
 MQTT5 = 5
+BRIDGE = 0x80  # the bridge bit of levels 131/132 (mosquitto's ``try_private``)
 
 Properties = dict[str, Any]
 
@@ -102,7 +103,7 @@ class Connect(Packet):
                  password: bytes | None = None, properties: Properties | None = None,
                  protocol_name: str | None = None) -> None:
         if protocol_name is None:
-            protocol_name = "MQIsdp" if protocol_level == MQTT31 else "MQTT"
+            protocol_name = "MQIsdp" if protocol_level & ~BRIDGE == MQTT31 else "MQTT"
         self.protocol_name = protocol_name
         self.protocol_level = protocol_level
         self.clean_start = clean_start

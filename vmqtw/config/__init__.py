@@ -23,8 +23,13 @@ Rules:
 - listener settings resolve named -> protocol -> root -> built-in default
   (see ``REGISTRY`` and ``vmqtw.config.parser``).
 
-Every problem raises ``ConfigError`` naming the file, the line and the key.  When
-a file has several problems, the one on the earliest line is reported.
+Every problem is a ``ConfigError`` naming the file, the line and the key.  All
+the problems of a file are found in one run and raised together as one
+``ConfigErrors`` (a ``ConfigError`` for the earliest one; ``errors`` has them
+all, ``str()`` is one line each).  A key VerneMQ has but vmqtw does not act on
+is accepted with a ``ConfigWarning`` in ``BrokerConfig.warnings``
+(``vmqtw.config.compat``); relative paths are taken against the file's
+directory.
 
 Nothing here binds sockets or reads other files; that is the daemon's job.
 
@@ -36,18 +41,23 @@ The package, by role (imports point down this list):
   of the store;
 - ``model``: ``BrokerConfig``, ``ListenerConfig``, ``PluginConfig``,
   ``Address``, ``ConfigError``;
+- ``compat``: VerneMQ keys accepted without (all of) their effect, and why;
+- ``build``: the ``log.*`` settings and the built-in plugins on by default;
 - ``parser``: tokenise, check, resolve, build (``parse``, ``load``);
 - ``describe``: the ``--check`` description.
 """
 
 from __future__ import annotations
 
+from vmqtw.config import compat as compat
 from vmqtw.config import parser as _parser
-from vmqtw.config.describe import describe_listeners, describe_tls
+from vmqtw.config.describe import describe_listeners, describe_tls, describe_warnings
 from vmqtw.config.model import (
     Address,
     BrokerConfig,
     ConfigError,
+    ConfigErrors,
+    ConfigWarning,
     ListenerConfig,
     PluginConfig,
 )
@@ -67,6 +77,7 @@ from vmqtw.config.schema import _scope as _scope
 from vmqtw.config.settings import (
     PROXY_HEADER_TIMEOUT,
     ClusterConfig,
+    LogConfig,
     ProxyConfig,
     SettingError,
     StoreConfig,
@@ -81,6 +92,9 @@ from vmqtw.config.values import _bool as _bool
 
 __all__ = [
     "ConfigError",
+    "ConfigErrors",
+    "ConfigWarning",
+    "LogConfig",
     "Address",
     "ListenerConfig",
     "PluginConfig",
@@ -107,12 +121,14 @@ __all__ = [
     "load",
     "describe_listeners",
     "describe_tls",
+    "describe_warnings",
 ]
 
 
 def parse(text: str, filename: str = "<config>") -> BrokerConfig:
     """
-    Parse configuration text; raise ``ConfigError`` on the first problem.
+    Parse configuration text; raise ``ConfigErrors`` (a ``ConfigError``)
+    listing every problem.
 
     The listener options are this package's ``REGISTRY`` at the time of the
     call, so replacing ``vmqtw.config.REGISTRY`` extends the file format.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from vmqtw.config.model import BrokerConfig, ListenerConfig
 from vmqtw.config.settings import TLSConfig
 
-__all__ = ["describe_listeners", "describe_tls"]
+__all__ = ["describe_listeners", "describe_tls", "describe_warnings"]
 
 
 def describe_listeners(config: BrokerConfig) -> str:
@@ -16,14 +16,16 @@ def describe_listeners(config: BrokerConfig) -> str:
     A plain-text table of the resolved listeners, for ``--check``, followed by
     a ``describe_tls`` block for each listener with TLS settings.
     """
-    if not config.listeners:
+    listeners = sorted(config.listeners + config.unserved_listeners,
+                       key=lambda lc: lc.source[1])
+    if not listeners:
         return f"{config.path}: no listeners configured"
     header = (
         "KIND", "NAME", "ADDRESS", "MOUNTPOINT", "MAX_CONN", "ACCEPTORS",
         "VERSIONS", "LIFETIME", "ANON_OVERRIDE", "PROXY", "SOURCE",
     )
     rows: list[tuple[str, ...]] = [header]
-    for lc in config.listeners:
+    for lc in listeners:
         versions = ",".join(str(v) for v in sorted(lc.allowed_protocol_versions))
         rows.append((
             lc.kind,
@@ -46,9 +48,18 @@ def describe_listeners(config: BrokerConfig) -> str:
     blocks = ["\n".join(lines)]
     blocks.extend(
         describe_tls(lc, config.crl_refresh_interval)
-        for lc in config.listeners if lc.tls is not None
+        for lc in listeners if lc.tls is not None
     )
     return "\n\n".join(blocks)
+
+
+def describe_warnings(config: BrokerConfig) -> str:
+    """
+    One ``vmqtw: warning: FILE:LINE: KEY: MESSAGE`` line per entry of
+    ``config.warnings`` (keys accepted without their VerneMQ effect, listeners
+    not served, plugins on by default but not loaded), or ``""``.
+    """
+    return "\n".join(f"vmqtw: warning: {w}" for w in config.warnings)
 
 
 def _verify(tls: TLSConfig) -> str:

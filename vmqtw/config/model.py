@@ -18,6 +18,7 @@ from functools import cached_property
 
 from vmqtw.config.settings import (
     ClusterConfig,
+    LogConfig,
     ProxyConfig,
     StoreConfig,
     TLSConfig,
@@ -49,6 +50,46 @@ class ConfigError(Exception):
         if self.key:
             return f"{self.file}: {self.key}: {self.message}"
         return f"{self.file}: {self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """
+    Every problem of one file, found in one run.
+
+    It is a ``ConfigError`` for the first problem (``file``, ``line``, ``key``
+    and ``message`` are the earliest one's), and ``errors`` holds them all in
+    line order.  ``str(e)`` is one ``FILE:LINE: KEY: MESSAGE`` line per problem,
+    so ``--check`` prints them all.
+    """
+
+    def __init__(self, errors: "list[ConfigError] | tuple[ConfigError, ...]") -> None:
+        ordered = sorted(errors, key=lambda e: e.line)
+        self.errors: tuple[ConfigError, ...] = tuple(ordered)
+        first = ordered[0]
+        super().__init__(first.file, first.line, first.key, first.message)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(e) for e in getattr(self, "errors", ()))
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """
+    A key that is accepted but does not do (everything) it does in VerneMQ.
+
+    ``line`` is 0 when the warning is about a default rather than a line.
+    ``str(w)`` is ``"FILE:LINE: KEY: MESSAGE"`` like a ``ConfigError``.
+    """
+
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}: {self.key}: {self.message}"
+        return f"{self.file}: {self.key}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -132,7 +173,10 @@ class ListenerConfig:
     @cached_property
     def tls(self) -> TLSConfig | None:
         """The TLS settings (None for a kind without TLS)."""
-        return tls_config(self.options, self.kind, self.key)
+        # Relative TLS/PSK file paths are taken against the directory of the
+        # file that declares the listener, like every path of the file.
+        base = os.path.dirname(os.path.abspath(self.source[0]))
+        return tls_config(self.options, self.kind, self.key, base)
 
     @cached_property
     def websocket(self) -> WebSocketConfig | None:
@@ -150,7 +194,12 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class PluginConfig:
-    """One ``plugins.NAME`` line with its ``priority`` and ``path``."""
+    """
+    One ``plugins.NAME`` line with its ``priority`` and ``path``.
+
+    ``vmq_passwd`` and ``vmq_acl`` are on by default, as in VerneMQ: without a
+    ``plugins.NAME`` line they get a ``PluginConfig`` with ``source`` line 0.
+    """
 
     name: str
     enabled: bool
@@ -166,15 +215,29 @@ class BrokerConfig:
 
     Typed top-level keys are fields; recognised keys without behaviour yet are
     in ``extra`` as raw strings; ``NAME.key`` settings of plugins are in
-    ``plugin_settings``; ``store`` is the ``persistent_store.*`` keys, ``cluster``
-    the cluster keys (also in ``extra``).
+    ``plugin_settings``; ``store`` is the ``persistent_store.*`` keys and
+    ``log`` the ``log.*`` keys, ``cluster`` the cluster keys (also in ``extra``).
+    ``warnings`` lists every key that is accepted
+    but has no effect (or not all of its VerneMQ effect) in vmqtw, and every
+    listener declared but not served: the service logs them at startup.
+
+    MQTT 5.0 topic aliases, with VerneMQ's meaning:
+
+    - ``topic_alias_max_client`` is the INBOUND limit: announced to the client
+      in CONNACK as Topic Alias Maximum; the client may use aliases 1..N in
+      its PUBLISH packets (an alias above it is a protocol error, 0x94).
+      Also available as ``topic_alias_inbound_max``.
+    - ``topic_alias_max_broker`` is the OUTBOUND limit: the broker uses at
+      most this many aliases towards a client, and never more than the
+      client's CONNECT Topic Alias Maximum.  Also ``topic_alias_outbound_max``.
     """
 
     path: str
     listeners: tuple[ListenerConfig, ...]
     allow_anonymous: bool = False
     max_client_id_size: int = 100
-    max_message_size: int = 0
+    # Finite by default (VerneMQ: 0 = the protocol's 256 MiB); see README "Security".
+    max_message_size: int = 1048576
     max_inflight_messages: int = 20
     max_online_messages: int = 1000
     max_offline_messages: int = 1000
@@ -183,11 +246,16 @@ class BrokerConfig:
     persistent_client_expiration: int | None = None
     topic_max_depth: int = 10
     upgrade_outgoing_qos: bool = False
-    max_subscriptions_per_client: int = 0
+    # Finite by default (VerneMQ: 0 = unlimited); see README "Security".
+    max_subscriptions_per_client: int = 10000
     disconnect_on_unauthorized_publish_v3: bool = False
     suppress_lwt_on_session_takeover: bool = False
     shared_subscription_policy: str = "prefer_local"
     queue_type: str = "fifo"
+    override_max_online_messages: bool = False
+    # Accepted; enforcement is the connection code's (a startup warning says
+    # so while it is not): 0 = no limit.
+    max_message_rate: int = 0
     receive_max_client: int = 65535
     receive_max_broker: int = 65535
     topic_alias_max_client: int = 0
@@ -196,6 +264,14 @@ class BrokerConfig:
     # Our own key (VerneMQ has none): cap for MQTT 5.0 keep alive, announced
     # as Server Keep Alive; 0 = no cap.
     max_keep_alive: int = 0
+    # Our own keys (VerneMQ has none), see README "Security": the largest
+    # packet before authentication completes; the retained messages kept
+    # (count and payload bytes); the payload bytes of QoS 1/2 messages
+    # unacknowledged by one client.  0 = no limit.
+    max_preauth_packet_size: int = 102400
+    max_retained_messages: int = 1000000
+    max_retained_bytes: int = 1073741824
+    max_inflight_bytes: int = 16777216
     max_ws_frame_size: int = 268435456
     crl_refresh_interval: int = 60000
     log_level: str = "info"
@@ -210,8 +286,37 @@ class BrokerConfig:
         default_factory=_empty_mapping, hash=False, compare=False, repr=False
     )
     store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     #: The cluster keys (``nodename``, ``metadata_plugin``...; vmqtw.cluster).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    #: Declared listeners of kinds vmqtw does not serve yet (vmq, vmqs, http,
+    #: https); each has a "not served yet" warning.
+    unserved_listeners: tuple[ListenerConfig, ...] = ()
+    warnings: tuple[ConfigWarning, ...] = field(default=(), hash=False, compare=False)
+
+    @property
+    def topic_alias_inbound_max(self) -> int:
+        """Aliases a client may send (CONNACK Topic Alias Maximum):
+        VerneMQ's ``topic_alias_max_client``."""
+        return self.topic_alias_max_client
+
+    @property
+    def topic_alias_outbound_max(self) -> int:
+        """Aliases the broker may use towards a client (also capped by the
+        client's CONNECT Topic Alias Maximum): VerneMQ's
+        ``topic_alias_max_broker``."""
+        return self.topic_alias_max_broker
+
+    @property
+    def config_dir(self) -> str:
+        """The directory every relative path of the file is taken against."""
+        return os.path.dirname(os.path.abspath(self.path))
+
+    def resolve(self, path: str) -> str:
+        """``path`` made absolute against ``config_dir`` (absolute ones unchanged)."""
+        if not path or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.config_dir, path))
 
     def __post_init__(self) -> None:
         # The store directory is relative to the configuration file's directory.

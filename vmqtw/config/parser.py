@@ -13,27 +13,34 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from vmqtw.config import descriptions
+from vmqtw.config import compat, descriptions
+from vmqtw.config.build import build_log, builtin_plugins
 from vmqtw.config.model import (
     Address,
     BrokerConfig,
     ConfigError,
+    ConfigErrors,
+    ConfigWarning,
     ListenerConfig,
     PluginConfig,
 )
 from vmqtw.config.schema import (
     _LISTENER_NAME_RE,
-    BUILTIN_PLUGINS,
+    VERNEMQ_PLUGINS,
     GLOBAL_KEYS,
     LISTENER_KINDS,
     NAMED,
     PROTOCOL,
     REGISTRY,
     ROOT,
+    SERVED_KINDS,
+    GlobalKey,
     ListenerOption,
     root_options,
 )
-from vmqtw.config.settings import ClusterConfig, SettingError, StoreConfig, cluster_config
+from vmqtw.config.settings import (
+    CLUSTER_KEYS, ClusterConfig, SettingError, StoreConfig, cluster_config,
+)
 from vmqtw.config.values import (
     _PLUGIN_NAME_RE,
     Validator,
@@ -57,8 +64,10 @@ class _Set:
 
 class _Parser:
     """
-    One run over one file.  Problems are collected in ``errors`` and the one
-    on the earliest line is raised at the end of ``run``.
+    One run over one file.  Problems are collected in ``errors`` and all of
+    them are raised at the end of ``run`` as one ``ConfigErrors``; keys that
+    are accepted without (all of) their VerneMQ effect are collected in
+    ``warnings`` (``vmqtw.config.compat``).
     """
 
     def __init__(self, filename: str, registry: Mapping[str, ListenerOption]) -> None:
@@ -66,6 +75,7 @@ class _Parser:
         self.registry = registry
         self.root_options = root_options(registry)
         self.errors: list[ConfigError] = []
+        self.warnings: list[ConfigWarning] = []
         self.sources: dict[str, int] = {}
         self.typed: dict[str, Any] = {}
         self.extra: dict[str, str] = {}
@@ -77,11 +87,17 @@ class _Parser:
         self.plugin_lines: dict[str, dict[str, tuple[Any, int]]] = {}
         self.plugin_settings: dict[str, dict[str, str]] = {}
         self.plugin_list_uses: list[tuple[int, str, tuple[str, ...]]] = []
+        self.plugin_setting_lines: dict[str, int] = {}
+        # key -> (line, reason) of accepted keys without effect (last line wins)
+        self.no_effect: dict[str, tuple[int, str]] = {}
 
     # -- helpers --
 
     def fail(self, line: int, key: str, message: str) -> None:
         self.errors.append(ConfigError(self.filename, line, key, message))
+
+    def warn(self, line: int, key: str, message: str) -> None:
+        self.warnings.append(ConfigWarning(self.filename, line, key, message))
 
     def check(self, line: int, key: str, validator: Validator, raw: str) -> tuple[bool, Any]:
         try:
@@ -102,13 +118,19 @@ class _Parser:
         for line, key, value in entries:
             self.sources[key] = line
             self.classify(line, key, value, declared, plugin_names)
-        listeners = self.resolve_listeners()
+        # Before the warnings: the cluster keys have an effect on a cluster node only.
+        self.cluster = self.build_cluster()
+        self.value_warnings()
+        listeners, unserved = self.resolve_listeners()
         plugins = self.build_plugins()
         self.check_plugin_lists(plugins)
-        cluster = self.build_cluster()
+        log = build_log(self)
+        for key, (line, reason) in self.no_effect.items():
+            self.warn(line, key, reason)
         if self.errors:
-            # min() keeps the first of several errors on the same line.
-            raise min(self.errors, key=lambda e: e.line)
+            # sorted() is stable: several errors of one line keep their order.
+            raise ConfigErrors(self.errors)
+        self.warnings.sort(key=lambda w: w.line)
         return BrokerConfig(
             path=self.filename,
             listeners=listeners,
@@ -118,10 +140,13 @@ class _Parser:
             ),
             extra=MappingProxyType(self.extra),
             store=self.build_store(),
-            cluster=cluster,
+            cluster=self.cluster,
             key_sources=MappingProxyType(
                 {k: (self.filename, n) for k, n in self.sources.items()}
             ),
+            log=log,
+            unserved_listeners=unserved,
+            warnings=tuple(self.warnings),
             **self.typed,
         )
 
@@ -155,7 +180,7 @@ class _Parser:
 
     @staticmethod
     def find_plugin_names(effective: Mapping[str, int]) -> set[str]:
-        names = set(BUILTIN_PLUGINS)
+        names = set(VERNEMQ_PLUGINS)
         for key in effective:
             parts = key.split(".")
             if parts[0] == "plugins" and len(parts) >= 2 and parts[1]:
@@ -171,6 +196,8 @@ class _Parser:
         plugin_names: set[str],
     ) -> None:
         gk = GLOBAL_KEYS.get(key)
+        if gk is None and key in compat.NO_EFFECT:
+            gk = GlobalKey(check=compat.NO_EFFECT[key][0])
         if gk is not None:
             ok, typed = self.check(line, key, gk.check, value)
             if ok:
@@ -189,6 +216,12 @@ class _Parser:
             return
         if len(parts) >= 2 and parts[0] in plugin_names and all(parts[1:]):
             self.plugin_settings.setdefault(parts[0], {})[".".join(parts[1:])] = value
+            self.plugin_setting_lines[key] = line
+            return
+        reason = compat.prefix_reason(key)
+        if reason is not None:
+            self.extra[key] = value
+            self.no_effect[key] = (line, reason)
             return
         self.fail(line, key, "unknown configuration key")
 
@@ -248,12 +281,17 @@ class _Parser:
                 where = f"for the whole protocol (listener.{kind}.{optname})"
             self.fail(line, key, f"{optname} can only be set {where}")
             return
-        if name is not None and (kind, name) not in declared:
-            self.fail(line, key, f"set but listener.{kind}.{name} is not declared")
-            return
         ok, _ = self.check(line, key, opt.check, value)
         if not ok:
             return
+        if name is not None and (kind, name) not in declared:
+            # VerneMQ ignores the options of a listener that is not declared.
+            self.no_effect[key] = (line, f"listener.{kind}.{name} is not declared: "
+                                         f"this option is ignored")
+            return
+        reason = compat.listener_warning(optname, value)
+        if reason is not None:
+            self.no_effect[key] = (line, reason)
         if name is None:
             self.proto[(kind, optname)] = _Set(value, line)
         else:
@@ -316,8 +354,19 @@ class _Parser:
                 path=got.get("path", (None, 0))[0],
                 source=(self.filename, line),
             )
-        # file order of the plugins.NAME lines
-        return dict(sorted(plugins.items(), key=lambda kv: kv[1].source[1]))
+        plugins.update(builtin_plugins(self, plugins))
+        # file order of the plugins.NAME lines (built-ins on by default first)
+        ordered = dict(sorted(plugins.items(), key=lambda kv: kv[1].source[1]))
+        for name, settings in self.plugin_settings.items():
+            pc = ordered.get(name)
+            if pc is not None and pc.enabled:
+                continue
+            for setting in settings:
+                key = f"{name}.{setting}"
+                self.no_effect[key] = (self.plugin_setting_lines.get(key, 0),
+                                       f"plugins.{name} is not on: this setting has "
+                                       f"no effect")
+        return ordered
 
     def check_plugin_lists(self, plugins: Mapping[str, PluginConfig]) -> None:
         for line, key, names in self.plugin_list_uses:
@@ -330,11 +379,16 @@ class _Parser:
                     )
                     break
 
-    def resolve_listeners(self) -> tuple[ListenerConfig, ...]:
+    def resolve_listeners(
+        self,
+    ) -> tuple[tuple[ListenerConfig, ...], tuple[ListenerConfig, ...]]:
+        """The listeners vmqtw serves, and those it does not serve yet (with a
+        warning each)."""
         # Options for undeclared listeners were already rejected in
         # listener_key; declarations with a bad address were rejected too.
         by_address: dict[tuple[Any, ...], tuple[str, int]] = {}
         listeners = []
+        unserved = []
         ordered = sorted(self.decls.items(), key=lambda kv: kv[1][0].line)
         for (kind, name), (decl, address) in ordered:
             key = f"listener.{kind}.{name}"
@@ -355,8 +409,21 @@ class _Parser:
                     )
                     continue
                 by_address[ident] = (key, decl.line)
-            listeners.append(self.build_listener(kind, name, decl, address))
-        return tuple(listeners)
+            listener = self.build_listener(kind, name, decl, address)
+            if kind in SERVED_KINDS:
+                listeners.append(listener)
+            elif kind in ("vmq", "vmqs"):
+                # Served by the cluster node (vmqtw.cluster) when there is one.
+                unserved.append(listener)
+                if not self.cluster.enabled:
+                    self.warn(decl.line, key, f"VerneMQ's cluster listener ({kind}) is "
+                              f"not served: {address} is not opened (vmqtw is a cluster "
+                              f"node only with metadata_plugin = redis)")
+            else:
+                unserved.append(listener)
+                self.warn(decl.line, key, f"VerneMQ's HTTP API listener ({kind}) is not "
+                                          f"served yet by vmqtw: {address} is not opened")
+        return tuple(listeners), tuple(unserved)
 
     def build_listener(
         self, kind: str, name: str, decl: _Set, address: Address
@@ -405,6 +472,24 @@ class _Parser:
             file, line = listener.option_source(e.option)
             self.fail(line or decl.line, f"{listener.key}.{e.option}", e.message)
         return listener
+
+    def value_warnings(self) -> None:
+        """Keys whose effective value asks for something vmqtw does not do."""
+        for key, line in self.sources.items():
+            if key in CLUSTER_KEYS and self.cluster.enabled:
+                continue  # honoured by the cluster node
+            if key in compat.NO_EFFECT:
+                self.no_effect[key] = (line, compat.NO_EFFECT[key][1])
+                continue
+            if key in self.typed:
+                value = self.typed[key]
+            elif key in self.extra_typed:
+                value = self.extra_typed[key]
+            else:
+                continue
+            reason = compat.value_warning(key, value)
+            if reason is not None:
+                self.no_effect[key] = (line, reason)
 
     def build_store(self) -> StoreConfig:
         """The ``persistent_store.*`` keys (checked by ``classify``)."""
@@ -509,7 +594,7 @@ def parse(
     registry: Mapping[str, ListenerOption] | None = None,
 ) -> BrokerConfig:
     """
-    Parse configuration text; raise ``ConfigError`` on the first problem.
+    Parse configuration text; raise ``ConfigErrors`` listing every problem.
 
     ``registry`` is the table of listener options (default: the schema's
     ``REGISTRY``).

@@ -19,6 +19,7 @@ from vmqtw.config.values import (
     Validator,
     _bool,
     _buffer_sizes,
+    _bytesize_or_infinity,
     _cipher_list,
     _empty_mapping,
     _enum,
@@ -27,6 +28,7 @@ from vmqtw.config.values import (
     _int,
     _ip_list,
     _last_will_delay,
+    _log_level,
     _mountpoint,
     _name_list,
     _plugin_list,
@@ -142,9 +144,9 @@ REGISTRY: dict[str, ListenerOption] = {
     "mountpoint": _opt(_scope((_MQTT + " vmq vmqs", "RPN")), _mountpoint, "off"),
     "max_connection_lifetime": _intopt(_scope((_MQTT, "RPN")), "0", 0),
     # -- MQTT --
-    # Default "3,4" follows the listener documentation our spec is based on;
-    # VerneMQ 2.x's schema default is "3,4,5,131".
-    "allowed_protocol_versions": _opt(_scope((_MQTT, "PN")), _protocol_versions, "3,4"),
+    # VerneMQ 2.x's schema default (its older listener docs say "3,4"):
+    # MQTT 3.1, 3.1.1, 5.0 and 3.1 bridges (131; 132 = 3.1.1 bridges is not).
+    "allowed_protocol_versions": _opt(_scope((_MQTT, "PN")), _protocol_versions, "3,4,5,131"),
     "allow_anonymous_override": _opt(_scope((_MQTT, "N")), _bool, "off"),
     "auth_plugins": _opt(_scope((_MQTT, "N")), _plugin_list),
     "authz_plugins": _opt(_scope((_MQTT, "N")), _plugin_list),
@@ -254,6 +256,8 @@ _TYPED_GLOBALS: dict[str, Validator] = {
         "prefer_local", "local_only", "random", "prefer_online_before_local"
     ),
     "queue_type": _enum("fifo", "lifo"),
+    "override_max_online_messages": _bool,
+    "max_message_rate": _int(0),
     "receive_max_client": _int(1, 65535),
     "receive_max_broker": _int(1, 65535),
     "topic_alias_max_client": _int(0, 65535),
@@ -261,6 +265,11 @@ _TYPED_GLOBALS: dict[str, Validator] = {
     "max_last_will_delay": _last_will_delay,
     # our own key: MQTT 5.0 Server Keep Alive cap in seconds (0 = no cap)
     "max_keep_alive": _int(0, 65535),
+    # our own keys (security limits, 0 = no limit): see README "Security"
+    "max_preauth_packet_size": _int(0),
+    "max_retained_messages": _int(0),
+    "max_retained_bytes": _int(0),
+    "max_inflight_bytes": _int(0),
     "max_ws_frame_size": _int(1),
     "crl_refresh_interval": _int(0),
     # our own key, not VerneMQ's (VerneMQ uses log.console.level)
@@ -275,15 +284,22 @@ _EXTRA_GLOBALS: dict[str, Validator] = {
     "coordinate_registrations": _bool,
     "systree_enabled": _bool,
     "systree_interval": _int(0),
-    "max_message_rate": _int(0),
-    "override_max_online_messages": _bool,
     "nodename": _str,
     "distributed_cookie": _str,
     "metadata_plugin": _str,
     "expire_retain_cache": _int(0),
-    "log.console": _str,
-    "log.console.level": _str,
+    # log.* (VerneMQ 2.x's names), read into BrokerConfig.log
+    "log.console": _enum("console", "file", "both", "off"),
+    "log.console.level": _log_level,
     "log.console.file": _str,
+    "log.console.rotation.size": _bytesize_or_infinity,
+    "log.console.rotation.keep": _int(0),
+    "log.error": _bool,
+    "log.error.file": _str,
+    "log.error.rotation.size": _bytesize_or_infinity,
+    "log.error.rotation.keep": _int(0),
+    "log.syslog": _bool,
+    "log.syslog.level": _log_level,
     # -- cluster (vmqtw/cluster; see ClusterConfig) --
     "outgoing_clustering_buffer_size": _int(0),
     "outgoing_clustering_flush_threshold": _int(1),
@@ -307,7 +323,26 @@ GLOBAL_KEYS: dict[str, GlobalKey] = {
 }
 
 # Plugins whose settings (NAME.key = value) are accepted even without a
-# plugins.NAME line in the file.
+# plugins.NAME line in the file.  As in VerneMQ they are ON by default.
 BUILTIN_PLUGINS: frozenset[str] = frozenset({"vmq_passwd", "vmq_acl"})
+
+#: Plugins of VerneMQ's release whose ``NAME.key`` settings VerneMQ's schema
+#: knows whether or not the plugin is on: accepted without a ``plugins.NAME``
+#: line (with a warning when the plugin is not on).
+VERNEMQ_PLUGINS: frozenset[str] = BUILTIN_PLUGINS | {"vmq_webhooks", "vmq_diversity",
+                                                      "vmq_bridge"}
+
+#: The default file of each built-in plugin (VerneMQ: ``./etc/vmq.passwd``
+#: and ``./etc/vmq.acl``; here next to the configuration file) and the
+#: setting that names it.
+BUILTIN_PLUGIN_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "vmq_passwd": ("password_file", "vmq.passwd"),
+    "vmq_acl": ("acl_file", "vmq.acl"),
+})
+
+#: Listener kinds vmqtw serves.  The others (vmq, vmqs, http, https) are
+#: accepted with a "not served yet" warning and kept in
+#: ``BrokerConfig.unserved_listeners``.
+SERVED_KINDS: frozenset[str] = frozenset({"tcp", "ssl", "ws", "wss"})
 
 

@@ -18,6 +18,7 @@ listener turns it into a ``FILE:LINE: KEY: message`` error with
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,8 @@ from vmqtw.config.values import TLS_VERSIONS, _Invalid, split_list
 
 __all__ = [
     "SettingError", "TLSConfig", "WebSocketConfig", "ProxyConfig", "StoreConfig",
-    "ClusterConfig", "METADATA_PLUGINS", "cluster_config", "PROXY_HEADER_TIMEOUT",
-    "STORE_SYNC_MODES", "tls_config", "websocket_config",
+    "ClusterConfig", "CLUSTER_KEYS", "METADATA_PLUGINS", "cluster_config",
+    "PROXY_HEADER_TIMEOUT", "STORE_SYNC_MODES", "tls_config", "websocket_config",
 ]
 
 #: Seconds a PROXY-protocol connection has to send its whole header (VerneMQ/Ranch: 10 s).
@@ -167,9 +168,62 @@ class StoreConfig:
                                f"{', '.join(STORE_SYNC_MODES)}, got {self.sync!r}")
 
 
+#: The values of ``log.console``.
+LOG_CONSOLE_MODES: tuple[str, ...] = ("console", "file", "both", "off")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """
+    The ``log.*`` keys, with VerneMQ's meaning.
+
+    - ``console``: where the log goes: ``console`` (standard output),
+      ``file`` (``console_file``), ``both`` or ``off``.  VerneMQ's default
+      is ``file``; vmqtw's is ``console`` (it runs in the foreground or under
+      twistd, whose own log options still apply) unless the file says so.
+    - ``level``: the lowest level logged, vmqtw's name (``debug``, ``info``,
+      ``warn``, ``error``): ``log.console.level`` (``warning`` is ``warn``)
+      or vmqtw's own ``log_level``.
+    - ``console_file``: ``log.console.file``, absolute in a ``BrokerConfig``.
+    - ``rotation_size`` (bytes, None = never) / ``rotation_keep``: rotate
+      ``console_file`` at that size, keeping that many old files
+      (``log.console.rotation.size`` / ``.keep``).
+    - ``error_file``: ``log.error.file`` when ``log.error`` is on (errors
+      and worse are also written there), else ``""``.
+    - ``syslog``: ``log.syslog``; ``syslog_level`` its level.
+    """
+
+    console: str = "console"
+    level: str = "info"
+    console_file: str = ""
+    rotation_size: int | None = None
+    rotation_keep: int = 5
+    error_file: str = ""
+    error_rotation_size: int | None = None
+    error_rotation_keep: int = 5
+    syslog: bool = False
+    syslog_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.console not in LOG_CONSOLE_MODES:
+            raise SettingError("log.console", f"expected one of "
+                               f"{', '.join(LOG_CONSOLE_MODES)}, got {self.console!r}")
+        if self.console in ("file", "both") and not self.console_file:
+            raise SettingError("log.console.file",
+                               f"log.console = {self.console} needs log.console.file")
+
+
 # --------------------------------------------------------------------------
 # Cluster
 # --------------------------------------------------------------------------
+
+#: VerneMQ's cluster keys that ``vmqtw.config.compat`` lists as without effect, but
+#: that a cluster node (``metadata_plugin = redis``) honours.
+CLUSTER_KEYS: frozenset[str] = frozenset({
+    "nodename", "distributed_cookie", "metadata_plugin", "outgoing_clustering_buffer_size",
+    "allow_register_during_netsplit", "allow_publish_during_netsplit",
+    "allow_subscribe_during_netsplit",
+})
 
 #: The values of ``metadata_plugin``: ``none`` is a one-node broker (VerneMQ's own
 #: engines, ``vmq_swc`` and ``vmq_plumtree``, are accepted and mean the same here).
@@ -276,8 +330,16 @@ def cluster_config(got: Mapping[str, Any]) -> ClusterConfig:
 class _Options:
     """Typed access to one listener's resolved option values."""
 
-    def __init__(self, options: Mapping[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str], base_dir: str | None = None) -> None:
         self.options = options
+        self.base_dir = base_dir
+
+    def path(self, name: str) -> str:
+        """A file option, made absolute against ``base_dir`` when relative."""
+        value: str = self.get(name, "")
+        if value and self.base_dir is not None and not os.path.isabs(value):
+            return os.path.normpath(os.path.join(self.base_dir, value))
+        return value
 
     def raw(self, name: str, default: str) -> str:
         value = self.options.get(name)
@@ -295,22 +357,27 @@ class _Options:
             raise SettingError(name, str(e)) from None
 
 
-def tls_config(options: Mapping[str, str], kind: str, key: str) -> TLSConfig | None:
+def tls_config(options: Mapping[str, str], kind: str, key: str,
+               base_dir: str | None = None) -> TLSConfig | None:
     """
     The TLS settings from the resolved ``options`` of listener ``key`` (of
     ``kind``); None for a kind without TLS.  Raises ``SettingError``.
+
+    With ``base_dir``, relative ``certfile``, ``keyfile``, ``cafile``,
+    ``crlfile`` and ``pskfile`` paths are made absolute against it (the
+    configuration file's directory), so that file errors name the real path.
     """
     if kind not in schema.TLS_KINDS:
         return None
-    o = _Options(options)
+    o = _Options(options, base_dir)
     ciphers: tuple[str, ...] = o.get("ciphers", ())
     timeout_ms: int | None = o.get("tls_handshake_timeout", 5000)
     return TLSConfig(
-        certfile=o.get("certfile", ""),
-        keyfile=o.get("keyfile", ""),
+        certfile=o.path("certfile"),
+        keyfile=o.path("keyfile"),
         keypasswd=o.get("keypasswd", ""),
-        cafile=o.get("cafile", ""),
-        crlfile=o.get("crlfile", ""),
+        cafile=o.path("cafile"),
+        crlfile=o.path("crlfile"),
         ciphers=tuple(c for c in ciphers if not c.startswith("TLS_")),
         tls13_suites=tuple(c for c in ciphers if c.startswith("TLS_")),
         eccs=o.get("eccs", ()),
@@ -322,7 +389,7 @@ def tls_config(options: Mapping[str, str], kind: str, key: str) -> TLSConfig | N
         use_identity_as_username=o.get("use_identity_as_username", False),
         handshake_timeout=timeout_ms / 1000.0 if timeout_ms else None,
         psk=o.get("psk_support", False),
-        pskfile=o.get("pskfile", ""),
+        pskfile=o.path("pskfile"),
         psk_separator=o.get("pskfile_separator", ":"),
         psk_identity_hint=o.get("psk_identity_hint", "VMQ_PSK"),
         session_id=hashlib.sha256(key.encode()).hexdigest()[:32].encode(),

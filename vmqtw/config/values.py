@@ -197,11 +197,17 @@ def _single_char(raw: str) -> str:
 
 
 def _mountpoint(raw: str) -> str:
+    """
+    ``off`` -> ``''``; anything else is kept exactly as written.  As in
+    VerneMQ (``vmq_schema``'s mountpoint translation keeps the string), the
+    mountpoint is a namespace name, not a topic prefix: ``site/`` and
+    ``site`` are two different namespaces.
+    """
     if raw == "off":
         return ""
     if "+" in raw or "#" in raw:
         raise _Invalid(f"a mountpoint cannot contain '+' or '#', got {raw!r}")
-    return raw.rstrip("/")
+    return raw
 
 
 def _ip_list(raw: str) -> tuple[str, ...]:
@@ -232,58 +238,86 @@ def _header_name(raw: str) -> str:
     return raw
 
 
-# persistent_client_expiration units, exactly as VerneMQ's schema computes
-# them: a "month" is 4 weeks (28 days), not 30 days, and a "year" is 12 such
-# months (336 days), not 365 days.
-_EXPIRATION_UNITS = {
+# VerneMQ's vmq_schema:string_to_secs/1, used by persistent_client_expiration
+# and max_last_will_delay: ONE integer followed by ONE unit letter.  There is no
+# minute: "m" is a month of 4 weeks (28 days) and "y" a year of 12 such months
+# (336 days), exactly as VerneMQ computes them.
+_VMQ_UNITS = {
+    "s": 1,
     "h": 60 * 60,
     "d": 24 * 60 * 60,
     "w": 7 * 24 * 60 * 60,
     "m": 4 * 7 * 24 * 60 * 60,
     "y": 12 * 4 * 7 * 24 * 60 * 60,
 }
+_VMQ_DURATION_RE = re.compile(r"([0-9]+)([shdwmy])\Z")
+_VMQ_UNITS_TEXT = (
+    "s, h, d, w, m or y (second, hour, day, week, month = 4 weeks, "
+    "year = 48 weeks; there is no minute unit)"
+)
+
+
+def vmq_seconds(raw: str) -> int | None:
+    """``N<unit>`` in seconds as VerneMQ's ``string_to_secs``, or None."""
+    m = _VMQ_DURATION_RE.match(raw)
+    if not m:
+        return None
+    return int(m.group(1)) * _VMQ_UNITS[m.group(2)]
 
 
 def _expiration(raw: str) -> int | None:
-    """``never`` -> None; ``Nh``, ``Nd``, ``Nw``, ``Nm``, ``Ny`` -> seconds."""
+    """``never`` -> None; ``Ns``, ``Nh``, ``Nd``, ``Nw``, ``Nm``, ``Ny`` -> seconds."""
     if raw == "never":
         return None
-    m = re.match(r"([0-9]+)([hdwmy])\Z", raw)
-    if not m:
+    seconds = vmq_seconds(raw)
+    if seconds is None:
         raise _Invalid(
-            "expected 'never' or an integer followed by h, d, w, m or y "
-            f"(hour, day, week, month = 4 weeks, year = 48 weeks), got {raw!r}"
+            f"expected 'never' or an integer followed by {_VMQ_UNITS_TEXT}, got {raw!r}"
         )
-    seconds = int(m.group(1)) * _EXPIRATION_UNITS[m.group(2)]
     # VerneMQ stores 'never' as 0, so a zero duration also means never.
     return seconds or None
 
 
-_DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION_RE = re.compile(r"(?:[0-9]+[wdhms])+\Z")
-
-
-def _duration_seconds(raw: str) -> int:
-    """Plain seconds (``90``) or a cuttlefish-style duration (``1h30m``)."""
-    if re.match(r"[0-9]+\Z", raw):
-        return int(raw)
-    if not _DURATION_RE.match(raw):
-        raise _Invalid(
-            f"expected seconds or a duration like 30s, 5m, 1h, 1d, got {raw!r}"
-        )
-    return sum(
-        int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)([wdhms])", raw)
-    )
-
-
 def _last_will_delay(raw: str) -> int | None:
+    """
+    ``client`` -> None (the client's value stands); ``N<unit>`` with VerneMQ's
+    units (``1m`` is a month).  Plain seconds (``90``) are accepted too: a
+    vmqtw extension, VerneMQ refuses a number without a unit.
+    """
     if raw == "client":
         return None
-    try:
-        return _duration_seconds(raw)
-    except _Invalid:
+    if re.match(r"[0-9]+\Z", raw):
+        return int(raw)
+    seconds = vmq_seconds(raw)
+    if seconds is None:
         raise _Invalid(
-            f"expected 'client', seconds or a duration like 30s, 5m, 1h, got {raw!r}"
-        ) from None
+            f"expected 'client', seconds, or an integer followed by {_VMQ_UNITS_TEXT}, "
+            f"got {raw!r}"
+        )
+    return seconds
 
 
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+
+
+def _bytesize_or_infinity(raw: str) -> int | None:
+    """A cuttlefish byte size (``10MB``, ``512KB``, ``100``) or ``infinity`` (None)."""
+    if raw == "infinity":
+        return None
+    m = re.match(r"([0-9]+)(B|KB|MB|GB|TB)?\Z", raw)
+    if not m:
+        raise _Invalid(f"expected a byte size like 10MB, or infinity, got {raw!r}")
+    return int(m.group(1)) * _BYTE_UNITS[m.group(2) or ""]
+
+
+#: VerneMQ's log levels (``log.console.level``), and what vmqtw calls them.
+LOG_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warning": "warn",
+              "warn": "warn", "error": "error", "critical": "critical",
+              "alert": "critical", "emergency": "critical"}
+
+
+def _log_level(raw: str) -> str:
+    """A VerneMQ log level, returned as vmqtw's name (``warning`` -> ``warn``)."""
+    if raw not in LOG_LEVELS:
+        raise _Invalid(f"expected one of debug, info, warning, error, got {raw!r}")
+    return LOG_LEVELS[raw]

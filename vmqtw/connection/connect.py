@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
-from vmqtw.auth.api import Error, Ok, RegisterRequest
+from vmqtw.auth.api import OK, Error, Ok, RegisterRequest
+from vmqtw.auth.chain import CHAIN_EXHAUSTED
 from vmqtw.auth.modifiers import REGISTER as REGISTER_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
 from vmqtw.codec.encoder import encode
-from vmqtw.codec.packets import MQTT5, MQTT31, Connack, Connect
+from vmqtw.codec.packets import BRIDGE, MQTT5, MQTT31, Connack, Connect
+from vmqtw.config.schema import REGISTRY as LISTENER_OPTIONS
 from vmqtw.connection import auth as enhanced_auth
+from vmqtw.connection import reauth
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, NEVER_EXPIRES, ClientView,
     is_utf8, valid_topic_name,
@@ -40,9 +43,16 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         # Answer as a server that does not speak this version: the 3.x
         # CONNACK 0x01, also to a 5.0 client (which reads it as 0x84).
         conn.protocol_level = 4
+        conn.client = ClientView(packet.client_id, listener.mountpoint, packet.username,
+                                 conn.peer, conn.listener_name)  # for the log line
+        allowed = ",".join(str(v) for v in sorted(listener.allowed_protocol_versions))
         conn.refuse(reasons.UNSUPPORTED_PROTOCOL_VERSION,
-                    f"protocol level {level} not allowed on this listener")
+                    f"protocol level {level} not allowed on this listener (allowed: "
+                    f"{allowed}; to change: {listener.key}.allowed_protocol_versions)")
         return
+    if level & BRIDGE:  # 131/132: a bridge speaking 3.1/3.1.1 (see the decoder)
+        level &= ~BRIDGE
+        conn.protocol_level = level
     preauth = conn.transport.preauth_username()
     if preauth is not None:  # TLS/PSK/PROXY/XFF identity; auth still runs
         packet.username = preauth
@@ -81,6 +91,11 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         clean_start=packet.clean_start, protocol_level=level,
         properties=packet.properties, listener=conn.listener_name,
         listener_address=str(listener.address), listener_kind=listener.kind)
+    forward = listener.options.get("forward_connection_opts")
+    if forward is not None and LISTENER_OPTIONS["forward_connection_opts"].check(forward):
+        # VerneMQ's auth_on_register/6 Opts: the listener (always in our
+        # request) and the client certificate.
+        request.client_cert = conn.transport.client_certificate()
     if conn.auth_method is not None:
         conn.auth_connect = (request, packet)
         enhanced_auth.auth_step(conn, packet.properties.get("authentication_data"))
@@ -103,7 +118,8 @@ def connect5(conn: Connection, packet: Connect) -> bool:
     conn.transport.out5 = Outbound(
         receive_maximum=min(props.get("receive_maximum", 65535), config.receive_max_client),
         maximum_packet_size=props.get("maximum_packet_size", 0),
-        alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_client))
+        # VerneMQ: topic_alias_max_broker caps the aliases the broker sends.
+        alias_max=min(props.get("topic_alias_maximum", 0), config.topic_alias_max_broker))
     cap = config.max_keep_alive
     if cap and (packet.keepalive == 0 or packet.keepalive > cap):
         conn.keepalive = cap
@@ -126,8 +142,24 @@ def connect5(conn: Connection, packet: Connect) -> bool:
 
 
 def register(conn: Connection, request: RegisterRequest, packet: Connect) -> None:
-    """Ask the auth_on_register chain; a late answer pauses reading meanwhile."""
-    d = conn.authorizer.register(request, conn.listener.allow_anonymous_override)
+    """Ask the auth_on_register chain; a late answer pauses reading meanwhile.
+
+    With anonymous access allowed (``allow_anonymous``, or the listener's
+    ``allow_anonymous_override``) a CONNECT without a user name is accepted
+    without asking; one WITH a user name is still verified (as mosquitto
+    does), see ``anonymous_verdict``."""
+    authorizer = conn.authorizer
+    anonymous = authorizer.allow_anonymous or conn.listener.allow_anonymous_override
+    if anonymous and (request.username is None or not authorizer.has_register or
+                      conn.transport.preauth_username() is not None):
+        # Nothing to verify: no user name, no plugin that could verify one,
+        # or the name comes from the transport (certificate, PSK identity).
+        d = authorizer.register(request, True)
+    elif anonymous:
+        d = authorizer.verify(request)
+        d.addCallback(anonymous_verdict, conn, request, packet)
+    else:
+        d = authorizer.register(request, False)
     if not d.called:
         # A plugin answers later: stop reading until it does (packets
         # already read are held).  Synchronous answers skip the two
@@ -136,6 +168,24 @@ def register(conn: Connection, request: RegisterRequest, packet: Connect) -> Non
         d.addBoth(resume_reading, conn)
     d.addCallback(registered, conn, packet)
     d.addErrback(register_failed, conn)
+
+
+def anonymous_verdict(result: Any, conn: Connection, request: RegisterRequest,
+                      packet: Connect) -> Any:
+    """The register chain's answer for a user name claimed where anonymous
+    access is allowed: a plugin's OK or refusal (a wrong password: CONNACK 4 /
+    0x86) stands; a name no plugin knows is dropped, and the client is
+    connected as anonymous, so it gets none of that user's ACL rights."""
+    if isinstance(result, Error) and result.reason == CHAIN_EXHAUSTED:
+        conn.log.info("client {client_id!r} from {peer}: user name {username!r} is not known "
+                      "to any authentication plugin; connected as anonymous",
+                      client_id=request.client_id, peer=conn.peer_str(),
+                      username=request.username)
+        packet.username = None
+        if conn.client is not None:
+            conn.client.username = None
+        return OK
+    return result
 
 
 def resume_reading(result: Any, conn: Connection) -> Any:
@@ -160,7 +210,10 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
         return
     conn.state = AWAIT_CONNECT
     if isinstance(result, Error):
+        # A wrong password and a user name no plugin knows get the same answer,
+        # so that user names cannot be enumerated.
         code = (reasons.BAD_USER_NAME_OR_PASSWORD if result.reason == "invalid_credentials"
+                or (result.reason == CHAIN_EXHAUSTED and packet.username is not None)
                 else reasons.SERVER_UNAVAILABLE if result.reason == "netsplit"  # cluster
                 else reasons.NOT_AUTHORIZED)
         conn.refuse(code, f"authentication: {result.reason}")
@@ -196,6 +249,7 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
         apply_session_overrides(conn, overrides)
     conn.notifier.on_register(conn.session)
     conn.replay_held()
+    conn.decode_rest()
     conn.broker.flush()
 
 
@@ -226,6 +280,8 @@ def apply_session_overrides(conn: Connection, mods: dict[str, Any]) -> None:
                        ("upgrade_qos", "upgrade_qos")):
         if name in mods:
             setattr(session, attr, mods[name])
+    if "max_message_rate" in mods:  # PUBLISHes per second, 0 = no limit
+        conn.max_message_rate = mods["max_message_rate"]
     if "max_connection_lifetime" in mods:
         conn.stop_timer("lifetime")
         if mods["max_connection_lifetime"]:
@@ -242,6 +298,12 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
     if level == MQTT5:
         # Session Expiry Interval: 0 = ends with the connection, 0xFFFFFFFF = never.
         expiry = None if conn.session_expiry == NEVER_EXPIRES else conn.session_expiry
+        cap = config.persistent_client_expiration  # None: never
+        if cap is not None and (expiry is None or expiry > cap):
+            # Capped as VerneMQ expires persistent sessions; the CONNACK says so
+            # (MQTT-3.2.2.3.2: the client must use the server's value).
+            expiry = cap
+            conn.connack5["session_expiry_interval"] = cap
     elif packet.clean_start:
         expiry = 0
     else:
@@ -249,11 +311,18 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
     transport = conn.transport
     transport.protocol_level = level  # what the core encodes deliveries with
     session, present = conn.broker.open_session(key, packet.clean_start, expiry, transport)
+    owner = (session.username, session.listener)
     session.username = client.username
     session.peer = conn.peer
     session.listener = client.listener
+    if present and owner != (client.username, client.listener):
+        # Another user (or listener) resumes this session: what the previous
+        # owner was allowed is authorized again before anything is delivered.
+        reauth.reauthorize(conn.broker, conn.authorizer, session, "session resumed by "
+                           f"user {client.username!r} on {client.listener}")
     conn.session = session
     conn.state = CONNECTED
+    conn.decoder.authenticated()
     if level == MQTT5:
         conn.write(encode(Connack(0, present, connack_properties(conn, session)), MQTT5))
     else:
@@ -276,9 +345,11 @@ def connack_properties(conn: Connection, session: Any) -> dict[str, Any]:
         props["assigned_client_identifier"] = session.client_id
     if "server_keep_alive" in conn.connack5:
         props["server_keep_alive"] = conn.connack5["server_keep_alive"]
+    if "session_expiry_interval" in conn.connack5:
+        props["session_expiry_interval"] = conn.connack5["session_expiry_interval"]
     props["receive_maximum"] = config.receive_max_broker
-    if config.topic_alias_max_broker:
-        props["topic_alias_maximum"] = config.topic_alias_max_broker
+    if config.topic_alias_max_client:  # VerneMQ: the aliases a client may send us
+        props["topic_alias_maximum"] = config.topic_alias_max_client
     if conn.decoder.max_packet_size < MAX_PACKET:
         props["maximum_packet_size"] = conn.decoder.max_packet_size
     props["retain_available"] = 1

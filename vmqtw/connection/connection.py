@@ -64,6 +64,7 @@ class Connection:
         "will", "clean_disconnect", "peer", "last_activity", "keepalive", "held", "timers",
         "head", "problem_info", "session_expiry", "will_delay", "aliases_in", "auth_method",
         "connack5", "auth_data", "reauth", "auth_connect",
+        "max_message_rate", "rate_count", "rate_window_end",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -82,7 +83,10 @@ class Connection:
         if max_packet_size is None:
             size = broker.config.max_message_size
             max_packet_size = size if size > 0 else MAX_PACKET
-        self.decoder = Decoder(max_packet_size=max_packet_size)
+        # Until CONNECT (and AUTH) succeed, a small limit: a client that has not
+        # logged in cannot make the broker buffer a big packet.
+        self.decoder = Decoder(max_packet_size=max_packet_size,
+                               preauth_max_packet_size=broker.config.max_preauth_packet_size)
         self.state = AWAIT_CONNECT
         self.protocol_level = 4
         self.session: Session | None = None
@@ -106,6 +110,10 @@ class Connection:
         self.auth_data: bytes | None = None    # enhanced authentication data for the CONNACK
         self.reauth = 0                        # REAUTH_* state
         self.auth_connect: Any = None          # (RegisterRequest, Connect) during AUTH steps
+        # -- max_message_rate (see publish.over_rate) --
+        self.max_message_rate = publish.message_rate_limit(broker.config)
+        self.rate_count = 0
+        self.rate_window_end = 0.0
 
     # -- what the transport tells us ------------------------------------------------------
 
@@ -123,6 +131,16 @@ class Connection:
         self.last_activity = self.clock.seconds()
         if self.state == AWAIT_CONNECT and len(self.head) < 16:
             self.head += data[:16]
+        self.decode(data)
+        if self.state == AUTHENTICATING:
+            # The decoder stops after a CONNECT until authentication succeeds;
+            # while a plugin decides, what follows is decoded (with the
+            # pre-authentication limit) and held.
+            self.decode(b"")
+        self.broker.flush()
+
+    def decode(self, data: bytes) -> None:
+        """Decode ``data`` and handle (or hold) the packets."""
         error: CodecError | None = None
         try:
             packets = self.decoder.feed(data)
@@ -131,33 +149,42 @@ class Connection:
             packets = getattr(e, "packets", [])
         handlers = HANDLERS
         for packet in packets:
-            if self.state == AUTHENTICATING:
+            # Held while a plugin decides about CONNECT, or behind a packet
+            # held by the message rate limit (reading is paused meanwhile).
+            if self.state == AUTHENTICATING or self.held:
                 self.held.append(packet)
                 continue
             if self.state == CLOSED:
                 break
             handlers[packet.type](self, packet)
         if error is not None and self.state != CLOSED:
-            if self.state == AUTHENTICATING:
+            if self.state == AUTHENTICATING or self.held:
                 self.held.append(error)
             else:
                 self.codec_error(error)
-        self.broker.flush()
 
     def replay_held(self) -> None:
         """Handle the packets that arrived while a plugin was deciding about
-        CONNECT, in order; whatever comes while it decides again stays held."""
+        CONNECT (or while the message rate limit paused reading), in order;
+        whatever comes while it decides again (or is over the rate again)
+        stays held."""
         held, self.held = self.held, []
         for item in held:
             if self.state == CLOSED:
                 break
-            if self.state == AUTHENTICATING:
+            if self.state == AUTHENTICATING or self.held:
                 self.held.append(item)
                 continue
             if isinstance(item, CodecError):
                 self.codec_error(item)
             else:
                 HANDLERS[item.type](self, item)
+
+    def decode_rest(self) -> None:
+        """Decode and handle what arrived after the CONNECT: the decoder holds
+        it back until the client is authenticated (see ``Decoder.authenticated``)."""
+        if self.state == CONNECTED:
+            self.data_received(b"")
 
     def connection_lost(self) -> None:
         """The stream ended (any reason): publish the will unless the client said
@@ -251,8 +278,11 @@ class Connection:
     def refuse(self, reason_v5: int, why: str) -> None:
         """Refuse the CONNECT: a CONNACK with the reason (as the client's level
         spells it), then close."""
-        self.log.info("refusing CONNECT from {peer} (client {client_id!r}): {reason}",
-                      peer=self.peer_str(), reason=why, client_id=self.client_id)
+        client = self.client
+        self.log.info("refusing CONNECT from {peer} (client {client_id!r}, username "
+                      "{username!r}): {reason}", peer=self.peer_str(), reason=why,
+                      client_id=self.client_id,
+                      username=client.username if client is not None else None)
         code = reasons.connack_code(reason_v5, self.protocol_level)
         self.write(encode(Connack(code), self.protocol_level))
         self.close()

@@ -40,7 +40,11 @@ def change_session_expiry(conn: Connection, expiry: int) -> bool:
         return False
     session = conn.session
     if session is not None:
-        session.expiry_interval = None if expiry == NEVER_EXPIRES else expiry
+        interval = None if expiry == NEVER_EXPIRES else expiry
+        cap = conn.broker.config.persistent_client_expiration  # as at CONNECT
+        if cap is not None and (interval is None or interval > cap):
+            interval = cap
+        session.expiry_interval = interval
     return True
 
 

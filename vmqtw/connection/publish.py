@@ -16,7 +16,7 @@ from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import (
     MQTT5, MQTT31, Puback, Pubcomp, Publish, Pubrec, Pubrel,
 )
-from vmqtw.connection.state import CONNECTED, is_utf8, valid_topic_name
+from vmqtw.connection.state import CLOSED, CONNECTED, is_utf8, valid_topic_name
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
 from vmqtw.core.topics import TopicError, validate_topic_name
@@ -30,6 +30,8 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     session = conn.session
     if conn.state != CONNECTED or session is None:
         conn.protocol_violation("PUBLISH before CONNECT")
+        return
+    if conn.max_message_rate and over_rate(conn, packet):
         return
     level = conn.protocol_level
     if level == MQTT5:
@@ -65,6 +67,11 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
             unauthorized_publish(conn, packet, Error("invalid_modifiers"))
             return
         message, mountpoint = modified[0], modified[1] or mountpoint
+    if message.retain and level == MQTT5 and qos and \
+            not conn.broker.retained.allowed(mountpoint, message):
+        conn.broker.retained.refuse(mountpoint, message, session.client_id)
+        refuse_publish5(conn, packet, reasons.QUOTA_EXCEEDED, "retained message quota exceeded")
+        return
     count = conn.broker.publish(message, mountpoint, session)
     notifier = conn.notifier
     if notifier.publish:
@@ -81,6 +88,55 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
             conn.write_durable(encode(Pubrec(packet.packet_id, code), level))  # type: ignore[arg-type]
 
 
+# -- max_message_rate: VerneMQ's per-client publish rate limit ----------------------------
+
+def message_rate_limit(config: Any) -> int:
+    """``max_message_rate`` (PUBLISHes per second and client; 0 = no limit)."""
+    return int(config.max_message_rate)
+
+
+def over_rate(conn: Connection, packet: Publish) -> bool:
+    """Count a PUBLISH against ``max_message_rate``; True when it is over the limit.
+
+    PUBLISHes are counted per one-second window, timed by the clock reading the
+    connection already took for the input batch (``last_activity``): no clock
+    call per message.  Over the limit, VerneMQ stops reading from the socket
+    until the rate is back under it; so do we: the PUBLISH (and everything read
+    after it) is held, reading pauses, and at the end of the window reading
+    resumes and the held packets are handled (counting against the new window).
+    No DISCONNECT 0x96 "message rate too high": the client is slowed down, not
+    dropped, as in VerneMQ.
+    """
+    now = conn.last_activity
+    if now >= conn.rate_window_end:
+        conn.rate_window_end = now + 1.0
+        conn.rate_count = 1
+        return False
+    conn.rate_count += 1
+    if conn.rate_count <= conn.max_message_rate:
+        return False
+    conn.held.append(packet)
+    conn.transport.pause_reading()
+    delay = max(0.0, conn.rate_window_end - conn.clock.seconds())
+    conn.log.debug("client {client_id!r}: over max_message_rate ({rate}/s), reading paused "
+                   "for {delay:.3f}s", client_id=conn.client_id, rate=conn.max_message_rate,
+                   delay=delay)
+    conn.start_timer("throttle", delay, lambda: throttle_ended(conn))
+    return True
+
+
+def throttle_ended(conn: Connection) -> None:
+    """The rate window ended: a new one starts, reading resumes, held packets run."""
+    conn.timers.pop("throttle", None)
+    if conn.state == CLOSED:
+        return
+    conn.rate_window_end = conn.clock.seconds() + 1.0
+    conn.rate_count = 0
+    conn.transport.resume_reading()
+    conn.replay_held()
+    conn.broker.flush()
+
+
 # -- MQTT 5.0 PUBLISH rules, one helper per step -------------------------------------------
 
 def inbound_topic5(conn: Connection, packet: Publish, session: Session) -> str | None:
@@ -94,7 +150,7 @@ def inbound_topic5(conn: Connection, packet: Publish, session: Session) -> str |
     config = conn.broker.config
     alias = props.get("topic_alias")
     if alias is not None:
-        if alias > config.topic_alias_max_broker:
+        if alias > config.topic_alias_max_client:  # announced in our CONNACK
             conn.protocol_violation(f"topic alias {alias} above the maximum",
                                     reasons.TOPIC_ALIAS_INVALID)
             return None

@@ -51,6 +51,10 @@ class IConnectionTransport(IClientConnection):
     def resume_reading() -> None:
         """Deliver input again."""
 
+    def client_certificate() -> bytes | None:
+        """The client's TLS certificate (DER) if it presented one, else None (for
+        ``forward_connection_opts``)."""
+
     def preauth_username() -> str | None:
         """The identity a lower layer established for this client (TLS certificate
         CN, PSK identity, PROXY TLV, X-Forwarded-For header) when the listener says

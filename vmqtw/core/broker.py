@@ -7,15 +7,17 @@ write to their connection objects, which buffer until ``flush()``.
 from __future__ import annotations
 
 import random
+from collections import deque
 from typing import Any, Callable
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.config import BrokerConfig
 from vmqtw.core.message import Message
+from vmqtw.core.retained_delivery import RetainedSender
 from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
-from vmqtw.core.values import QUEUED, SessionKey
+from vmqtw.core.values import QUEUED, WAIT_PUBCOMP, SessionKey
 
 
 class Subscription:
@@ -30,18 +32,42 @@ class Subscription:
         self.sub_ids: tuple[int, ...] = (sub_id,) if sub_id else ()
 
 
+#: ``shared_subscription_policy`` values.  VerneMQ (``vmq_shared_subscriptions``)
+#: picks a RANDOM member, online members first; the policies differ in which
+#: cluster nodes' members are candidates:
+#:
+#: - ``prefer_local``: members on this node, else on any node;
+#: - ``local_only``: members on this node only;
+#: - ``random``: members on any node;
+#: - ``prefer_online_before_local``: online members on any node first, then
+#:   local offline ones.
+#:
+#: vmqtw is one node, so every member is local and the four policies pick
+#: the same way: at random among the online members, else among the offline
+#: members of persistent sessions (their queue takes the message).
+SHARED_SUBSCRIPTION_POLICIES: tuple[str, ...] = (
+    "prefer_local", "local_only", "random", "prefer_online_before_local",
+)
+
+
 class SharedGroup:
     """A tree value for ``$share/GROUP/filter``: the members share the messages."""
 
-    __slots__ = ("name", "members", "_next")
+    __slots__ = ("name", "members")
+
+    #: Where the random choice comes from (tests replace it).
+    rng: random.Random = random.Random()
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[SessionKey, Subscription] = {}
-        self._next = 0
 
     def pick(self, policy: str) -> Subscription | None:
-        """One member, preferring those that are online."""
+        """One member for a message, as VerneMQ picks it under ``policy``
+        (see ``SHARED_SUBSCRIPTION_POLICIES``: on one node, a random online
+        member, else a random offline member of a persistent session)."""
+        if policy not in SHARED_SUBSCRIPTION_POLICIES:
+            raise ValueError(f"unknown shared_subscription_policy {policy!r}")
         members = list(self.members.values())
         if not members:
             return None
@@ -49,10 +75,7 @@ class SharedGroup:
         pool = online or [m for m in members if m.session.persistent]
         if not pool:
             return None
-        if policy == "random":
-            return random.choice(pool)
-        self._next = (self._next + 1) % len(pool)
-        return pool[self._next]
+        return self.rng.choice(pool)
 
 
 class _NullLog:
@@ -103,6 +126,8 @@ class Broker:
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
         self.session_observers: list[Callable[[str, Session], None]] = []
+        #: Retained messages for new subscriptions, in slices; the retained quotas.
+        self.retained = RetainedSender(self)
 
     @property
     def clock(self) -> Any:
@@ -131,6 +156,7 @@ class Broker:
 
     def flush(self) -> None:
         """Write every connection's buffered output (once per input batch or timer)."""
+        self.retained.budget = self.retained.steps  # see RetainedSender.new_batch
         dirty = self.dirty
         while dirty:
             self.dirty = []
@@ -226,6 +252,7 @@ class Broker:
                     last_pid = d.packet_id
             if last_pid:
                 session._next_pid = last_pid % 65535 + 1
+            session.inflight_bytes = sum(len(e.message.payload) for e in session.inflight.values())
             session.incoming_qos2.update(stored.incoming_qos2)
             session.schedule_expiry(self._expire, stored.remaining_expiry(now))
             count += 1
@@ -284,6 +311,7 @@ class Broker:
         session.sub_ids.clear()
         session.queue = ()
         session.inflight.clear()
+        session.inflight_bytes = 0
         session.cancel_expiry()
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
@@ -308,7 +336,6 @@ class Broker:
         The MQTT 5.0 subscription identifier, if any, is ``session.sub_ids[topic_filter]``.
         """
         group, inner = parse_shared(topic_filter)
-        mp = session.mountpoint
         new, sub = self._tree_add(session, topic_filter, options)
         session.subscriptions[topic_filter] = options
         if session.persistent:
@@ -316,16 +343,9 @@ class Broker:
         if group is None:
             rh = options.retain_handling
             if rh == 0 or (rh == 1 and new):
-                now = None
-                for msg in self.store.retained_match(mp, inner):
-                    if msg.expires_at is not None:
-                        if now is None:
-                            now = self.clock.seconds()
-                        if now >= msg.expires_at:  # expired: forget it (checked lazily)
-                            self.store.retained_set(mp, msg.topic, None)
-                            continue
-                    qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
-                    session.deliver(msg, qos, True, sub.sub_ids)
+                # In slices: a filter matching many retained messages does not
+                # stall the other clients (see vmqtw.core.retained_delivery).
+                self.retained.start(session, inner, sub, options)
         return new
 
     def _tree_add(self, session: Session, topic_filter: str,
@@ -386,19 +406,77 @@ class Broker:
         if not len(tree):
             del self.trees[session.mountpoint]
 
+    # -- re-authorization (a new owner, new ACL rules) -----------------------------------------
+
+    def reauthorize(self, session: Session, may_subscribe: Callable[[str, SubOptions], bool],
+                    may_read: Callable[[str], bool]) -> tuple[list[str], int]:
+        """Keep only what ``session``'s owner may have, as the authorization
+        hooks say now: the subscriptions ``may_subscribe(filter, options)``
+        grants, and the queued and inflight messages whose topic
+        ``may_read(topic)`` grants (asked once per topic).  For a session
+        resumed by another user and after ACL/password reloads: deliveries
+        then need no authorization lookup per message.
+
+        Returns the dropped topic filters and the number of dropped messages."""
+        denied = [f for f, options in list(session.subscriptions.items())
+                  if not may_subscribe(f, options)]
+        for topic_filter in denied:
+            self.unsubscribe(session, topic_filter)
+        if not session.queue and not session.inflight:
+            return denied, 0
+        verdicts: dict[str, bool] = {}
+
+        def readable(topic: str) -> bool:
+            verdict = verdicts.get(topic)
+            if verdict is None:
+                verdict = verdicts[topic] = may_read(topic)
+            return verdict
+
+        store = self.store
+        dropped = 0
+        if session.queue:
+            kept: deque[tuple[Any, ...]] = deque()
+            for item in session.queue:
+                message = item[0]
+                if readable(message.topic):
+                    kept.append(item)
+                    continue
+                dropped += 1
+                if item[1] and session.persistent:
+                    store.message_dequeued(session.key, message)
+            session.queue = kept if kept else ()
+        for pid, entry in list(session.inflight.items()):
+            # A QoS 2 flow past PUBREC has delivered its message already: let it end.
+            if entry.state != WAIT_PUBCOMP and not readable(entry.message.topic):
+                del session.inflight[pid]
+                session.inflight_bytes -= len(entry.message.payload)
+                dropped += 1
+                if session.persistent:
+                    store.message_acked(session.key, pid)
+        return denied, dropped
+
     # -- routing ------------------------------------------------------------------------------
 
     def publish(self, message: Message, mountpoint: str, sender: Session | None = None,
                 from_remote: bool = False) -> int:
-        """Route ``message`` within ``mountpoint``; returns the number of local
-        deliveries.  ``from_remote``: it came from another cluster node, which stored
-        it if retained; it goes to local subscribers only."""
+        """Route ``message`` within ``mountpoint``; returns the number of local deliveries.
+
+        A retained message over the retained quotas is routed but not retained
+        (the connection refuses a 5.0 QoS 1/2 one before it gets here).
+        ``from_remote``: it came from another cluster node, which stored it if
+        retained; it goes to local subscribers only."""
         if not from_remote:
-            if message.retain:
-                self.store.retained_set(mountpoint, message.topic,
-                                        message if message.payload else None)
+            retain = message.retain
+            if retain:
+                if self.retained.allowed(mountpoint, message):
+                    self.store.retained_set(mountpoint, message.topic,
+                                            message if message.payload else None)
+                else:
+                    retain = False
+                    self.retained.refuse(mountpoint, message,
+                                         sender.client_id if sender is not None else None)
             if self.remote is not None:
-                self.remote.publish(message, mountpoint)
+                self.remote.publish(message, mountpoint, retain)
         tree = self.trees.get(mountpoint)
         if tree is None:
             return 0

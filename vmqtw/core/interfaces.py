@@ -31,7 +31,12 @@ class IStore(Interface):
         """Every retained message of ``mountpoint`` whose topic matches ``topic_filter``."""
 
     def retained_count() -> int:
-        """How many retained messages are stored, over all mountpoints."""
+        """How many retained messages are stored, over all mountpoints.
+
+        A store may also offer ``retained_tree()``, its
+        ``vmqtw.core.retained.RetainedTree`` (read-only): the broker then walks
+        it in slices for new subscriptions and checks the retained byte quota
+        (see ``vmqtw.core.retained_delivery``)."""
 
     def session_updated(session: "Session") -> None:
         """A persistent session was created or its subscriptions/settings changed."""

@@ -15,6 +15,8 @@ FORWARDED = ("payload_format_indicator", "content_type", "response_topic",
              "correlation_data", "user_property")
 
 _pack_H = struct.Struct(">H").pack
+#: The ``Message._cache`` key of the one cached variant with subscription identifiers.
+_LAST_IDS = "sub_ids"
 
 
 def sub_id_bytes(sub_ids: tuple[int, ...]) -> bytes:
@@ -40,8 +42,11 @@ class Message:
     A single instance is shared by all subscribers it is routed to, so it must
     never be mutated after routing starts.  ``encoded_qos0`` caches the 3.x
     wire form per retain flag so a fan-out to many QoS 0 subscribers encodes
-    once; ``encoded5_qos0_cached`` does the same for 5.0 per (retain flag,
-    subscription identifiers), and the forwarded properties are encoded once.
+    once; ``encoded5_qos0_cached`` does the same for 5.0 per retain flag,
+    plus the last variant with subscription identifiers (those vary per
+    recipient: a cache keyed by them would grow with every identifier a client
+    picks), and the forwarded properties are encoded once.  So the cache holds
+    at most five entries, whatever the number of recipients.
 
     ``expires_at`` is the clock time (``clock.seconds()``) at which an MQTT 5.0
     message expiry interval runs out, or None.
@@ -59,7 +64,8 @@ class Message:
         self.retain = retain
         self.properties = properties or {}
         self.expires_at = expires_at
-        self._cache: dict[Any, bytes] | None = None
+        # bytes per variant; the _LAST_IDS entry is (retain, sub_ids, bytes)
+        self._cache: dict[Any, Any] | None = None
         self._props5: bytes | None = None
 
     def start_expiry(self, now: float) -> None:
@@ -107,16 +113,26 @@ class Message:
         return b"" if interval is None else struct.pack(">BI", 0x02, interval)
 
     def encoded5_qos0_cached(self, retain: bool, sub_ids: tuple[int, ...]) -> bytes:
-        """A QoS 0 5.0 PUBLISH with no per-connection parts (alias, expiry), cached."""
-        key = (True, retain, sub_ids)
+        """A QoS 0 5.0 PUBLISH with no per-connection parts (alias, expiry), cached.
+
+        The variants without subscription identifiers are kept per retain
+        flag; of those with identifiers (the client's choice, so unbounded)
+        only the last one is kept: a fan-out to subscribers that share their
+        identifiers encodes once, and the cache never grows past three entries."""
         cache = self._cache
         if cache is None:
             cache = self._cache = {}
-        else:
+        if not sub_ids:
+            key: Any = (True, retain)
             data = cache.get(key)
-            if data is not None:
-                return data
-        data = cache[key] = self.encoded5(0, retain, None, False, sub_id_bytes(sub_ids))
+            if data is None:
+                data = cache[key] = self.encoded5(0, retain, None, False)
+            return data
+        last = cache.get(_LAST_IDS)
+        if last is not None and last[0] == retain and last[1] == sub_ids:
+            return last[2]
+        data = self.encoded5(0, retain, None, False, sub_id_bytes(sub_ids))
+        cache[_LAST_IDS] = (retain, sub_ids, data)
         return data
 
     def encoded5(self, qos: int, retain: bool, packet_id: int | None, dup: bool,

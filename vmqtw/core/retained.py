@@ -73,6 +73,8 @@ class RetainedTree:
     def __init__(self) -> None:
         self._mounts: dict[str, _Mountpoint] = {}
         self._count = 0
+        #: The payload bytes of every retained message (for ``max_retained_bytes``).
+        self.nbytes = 0
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -85,9 +87,11 @@ class RetainedTree:
         if mount is None:
             mount = self._mounts[mountpoint] = _Mountpoint()
         messages = mount.messages
-        known = topic in messages
+        old = messages.get(topic)
         messages[topic] = message
-        if known:
+        self.nbytes += len(message.payload)
+        if old is not None:
+            self.nbytes -= len(old.payload)
             return  # a new message for a known topic: the trie stays as it is
         self._count += 1
         node = mount.root
@@ -110,9 +114,13 @@ class RetainedTree:
 
     def _clear(self, mountpoint: str, topic: str) -> None:
         mount = self._mounts.get(mountpoint)
-        if mount is None or mount.messages.pop(topic, None) is None:
+        if mount is None:
+            return
+        old = mount.messages.pop(topic, None)
+        if old is None:
             return  # nothing retained there
         self._count -= 1
+        self.nbytes -= len(old.payload)
         if not mount.messages:
             del self._mounts[mountpoint]  # the trie goes with it
             return
@@ -189,6 +197,59 @@ class RetainedTree:
                 if found_child is not None:
                     push((found_child, i + 1))
         return [messages[topic] for topic in found]
+
+    def iter_match(self, mountpoint: str, topic_filter: str) -> Iterator[Message | None]:
+        """What ``match`` finds, one trie step at a time: each item is a matching
+        message or None (a step that matched nothing), so that a caller can
+        bound the work it does per reactor turn.  The trie may change between
+        steps: a topic cleared meanwhile is skipped, one added may be missed."""
+        mount = self._mounts.get(mountpoint)
+        if mount is None:
+            return
+        messages = mount.messages
+        if "+" not in topic_filter and "#" not in topic_filter:
+            message = messages.get(topic_filter)
+            if message is not None:
+                yield message
+            return
+        levels = topic_filter.split("/")
+        n = len(levels)
+        # (entry, level index); index -1: everything below a '#' matches.
+        stack: list[tuple[_Entry, int]] = [(mount.root, 0)]
+        pop, push = stack.pop, stack.append
+        get = messages.get
+        while stack:
+            entry, i = pop()
+            if entry.__class__ is not _Node:  # a leaf: its topic ends here
+                if i < 0 or i == n or levels[i] == "#":
+                    yield get(entry)  # type: ignore[arg-type]
+                else:
+                    yield None
+                continue
+            node: _Node = entry
+            if i < 0 or i == n:
+                yield get(node.topic) if node.topic is not None else None
+                if i < 0:
+                    for child in reversed(node.children.values()):
+                        push((child, -1))
+                continue
+            level = levels[i]
+            if level == "#":
+                # The parent level itself (a root has no topic), then all below.
+                yield get(node.topic) if node.topic is not None else None
+                for name, child in reversed(node.children.items()):
+                    if i or not name.startswith("$"):
+                        push((child, -1))
+            elif level == "+":
+                for name, child in reversed(node.children.items()):
+                    if i or not name.startswith("$"):
+                        push((child, i + 1))
+                yield None
+            else:
+                found_child = node.children.get(level)
+                if found_child is not None:
+                    push((found_child, i + 1))
+                yield None
 
     @staticmethod
     def _collect(top: _Node, skip_dollar: bool, found: list[str]) -> None:

@@ -75,20 +75,32 @@ class SessionEnv:
     - ``flush()``: writes buffered output, called after a timer resent messages;
     - the limits: ``max_inflight`` (0 = unlimited), ``max_online`` and
       ``max_offline`` (-1 = unlimited), ``retry_interval`` (seconds, MQTT 3.x
-      only) and ``upgrade_qos``; a session copies them when it is created.
+      only), ``upgrade_qos`` and ``max_inflight_bytes`` (payload bytes of the
+      QoS 1/2 messages sent and not acknowledged yet, 0 = unlimited; one
+      message is always let through); a session copies them when it is created;
+    - the queue discipline, VerneMQ's ``queue_type`` (``lifo``: the newest
+      queued message is delivered first, and a full queue drops its OLDEST
+      message to make room; ``fifo``, the default: oldest first, a full queue
+      drops the NEW message) and ``override_max_online_messages`` (off: when a
+      session comes back online, the offline messages beyond
+      ``max_online_messages`` are dropped, as VerneMQ moves them into a
+      bounded online queue; on: all of them are kept).
 
     One is shared by the sessions of a broker: the broker keeps ``clock`` and
     ``store`` up to date when its own are replaced.
     """
 
     __slots__ = ("clock", "store", "dropped", "flush", "max_inflight", "max_online",
-                 "max_offline", "retry_interval", "upgrade_qos")
+                 "max_offline", "retry_interval", "upgrade_qos", "lifo", "override_online",
+                 "max_inflight_bytes")
 
     def __init__(self, clock: Any, store: "IStore",
                  dropped: Callable[["Session", Message, str], None],
                  flush: Callable[[], None], *, max_inflight: int = 20,
                  max_online: int = 1000, max_offline: int = 1000,
-                 retry_interval: float = 20, upgrade_qos: bool = False) -> None:
+                 retry_interval: float = 20, upgrade_qos: bool = False,
+                 lifo: bool = False, override_online: bool = False,
+                 max_inflight_bytes: int = 0) -> None:
         self.clock = clock
         self.store = store
         self.dropped = dropped
@@ -98,6 +110,9 @@ class SessionEnv:
         self.max_offline = max_offline
         self.retry_interval = retry_interval
         self.upgrade_qos = upgrade_qos
+        self.lifo = lifo
+        self.override_online = override_online
+        self.max_inflight_bytes = max_inflight_bytes
 
     @classmethod
     def from_config(cls, config: Any, clock: Any, store: "IStore",
@@ -109,7 +124,10 @@ class SessionEnv:
                    max_online=config.max_online_messages,
                    max_offline=config.max_offline_messages,
                    retry_interval=config.retry_interval,
-                   upgrade_qos=config.upgrade_outgoing_qos)
+                   upgrade_qos=config.upgrade_outgoing_qos,
+                   lifo=getattr(config, "queue_type", "fifo") == "lifo",
+                   override_online=getattr(config, "override_max_online_messages", False),
+                   max_inflight_bytes=config.max_inflight_bytes)
 
 
 class Session:
@@ -121,6 +139,7 @@ class Session:
         "incoming_qos2", "_next_pid", "max_inflight", "max_online", "max_offline",
         "retry_interval", "upgrade_qos", "expiry_call", "retry_call", "dropped",
         "peer", "listener", "sub_ids", "client_receive_max", "will", "will_call",
+        "max_inflight_bytes", "inflight_bytes",
     )
 
     def __init__(self, env: Union[SessionEnv, "Broker"], key: SessionKey, persistent: bool,
@@ -155,6 +174,9 @@ class Session:
         self.max_offline = env.max_offline
         self.retry_interval = env.retry_interval
         self.upgrade_qos = env.upgrade_qos
+        self.max_inflight_bytes = env.max_inflight_bytes
+        #: Payload bytes of the messages in ``inflight`` (see ``inflight_full``).
+        self.inflight_bytes = 0
         self.expiry_call: Any = None
         self.retry_call: Any = None
         self.dropped = 0
@@ -184,11 +206,9 @@ class Session:
             if qos == 0 or not self.persistent:
                 self._drop(message, "offline_qos0")
                 return
-            if 0 <= self.max_offline <= len(self.queue):
-                self._drop(message, "queue_full")
+            if not self._make_room(self.max_offline, message):
                 return
-            self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
-                              (message, qos, retain))
+            self._put((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
             self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
             return
         if self.queue or conn.paused:
@@ -203,21 +223,72 @@ class Session:
                 if data is not None:
                     conn.write(data)
             return
-        n = len(self.inflight)
-        if n >= self.max_inflight or n >= self.client_receive_max:
+        n = len(self.inflight)  # inflight_full(), inlined on the hot path
+        if n >= self.max_inflight or n >= self.client_receive_max or (
+                self.max_inflight_bytes and n and
+                self.inflight_bytes + len(message.payload) > self.max_inflight_bytes):
             self._enqueue_online(message, qos, retain, sub_ids)
             return
         self._send_inflight(conn, message, qos, retain, sub_ids)
 
+    def inflight_full(self, message: Message) -> bool:
+        """Whether sending ``message`` now would exceed the inflight window
+        (in messages, or in payload bytes with ``max_inflight_bytes``)."""
+        n = len(self.inflight)
+        if n >= self.max_inflight or n >= self.client_receive_max:
+            return True
+        limit = self.max_inflight_bytes
+        return bool(limit and n and self.inflight_bytes + len(message.payload) > limit)
+
     def _enqueue_online(self, message: Message, qos: int, retain: bool,
                         sub_ids: tuple[int, ...] = NO_IDS) -> None:
-        if 0 <= self.max_online <= len(self.queue):
-            self._drop(message, "queue_full")
+        if not self._make_room(self.max_online, message):
             return
-        self.queue_for_append().append((message, qos, retain, sub_ids) if sub_ids else
-                                       (message, qos, retain))
+        self._put((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
         if qos and self.persistent:
             self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        """Queue ``item``: at the back (fifo), or at the front (lifo: the
+        newest message is delivered first)."""
+        queue = self.queue_for_append()
+        if self.env.lifo:
+            queue.appendleft(item)
+        else:
+            queue.append(item)
+
+    def _make_room(self, limit: int, message: Message) -> bool:
+        """Whether ``message`` may be queued under ``limit`` (-1 = none).  A
+        full fifo queue drops ``message``; a full lifo queue drops its oldest
+        message instead (VerneMQ's ``vmq_queue``)."""
+        queue = self.queue
+        if limit < 0 or len(queue) < limit:
+            return True
+        if not self.env.lifo or not queue or limit == 0:
+            self._drop(message, "queue_full")
+            return False
+        while queue and len(queue) >= limit:
+            self._drop_item(queue.pop())
+        return True
+
+    def _drop_item(self, item: tuple[Any, ...]) -> None:
+        """Drop a queued ``(message, qos, retain[, sub_ids])``."""
+        message, qos = item[0], item[1]
+        if qos and self.persistent:
+            self.env.store.message_dequeued(self.key, message)
+        self._drop(message, "queue_full")
+
+    def _trim_to_online_limit(self) -> None:
+        """Back online without ``override_max_online_messages``: VerneMQ moves
+        the offline messages into the online queue, which holds at most
+        ``max_online_messages``; the rest are dropped (the newest for fifo,
+        the oldest for lifo: the ones at the far end of the queue)."""
+        queue = self.queue
+        limit = self.max_online
+        if self.env.override_online or limit < 0 or len(queue) <= limit:
+            return
+        while len(queue) > limit:
+            self._drop_item(queue.pop())  # type: ignore[union-attr]
 
     def _drop(self, message: Message, reason: str) -> None:
         self.dropped += 1
@@ -253,6 +324,7 @@ class Session:
         now = self.env.clock.seconds()
         self.inflight[pid] = Inflight(message, qos, retain,
                                       WAIT_PUBACK if qos == 1 else WAIT_PUBREC, now, sub_ids)
+        self.inflight_bytes += len(message.payload)
         if self.persistent:
             store = self.env.store
             store.message_sent(self.key, message, qos, retain, pid, sub_ids, queued)
@@ -299,8 +371,7 @@ class Session:
                     self._drop(message, "expired")
                     continue
             if qos:
-                n = len(self.inflight)
-                if n >= self.max_inflight or n >= self.client_receive_max:
+                if self.inflight_full(message):
                     return
                 queue.popleft()
                 self._send_inflight(conn, message, qos, retain, sub_ids, True)
@@ -317,7 +388,7 @@ class Session:
 
     def _done(self, pid: int) -> None:
         """The client finished the flow of ``pid``: free its slot, send more."""
-        del self.inflight[pid]
+        self.inflight_bytes -= len(self.inflight.pop(pid).message.payload)
         if self.persistent:
             self.env.store.message_acked(self.key, pid)
         self.drain()
@@ -399,11 +470,12 @@ class Session:
                 else:
                     write(data)
         for pid in too_large:
-            del self.inflight[pid]
+            self.inflight_bytes -= len(self.inflight.pop(pid).message.payload)
             if self.persistent:
                 self.env.store.message_acked(self.key, pid)
         if self.inflight and self.retry_call is None and self.retry_interval > 0 and level < 5:
             self.retry_call = self.env.clock.callLater(self.retry_interval, self._retry)
+        self._trim_to_online_limit()
         self.drain()
 
     def detach(self) -> None:

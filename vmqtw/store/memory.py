@@ -39,6 +39,11 @@ class MemoryStore:
     def retained_count(self) -> int:
         return len(self._retained)
 
+    def retained_tree(self) -> RetainedTree:
+        """The tree itself, read-only: the broker walks it in slices and checks
+        the retained quotas against it."""
+        return self._retained
+
     def retained_items(self) -> Iterable[tuple[str, str, Message]]:
         """Every retained (mountpoint, topic, message)."""
         return self._retained.items()

@@ -51,7 +51,6 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -62,6 +61,7 @@ from vmqtw.core.retained import RetainedTree
 from vmqtw.core.values import (
     QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
 )
+from vmqtw.logs import Logger
 from vmqtw.store.records import (
     Loaded, StoredDelivery, StoredSession, decode_properties, decode_sub_ids,
     encode_properties, encode_sub_ids,
@@ -533,6 +533,11 @@ class SQLiteStore:
 
     def retained_count(self) -> int:
         return len(self._retained)
+
+    def retained_tree(self) -> RetainedTree:
+        """The tree itself, read-only: the broker walks it in slices and checks
+        the retained quotas against it."""
+        return self._retained
 
     def retained_items(self) -> Iterable[tuple[str, str, Message]]:
         return self._retained.items()

@@ -81,6 +81,7 @@ class FakeTransport:
         self.broker = broker
         self.peer = peer
         self.preauth = preauth
+        self.certificate: bytes | None = None  # the client's TLS certificate (DER)
         self.protocol_level = 4
         self.out5: Any = None
         self.paused = False
@@ -137,6 +138,9 @@ class FakeTransport:
 
     def preauth_username(self) -> str | None:
         return self.preauth
+
+    def client_certificate(self) -> bytes | None:
+        return self.certificate
 
 
 class Client:

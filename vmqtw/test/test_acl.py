@@ -474,9 +474,10 @@ class ReloadTests(AclTestCase):
 
 class SampleFileTests(SynchronousTestCase):
     def test_shipped_sample_loads(self) -> None:
-        """etc/vmq.acl loads without warnings and grants everything."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        etc = os.path.join(os.path.dirname(os.path.dirname(here)), "etc")
+        """The shipped sample vmq.acl (``vmqtw.data``, the same as etc/vmq.acl) loads
+        without warnings and grants everything."""
+        from vmqtw.data import sample_dir
+        etc = sample_dir()
         events: list[dict] = []
         plugin = make_plugin({}, PluginContext(Clock(), etc, Logger(observer=events.append)))
         self.assertEqual(events, [])

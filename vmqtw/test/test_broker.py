@@ -8,11 +8,24 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw.codec import SubOptions
 from vmqtw.config import parse
-from vmqtw.core.broker import Broker
+from vmqtw.core.broker import SHARED_SUBSCRIPTION_POLICIES, Broker, SharedGroup
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
 from vmqtw.test.harness import BASE, FakeConnection
 from vmqtw.test.wire import publish
+
+
+class ScriptedChoice:
+    """A stand-in for ``random.Random``: ``choice`` returns the scripted index of
+    each pool (bounded by its size) and records the pool sizes."""
+
+    def __init__(self, picks: list[int]) -> None:
+        self.picks = list(picks)
+        self.pool_sizes: list[int] = []
+
+    def choice(self, pool: list[Any]) -> Any:
+        self.pool_sizes.append(len(pool))
+        return pool[self.picks.pop(0) % len(pool)]
 
 
 class RecordingLog:
@@ -208,15 +221,41 @@ class BrokerTests(SynchronousTestCase):
 
     # -- shared subscriptions
 
-    def test_shared_round_robin(self) -> None:
-        """Under the default policy, messages to a shared subscription go to one member each,
-        in turn: nine messages to three online members give three each."""
+    def test_shared_default_policy_picks_at_random(self) -> None:
+        """Under the default policy (prefer_local) each message to a shared subscription goes
+        to ONE member chosen at random, as VerneMQ's vmq_shared_subscriptions shuffles the
+        local members (not in turn): the choice is the random source's."""
         members = [self.online(f"m{i}") for i in range(3)]
         for s, _c in members:
             self.sub(s, "$share/g/t", 1)
-        for i in range(9):
+        script = ScriptedChoice([2, 2, 0, 2, 1])
+        self.patch(SharedGroup, "rng", script)
+        for i in range(5):
             self.assertEqual(self.broker.publish(Message("t", b"%d" % i), ""), 1)
-        self.assertEqual([len(c.written) for _s, c in members], [3, 3, 3])
+        self.assertEqual([len(c.written) for _s, c in members], [1, 1, 3])
+        self.assertEqual(script.pool_sizes, [3] * 5)
+
+    def test_shared_policies_on_one_node(self) -> None:
+        """On one node every member is local, so all four VerneMQ policies pick a random
+        ONLINE member, and an offline member of a persistent session only when no member
+        is online; an unknown policy is refused."""
+        for policy in SHARED_SUBSCRIPTION_POLICIES:
+            self.make(f"shared_subscription_policy = {policy}\n")
+            on, on_conn = self.online("on")
+            off, off_conn = self.online("off", clean=False)
+            for s in (on, off):
+                self.sub(s, "$share/g/t", 1)
+            self.broker.connection_closed(off)
+            script = ScriptedChoice([0, 0])
+            self.patch(SharedGroup, "rng", script)
+            self.assertEqual(self.broker.publish(Message("t", b"1", qos=1), ""), 1)
+            self.assertEqual(len(on_conn.written), 1, policy)
+            self.broker.connection_closed(on)  # clean: gone; only the offline one is left
+            self.assertEqual(self.broker.publish(Message("t", b"2", qos=1), ""), 1)
+            self.assertEqual(len(off.queue), 1, policy)
+            self.assertEqual(script.pool_sizes, [1, 1], policy)
+        group = SharedGroup("g")
+        self.assertRaises(ValueError, group.pick, "round_robin")
 
     def test_shared_random_policy(self) -> None:
         """With shared_subscription_policy = random, every message to a shared subscription

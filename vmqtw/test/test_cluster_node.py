@@ -375,12 +375,30 @@ class ClusterConfigTests(SynchronousTestCase):
             parse("cluster.node_timeout = 500\n", "b.conf")
         self.assertIn("b.conf:1: cluster.node_timeout: must be longer", str(e.exception))
 
-    def test_vmq_listener_needs_an_engine(self) -> None:
-        """A listener.vmq without a metadata engine is refused, naming its line."""
+    def test_vmq_listener_without_engine_is_a_warning(self) -> None:
+        """A listener.vmq without a metadata engine (VerneMQ's stock file) leaves the
+        broker a single node: the listener is not opened and a warning says why."""
         config = parse(BASE + "listener.vmq.clustering = 127.0.0.1:0\n", "b.conf")
-        with self.assertRaises(ClusterConfigError) as e:
-            cluster_node(config, None, None)
-        self.assertIn("b.conf:3: listener.vmq.clustering: ", str(e.exception))
+        self.assertIsNone(cluster_node(config, None, None))
+        self.assertEqual([l.key for l in config.unserved_listeners],
+                         ["listener.vmq.clustering"])
+        self.assertIn("b.conf:3: listener.vmq.clustering: VerneMQ's cluster listener (vmq) "
+                      "is not served", "\n".join(str(w) for w in config.warnings))
+        self.assertIn("metadata_plugin = redis", str(config.warnings[-1]))
+
+    def test_cluster_keys_warned_only_on_a_single_node(self) -> None:
+        """nodename, distributed_cookie... have no effect (a warning) without a metadata
+        engine, and no warning on a cluster node, which honours them."""
+        keys = "nodename = n@h\ndistributed_cookie = c\nallow_publish_during_netsplit = on\n"
+        def warned(config: Any) -> list[str]:  # the default plugins' files aside
+            return sorted(w.key for w in config.warnings if not w.key.startswith("plugins."))
+
+        single = parse(BASE + keys)
+        self.assertEqual(warned(single),
+                         ["allow_publish_during_netsplit", "distributed_cookie", "nodename"])
+        node = parse(BASE + keys + "metadata_plugin = redis\n"
+                     "listener.vmq.clustering = 127.0.0.1:0\n")
+        self.assertEqual(warned(node), [])
 
     def test_engine_needs_a_vmq_listener(self) -> None:
         """A metadata engine without a listener.vmq is refused: peers could not connect."""

@@ -237,11 +237,13 @@ class ConnectTests(BadInputCase):
         self.connect_fails(connect(flags=0xc2, tail=s(b"abc") + s(b"u")), M)
 
     def test_unsupported_versions(self) -> None:
-        """A protocol name and level other than MQIsdp 3, MQTT 4 and MQTT 5 (the bridge bit
-        0x84, another name, an empty name) raises UnsupportedProtocolVersion carrying the
-        level and reason code 0x84, so the broker can answer with the matching CONNACK."""
+        """A protocol name and level other than MQIsdp 3, MQTT 4, MQTT 5 and the bridge
+        levels MQIsdp 131 and MQTT 132 (the bridge bit on 5 or with the wrong name, another
+        name, an empty name) raises UnsupportedProtocolVersion carrying the level and reason
+        code 0x84, so the broker can answer with the matching CONNACK."""
         for name, level in ((b"MQTT", 3), (b"MQIsdp", 4), (b"MQTT", 6), (b"MQIsdp", 5),
-                            (b"MQTT", 0x84), (b"HTTP", 4), (b"\xff\xfe", 4), (b"", 5)):
+                            (b"MQTT", 0x85), (b"MQTT", 0x83), (b"MQIsdp", 0x84),
+                            (b"HTTP", 4), (b"\xff\xfe", 4), (b"", 5)):
             err = self.connect_fails(connect(level=level, name=name),
                                      UnsupportedProtocolVersion)
             self.assertEqual(err.protocol_level, level)  # type: ignore[attr-defined]

@@ -357,11 +357,13 @@ class OnOffTests(SynchronousTestCase):
 
 class LayeringTests(SynchronousTestCase):
 
-    ORDER = ("descriptions", "values", "schema", "settings", "model", "parser", "describe")
+    ORDER = ("descriptions", "values", "schema", "compat", "settings", "model", "build",
+             "parser", "describe")
 
     def test_modules_import_down_only(self) -> None:
         """Each module of ``vmqtw.config`` imports only modules listed before it in
-        values -> schema -> settings -> model -> parser -> describe."""
+        descriptions -> values -> schema -> compat -> settings -> model -> build -> parser
+        -> describe."""
         import vmqtw.config as package
         root = os.path.dirname(package.__file__)
         for index, module in enumerate(self.ORDER):

@@ -84,7 +84,8 @@ def publish(level: int, topic: str, payload: bytes) -> bytes:
 
 
 # Broker -> client.
-CONNACK_OK_5 = bytes.fromhex("0b21ffff2501280129012a01")  # the default 5.0 CONNACK properties
+# the default 5.0 CONNACK properties (maximum packet size: the default max_message_size)
+CONNACK_OK_5 = bytes.fromhex("1021ffff27001000002501280129012a01")
 
 
 def connack(level: int, code: int = 0, session_present: bool = False) -> bytes:
@@ -257,7 +258,8 @@ class ConnackSessionPresentTests(ConformanceCase):
             hn = Server()
             c = hn.client()
             c.send(connect(level, "n", clean=False))
-            self.assertEqual(c.take()[:4], bytes((0x20, 2 if level < 5 else 14, 0, 0)))
+            self.assertEqual(c.take()[:4],
+                             bytes((0x20, 2 if level < 5 else 2 + len(CONNACK_OK_5), 0, 0)))
 
     def test_encoder_clears_the_flag_for_31(self) -> None:
         """The encoder never sets the reserved bit for a 3.1 peer, and sets

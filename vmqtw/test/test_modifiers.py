@@ -21,6 +21,7 @@ REGISTER_CASES: dict[str, tuple[list[tuple[Any, Any]], list[Any]]] = {
     "max_online_messages": ([(-1, -1), (0, 0), (10**6, 10**6)], [-2, True, 1.0]),
     "max_offline_messages": ([(-1, -1), (5, 5)], [-2, "5", None]),
     "max_connection_lifetime": ([(0, 0), (3600, 3600)], [-1, True, "1h"]),
+    "max_message_rate": ([(0, 0), (100, 100)], [-1, True, "10/s"]),
     "retry_interval": ([(0, 0), (20, 20)], [-5, 2.5]),
     "upgrade_qos": ([(True, True), (False, False)], [1, "off"]),
 }

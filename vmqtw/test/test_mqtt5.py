@@ -34,15 +34,16 @@ class ConnectTests(BrokerTestCase):
         subscriptions are available, and nothing else follows it."""
         hn = Harness(BASE5)
         c = connect5(hn, "c1")
-        self.assertEqual(c.take(), bytes.fromhex("200e00000b21ffff2501280129012a01"))
+        self.assertEqual(c.take(), bytes.fromhex("2013000010" "21ffff" "2700100000"
+                                                     "2501280129012a01"))
         self.assertEqual(c.take(), b"")
         self.assertFalse(c.closed)
 
     def test_connack_limits_from_config(self) -> None:
         """The 5.0 CONNACK announces the configured limits: server keep alive
         (max_keep_alive), receive maximum (receive_max_broker), topic alias maximum
-        (topic_alias_max_broker) and maximum packet size (max_message_size)."""
-        hn = Harness(BASE5 + "receive_max_broker = 5\ntopic_alias_max_broker = 10\n"
+        (topic_alias_max_client) and maximum packet size (max_message_size)."""
+        hn = Harness(BASE5 + "receive_max_broker = 5\ntopic_alias_max_client = 10\n"
                      "max_message_size = 1000\nmax_keep_alive = 60\n")
         c = connect5(hn, "c1", keepalive=0)
         self.assertEqual(c.take(), connack5(
@@ -230,8 +231,9 @@ class SessionExpiryTests(BrokerTestCase):
         self.assertNotIn(("", "s"), hn.broker.sessions)
 
     def test_never_expires(self) -> None:
-        """0xFFFFFFFF: never, whatever persistent_client_expiration (3.x only) says."""
-        hn = Harness(BASE5 + "persistent_client_expiration = 1h\n")
+        """0xFFFFFFFF: never, with persistent_client_expiration at its default
+        (never); a finite one caps it (see test_hardening_limits)."""
+        hn = Harness(BASE5)
         self.offline_subscriber(hn, 0xFFFFFFFF)
         hn.clock.advance(10 * 24 * 3600)
         self.assertIn(("", "s"), hn.broker.sessions)
@@ -239,7 +241,7 @@ class SessionExpiryTests(BrokerTestCase):
 
     def test_persistent_client_expiration_is_for_3x_only(self) -> None:
         """persistent_client_expiration applies to 3.x persistent sessions on a listener
-        that also allows 5.0."""
+        that also allows 5.0 (and caps 5.0 session expiry intervals)."""
         hn = Harness(BASE5 + "persistent_client_expiration = 1h\n")
         c = hn.connected("old", clean=False)
         c.send(Disconnect())

@@ -36,7 +36,7 @@ class PublishPropertiesTests(BrokerTestCase, BystanderMixin):
         """Payload format indicator, content type, response topic, correlation data and user
         properties (in order, repeats kept) are forwarded to subscribers; the topic alias
         is not."""
-        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
+        hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t", SubOptions(1)))
         p = connected5(hn, "p")
@@ -290,7 +290,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         """A PUBLISH with a topic and a topic alias sets the alias; later PUBLISHes with an
         empty topic and that alias go to that topic (for 5.0 and 3.1.1 subscribers alike,
         without the alias), and a new topic with the same alias re-maps it."""
-        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
+        hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
         s = connected5(hn, "s", expected=connack_ok(limits=[p_alias_max(5)]))
         subscribe5(s, 1, ("a/b", SubOptions(0)))
         old = hn.subscriber("old", ("a/b", 0))
@@ -309,11 +309,37 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), b"")
         self.assertFalse(p.closed)
 
+    def test_alias_keys_mean_what_they_mean_in_vernemq(self) -> None:
+        """VerneMQ's ``topic_alias_max_client`` is the inbound limit (the CONNACK's Topic
+        Alias Maximum) and ``topic_alias_max_broker`` the outbound one: a migrated config
+        that sets only the client key lets a client use inbound aliases (no DISCONNECT
+        0x94) and makes the broker send none; one that sets only the broker key announces
+        no inbound aliases but sends them."""
+        hn = Harness(BASE5 + "topic_alias_max_client = 10\n")
+        s = connected5(hn, "s", topic_alias_maximum=10,
+                       expected=connack_ok(limits=[p_alias_max(10)]))
+        subscribe5(s, 1, ("a/b", SubOptions(0)))
+        p = connected5(hn, "p", expected=connack_ok(limits=[p_alias_max(10)]))
+        pub(p, "a/b", b"1", topic_alias=10)
+        pub(p, "", b"2", topic_alias=10)
+        self.assertFalse(p.closed)
+        self.assertEqual(p.take(), b"")
+        self.assertEqual(s.take(), publish5("a/b", b"1") + publish5("a/b", b"2"))
+
+        hn = Harness(BASE5 + "topic_alias_max_broker = 10\n")
+        s = connected5(hn, "s", topic_alias_maximum=10)  # CONNACK without an alias maximum
+        subscribe5(s, 1, ("a/b", SubOptions(0)))
+        p = connected5(hn, "p")
+        pub(p, "a/b", b"1")
+        self.assertEqual(s.take(), publish5("a/b", b"1", p_alias(1)))
+        pub(p, "a/b", b"2", topic_alias=1)
+        self.assertEqual(p.take(), disconnect5(reasons.TOPIC_ALIAS_INVALID))
+
     def test_alias_above_the_maximum(self) -> None:
         """A topic alias above the topic alias maximum the broker announced (0 when none is
         configured) gets DISCONNECT 0x94 (topic alias invalid); other clients keep
         working."""
-        for config, alias in ((BASE5, 1), (BASE5 + "topic_alias_max_broker = 5\n", 6)):
+        for config, alias in ((BASE5, 1), (BASE5 + "topic_alias_max_client = 5\n", 6)):
             hn = Harness(config)
             s, p = self.bystanders(hn)
             bad = connect5(hn, "bad")
@@ -325,7 +351,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
 
     def test_alias_zero(self) -> None:
         """Topic alias 0 gets DISCONNECT 0x94 (topic alias invalid)."""
-        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
+        hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
         s, p = self.bystanders(hn)
         bad = connect5(hn, "bad")
         bad.take()
@@ -337,7 +363,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
     def test_unknown_alias(self) -> None:
         """A PUBLISH with an empty topic and an alias never set gets DISCONNECT 0x82
         (protocol error)."""
-        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
+        hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
         s, p = self.bystanders(hn)
         bad = connect5(hn, "bad")
         bad.take()
@@ -359,7 +385,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
     def test_aliases_are_per_connection(self) -> None:
         """Inbound topic aliases do not survive a reconnect, even when the session does (5.0
         s3.3.2.3.4)."""
-        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
+        hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
         p = connect5(hn, "p", session_expiry_interval=100)
         p.take()
         pub(p, "a", b"1", topic_alias=1)
@@ -370,11 +396,11 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(p2.take(), disconnect5(reasons.PROTOCOL_ERROR))
 
     def test_outbound_aliases(self) -> None:
-        """With topic_alias_max_client the broker sends topic aliases to a 5.0 subscriber,
+        """With topic_alias_max_broker the broker sends topic aliases to a 5.0 subscriber,
         up to the lower of that setting and the client's topic alias maximum: a new topic
         gets a free alias, a known one is sent with an empty topic, and topics beyond the
         aliases go without one."""
-        hn = Harness(BASE5 + "topic_alias_max_client = 2\n")
+        hn = Harness(BASE5 + "topic_alias_max_broker = 2\n")
         s = connected5(hn, "s", topic_alias_maximum=10)  # capped to 2 by the broker
         subscribe5(s, 1, ("t/#", SubOptions(1)))
         p = connected5(hn, "p")
@@ -391,9 +417,9 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
         self.assertEqual(s.take(), publish5("", b"q", p_alias(1), qos=1, pid=1))
 
     def test_no_outbound_aliases_when_the_broker_allows_none(self) -> None:
-        """With topic_alias_max_client = 0 (the default) the broker sends no topic aliases,
+        """With topic_alias_max_broker = 0 (the default) the broker sends no topic aliases,
         even to a client that accepts them."""
-        hn = Harness(BASE5)  # topic_alias_max_client = 0 (VerneMQ's default): off
+        hn = Harness(BASE5)  # topic_alias_max_broker = 0 (VerneMQ's default): off
         s = connected5(hn, "s", topic_alias_maximum=10)
         subscribe5(s, 1, ("t", SubOptions(0)))
         p = connected5(hn, "p")
@@ -404,7 +430,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
     def test_no_outbound_aliases_when_the_client_allows_none(self) -> None:
         """The broker sends no topic alias to a client that announced no topic alias
         maximum."""
-        hn = Harness(BASE5 + "topic_alias_max_client = 2\n")
+        hn = Harness(BASE5 + "topic_alias_max_broker = 2\n")
         s = connected5(hn, "s")
         subscribe5(s, 1, ("t", SubOptions(0)))
         p = connected5(hn, "p")
@@ -415,7 +441,7 @@ class TopicAliasTests(BrokerTestCase, BystanderMixin):
     def test_outbound_aliases_restart_on_reconnect(self) -> None:
         """Outbound aliases start afresh on a new connection: a message resent after
         reconnect carries its full topic and sets the alias again."""
-        hn = Harness(BASE5 + "topic_alias_max_client = 2\n")
+        hn = Harness(BASE5 + "topic_alias_max_broker = 2\n")
         s = connected5(hn, "s", topic_alias_maximum=2, session_expiry_interval=100)
         subscribe5(s, 1, ("t", SubOptions(1)))
         p = connected5(hn, "p")
@@ -550,7 +576,7 @@ class MaximumPacketSizeTests(BrokerTestCase, BystanderMixin):
     def test_dropped_alias_is_not_used(self) -> None:
         """A message dropped for the client's maximum packet size does not take a topic
         alias: the next message sets alias 1."""
-        hn = Harness(BASE5 + "topic_alias_max_client = 5\n")
+        hn = Harness(BASE5 + "topic_alias_max_broker = 5\n")
         s = connected5(hn, "s", maximum_packet_size=30, topic_alias_maximum=5)
         subscribe5(s, 1, ("t", SubOptions(0)))
         p = connected5(hn, "p")

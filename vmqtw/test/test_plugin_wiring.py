@@ -211,12 +211,13 @@ class PreauthTests(BrokerTestCase):
 
     def test_no_identity_keeps_the_connect_username(self) -> None:
         """With use_identity_as_username but no TLS identity on the connection,
-        auth_on_register sees the CONNECT user name (and here refuses it: CONNACK 5)."""
+        auth_on_register sees the CONNECT user name (and here no plugin knows it:
+        CONNACK 4, the answer to a wrong password too)."""
         seen = SeesUsername()
         hn = PluginHarness(self.TEXT, plugins=[("seen", seen)])
         c = hn.client()
         c.connect("c", username="someone", password=b"pw")
-        self.assertEqual(c.take(), connack(5))
+        self.assertEqual(c.take(), connack(4))
         self.assertEqual(seen.usernames, ["someone"])
 
 

@@ -78,10 +78,22 @@ class ConnectTests(BrokerTestCase):
         d.connect("c2")
         self.assertEqual(d.take(), connack(0))
 
-    def test_version_not_allowed_5_with_default(self) -> None:
-        """Default allowed_protocol_versions is 3,4: a 5.0 CONNECT gets the
-        3.x CONNACK 0x01 (unacceptable protocol version), then the close."""
+    def test_default_versions_are_vernemqs(self) -> None:
+        """The default allowed_protocol_versions is VerneMQ 2.x's 3,4,5,131: a 5.0
+        CONNECT is accepted on a listener that does not set it."""
         hn = Harness()
+        self.assertEqual(hn.config.listeners[0].allowed_protocol_versions,
+                         frozenset({3, 4, 5, 131}))
+        c = hn.client(level=5)
+        c.connect("c5")
+        data = c.take()
+        self.assertEqual((data[0], data[2:4]), (0x20, b"\x00\x00"))  # CONNACK success
+        self.assertFalse(c.closed)
+
+    def test_version_not_allowed_5(self) -> None:
+        """On a listener with allowed_protocol_versions = 3,4 a 5.0 CONNECT gets the
+        3.x CONNACK 0x01 (unacceptable protocol version), then the close."""
+        hn = Harness(BASE + "listener.tcp.t.allowed_protocol_versions = 3,4\n")
         self.assertEqual(hn.config.listeners[0].allowed_protocol_versions, frozenset({3, 4}))
         c = hn.client(level=5)
         c.connect("c5")

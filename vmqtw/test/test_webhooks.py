@@ -174,12 +174,14 @@ class AnswerTests(SynchronousTestCase):
                 parse_answer(hook, data)
 
     def test_register_modifiers_translated(self) -> None:
-        """retry_interval comes in milliseconds and leaves in seconds; VerneMQ-only
-        modifiers are accepted and dropped; client_id goes with mountpoint."""
+        """retry_interval comes in milliseconds and leaves in seconds; max_message_rate
+        is kept (vmqtw rate-limits as VerneMQ); VerneMQ-only modifiers are accepted and
+        dropped; client_id goes with mountpoint."""
         result = parse_answer("auth_on_register", json.dumps({"result": "ok", "modifiers": {
             "retry_interval": 20000, "upgrade_qos": True, "max_message_rate": 10,
             "allow_publish": True, "client_id": "new", "mountpoint": "mp"}}).encode())
         self.assertEqual(result.modifiers, {"retry_interval": 20, "upgrade_qos": True,
+                                            "max_message_rate": 10,
                                             "client_id": "new", "mountpoint": "mp"})
 
     def test_publish_modifiers(self) -> None:

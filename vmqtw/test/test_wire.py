@@ -97,6 +97,7 @@ class Mqtt5BuilderTests(SynchronousTestCase):
         cases = [
             (wire.connack_ok(True, wire.p_assigned_id("id")),
              Connack(0, True, {"assigned_client_identifier": "id", "receive_maximum": 65535,
+                               "maximum_packet_size": wire.DEFAULT_MAX_PACKET,
                                "retain_available": 1, "wildcard_subscription_available": 1,
                                "subscription_identifier_available": 1,
                                "shared_subscription_available": 1})),

@@ -212,11 +212,19 @@ def connack5(rc: int = 0, session_present: bool = False, *items: bytes) -> bytes
     return fixed(0x20, bytes((1 if session_present else 0, rc)) + props(*items))
 
 
+#: The broker's default ``max_message_size``, announced as Maximum Packet Size.
+DEFAULT_MAX_PACKET = 1048576
+
+
 def connack_ok(session_present: bool = False, *before: bytes, receive_max: int = 65535,
                limits: Iterable[bytes] = (), after: Iterable[bytes] = ()) -> bytes:
     """The CONNACK of a successful 5.0 CONNECT: ``before`` (assigned client id,
     server keep alive), receive maximum, ``limits`` (topic alias maximum, maximum
-    packet size), the availability flags, ``after`` (authentication)."""
+    packet size: the default one unless given), the availability flags, ``after``
+    (authentication)."""
+    limits = list(limits)
+    if not any(item[:1] == b"\x27" for item in limits):
+        limits.append(p_max_packet(DEFAULT_MAX_PACKET))
     return connack5(0, session_present, *before, p_receive_max(receive_max), *limits,
                     *AVAILABLE, *after)
 

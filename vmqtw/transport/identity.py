@@ -46,6 +46,27 @@ def certificate_cn(cert: Any) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def client_certificate_der(transport: Any) -> bytes | None:
+    """The DER bytes of the TLS client certificate found down the transport
+    chain (the first TLS layer that has one), else None."""
+    for layer in transports(transport):
+        get_cert = getattr(layer, "getPeerCertificate", None)
+        if not callable(get_cert):
+            continue
+        try:
+            cert = get_cert()
+        except Exception:
+            cert = None
+        if cert is None:
+            continue
+        from cryptography.hazmat.primitives.serialization import Encoding
+        to_crypto = getattr(cert, "to_cryptography", None)
+        if to_crypto is not None:
+            cert = to_crypto()
+        return bytes(cert.public_bytes(Encoding.DER))
+    return None
+
+
 def preauth_username(transport: Any, listener: Any) -> str | None:
     """The one place where an identity vouched for below MQTT replaces the
     CONNECT username, before the auth chain runs (auth still runs, as in VerneMQ).

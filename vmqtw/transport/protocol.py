@@ -28,7 +28,7 @@ from vmqtw.core.broker import Broker
 from vmqtw.core.mqtt5 import Outbound
 from vmqtw.core.session import IClientConnection, Session
 from vmqtw.transport._twisted_private import socket_under, write_now
-from vmqtw.transport.identity import peer_of, preauth_username
+from vmqtw.transport.identity import client_certificate_der, peer_of, preauth_username
 
 ABORT_AFTER = 5  # seconds a closing peer may take to read what we still send
 
@@ -229,6 +229,9 @@ class MQTTProtocol(Protocol):
 
     def preauth_username(self) -> str | None:
         return preauth_username(self.transport, self.factory.listener)
+
+    def client_certificate(self) -> bytes | None:
+        return client_certificate_der(self.transport)
 
     # -- IPushProducer: the transport tells us when its write buffer is full -----------
 

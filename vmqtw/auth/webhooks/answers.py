@@ -24,12 +24,12 @@ class AnswerError(ValueError):
 #: auth_on_register modifiers the hook API applies, with their checks.
 _REGISTER_BOOLS = ("clean_session", "upgrade_qos")
 _REGISTER_INTS = ("max_message_size", "max_connection_lifetime", "max_inflight_messages",
-                  "max_online_messages", "max_offline_messages")
+                  "max_online_messages", "max_offline_messages", "max_message_rate")
 #: VerneMQ register modifiers that vmqtw has no counterpart for: accepted
 #: (checked for their type) and dropped, so a VerneMQ service works unchanged.
 _REGISTER_DROPPED_BOOLS = ("allow_register", "allow_publish", "allow_subscribe",
                            "allow_unsubscribe")
-_REGISTER_DROPPED_INTS = ("max_message_rate", "max_drain_time", "max_msgs_per_drain_step")
+_REGISTER_DROPPED_INTS = ("max_drain_time", "max_msgs_per_drain_step")
 _REGISTER_DROPPED_WORDS = ("shared_subscription_policy", "queue_type")
 
 #: Reasons with a meaning of their own in the hook API: a webhook's error text

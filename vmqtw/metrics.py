@@ -1,0 +1,519 @@
+"""VerneMQ's metrics: names, types and labels, counted for almost nothing.
+
+Counters live in one plain list, ``Metrics.values``; every labelled series
+(``mqtt_publish_received{mqtt_version="4"}``) owns one slot.  The hot path
+resolves its slots once (at wiring time or at CONNECT, see ``version_slots``)
+and then only does ``values[slot] += 1``: no locks, no objects, no calls.
+
+Everything else is read when somebody looks (a Prometheus scrape, ``vmq-admin
+metrics show``, the ``$SYS`` publisher): gauges from the ``Broker`` (sessions,
+subscriptions, retained messages), counters that the core keeps itself
+(``Broker.dropped``) and process figures.
+
+``MetricsCollector`` exposes the registry as prometheus-client metric
+families, for any prometheus-client registry or the OpenMetrics writer.  The
+classic text format (what VerneMQ serves and what its dashboards query) is
+written by ``exposition()``: prometheus-client's own text writer appends
+``_total`` to every counter name, which VerneMQ does not do (its names have no
+suffix, and ``node`` is the first label).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from vmqtw.codec import reasons as rc
+
+#: VerneMQ 2.x's ``prometheus_namespace`` default.
+DEFAULT_NAMESPACE = "vernemq_"
+#: VerneMQ's default ``nodename``.
+DEFAULT_NODE = "VerneMQ@127.0.0.1"
+
+Labels = tuple[tuple[str, str], ...]
+
+# -- the catalogue -----------------------------------------------------------------
+
+#: Counters without labels.
+PLAIN_COUNTERS: dict[str, str] = {
+    "socket_open": "The number of times an MQTT socket has been opened.",
+    "socket_close": "The number of times an MQTT socket has been closed.",
+    "socket_close_timeout": "The number of times VerneMQ closed an MQTT socket due to no "
+                            "CONNECT frame has been received on time.",
+    "socket_error": "The total number of socket errors that have occurred.",
+    "bytes_received": "The total number of bytes received.",
+    "bytes_sent": "The total number of bytes sent.",
+    "queue_setup": "The number of times a MQTT queue process has been started.",
+    "queue_initialized_from_storage": "The number of times a MQTT queue process has been "
+                                      "initialized from offline storage.",
+    "queue_teardown": "The number of times a MQTT queue process has been terminated.",
+    "queue_message_drop": "The number of messages dropped due to full queues.",
+    "queue_message_expired": "The number of messages which expired before delivery.",
+    "queue_message_unhandled": "The number of unhandled messages when connecting with "
+                               "clean session=true.",
+    "queue_message_in": "The number of PUBLISH packets received by MQTT queue processes.",
+    "queue_message_out": "The number of PUBLISH packets sent from MQTT queue processes.",
+    "client_expired": "Not in use (deprecated)",
+    "cluster_bytes_received": "The number of bytes received from other cluster nodes.",
+    "cluster_bytes_sent": "The number of bytes send to other cluster nodes.",
+    "cluster_bytes_dropped": "The number of bytes dropped while sending data to other "
+                             "cluster nodes.",
+    "router_matches_local": "The number of matched local subscriptions.",
+    "router_matches_remote": "The number of matched remote subscriptions.",
+    "netsplit_detected": "The number of detected netsplits.",
+    "netsplit_resolved": "The number of resolved netsplits.",
+}
+
+#: Counters with ``mqtt_version`` "4" and "5".
+BOTH_VERSIONS: dict[str, str] = {
+    "mqtt_connect_received": "The number of CONNECT packets received.",
+    "mqtt_publish_received": "The number of PUBLISH packets received.",
+    "mqtt_subscribe_received": "The number of SUBSCRIBE packets received.",
+    "mqtt_unsubscribe_received": "The number of UNSUBSCRIBE packets received.",
+    "mqtt_pingreq_received": "The number of PINGREQ packets received.",
+    "mqtt_publish_sent": "The number of PUBLISH packets sent.",
+    "mqtt_suback_sent": "The number of SUBACK packets sent.",
+    "mqtt_unsuback_sent": "The number of UNSUBACK packets sent.",
+    "mqtt_pingresp_sent": "The number of PINGRESP packets sent.",
+    "mqtt_publish_auth_error": "The number of unauthorized publish attempts.",
+    "mqtt_subscribe_auth_error": "The number of unauthorized subscription attempts.",
+    "mqtt_invalid_msg_size_error": "The number of packages exceeding the maximum allowed size.",
+    "mqtt_puback_invalid_error": "The number of unexpected PUBACK messages received.",
+    "mqtt_pubcomp_invalid_error": "The number of unexpected PUBCOMP messages received.",
+    "mqtt_publish_error": "The number of times a PUBLISH operation failed due to a netsplit.",
+    "mqtt_subscribe_error": "The number of times a SUBSCRIBE operation failed due to a "
+                            "netsplit.",
+    "mqtt_unsubscribe_error": "The number of times an UNSUBSCRIBE operation failed due to a "
+                              "netsplit.",
+    "client_keepalive_expired": "The number of clients which failed to communicate within "
+                                "the keepalive time period.",
+}
+
+#: Counters with ``mqtt_version`` "4" only.
+V4_ONLY: dict[str, str] = {
+    "mqtt_puback_received": "The number of PUBACK packets received.",
+    "mqtt_pubrec_received": "The number of PUBREC packets received.",
+    "mqtt_pubrel_received": "The number of PUBREL packets received.",
+    "mqtt_pubcomp_received": "The number of PUBCOMP packets received.",
+    "mqtt_disconnect_received": "The number of DISCONNECT packets received.",
+    "mqtt_puback_sent": "The number of PUBACK packets sent.",
+    "mqtt_pubrec_sent": "The number of PUBREC packets sent.",
+    "mqtt_pubrel_sent": "The number of PUBREL packets sent.",
+    "mqtt_pubcomp_sent": "The number of PUBCOMP packets sent.",
+    "mqtt_pubrec_invalid_error": "The number of unexpected PUBREC messages received.",
+    "mqtt_connack_accepted_sent": "The number of times a connection has been accepted.",
+    "mqtt_connack_unacceptable_protocol_sent": "The number of times the broker is not able "
+                                               "to support the requested protocol.",
+    "mqtt_connack_identifier_rejected_sent": "The number of times a client was rejected due "
+                                             "to a unacceptable identifier.",
+    "mqtt_connack_server_unavailable_sent": "The number of times a client was rejected due "
+                                            "the the broker being unavailable.",
+    "mqtt_connack_bad_credentials_sent": "The number of times a client sent bad credentials.",
+    "mqtt_connack_not_authorized_sent": "The number of times a client was rejected due to "
+                                        "insufficient authorization.",
+}
+
+#: MQTT 3.x CONNACK return codes -> VerneMQ's ``return_code`` label.
+V4_RETURN_CODES: dict[int, str] = {
+    rc.CONNACK_ACCEPTED: "success",
+    rc.CONNACK_UNACCEPTABLE_PROTOCOL: "unsupported_protocol_version",
+    rc.CONNACK_IDENTIFIER_REJECTED: "client_identifier_not_valid",
+    rc.CONNACK_SERVER_UNAVAILABLE: "server_unavailable",
+    rc.CONNACK_BAD_CREDENTIALS: "bad_username_or_password",
+    rc.CONNACK_NOT_AUTHORIZED: "not_authorized",
+}
+
+#: MQTT 5.0 reason codes -> VerneMQ's ``reason_code`` label.
+REASON_NAMES: dict[int, str] = {
+    0x00: "success", 0x04: "disconnect_with_will_msg", 0x10: "no_matching_subscribers",
+    0x18: "continue_authentication", 0x19: "reauthenticate",
+    0x80: "unspecified_error", 0x81: "malformed_packet", 0x82: "protocol_error",
+    0x83: "impl_specific_error", 0x84: "unsupported_protocol_version",
+    0x85: "client_identifier_not_valid", 0x86: "bad_username_or_password",
+    0x87: "not_authorized", 0x88: "server_unavailable", 0x89: "server_busy", 0x8A: "banned",
+    0x8B: "server_shutting_down", 0x8C: "bad_authentication_method",
+    0x8D: "keep_alive_timeout", 0x8E: "session_taken_over", 0x8F: "topic_filter_invalid",
+    0x90: "topic_name_invalid", 0x91: "packet_id_in_use", 0x92: "packet_id_not_found",
+    0x93: "receive_max_exceeded", 0x94: "topic_alias_invalid", 0x95: "packet_too_large",
+    0x96: "message_rate_too_high", 0x97: "quota_exceeded", 0x98: "administrative_action",
+    0x99: "payload_format_invalid", 0x9A: "retain_not_supported", 0x9B: "qos_not_supported",
+    0x9C: "use_another_server", 0x9D: "server_moved", 0x9E: "shared_subs_not_supported",
+    0x9F: "connection_rate_exceeded", 0xA0: "max_connect_time",
+    0xA1: "subscription_ids_not_supported", 0xA2: "wildcard_subs_not_supported",
+}
+
+_DISCONNECT_RECEIVED = (
+    "normal_disconnect", "disconnect_with_will_msg", "unspecified_error", "malformed_packet",
+    "protocol_error", "impl_specific_error", "topic_name_invalid", "receive_max_exceeded",
+    "topic_alias_invalid", "packet_too_large", "message_rate_too_high", "quota_exceeded",
+    "administrative_action", "payload_format_invalid")
+_PUBACK = ("success", "no_matching_subscribers", "unspecified_error", "impl_specific_error",
+           "not_authorized", "topic_name_invalid", "packet_id_in_use", "quota_exceeded",
+           "payload_format_invalid")
+_PUBREL = ("success", "packet_id_not_found")
+_AUTH = ("success", "continue_authentication", "reauthenticate")
+
+#: MQTT 5.0 counters with a ``reason_code`` label: name -> (description, reason names).
+V5_REASONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mqtt_connack_sent": ("The number of CONNACK packets sent.", (
+        "success", "unspecified_error", "malformed_packet", "protocol_error",
+        "impl_specific_error", "unsupported_protocol_version", "client_identifier_not_valid",
+        "bad_username_or_password", "not_authorized", "server_unavailable", "server_busy",
+        "banned", "bad_authentication_method", "topic_name_invalid", "packet_too_large",
+        "quota_exceeded", "payload_format_invalid", "retain_not_supported",
+        "qos_not_supported", "use_another_server", "server_moved",
+        "connection_rate_exceeded")),
+    "mqtt_disconnect_received": ("The number of DISCONNECT packets received.",
+                                 _DISCONNECT_RECEIVED),
+    "mqtt_disconnect_sent": ("The number of DISCONNECT packets sent.", tuple(
+        r for r in _DISCONNECT_RECEIVED if r != "disconnect_with_will_msg") + (
+        "not_authorized", "server_busy", "server_shutting_down", "keep_alive_timeout",
+        "session_taken_over", "topic_filter_invalid", "retain_not_supported",
+        "qos_not_supported", "use_another_server", "server_moved", "shared_subs_not_supported",
+        "connection_rate_exceeded", "max_connect_time", "subscription_ids_not_supported",
+        "wildcard_subs_not_supported")),
+    "mqtt_puback_sent": ("The number of PUBACK packets sent.", _PUBACK),
+    "mqtt_puback_received": ("The number of PUBACK packets received.", _PUBACK),
+    "mqtt_pubrec_sent": ("The number of PUBREC packets sent.", _PUBACK),
+    "mqtt_pubrec_received": ("The number of PUBREC packets received.", _PUBACK),
+    "mqtt_pubrel_sent": ("The number of PUBREL packets sent.", _PUBREL),
+    "mqtt_pubrel_received": ("The number of PUBREL packets received.", _PUBREL),
+    "mqtt_pubcomp_sent": ("The number of PUBCOMP packets sent.", _PUBREL),
+    "mqtt_pubcomp_received": ("The number of PUBCOMP packets received.", _PUBREL),
+    "mqtt_auth_sent": ("The number of AUTH packets sent.", _AUTH),
+    "mqtt_auth_received": ("The number of AUTH packets received.", _AUTH),
+}
+
+#: Counters that are the sum of others, computed when read, so that the hot
+#: path counts fewer things: every matched subscription enters a session's
+#: queue, and every PUBLISH sent leaves one.  Code should not count these
+#: itself (what it adds to their own slot is added to the sum).
+DERIVED: dict[str, tuple[str, ...]] = {
+    "queue_message_in": ("router_matches_local",),
+    "queue_message_out": ("mqtt_publish_sent",),
+}
+
+#: Gauges read from the broker at scrape time.
+GAUGES: dict[str, str] = {
+    "router_subscriptions": "The number of subscriptions in the routing table.",
+    "retain_messages": "The number of currently stored retained messages.",
+    "retain_memory": "The number of bytes used for storing retained messages.",
+    "queue_processes": "The number of MQTT queue processes.",
+    "active_mqtt_connections": "The number of open MQTT connections.",
+    "active_mqttws_connections": "The number of open WebSocket connections.",
+    "total_active_connections": "The total number of open MQTT and WebSocket connections.",
+    "system_process_count": "The number of threads of the broker process.",
+}
+
+#: Process figures: name -> (type, description).
+PROCESS: dict[str, tuple[str, str]] = {
+    "system_runtime": ("counter", "The sum of the CPU time (user and system) used by the "
+                                  "broker process, in milliseconds."),
+    "system_wallclock": ("counter", "The number of milliseconds passed since the broker "
+                                    "started."),
+    "vm_memory_total": ("gauge", "The resident memory of the broker process, in bytes."),
+}
+
+
+def _labels(**labels: str) -> Labels:
+    return tuple(labels.items())
+
+
+def _version_label(protocol_level: int) -> str:
+    """VerneMQ's ``mqtt_version`` label: "4" covers MQTT 3.1 and 3.1.1."""
+    return "5" if protocol_level >= 5 else "4"
+
+
+class VersionSlots:
+    """The counter slots of one protocol version, resolved once (at CONNECT).
+
+    Every name of ``BOTH_VERSIONS`` (and, for MQTT 3.x, ``V4_ONLY``) is an
+    attribute holding its slot: ``values[slots.mqtt_publish_received] += 1``.
+    ``connack(code)``, ``reason(name, code)`` give the slot of a CONNACK return
+    code (3.x) or of a 5.0 reason code; both return -1, never failing, for a
+    code VerneMQ has no series for (``values[-1]`` is a spare slot).
+    """
+
+    def __init__(self, metrics: "Metrics", protocol_level: int) -> None:
+        self.version = _version_label(protocol_level)
+        self._metrics = metrics
+        for name in BOTH_VERSIONS:
+            setattr(self, name, metrics.slot(name, mqtt_version=self.version))
+        for name in V4_ONLY:
+            setattr(self, name, metrics.slot(name, mqtt_version="4") if self.version == "4"
+                    else metrics.spare)
+        self._codes: dict[tuple[str, int], int] = {}
+        if self.version == "4":
+            for code, label in V4_RETURN_CODES.items():
+                self._codes[("mqtt_connack_sent", code)] = metrics.slot(
+                    "mqtt_connack_sent", mqtt_version="4", return_code=label)
+        else:
+            codes = {label: code for code, label in REASON_NAMES.items()}
+            codes["normal_disconnect"] = 0
+            for name, (_, names) in V5_REASONS.items():
+                for label in names:
+                    self._codes[(name, codes[label])] = metrics.slot(
+                        name, mqtt_version="5", reason_code=label)
+
+    def connack(self, code: int) -> int:
+        """The ``mqtt_connack_sent`` slot for a CONNACK with ``code``."""
+        return self._codes.get(("mqtt_connack_sent", code), self._metrics.spare)
+
+    def reason(self, name: str, code: int) -> int:
+        """The slot of ``name`` (e.g. ``mqtt_disconnect_sent``) with a reason code;
+        MQTT 3.x connections count in the name's ``mqtt_version="4"`` series."""
+        slot = self._codes.get((name, code))
+        if slot is not None:
+            return slot
+        if self.version == "4" and name in V4_ONLY:
+            return getattr(self, name)
+        return self._metrics.spare
+
+
+class Metrics:
+    """The registry of one node.
+
+    ``values`` is the list of counter values, one slot per labelled series,
+    plus a last spare slot that is never exported.  ``broker`` (set by the
+    service) is read at scrape time for the gauges.
+    """
+
+    def __init__(self, node: str = DEFAULT_NODE, namespace: str = DEFAULT_NAMESPACE,
+                 broker: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self.node = node
+        self.namespace = namespace
+        self.broker = broker
+        self._clock = clock
+        self.started = clock()
+        self.descriptions: dict[str, tuple[str, str]] = {}   # name -> (type, help)
+        self.series: list[tuple[str, Labels]] = []
+        self._index: dict[tuple[str, Labels], int] = {}
+        for name, doc in PLAIN_COUNTERS.items():
+            self._add(name, doc, ())
+        for name, doc in BOTH_VERSIONS.items():
+            self._add(name, doc, _labels(mqtt_version="4"))
+            self._add(name, doc, _labels(mqtt_version="5"))
+        for name, doc in V4_ONLY.items():
+            self._add(name, doc, _labels(mqtt_version="4"))
+        for label in V4_RETURN_CODES.values():
+            self._add("mqtt_connack_sent", V5_REASONS["mqtt_connack_sent"][0],
+                      _labels(mqtt_version="4", return_code=label))
+        for name, (doc, names) in V5_REASONS.items():
+            for label in names:
+                self._add(name, doc, _labels(mqtt_version="5", reason_code=label))
+        self.values: list[int] = [0] * (len(self.series) + 1)
+        self.spare = len(self.series)
+        #: Counters kept elsewhere, read at scrape time: name -> callable.  What
+        #: ``reset()`` zeroes is remembered as an offset.
+        self.sources: dict[str, Callable[[], int]] = {}
+        self._offsets: dict[str, int] = {}
+        self._versions = {4: VersionSlots(self, 4), 5: VersionSlots(self, 5)}
+        self._versions[3] = self._versions[4]
+        self.sources["queue_message_drop"] = self._broker_dropped
+
+    def register_counter(self, name: str, doc: str, read: Callable[[], int]) -> None:
+        """A counter kept elsewhere (a plugin, ``vmq_http_pub``), read at scrape
+        time, like VerneMQ's ``vmq_metrics_mfa``.  Registering a name again adds
+        the new reader (e.g. one per HTTP listener)."""
+        if (name, ()) not in self._index:
+            self.descriptions.setdefault(name, ("counter", doc))
+            self._index[(name, ())] = len(self.values)
+            self.series.append((name, ()))
+            self.values.append(0)
+        previous = self.sources.get(name)
+        self.sources[name] = read if previous is None else (lambda: previous() + read())
+
+    def _add(self, name: str, doc: str, labels: Labels) -> None:
+        self.descriptions.setdefault(name, ("counter", doc))
+        self._index[(name, labels)] = len(self.series)
+        self.series.append((name, labels))
+
+    # -- for the code that counts ------------------------------------------------
+
+    def slot(self, name: str, **labels: str) -> int:
+        """The slot of one series (a KeyError names an unknown series)."""
+        return self._index[(name, tuple(labels.items()))]
+
+    def version_slots(self, protocol_level: int) -> VersionSlots:
+        """The slots of MQTT ``protocol_level`` (3, 4 or 5), shared by every connection."""
+        return self._versions[5 if protocol_level >= 5 else 4]
+
+    def watch_sessions(self, broker: Any) -> None:
+        """Count ``queue_setup`` and ``queue_teardown`` from the broker's session
+        events (a session is VerneMQ's queue), off the packet path."""
+        values = self.values
+        setup, teardown = self.slot("queue_setup"), self.slot("queue_teardown")
+
+        def observe(event: str, session: Any) -> None:
+            if event == "register":
+                values[setup] += 1
+            elif event in ("gone", "expired"):
+                values[teardown] += 1
+
+        broker.session_observers.append(observe)
+
+    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
+        """Add to a counter by name (for code off the hot path)."""
+        self.values[self.slot(name, **labels)] += amount
+
+    # -- for the readers -----------------------------------------------------------
+
+    def _broker_dropped(self) -> int:
+        return getattr(self.broker, "dropped", 0)
+
+    def reset(self) -> None:
+        """``vmq-admin metrics reset``: every counter back to zero."""
+        values = self.values
+        for i in range(len(values)):
+            values[i] = 0
+        for name, source in self.sources.items():
+            self._offsets[name] = source()
+
+    def samples(self) -> Iterator[tuple[str, str, Labels, float]]:
+        """Every series: (type, name, labels, value), names without namespace,
+        series of one name together, counters first."""
+        values = self.values
+        extra = {name: source() - self._offsets.get(name, 0)
+                 for name, source in self.sources.items()}
+        for name, parts in DERIVED.items():
+            extra[name] = extra.get(name, 0) + sum(
+                values[self._index[key]] for key in self.series if key[0] in parts)
+        index = self._index
+        for name, labels in self.series:  # (the spare slot is in no series)
+            value = values[index[(name, labels)]]
+            if name in extra and not labels:
+                value += extra[name]
+            yield "counter", name, labels, value
+        for name, reading in self.gauges().items():
+            yield GAUGE_TYPE.get(name, "gauge"), name, (), reading
+
+    def gauges(self) -> dict[str, float]:
+        """The figures read at scrape time: broker gauges and process figures."""
+        out: dict[str, float] = dict.fromkeys(GAUGES, 0)
+        broker = self.broker
+        if broker is not None:
+            online = ws = 0
+            for session in broker.sessions.values():
+                if session.conn is not None:
+                    online += 1
+                    if (session.listener or "").split(".", 1)[0] in ("ws", "wss"):
+                        ws += 1
+            out["active_mqtt_connections"] = online - ws
+            out["active_mqttws_connections"] = ws
+            out["total_active_connections"] = online
+            out["queue_processes"] = len(broker.sessions)
+            out["router_subscriptions"] = sum(len(t) for t in broker.trees.values())
+            count, size = retained_figures(broker.store)
+            out["retain_messages"] = count
+            out["retain_memory"] = size
+        out["system_process_count"] = _threads()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out["system_runtime"] = int((usage.ru_utime + usage.ru_stime) * 1000)
+        out["system_wallclock"] = int((self._clock() - self.started) * 1000)
+        out["vm_memory_total"] = _rss(usage)
+        return out
+
+    def describe(self, name: str) -> tuple[str, str]:
+        """(type, description) of a metric name without namespace."""
+        if name in self.descriptions:
+            return self.descriptions[name]
+        if name in GAUGES:
+            return "gauge", GAUGES[name]
+        return PROCESS.get(name, ("gauge", name))
+
+    def aggregated(self) -> dict[str, tuple[str, float]]:
+        """name -> (type, value) summed over labels, as ``$SYS`` and ``metrics show``."""
+        out: dict[str, tuple[str, float]] = {}
+        for typ, name, _, value in self.samples():
+            prev = out.get(name)
+            out[name] = (typ, value + (prev[1] if prev else 0))
+        return out
+
+
+GAUGE_TYPE = {name: typ for name, (typ, _) in PROCESS.items()}
+
+
+def retained_figures(store: Any) -> tuple[int, int]:
+    """(count, bytes of topics and payloads) of the retained messages of ``store``."""
+    items = getattr(store, "retained_items", None)
+    if items is None:
+        return store.retained_count(), 0
+    count = size = 0
+    for _mp, topic, message in items():
+        count += 1
+        size += len(topic) + len(message.payload)
+    return count, size
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+        return threading.active_count()
+
+
+def _rss(usage: Any) -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        # ru_maxrss: kilobytes on Linux, bytes on macOS (a peak, the best we have)
+        return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+# -- export ------------------------------------------------------------------------
+
+class MetricsCollector(Collector):
+    """The registry as prometheus-client metric families (``node`` label first,
+    names with the namespace, counters without ``_total``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        families: dict[str, Metric] = {}
+        for typ, name, labels, value in m.samples():
+            full = m.namespace + name
+            family = families.get(full)
+            if family is None:
+                family = families[full] = Metric(full, m.describe(name)[1], typ)
+            family.add_sample(full, {"node": m.node, **dict(labels)}, value)
+        return list(families.values())
+
+
+def exposition(metrics: Metrics) -> bytes:
+    """The Prometheus text format (0.0.4) as VerneMQ writes it: one ``# HELP``
+    and ``# TYPE`` per name, one line per labelled series, ``node`` first."""
+    out: list[str] = []
+    for family in MetricsCollector(metrics).collect():
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} {family.type}\n")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
+    return "".join(out).encode()
+
+
+def _number(value: float) -> str:
+    """Integers as VerneMQ writes them (``12``), anything else as Go would."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return floatToGoString(value)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def metrics_settings(extra: Any) -> tuple[str, str]:
+    """(nodename, prometheus_namespace) from a config's raw keys (``extra``)."""
+    return (extra.get("nodename", DEFAULT_NODE),
+            extra.get("prometheus_namespace", DEFAULT_NAMESPACE))
