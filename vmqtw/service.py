@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from vmqtw.auth.hooks import Notifier
+from vmqtw.cluster.wiring import ClusterConfigError, cluster_node
 from vmqtw.auth.loader import (
     AUTHN_INTERFACES, AUTHZ_INTERFACES, listener_authorizer, load_plugins, provides_any,
 )
@@ -209,12 +210,20 @@ class BrokerService(MultiService):
         except ConfigError as e:
             raise StartupError(str(e)) from e
         self.listeners: dict[str, ListenerService] = {}
+        try:
+            self.cluster = cluster_node(config, self.broker, reactor)
+        except ClusterConfigError as e:
+            raise StartupError(str(e)) from e
+        if self.cluster is not None:  # the netsplit flags
+            self.authorizers = self.cluster.gate(self.authorizers)
         for listener in config.listeners:
             factory = MQTTFactory(self.broker, self.authorizers[listener.key], listener,
                                   reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)
             svc.setServiceParent(self)
             self.listeners[f"{listener.kind}.{listener.name}"] = svc
+        if self.cluster is not None:
+            self.cluster.setServiceParent(self)
 
     def restore(self) -> None:
         """Load the durable store (if the broker has one) into the broker: once,
@@ -246,9 +255,13 @@ class BrokerService(MultiService):
             for svc in self.listeners.values():
                 svc.bind()
                 bound.append(svc)
-        except StartupError:
+            if self.cluster is not None:
+                self.cluster.bind()
+        except (StartupError, ClusterConfigError) as e:
             for svc in bound:
                 svc.close_now()
+            if isinstance(e, ClusterConfigError):
+                raise StartupError(str(e)) from e
             raise
         try:
             self._warn_about_open_doors()

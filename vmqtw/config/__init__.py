@@ -76,6 +76,7 @@ from vmqtw.config.schema import (
 from vmqtw.config.schema import _scope as _scope
 from vmqtw.config.settings import (
     PROXY_HEADER_TIMEOUT,
+    ClusterConfig,
     LogConfig,
     ProxyConfig,
     SettingError,
@@ -103,6 +104,7 @@ __all__ = [
     "WebSocketConfig",
     "ProxyConfig",
     "StoreConfig",
+    "ClusterConfig",
     "ListenerOption",
     "GlobalKey",
     "REGISTRY",

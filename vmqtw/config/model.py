@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from vmqtw.config.settings import (
+    ClusterConfig,
     LogConfig,
     ProxyConfig,
     StoreConfig,
@@ -214,7 +215,8 @@ class BrokerConfig:
     Typed top-level keys are fields; recognised keys without behaviour yet are
     in ``extra`` as raw strings; ``NAME.key`` settings of plugins are in
     ``plugin_settings``; ``store`` is the ``persistent_store.*`` keys and
-    ``log`` the ``log.*`` keys.  ``warnings`` lists every key that is accepted
+    ``log`` the ``log.*`` keys, ``cluster`` the cluster keys (also in ``extra``).
+    ``warnings`` lists every key that is accepted
     but has no effect (or not all of its VerneMQ effect) in vmqtw, and every
     listener declared but not served: the service logs them at startup.
 
@@ -284,6 +286,8 @@ class BrokerConfig:
     )
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    #: The cluster keys (``nodename``, ``metadata_plugin``...; vmqtw.cluster).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: Declared listeners of kinds vmqtw does not serve yet (vmq, vmqs, http,
     #: https); each has a "not served yet" warning.
     unserved_listeners: tuple[ListenerConfig, ...] = ()

@@ -38,7 +38,9 @@ from vmqtw.config.schema import (
     ListenerOption,
     root_options,
 )
-from vmqtw.config.settings import SettingError, StoreConfig
+from vmqtw.config.settings import (
+    CLUSTER_KEYS, ClusterConfig, SettingError, StoreConfig, cluster_config,
+)
 from vmqtw.config.values import (
     _PLUGIN_NAME_RE,
     Validator,
@@ -116,6 +118,8 @@ class _Parser:
         for line, key, value in entries:
             self.sources[key] = line
             self.classify(line, key, value, declared, plugin_names)
+        # Before the warnings: the cluster keys have an effect on a cluster node only.
+        self.cluster = self.build_cluster()
         self.value_warnings()
         listeners, unserved = self.resolve_listeners()
         plugins = self.build_plugins()
@@ -136,6 +140,7 @@ class _Parser:
             ),
             extra=MappingProxyType(self.extra),
             store=self.build_store(),
+            cluster=self.cluster,
             key_sources=MappingProxyType(
                 {k: (self.filename, n) for k, n in self.sources.items()}
             ),
@@ -407,12 +412,17 @@ class _Parser:
             listener = self.build_listener(kind, name, decl, address)
             if kind in SERVED_KINDS:
                 listeners.append(listener)
+            elif kind in ("vmq", "vmqs"):
+                # Served by the cluster node (vmqtw.cluster) when there is one.
+                unserved.append(listener)
+                if not self.cluster.enabled:
+                    self.warn(decl.line, key, f"VerneMQ's cluster listener ({kind}) is "
+                              f"not served: {address} is not opened (vmqtw is a cluster "
+                              f"node only with metadata_plugin = redis)")
             else:
                 unserved.append(listener)
-                what = ("VerneMQ's cluster listener" if kind in ("vmq", "vmqs")
-                        else "VerneMQ's HTTP API listener")
-                self.warn(decl.line, key, f"{what} ({kind}) is not served yet by vmqtw: "
-                                          f"{address} is not opened")
+                self.warn(decl.line, key, f"VerneMQ's HTTP API listener ({kind}) is not "
+                                          f"served yet by vmqtw: {address} is not opened")
         return tuple(listeners), tuple(unserved)
 
     def build_listener(
@@ -468,6 +478,8 @@ class _Parser:
     def value_warnings(self) -> None:
         """Keys whose effective value asks for something vmqtw does not do."""
         for key, line in self.sources.items():
+            if key in CLUSTER_KEYS and self.cluster.enabled:
+                continue  # honoured by the cluster node
             if key in compat.NO_EFFECT:
                 self.no_effect[key] = (line, compat.NO_EFFECT[key][1])
                 continue
@@ -489,6 +501,16 @@ class _Parser:
             directory=got.get("persistent_store.directory", StoreConfig.directory),
             sync=got.get("persistent_store.sync", StoreConfig.sync),
         )
+
+
+    def build_cluster(self) -> ClusterConfig:
+        """The cluster keys (checked by ``classify``); a bad combination is an error
+        on the line of the key at fault."""
+        try:
+            return cluster_config(self.extra_typed)
+        except SettingError as e:
+            self.fail(self.sources.get(e.option, 0), e.option, e.message)
+            return ClusterConfig()
 
 
 def _resolve_option(

@@ -29,6 +29,7 @@ from vmqtw.config.values import TLS_VERSIONS, _Invalid, split_list
 
 __all__ = [
     "SettingError", "TLSConfig", "WebSocketConfig", "ProxyConfig", "StoreConfig",
+    "ClusterConfig", "CLUSTER_KEYS", "METADATA_PLUGINS", "cluster_config",
     "PROXY_HEADER_TIMEOUT", "STORE_SYNC_MODES", "tls_config", "websocket_config",
     "proxy_config",
 ]
@@ -277,6 +278,115 @@ class LogConfig:
         if self.console in ("file", "both") and not self.console_file:
             raise SettingError("log.console.file",
                                f"log.console = {self.console} needs log.console.file")
+
+
+# --------------------------------------------------------------------------
+# Cluster
+# --------------------------------------------------------------------------
+
+#: VerneMQ's cluster keys that ``vmqtw.config.compat`` lists as without effect, but
+#: that a cluster node (``metadata_plugin = redis``) honours.
+CLUSTER_KEYS: frozenset[str] = frozenset({
+    "nodename", "distributed_cookie", "metadata_plugin", "outgoing_clustering_buffer_size",
+    "allow_register_during_netsplit", "allow_publish_during_netsplit",
+    "allow_subscribe_during_netsplit",
+})
+
+#: The values of ``metadata_plugin``: ``none`` is a one-node broker (VerneMQ's own
+#: engines, ``vmq_swc`` and ``vmq_plumtree``, are accepted and mean the same here).
+METADATA_PLUGINS: tuple[str, ...] = ("none", "redis", "vmq_swc", "vmq_plumtree")
+
+
+def _host_port(raw: str, default_port: int) -> tuple[str, int]:
+    host, _, port = raw.strip().rpartition(":")
+    if not host:
+        return raw.strip(), default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingError("metadata.redis.sentinels", f"bad port in {raw!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """
+    The cluster keys (VerneMQ's where they exist, ``metadata.*`` and ``cluster.*``
+    are ours).  Durations are in seconds here (milliseconds in the file).
+
+    ``enabled`` is true with ``metadata_plugin = redis``; without it the broker is a
+    single node exactly as before, and a ``listener.vmq`` is refused.
+    """
+
+    nodename: str = "VerneMQ@127.0.0.1"
+    cookie: str = "vmq"
+    metadata_plugin: str = "none"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_master_name: str = "vmqtw"
+    name: str = "vmqtw"
+    heartbeat_interval: float = 1.0
+    node_timeout: float = 5.0
+    outgoing_buffer_size: int = 64 * 1024 * 1024
+    flush_threshold: int = 64 * 1024
+    incoming_buffer_size: int = 64 * 1024 * 1024
+    handshake_timeout: float = 5.0
+    remote_enqueue_timeout: float = 5.0
+    allow_register_during_netsplit: bool = False
+    allow_publish_during_netsplit: bool = False
+    allow_subscribe_during_netsplit: bool = False
+    allow_unsubscribe_during_netsplit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.metadata_plugin not in METADATA_PLUGINS:
+            raise SettingError("metadata_plugin", f"expected one of "
+                               f"{', '.join(METADATA_PLUGINS)}, got {self.metadata_plugin!r}")
+        if not self.nodename:
+            raise SettingError("nodename", "must not be empty")
+        if self.node_timeout <= self.heartbeat_interval:
+            raise SettingError("cluster.node_timeout", "must be longer than "
+                               "cluster.heartbeat_interval")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this node joins a cluster (a metadata engine is configured)."""
+        return self.metadata_plugin == "redis"
+
+    @property
+    def host(self) -> str:
+        """The host part of ``nodename`` (``VerneMQ@HOST``), or ``""``."""
+        return self.nodename.rpartition("@")[2] if "@" in self.nodename else ""
+
+
+def cluster_config(got: Mapping[str, Any]) -> ClusterConfig:
+    """The ``ClusterConfig`` from the checked values of the top-level keys (``got``:
+    key -> value through its schema parser).  Raises ``SettingError``."""
+    d = ClusterConfig
+    sentinels = tuple(_host_port(s, 26379)
+                      for s in split_list(got.get("metadata.redis.sentinels", "")))
+
+    def ms(key: str, default: float) -> float:
+        value = got.get(key)
+        return default if value is None else value / 1000.0
+
+    return ClusterConfig(
+        nodename=got.get("nodename", d.nodename),
+        cookie=got.get("distributed_cookie", d.cookie),
+        metadata_plugin=got.get("metadata_plugin", d.metadata_plugin),
+        redis_url=got.get("metadata.redis.url", d.redis_url),
+        redis_sentinels=sentinels,
+        redis_master_name=got.get("metadata.redis.master_name", d.redis_master_name),
+        name=got.get("cluster.name", d.name),
+        heartbeat_interval=ms("cluster.heartbeat_interval", d.heartbeat_interval),
+        node_timeout=ms("cluster.node_timeout", d.node_timeout),
+        outgoing_buffer_size=got.get("outgoing_clustering_buffer_size",
+                                     d.outgoing_buffer_size),
+        flush_threshold=got.get("outgoing_clustering_flush_threshold", d.flush_threshold),
+        incoming_buffer_size=got.get("incoming_clustering_buffer_size",
+                                     d.incoming_buffer_size),
+        handshake_timeout=ms("outgoing_cluster_handshake_ack_timeout", d.handshake_timeout),
+        remote_enqueue_timeout=ms("remote_enqueue_timeout", d.remote_enqueue_timeout),
+        **{f"allow_{op}_during_netsplit": got.get(f"allow_{op}_during_netsplit", False)
+           for op in ("register", "publish", "subscribe", "unsubscribe")},
+    )
 
 
 # --------------------------------------------------------------------------

@@ -215,6 +215,7 @@ def registered(result: Any, conn: Connection, packet: Connect) -> None:
         # so that user names cannot be enumerated.
         code = (reasons.BAD_USER_NAME_OR_PASSWORD if result.reason == "invalid_credentials"
                 or (result.reason == CHAIN_EXHAUSTED and packet.username is not None)
+                else reasons.SERVER_UNAVAILABLE if result.reason == "netsplit"  # cluster
                 else reasons.NOT_AUTHORIZED)
         conn.refuse(code, f"authentication: {result.reason}")
         conn.broker.flush()

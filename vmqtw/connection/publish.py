@@ -251,6 +251,10 @@ def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> N
     level = conn.protocol_level
     conn.log.info("client {client_id!r}: publish to {topic!r} not authorized ({reason})",
                   client_id=conn.client_id, topic=packet.topic, reason=verdict.reason)
+    if verdict.reason == "netsplit":  # the cluster is split: drop, keep the connection
+        if level == MQTT5 and packet.qos:
+            refuse_publish5(conn, packet, reasons.UNSPECIFIED_ERROR, "cluster not ready")
+        return
     if level == MQTT5:
         if packet.qos:
             refuse_publish5(conn, packet, reasons.NOT_AUTHORIZED, "not authorized")

@@ -78,7 +78,9 @@ def authorized_subscribe(conn: Connection, verdict: Any, packet: Subscribe, sess
         if verdict.__class__ is Error:
             conn.log.info("client {client_id!r}: subscribe to {filters} not authorized",
                           client_id=session.client_id, filters=[f for f, _ in wanted])
-            denied = reasons.NOT_AUTHORIZED if level == MQTT5 else reasons.SUBACK_FAILURE
+            denied = reasons.SUBACK_FAILURE if level != MQTT5 else (
+                reasons.UNSPECIFIED_ERROR if verdict.reason == "netsplit"  # cluster split
+                else reasons.NOT_AUTHORIZED)
             codes = [c if c >= 0x80 else denied for c in codes]
         elif verdict.__class__ is Ok and verdict.modifiers:
             rewrite_subscriptions(conn, verdict.modifiers, wanted,

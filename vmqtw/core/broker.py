@@ -118,6 +118,10 @@ class Broker:
         self.deliver_hook: Callable[[Session, Message, int, bool], Message] | None = None
         self.offline_hook: Callable[[Session, Message, int, bool], None] | None = None
         self.dropped = 0
+        #: The cluster seam (``vmqtw.cluster.router.ClusterRouter``), None on a single
+        #: node: told when a filter enters or leaves the tree (``subscribed`` /
+        #: ``unsubscribed``) and given every message published here (``publish``).
+        self.remote: Any = None
         self.stopping = False  # see stop()
         # Observers of session lifecycle events, e.g. for plugins: callables
         # taking (event_name, session).
@@ -363,6 +367,8 @@ class Broker:
                 tree.add(inner, gkey, shared)
             new = session.key not in shared.members
             shared.members[session.key] = sub
+        if new and self.remote is not None:
+            self.remote.subscribed(mp, topic_filter)
         return new, sub
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -384,6 +390,8 @@ class Broker:
             current = tree.get(inner, session.key)
             if current is not None and current.session is session:
                 tree.remove(inner, session.key)
+                if self.remote is not None:
+                    self.remote.unsubscribed(session.mountpoint, topic_filter)
         else:
             gkey = (None, group)  # never equal to a (mountpoint, client id) key
             shared = tree.get(inner, gkey)
@@ -391,6 +399,8 @@ class Broker:
                 member = shared.members.get(session.key)
                 if member is not None and member.session is session:
                     del shared.members[session.key]
+                    if self.remote is not None:
+                        self.remote.unsubscribed(session.mountpoint, topic_filter)
                 if not shared.members:
                     tree.remove(inner, gkey)
         if not len(tree):
@@ -447,18 +457,26 @@ class Broker:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def publish(self, message: Message, mountpoint: str, sender: Session | None = None) -> int:
-        """Route ``message`` within ``mountpoint``; returns the number of deliveries.
+    def publish(self, message: Message, mountpoint: str, sender: Session | None = None,
+                from_remote: bool = False) -> int:
+        """Route ``message`` within ``mountpoint``; returns the number of local deliveries.
 
         A retained message over the retained quotas is routed but not retained
-        (the connection refuses a 5.0 QoS 1/2 one before it gets here)."""
-        if message.retain:
-            if self.retained.allowed(mountpoint, message):
-                self.store.retained_set(mountpoint, message.topic,
-                                        message if message.payload else None)
-            else:
-                self.retained.refuse(mountpoint, message,
-                                     sender.client_id if sender is not None else None)
+        (the connection refuses a 5.0 QoS 1/2 one before it gets here).
+        ``from_remote``: it came from another cluster node, which stored it if
+        retained; it goes to local subscribers only."""
+        if not from_remote:
+            retain = message.retain
+            if retain:
+                if self.retained.allowed(mountpoint, message):
+                    self.store.retained_set(mountpoint, message.topic,
+                                            message if message.payload else None)
+                else:
+                    retain = False
+                    self.retained.refuse(mountpoint, message,
+                                         sender.client_id if sender is not None else None)
+            if self.remote is not None:
+                self.remote.publish(message, mountpoint, retain)
         tree = self.trees.get(mountpoint)
         if tree is None:
             return 0

@@ -16,7 +16,7 @@ A listener address is either VerneMQ's form or a Twisted endpoint description:
 ``listener_endpoint`` is the one function from a ``ListenerConfig`` to its
 endpoint; the endpoint is a chain of wrappers, outermost (last applied) first::
 
-    TLSServerEndpoint        (ssl, wss)          vmqtw.transport.tls_endpoint
+    TLSServerEndpoint        (ssl, wss, vmqs)    vmqtw.transport.tls_endpoint
       ProxyServerEndpoint    (proxy_protocol)    vmqtw.transport.proxy
         LimitedServerEndpoint (max_connections,  vmqtw.transport.limits
                                nr_of_acceptors)
@@ -139,7 +139,7 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
         endpoint = ProxyServerEndpoint(endpoint, reactor, name=name,
                                      timeout=listener.proxy.header_timeout,
                                      trusted=listener.proxy)
-    if listener.kind in ("ssl", "wss"):
+    if listener.kind in ("ssl", "wss", "vmqs"):
         endpoint = tls_endpoint(listener, endpoint, reactor)
     return endpoint
 

@@ -1,0 +1,79 @@
+"""Netsplits: VerneMQ's ``allow_{register,publish,subscribe}_during_netsplit`` flags.
+
+A node is *ready* while the metadata engine answers its heartbeats and it has an
+established, handshaken link to every other live member. While it is not ready, and
+the flag of an operation is off (VerneMQ's default), the operation is refused:
+
+- CONNECT: CONNACK "server unavailable" (3.1.1: 0x03, 5.0: 0x88);
+- PUBLISH: dropped (5.0 QoS 1/2: PUBACK/PUBREC 0x80; 3.x: no acknowledgement);
+- SUBSCRIBE: SUBACK failure (3.1.1: 0x80, 5.0: 0x80).
+
+The gate wraps each listener's :class:`~vmqtw.auth.chain.Authorizer`, so it runs
+before the plugins' hooks and costs one readiness check per operation while ready.
+UNSUBSCRIBE is not gated yet (``allow_unsubscribe_during_netsplit`` is accepted).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer
+
+from vmqtw.auth.api import Error
+from vmqtw.config import ClusterConfig
+
+#: The ``Error`` reason the connection code maps to the netsplit answers above.
+NETSPLIT = "netsplit"
+_REFUSED = Error(NETSPLIT)
+
+
+class NetsplitGate:
+    """An authorizer that refuses what the flags forbid while ``ready()`` is false,
+    and otherwise asks the wrapped ``inner`` authorizer (every other attribute is
+    the inner one's)."""
+
+    def __init__(self, inner: Any, ready: Callable[[], bool], flags: ClusterConfig) -> None:
+        self.inner = inner
+        self.ready = ready
+        self.allow_register = flags.allow_register_during_netsplit
+        self.allow_publish = flags.allow_publish_during_netsplit
+        self.allow_subscribe = flags.allow_subscribe_during_netsplit
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _closed(self, allowed: bool) -> bool:
+        if allowed or self.ready():
+            return False
+        self.refused += 1
+        return True
+
+    def register(self, request: Any, anonymous_override: bool = False) -> Any:
+        if self._closed(self.allow_register):
+            return defer.succeed(_REFUSED)
+        return self.inner.register(request, anonymous_override)
+
+    def publish(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,
+                deferrable: bool = False) -> Any:
+        if self._closed(self.allow_publish):
+            return _REFUSED
+        return self.inner.publish(client, topic, payload, qos, retain, deferrable)
+
+    def publish_m5(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,
+                   properties: dict[str, Any], deferrable: bool = False) -> Any:
+        if self._closed(self.allow_publish):
+            return _REFUSED
+        return self.inner.publish_m5(client, topic, payload, qos, retain, properties,
+                                     deferrable)
+
+    def subscribe(self, client: Any, topics: list[tuple[str, int]],
+                  deferrable: bool = False) -> Any:
+        if self._closed(self.allow_subscribe):
+            return _REFUSED
+        return self.inner.subscribe(client, topics, deferrable)
+
+    def subscribe_m5(self, client: Any, topics: list[tuple[str, int]],
+                     properties: dict[str, Any], deferrable: bool = False) -> Any:
+        if self._closed(self.allow_subscribe):
+            return _REFUSED
+        return self.inner.subscribe_m5(client, topics, properties, deferrable)

@@ -1,0 +1,252 @@
+"""Cross-node routing: the object a clustered :class:`~vmqtw.core.broker.Broker` calls.
+
+The broker has one seam, ``Broker.remote``. When set, it calls:
+
+- ``subscribed(mountpoint, filter)`` / ``unsubscribed(mountpoint, filter)`` whenever a
+  local session's subscription enters or leaves its topic tree. The router counts them
+  per (mountpoint, filter) and announces a route to the metadata on the first one and
+  withdraws it with the last one (routes are *collapsed per filter*, as in VerneMQ);
+- ``publish(message, mountpoint)`` for every message published on this node (not for
+  the ones that came from a peer). The router sends the message once to each live node
+  that has a matching route, and records retained messages in the metadata.
+
+Messages from peers reach :meth:`ClusterRouter.deliver`, which publishes them with
+``from_remote=True``: they are matched against the local subscribers only, never
+forwarded again.
+
+Nothing here touches a socket: the links are looked up through ``links`` (peer name ->
+anything with ``send(record)``), which :class:`~vmqtw.cluster.node.ClusterNode` keeps.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from vmqtw.cluster.codec import Msg, Record, decode_batch, encode_record
+from vmqtw.cluster.metadata import MetadataUnavailable, RetainedChange, RouteChange
+from vmqtw.codec.packets import PUBLISH
+from vmqtw.codec.properties import decode_properties, encode_properties
+from vmqtw.core.message import FORWARDED, Message
+from vmqtw.core.topics import TopicTree, parse_shared
+from vmqtw.logs import Logger
+
+#: The PUBLISH properties carried over the link: the forwarded ones and the expiry
+#: interval (as what is left of it when the message leaves this node).
+_LINK_PROPERTIES = FORWARDED
+
+_SEP = "\x00"  # never in a topic filter (MQTT forbids U+0000)
+
+
+def route_key(mountpoint: str, topic_filter: str) -> str:
+    """The route of ``topic_filter`` in ``mountpoint`` as stored in the metadata: the
+    filter itself in the default mountpoint, else ``mountpoint NUL filter``."""
+    return f"{mountpoint}{_SEP}{topic_filter}" if mountpoint else topic_filter
+
+
+def split_route(route: str) -> tuple[str, str]:
+    """``(mountpoint, filter)`` of a route made by :func:`route_key`."""
+    mountpoint, sep, topic_filter = route.partition(_SEP)
+    return (mountpoint, topic_filter) if sep else ("", route)
+
+
+def to_record(message: Message, mountpoint: str, now: float) -> Msg:
+    """The link record of ``message``: its forwarded MQTT 5 properties and, if it
+    expires, the seconds it has left."""
+    props = message.properties
+    kept = {k: props[k] for k in _LINK_PROPERTIES if k in props}
+    if message.expires_at is not None:
+        kept["message_expiry_interval"] = message.remaining_expiry(now)
+    encoded = encode_properties(kept, PUBLISH) if kept else b""
+    return Msg(mountpoint, message.topic, message.payload, message.qos, message.retain,
+               encoded)
+
+
+def from_record(record: Msg, now: float) -> Message:
+    """The :class:`Message` a link record carries, its expiry started at ``now``."""
+    props: dict[str, Any] = {}
+    if record.properties:
+        props, _ = decode_properties(record.properties, 0, PUBLISH)
+    message = Message(record.topic, record.payload, record.qos, record.retain, props)
+    message.start_expiry(now)
+    return message
+
+
+class ClusterRouter:
+    """Routes between this node's broker and its peers.
+
+    :param broker: the local :class:`~vmqtw.core.broker.Broker` (this router becomes
+        its ``remote``).
+    :param metadata: an :class:`~vmqtw.cluster.metadata.IMetadata` provider.
+    :param links: peer node name -> its outgoing link (``send(record)``); read on
+        every forwarded publish.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Any, metadata: Any, links: Mapping[str, Any]) -> None:
+        self.broker = broker
+        self.metadata = metadata
+        self.node_name: str = metadata.node_name
+        self.links = links
+        #: (mountpoint, filter) -> local subscriptions holding it.
+        self.local: dict[tuple[str, str], int] = {}
+        #: mountpoint -> the other nodes' filters (tree key and value: the node name).
+        self.remote: dict[str, TopicTree[str, str]] = {}
+        #: Called with ``(peer, record)`` for the records that are not messages
+        #: (takeover control; :class:`~vmqtw.cluster.registry.ClientRegistry`).
+        self.control: Callable[[str, Record], None] | None = None
+        self.forwarded = 0
+        self.received = 0
+        self.route_errors = 0
+        metadata.watch_routes(self.routes_changed)
+        metadata.watch_retained(self.retained_changed)
+
+    def attach(self) -> None:
+        """Become the broker's ``remote`` and announce what is already subscribed (a
+        store restored before the cluster started)."""
+        broker = self.broker
+        for session in list(broker.sessions.values()):
+            for topic_filter in session.subscriptions:
+                self.subscribed(session.mountpoint, topic_filter)
+        broker.remote = self
+
+    # -- local subscriptions -> routes ------------------------------------------
+
+    def subscribed(self, mountpoint: str, topic_filter: str) -> None:
+        """A local subscription to ``topic_filter`` entered the topic tree."""
+        key = (mountpoint, topic_filter)
+        count = self.local.get(key, 0)
+        self.local[key] = count + 1
+        if count == 0 and parse_shared(topic_filter)[0] is None:
+            self._route_op(self.metadata.add_route, route_key(mountpoint, topic_filter))
+
+    def unsubscribed(self, mountpoint: str, topic_filter: str) -> None:
+        """A local subscription to ``topic_filter`` left the topic tree."""
+        key = (mountpoint, topic_filter)
+        count = self.local.get(key, 0)
+        if count <= 1:
+            self.local.pop(key, None)
+            if count == 1 and parse_shared(topic_filter)[0] is None:
+                self._route_op(self.metadata.remove_route,
+                               route_key(mountpoint, topic_filter))
+        else:
+            self.local[key] = count - 1
+
+    def _route_op(self, op: Callable[[str], Any], route: str) -> None:
+        def failed(f: Any) -> None:
+            # The metadata keeps this node's own routes and announces all of them
+            # once the engine answers again: nothing is lost.
+            self.route_errors += 1
+            if not f.check(MetadataUnavailable):
+                self.log.failure("cluster: route update for {route!r} failed", f,
+                                 route=route)
+        op(route).addErrback(failed)
+
+    # -- routes of other nodes -----------------------------------------------------
+
+    def routes_changed(self, changes: list[RouteChange]) -> None:
+        """The metadata's route view changed (watcher)."""
+        for change in changes:
+            if change.node == self.node_name:
+                continue
+            mountpoint, topic_filter = split_route(change.filter)
+            if parse_shared(topic_filter)[0] is not None:
+                continue
+            tree = self.remote.get(mountpoint)
+            if change.added:
+                if tree is None:
+                    tree = self.remote[mountpoint] = TopicTree()
+                tree.add(topic_filter, change.node, change.node)
+            elif tree is not None:
+                tree.remove(topic_filter, change.node)
+                if not len(tree):
+                    del self.remote[mountpoint]
+
+    def nodes_for(self, mountpoint: str, topic: str) -> set[str]:
+        """The other nodes with a route matching ``topic`` in ``mountpoint``."""
+        tree = self.remote.get(mountpoint)
+        if tree is None:
+            return set()
+        return {node for _f, node, _v in tree.match(topic)}
+
+    # -- publishing ------------------------------------------------------------------
+
+    def publish(self, message: Message, mountpoint: str, retain: bool = True) -> None:
+        """A message published on this node: once to each node with a matching route;
+        a retained one is also recorded in the metadata (unless ``retain`` is false:
+        the local retained quotas refused it)."""
+        if message.retain and retain:
+            self._retain(message, mountpoint)
+        tree = self.remote.get(mountpoint)
+        if tree is None:
+            return
+        matches = tree.match(message.topic)
+        if not matches:
+            return
+        record: Record | None = None
+        seen: set[str] = set()
+        for _f, node, _v in matches:
+            if node in seen:
+                continue
+            seen.add(node)
+            link = self.links.get(node)
+            if link is None:
+                continue
+            if record is None:
+                record = to_record(message, mountpoint, self.broker.clock.seconds())
+            link.send(record)
+            self.forwarded += 1
+
+    def deliver(self, peer: str, records: list[Record]) -> None:
+        """Records from ``peer``'s link: publish each message to the local subscribers."""
+        broker = self.broker
+        now = broker.clock.seconds()
+        for record in records:
+            if type(record) is Msg:
+                self.received += 1
+                broker.publish(from_record(record, now), record.mountpoint,
+                               from_remote=True)
+            elif self.control is not None:
+                self.control(peer, record)
+            else:
+                self.log.debug("cluster: ignoring {kind} record from {peer}",
+                               kind=type(record).__name__, peer=peer)
+        broker.flush()
+
+    # -- retained messages -----------------------------------------------------------
+
+    def _retain(self, message: Message, mountpoint: str) -> None:
+        meta = self.metadata
+        if message.payload:
+            data = encode_record(to_record(message, mountpoint, self.broker.clock.seconds()))
+            d = meta.set_retained(mountpoint, message.topic, data)
+        else:
+            d = meta.delete_retained(mountpoint, message.topic)
+
+        def failed(f: Any) -> None:
+            self.log.warn("cluster: retained message on {topic!r} not shared with the "
+                          "other nodes: {reason}", topic=message.topic,
+                          reason=f.getErrorMessage())
+        d.addErrback(failed)
+
+    def retained_changed(self, changes: list[RetainedChange]) -> None:
+        """The metadata's retained copy changed (watcher): keep the local store equal."""
+        store = self.broker.store
+        now = self.broker.clock.seconds()
+        for change in changes:
+            message = None
+            if change.message is not None:
+                try:
+                    records = decode_batch(change.message)
+                    record = records[0]
+                    assert type(record) is Msg
+                except Exception:
+                    self.log.warn("cluster: undecodable retained message for {topic!r}",
+                                  topic=change.topic)
+                    continue
+                message = from_record(record, now)
+            store.retained_set(change.mountpoint, change.topic, message)
+
+    def load_retained(self) -> None:
+        """Copy the metadata's whole retained view into the local store."""
+        self.retained_changed([RetainedChange(mp, topic, msg)
+                               for (mp, topic), msg in self.metadata.retained().items()])
