@@ -52,6 +52,7 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
         else:
             verdict = conn.authorizer.subscribe(session, wanted)
         if verdict.__class__ is Error:
+            conn.counters[conn.slots.mqtt_subscribe_auth_error] += 1  # type: ignore[attr-defined]
             conn.log.info("client {client_id!r}: subscribe to {filters} not authorized",
                           client_id=session.client_id, filters=[f for f, _ in wanted])
             denied = reasons.NOT_AUTHORIZED if level == MQTT5 else failure
@@ -74,6 +75,7 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
             continue
         accepted.append((topic_filter, options))
     conn.write(encode(Suback(packet.packet_id, codes), level))
+    conn.counters[conn.slots.mqtt_suback_sent] += 1  # type: ignore[attr-defined]
     sub_id = packet.properties.get("subscription_identifier")  # MQTT 5.0: [n] or absent
     broker = conn.broker
     for topic_filter, options in accepted:
@@ -127,3 +129,4 @@ def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
     if len(codes) != len(packet.topics):  # a plugin rewrote the list
         codes = [reasons.SUCCESS] * len(packet.topics)
     conn.write(encode(Unsuback(packet.packet_id, codes), conn.protocol_level))
+    conn.counters[conn.slots.mqtt_unsuback_sent] += 1  # type: ignore[attr-defined]

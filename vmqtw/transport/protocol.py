@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,6 +28,7 @@ from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.mqtt5 import Outbound
 from vmqtw.core.session import IClientConnection, Session
+from vmqtw.metrics import BYTES_SENT, SOCKET_ERROR
 from vmqtw.transport._twisted_private import socket_under, write_now
 from vmqtw.transport.identity import peer_of, preauth_username
 
@@ -56,6 +58,7 @@ class MQTTProtocol(Protocol):
         # (an empty tuple until first needed: an empty deque costs ~600 bytes)
         self._gates: deque[list[Any]] | tuple[()] = ()
         self._abort: Any = None
+        self.counters = factory.broker.counters
         self.connection = connection = Connection(
             self, factory.broker, factory.authorizer, factory.listener, factory.clock,
             factory.notifier, factory.max_packet_size)
@@ -90,6 +93,8 @@ class MQTTProtocol(Protocol):
         self.connection.connection_made()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ConnectionDone, ConnectionAborted) is None:
+            self.counters[SOCKET_ERROR] += 1  # reset by the peer, timed out...
         self._closing = True
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
@@ -178,6 +183,7 @@ class MQTTProtocol(Protocol):
             transport = self.transport
             if transport is not None and not self._closing:
                 data = out[0] if len(out) == 1 else b"".join(out)
+                self.counters[BYTES_SENT] += len(data)
                 bottom = self._socket
                 if bottom is None or self.paused:
                     transport.write(data)
