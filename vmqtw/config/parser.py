@@ -243,6 +243,9 @@ class _Parser:
             if ok:
                 self.root[parts[1]] = _Set(value, line)
             return
+        if len(parts) > 4 and ".".join(parts[3:]) in self.registry:
+            # a dotted option of a named listener (http_module.M.auth.mode)
+            parts = parts[:3] + [".".join(parts[3:])]
         if len(parts) not in (3, 4) or parts[1] not in LISTENER_KINDS:
             self.fail(line, key, "unknown configuration key")
             return
@@ -409,10 +412,8 @@ class _Parser:
                 listeners.append(listener)
             else:
                 unserved.append(listener)
-                what = ("VerneMQ's cluster listener" if kind in ("vmq", "vmqs")
-                        else "VerneMQ's HTTP API listener")
-                self.warn(decl.line, key, f"{what} ({kind}) is not served yet by vmqtw: "
-                                          f"{address} is not opened")
+                self.warn(decl.line, key, f"VerneMQ's cluster listener ({kind}) is not "
+                                          f"served yet by vmqtw: {address} is not opened")
         return tuple(listeners), tuple(unserved)
 
     def build_listener(
