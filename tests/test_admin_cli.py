@@ -1,6 +1,6 @@
 """vmq-admin as an operator runs it: the script in a child process, talking
-over the admin socket to a real broker (BrokerService + the admin channel,
-listeners on port 0) started by the test."""
+over the admin socket to a real broker (a BrokerService, which serves its
+admin channel, listeners on port 0) started by the test."""
 from __future__ import annotations
 
 import json
@@ -32,10 +32,8 @@ class AdminCliTestCase(BrokerTestCase):
                      "nodename = VerneMQ@test\n")
         self.service = self.start_broker(self.text)
         self.config_path = self.service.config.path
-        self.ops = Operations(self.service)
-        self.channel = self.ops.admin_channel()
-        self.channel.startService()
-        self.addCleanup(self.channel.stopService)
+        self.ops: Operations = self.service.ops
+        self.channel = self.service.admin_channel
 
     def vmq_admin(self, *args: str, config: str | None = None) -> Any:
         """Run the vmq-admin script; fires with (stdout, stderr, exit code)."""

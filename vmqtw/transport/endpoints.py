@@ -138,7 +138,7 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
     if listener.proxy.enabled:
         endpoint = ProxyServerEndpoint(endpoint, reactor, name=name,
                                      timeout=listener.proxy.header_timeout)
-    if listener.kind in ("ssl", "wss"):
+    if listener.kind in ("ssl", "wss", "https"):
         endpoint = tls_endpoint(listener, endpoint, reactor)
     return endpoint
 
