@@ -296,7 +296,7 @@ class VersionSlots:
         ptype = packet.type
         if ptype == 1:  # CONNECT: the version it asks for
             slots = self._metrics.version_slots(getattr(packet, "protocol_level", 4))
-            return slots.mqtt_connect_received  # type: ignore[attr-defined, no-any-return]
+            return slots.mqtt_connect_received  # type: ignore[attr-defined]
         name = RECEIVED_NAMES.get(ptype)
         if name is None:
             return self._metrics.spare
@@ -313,7 +313,7 @@ class VersionSlots:
         if slot is not None:
             return slot
         if name in BOTH_VERSIONS or (self.version == "4" and name in V4_ONLY):
-            return getattr(self, name)  # type: ignore[no-any-return]
+            return getattr(self, name)  # type: ignore[no-any-return,unused-ignore]
         return self._metrics.spare
 
 

@@ -20,7 +20,7 @@ import sys
 from types import ModuleType
 from typing import Any, Iterable
 
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from zope.interface import providedBy
 
 from vmqtw.auth import api
@@ -168,18 +168,6 @@ def listener_authorizer(config: BrokerConfig, listener: ListenerConfig,
     authz = pick("authz_plugins", AUTHZ_INTERFACES,
                  "auth_on_publish or auth_on_subscribe") or Chain(plugins)
     return Authorizer(authn, config.allow_anonymous, authz_chain=authz)
-
-
-def settings_without_plugin(config: BrokerConfig) -> list[str]:
-    """Warnings for ``NAME.key`` settings of built-in plugins that are not on."""
-    warnings = []
-    for name in BUILTIN_MODULES:
-        pc = config.plugins.get(name)
-        if config.plugin_settings.get(name) and (pc is None or not pc.enabled):
-            keys = ", ".join(f"{name}.{k}" for k in config.plugin_settings[name])
-            warnings.append(f"{keys} set but plugins.{name} is not on: these settings have "
-                            f"no effect")
-    return warnings
 
 
 def describe(plugins: Plugins) -> str:

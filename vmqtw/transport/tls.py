@@ -56,7 +56,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
