@@ -205,6 +205,28 @@ class HealthTests(RunningBrokerTestCase):
         self.assertEqual(code, 200)
 
 
+class LogFileTests(BrokerTestCase):
+
+    @inlineCallbacks
+    def test_log_file_only_while_running(self) -> None:
+        """log.console = file: the broker's log goes to log.console.file from its start
+        to the end of its stop, and nothing after that."""
+        from vmqtw import logs
+        from tests.support import stop_broker
+        path = os.path.abspath(os.path.join(self.mktemp(), "console.log"))
+        service = self.start_broker("allow_anonymous = on\nlistener.tcp.default = "
+                                    f"127.0.0.1:0\nlog.console = file\n"
+                                    f"log.console.file = {path}\n")
+        logs.Logger(namespace="vmqtw.test").info("while running")
+        yield stop_broker(service)
+        logs.Logger(namespace="vmqtw.test").info("after stopping")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        self.assertIn("listener tcp.default on 127.0.0.1:", text)
+        self.assertIn("while running", text)
+        self.assertNotIn("after stopping", text)
+
+
 class AdminTests(RunningBrokerTestCase):
 
     @inlineCallbacks

@@ -148,4 +148,4 @@ class Operations:
         settings = http_settings(global_keys, options)
         root = self.http_root(settings.modules, settings.auth_modes, authorizer, settings.pub)
         return make_site(root, settings.max_request_line_length,
-                         settings.max_header_value_length)
+                         settings.max_header_value_length, self.service.reactor)
