@@ -256,6 +256,33 @@ class CommandTests(AdminCliTestCase):
         self.assertTrue(out.endswith(b"Trace stopped\n"), out)
 
     @inlineCallbacks
+    def test_trace_client_sees_real_packets(self) -> None:
+        """vmq-admin trace client streams the packets a traced client really sends and
+        receives (reported by the connection), and only that client's."""
+        from tests.support import RunningProcess
+        traced = yield self.connected_raw_client(self.service, "traced")
+        other = yield self.connected_raw_client(self.service, "other")
+        tracing = RunningProcess(sys.executable, ["-m", "vmqtw.admin.cli", "-c",
+                                                  self.config_path, "trace", "client",
+                                                  "client-id=traced"])
+        self.addCleanup(tracing.stop)
+        yield tracing.wait_for_output(rb'Starting trace for 1 existing sessions')
+        other.send(b"\xc0\x00")
+        yield other.read(2)
+        traced.send(publish_packet("t/x", b"hello"))
+        traced.send(b"\xc0\x00")  # PINGREQ
+        pong = yield traced.read(2)
+        self.assertEqual(pong, b"\xd0\x00")
+        yield tracing.wait_for_output(rb'MQTT SEND: CID: "traced" PINGRESP\(\)\n')
+        yield self.ok("trace", "stop_all")
+        out, err, code = yield tracing.proto.ended
+        self.assertEqual(code, 0, err)
+        self.assertIn(b'MQTT RECV: CID: "traced" PUBLISH(d0, q0, r0, mundefined, "t/x") with '
+                      b'payload:\n    "hello"\n', out)
+        self.assertIn(b'MQTT RECV: CID: "traced" PINGREQ()\n', out)
+        self.assertNotIn(b'"other"', out)
+
+    @inlineCallbacks
     def test_api_keys_persist(self) -> None:
         """api-key create stores the key in a 0600 file next to the store."""
         key = (yield self.ok("api-key", "create", "scope=status")).strip()

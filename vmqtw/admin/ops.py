@@ -107,6 +107,10 @@ class Operations:
         self.admin = Admin(service.broker, self.metrics, self.listeners, self.apikeys,
                            getattr(service, "plugins", ()), node,
                            clock=clock if clock is not None else time.time)
+        # ``vmq-admin trace client``: connections report the packets of the
+        # sessions in ``traced`` (an empty set while nothing is traced).
+        service.broker.tracer = self.admin.tracer
+        service.broker.traced = self.admin.tracer.watching
         #: The admin socket's path; None with ``admin_socket = off``.
         self.socket_path: str | None = None if extra.get("admin_socket") == "off" else \
             _path(config, "admin_socket", SOCKET_NAME)

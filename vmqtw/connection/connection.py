@@ -41,6 +41,9 @@ from vmqtw.metrics import (
 
 Handler = Callable[["Connection", Any], None]
 
+#: ``Connection.traced`` of a broker without the admin stack.
+NOT_TRACED: frozenset[Any] = frozenset()
+
 # One handler per inbound packet type (mosquitto's handle_*.c, as functions).
 HANDLERS: list[Handler] = [control.handle_unexpected] * 16
 HANDLERS[CONNECT] = connect.handle_connect
@@ -67,6 +70,7 @@ class Connection:
         "will", "clean_disconnect", "peer", "last_activity", "keepalive", "held", "timers",
         "head", "problem_info", "session_expiry", "will_delay", "aliases_in", "auth_method",
         "connack5", "auth_data", "reauth", "auth_connect", "counters", "slots", "received",
+        "traced",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -116,6 +120,8 @@ class Connection:
         #: Packet type -> its ``*_received`` slot (None: ask ``slots.received_slot``);
         #: all None until CONNECT says the version.
         self.received: list[int | None] = [None] * 16
+        #: The session keys ``vmq-admin trace client`` watches (shared, usually empty).
+        self.traced: Any = getattr(broker, "traced", NOT_TRACED)
 
     # -- what the transport tells us ------------------------------------------------------
 
@@ -143,6 +149,7 @@ class Connection:
             error = e
             packets = getattr(e, "packets", [])
         handlers = HANDLERS
+        traced = self.traced
         for packet in packets:
             if self.state == CLOSED:
                 break
@@ -155,12 +162,21 @@ class Connection:
                 self.held.append(packet)
                 continue
             handlers[ptype](self, packet)
+            if traced:
+                self.trace("RECV", packet)
         if error is not None and self.state != CLOSED:
             if self.state == AUTHENTICATING:
                 self.held.append(error)
             else:
                 self.codec_error(error)
         self.broker.flush()
+
+    def trace(self, direction: str, packet: Any) -> None:
+        """Report ``packet`` to ``vmq-admin trace client`` if its client is traced."""
+        client = self.client
+        if client is not None and (client.mountpoint, client.client_id) in self.traced:
+            self.broker.tracer.packet((client.mountpoint, client.client_id), direction,
+                                      packet)
 
     def count_version(self, packet: Any) -> int:
         """The ``*_received`` slot of ``packet`` when the table has none; a

@@ -19,6 +19,8 @@ from zope.interface import implementer
 
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.hooks import Notifier
+from vmqtw.codec.decoder import Decoder
+from vmqtw.codec.errors import CodecError
 from vmqtw.config import ListenerConfig
 from vmqtw.connection import Connection
 from vmqtw.connection.state import (  # noqa: F401  (re-exported: tests and tools use them)
@@ -59,6 +61,7 @@ class MQTTProtocol(Protocol):
         self._gates: deque[list[Any]] | tuple[()] = ()
         self._abort: Any = None
         self.counters = factory.broker.counters
+        self.traced: Any = getattr(factory.broker, "traced", ())  # vmq-admin trace client
         self.connection = connection = Connection(
             self, factory.broker, factory.authorizer, factory.listener, factory.clock,
             factory.notifier, factory.max_packet_size)
@@ -184,11 +187,26 @@ class MQTTProtocol(Protocol):
             if transport is not None and not self._closing:
                 data = out[0] if len(out) == 1 else b"".join(out)
                 self.counters[BYTES_SENT] += len(data)
+                if self.traced:
+                    self._trace_sent(data)
                 bottom = self._socket
                 if bottom is None or self.paused:
                     transport.write(data)
                 else:
                     write_now(transport, bottom, self._direct, data)
+
+    def _trace_sent(self, data: bytes) -> None:
+        """Report the packets in ``data`` to ``vmq-admin trace client`` if this
+        connection's client is traced (decoded again: off the hot path)."""
+        client = self.connection.client
+        if client is None or (client.mountpoint, client.client_id) not in self.traced:
+            return
+        try:
+            packets = Decoder(protocol_level=self.protocol_level).feed(data)
+        except CodecError:
+            return
+        for packet in packets:
+            self.connection.trace("SEND", packet)
 
     def close_connection(self, final: bytes = b"") -> None:
         if self._closing:
