@@ -41,9 +41,6 @@ from vmqtw.metrics import (
 
 Handler = Callable[["Connection", Any], None]
 
-#: ``Connection.traced`` of a broker without the admin stack.
-NOT_TRACED: frozenset[Any] = frozenset()
-
 # One handler per inbound packet type (mosquitto's handle_*.c, as functions).
 HANDLERS: list[Handler] = [control.handle_unexpected] * 16
 HANDLERS[CONNECT] = connect.handle_connect
@@ -121,7 +118,7 @@ class Connection:
         #: all None until CONNECT says the version.
         self.received: list[int | None] = [None] * 16
         #: The session keys ``vmq-admin trace client`` watches (shared, usually empty).
-        self.traced: Any = getattr(broker, "traced", NOT_TRACED)
+        self.traced: Any = broker.traced
 
     # -- what the transport tells us ------------------------------------------------------
 

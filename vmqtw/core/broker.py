@@ -105,6 +105,10 @@ class Broker:
         #: counter values, which the packet path increments by slot.
         self.metrics = metrics
         self.counters: list[int] = metrics.values
+        #: ``vmq-admin trace client``: the tracer (with ``packet(key, direction,
+        #: packet)``) and the set of session keys it watches (set by the admin stack).
+        self.tracer: Any = None
+        self.traced: Any = frozenset()
         self.config = config
         if store is None:
             # Imported here: the store package pulls in Twisted, the core does not.

@@ -61,7 +61,7 @@ class MQTTProtocol(Protocol):
         self._gates: deque[list[Any]] | tuple[()] = ()
         self._abort: Any = None
         self.counters = factory.broker.counters
-        self.traced: Any = getattr(factory.broker, "traced", ())  # vmq-admin trace client
+        self.traced: Any = factory.broker.traced  # vmq-admin trace client
         self.connection = connection = Connection(
             self, factory.broker, factory.authorizer, factory.listener, factory.clock,
             factory.notifier, factory.max_packet_size)
