@@ -28,6 +28,11 @@ from vmqtw.auth.chain import Authorizer, Chain
 from vmqtw.auth.context import PluginContext
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig, PluginConfig, split_list
 
+#: VerneMQ plugins that are not auth plugins here: ``vmq_http_pub`` is an HTTP
+#: module (``http_modules``), served by the http listeners, which read its
+#: ``vmq_http_pub.*`` settings.
+NOT_AUTH_PLUGINS = frozenset({"vmq_http_pub"})
+
 BUILTIN_MODULES = {
     "vmq_passwd": "vmqtw.auth.passwd",
     "vmq_acl": "vmqtw.auth.acl",
@@ -115,6 +120,8 @@ def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
     config_dir = os.path.dirname(os.path.abspath(config.path))
     loaded: Plugins = []
     for pc in chain_order(config.plugins.values()):
+        if pc.name in NOT_AUTH_PLUGINS:
+            continue
         module = _import(pc, config_dir)
         make = getattr(module, "make_plugin", None)
         if not callable(make):

@@ -339,7 +339,7 @@ BUILTIN_PLUGINS: frozenset[str] = frozenset({"vmq_passwd", "vmq_acl"})
 #: knows whether or not the plugin is on: accepted without a ``plugins.NAME``
 #: line (with a warning when the plugin is not on).
 VERNEMQ_PLUGINS: frozenset[str] = BUILTIN_PLUGINS | {"vmq_webhooks", "vmq_diversity",
-                                                      "vmq_bridge"}
+                                                      "vmq_bridge", "vmq_http_pub"}
 
 #: The default file of each built-in plugin (VerneMQ: ``./etc/vmq.passwd``
 #: and ``./etc/vmq.acl``; here next to the configuration file) and the

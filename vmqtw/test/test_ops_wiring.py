@@ -76,6 +76,23 @@ class HttpListenerTests(WiringTestCase):
         self.assertIn("expected one of apikey, noauth", str(e))
 
 
+    def test_vmq_http_pub_settings(self) -> None:
+        """plugins.vmq_http_pub = on with its vmq_http_pub.* settings (VerneMQ's way)
+        starts without loading an auth plugin, and a listener serving vmq_http_pub
+        publishes with those settings."""
+        svc = self.started(BASE + "plugins.vmq_http_pub = on\n"
+                                  "vmq_http_pub.mqtt_auth.mode = predefined\n"
+                                  "vmq_http_pub.mqtt_auth.user = web\n"
+                                  "listener.http.pub = 127.0.0.1:0\n"
+                                  "listener.http.pub.http_modules = vmq_http_pub\n")
+        self.assertNotIn("vmq_http_pub", [name for name, _ in svc.plugins])
+        root = svc.listeners["http.pub"].layers[0].resource
+        guard = root.children[b"restmqtt"].children[b"api"].children[b"v1"].children[
+            b"publish"]
+        publish = getattr(guard, "wrapped", guard)
+        self.assertEqual((publish.settings.mode, publish.settings.user), ("predefined", "web"))
+
+
 class ServicesTests(WiringTestCase):
 
     def test_admin_channel_and_systree_are_children(self) -> None:
