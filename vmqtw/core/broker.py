@@ -167,6 +167,11 @@ class Broker:
         dirty = self.dirty
         while dirty:
             self.dirty = []
+            if self.traced:  # vmq-admin trace client: once per flush, not per connection
+                for conn in dirty:
+                    trace = getattr(conn, "trace_output", None)
+                    if trace is not None:
+                        trace()
             for conn in dirty:
                 conn.flush()
             dirty = self.dirty

@@ -138,7 +138,7 @@ class Session:
         "incoming_qos2", "_next_pid", "max_inflight", "max_online", "max_offline",
         "retry_interval", "upgrade_qos", "expiry_call", "retry_call", "dropped",
         "peer", "listener", "sub_ids", "client_receive_max", "will", "will_call",
-        "sent_slot",
+        "sent_slot", "counters",
     )
 
     def __init__(self, env: Union[SessionEnv, "Broker"], key: SessionKey, persistent: bool,
@@ -181,8 +181,11 @@ class Session:
         # MQTT 5.0 delayed will: the message and the timer that publishes it.
         self.will: Message | None = None
         self.will_call: Any = None
-        #: The ``mqtt_publish_sent`` slot of the connection's MQTT version (set on attach).
+        #: The ``mqtt_publish_sent`` slot of the connection's MQTT version (set on
+        #: attach) in the metrics' counter values (``env.counters``, kept here to
+        #: save a lookup per message sent).
         self.sent_slot = -1
+        self.counters = env.counters
 
     def queue_for_append(self) -> deque[tuple[Any, ...]]:
         """The queue, created on first use."""
@@ -221,7 +224,7 @@ class Session:
                 if data is None:
                     return
                 conn.write(data)
-            self.env.counters[self.sent_slot] += 1
+            self.counters[self.sent_slot] += 1
             return
         n = len(self.inflight)
         if n >= self.max_inflight or n >= self.client_receive_max:
@@ -322,11 +325,11 @@ class Session:
                 # under another id).  Connections that hold output for the store
                 # provide write_durable.
                 getattr(conn, "write_durable", conn.write)(data)
-                self.env.counters[self.sent_slot] += 1
+                self.counters[self.sent_slot] += 1
                 self._schedule_retry(level)
                 return
         conn.write(data)
-        self.env.counters[self.sent_slot] += 1
+        self.counters[self.sent_slot] += 1
         self._schedule_retry(level)
 
     def _schedule_retry(self, level: int) -> None:
@@ -375,7 +378,7 @@ class Session:
                     if data is None:
                         continue
                     conn.write(data)
-                self.env.counters[self.sent_slot] += 1
+                self.counters[self.sent_slot] += 1
 
     # -- acknowledgements from the client ----------------------------------------
 
@@ -441,7 +444,7 @@ class Session:
         self.cancel_will()
         self.conn = conn
         level = conn.protocol_level
-        counters = self.env.counters
+        counters = self.counters
         self.sent_slot = sent = self.env.publish_sent[level >= 5]
         out5 = getattr(conn, "out5", None)
         self.client_receive_max = out5.receive_maximum if out5 is not None else 65535
@@ -502,7 +505,7 @@ class Session:
                     conn.write(encode(Pubrel(pid), level))
                 else:
                     conn.write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
-                    self.env.counters[self.sent_slot] += 1
+                    self.counters[self.sent_slot] += 1
             oldest = min(oldest, entry.sent_at)
         self.retry_call = self.env.clock.callLater(
             max(0.001, oldest + self.retry_interval - now), self._retry)

@@ -61,7 +61,6 @@ class MQTTProtocol(Protocol):
         self._gates: deque[list[Any]] | tuple[()] = ()
         self._abort: Any = None
         self.counters = factory.broker.counters
-        self.traced: Any = factory.broker.traced  # vmq-admin trace client
         self.connection = connection = Connection(
             self, factory.broker, factory.authorizer, factory.listener, factory.clock,
             factory.notifier, factory.max_packet_size)
@@ -187,22 +186,22 @@ class MQTTProtocol(Protocol):
             if transport is not None and not self._closing:
                 data = out[0] if len(out) == 1 else b"".join(out)
                 self.counters[BYTES_SENT] += len(data)
-                if self.traced:
-                    self._trace_sent(data)
                 bottom = self._socket
                 if bottom is None or self.paused:
                     transport.write(data)
                 else:
                     write_now(transport, bottom, self._direct, data)
 
-    def _trace_sent(self, data: bytes) -> None:
-        """Report the packets in ``data`` to ``vmq-admin trace client`` if this
-        connection's client is traced (decoded again: off the hot path)."""
+    def trace_output(self) -> None:
+        """Report the packets about to be flushed to ``vmq-admin trace client`` if
+        this connection's client is traced (``Broker.flush`` calls it while a trace
+        runs; the packets are decoded again, off the hot path)."""
         client = self.connection.client
-        if client is None or (client.mountpoint, client.client_id) not in self.traced:
+        if not self._out or client is None or \
+                (client.mountpoint, client.client_id) not in self.broker.traced:
             return
         try:
-            packets = Decoder(protocol_level=self.protocol_level).feed(data)
+            packets = Decoder(protocol_level=self.protocol_level).feed(b"".join(self._out))
         except CodecError:
             return
         for packet in packets:
