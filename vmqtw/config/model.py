@@ -275,8 +275,8 @@ class BrokerConfig:
     )
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    #: Declared listeners of kinds vmqtw does not serve yet (vmq, vmqs, http,
-    #: https); each has a "not served yet" warning.
+    #: Declared listeners of kinds vmqtw does not serve yet (vmq, vmqs); each
+    #: has a "not served yet" warning.
     unserved_listeners: tuple[ListenerConfig, ...] = ()
     warnings: tuple[ConfigWarning, ...] = field(default=(), hash=False, compare=False)
 
