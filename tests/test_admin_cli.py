@@ -1,6 +1,6 @@
 """vmq-admin as an operator runs it: the script in a child process, talking
-over the admin socket to a real broker (BrokerService + the admin channel,
-listeners on port 0) started by the test."""
+over the admin socket to a real broker (a BrokerService, which serves its
+admin channel, listeners on port 0) started by the test."""
 from __future__ import annotations
 
 import json
@@ -32,10 +32,8 @@ class AdminCliTestCase(BrokerTestCase):
                      "nodename = VerneMQ@test\n")
         self.service = self.start_broker(self.text)
         self.config_path = self.service.config.path
-        self.ops = Operations(self.service)
-        self.channel = self.ops.admin_channel()
-        self.channel.startService()
-        self.addCleanup(self.channel.stopService)
+        self.ops: Operations = self.service.ops
+        self.channel = self.service.admin_channel
 
     def vmq_admin(self, *args: str, config: str | None = None) -> Any:
         """Run the vmq-admin script; fires with (stdout, stderr, exit code)."""
@@ -256,6 +254,33 @@ class CommandTests(AdminCliTestCase):
         self.assertEqual(code, 0, err)
         self.assertIn(b'MQTT RECV: CID: "traced" PINGREQ()\n', out)
         self.assertTrue(out.endswith(b"Trace stopped\n"), out)
+
+    @inlineCallbacks
+    def test_trace_client_sees_real_packets(self) -> None:
+        """vmq-admin trace client streams the packets a traced client really sends and
+        receives (reported by the connection), and only that client's."""
+        from tests.support import RunningProcess
+        traced = yield self.connected_raw_client(self.service, "traced")
+        other = yield self.connected_raw_client(self.service, "other")
+        tracing = RunningProcess(sys.executable, ["-m", "vmqtw.admin.cli", "-c",
+                                                  self.config_path, "trace", "client",
+                                                  "client-id=traced"])
+        self.addCleanup(tracing.stop)
+        yield tracing.wait_for_output(rb'Starting trace for 1 existing sessions')
+        other.send(b"\xc0\x00")
+        yield other.read(2)
+        traced.send(publish_packet("t/x", b"hello"))
+        traced.send(b"\xc0\x00")  # PINGREQ
+        pong = yield traced.read(2)
+        self.assertEqual(pong, b"\xd0\x00")
+        yield tracing.wait_for_output(rb'MQTT SEND: CID: "traced" PINGRESP\(\)\n')
+        yield self.ok("trace", "stop_all")
+        out, err, code = yield tracing.proto.ended
+        self.assertEqual(code, 0, err)
+        self.assertIn(b'MQTT RECV: CID: "traced" PUBLISH(d0, q0, r0, mundefined, "t/x") with '
+                      b'payload:\n    "hello"\n', out)
+        self.assertIn(b'MQTT RECV: CID: "traced" PINGREQ()\n', out)
+        self.assertNotIn(b'"other"', out)
 
     @inlineCallbacks
     def test_api_keys_persist(self) -> None:

@@ -2,7 +2,7 @@
 VerneMQ 2.x's stock vernemq.conf (the fixture vmqtw/test/data/vernemq.conf:
 loopback addresses, port 0) starts vmqtw unchanged and serves its tcp
 listener, with VerneMQ's own meaning: vmq_passwd and vmq_acl on, anonymous
-clients refused.
+clients refused; its http listener answers VerneMQ's health check.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import shutil
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.web.client import Agent, readBody
 
 from tests.support import CONNACK_OK, BrokerTestCase, connect_packet, stop_broker
 from vmqtw.auth import loader
@@ -30,7 +31,7 @@ class StockConfigTests(BrokerTestCase):
         """The stock file (copied with its etc/ next to it, a user added to its empty
         password file) starts the broker: the tcp listener answers, an anonymous CONNECT
         is refused with CONNACK 5 (allow_anonymous = off, as VerneMQ) and the user in
-        vmq.passwd is let in (CONNACK 0)."""
+        vmq.passwd is let in (CONNACK 0); the http listener serves /health."""
         root = os.path.abspath(self.mktemp())
         shutil.copytree(DATA, root)
         with open(os.path.join(root, "etc", "vmq.passwd"), "a", encoding="utf-8") as f:
@@ -41,7 +42,12 @@ class StockConfigTests(BrokerTestCase):
         service.privilegedStartService()
         service.startService()
         self.addCleanup(stop_broker, service)
-        self.assertEqual(sorted(service.listeners), ["tcp.default"])
+        self.assertEqual(sorted(service.listeners), ["http.default", "tcp.default"])
+        http_port = service.listeners["http.default"].port.getHost().port
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{http_port}/health".encode())
+        body = yield readBody(response)
+        self.assertEqual((response.code, body), (200, b'{"status": "OK"}'))
 
         anonymous = yield self.raw_client(service)
         anonymous.send(connect_packet("anon"))

@@ -221,6 +221,26 @@ PROCESS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The slots of the counters without labels: they come first in every
+#: registry, in ``PLAIN_COUNTERS`` order, so code may use these constants.
+PLAIN_SLOT: dict[str, int] = {name: i for i, name in enumerate(PLAIN_COUNTERS)}
+SOCKET_OPEN = PLAIN_SLOT["socket_open"]
+SOCKET_CLOSE = PLAIN_SLOT["socket_close"]
+SOCKET_CLOSE_TIMEOUT = PLAIN_SLOT["socket_close_timeout"]
+SOCKET_ERROR = PLAIN_SLOT["socket_error"]
+BYTES_RECEIVED = PLAIN_SLOT["bytes_received"]
+BYTES_SENT = PLAIN_SLOT["bytes_sent"]
+ROUTER_MATCHES_LOCAL = PLAIN_SLOT["router_matches_local"]
+
+#: Packet type (codec) -> the ``*_received`` counter of that packet.
+RECEIVED_NAMES: dict[int, str] = {
+    1: "mqtt_connect_received", 3: "mqtt_publish_received", 4: "mqtt_puback_received",
+    5: "mqtt_pubrec_received", 6: "mqtt_pubrel_received", 7: "mqtt_pubcomp_received",
+    8: "mqtt_subscribe_received", 10: "mqtt_unsubscribe_received",
+    12: "mqtt_pingreq_received", 14: "mqtt_disconnect_received", 15: "mqtt_auth_received",
+}
+
+
 def _labels(**labels: str) -> Labels:
     return tuple(labels.items())
 
@@ -261,6 +281,27 @@ class VersionSlots:
                     self._codes[(name, codes[label])] = metrics.slot(
                         name, mqtt_version="5", reason_code=label)
 
+        #: Packet type -> the slot of its ``*_received`` counter; None where
+        #: the slot depends on the packet (CONNECT: its level; 5.0 acks,
+        #: DISCONNECT, AUTH: the reason code): see ``received_slot``.
+        self.received: list[int | None] = [metrics.spare] * 16
+        for ptype, name in RECEIVED_NAMES.items():
+            if ptype == 1 or (self.version == "5" and name in V5_REASONS):
+                self.received[ptype] = None
+            else:
+                self.received[ptype] = self.reason(name, 0)
+
+    def received_slot(self, packet: Any) -> int:
+        """The ``*_received`` slot of ``packet`` where ``received`` has None."""
+        ptype = packet.type
+        if ptype == 1:  # CONNECT: the version it asks for
+            slots = self._metrics.version_slots(getattr(packet, "protocol_level", 4))
+            return slots.mqtt_connect_received  # type: ignore[attr-defined]
+        name = RECEIVED_NAMES.get(ptype)
+        if name is None:
+            return self._metrics.spare
+        return self.reason(name, getattr(packet, "reason_code", 0))
+
     def connack(self, code: int) -> int:
         """The ``mqtt_connack_sent`` slot for a CONNACK with ``code``."""
         return self._codes.get(("mqtt_connack_sent", code), self._metrics.spare)
@@ -271,8 +312,8 @@ class VersionSlots:
         slot = self._codes.get((name, code))
         if slot is not None:
             return slot
-        if self.version == "4" and name in V4_ONLY:
-            return getattr(self, name)
+        if name in BOTH_VERSIONS or (self.version == "4" and name in V4_ONLY):
+            return getattr(self, name)  # type: ignore[no-any-return,unused-ignore]
         return self._metrics.spare
 
 
@@ -307,8 +348,10 @@ class Metrics:
         for name, (doc, names) in V5_REASONS.items():
             for label in names:
                 self._add(name, doc, _labels(mqtt_version="5", reason_code=label))
+        assert all(self._index[(n, ())] == i for n, i in PLAIN_SLOT.items())
         self.values: list[int] = [0] * (len(self.series) + 1)
         self.spare = len(self.series)
+        self._watched: list[Any] = []
         #: Counters kept elsewhere, read at scrape time: name -> callable.  What
         #: ``reset()`` zeroes is remembered as an offset.
         self.sources: dict[str, Callable[[], int]] = {}
@@ -346,7 +389,11 @@ class Metrics:
 
     def watch_sessions(self, broker: Any) -> None:
         """Count ``queue_setup`` and ``queue_teardown`` from the broker's session
-        events (a session is VerneMQ's queue), off the packet path."""
+        events (a session is VerneMQ's queue), off the packet path.  Watching
+        the same broker again does nothing."""
+        if any(b is broker for b in self._watched):
+            return
+        self._watched.append(broker)
         values = self.values
         setup, teardown = self.slot("queue_setup"), self.slot("queue_teardown")
 

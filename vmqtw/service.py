@@ -2,7 +2,14 @@
 
     BrokerService (the broker, store and authorizer; closes clients on stop)
       ListenerService per configured listener: a StreamServerEndpointService
-      on the listener's endpoint (listens in privilegedStartService)
+      on the listener's endpoint (listens in privilegedStartService); MQTT
+      listeners serve MQTT, http/https ones VerneMQ's HTTP modules
+      AdminChannelService: the vmq-admin socket (``vmqtw.admin.channel``)
+      SysTree: the $SYS publisher, when ``systree_enabled`` (the default)
+
+The operations stack (metrics, API keys, admin commands, listener control)
+is ``BrokerService.ops`` (``vmqtw.admin.ops.Operations``); the metrics
+registry is made first and given to the broker, whose packet path counts in it.
 
 A durable store (``make_service`` opens the one the config asks for) is
 restored into the broker in ``privilegedStartService``, before any listener is
@@ -21,8 +28,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.logger import Logger
-
+from vmqtw.admin.ops import Operations
 from vmqtw.auth.hooks import Notifier
 from vmqtw.cluster.wiring import ClusterConfigError, cluster_node
 from vmqtw.auth.loader import (
@@ -31,9 +37,12 @@ from vmqtw.auth.loader import (
 from vmqtw import logs
 from vmqtw.codec import reasons
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig
+from vmqtw.config.schema import HTTP_KINDS
 from vmqtw.connection.reauth import watch_reloads
 from vmqtw.core.broker import Broker
 from vmqtw.core.interfaces import IStore
+from vmqtw.logs import Logger
+from vmqtw.metrics import Metrics, metrics_settings
 from vmqtw.startup_checks import find_open_doors
 from vmqtw.store import StoreError, open_store
 from vmqtw.store.memory import MemoryStore
@@ -62,7 +71,9 @@ class ListenerService(StreamServerEndpointService):
         self.listener = listener
         self.reactor = reactor
         try:
-            inner = protocol_layers(listener, factory, reactor)
+            # an HTTP listener's factory is its twisted.web Site
+            inner = [factory] if listener.kind in HTTP_KINDS else \
+                protocol_layers(listener, factory, reactor)
             endpoint = listener_endpoint(listener, reactor)
         except LayerError as e:
             raise StartupError(str(e)) from e
@@ -192,8 +203,13 @@ class BrokerService(MultiService):
         self.config = config
         self.reactor = reactor
         self.handle_sighup = handle_sighup
+        node, namespace = metrics_settings(config.extra)
+        #: VerneMQ's metrics, counted by the broker and its connections.
+        self.metrics = Metrics(node, namespace)
         self.broker = Broker(config, reactor, store if store is not None else MemoryStore(),
-                             log=Logger(namespace="vmqtw.broker"))
+                             log=Logger(namespace="vmqtw.broker"), metrics=self.metrics)
+        self.metrics.watch_sessions(self.broker)
+        self._log_observers: list[Any] = []
         self._restored = False
         try:
             self.plugins = load_plugins(config, reactor) if plugins is None else plugins
@@ -217,6 +233,8 @@ class BrokerService(MultiService):
         if self.cluster is not None:  # the netsplit flags
             self.authorizers = self.cluster.gate(self.authorizers)
         for listener in config.listeners:
+            if listener.kind in HTTP_KINDS:
+                continue  # below: their sites need the operations stack
             factory = MQTTFactory(self.broker, self.authorizers[listener.key], listener,
                                   reactor, self.notifier)
             svc = ListenerService(listener, factory, reactor)
@@ -224,6 +242,27 @@ class BrokerService(MultiService):
             self.listeners[f"{listener.kind}.{listener.name}"] = svc
         if self.cluster is not None:
             self.cluster.setServiceParent(self)
+        #: The operations stack: metrics, API keys, vmq-admin, listener control.
+        self.ops = Operations(self)
+        for listener in config.listeners:
+            if listener.kind in HTTP_KINDS:
+                self._add_http_listener(listener)
+        self.admin_channel = self.ops.admin_channel()
+        if self.admin_channel is not None:
+            self.admin_channel.setServiceParent(self)
+        self.systree = self.ops.systree()
+        self.systree.setServiceParent(self)
+
+    def _add_http_listener(self, listener: ListenerConfig) -> None:
+        """An ``http``/``https`` listener serving VerneMQ's HTTP modules."""
+        try:
+            site = self.ops.http_site(listener.options, self.authorizers.get(listener.key))
+        except ValueError as e:
+            file, line = listener.source
+            raise StartupError(f"{file}:{line}: {listener.key}: {e}") from e
+        svc = ListenerService(listener, site, self.reactor)
+        svc.setServiceParent(self)
+        self.listeners[f"{listener.kind}.{listener.name}"] = svc
 
     def restore(self) -> None:
         """Load the durable store (if the broker has one) into the broker: once,
@@ -240,6 +279,7 @@ class BrokerService(MultiService):
         except StoreError as e:
             raise StartupError(str(e)) from e
         sessions = self.broker.restore(loaded.sessions)
+        self.metrics.inc("queue_initialized_from_storage", sessions)
         self.log.info("store {path}: restored {sessions} sessions, {queued} queued or "
                       "inflight messages, {retained} retained messages; purged {expired} "
                       "expired sessions and {expired_messages} expired messages",
@@ -249,6 +289,10 @@ class BrokerService(MultiService):
                       expired_messages=loaded.expired_messages)
 
     def privilegedStartService(self) -> None:
+        if not self._log_observers:
+            self._log_observers = logs.install(self.config.log)
+        for warning in self.config.warnings:
+            self.log.warn("{config_warning}", config_warning=str(warning))
         self.restore()
         bound: list[ListenerService] = []
         try:
@@ -370,7 +414,13 @@ class BrokerService(MultiService):
             except Exception:
                 self.log.failure("closing the store failed")
 
-        return gatherResults(waits, consumeErrors=True).addBoth(close_store)
+        def stop_logging(result: Any) -> Any:
+            observers, self._log_observers = self._log_observers, []
+            logs.uninstall(observers)
+            return result
+
+        return gatherResults(waits, consumeErrors=True).addBoth(close_store).addBoth(
+            stop_logging)
 
     def disconnect_all(self) -> None:
         """Close every client connection (DISCONNECT 0x8B for 5.0 clients),

@@ -1,16 +1,18 @@
 """``twistd vmqtw`` options and service maker, and the ``vmqtw`` console script."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any, NoReturn, Sequence
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import Logger
 from twisted.python import usage
 
 from vmqtw import __version__
 from vmqtw import config as configmod
+from vmqtw import logs
+from vmqtw.logs import Logger
 from vmqtw.transport import activation  # noqa: F401  (before Twisted's endpoints; see there)
 
 
@@ -72,12 +74,13 @@ class Options(usage.Options):
         except (configmod.ConfigError, StartupError) as e:
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
             raise SystemExit(2) from None
-        for warning in loader.settings_without_plugin(self.broker_config):
-            sys.stderr.write(f"vmqtw: warning: {warning}\n")
         sys.stdout.write(f"{self['config']}: OK\n")
         sys.stdout.write(configmod.describe_listeners(self.broker_config) + "\n")
         if plugins:
             sys.stdout.write(loader.describe(plugins) + "\n")
+        warnings = configmod.describe_warnings(self.broker_config)
+        if warnings:  # on stdout: --check's stderr is for errors only
+            sys.stdout.write(warnings + "\n")
         raise SystemExit(0)
 
 
@@ -161,11 +164,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except usage.UsageError as e:
         sys.stderr.write(f"{options}\nvmqtw: {e}\n")
         raise SystemExit(2) from None
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
-    # Keep stderr for errors: they must not vanish into the log on stdout.
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)],
-                                     redirectStandardIO=False)
+    # The console part of log.* (standard output at log.console.level, unless
+    # log.console says file or off); the service adds the file, error file and
+    # syslog observers when it starts.  Keep stderr for errors: they must not
+    # vanish into the log on stdout.
+    log = options.broker_config.log
+    console_only = dataclasses.replace(
+        log, console="console" if log.console in ("console", "both") else "off",
+        error_file="", syslog=False)
+    globalLogBeginner.beginLoggingTo(logs.observers(console_only), redirectStandardIO=False)
     try:
         service: Any = make_service(options.broker_config)
         service.privilegedStartService()

@@ -138,13 +138,20 @@ class AdminChannelService(Service):
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        remove_stale_socket(self.path)
-        old = os.umask(0o177)  # no window in which the socket is open to others
         try:
-            self.port = reactor.listenUNIX(self.path, AdminFactory(self.admin), mode=0o600)
-        finally:
-            os.umask(old)
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            remove_stale_socket(self.path)
+            old = os.umask(0o177)  # no window in which the socket is open to others
+            try:
+                self.port = reactor.listenUNIX(self.path, AdminFactory(self.admin),
+                                               mode=0o600)
+            finally:
+                os.umask(old)
+        except Exception as e:  # the broker runs on without its admin channel
+            self.log.error("admin channel not available at {path}: {reason} (vmq-admin "
+                           "cannot reach this broker; set admin_socket to another path)",
+                           path=self.path, reason=getattr(e, "socketError", None) or e)
+            return
         self.log.info("admin channel on {path}", path=self.path)
 
     def stopService(self) -> Any:

@@ -91,13 +91,15 @@ class Operations:
         config = service.config
         extra: Mapping[str, str] = config.extra
         node, namespace = metrics_settings(extra)
-        self.metrics = Metrics(node, namespace, broker=service.broker)
+        metrics = getattr(service, "metrics", None)
+        if metrics is None:  # a service without its own registry
+            metrics = Metrics(node, namespace, broker=service.broker)
+            # sessions restored from the store before we were built
+            metrics.inc("queue_initialized_from_storage", len(service.broker.sessions))
+        self.metrics: Metrics = metrics
         self.metrics.watch_sessions(service.broker)
-        # sessions restored from the store before we were built
-        self.metrics.inc("queue_initialized_from_storage", len(service.broker.sessions))
         max_days = extra.get("max_apikey_expiry_days")
         keys_path = _path(config, "api_keys_file", KEYS_FILENAME)
-        os.makedirs(os.path.dirname(keys_path), exist_ok=True)
         self.apikeys = ApiKeys(keys_path, int(extra.get("min_apikey_length", 0)),
                                int(max_days) if max_days else None)
         self.listeners = ServiceListeners(
@@ -105,12 +107,21 @@ class Operations:
         self.admin = Admin(service.broker, self.metrics, self.listeners, self.apikeys,
                            getattr(service, "plugins", ()), node,
                            clock=clock if clock is not None else time.time)
-        self.socket_path = _path(config, "admin_socket", SOCKET_NAME)
+        # ``vmq-admin trace client``: connections report the packets of the
+        # sessions in ``traced`` (an empty set while nothing is traced).
+        service.broker.tracer = self.admin.tracer
+        service.broker.traced = self.admin.tracer.watching
+        #: The admin socket's path; None with ``admin_socket = off``.
+        self.socket_path: str | None = None if extra.get("admin_socket") == "off" else \
+            _path(config, "admin_socket", SOCKET_NAME)
 
     def listeners_view(self) -> list[dict[str, Any]]:
         return view(self.listeners)
 
-    def admin_channel(self) -> AdminChannelService:
+    def admin_channel(self) -> AdminChannelService | None:
+        """The admin channel's service (None with ``admin_socket = off``)."""
+        if self.socket_path is None:
+            return None
         return AdminChannelService(self.admin, self.socket_path, self.service.reactor)
 
     def systree(self) -> SysTree:
@@ -133,7 +144,12 @@ class Operations:
         A bad value raises ValueError naming the key."""
         from vmqtw.http.settings import http_settings
         from vmqtw.http.site import make_site
-        settings = http_settings(self.service.config.extra, options)
+        config = self.service.config
+        global_keys = dict(config.extra)
+        plugin_settings = getattr(config, "plugin_settings", {})
+        for key, value in plugin_settings.get("vmq_http_pub", {}).items():
+            global_keys[f"vmq_http_pub.{key}"] = value
+        settings = http_settings(global_keys, options)
         root = self.http_root(settings.modules, settings.auth_modes, authorizer, settings.pub)
         return make_site(root, settings.max_request_line_length,
-                         settings.max_header_value_length)
+                         settings.max_header_value_length, self.service.reactor)

@@ -104,7 +104,8 @@ class Tracer:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.trace: Trace | None = None
-        #: The session keys being traced (empty when no trace runs).
+        #: The session keys being traced (empty when no trace runs).  The set
+        #: is changed in place, never replaced: connections hold it.
         self.watching: set[SessionKey] = set()
 
     def start(self, client_id: str, mountpoint: str, sink: Callable[[str], None],
@@ -116,14 +117,14 @@ class Tracer:
         trace = Trace((mountpoint, client_id), sink, on_end, rate_max, rate_interval_ms,
                       trunc_payload, self.clock)
         self.trace = trace
-        self.watching = {trace.key}
+        self.watching.add(trace.key)
         return trace
 
     def stop(self, trace: Trace) -> None:
         """End ``trace`` (its console went away); nothing is written to it."""
         if self.trace is trace:
             self.trace = None
-            self.watching = set()
+            self.watching.clear()
 
     def stop_all(self) -> int:
         """End every trace, telling its console; returns how many ran."""

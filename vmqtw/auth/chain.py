@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface.interface import InterfaceClass
 

@@ -20,13 +20,18 @@ import sys
 from types import ModuleType
 from typing import Any, Iterable
 
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from zope.interface import providedBy
 
 from vmqtw.auth import api
 from vmqtw.auth.chain import Authorizer, Chain
 from vmqtw.auth.context import PluginContext
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig, PluginConfig, split_list
+
+#: VerneMQ plugins that are not auth plugins here: ``vmq_http_pub`` is an HTTP
+#: module (``http_modules``), served by the http listeners, which read its
+#: ``vmq_http_pub.*`` settings.
+NOT_AUTH_PLUGINS = frozenset({"vmq_http_pub"})
 
 BUILTIN_MODULES = {
     "vmq_passwd": "vmqtw.auth.passwd",
@@ -115,6 +120,8 @@ def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
     config_dir = os.path.dirname(os.path.abspath(config.path))
     loaded: Plugins = []
     for pc in chain_order(config.plugins.values()):
+        if pc.name in NOT_AUTH_PLUGINS:
+            continue
         module = _import(pc, config_dir)
         make = getattr(module, "make_plugin", None)
         if not callable(make):
@@ -168,18 +175,6 @@ def listener_authorizer(config: BrokerConfig, listener: ListenerConfig,
     authz = pick("authz_plugins", AUTHZ_INTERFACES,
                  "auth_on_publish or auth_on_subscribe") or Chain(plugins)
     return Authorizer(authn, config.allow_anonymous, authz_chain=authz)
-
-
-def settings_without_plugin(config: BrokerConfig) -> list[str]:
-    """Warnings for ``NAME.key`` settings of built-in plugins that are not on."""
-    warnings = []
-    for name in BUILTIN_MODULES:
-        pc = config.plugins.get(name)
-        if config.plugin_settings.get(name) and (pc is None or not pc.enabled):
-            keys = ", ".join(f"{name}.{k}" for k in config.plugin_settings[name])
-            warnings.append(f"{keys} set but plugins.{name} is not on: these settings have "
-                            f"no effect")
-    return warnings
 
 
 def describe(plugins: Plugins) -> str:

@@ -25,7 +25,9 @@ def _str(v: Any) -> str:
 
 
 def _mountpoint(v: Any) -> str:
-    v = _str(v).rstrip("/")
+    """A mountpoint as written (a trailing ``/`` is kept, as the listener's
+    ``mountpoint`` option keeps it)."""
+    v = _str(v)
     if "+" in v or "#" in v:
         raise ModifierError(f"a mountpoint cannot contain '+' or '#': {v!r}")
     return v

@@ -40,7 +40,8 @@ NO_EFFECT: dict[str, tuple[Validator, str]] = {
     "allow_unsubscribe_during_netsplit": (_bool, _NETSPLIT),
     "coordinate_registrations": (_bool, _CLUSTER + ": a client id is registered once, "
                                  "in this process"),
-    "nodename": (_str, _CLUSTER + " (the Erlang node name is not used)"),
+    "nodename": (_str, _CLUSTER + " (the name only labels the metrics, $SYS topics and "
+                 "status of this node)"),
     "distributed_cookie": (_str, _CLUSTER + " (no Erlang distribution cookie)"),
     "metadata_plugin": (_str, _CLUSTER + ": no replicated metadata store"),
     "max_drain_time": (_int(0), _CLUSTER + ": queues never migrate"),
@@ -63,7 +64,6 @@ NO_EFFECT: dict[str, tuple[Validator, str]] = {
     "graphite_connect_timeout": (_int(0), "Graphite metrics reporting is " + _NOT_YET),
     "graphite_reconnect_timeout": (_int(0), "Graphite metrics reporting is " + _NOT_YET),
     "graphite_include_labels": (_bool, "Graphite metrics reporting is " + _NOT_YET),
-    "systree_interval": (_int(0), "the $SYS tree is " + _NOT_YET),
     "expire_retain_cache": (_int(0), "vmqtw keeps no retained-message cache to expire "
                             "(an expired retained message is dropped when read)"),
     "log.console.file.format": (_str, "log lines are Twisted's text format"),
@@ -98,14 +98,8 @@ def _on(value: Any) -> bool:
     return bool(value)
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, int) and value > 0
-
-
 #: Typed keys with a value whose VerneMQ effect is missing: key -> (when, why).
 WHEN_SET: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "systree_enabled": (_on, "the $SYS tree is " + _NOT_YET + " (nothing is published "
-                        "under $SYS)"),
 }
 
 #: Listener options whose VerneMQ effect is missing for some values (the

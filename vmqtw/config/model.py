@@ -288,8 +288,9 @@ class BrokerConfig:
     log: LogConfig = field(default_factory=LogConfig)
     #: The cluster keys (``nodename``, ``metadata_plugin``...; vmqtw.cluster).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    #: Declared listeners of kinds vmqtw does not serve yet (vmq, vmqs, http,
-    #: https); each has a "not served yet" warning.
+    #: Declared listeners that are not served by the MQTT listener services:
+    #: vmq/vmqs (opened by the cluster node when there is one, otherwise a
+    #: "not served" warning).
     unserved_listeners: tuple[ListenerConfig, ...] = ()
     warnings: tuple[ConfigWarning, ...] = field(default=(), hash=False, compare=False)
 

@@ -248,6 +248,9 @@ class _Parser:
             if ok:
                 self.root[parts[1]] = _Set(value, line)
             return
+        if len(parts) > 4 and ".".join(parts[3:]) in self.registry:
+            # a dotted option of a named listener (http_module.M.auth.mode)
+            parts = parts[:3] + [".".join(parts[3:])]
         if len(parts) not in (3, 4) or parts[1] not in LISTENER_KINDS:
             self.fail(line, key, "unknown configuration key")
             return
@@ -421,7 +424,7 @@ class _Parser:
                               f"node only with metadata_plugin = redis)")
             else:
                 unserved.append(listener)
-                self.warn(decl.line, key, f"VerneMQ's HTTP API listener ({kind}) is not "
+                self.warn(decl.line, key, f"{kind} listeners are not "
                                           f"served yet by vmqtw: {address} is not opened")
         return tuple(listeners), tuple(unserved)
 

@@ -96,6 +96,11 @@ class ListenerOption:
 
 
 _INHERIT_INT = frozenset({"-1"})
+
+#: VerneMQ's HTTP modules (``http_modules``) and their auth modes.
+_HTTP_MODULES = ("vmq_metrics_http", "vmq_http_mgmt_api", "vmq_status_http",
+                 "vmq_health_http", "vmq_http_v2_api", "vmq_http_pub")
+_HTTP_AUTH_MODE = _enum("apikey", "noauth")
 # As in VerneMQ's translator, an empty string value means "inherit".
 _INHERIT_STR = frozenset({""})
 
@@ -203,6 +208,13 @@ REGISTRY: dict[str, ListenerOption] = {
     # client whose offer is declined simply talks uncompressed).
     "websocket_compression": _opt(_scope(("ws wss", "PN")), _bool, "off"),
     "http_modules": _opt(_scope(("http https", "N")), _name_list),
+    # vmq_http_pub's settings of one listener (VerneMQ's plural ``http_modules.``)
+    **{f"http_modules.vmq_http_pub.{k}": _opt(_scope(("http https", "N")), _str)
+       for k in ("mqtt_auth.mode", "mqtt_auth.user", "mqtt_auth.password",
+                 "mqtt_auth.client_id", "mountpoint")},
+    # the auth mode of one module on one listener (singular ``http_module.``)
+    **{f"http_module.{m}.auth.mode": _opt(_scope(("http https", "N")), _HTTP_AUTH_MODE)
+       for m in _HTTP_MODULES},
     # -- TLS --
     "tls_handshake_timeout": _intopt(_scope((_TLS, "PN")), "5000", 0, infinity=True),
     "cafile": _opt(_scope((_TLS, "PN")), _str, ""),
@@ -345,6 +357,20 @@ _EXTRA_GLOBALS: dict[str, Validator] = {
     "cluster.node_timeout": _int(1),
     "persistent_store.directory": _str,
     "persistent_store.enabled": _bool,
+    # the HTTP listeners, the admin channel and $SYS (vmqtw.admin.ops)
+    "prometheus_namespace": _str,
+    "http_modules": _name_list,
+    **{f"http_module.{m}.auth.mode": _HTTP_AUTH_MODE for m in _HTTP_MODULES},
+    "min_apikey_length": _int(0),
+    "max_apikey_expiry_days": _int(1),
+    # our own keys: where the admin socket and the API key file live
+    # (default: vmq-admin.sock and apikeys.json in persistent_store.directory)
+    "admin_socket": _str,
+    "api_keys_file": _str,
+    # VerneMQ's hidden $SYS keys
+    "systree_mountpoint": _str,
+    "systree_qos": _int(0, 2),
+    "systree_retain": _bool,
     "persistent_store.sync": _enum(*STORE_SYNC_MODES),
 }
 
@@ -361,7 +387,7 @@ BUILTIN_PLUGINS: frozenset[str] = frozenset({"vmq_passwd", "vmq_acl"})
 #: knows whether or not the plugin is on: accepted without a ``plugins.NAME``
 #: line (with a warning when the plugin is not on).
 VERNEMQ_PLUGINS: frozenset[str] = BUILTIN_PLUGINS | {"vmq_webhooks", "vmq_diversity",
-                                                      "vmq_bridge"}
+                                                      "vmq_bridge", "vmq_http_pub"}
 
 #: The default file of each built-in plugin (VerneMQ: ``./etc/vmq.passwd``
 #: and ``./etc/vmq.acl``; here next to the configuration file) and the
@@ -371,9 +397,10 @@ BUILTIN_PLUGIN_FILES: Mapping[str, tuple[str, str]] = MappingProxyType({
     "vmq_acl": ("acl_file", "vmq.acl"),
 })
 
-#: Listener kinds vmqtw serves.  The others (vmq, vmqs, http, https) are
-#: accepted with a "not served yet" warning and kept in
-#: ``BrokerConfig.unserved_listeners``.
-SERVED_KINDS: frozenset[str] = frozenset({"tcp", "ssl", "ws", "wss"})
+#: Listener kinds vmqtw serves.  The others (vmq, vmqs) are accepted with a
+#: "not served yet" warning and kept in ``BrokerConfig.unserved_listeners``.
+SERVED_KINDS: frozenset[str] = frozenset({"tcp", "ssl", "ws", "wss", "http", "https"})
+#: The listener kinds that serve VerneMQ's HTTP modules.
+HTTP_KINDS: frozenset[str] = frozenset({"http", "https"})
 
 

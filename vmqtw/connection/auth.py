@@ -98,6 +98,7 @@ def auth_answer(result: Any, conn: Connection, connecting: bool) -> None:
         if data is not None:
             props["authentication_data"] = data
         conn.write(encode(Auth(reasons.CONTINUE_AUTHENTICATION, props), MQTT5))
+        conn.count_sent("mqtt_auth_sent", reasons.CONTINUE_AUTHENTICATION)
         if connecting:
             conn.state = AWAIT_AUTH
             conn.start_timer("connect", conn.broker.config.mqtt_connect_timeout / 1000.0,
@@ -120,4 +121,5 @@ def auth_answer(result: Any, conn: Connection, connecting: bool) -> None:
     if data is not None:
         props["authentication_data"] = data
     conn.write(encode(Auth(reasons.SUCCESS, props), MQTT5))
+    conn.count_sent("mqtt_auth_sent", reasons.SUCCESS)
     conn.broker.flush()

@@ -339,6 +339,7 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
         conn.write(encode(Connack(0, present, connack_properties(conn, session)), MQTT5))
     else:
         conn.write(encode(Connack(0, present), level))
+    conn.count_connack(0, level)
     conn.log.debug("client {client_id!r} connected from {peer} (session present: {present})",
                    client_id=client.client_id, peer=conn.peer_str(), present=present)
     conn.broker.session_resumed(session)

@@ -38,6 +38,9 @@ from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
 from vmqtw.logs import Logger
+from vmqtw.metrics import (
+    BYTES_RECEIVED, SOCKET_CLOSE, SOCKET_CLOSE_TIMEOUT, SOCKET_OPEN, VersionSlots,
+)
 
 Handler = Callable[["Connection", Any], None]
 
@@ -68,6 +71,7 @@ class Connection:
         "head", "problem_info", "session_expiry", "will_delay", "aliases_in", "auth_method",
         "connack5", "auth_data", "reauth", "auth_connect", "pending", "held_inflight",
         "max_message_rate", "rate_count", "rate_window_end",
+        "counters", "slots", "received", "traced",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -120,12 +124,22 @@ class Connection:
         self.max_message_rate = publish.message_rate_limit(broker.config)
         self.rate_count = 0
         self.rate_window_end = 0.0
+        # -- metrics: the counter values and this connection's slots (vmqtw.metrics) --
+        self.counters: list[int] = broker.counters
+        #: The slots of the connection's MQTT version (3.x until a 5.0 CONNECT).
+        self.slots: VersionSlots = broker.metrics.version_slots(4)
+        #: Packet type -> its ``*_received`` slot (None: ask ``slots.received_slot``);
+        #: all None until CONNECT says the version.
+        self.received: list[int | None] = [None] * 16
+        #: The session keys ``vmq-admin trace client`` watches (shared, usually empty).
+        self.traced: Any = broker.traced
 
     # -- what the transport tells us ------------------------------------------------------
 
     def connection_made(self) -> None:
         """The stream is open: start waiting for CONNECT."""
         self.peer = self.transport.peer
+        self.counters[SOCKET_OPEN] += 1
         self.last_activity = self.clock.seconds()
         self.start_timer("connect", self.broker.config.mqtt_connect_timeout / 1000.0,
                          self.connect_timeout)
@@ -134,6 +148,8 @@ class Connection:
         """Decode and handle ``data``; then write the output it caused."""
         if self.state == CLOSED:
             return
+        counters = self.counters
+        counters[BYTES_RECEIVED] += len(data)
         self.last_activity = self.clock.seconds()
         if self.state == AWAIT_CONNECT and len(self.head) < 16:
             self.head += data[:16]
@@ -154,21 +170,50 @@ class Connection:
             error = e
             packets = getattr(e, "packets", [])
         handlers = HANDLERS
+        traced = self.traced
+        counters = self.counters
         for packet in packets:
             if self.state == CLOSED:
                 break
+            ptype = packet.type
+            slot = self.received[ptype]
+            if slot is None:
+                slot = self.count_version(packet)
+            counters[slot] += 1
             # Held while a plugin decides (about CONNECT, or a PUBLISH/SUBSCRIBE:
             # ``pending``), or behind a packet held by the message rate limit
             # (reading is paused meanwhile).
             if self.state == AUTHENTICATING or self.held or self.pending is not None:
                 self.hold(packet)
                 continue
-            handlers[packet.type](self, packet)
+            handlers[ptype](self, packet)
+            if traced:
+                self.trace("RECV", packet)
         if error is not None and self.state != CLOSED:
             if self.state == AUTHENTICATING or self.held or self.pending is not None:
                 self.held.append(error)
             else:
                 self.codec_error(error)
+
+    def trace(self, direction: str, packet: Any) -> None:
+        """Report ``packet`` to ``vmq-admin trace client`` if its client is traced."""
+        client = self.client
+        if client is not None and (client.mountpoint, client.client_id) in self.traced:
+            self.broker.tracer.packet((client.mountpoint, client.client_id), direction,
+                                      packet)
+
+    def count_version(self, packet: Any) -> int:
+        """The ``*_received`` slot of ``packet`` when the table has none; a
+        CONNECT sets the connection's slots to its MQTT version."""
+        if packet.type == CONNECT and self.state == AWAIT_CONNECT:
+            self.slots = self.broker.metrics.version_slots(packet.protocol_level)
+            self.received = self.slots.received
+        return self.slots.received_slot(packet)
+
+    def count_sent(self, name: str, code: int = 0) -> None:
+        """Count one packet sent: ``name`` is its counter (``mqtt_puback_sent``),
+        ``code`` its reason code (5.0) or CONNACK return code."""
+        self.counters[self.slots.reason(name, code)] += 1
 
     def replay_held(self) -> None:
         """Handle the packets that arrived while a plugin was deciding (about
@@ -257,6 +302,7 @@ class Connection:
         pending, self.pending = self.pending, None
         if pending is not None:
             pending.cancel()  # aborts the plugin's request (e.g. the webhook's HTTP call)
+        self.counters[SOCKET_CLOSE] += 1
         for call in self.timers.values():
             if call.active():
                 call.cancel()
@@ -318,6 +364,7 @@ class Connection:
             if error.protocol_level == MQTT5:
                 code, level = reasons.UNSUPPORTED_PROTOCOL_VERSION, MQTT5
             self.write(encode(Connack(code), level))
+            self.count_connack(code, level)
             self.close()
             return
         if self.state == AWAIT_CONNECT and self.connect_level() == MQTT5 and \
@@ -351,7 +398,12 @@ class Connection:
                       username=client.username if client is not None else None)
         code = reasons.connack_code(reason_v5, self.protocol_level)
         self.write(encode(Connack(code), self.protocol_level))
+        self.count_connack(code, self.protocol_level)
         self.close()
+
+    def count_connack(self, code: int, level: int) -> None:
+        """Count a CONNACK with ``code`` sent at MQTT ``level``."""
+        self.counters[self.broker.metrics.version_slots(level).connack(code)] += 1
 
     def protocol_violation(self, why: str, reason_code: int = reasons.PROTOCOL_ERROR) -> None:
         """Close this connection (and only this one) for breaking the protocol."""
@@ -368,6 +420,7 @@ class Connection:
         final = b""
         if reason_code is not None and self.protocol_level == MQTT5 and self.state == CONNECTED:
             final = encode(Disconnect(reason_code), MQTT5)
+            self.count_sent("mqtt_disconnect_sent", reason_code)
         self.state = CLOSED
         self.transport.close_connection(final)
 
@@ -388,6 +441,7 @@ class Connection:
         """No CONNECT (or no AUTH answer) in time: close."""
         self.timers.pop("connect", None)
         if self.state == AWAIT_CONNECT or self.state == AWAIT_AUTH:
+            self.counters[SOCKET_CLOSE_TIMEOUT] += 1
             self.log.info("closing {peer}: no {packet} within {timeout} ms", peer=self.peer_str(),
                           packet="CONNECT" if self.state == AWAIT_CONNECT else "AUTH",
                           timeout=self.broker.config.mqtt_connect_timeout)
@@ -401,6 +455,7 @@ class Connection:
             idle = 0.0
         if idle >= limit:
             self.timers.pop("keepalive", None)
+            self.counters[self.slots.client_keepalive_expired] += 1  # type: ignore[attr-defined]
             self.log.info("closing {peer} (client {client_id!r}): keep alive timeout",
                           peer=self.peer_str(), client_id=self.client_id)
             self.close(reasons.KEEP_ALIVE_TIMEOUT)

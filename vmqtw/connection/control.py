@@ -18,6 +18,7 @@ def handle_pingreq(conn: Connection, packet: Any) -> None:
         conn.protocol_violation("PINGREQ before CONNECT")
         return
     conn.write(encode(Pingresp(), conn.protocol_level))
+    conn.counters[conn.slots.mqtt_pingresp_sent] += 1  # type: ignore[attr-defined]
 
 
 def handle_disconnect(conn: Connection, packet: Disconnect) -> None:

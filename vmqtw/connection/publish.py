@@ -52,6 +52,7 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     qos = packet.qos
     if qos == 2 and packet.packet_id in session.incoming_qos2:
         conn.write(encode(Pubrec(packet.packet_id), level))
+        conn.count_sent("mqtt_pubrec_sent")
         return
     if level == MQTT5:
         props = inbound_properties5(conn, packet)
@@ -105,9 +106,11 @@ def authorized_publish(conn: Connection, verdict: Any, packet: Publish, topic: s
         # Held until the store has what this message left there (if anything).
         if qos == 1:
             conn.write_durable(encode(Puback(packet.packet_id, code), level))  # type: ignore[arg-type]
+            conn.count_sent("mqtt_puback_sent", code)
         else:
             session.qos2_received(packet.packet_id)  # type: ignore[arg-type]
             conn.write_durable(encode(Pubrec(packet.packet_id, code), level))  # type: ignore[arg-type]
+            conn.count_sent("mqtt_pubrec_sent", code)
 
 
 # -- max_message_rate: VerneMQ's per-client publish rate limit ----------------------------
@@ -243,12 +246,14 @@ def refuse_publish5(conn: Connection, packet: Publish, code: int, why: str) -> N
     props = {"reason_string": why} if conn.problem_info else {}
     ack = Puback if packet.qos == 1 else Pubrec
     conn.write(encode(ack(packet.packet_id, code, props), MQTT5))  # type: ignore[arg-type]
+    conn.count_sent("mqtt_puback_sent" if packet.qos == 1 else "mqtt_pubrec_sent", code)
 
 
 def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> None:
     """A PUBLISH the plugins refused: an error acknowledgement (5.0), a plain
     one (3.1 unless configured otherwise), or the connection closes."""
     level = conn.protocol_level
+    conn.counters[conn.slots.mqtt_publish_auth_error] += 1  # type: ignore[attr-defined]
     conn.log.info("client {client_id!r}: publish to {topic!r} not authorized ({reason})",
                   client_id=conn.client_id, topic=packet.topic, reason=verdict.reason)
     if verdict.reason == "netsplit":  # the cluster is split: drop, keep the connection
@@ -262,8 +267,10 @@ def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> N
     if level == MQTT31 and not conn.broker.config.disconnect_on_unauthorized_publish_v3:
         if packet.qos == 1:
             conn.write(encode(Puback(packet.packet_id), level))  # type: ignore[arg-type]
+            conn.count_sent("mqtt_puback_sent")
         elif packet.qos == 2:
             conn.write(encode(Pubrec(packet.packet_id), level))  # type: ignore[arg-type]
+            conn.count_sent("mqtt_pubrec_sent")
         return
     conn.close()
 
@@ -275,7 +282,8 @@ def handle_puback(conn: Connection, packet: Puback) -> None:
     if conn.session is None:
         conn.protocol_violation("PUBACK before CONNECT")
         return
-    conn.session.puback(packet.packet_id)
+    if not conn.session.puback(packet.packet_id):
+        conn.counters[conn.slots.mqtt_puback_invalid_error] += 1  # type: ignore[attr-defined]
 
 
 def handle_pubrec(conn: Connection, packet: Pubrec) -> None:
@@ -290,8 +298,12 @@ def handle_pubrec(conn: Connection, packet: Pubrec) -> None:
     elif session.pubrec(packet.packet_id):
         # Not before the store knows the PUBREC came (exactly once after a restart).
         conn.write_durable(encode(Pubrel(packet.packet_id), level))
+        conn.count_sent("mqtt_pubrel_sent")
     elif level == MQTT5:
         conn.write(encode(Pubrel(packet.packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND), MQTT5))
+        conn.count_sent("mqtt_pubrel_sent", reasons.PACKET_IDENTIFIER_NOT_FOUND)
+    else:
+        conn.count_sent("mqtt_pubrec_invalid_error")
 
 
 def handle_pubrel(conn: Connection, packet: Pubrel) -> None:
@@ -306,10 +318,13 @@ def handle_pubrel(conn: Connection, packet: Pubrel) -> None:
         # Not before the store forgot the id: after a restart it would
         # swallow the client's next message that reuses it.
         conn.write_durable(encode(Pubcomp(pid), level))
+        conn.count_sent("mqtt_pubcomp_sent")
     elif level == MQTT5:
         conn.write(encode(Pubcomp(pid, reasons.PACKET_IDENTIFIER_NOT_FOUND), MQTT5))
+        conn.count_sent("mqtt_pubcomp_sent", reasons.PACKET_IDENTIFIER_NOT_FOUND)
     else:
         conn.write(encode(Pubcomp(pid), level))
+        conn.count_sent("mqtt_pubcomp_sent")
 
 
 def handle_pubcomp(conn: Connection, packet: Pubcomp) -> None:
@@ -317,4 +332,5 @@ def handle_pubcomp(conn: Connection, packet: Pubcomp) -> None:
     if conn.session is None:
         conn.protocol_violation("PUBCOMP before CONNECT")
         return
-    conn.session.pubcomp(packet.packet_id)
+    if not conn.session.pubcomp(packet.packet_id):
+        conn.counters[conn.slots.mqtt_pubcomp_invalid_error] += 1  # type: ignore[attr-defined]

@@ -76,6 +76,7 @@ def authorized_subscribe(conn: Connection, verdict: Any, packet: Subscribe, sess
     rewritten: dict[int, tuple[str, int]] = {}
     if wanted:
         if verdict.__class__ is Error:
+            conn.counters[conn.slots.mqtt_subscribe_auth_error] += 1  # type: ignore[attr-defined]
             conn.log.info("client {client_id!r}: subscribe to {filters} not authorized",
                           client_id=session.client_id, filters=[f for f, _ in wanted])
             denied = reasons.SUBACK_FAILURE if level != MQTT5 else (
@@ -100,6 +101,7 @@ def authorized_subscribe(conn: Connection, verdict: Any, packet: Subscribe, sess
             continue
         accepted.append((topic_filter, options))
     conn.write(encode(Suback(packet.packet_id, codes), level))
+    conn.counters[conn.slots.mqtt_suback_sent] += 1  # type: ignore[attr-defined]
     sub_id = packet.properties.get("subscription_identifier")  # MQTT 5.0: [n] or absent
     broker = conn.broker
     for topic_filter, options in accepted:
@@ -153,3 +155,4 @@ def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
     if len(codes) != len(packet.topics):  # a plugin rewrote the list
         codes = [reasons.SUCCESS] * len(packet.topics)
     conn.write(encode(Unsuback(packet.packet_id, codes), conn.protocol_level))
+    conn.counters[conn.slots.mqtt_unsuback_sent] += 1  # type: ignore[attr-defined]

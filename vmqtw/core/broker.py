@@ -18,6 +18,7 @@ from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
 from vmqtw.core.values import QUEUED, WAIT_PUBCOMP, SessionKey
+from vmqtw.metrics import ROUTER_MATCHES_LOCAL, Metrics
 
 
 class Subscription:
@@ -96,8 +97,20 @@ class Broker:
     """
 
     def __init__(self, config: BrokerConfig, clock: Any, store: IStore | None = None,
-                 log: Any = None) -> None:
+                 log: Any = None, metrics: Any = None) -> None:
         self.log = log if log is not None else _NullLog()
+        if metrics is None:
+            metrics = Metrics()
+        if metrics.broker is None:
+            metrics.broker = self
+        #: The ``vmqtw.metrics.Metrics`` registry; ``counters`` is its list of
+        #: counter values, which the packet path increments by slot.
+        self.metrics = metrics
+        self.counters: list[int] = metrics.values
+        #: ``vmq-admin trace client``: the tracer (with ``packet(key, direction,
+        #: packet)``) and the set of session keys it watches (set by the admin stack).
+        self.tracer: Any = None
+        self.traced: Any = frozenset()
         self.config = config
         if store is None:
             # Imported here: the store package pulls in Twisted, the core does not.
@@ -106,6 +119,9 @@ class Broker:
         #: What every session of this broker is given (see ``clock`` and ``store``).
         self.session_env = SessionEnv.from_config(config, clock, store, self._session_dropped,
                                                   self.flush)
+        self.session_env.counters = metrics.values
+        self.session_env.publish_sent = (metrics.slot("mqtt_publish_sent", mqtt_version="4"),
+                                         metrics.slot("mqtt_publish_sent", mqtt_version="5"))
         self.sessions: dict[SessionKey, Session] = {}
         self.trees: dict[str, TopicTree] = {}
         self.dirty: list[Any] = []
@@ -160,6 +176,11 @@ class Broker:
         dirty = self.dirty
         while dirty:
             self.dirty = []
+            if self.traced:  # vmq-admin trace client: once per flush, not per connection
+                for conn in dirty:
+                    trace = getattr(conn, "trace_output", None)
+                    if trace is not None:
+                        trace()
             for conn in dirty:
                 conn.flush()
             dirty = self.dirty
@@ -489,6 +510,7 @@ class Broker:
                 sub = sub.pick(self.config.shared_subscription_policy)
                 if sub is None:
                     return 0
+            self.counters[ROUTER_MATCHES_LOCAL] += 1
             return self._deliver(sub, message, sender, sub.sub_ids)
         first: dict[SessionKey, Subscription] = {}
         overlapping: dict[SessionKey, list[Subscription]] | None = None
@@ -524,6 +546,7 @@ class Broker:
             member = group.pick(self.config.shared_subscription_policy)
             if member is not None:
                 count += self._deliver(member, message, sender, member.sub_ids)
+        self.counters[ROUTER_MATCHES_LOCAL] += len(first) + len(shared)
         return count
 
     def _deliver_once(self, subs: list[Subscription], message: Message,

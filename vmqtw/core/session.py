@@ -92,7 +92,7 @@ class SessionEnv:
 
     __slots__ = ("clock", "store", "dropped", "flush", "max_inflight", "max_online",
                  "max_offline", "retry_interval", "upgrade_qos", "lifo", "override_online",
-                 "max_inflight_bytes")
+                 "max_inflight_bytes", "counters", "publish_sent")
 
     def __init__(self, clock: Any, store: "IStore",
                  dropped: Callable[["Session", Message, str], None],
@@ -113,6 +113,10 @@ class SessionEnv:
         self.lifo = lifo
         self.override_online = override_online
         self.max_inflight_bytes = max_inflight_bytes
+        #: The metrics' counter values and the ``mqtt_publish_sent`` slots of
+        #: MQTT 3.x and 5.0 (the broker sets them; -1 is a spare slot).
+        self.counters: list[int] = [0]
+        self.publish_sent: tuple[int, int] = (-1, -1)
 
     @classmethod
     def from_config(cls, config: Any, clock: Any, store: "IStore",
@@ -139,7 +143,7 @@ class Session:
         "incoming_qos2", "_next_pid", "max_inflight", "max_online", "max_offline",
         "retry_interval", "upgrade_qos", "expiry_call", "retry_call", "dropped",
         "peer", "listener", "sub_ids", "client_receive_max", "will", "will_call",
-        "max_inflight_bytes", "inflight_bytes",
+        "max_inflight_bytes", "inflight_bytes", "sent_slot", "counters",
     )
 
     def __init__(self, env: Union[SessionEnv, "Broker"], key: SessionKey, persistent: bool,
@@ -185,6 +189,11 @@ class Session:
         # MQTT 5.0 delayed will: the message and the timer that publishes it.
         self.will: Message | None = None
         self.will_call: Any = None
+        #: The ``mqtt_publish_sent`` slot of the connection's MQTT version (set on
+        #: attach) in the metrics' counter values (``env.counters``, kept here to
+        #: save a lookup per message sent).
+        self.sent_slot = -1
+        self.counters = env.counters
 
     def queue_for_append(self) -> deque[tuple[Any, ...]]:
         """The queue, created on first use."""
@@ -220,8 +229,10 @@ class Session:
                 conn.write(message.encoded_qos0(level, retain))
             else:
                 data = self._encode5(conn, message, 0, retain, None, False, sub_ids)
-                if data is not None:
-                    conn.write(data)
+                if data is None:
+                    return
+                conn.write(data)
+            self.counters[self.sent_slot] += 1
             return
         n = len(self.inflight)  # inflight_full(), inlined on the hot path
         if n >= self.max_inflight or n >= self.client_receive_max or (
@@ -334,9 +345,11 @@ class Session:
                 # under another id).  Connections that hold output for the store
                 # provide write_durable.
                 getattr(conn, "write_durable", conn.write)(data)
+                self.counters[self.sent_slot] += 1
                 self._schedule_retry(level)
                 return
         conn.write(data)
+        self.counters[self.sent_slot] += 1
         self._schedule_retry(level)
 
     def _schedule_retry(self, level: int) -> None:
@@ -381,8 +394,10 @@ class Session:
                     conn.write(message.encoded_qos0(conn.protocol_level, retain))
                 else:
                     data = self._encode5(conn, message, 0, retain, None, False, sub_ids)
-                    if data is not None:
-                        conn.write(data)
+                    if data is None:
+                        continue
+                    conn.write(data)
+                self.counters[self.sent_slot] += 1
 
     # -- acknowledgements from the client ----------------------------------------
 
@@ -448,6 +463,8 @@ class Session:
         self.cancel_will()
         self.conn = conn
         level = conn.protocol_level
+        counters = self.counters
+        self.sent_slot = sent = self.env.publish_sent[level >= 5]
         out5 = getattr(conn, "out5", None)
         self.client_receive_max = out5.receive_maximum if out5 is not None else 65535
         too_large = []
@@ -462,6 +479,7 @@ class Session:
                 write(encode(Pubrel(pid), level))
             elif level < 5:
                 write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
+                counters[sent] += 1
             else:
                 data = self._encode5(conn, entry.message, entry.qos, entry.retain, pid, True,
                                      entry.sub_ids)
@@ -469,6 +487,7 @@ class Session:
                     too_large.append(pid)
                 else:
                     write(data)
+                    counters[sent] += 1
         for pid in too_large:
             self.inflight_bytes -= len(self.inflight.pop(pid).message.payload)
             if self.persistent:
@@ -505,6 +524,7 @@ class Session:
                     conn.write(encode(Pubrel(pid), level))
                 else:
                     conn.write(entry.message.encoded(level, entry.qos, entry.retain, pid, dup=True))
+                    self.counters[self.sent_slot] += 1
             oldest = min(oldest, entry.sent_at)
         self.retry_call = self.env.clock.callLater(
             max(0.001, oldest + self.retry_interval - now), self._retry)

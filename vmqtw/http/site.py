@@ -121,10 +121,13 @@ class LimitedChannel(HTTPChannel):
 
 
 def make_site(root: Resource, max_request_line_length: int = 8000,
-              max_header_value_length: int = 4096) -> Site:
-    """A ``Site`` for ``root`` with the listener's request limits."""
+              max_header_value_length: int = 4096, reactor: Any = None) -> Site:
+    """A ``Site`` for ``root`` with the listener's request limits (its timers on
+    ``reactor``, the global one by default)."""
     channel = type("Channel", (LimitedChannel,), {
         "MAX_LENGTH": max_request_line_length,
         "max_header_value_length": max_header_value_length})
     site_class = type("LimitedSite", (Site,), {"protocol": channel})
-    return site_class(root)
+    if reactor is None:
+        return site_class(root)
+    return site_class(root, reactor=reactor)

@@ -34,14 +34,15 @@ class StockFileTests(SynchronousTestCase):
         self.config = load(STOCK)
 
     def test_stock_file_parses(self) -> None:
-        """The stock file loads without a single error: the tcp listener is served, the
-        vmq (cluster) and http (API) listeners are kept aside as not served yet, and
+        """The stock file loads without a single error: the tcp and http listeners are
+        served, the vmq (cluster) listener is kept aside as not served yet, and
         VerneMQ's own plugins vmq_passwd and vmq_acl are on with their files under
         ./etc, taken against the file's directory."""
         cfg = self.config
-        self.assertEqual([lc.key for lc in cfg.listeners], ["listener.tcp.default"])
+        self.assertEqual([lc.key for lc in cfg.listeners],
+                         ["listener.tcp.default", "listener.http.default"])
         self.assertEqual([lc.key for lc in cfg.unserved_listeners],
-                         ["listener.vmq.clustering", "listener.http.default"])
+                         ["listener.vmq.clustering"])
         self.assertEqual(cfg.listeners[0].allowed_protocol_versions, {3, 4, 5})
         enabled = [name for name, pc in cfg.plugins.items() if pc.enabled]
         self.assertEqual(enabled, ["vmq_passwd", "vmq_acl"])
@@ -52,23 +53,23 @@ class StockFileTests(SynchronousTestCase):
     def test_every_key_is_honoured_or_warned_once(self) -> None:
         """Each key of the stock file either has its VerneMQ meaning (no warning) or gets
         exactly ONE warning naming it, its line and why it has no effect; the keys that
-        must warn (cluster, Erlang, LevelDB, $SYS, Graphite, a disabled plugin's
-        settings, listeners not served) all do."""
+        must warn (cluster, Erlang, LevelDB, Graphite, a disabled plugin's settings,
+        the cluster listener) all do; $SYS and the http listener are honoured."""
         warned = collections.Counter(w.key for w in self.config.warnings)
         self.assertEqual([k for k, n in warned.items() if n > 1], [])
         keys = set(active_keys(STOCK))
         self.assertLessEqual(set(warned), keys)
         must_warn = {
             "accept_eula", "allow_register_during_netsplit", "coordinate_registrations",
-            "nodename", "distributed_cookie", "metadata_plugin", "systree_enabled",
+            "nodename", "distributed_cookie", "metadata_plugin",
             "graphite_enabled", "erlang.async_threads", "leveldb.maximum_memory.percent",
             "vmq_bcrypt.mechanism", "vmq_diversity.script_dir", "listener.vmq.clustering",
-            "listener.http.default",
         }
         self.assertLessEqual(must_warn, set(warned))
         honoured = {"allow_anonymous", "max_online_messages", "listener.tcp.default",
                     "plugins.vmq_passwd", "vmq_acl.acl_file", "log.console.level",
-                    "shared_subscription_policy", "override_max_online_messages"}
+                    "shared_subscription_policy", "override_max_online_messages",
+                    "systree_enabled", "listener.http.default"}
         self.assertEqual(honoured & set(warned), set())
         for w in self.config.warnings:
             self.assertTrue(str(w).startswith(f"{STOCK}:{w.line}: {w.key}: "), str(w))

@@ -19,7 +19,6 @@ from vmqtw.auth.acl import AclPlugin
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.loader import (
     HOOK_INTERFACES, chain_order, describe, listener_authorizer, load_plugins,
-    settings_without_plugin,
 )
 from vmqtw.auth.passwd import PasswdPlugin, hash_password
 from vmqtw.config import ConfigError, PluginConfig, load, parse
@@ -562,33 +561,37 @@ class ListenerAuthorizerTests(SynchronousTestCase):
 
 
 class SettingsWithoutPluginTests(SynchronousTestCase):
+    """The parser's warnings (``BrokerConfig.warnings``) about settings of plugins
+    that are off (``loader.settings_without_plugin`` did this before)."""
+
+    @staticmethod
+    def without_effect(config: Any) -> dict[str, str]:
+        return {w.key: w.message for w in config.warnings if "is not on" in w.message}
 
     def test_builtin_settings_while_off(self) -> None:
         """
-        Settings of a built-in plugin that is not on produce one warning per plugin listing its
-        settings, since they have no effect.
+        Each setting of a built-in plugin that is off warns that it has no effect, naming
+        the plugin that is not on.
         """
-        config = parse(LISTENER + "vmq_passwd.password_file = x\n"
+        config = parse(LISTENER + "plugins.vmq_passwd = off\nvmq_passwd.password_file = x\n"
                        "vmq_passwd.password_reload_interval = 5\n"
                        "plugins.vmq_acl = off\nvmq_acl.acl_file = y\n")
-        self.assertEqual(settings_without_plugin(config), [
-            "vmq_passwd.password_file, vmq_passwd.password_reload_interval set but "
-            "plugins.vmq_passwd is not on: these settings have no effect",
-            "vmq_acl.acl_file set but plugins.vmq_acl is not on: these settings have no "
-            "effect",
-        ])
+        got = self.without_effect(config)
+        self.assertEqual(sorted(got), ["vmq_acl.acl_file", "vmq_passwd.password_file",
+                                       "vmq_passwd.password_reload_interval"])
+        self.assertIn("plugins.vmq_passwd is not on", got["vmq_passwd.password_file"])
+        self.assertIn("plugins.vmq_acl is not on", got["vmq_acl.acl_file"])
 
     def test_no_warning_when_on_or_unset(self) -> None:
         """No warning when a built-in with settings is on, or when no settings are written."""
-        self.assertEqual(settings_without_plugin(parse(LISTENER)), [])
+        self.assertEqual(self.without_effect(parse(LISTENER)), {})
         config = parse(LISTENER + "plugins.vmq_passwd = on\nvmq_passwd.password_file = x\n")
-        self.assertEqual(settings_without_plugin(config), [])
+        self.assertEqual(self.without_effect(config), {})
 
-    def test_other_plugins_not_checked(self) -> None:
-        """Settings of a disabled non-built-in plugin do not produce the built-in warning."""
-        # settings of a disabled plugin of our own: no built-in warning
+    def test_other_plugins_warn_too(self) -> None:
+        """Settings of a disabled plugin of our own also warn, through the same rule."""
         config = parse(LISTENER + "plugins.mine = off\nmine.key = 1\n")
-        self.assertEqual(settings_without_plugin(config), [])
+        self.assertIn("plugins.mine is not on", self.without_effect(config)["mine.key"])
 
 
 class CheckCommandTests(LoaderTestCase):
@@ -605,8 +608,8 @@ class CheckCommandTests(LoaderTestCase):
     def test_plugin_lines_and_warning(self) -> None:
         """
         ``--check`` loads the plugins, prints ``FILE: OK`` and one ``plugin NAME: INTERFACES``
-        line per plugin in chain order, exits 0, and warns on stderr about built-in settings
-        without their plugin.
+        line per plugin in chain order, exits 0, and warns on stdout (stderr stays empty)
+        about built-in settings without their plugin, naming the file and line.
         """
         self.write("vmq.passwd", f"alice:{hash_password(b'pw')}\n")
         name = self.module(RECORDING_PLUGIN)
@@ -620,9 +623,9 @@ class CheckCommandTests(LoaderTestCase):
         plugin_lines = [line for line in lines if line.startswith("plugin ")]
         self.assertEqual(plugin_lines, [f"plugin {name}: IAuthOnRegister",
                                         "plugin vmq_passwd: IAuthOnRegister"])
-        self.assertEqual(result.stderr,
-                         "vmqtw: warning: vmq_acl.acl_file set but plugins.vmq_acl is not "
-                         "on: these settings have no effect\n")
+        self.assertEqual(result.stderr, "")
+        self.assertIn(f"vmqtw: warning: {self.config_path}:6: vmq_acl.acl_file: "
+                      "plugins.vmq_acl is not on: this setting has no effect", lines)
 
     def test_plugin_error_exits_2_with_file_and_line(self) -> None:
         """

@@ -10,7 +10,7 @@ from vmqtw.auth.modifiers import PUBLISH, REGISTER, ModifierError, check, check_
 
 #: Per register modifier: values that pass (with the value they become) and values that fail.
 REGISTER_CASES: dict[str, tuple[list[tuple[Any, Any]], list[Any]]] = {
-    "mountpoint": ([("tenant-a", "tenant-a"), ("", ""), ("a/b/", "a/b"), ("x//", "x")],
+    "mountpoint": ([("tenant-a", "tenant-a"), ("", ""), ("a/b/", "a/b/"), ("x//", "x//")],
                    [None, 1, b"tenant", "a/+", "a/#"]),
     "client_id": ([("new-id", "new-id"), ("ü", "ü")], ["", None, 7, b"id"]),
     "username": ([("bob", "bob"), (None, None), ("", "")], [1, b"bob", ["bob"]]),
@@ -34,7 +34,7 @@ PUBLISH_CASES: dict[str, tuple[list[tuple[Any, Any]], list[Any]]] = {
                 [None, 3, ["x"]]),
     "qos": ([(0, 0), (1, 1), (2, 2)], [-1, 3, True, "1", None]),
     "retain": ([(True, True), (False, False)], [1, None, "yes"]),
-    "mountpoint": ([("m", "m"), ("", ""), ("m/", "m")], ["m/+", None]),
+    "mountpoint": ([("m", "m"), ("", ""), ("m/", "m/")], ["m/+", None]),
     "properties": ([({}, {}),
                     ({"user_property": [("k", "v")], "content_type": "t"},
                      {"user_property": [("k", "v")], "content_type": "t"}),
@@ -54,7 +54,8 @@ class RegisterModifierTests(SynchronousTestCase):
 
     def test_valid_values(self) -> None:
         """Valid auth_on_register modifier values are accepted and normalised, with the
-        expected type: a mountpoint loses its trailing slashes, username may be None,
+        expected type: a mountpoint is kept as written (trailing slashes too, as the
+        listener option keeps them), username may be None,
         integer limits accept their boundaries (-1 meaning unlimited for the message
         queues)."""
         for name, (good, _bad) in REGISTER_CASES.items():
@@ -88,7 +89,7 @@ class RegisterModifierTests(SynchronousTestCase):
         normalised."""
         mods = ok(mountpoint="t/", client_id="c2", username=None, max_inflight_messages=5)
         self.assertEqual(check(REGISTER, mods.modifiers, "auth_on_register"),
-                         {"mountpoint": "t", "client_id": "c2", "username": None,
+                         {"mountpoint": "t/", "client_id": "c2", "username": None,
                           "max_inflight_messages": 5})
 
     def test_one_bad_modifier_fails_all(self) -> None:
@@ -118,7 +119,7 @@ class PublishModifierTests(SynchronousTestCase):
 
     def test_valid_values(self) -> None:
         """Valid auth_on_publish modifier values are accepted and normalised: a str or
-        bytearray payload becomes bytes (UTF-8), a mountpoint loses its trailing slash,
+        bytearray payload becomes bytes (UTF-8), a mountpoint is kept as written,
         5.0 properties that a plugin may set pass unchanged."""
         for name, (good, _bad) in PUBLISH_CASES.items():
             for value, expected in good:

@@ -139,7 +139,7 @@ def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEn
         endpoint = ProxyServerEndpoint(endpoint, reactor, name=name,
                                      timeout=listener.proxy.header_timeout,
                                      trusted=listener.proxy)
-    if listener.kind in ("ssl", "wss", "vmqs"):
+    if listener.kind in ("ssl", "wss", "vmqs", "https"):
         endpoint = tls_endpoint(listener, endpoint, reactor)
     return endpoint
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.auth.chain import Authorizer
 from vmqtw.auth.hooks import Notifier
+from vmqtw.codec.decoder import Decoder
+from vmqtw.codec.errors import CodecError
 from vmqtw.config import ListenerConfig
 from vmqtw.connection import Connection
 from vmqtw.connection.state import (  # noqa: F401  (re-exported: tests and tools use them)
@@ -27,6 +30,7 @@ from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.mqtt5 import Outbound
 from vmqtw.core.session import IClientConnection, Session
+from vmqtw.metrics import BYTES_SENT, SOCKET_ERROR
 from vmqtw.transport._twisted_private import socket_under, write_now
 from vmqtw.transport.identity import client_certificate_der, peer_of, preauth_username
 
@@ -56,6 +60,7 @@ class MQTTProtocol(Protocol):
         # (an empty tuple until first needed: an empty deque costs ~600 bytes)
         self._gates: deque[list[Any]] | tuple[()] = ()
         self._abort: Any = None
+        self.counters = factory.broker.counters
         self.connection = connection = Connection(
             self, factory.broker, factory.authorizer, factory.listener, factory.clock,
             factory.notifier, factory.max_packet_size)
@@ -90,6 +95,8 @@ class MQTTProtocol(Protocol):
         self.connection.connection_made()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ConnectionDone, ConnectionAborted) is None:
+            self.counters[SOCKET_ERROR] += 1  # reset by the peer, timed out...
         self._closing = True
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
@@ -178,11 +185,27 @@ class MQTTProtocol(Protocol):
             transport = self.transport
             if transport is not None and not self._closing:
                 data = out[0] if len(out) == 1 else b"".join(out)
+                self.counters[BYTES_SENT] += len(data)
                 bottom = self._socket
                 if bottom is None or self.paused:
                     transport.write(data)
                 else:
                     write_now(transport, bottom, self._direct, data)
+
+    def trace_output(self) -> None:
+        """Report the packets about to be flushed to ``vmq-admin trace client`` if
+        this connection's client is traced (``Broker.flush`` calls it while a trace
+        runs; the packets are decoded again, off the hot path)."""
+        client = self.connection.client
+        if not self._out or client is None or \
+                (client.mountpoint, client.client_id) not in self.broker.traced:
+            return
+        try:
+            packets = Decoder(protocol_level=self.protocol_level).feed(b"".join(self._out))
+        except CodecError:
+            return
+        for packet in packets:
+            self.connection.trace("SEND", packet)
 
     def close_connection(self, final: bytes = b"") -> None:
         if self._closing:

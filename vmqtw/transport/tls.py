@@ -68,7 +68,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -680,9 +680,11 @@ class TLSServerProtocol(BufferingTLSTransport):
         if not self._handshakeDone and failure is not None and \
                 failure.check(SSL.Error) is not None:
             host, port = peer_of(self)
-            log.debug("listener {listener}: TLS handshake with {peer} failed: {error}",
-                      listener=self.factory.name, peer=f"{host}:{port}",
-                      error=str(failure.value))
+            # info, as the certificate refusals above: the log says why a
+            # client could not connect (now that the log level applies here)
+            log.info("listener {listener}: TLS handshake with {peer} failed: {error}",
+                     listener=self.factory.name, peer=f"{host}:{port}",
+                     error=str(failure.value))
         super().connectionLost(reason)
 
 

@@ -77,7 +77,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 

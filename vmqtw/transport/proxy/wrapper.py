@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from vmqtw.logs import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
