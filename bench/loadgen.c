@@ -24,12 +24,21 @@
  *       (up to --drain seconds) so losses can be counted exactly.
  *
  *   loadgen connect -p PORT -n 10000 [-c 100] [--hold 120] [--timeout 60] [--procs 1]
+ *                   [--sources K] [--ping-check]
  *       Opens N connections, at most C of them between connect() and CONNACK
  *       (so the listen backlog is never overrun); reports connections/s, then
  *       prints "IDLE n=N" and keeps them open until stdin reaches EOF (or
  *       --hold seconds), so a caller can measure the broker's memory.  --procs K
  *       splits the work over K forked processes (on 2 cores one is faster: the
  *       cost is the kernel's TCP handshake work, charged to the connecting side).
+ *       --sources K spreads the connections over source addresses 127.0.0.1 ..
+ *       127.0.0.K (one address has ~28k ephemeral ports towards one listener).
+ *       --ping-check sends one PINGREQ on every idle connection once all are
+ *       up and prints "PINGCHECK sent=N answered=M elapsed=S" (single process).
+ *
+ * Every connection announces --keepalive seconds (default 60, as real clients
+ * do; 0 = off) and, as a client library does, sends a PINGREQ when it has sent
+ * nothing for that long; PINGREQs sent and PINGRESPs received are reported.
  *
  *   loadgen latency -p PORT [--rate 2000] [--warmup 1] [--duration 5]
  *       One QoS 0 publisher at a fixed rate (timerfd), one subscriber;
@@ -85,6 +94,7 @@ typedef struct conn {
     uint64_t floor;              /* stall reset: treat everything below as delivered */
     uint16_t next_pid;
     double blocked_since;
+    double last_tx;              /* when output was last queued (keep alive) */
     unsigned char *tmpl;         /* PUBLISH packet template */
     size_t tmpl_len, pid_off, pay_off;
 } conn;
@@ -101,7 +111,9 @@ static int o_topology = 0;       /* 0 exact, 1 fanout, 2 fanin */
 static int o_conns = 10000, o_conc = 100;
 static double o_hold = 120.0, o_timeout = 60.0;
 static int o_rate = 2000;
-static int o_keepalive = 0;
+static int o_keepalive = 60;   /* seconds; PINGREQ after that long without output */
+static int o_sources = 1;       /* source addresses 127.0.0.1 .. 127.0.0.K */
+static int o_pingcheck = 0;
 static int o_procs = 1;
 static int o_persistent = 0;     /* subscribers connect with clean session off */
 
@@ -126,6 +138,13 @@ static uint64_t t_start_ns, t_end_ns;
 
 /* connect */
 static int conn_done, conn_pending, conn_opened, conn_errors, conn_closed_idle;
+
+/* keep alive: every open connection, swept once a second */
+static conn **reg;
+static size_t reg_n, reg_cap;
+static double next_ka_sweep;
+static uint64_t pings_sent, pings_answered;
+static double loop_now;          /* now_s() at the last poll_once */
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -211,6 +230,7 @@ static void conn_close(conn *c, const char *why) {
 
 static void flush_out(conn *c) {
     if (c->state == ST_CLOSED || c->state == ST_CONNECTING) return;
+    if (c->out_off < c->out_len) c->last_tx = loop_now;
     while (c->out_off < c->out_len) {
         ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
         if (n > 0) { c->out_off += (size_t)n; continue; }
@@ -326,6 +346,18 @@ static conn *open_conn(int role, int idx) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (o_sources > 1) {
+        /* the port is picked at connect(), per 4-tuple, not at bind() */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(idx % o_sources));
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            fprintf(stderr, "loadgen: bind source: %s\n", strerror(errno));
+            close(fd);
+            conn_errors++;
+            return NULL;
+        }
+    }
     conn *c = calloc(1, sizeof *c);
     c->fd = fd;
     c->role = role;
@@ -366,6 +398,12 @@ static conn *open_conn(int role, int idx) {
     struct epoll_event ev = {.events = EPOLLIN | (sent_all ? 0 : EPOLLOUT), .data.ptr = c};
     c->out_armed = !sent_all;
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
+    c->last_tx = now_s();
+    if (reg_n == reg_cap) {
+        reg_cap = reg_cap ? 2 * reg_cap : 1024;
+        reg = realloc(reg, reg_cap * sizeof *reg);
+    }
+    reg[reg_n++] = c;
     return c;
 }
 
@@ -428,6 +466,9 @@ static void on_packet(conn *c, unsigned char hdr, const unsigned char *b, size_t
     case 4: /* PUBACK */
         c->acked++;
         pubacks++;
+        break;
+    case 13: /* PINGRESP */
+        pings_answered++;
         break;
     case 9: /* SUBACK */
         if (len < 3 || b[2] == 0x80) {
@@ -519,13 +560,36 @@ static void on_event(conn *c, uint32_t events) {
     if (c->state != ST_CLOSED && (events & EPOLLOUT)) flush_out(c);
 }
 
+static void send_pingreq(conn *c) {
+    static const unsigned char pingreq[2] = {0xc0, 0x00};
+    out_put(c, pingreq, 2);
+    pings_sent++;
+    flush_out(c);
+}
+
+/* As a client library does: a PINGREQ after keepalive seconds without output. */
+static void keepalive_sweep(void) {
+    if (!o_keepalive || loop_now < next_ka_sweep) return;
+    next_ka_sweep = loop_now + 1.0;
+    for (size_t i = 0; i < reg_n; i++) {
+        conn *c = reg[i];
+        if (c->state == ST_READY && loop_now - c->last_tx >= o_keepalive) {
+            c->last_tx = loop_now;
+            send_pingreq(c);
+        }
+    }
+}
+
 static int poll_once(int timeout_ms) {
     struct epoll_event evs[1024];
+    if (timeout_ms > 1000) timeout_ms = 1000;
     int n = epoll_wait(ep, evs, 1024, timeout_ms);
+    loop_now = now_s();
     if (n < 0) {
         if (errno == EINTR) return 0;
         die("epoll_wait");
     }
+    keepalive_sweep();
     for (int i = 0; i < n; i++) {
         if (evs[i].data.ptr == NULL) return -1;     /* stdin: EOF or data */
         on_event(evs[i].data.ptr, evs[i].events);
@@ -796,6 +860,20 @@ static int read_full(int fd, void *buf, size_t n, double deadline) {
     return 0;
 }
 
+/* One PINGREQ on every open connection at once; wait (up to 30 s) for the answers. */
+static void ping_check(conn **all, int n) {
+    uint64_t s0 = pings_sent, a0 = pings_answered;
+    double t0 = now_s(), deadline = t0 + 30;
+    loop_now = t0;
+    for (int i = 0; i < n; i++)
+        if (all[i] && all[i]->state == ST_READY) send_pingreq(all[i]);
+    uint64_t want = pings_sent - s0;
+    while (pings_answered - a0 < want && now_s() < deadline) poll_once(ms_until(deadline));
+    printf("PINGCHECK sent=%llu answered=%llu elapsed=%.3f\n", (unsigned long long)want,
+           (unsigned long long)(pings_answered - a0), now_s() - t0);
+    fflush(stdout);
+}
+
 static int run_connect(void) {
     int procs = o_procs < 1 ? 1 : o_procs;
     if (procs > o_conns) procs = o_conns;
@@ -812,11 +890,15 @@ static int run_connect(void) {
                "rate=%.0f cpu=%.3f cpu_pct=%.1f cpu_user_pct=%.1f failed=%d\n",
                o_conns, tot.connected, tot.errors, el, tot.connected / el, tot.cpu,
                100.0 * tot.cpu / el, 100.0 * tot.ucpu / el, failed);
+        if (o_pingcheck) ping_check(all, conn_opened);
         printf("IDLE n=%d\n", tot.connected);
         fflush(stdout);
+        uint64_t ps0 = pings_sent, pa0 = pings_answered;
         hold_until_told(0);
         closed_idle = conn_closed_idle;
-        printf("CLOSED_WHILE_IDLE n=%d\n", closed_idle);
+        printf("CLOSED_WHILE_IDLE n=%d keepalive=%d pings_sent=%llu pings_answered=%llu\n",
+               closed_idle, o_keepalive, (unsigned long long)(pings_sent - ps0),
+               (unsigned long long)(pings_answered - pa0));
         fflush(stdout);
         for (int i = 0; i < conn_opened; i++)
             if (all[i]) conn_close(all[i], NULL);
@@ -986,7 +1068,9 @@ static void usage(void) {
             "  pubsub : --topology exact|fanout|fanin --pubs N --subs N -q 0|1 --payload B\n"
             "           --warmup S --duration S --window N --e2e-window N --drain S\n"
             "           --persistent-subs (subscribers connect with clean session off)\n"
-            "  connect: -n N -c CONCURRENCY --hold S --timeout S --procs K\n"
+            "  connect: -n N -c CONCURRENCY --hold S --timeout S --procs K --sources K\n"
+            "           --ping-check\n"
+            "  all    : --keepalive S (default 60, 0 = off)\n"
             "  latency: --rate N --warmup S --duration S\n");
     exit(2);
 }
@@ -1001,11 +1085,11 @@ int main(int argc, char **argv) {
         {"subs", 1, 0, 'S'}, {"topology", 1, 0, 't'}, {"conns", 1, 0, 'n'},
         {"concurrency", 1, 0, 'c'}, {"hold", 1, 0, 'h'}, {"timeout", 1, 0, 'T'},
         {"rate", 1, 0, 'r'}, {"drain", 1, 0, 'D'}, {"keepalive", 1, 0, 'k'}, {"procs", 1, 0, 'j'},
-        {"persistent-subs", 0, 0, 'R'},
+        {"persistent-subs", 0, 0, 'R'}, {"sources", 1, 0, 'x'}, {"ping-check", 0, 0, 'K'},
         {0, 0, 0, 0}};
     int ch;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:R", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:Rx:K", opts, NULL)) != -1) {
         switch (ch) {
         case 'H': o_host = optarg; break;
         case 'p': o_port = atoi(optarg); break;
@@ -1032,12 +1116,15 @@ int main(int argc, char **argv) {
         case 'k': o_keepalive = atoi(optarg); break;
         case 'j': o_procs = atoi(optarg); break;
         case 'R': o_persistent = 1; break;
+        case 'x': o_sources = atoi(optarg); break;
+        case 'K': o_pingcheck = 1; break;
         default: usage();
         }
     }
     if (o_payload < 20) o_payload = 20;
     if (o_qos < 0 || o_qos > 1 || o_pubs < 1 || o_subs < 1 || o_window < 1 || o_e2e < 1 ||
-        o_rate < 1 || o_rate > 1000000 || o_conc < 1 || o_conns < 1) usage();
+        o_rate < 1 || o_rate > 1000000 || o_conc < 1 || o_conns < 1 ||
+        o_keepalive < 0 || o_keepalive > 65535 || o_sources < 1 || o_sources > 254) usage();
     if (o_topology == 0 && o_pubs != o_subs) {
         fprintf(stderr, "loadgen: exact topology needs --pubs == --subs\n");
         return 2;

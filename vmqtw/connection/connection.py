@@ -33,6 +33,7 @@ from vmqtw.connection import auth, connect, control, publish, subscribe
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_AUTH, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, ClientView,
 )
+from vmqtw.connection.timers import wheel_for
 from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
@@ -427,9 +428,14 @@ class Connection:
     # -- timers -------------------------------------------------------------------------------
 
     def start_timer(self, name: str, delay: float, f: Callable[[], None]) -> None:
-        """(Re)start the timer ``name``; all timers stop when the connection ends."""
+        """(Re)start the timer ``name``; all timers stop when the connection ends.
+        The keep alive timer goes on the clock's shared ``timers.TimerWheel`` (no
+        ``DelayedCall`` per idle client; up to ``timers.GRANULARITY`` s late)."""
         self.stop_timer(name)
-        self.timers[name] = self.clock.callLater(delay, f)
+        if name == "keepalive":
+            self.timers[name] = wheel_for(self.clock).call_later(delay, f)
+        else:
+            self.timers[name] = self.clock.callLater(delay, f)
 
     def stop_timer(self, name: str) -> None:
         """Cancel the timer ``name`` if it is running."""
@@ -460,7 +466,8 @@ class Connection:
                           peer=self.peer_str(), client_id=self.client_id)
             self.close(reasons.KEEP_ALIVE_TIMEOUT)
             return
-        self.timers["keepalive"] = self.clock.callLater(limit - idle, self.keepalive_check)
+        self.timers["keepalive"] = wheel_for(self.clock).call_later(limit - idle,
+                                                                    self.keepalive_check)
 
     def lifetime_expired(self) -> None:
         """max_connection_lifetime reached: disconnect (0xA0 for 5.0)."""
