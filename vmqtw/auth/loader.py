@@ -26,6 +26,7 @@ from zope.interface import providedBy
 from vmqtw.auth import api
 from vmqtw.auth.chain import Authorizer, Chain
 from vmqtw.auth.context import PluginContext
+from vmqtw.auth.verify import describe_object, interface_problems
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig, PluginConfig, split_list
 
 BUILTIN_MODULES = {
@@ -130,6 +131,12 @@ def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
         if not any(i.providedBy(plugin) for i in HOOK_INTERFACES):
             raise _error(pc, "the plugin provides no hook interface of vmqtw.auth.api "
                              "(declare them with @implementer)")
+        # A hook that does not match its interface would fail every request:
+        # refuse it now, naming each problem (vmqtw.auth.verify).
+        problems = interface_problems(plugin)
+        if problems:
+            raise _error(pc, f"{describe_object(plugin)} does not implement the interfaces "
+                             f"it declares: {'; '.join(problems)}")
         loaded.append((pc.name, plugin))
     return loaded
 
