@@ -133,7 +133,11 @@ def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
                              "(declare them with @implementer)")
         # A hook that does not match its interface would fail every request:
         # refuse it now, naming each problem (vmqtw.auth.verify).
-        problems = interface_problems(plugin)
+        try:
+            problems = interface_problems(plugin)
+        except Exception as e:  # e.g. a property that raises when read
+            raise _error(pc, f"checking {describe_object(plugin)} against its interfaces "
+                             f"failed: {type(e).__name__}: {e}") from e
         if problems:
             raise _error(pc, f"{describe_object(plugin)} does not implement the interfaces "
                              f"it declares: {'; '.join(problems)}")

@@ -239,6 +239,27 @@ class VerifyOnLoadTests(LoaderTestCase):
         self.assertEqual(interface_problems(plugin), [])
 
 
+    def test_attribute_raising_when_read(self) -> None:
+        """
+        A hook that raises when it is looked up (a property) is a configuration error at the
+        plugin's line, not a traceback.
+        """
+        name = self.module("""\
+            from zope.interface import implementer
+            from vmqtw.auth.api import IAuthOnRegister
+
+            @implementer(IAuthOnRegister)
+            class Plugin:
+                @property
+                def auth_on_register(self):
+                    raise RuntimeError("not ready")
+
+            def make_plugin(settings, context):
+                return Plugin()
+            """)
+        self.assertConfigError(f"plugins.{name} = on\nplugins.{name}.path = plugins\n",
+                               name, "against its interfaces failed: RuntimeError: not ready")
+
 class BuiltinsLoadCleanTests(LoaderTestCase):
     """The built-in plugins and the shipped example pass the loader's checks."""
 
@@ -442,3 +463,4 @@ class DeniedRequestsTests(SynchronousTestCase):
             "auth_on_subscribe (IAuthOnSubscribe) or auth_on_subscribe_m5 "
             "(IAuthOnSubscribeM5). To fix it, add vmq_acl or another plugin implementing "
             "IAuthOnSubscribe to listener.tcp.tenants.authz_plugins"])
+
