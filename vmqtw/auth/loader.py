@@ -181,6 +181,27 @@ def listener_authorizer(config: BrokerConfig, listener: ListenerConfig,
     return Authorizer(authn, config.allow_anonymous, authz_chain=authz)
 
 
+def settings_without_plugin(config: BrokerConfig) -> list[str]:
+    """Warnings for ``NAME.key`` settings of built-in plugins that are not on."""
+    warnings = []
+    for name in BUILTIN_MODULES:
+        pc = config.plugins.get(name)
+        if config.plugin_settings.get(name) and (pc is None or not pc.enabled):
+            keys = ", ".join(f"{name}.{k}" for k in config.plugin_settings[name])
+            warnings.append(f"{keys} set but plugins.{name} is not on: these settings have "
+                            f"no effect")
+    return warnings
+
+
+def describe(plugins: Plugins) -> str:
+    """One line per plugin: name and the hooks it provides."""
+    lines = []
+    for name, plugin in plugins:
+        hooks = sorted(i.__name__ for i in providedBy(plugin) if i in HOOK_INTERFACES)
+        lines.append(f"plugin {name}: {', '.join(hooks)}")
+    return "\n".join(lines)
+
+
 #: MQTT protocol levels whose clients are asked the plain (not ``_m5``) hooks:
 #: 3.1, 3.1.1 and their bridge levels.
 _PLAIN_LEVELS = frozenset({3, 4, 131, 132})
@@ -250,24 +271,3 @@ def denied_requests(config: BrokerConfig, plugins: Plugins) -> list[str]:
                 warnings.append(_denied_text(packet, listener, plain, m5, names, has_m5,
                                              denied))
     return warnings
-
-
-def settings_without_plugin(config: BrokerConfig) -> list[str]:
-    """Warnings for ``NAME.key`` settings of built-in plugins that are not on."""
-    warnings = []
-    for name in BUILTIN_MODULES:
-        pc = config.plugins.get(name)
-        if config.plugin_settings.get(name) and (pc is None or not pc.enabled):
-            keys = ", ".join(f"{name}.{k}" for k in config.plugin_settings[name])
-            warnings.append(f"{keys} set but plugins.{name} is not on: these settings have "
-                            f"no effect")
-    return warnings
-
-
-def describe(plugins: Plugins) -> str:
-    """One line per plugin: name and the hooks it provides."""
-    lines = []
-    for name, plugin in plugins:
-        hooks = sorted(i.__name__ for i in providedBy(plugin) if i in HOOK_INTERFACES)
-        lines.append(f"plugin {name}: {', '.join(hooks)}")
-    return "\n".join(lines)
