@@ -32,7 +32,8 @@ from vmqtw.admin.ops import Operations
 from vmqtw.auth.hooks import Notifier
 from vmqtw.cluster.wiring import ClusterConfigError, cluster_node
 from vmqtw.auth.loader import (
-    AUTHN_INTERFACES, AUTHZ_INTERFACES, listener_authorizer, load_plugins, provides_any,
+    AUTHN_INTERFACES, AUTHZ_INTERFACES, denied_requests, listener_authorizer, load_plugins,
+    provides_any,
 )
 from vmqtw import logs
 from vmqtw.codec import reasons
@@ -334,6 +335,8 @@ class BrokerService(MultiService):
         if not provides_any(self.plugins, AUTHZ_INTERFACES):
             self.log.warn("no authorization plugin is enabled: no ACL is in force, every "
                           "client may publish and subscribe to every topic")
+        for text in denied_requests(config, self.plugins):
+            self.log.warn("{text}", text=text)
         for name, _plugin in self.plugins:
             self.log.info("plugin {plugin} enabled", plugin=name)
 

@@ -71,6 +71,10 @@ class Options(usage.Options):
         try:
             plugins = loader.load_plugins(self.broker_config, reactor)
             BrokerService(self.broker_config, reactor, plugins=plugins)
+            # Chains that would deny every PUBLISH or SUBSCRIBE: warnings, on
+            # stdout (stderr is for errors).
+            for warning in loader.denied_requests(self.broker_config, plugins):
+                sys.stdout.write(f"vmqtw: warning: {warning}\n")
         except (configmod.ConfigError, StartupError) as e:
             sys.stderr.write(f"vmqtw: configuration error: {e}\n")
             raise SystemExit(2) from None

@@ -26,6 +26,7 @@ from zope.interface import providedBy
 from vmqtw.auth import api
 from vmqtw.auth.chain import Authorizer, Chain
 from vmqtw.auth.context import PluginContext
+from vmqtw.auth.verify import describe_object, interface_problems
 from vmqtw.config import BrokerConfig, ConfigError, ListenerConfig, PluginConfig, split_list
 
 #: VerneMQ plugins that are not auth plugins here: ``vmq_http_pub`` is an HTTP
@@ -137,6 +138,16 @@ def load_plugins(config: BrokerConfig, reactor: Any) -> Plugins:
         if not any(i.providedBy(plugin) for i in HOOK_INTERFACES):
             raise _error(pc, "the plugin provides no hook interface of vmqtw.auth.api "
                              "(declare them with @implementer)")
+        # A hook that does not match its interface would fail every request:
+        # refuse it now, naming each problem (vmqtw.auth.verify).
+        try:
+            problems = interface_problems(plugin)
+        except Exception as e:  # e.g. a property that raises when read
+            raise _error(pc, f"checking {describe_object(plugin)} against its interfaces "
+                             f"failed: {type(e).__name__}: {e}") from e
+        if problems:
+            raise _error(pc, f"{describe_object(plugin)} does not implement the interfaces "
+                             f"it declares: {'; '.join(problems)}")
         loaded.append((pc.name, plugin))
     return loaded
 
@@ -184,3 +195,74 @@ def describe(plugins: Plugins) -> str:
         hooks = sorted(i.__name__ for i in providedBy(plugin) if i in HOOK_INTERFACES)
         lines.append(f"plugin {name}: {', '.join(hooks)}")
     return "\n".join(lines)
+
+
+#: MQTT protocol levels whose clients are asked the plain (not ``_m5``) hooks:
+#: 3.1, 3.1.1 and their bridge levels.
+_PLAIN_LEVELS = frozenset({3, 4, 131, 132})
+
+#: (packet, plain hook interface, MQTT 5.0 hook interface)
+_AUTHZ_HOOKS = (("PUBLISH", api.IAuthOnPublish, api.IAuthOnPublishM5),
+                ("SUBSCRIBE", api.IAuthOnSubscribe, api.IAuthOnSubscribeM5))
+
+
+def _hook(iface: Any) -> str:
+    """``auth_on_publish (IAuthOnPublish)``."""
+    return f"{next(iter(iface.names()))} ({iface.__name__})"
+
+
+def _denied_text(packet: str, listener: ListenerConfig, plain: Any, m5: Any,
+                 names: list[str], has_m5: bool, denied: list[int]) -> str:
+    own = bool(listener.options.get("authz_plugins"))
+    whose = "any client" if set(denied) == set(listener.allowed_protocol_versions) else \
+        f"MQTT 3.x clients (protocol versions {', '.join(map(str, denied))})"
+    where = f"{listener.key}.authz_plugins" if own else "the plugins enabled"
+    if has_m5:
+        why = (f"{where} ({', '.join(names)}) provide {_hook(m5)} for MQTT 5.0 clients "
+               f"only, and MQTT 3.x clients are asked {_hook(plain)}, which none of them "
+               f"implements")
+    else:
+        either = f" or {_hook(m5)}" if 5 in denied else ""
+        why = f"none of {where} ({', '.join(names)}) implements {_hook(plain)}{either}"
+    fix = (f"add vmq_acl or another plugin implementing {plain.__name__} to "
+           f"{listener.key}.authz_plugins" if own else
+           f"enable vmq_acl (plugins.vmq_acl = on) or a plugin implementing {plain.__name__}")
+    if has_m5:
+        fix += f", or allow only MQTT 5.0 ({listener.key}.allowed_protocol_versions = 5)"
+    file, line = listener.option_source("authz_plugins") if own else listener.source
+    return (f"{file}:{line}: {listener.key}: every {packet} from {whose} will be denied: "
+            f"{why}. To fix it, {fix}")
+
+
+def denied_requests(config: BrokerConfig, plugins: Plugins) -> list[str]:
+    """Warnings for listeners whose authorization chain would deny every
+    PUBLISH or every SUBSCRIBE of some protocol version.
+
+    The rules are the Authorizer's (``vmqtw.auth.chain``): once any plugin of a
+    listener's chain provides an authorization hook, a hook nobody provides is
+    an exhausted chain, and denies.  MQTT 3.x clients are asked only the plain
+    hook; 5.0 clients the ``_m5`` hook where a plugin provides it and the plain
+    one otherwise, so a chain of plain hooks serves 5.0 clients too, but a
+    chain of ``_m5`` hooks alone denies 3.x clients.  A chain without any
+    authorization plugin allows everything (warned about elsewhere), and a
+    listener that speaks no MQTT version (http) is not checked.
+    """
+    warnings = []
+    for listener in config.listeners:
+        versions = listener.allowed_protocol_versions
+        plain_levels = sorted(v for v in versions if v in _PLAIN_LEVELS)
+        if not plain_levels and 5 not in versions:
+            continue
+        chain = listener_authorizer(config, listener, plugins).authz_chain
+        names = [n for n, p in chain.plugins if any(i.providedBy(p) for i in AUTHZ_INTERFACES)]
+        if not names:
+            continue
+        for packet, plain, m5 in _AUTHZ_HOOKS:
+            if chain.providers(plain):
+                continue
+            has_m5 = bool(chain.providers(m5))
+            denied = sorted(plain_levels + ([] if has_m5 or 5 not in versions else [5]))
+            if denied:
+                warnings.append(_denied_text(packet, listener, plain, m5, names, has_m5,
+                                             denied))
+    return warnings
