@@ -42,7 +42,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -54,6 +54,7 @@ from vmqtw.core.retained import RetainedTree
 from vmqtw.core.values import QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, SessionKey
 from vmqtw.logs import Logger
 from vmqtw.store.records import Loaded, StoredDelivery, StoredSession, encode_sub_ids
+from vmqtw.store.retained import RetainedMixin
 from vmqtw.store.sqlite_file import (
     APPLICATION, FILENAME, LOCKNAME, SCHEMA, SCHEMA_VERSION, SYNC_MODES, TABLES, StoreCorrupt,
     StoreError, StoreLocked, _Ref, _Sess,
@@ -68,7 +69,7 @@ __all__ = [
 
 
 @implementer(IStore)
-class SQLiteStore(SQLiteWriter):
+class SQLiteStore(RetainedMixin, SQLiteWriter):
     """Retained messages, persistent sessions and their QoS 1/2 messages in SQLite.
 
     ``directory`` holds ``vmqtw.db`` (created if missing, with the directory).
@@ -132,23 +133,11 @@ class SQLiteStore(SQLiteWriter):
     # -- IStore: retained messages --------------------------------------------------------
 
     def retained_set(self, mountpoint: str, topic: str, message: Message | None) -> None:
+        """Set it in the tree (``RetainedMixin`` answers the other retained_*
+        calls from it) and record it for the next batch."""
         self._retained.set(mountpoint, topic, message)
         self._p_retained[(mountpoint, topic)] = message
         self._changed()
-
-    def retained_match(self, mountpoint: str, topic_filter: str) -> list[Message]:
-        return self._retained.match(mountpoint, topic_filter)
-
-    def retained_count(self) -> int:
-        return len(self._retained)
-
-    def retained_tree(self) -> RetainedTree:
-        """The tree itself, read-only: the broker walks it in slices and checks
-        the retained quotas against it."""
-        return self._retained
-
-    def retained_items(self) -> Iterable[tuple[str, str, Message]]:
-        return self._retained.items()
 
     # -- IStore: sessions -----------------------------------------------------------------
 
