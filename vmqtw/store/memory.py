@@ -3,12 +3,13 @@
 ``MemoryStore`` provides ``vmqtw.core.interfaces.IStore`` for a broker that
 keeps nothing across restarts (``persistent_store.enabled = off``, and the
 default of a ``Broker`` built without a store).  Retained messages live in a
-``vmqtw.core.retained.RetainedTree``; the session notifications are no-ops,
+``vmqtw.core.retained.RetainedTree`` (answered by
+``vmqtw.store.retained.RetainedMixin``); the session notifications are no-ops,
 as the live ``Session`` objects are the state.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
@@ -16,6 +17,7 @@ from vmqtw.core.interfaces import IStore
 from vmqtw.core.message import Message
 from vmqtw.core.retained import RetainedTree
 from vmqtw.core.values import SessionKey
+from vmqtw.store.retained import RetainedMixin
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmqtw.core.session import Session
@@ -24,29 +26,11 @@ __all__ = ["MemoryStore"]
 
 
 @implementer(IStore)
-class MemoryStore:
+class MemoryStore(RetainedMixin):
     """Retained messages in a topic tree per mountpoint; nothing else is kept."""
 
     def __init__(self) -> None:
         self._retained = RetainedTree()
-
-    def retained_set(self, mountpoint: str, topic: str, message: Message | None) -> None:
-        self._retained.set(mountpoint, topic, message)
-
-    def retained_match(self, mountpoint: str, topic_filter: str) -> list[Message]:
-        return self._retained.match(mountpoint, topic_filter)
-
-    def retained_count(self) -> int:
-        return len(self._retained)
-
-    def retained_tree(self) -> RetainedTree:
-        """The tree itself, read-only: the broker walks it in slices and checks
-        the retained quotas against it."""
-        return self._retained
-
-    def retained_items(self) -> Iterable[tuple[str, str, Message]]:
-        """Every retained (mountpoint, topic, message)."""
-        return self._retained.items()
 
     def session_updated(self, session: "Session") -> None:
         pass

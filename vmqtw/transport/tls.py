@@ -56,14 +56,9 @@ context and the reason is logged.  Bad options or files at startup raise
 """
 from __future__ import annotations
 
-import re
-import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import connectionDone
@@ -73,9 +68,16 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vmqtw.config import TLS_VERSIONS, ListenerConfig, SettingError, TLSConfig
-from vmqtw.transport.identity import certificate_cn, peer_of
+from vmqtw.config import TLS_VERSIONS, ListenerConfig
+from vmqtw.transport.identity import peer_of
 from vmqtw.transport.errors import LayerError
+# The handshake callbacks live in tls_callbacks, PSK_IDENTITIES stays importable from here.
+from vmqtw.transport.tls_callbacks import PSK_IDENTITIES, _make_psk_callback, _Verifier
+# The file-reading half lives in tls_files; its names stay importable from here.
+from vmqtw.transport.tls_files import (
+    Material, OptionError, TLSSettings, _load_crls, load_material, read_psk_file,
+    read_settings,
+)
 
 __all__ = [
     "PSK_IDENTITIES", "OptionError", "TLSSettings", "ServerTLSOptions", "TLSServerProtocol",
@@ -83,14 +85,9 @@ __all__ = [
     "build_context",
 ]
 
-_binding = Binding()
-_ffi, _lib = _binding.ffi, _binding.lib
+_lib = Binding().lib
 
 log = Logger(namespace="vmqtw.tls")
-
-#: pyOpenSSL Connection -> the PSK identity its client sent (captured in the
-#: PSK callback; there is no SSL_get_psk_identity in the bindings).
-PSK_IDENTITIES: "weakref.WeakKeyDictionary[SSL.Connection, str]" = weakref.WeakKeyDictionary()
 
 #: The PSK suites VerneMQ adds to its built-in list when PSK is on.
 PSK_CIPHERS = ("PSK-AES256-GCM-SHA384", "PSK-AES256-CBC-SHA", "PSK-AES128-GCM-SHA256",
@@ -116,314 +113,10 @@ _VERSIONS = {
 }
 _VERSION_ORDER = TLS_VERSIONS
 
-# X509 verify errors that only say the CRL file has no (current) CRL for an
-# issuer.  VerneMQ treats crlfile as a list of revoked certificates, so these
-# do not refuse a client.
-_X509_V_ERR_UNABLE_TO_GET_CRL = 3
-_X509_V_ERR_CRL_NOT_YET_VALID = 11
-_X509_V_ERR_CRL_HAS_EXPIRED = 12
-_CRL_FRESHNESS_ERRORS = frozenset({_X509_V_ERR_UNABLE_TO_GET_CRL, _X509_V_ERR_CRL_NOT_YET_VALID,
-                                   _X509_V_ERR_CRL_HAS_EXPIRED})
-
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
-
-
-class OptionError(Exception):
-    """A problem with one TLS option or the file it names."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option = option
-        self.message = message
-
-
-# --------------------------------------------------------------------------
-# Settings: the listener's typed TLS settings, checked against OpenSSL
-# --------------------------------------------------------------------------
-
-#: The TLS settings of a listener: ``ListenerConfig.tls``.
-TLSSettings = TLSConfig
-
-
-def read_settings(listener: ListenerConfig) -> TLSSettings:
-    """The TLS settings of ``listener``, checked for what a TLS listener needs
-    and against what OpenSSL knows; raises OptionError."""
-    try:
-        settings = listener.tls
-    except SettingError as e:
-        raise OptionError(e.option, e.message) from None
-    if settings is None:
-        raise OptionError("certfile", f"a {listener.kind} listener has no TLS settings")
-    if settings.psk and not settings.pskfile:
-        raise OptionError("psk_support", "psk_support is on but listener.ssl.pskfile is not "
-                          "set")
-    if not settings.certfile and not settings.psk:
-        raise OptionError("certfile", f"a {listener.kind} listener needs a certfile (or "
-                          f"psk_support = on for a PSK-only listener)")
-    if settings.keyfile and not settings.certfile:
-        raise OptionError("keyfile", "keyfile is set but certfile is not")
-    if settings.require_certificate and not settings.cafile:
-        raise OptionError("require_certificate", "require_certificate is on but cafile is "
-                          "not set: no client certificate could be verified")
-    if settings.use_identity_as_username and not settings.cafile and not settings.psk:
-        raise OptionError("use_identity_as_username", "use_identity_as_username is on (it "
-                          "requires a client certificate) but cafile is not set: no "
-                          "client certificate could be verified")
-    _check_ciphers(settings)
-    _check_curves(settings.eccs)
-    return settings
-
-
-def _check_ciphers(settings: TLSSettings) -> None:
-    """Name the first cipher OpenSSL does not know (OpenSSL itself silently
-    skips unknown names as long as one name matches)."""
-    for item in settings.ciphers:
-        if item[0] in "!-+@":  # removing/moving/@STRENGTH/@SECLEVEL: harmless
-            continue
-        try:
-            SSL.Context(SSL.TLS_METHOD).set_cipher_list(item.encode())
-        except SSL.Error:
-            raise OptionError("ciphers", f"unknown cipher {item!r}") from None
-    for item in settings.tls13_suites:
-        try:
-            SSL.Context(SSL.TLS_METHOD).set_tls13_ciphersuites(item.encode())
-        except SSL.Error:
-            raise OptionError("ciphers", f"unknown TLS 1.3 cipher suite {item!r}") from None
-    if settings.tls13_suites and "tlsv1.3" not in settings.versions and not settings.ciphers:
-        raise OptionError("ciphers", "only TLS 1.3 suites are given but tls_version does not "
-                          "include tlsv1.3")
-    if settings.ciphers and settings.versions == ("tlsv1.3",) and not settings.tls13_suites:
-        raise OptionError("ciphers", "tls_version is tlsv1.3 only, but no TLS 1.3 suite "
-                          "(TLS_...) is given")
-
-
-def _check_curves(eccs: tuple[str, ...]) -> None:
-    for name in eccs:
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ok = _lib.SSL_CTX_set1_curves_list(ctx._context, name.encode())
-        _lib.ERR_clear_error()
-        if ok != 1:
-            raise OptionError("eccs", f"unknown curve {name!r}")
-
-
-# --------------------------------------------------------------------------
-# Material: what the files hold
-# --------------------------------------------------------------------------
-
-@dataclass
-class Material:
-    """The parsed contents of the listener's files."""
-
-    chain: list[x509.Certificate] = field(default_factory=list)  # leaf first
-    key: Any = None  # a cryptography private key
-    ca: list[x509.Certificate] = field(default_factory=list)
-    crls: list[x509.CertificateRevocationList] = field(default_factory=list)
-    crl_data: bytes | None = None
-    psk: dict[bytes, bytes] = field(default_factory=dict)
-
-    @property
-    def leaf(self) -> x509.Certificate | None:
-        return self.chain[0] if self.chain else None
-
-
-def _read(option: str, path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise OptionError(option, f"cannot read {path}: {e.strerror or e}") from None
-
-
-def _pem_blocks(data: bytes, kinds: tuple[bytes, ...]) -> list[bytes]:
-    return [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) in kinds]
-
-
-def _load_certificates(option: str, path: str) -> list[x509.Certificate]:
-    data = _read(option, path)
-    blocks = _pem_blocks(data, (b"CERTIFICATE", b"TRUSTED CERTIFICATE"))
-    if not blocks:
-        raise OptionError(option, f"{path} holds no PEM certificate")
-    certs = []
-    for block in blocks:
-        try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as e:
-            raise OptionError(option, f"{path}: bad certificate: {e}") from None
-    return certs
-
-
-def _load_key(settings: TLSSettings) -> Any:
-    option = "keyfile" if settings.keyfile else "certfile"
-    path = settings.keyfile or settings.certfile
-    data = _read(option, path)
-    blocks = [m.group(0) for m in _PEM_BLOCK.finditer(data)
-              if m.group(1).endswith(b"PRIVATE KEY")]
-    if not blocks:
-        raise OptionError(option, f"{path} holds no PEM private key")
-    password = settings.keypasswd.encode() if settings.keypasswd else None
-    try:
-        key = serialization.load_pem_private_key(blocks[0], password=password)
-    except TypeError:
-        if password is None:
-            raise OptionError(option, f"the private key in {path} is encrypted and keypasswd "
-                              f"is not set") from None
-        # a password was given for an unencrypted key: accept it as VerneMQ does
-        key = serialization.load_pem_private_key(blocks[0], password=None)
-    except ValueError as e:
-        if password is not None:
-            raise OptionError("keypasswd", f"cannot decrypt the private key in {path}: wrong "
-                              f"keypasswd?") from None
-        raise OptionError(option, f"{path}: bad private key: {e}") from None
-    return key
-
-
-def _load_crls(path: str) -> tuple[list[x509.CertificateRevocationList], bytes]:
-    data = _read("crlfile", path)
-    blocks = _pem_blocks(data, (b"X509 CRL",))
-    if not blocks:
-        raise OptionError("crlfile", f"{path} holds no PEM CRL")
-    crls = []
-    for block in blocks:
-        try:
-            crls.append(x509.load_pem_x509_crl(block))
-        except ValueError as e:
-            raise OptionError("crlfile", f"{path}: bad CRL: {e}") from None
-    return crls, data
-
-
-def read_psk_file(path: str, separator: str = ":") -> dict[bytes, bytes]:
-    """identity -> key from a VerneMQ PSK file.
-
-    One ``identity<sep>key`` per line, split at the first separator; the key is
-    the raw text (not hex).  Blank lines are skipped, and (beyond VerneMQ)
-    lines starting with ``#``.  A line without the separator, or with an empty
-    identity or key, is an error naming the line.
-    """
-    data = _read("pskfile", path)
-    table: dict[bytes, bytes] = {}
-    sep = separator.encode()
-    for number, line in enumerate(data.split(b"\n"), 1):
-        line = line.rstrip(b"\r")
-        stripped = line.strip()
-        if not stripped or stripped.startswith(b"#"):
-            continue
-        identity, found, key = line.partition(sep)
-        if not found:
-            raise OptionError("pskfile", f"{path}:{number}: no {separator!r} separator "
-                              f"between identity and key")
-        if not identity or not key:
-            raise OptionError("pskfile", f"{path}:{number}: empty "
-                              f"{'identity' if not identity else 'key'}")
-        table[identity] = key
-    return table
-
-
-def load_material(settings: TLSSettings) -> Material:
-    """Read every file the settings name; raises OptionError."""
-    m = Material()
-    if settings.certfile:
-        m.chain = _load_certificates("certfile", settings.certfile)
-        m.key = _load_key(settings)
-    if settings.cafile:
-        m.ca = _load_certificates("cafile", settings.cafile)
-    if settings.crlfile:
-        m.crls, m.crl_data = _load_crls(settings.crlfile)
-    if settings.psk:
-        m.psk = read_psk_file(settings.pskfile, settings.psk_separator)
-    return m
-
 
 # --------------------------------------------------------------------------
 # The context
 # --------------------------------------------------------------------------
-
-def _self_signed(cert: crypto.X509) -> bool:
-    c = cert.to_cryptography()
-    if c.issuer != c.subject:
-        return False
-    try:
-        c.verify_directly_issued_by(c)
-    except Exception:
-        return False
-    return True
-
-
-def _verify_error(errno: int) -> str:
-    try:
-        return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode()
-    except Exception:
-        return f"error {errno}"
-
-
-class _Verifier:
-    """The verify callback: OpenSSL's verdict, plus VerneMQ's rules (no
-    self-signed leaf; the CRL file is only a list of revoked certificates)."""
-
-    def __init__(self, name: str, crl: bool, fail_closed: bool = False) -> None:
-        self.name = name
-        self.crl = crl
-        #: crl_fail_closed: CRL freshness errors refuse too.
-        self.fail_closed = fail_closed
-        #: With fail_closed: why the CRL file is unusable now (every client
-        #: certificate is refused while set), else None.
-        self.broken: str | None = None
-
-    def __call__(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
-                 ok: int) -> bool:
-        try:
-            if self.broken is not None:
-                self._refuse(conn, cert, depth, f"crl_fail_closed: {self.broken}")
-                return False
-            if ok:
-                if depth == 0 and _self_signed(cert):
-                    self._refuse(conn, cert, depth, "self-signed client certificate")
-                    return False
-                return True
-            if self.crl and errno in _CRL_FRESHNESS_ERRORS and not self.fail_closed:
-                return True
-            self._refuse(conn, cert, depth, _verify_error(errno))
-            return False
-        except Exception:
-            log.failure("listener {listener}: error while verifying a client certificate",
-                        listener=self.name)
-            return False
-
-    def _refuse(self, conn: SSL.Connection, cert: crypto.X509, depth: int,
-                reason: str) -> None:
-        try:
-            cn = certificate_cn(cert)
-        except Exception:
-            cn = None
-        proto = conn.get_app_data()
-        peer = peer_of(proto) if proto is not None else ("", 0)
-        log.info("listener {listener}: client certificate refused ({peer}): {reason} "
-                 "(depth {depth}, CN {cn!r})", listener=self.name, peer=f"{peer[0]}:{peer[1]}",
-                 reason=reason, depth=depth, cn=cn)
-
-
-def _make_psk_callback(table: dict[bytes, bytes], name: str) -> Any:
-    def server_cb(ssl: Any, identity: Any, psk_out: Any, max_len: int) -> int:
-        if identity == _ffi.NULL:
-            return 0
-        ident = _ffi.string(identity)
-        key = table.get(ident)
-        conn = SSL.Connection._reverse_mapping.get(ssl)
-        if key is None or len(key) > max_len:
-            proto = conn.get_app_data() if conn is not None else None
-            host, port = peer_of(proto) if proto is not None else ("", 0)
-            log.info("listener {listener}: unknown PSK identity {identity!r} from {peer}",
-                     listener=name, identity=ident.decode("utf-8", "replace"),
-                     peer=f"{host}:{port}")
-            return 0  # the handshake fails
-        _ffi.memmove(psk_out, key, len(key))
-        if conn is not None:
-            PSK_IDENTITIES[conn] = ident.decode("utf-8", "replace")
-        return len(key)
-
-    return _ffi.callback("unsigned int(SSL *, const char *, unsigned char *, unsigned int)",
-                         server_cb, onerror=lambda *exc: 0)
-
 
 def build_context(settings: TLSSettings, material: Material, name: str) -> SSL.Context:
     """A new server Context for ``settings`` and ``material``; raises OptionError."""
