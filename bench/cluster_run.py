@@ -149,7 +149,8 @@ def cpu_ticks(pid: int) -> int | None:
 R.cpu_ticks = cpu_ticks
 
 
-def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool) -> R.Run:
+def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
+            profile: bool = False) -> R.Run:
     """A fresh single process or cluster (and Redis), one load generator run; every
     process stopped afterwards."""
     procs: list[Any] = []
@@ -163,8 +164,9 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool) -> R.Run:
         procs.append(redis)
         nodes = []
         for i in (1, 2):
+            prof = WORKDIR / f"{tag}-n{i}.prof" if profile else None
             node = R.Vmqtw(WORKDIR, f"{tag}-n{i}", ["persistent_store.enabled=off"]
-                           + node_options(f"bench{i}", redis.port), None)
+                           + node_options(f"bench{i}", redis.port), prof)
             procs.append(node)
             node.start()
             nodes.append(node)
@@ -192,6 +194,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short runs, one each")
     ap.add_argument("--repeat", type=int, default=None, help="runs per scenario (3)")
     ap.add_argument("--scenario", action="append", help="only these scenarios")
+    ap.add_argument("--profile", action="store_true",
+                    help="the cluster's nodes under cProfile; top functions of each")
     ap.add_argument("--wait-quiet", type=float, default=10.0,
                     help="wait up to S seconds for a quiet machine before each run")
     args = ap.parse_args()
@@ -207,7 +211,13 @@ def main() -> int:
         for rep in range(repeat):
             for kind in ("single", "cluster"):
                 busy = R.wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-                run = one_run(sc, kind, f"{sc.name}-{kind}-{rep}", args.quick)
+                tag = f"{sc.name}-{kind}-{rep}"
+                run = one_run(sc, kind, tag, args.quick, args.profile)
+                if args.profile and kind == "cluster":
+                    for i in (1, 2):
+                        path = WORKDIR / f"{tag}-n{i}.prof"
+                        if path.exists():
+                            R.print_profile(path, f"{sc.name} node {i}", 25)
                 if busy is not None:
                     run.extra["machine_busy_before_pct"] = round(busy, 1)
                 runs[kind].append(run)
