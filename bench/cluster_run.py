@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as R  # noqa: E402  (bench/run.py: load generator, broker processes, one run)
+import run as R  # bench/run.py: load generator, broker processes, one run
 
 WORKDIR = R.BUILD / "cluster"
 COOKIE = "bench-cookie"
