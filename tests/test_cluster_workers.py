@@ -111,6 +111,29 @@ class WorkersTests(unittest.TestCase):
         self.assertEqual([p for p in pids.values() if pid_alive(p)], [])
 
     @inlineCallbacks
+    def test_workers_stop_when_the_supervisor_is_killed(self) -> Generator[Deferred[Any],
+                                                                           Any, None]:
+        """SIGKILL of the supervisor leaves no orphan: each worker sees its pipe from
+        the supervisor end and stops."""
+        config = self.write_config(free_port())
+        proc = RunningProcess(sys.executable, ["-m", "vmqtw", "-c", config, "--workers", "2"],
+                              cwd=self.dir)
+        self.addCleanup(proc.stop)
+        pids = []
+        for i in (1, 2):
+            m = yield proc.wait_for_output(rb"worker %d \(node w-%d@127\.0\.0\.1\) started, "
+                                           rb"pid (\d+)" % (i, i), timeout=START_TIMEOUT)
+            pids.append(int(m.group(1)))
+        yield proc.wait_for_output(rb"cluster node w-2@127\.0\.0\.1 joined",
+                                   timeout=START_TIMEOUT)
+        proc.transport.signalProcess("KILL")
+        for _ in range(100):
+            if not any(pid_alive(p) for p in pids):
+                break
+            yield quiet_period(0.1)
+        self.assertEqual([p for p in pids if pid_alive(p)], [])
+
+    @inlineCallbacks
     def all_publishers_reach_the_subscriber(self, port: int, tag: str
                                             ) -> Generator[Deferred[Any], Any, None]:
         """Eight publishers (spread by the kernel over the workers) each get a message to
