@@ -28,6 +28,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None,
          f"Path of the broker configuration file [default: {DEFAULT_CONFIG}]."],
+        ["workers", None, None, "Run N cluster nodes on this machine sharing the MQTT "
+         "listeners (SO_REUSEPORT), supervised; needs metadata_plugin = redis.", int],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print the resolved listeners and exit."],
@@ -168,6 +170,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except usage.UsageError as e:
         sys.stderr.write(f"{options}\nvmqtw: {e}\n")
         raise SystemExit(2) from None
+    if options["workers"] is not None:
+        if options["workers"] < 1:
+            sys.stderr.write("vmqtw: --workers needs a number of at least 1\n")
+            raise SystemExit(2)
+        from vmqtw.workers import supervise
+        supervise(options["config"], options.broker_config, options["workers"])
+        return
     from twisted.logger import globalLogBeginner
 
     # The console part of log.* (standard output at log.console.level, unless

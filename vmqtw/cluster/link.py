@@ -50,6 +50,15 @@ def _peer(transport: Any) -> str:
 # ---------------------------------------------------------------------------
 # Receiving side.
 
+
+def _no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off: records are batched per reactor turn already, and
+    Nagle plus delayed ACKs would hold a small batch back for tens of milliseconds."""
+    try:
+        transport.setTcpNoDelay(True)
+    except Exception:  # a transport without Nagle to turn off (memory, some wrappers)
+        pass
+
 class LinkServerProtocol(Protocol):
     """One incoming link: runs the server handshake, then hands every decoded batch to
     the factory's ``deliver(peer_node_name, records)``."""
@@ -67,6 +76,7 @@ class LinkServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.protocols.add(self)
+        _no_delay(self.transport)
         self._timer = self.factory.reactor.callLater(self.factory.handshake_timeout,
                                                      self._handshake_timed_out)
 
@@ -210,6 +220,7 @@ class LinkClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.link._live.add(self)
+        _no_delay(self.transport)
         self.transport.registerProducer(self, True)
         self._timer = self.link.reactor.callLater(self.link.handshake_timeout, self._timeout)
         self.transport.write(self.handshake.start())

@@ -8,11 +8,14 @@ The broker has one seam, ``Broker.remote``. When set, it calls:
   withdraws it with the last one (routes are *collapsed per filter*, as in VerneMQ);
 - ``publish(message, mountpoint)`` for every message published on this node (not for
   the ones that came from a peer). The router sends the message once to each live node
-  that has a matching route, and records retained messages in the metadata.
+  that has a matching route, and records retained messages in the metadata. For the
+  shared groups with members on other nodes it picks the delivering node
+  (:mod:`vmqtw.cluster.shared`), sends an ``ENQ`` there, and tells the broker which
+  local groups to skip.
 
 Messages from peers reach :meth:`ClusterRouter.deliver`, which publishes them with
-``from_remote=True``: they are matched against the local subscribers only, never
-forwarded again.
+``from_remote=True``: they are matched against the local (non-shared) subscribers
+only, never forwarded again; a group ``ENQ`` goes to one local member of that group.
 
 Nothing here touches a socket: the links are looked up through ``links`` (peer name ->
 anything with ``send(record)``), which :class:`~vmqtw.cluster.node.ClusterNode` keeps.
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from vmqtw.cluster.codec import Msg, Record, decode_batch, encode_record
+from vmqtw.cluster.codec import Enq, Msg, Record, decode_batch, encode_record
 from vmqtw.cluster.metadata import MetadataUnavailable, RetainedChange, RouteChange
+from vmqtw.cluster.shared import SharedRoutes, enq_for_group, group_key, group_of
 from vmqtw.codec.packets import PUBLISH
 from vmqtw.codec.properties import decode_properties, encode_properties
 from vmqtw.core.message import FORWARDED, Message
@@ -91,12 +95,16 @@ class ClusterRouter:
         self.local: dict[tuple[str, str], int] = {}
         #: mountpoint -> the other nodes' filters (tree key and value: the node name).
         self.remote: dict[str, TopicTree[str, str]] = {}
+        #: The other nodes' shared groups (:mod:`vmqtw.cluster.shared`).
+        self.shared = SharedRoutes(self.node_name)
         #: Called with ``(peer, record)`` for the records that are not messages
         #: (takeover control; :class:`~vmqtw.cluster.registry.ClientRegistry`).
         self.control: Callable[[str, Record], None] | None = None
         self.forwarded = 0
         self.received = 0
         self.route_errors = 0
+        #: Shared-group picks that found no member here any more (it just left).
+        self.shared_lost = 0
         metadata.watch_routes(self.routes_changed)
         metadata.watch_retained(self.retained_changed)
 
@@ -116,7 +124,7 @@ class ClusterRouter:
         key = (mountpoint, topic_filter)
         count = self.local.get(key, 0)
         self.local[key] = count + 1
-        if count == 0 and parse_shared(topic_filter)[0] is None:
+        if count == 0:
             self._route_op(self.metadata.add_route, route_key(mountpoint, topic_filter))
 
     def unsubscribed(self, mountpoint: str, topic_filter: str) -> None:
@@ -125,7 +133,7 @@ class ClusterRouter:
         count = self.local.get(key, 0)
         if count <= 1:
             self.local.pop(key, None)
-            if count == 1 and parse_shared(topic_filter)[0] is None:
+            if count == 1:
                 self._route_op(self.metadata.remove_route,
                                route_key(mountpoint, topic_filter))
         else:
@@ -149,7 +157,9 @@ class ClusterRouter:
             if change.node == self.node_name:
                 continue
             mountpoint, topic_filter = split_route(change.filter)
-            if parse_shared(topic_filter)[0] is not None:
+            group, inner = parse_shared(topic_filter)
+            if group is not None:
+                self.shared.changed(change.node, mountpoint, group, inner, change.added)
                 continue
             tree = self.remote.get(mountpoint)
             if change.added:
@@ -170,31 +180,56 @@ class ClusterRouter:
 
     # -- publishing ------------------------------------------------------------------
 
-    def publish(self, message: Message, mountpoint: str, retain: bool = True) -> None:
+    def publish(self, message: Message, mountpoint: str,
+                retain: bool = True) -> set[tuple[str, Any]] | None:
         """A message published on this node: once to each node with a matching route;
         a retained one is also recorded in the metadata (unless ``retain`` is false:
-        the local retained quotas refused it)."""
+        the local retained quotas refused it).
+
+        Returns the local shared groups (``(inner filter, tree key)``) whose pick went
+        to another node (the broker then skips them), or None."""
         if message.retain and retain:
             self._retain(message, mountpoint)
+        record: Msg | None = None
         tree = self.remote.get(mountpoint)
-        if tree is None:
-            return
-        matches = tree.match(message.topic)
-        if not matches:
-            return
-        record: Record | None = None
-        seen: set[str] = set()
-        for _f, node, _v in matches:
-            if node in seen:
-                continue
-            seen.add(node)
-            link = self.links.get(node)
-            if link is None:
+        if tree is not None:
+            matches = tree.match(message.topic)
+            if matches:
+                seen: set[str] = set()
+                for _f, node, _v in matches:
+                    if node in seen:
+                        continue
+                    seen.add(node)
+                    link = self.links.get(node)
+                    if link is None:
+                        continue
+                    if record is None:
+                        record = to_record(message, mountpoint, self.broker.clock.seconds())
+                    link.send(record)
+                    self.forwarded += 1
+        if not self.shared:
+            return None
+        policy = self.broker.config.shared_subscription_policy
+        if policy == "local_only":
+            return None
+        groups = self.shared.remote_groups(mountpoint, message.topic)
+        if not groups:
+            return None
+        taken: set[tuple[str, Any]] = set()
+        local_tree = self.broker.trees.get(mountpoint)
+        for (inner, group), nodes in groups.items():
+            nodes = [n for n in nodes if n in self.links]
+            key = group_key(group)
+            local = local_tree.get(inner, key) if local_tree is not None else None
+            picked = self.shared.pick(policy, local, nodes)
+            if picked is None:
                 continue
             if record is None:
                 record = to_record(message, mountpoint, self.broker.clock.seconds())
-            link.send(record)
-            self.forwarded += 1
+            self.links[picked].send(enq_for_group(record, group, inner))
+            self.shared.picked_remote += 1
+            taken.add((inner, key))
+        return taken or None
 
     def deliver(self, peer: str, records: list[Record]) -> None:
         """Records from ``peer``'s link: publish each message to the local subscribers."""
@@ -205,6 +240,12 @@ class ClusterRouter:
                 self.received += 1
                 broker.publish(from_record(record, now), record.mountpoint,
                                from_remote=True)
+            elif type(record) is Enq and (target := group_of(record)) is not None:
+                self.received += 1
+                message = from_record(Msg(record.mountpoint, record.topic, record.payload,
+                                          record.qos, record.retain, record.properties), now)
+                if not broker.deliver_shared(message, record.mountpoint, *target):
+                    self.shared_lost += 1
             elif self.control is not None:
                 self.control(peer, record)
             else:

@@ -43,9 +43,10 @@ class Subscription:
 #: - ``prefer_online_before_local``: online members on any node first, then
 #:   local offline ones.
 #:
-#: vmqtw is one node, so every member is local and the four policies pick
-#: the same way: at random among the online members, else among the offline
-#: members of persistent sessions (their queue takes the message).
+#: On one node every member is local and the four policies pick the same
+#: way: at random among the online members, else among the offline members
+#: of persistent sessions (their queue takes the message).  Across cluster
+#: nodes, ``vmqtw.cluster.shared`` decides first which node delivers.
 SHARED_SUBSCRIPTION_POLICIES: tuple[str, ...] = (
     "prefer_local", "local_only", "random", "prefer_online_before_local",
 )
@@ -485,7 +486,10 @@ class Broker:
         A retained message over the retained quotas is routed but not retained
         (the connection refuses a 5.0 QoS 1/2 one before it gets here).
         ``from_remote``: it came from another cluster node, which stored it if
-        retained; it goes to local subscribers only."""
+        retained and picked the shared groups' members; it goes to local
+        (non-shared) subscribers only."""
+        # Shared groups whose member another cluster node was picked in.
+        taken: Any = None
         if not from_remote:
             retain = message.retain
             if retain:
@@ -497,7 +501,7 @@ class Broker:
                     self.retained.refuse(mountpoint, message,
                                          sender.client_id if sender is not None else None)
             if self.remote is not None:
-                self.remote.publish(message, mountpoint, retain)
+                taken = self.remote.publish(message, mountpoint, retain)
         tree = self.trees.get(mountpoint)
         if tree is None:
             return 0
@@ -505,8 +509,10 @@ class Broker:
         if not matches:
             return 0
         if len(matches) == 1:
-            sub = matches[0][2]
+            inner, key, sub = matches[0]
             if sub.__class__ is SharedGroup:
+                if from_remote or (taken and (inner, key) in taken):
+                    return 0
                 sub = sub.pick(self.config.shared_subscription_policy)
                 if sub is None:
                     return 0
@@ -515,9 +521,10 @@ class Broker:
         first: dict[SessionKey, Subscription] = {}
         overlapping: dict[SessionKey, list[Subscription]] | None = None
         shared: list[SharedGroup] = []
-        for _filter, key, sub in matches:
+        for inner, key, sub in matches:
             if sub.__class__ is SharedGroup:
-                shared.append(sub)
+                if not from_remote and not (taken and (inner, key) in taken):
+                    shared.append(sub)
                 continue
             prev = first.get(key)
             if prev is None:
@@ -548,6 +555,19 @@ class Broker:
                 count += self._deliver(member, message, sender, member.sub_ids)
         self.counters[ROUTER_MATCHES_LOCAL] += len(first) + len(shared)
         return count
+
+    def deliver_shared(self, message: Message, mountpoint: str, group: str,
+                       inner: str) -> int:
+        """Give ``message`` to one local member of ``$share/group/inner`` (another
+        cluster node picked this node for it); 0 if the group has no member here."""
+        tree = self.trees.get(mountpoint)
+        shared = tree.get(inner, (None, group)) if tree is not None else None
+        if shared is None:
+            return 0
+        member = shared.pick(self.config.shared_subscription_policy)
+        if member is None:
+            return 0
+        return self._deliver(member, message, None, member.sub_ids)
 
     def _deliver_once(self, subs: list[Subscription], message: Message,
                       sender: Session | None) -> int:

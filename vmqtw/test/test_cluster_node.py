@@ -188,11 +188,13 @@ class RouterTests(ClusterCase):
         self.assertEqual(self.pump(), 1)
         self.assertEqual(len(conn.written), 1)
 
-    def test_shared_subscriptions_stay_local(self) -> None:
-        """$share filters are not announced (cross-node shared groups are not done yet)."""
+    def test_shared_subscriptions_are_announced(self) -> None:
+        """$share filters are announced as routes (groups span nodes, see
+        test_cluster_shared), but never match as plain routes."""
         self.sub("b", "b1", "$share/g/t")
         self.settle()
-        self.assertEqual(self.engine.routes.get("b", set()), set())
+        self.assertEqual(self.engine.routes.get("b", set()), {"$share/g/t"})
+        self.assertEqual(self.nodes["a"].router.nodes_for("", "t"), set())
 
     def test_retained_message_read_on_another_node(self) -> None:
         """A retained message published on one node is in every node's store, and a

@@ -127,12 +127,21 @@ def address_endpoint(reactor: Any, address: Address) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, address.port, BACKLOG, address.host or "")
 
 
+#: Set in a ``vmqtw --workers`` worker: MQTT listeners on ``IP:PORT`` bind with
+#: ``SO_REUSEPORT`` (``vmqtw.workers``), shared by every worker.
+reuse_port = False
+
+
 def listener_endpoint(listener: ListenerConfig, reactor: Any) -> IStreamServerEndpoint:
     """The endpoint of ``listener``: its address, ``max_connections`` and the
     accept batch, then the PROXY and TLS wrappers it needs.  A bad TLS option
     or file raises ``LayerError`` naming the config line."""
+    base = None
+    if reuse_port:
+        from vmqtw.workers import reuse_port_endpoint
+        base = reuse_port_endpoint(listener, reactor, BACKLOG)
     endpoint: Any = LimitedServerEndpoint(
-        address_endpoint(reactor, listener.address), listener.max_connections,
+        base or address_endpoint(reactor, listener.address), listener.max_connections,
         accept_batch(listener.nr_of_acceptors), reactor)
     name = f"{listener.kind}.{listener.name}"
     if listener.proxy.enabled:

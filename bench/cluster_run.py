@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""A 2-process vmqtw cluster on this machine against one vmqtw process, same load.
+
+    python3 bench/cluster_run.py               # 3 runs of each scenario (medians)
+    python3 bench/cluster_run.py --quick       # one short run of each
+    python3 bench/cluster_run.py --scenario fanin_qos0 --repeat 5
+
+Everything runs on 127.0.0.1: a throw-away ``redis-server`` (no persistence), two
+``python -m vmqtw`` nodes (``metadata_plugin = redis``, ``listener.vmq`` on a free port)
+and the C load generator of ``bench/run.py``, whose publishers connect to node 1 and
+whose subscribers connect to node 2 (``--sub-port``): every message crosses the vmq
+link. The single-process baseline is the same broker configuration without the cluster
+keys, publishers and subscribers on the one process.
+
+Scenarios (the loads of ``bench/run.py``):
+
+- ``fanin_qos0``: 50 publishers -> 1 subscriber on ``bench/#``, QoS 0;
+- ``qos0_1to1``: 1 publisher -> 1 subscriber, QoS 0;
+- ``latency_2k``: 1 -> 1 at 2,000 msg/s, QoS 0: end-to-end p50/p99 (cross-node for
+  the cluster).
+
+The CPU figure of the cluster is the sum of both nodes over the measurement window.
+Logs and configs go to ``bench/build/cluster/`` (git-ignored). Standard library only
+(plus ``redis-server`` on the PATH).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as R  # bench/run.py: load generator, broker processes, one run
+
+WORKDIR = R.BUILD / "cluster"
+COOKIE = "bench-cookie"
+#: A fake pid that stands for "every node of the cluster" in ``R.cpu_ticks``.
+CLUSTER_PID = -4242
+
+
+def scenarios(quick: bool) -> list[R.Scenario]:
+    by_name = {s.name: s for s in R.scenarios(quick)}
+    return [by_name["fanin_qos0"], by_name["qos0_1to1"], by_name["latency_2k"]]
+
+
+# -- processes -----------------------------------------------------------------------
+
+class Redis:
+    """``redis-server`` on a free loopback port, without persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            sys.exit("cluster_run.py: redis-server is not installed (apt-get install "
+                     "redis-server)")
+        self.port = R.free_port()
+        self.log = open(workdir / "redis.log", "wb")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", R.HOST, "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((R.HOST, self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING within 10 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def node_options(name: str, redis_port: int) -> list[str]:
+    return [f"nodename={name}@127.0.0.1", f"distributed_cookie={COOKIE}",
+            "metadata_plugin=redis", f"metadata.redis.url=redis://{R.HOST}:{redis_port}/0",
+            f"listener.vmq.clustering={R.HOST}:0"]
+
+
+def connack_code(port: int) -> int | None:
+    """The CONNACK return code a clean 3.1.1 CONNECT gets from ``port`` (None: none)."""
+    cid = b"bench-ready"
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    try:
+        with socket.create_connection((R.HOST, port), timeout=1.0) as s:
+            s.sendall(bytes([0x10, len(body)]) + body)
+            reply = s.recv(4)
+    except OSError:
+        return None
+    return reply[3] if len(reply) == 4 and reply[0] == 0x20 else None
+
+
+def wait_ready(nodes: list[R.Vmqtw], timeout: float = 30.0) -> None:
+    """Until every node accepts a CONNECT (a node refuses them, "server unavailable",
+    until it has joined and its links to the others are up)."""
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        while connack_code(node.port) != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node on port {node.port} not ready within "
+                                   f"{timeout:.0f} s\n{R.tail(node.log)}")
+            time.sleep(0.1)
+
+
+class Cluster:
+    """What ``R.run_once`` needs of a broker, for two nodes: publishers go to node 1;
+    the scenario's arguments send subscribers to node 2."""
+
+    name = "cluster"
+
+    def __init__(self, nodes: list[R.Vmqtw], tag: str) -> None:
+        self.nodes = nodes
+        self.port = nodes[0].port
+        self.workdir = nodes[0].workdir
+        self.tag = tag
+        self.pid = CLUSTER_PID
+        self.proc = nodes[0].proc
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes)
+
+
+_cpu_ticks = R.cpu_ticks
+_current: list[Cluster] = []
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """``R.cpu_ticks``, where :data:`CLUSTER_PID` sums every node of the cluster."""
+    if pid != CLUSTER_PID:
+        return _cpu_ticks(pid)
+    ticks = [_cpu_ticks(n.pid) for n in _current[0].nodes]
+    return None if None in ticks else sum(t for t in ticks if t is not None)
+
+
+R.cpu_ticks = cpu_ticks
+
+
+def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
+            profile: bool = False) -> R.Run:
+    """A fresh single process or cluster (and Redis), one load generator run; every
+    process stopped afterwards."""
+    procs: list[Any] = []
+    try:
+        if kind == "single":
+            broker = R.Vmqtw(WORKDIR, tag, ["persistent_store.enabled=off"], None)
+            procs.append(broker)
+            broker.start()
+            return R.run_once(sc, broker, R.budget_for(sc, quick))
+        redis = Redis(WORKDIR)
+        procs.append(redis)
+        nodes = []
+        for i in (1, 2):
+            prof = WORKDIR / f"{tag}-n{i}.prof" if profile else None
+            node = R.Vmqtw(WORKDIR, f"{tag}-n{i}", ["persistent_store.enabled=off"]
+                           + node_options(f"bench{i}", redis.port), prof)
+            procs.append(node)
+            node.start()
+            nodes.append(node)
+        wait_ready(nodes)
+        cluster = Cluster(nodes, tag)
+        _current[:] = [cluster]
+        cross = R.Scenario(sc.name, sc.mode, sc.args + ["--sub-port", str(nodes[1].port)],
+                           sc.unit, sc.target, sc.mosquitto_nodelay, sc.describe)
+        return R.run_once(cross, cluster, R.budget_for(sc, quick))  # type: ignore[arg-type]
+    except Exception as e:
+        return R.Run(ok=False, error=str(e))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def median(runs: list[R.Run], key: str) -> float | None:
+    vals = [r.extra.get(key) if key != "broker_cpu" else r.broker_cpu for r in runs if r.ok]
+    nums = [float(v) for v in vals if v is not None]
+    return statistics.median(nums) if nums else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs, one each")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per scenario (3)")
+    ap.add_argument("--scenario", action="append", help="only these scenarios")
+    ap.add_argument("--profile", action="store_true",
+                    help="the cluster's nodes under cProfile; top functions of each")
+    ap.add_argument("--wait-quiet", type=float, default=10.0,
+                    help="wait up to S seconds for a quiet machine before each run")
+    args = ap.parse_args()
+    repeat = args.repeat or (1 if args.quick else 3)
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    R.build_loadgen()
+    print(f"# {R.machine()}\n# revision {R.git_revision()}", flush=True)
+    results: dict[str, Any] = {}
+    for sc in scenarios(args.quick):
+        if args.scenario and sc.name not in args.scenario:
+            continue
+        runs: dict[str, list[R.Run]] = {"single": [], "cluster": []}
+        for rep in range(repeat):
+            for kind in ("single", "cluster"):
+                busy = R.wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
+                tag = f"{sc.name}-{kind}-{rep}"
+                run = one_run(sc, kind, tag, args.quick, args.profile)
+                if args.profile and kind == "cluster":
+                    for i in (1, 2):
+                        path = WORKDIR / f"{tag}-n{i}.prof"
+                        if path.exists():
+                            R.print_profile(path, f"{sc.name} node {i}", 25)
+                if busy is not None:
+                    run.extra["machine_busy_before_pct"] = round(busy, 1)
+                runs[kind].append(run)
+                value = run.extra.get("p50_us") if sc.mode == "latency" else run.value
+                print(f"  [{sc.name} #{rep + 1} {kind}] ok={run.ok} value={value} "
+                      f"p99={run.extra.get('p99_us')} cpu={run.broker_cpu} "
+                      f"other={run.extra.get('other_cpu_pct')} "
+                      f"busy_before={run.extra.get('machine_busy_before_pct')}"
+                      + (f" ERROR {run.error}" if run.error else ""), flush=True)
+        row: dict[str, Any] = {}
+        for kind, rs in runs.items():
+            keys = ("p50_us", "p99_us") if sc.mode == "latency" else ("rate",)
+            row[kind] = {k: median(rs, k) for k in keys + ("broker_cpu", "other_cpu_pct")}
+            row[kind]["ok_runs"] = sum(r.ok for r in rs)
+        if sc.mode == "latency":
+            s, c = row["single"], row["cluster"]
+            print(f"{sc.name}: single p50/p99={s['p50_us']}/{s['p99_us']} us  cluster "
+                  f"(cross-node) p50/p99={c['p50_us']}/{c['p99_us']} us", flush=True)
+        else:
+            s, c = row["single"]["rate"], row["cluster"]["rate"]
+            ratio = c / s if s and c else None
+            row["ratio"] = ratio
+            print(f"{sc.name}: single={R.fmt_num(s, sc.unit)} cluster={R.fmt_num(c, sc.unit)} "
+                  f"ratio={ratio and round(ratio, 2)}  cpu single="
+                  f"{R.pct(row['single']['broker_cpu'])} cluster="
+                  f"{R.pct(row['cluster']['broker_cpu'])}", flush=True)
+        results[sc.name] = row
+    (WORKDIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
