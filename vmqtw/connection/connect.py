@@ -340,8 +340,7 @@ def connected(conn: Connection, packet: Connect, client: ClientView) -> None:
     else:
         conn.write(encode(Connack(0, present), level))
     conn.count_connack(0, level)
-    conn.log.debug("client {client_id!r} connected from {peer} (session present: {present})",
-                   client_id=client.client_id, peer=conn.peer_str(), present=present)
+    conn.log_connect(present, packet.clean_start)
     conn.broker.session_resumed(session)
     if conn.keepalive:
         conn.start_timer("keepalive", conn.keepalive * 1.5, conn.keepalive_check)

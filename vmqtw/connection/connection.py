@@ -59,6 +59,18 @@ HANDLERS[PINGREQ] = control.handle_pingreq
 HANDLERS[DISCONNECT] = control.handle_disconnect
 HANDLERS[AUTH] = auth.handle_auth
 
+#: The disconnect line's reason for a close the broker asks for with a reason
+#: code and no other explanation (``vmq-admin session disconnect``, shutdown).
+CLOSE_REASONS: dict[int, str] = {
+    reasons.SERVER_SHUTTING_DOWN: "server shutdown",
+    reasons.ADMINISTRATIVE_ACTION: "disconnected by an administrator",
+    reasons.SESSION_TAKEN_OVER: "session taken over",
+    reasons.KEEP_ALIVE_TIMEOUT: "keep alive timeout",
+    reasons.MAXIMUM_CONNECT_TIME: "max_connection_lifetime reached",
+    reasons.IMPLEMENTATION_SPECIFIC_ERROR: "internal error",
+    reasons.NOT_AUTHORIZED: "not authorized",
+}
+
 
 class Connection:
     """The MQTT rules of one client connection (3.1, 3.1.1 and 5.0)."""
@@ -72,7 +84,7 @@ class Connection:
         "head", "problem_info", "session_expiry", "will_delay", "aliases_in", "auth_method",
         "connack5", "auth_data", "reauth", "auth_connect", "pending", "held_inflight",
         "max_message_rate", "rate_count", "rate_window_end",
-        "counters", "slots", "received", "traced",
+        "counters", "slots", "received", "traced", "online", "close_reason",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -134,6 +146,11 @@ class Connection:
         self.received: list[int | None] = [None] * 16
         #: The session keys ``vmq-admin trace client`` watches (shared, usually empty).
         self.traced: Any = broker.traced
+        # -- the connect/disconnect log lines (see ``log_disconnect``) --
+        #: True once the CONNECT was accepted (its line logged).
+        self.online = False
+        #: Why the connection ends, for the disconnect line (None: the socket closed).
+        self.close_reason: str | None = None
 
     # -- what the transport tells us ------------------------------------------------------
 
@@ -286,6 +303,7 @@ class Connection:
         leave the client unread forever."""
         self.log.failure("client {client_id!r}: applying an authorization verdict failed",
                          failure, client_id=self.client_id)
+        self.closing_because("internal error")
         self.close(reasons.IMPLEMENTATION_SPECIFIC_ERROR)
         self.broker.flush()
 
@@ -315,9 +333,41 @@ class Connection:
                 self.publish_will(session)
             self.broker.connection_closed(session)
             self.broker.flush()
-        if previous == CONNECTED:
-            self.log.debug("client {client_id!r} from {peer} disconnected",
-                           client_id=self.client_id, peer=self.peer_str())
+        if self.online:
+            self.log_disconnect(previous)
+
+    def log_disconnect(self, previous: int) -> None:
+        """The one info line of an accepted client going away, with why
+        (``close_reason``; the socket closed if nothing else said why)."""
+        self.online = False
+        client = self.client
+        reason = self.close_reason
+        if reason is None:
+            reason = "socket closed" if previous == CONNECTED else "closed by the broker"
+        self.log.info("client {client_id!r} (user {username!r}) from {peer} on {listener} "
+                      "disconnected: {reason}", client_id=self.client_id,
+                      username=client.username if client is not None else None,
+                      peer=self.peer_str(), listener=self.listener_name, reason=reason)
+
+    def log_connect(self, present: bool, clean: bool) -> None:
+        """The one info line of an accepted CONNECT (never the password)."""
+        self.online = True
+        client = self.client
+        self.log.info("client {client_id!r} (user {username!r}) connected from {peer} on "
+                      "{listener}: MQTT level {protocol_level}, {clean_name} {clean}, "
+                      "keep alive {keepalive} s, session present {present}",
+                      client_id=self.client_id,
+                      username=client.username if client is not None else None,
+                      peer=self.peer_str(), listener=self.listener_name,
+                      protocol_level=self.protocol_level,
+                      clean_name="clean start" if self.protocol_level == MQTT5
+                      else "clean session", clean=clean, keepalive=self.keepalive,
+                      present=present)
+
+    def closing_because(self, reason: str) -> None:
+        """Say why the connection ends (the first reason given stands)."""
+        if self.close_reason is None:
+            self.close_reason = reason
 
     def output_resumed(self) -> None:
         """The transport takes output again: send what the session queued meanwhile."""
@@ -334,7 +384,8 @@ class Connection:
                 not self.broker.config.suppress_lwt_on_session_takeover:
             self.publish_will(session)
         self.will = None
-        self.log.info("client {client_id!r} from {peer}: session taken over",
+        self.closing_because("session taken over")
+        self.log.debug("client {client_id!r} from {peer}: session taken over",
                       client_id=session.client_id if session else "", peer=self.peer_str())
         self.close(reasons.SESSION_TAKEN_OVER)
 
@@ -345,6 +396,7 @@ class Connection:
             return
         self.log.error("closing {peer} (client {client_id!r}): {reason}", peer=self.peer_str(),
                        client_id=self.client_id, reason=why)
+        self.closing_because(f"store failure: {why}")
         self.close(reasons.IMPLEMENTATION_SPECIFIC_ERROR)
 
     def publish_will(self, session: Session) -> None:
@@ -410,6 +462,7 @@ class Connection:
         """Close this connection (and only this one) for breaking the protocol."""
         self.log.info("closing {peer} (client {client_id!r}): {reason}",
                       peer=self.peer_str(), reason=why, client_id=self.client_id)
+        self.closing_because(f"protocol violation: {why}")
         self.close(reason_code)
 
     def close(self, reason_code: int | None = None) -> None:
@@ -418,6 +471,8 @@ class Connection:
         the client sends its unacknowledged messages again."""
         if self.state == CLOSED:
             return
+        if reason_code is not None and self.close_reason is None:
+            self.close_reason = CLOSE_REASONS.get(reason_code, f"reason code 0x{reason_code:02X}")
         final = b""
         if reason_code is not None and self.protocol_level == MQTT5 and self.state == CONNECTED:
             final = encode(Disconnect(reason_code), MQTT5)
@@ -462,7 +517,8 @@ class Connection:
         if idle >= limit:
             self.timers.pop("keepalive", None)
             self.counters[self.slots.client_keepalive_expired] += 1  # type: ignore[attr-defined]
-            self.log.info("closing {peer} (client {client_id!r}): keep alive timeout",
+            self.closing_because("keep alive timeout")
+            self.log.debug("closing {peer} (client {client_id!r}): keep alive timeout",
                           peer=self.peer_str(), client_id=self.client_id)
             self.close(reasons.KEEP_ALIVE_TIMEOUT)
             return
@@ -472,7 +528,8 @@ class Connection:
     def lifetime_expired(self) -> None:
         """max_connection_lifetime reached: disconnect (0xA0 for 5.0)."""
         self.timers.pop("lifetime", None)
-        self.log.info("closing {peer} (client {client_id!r}): max_connection_lifetime reached",
+        self.closing_because("max_connection_lifetime reached")
+        self.log.debug("closing {peer} (client {client_id!r}): max_connection_lifetime reached",
                       peer=self.peer_str(), client_id=self.client_id)
         self.close(reasons.MAXIMUM_CONNECT_TIME)
 

@@ -30,6 +30,8 @@ def handle_disconnect(conn: Connection, packet: Disconnect) -> None:
     if conn.protocol_level < MQTT5 or packet.reason_code != reasons.DISCONNECT_WITH_WILL:
         conn.clean_disconnect = True
         conn.will = None
+    conn.closing_because(f"client DISCONNECT (0x{packet.reason_code:02X})"
+                         if conn.protocol_level == MQTT5 else "client DISCONNECT")
     conn.close()
 
 
