@@ -176,7 +176,9 @@ class Session:
         self.inflight: dict[int, Inflight] = {}
         # Packet ids of incoming QoS 2 messages awaiting PUBREL: an empty frozenset
         # until the first one (an empty set costs 216 bytes per idle session).
-        self.incoming_qos2: set[int] | frozenset[int] = NO_PIDS
+        # Typed as a set: readers only test membership and size, and the two
+        # writers below replace the frozenset before changing anything.
+        self.incoming_qos2: set[int] = NO_PIDS  # type: ignore[assignment]
         self._next_pid = 1
         # 0 means "unlimited", which is bounded by the 65535 packet identifiers.
         self.max_inflight = env.max_inflight or 65535
@@ -470,7 +472,7 @@ class Session:
         pids = self.incoming_qos2
         if pids.__class__ is frozenset:
             pids = self.incoming_qos2 = set()
-        pids.add(pid)  # type: ignore[union-attr]
+        pids.add(pid)
         if self.persistent:
             self.env.store.qos2_received(self.key, pid)
 
@@ -479,9 +481,9 @@ class Session:
         if pid not in self.incoming_qos2:
             return False
         pids = self.incoming_qos2
-        pids.discard(pid)  # type: ignore[union-attr]
+        pids.discard(pid)
         if not pids:
-            self.incoming_qos2 = NO_PIDS
+            self.incoming_qos2 = NO_PIDS  # type: ignore[assignment]
         if self.persistent:
             self.env.store.qos2_released(self.key, pid)
         return True
