@@ -121,6 +121,7 @@ class Broker:
         self.session_env = SessionEnv.from_config(config, clock, store, self._session_dropped,
                                                   self.flush)
         self.session_env.counters = metrics.values
+        self.session_env.mark_dirty = self._mark_dirty
         self.session_env.publish_sent = (metrics.slot("mqtt_publish_sent", mqtt_version="4"),
                                          metrics.slot("mqtt_publish_sent", mqtt_version="5"))
         self.sessions: dict[SessionKey, Session] = {}
@@ -170,6 +171,11 @@ class Broker:
         self.message_dropped(session, message, reason)
 
     # -- output batching ------------------------------------------------------------
+
+    def _mark_dirty(self, obj: Any) -> None:
+        """Have ``obj.flush()`` called in the next ``flush`` (a session whose
+        acknowledgements freed inflight room drains its queue there)."""
+        self.dirty.append(obj)
 
     def flush(self) -> None:
         """Write every connection's buffered output (once per input batch or timer)."""
@@ -275,7 +281,8 @@ class Broker:
             if last_pid:
                 session._next_pid = last_pid % 65535 + 1
             session.inflight_bytes = sum(len(e.message.payload) for e in session.inflight.values())
-            session.incoming_qos2.update(stored.incoming_qos2)
+            if stored.incoming_qos2:
+                session.incoming_qos2 = set(stored.incoming_qos2)
             session.schedule_expiry(self._expire, stored.remaining_expiry(now))
             count += 1
         return count

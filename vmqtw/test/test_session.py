@@ -322,7 +322,7 @@ class SessionUnitTests(BrokerTestCase):
     def test_unlimited_window_allocates_every_id(self) -> None:
         """max_inflight_messages = 0 is "unlimited", but there are only 65535
         packet ids: the 65536th message waits instead of looping forever."""
-        _b, s = self.make("max_inflight_messages = 0\n")
+        b, s = self.make("max_inflight_messages = 0\n")
         conn = FakeConnection()
         s.attach(conn)
         msg = Message("t", b"", 1)
@@ -331,6 +331,7 @@ class SessionUnitTests(BrokerTestCase):
         self.assertEqual(len(s.inflight), 65535)
         self.assertEqual(len(s.queue), 1)
         self.assertTrue(s.puback(300))
+        b.flush()  # queued messages follow at the end of the input batch
         self.assertEqual(len(s.queue), 0)
         self.assertIn(300, s.inflight)
 
