@@ -8,22 +8,21 @@ here: accepted, checked where a check is cheap, and reported once at startup
 as a ``ConfigWarning`` that names the key and says why it has no effect.  A
 key VerneMQ does not know stays an error.
 
-Three tables:
+Two tables:
 
 - ``NO_EFFECT``: exact keys, with their value parser and the reason;
 - ``NO_EFFECT_PREFIXES``: whole families (``erlang.*``, ``leveldb.*``...) whose
   keys are many and only mean something to the Erlang runtime or to plugins
   vmqtw does not ship (values are not checked);
-- ``WHEN_SET``: keys that ARE typed settings but whose VerneMQ effect is not
-  implemented for some values: ``(predicate, reason)``, warned when the
-  predicate holds for the checked value.
+
+plus ``LISTENER_NO_EFFECT`` for listener options.
 
 The README's "Migrating from VerneMQ" section lists the same keys.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 from vmqtw.config.values import Validator, _bool, _int, _str
 
@@ -94,20 +93,6 @@ LISTENER_NO_EFFECT: dict[str, str] = {
 }
 
 
-def _on(value: Any) -> bool:
-    return bool(value)
-
-
-#: Typed keys with a value whose VerneMQ effect is missing: key -> (when, why).
-WHEN_SET: dict[str, tuple[Callable[[Any], bool], str]] = {
-}
-
-#: Listener options whose VerneMQ effect is missing for some values (the
-#: predicate gets the raw value, already checked).
-LISTENER_WHEN_SET: dict[str, tuple[Callable[[str], Any], str]] = {
-}
-
-
 def prefix_reason(key: str) -> str | None:
     """The reason ``key`` is accepted without effect, if a prefix covers it."""
     for prefix, reason in NO_EFFECT_PREFIXES:
@@ -119,23 +104,9 @@ def prefix_reason(key: str) -> str | None:
     return None
 
 
-def value_warning(key: str, value: Any) -> str | None:
-    """The warning for a typed key set to ``value``, if that value lacks effect."""
-    rule = WHEN_SET.get(key)
-    if rule is not None and rule[0](value):
-        return rule[1]
-    return None
-
-
 def listener_warning(option: str, raw: str) -> str | None:
     """The warning for a listener option set to ``raw``, if it lacks effect."""
-    reason = LISTENER_NO_EFFECT.get(option)
-    if reason is not None:
-        return reason
-    rule = LISTENER_WHEN_SET.get(option)
-    if rule is not None and rule[0](raw):
-        return rule[1]
-    return None
+    return LISTENER_NO_EFFECT.get(option)
 
 
 def all_keys() -> Mapping[str, str]:
@@ -144,6 +115,4 @@ def all_keys() -> Mapping[str, str]:
     out = {k: reason for k, (_, reason) in NO_EFFECT.items()}
     out.update({p + "*": reason for p, reason in NO_EFFECT_PREFIXES})
     out.update({f"listener.*.{k}": reason for k, reason in LISTENER_NO_EFFECT.items()})
-    out.update({k: reason for k, (_, reason) in WHEN_SET.items()})
-    out.update({f"listener.*.{k}": reason for k, (_, reason) in LISTENER_WHEN_SET.items()})
     return out

@@ -252,8 +252,7 @@ class BrokerConfig:
     shared_subscription_policy: str = "prefer_local"
     queue_type: str = "fifo"
     override_max_online_messages: bool = False
-    # Accepted; enforcement is the connection code's (a startup warning says
-    # so while it is not): 0 = no limit.
+    # PUBLISHes per second and client (vmqtw.connection.publish.over_rate); 0 = no limit.
     max_message_rate: int = 0
     receive_max_client: int = 65535
     receive_max_broker: int = 65535

@@ -120,7 +120,7 @@ class _Parser:
             self.classify(line, key, value, declared, plugin_names)
         # Before the warnings: the cluster keys have an effect on a cluster node only.
         self.cluster = self.build_cluster()
-        self.value_warnings()
+        self.no_effect_warnings()
         listeners, unserved = self.resolve_listeners()
         plugins = self.build_plugins()
         self.check_plugin_lists(plugins)
@@ -478,23 +478,13 @@ class _Parser:
             self.fail(line or decl.line, f"{listener.key}.{e.option}", e.message)
         return listener
 
-    def value_warnings(self) -> None:
-        """Keys whose effective value asks for something vmqtw does not do."""
+    def no_effect_warnings(self) -> None:
+        """Keys set in the file that vmqtw accepts without effect (compat.NO_EFFECT)."""
         for key, line in self.sources.items():
             if key in CLUSTER_KEYS and self.cluster.enabled:
                 continue  # honoured by the cluster node
             if key in compat.NO_EFFECT:
                 self.no_effect[key] = (line, compat.NO_EFFECT[key][1])
-                continue
-            if key in self.typed:
-                value = self.typed[key]
-            elif key in self.extra_typed:
-                value = self.extra_typed[key]
-            else:
-                continue
-            reason = compat.value_warning(key, value)
-            if reason is not None:
-                self.no_effect[key] = (line, reason)
 
     def build_store(self) -> StoreConfig:
         """The ``persistent_store.*`` keys (checked by ``classify``)."""
