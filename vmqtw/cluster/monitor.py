@@ -78,7 +78,7 @@ class ClusterMonitor:
 
     def members_changed(self, up: dict[str, Any], down: set[str]) -> None:
         """The member view changed (metadata watcher, after the node's own)."""
-        departed = getattr(self.node.metadata, "departed", set())
+        departed: set[str] = getattr(self.node.metadata, "departed", set())
         for name in down:
             if name in self.split:
                 self.split.discard(name)
