@@ -29,7 +29,8 @@ class Options(usage.Options):
         ["config", "c", None,
          f"Path of the broker configuration file [default: {DEFAULT_CONFIG}]."],
         ["workers", None, None, "Run N cluster nodes on this machine sharing the MQTT "
-         "listeners (SO_REUSEPORT), supervised; needs metadata_plugin = redis.", int],
+         "listeners (SO_REUSEPORT), supervised; needs metadata_plugin = redis "
+         "[default: the file's workers = N, else one process].", int],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print the resolved listeners and exit."],
@@ -152,6 +153,12 @@ def makeService(options: Options) -> IService:
         broker = make_service(options.broker_config)
     except StartupError as e:
         startup_failed(e, log=False)  # twistd has not started logging yet
+    workers = options.broker_config.cluster.workers
+    if workers:
+        # The supervisor is ``vmqtw``'s: under twistd this process is one node.
+        Logger(namespace="vmqtw").warn(
+            "workers = {n} is ignored by twistd: this process runs one node; start "
+            "`vmqtw -c {path}` to run the {n} workers", n=workers, path=options["config"])
     if daemonizing:
         from vmqtw.daemon import report_startup_errors_in_one_line
         report_startup_errors_in_one_line()
@@ -170,12 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except usage.UsageError as e:
         sys.stderr.write(f"{options}\nvmqtw: {e}\n")
         raise SystemExit(2) from None
-    if options["workers"] is not None:
-        if options["workers"] < 1:
-            sys.stderr.write("vmqtw: --workers needs a number of at least 1\n")
-            raise SystemExit(2)
+    if options["workers"] is not None and options["workers"] < 1:
+        sys.stderr.write("vmqtw: --workers needs a number of at least 1\n")
+        raise SystemExit(2)
+    from vmqtw.workers import configured_workers
+    workers = configured_workers(options.broker_config, options["workers"])
+    if workers is not None:
         from vmqtw.workers import supervise
-        supervise(options["config"], options.broker_config, options["workers"])
+        supervise(options["config"], options.broker_config, workers)
         return
     from twisted.logger import globalLogBeginner
 

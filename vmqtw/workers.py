@@ -1,4 +1,5 @@
-"""``vmqtw -c FILE --workers N``: all cores of one machine, one cluster node per core.
+"""``vmqtw -c FILE --workers N`` (or ``workers = N`` in FILE): all cores of one machine,
+one cluster node per core.
 
 The supervisor (the process started by the command) starts N worker processes, each
 ``python -m vmqtw.workers -c FILE --index I`` (I = 1..N), and restarts one that dies
@@ -24,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+from types import MappingProxyType
 from typing import Any, Sequence
 
 from twisted.internet import fdesc, protocol
@@ -35,6 +37,7 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from vmqtw.config import BrokerConfig
+from vmqtw.config.settings import WORKERS_NEED_CLUSTER
 from vmqtw.logs import Logger
 
 #: Seconds a worker has to exit after SIGTERM before it is killed.
@@ -58,10 +61,9 @@ def worker_nodename(nodename: str, index: int) -> str:
 def worker_config(config: BrokerConfig, index: int) -> BrokerConfig:
     """``config`` as worker ``index`` runs it: its own node name and vmq ports."""
     if not config.cluster.enabled:
-        raise WorkersError(f"{config.path}: workers are cluster nodes: they need "
-                           f"metadata_plugin = redis (and a listener.vmq)")
-    cluster = dataclasses.replace(config.cluster,
-                                  nodename=worker_nodename(config.cluster.nodename, index))
+        raise WorkersError(f"{config.path}: {WORKERS_NEED_CLUSTER}")
+    nodename = worker_nodename(config.cluster.nodename, index)
+    cluster = dataclasses.replace(config.cluster, nodename=nodename)
     unserved = []
     for listener in config.unserved_listeners:
         address = listener.address
@@ -70,7 +72,18 @@ def worker_config(config: BrokerConfig, index: int) -> BrokerConfig:
             address = dataclasses.replace(address, port=address.port + index - 1)
             listener = dataclasses.replace(listener, address=address)
         unserved.append(listener)
-    return dataclasses.replace(config, cluster=cluster, unserved_listeners=tuple(unserved))
+    # The raw keys too: the metrics' node label, $SYS topics and vmq-admin read it there.
+    extra = MappingProxyType({**config.extra, "nodename": nodename})
+    return dataclasses.replace(config, cluster=cluster, unserved_listeners=tuple(unserved),
+                               extra=extra)
+
+
+def configured_workers(config: BrokerConfig, requested: int | None) -> int | None:
+    """How many workers ``vmqtw`` starts: ``--workers`` (``requested``) wins over the
+    file's ``workers = N``; None for a single broker process."""
+    if requested is not None:
+        return requested
+    return config.cluster.workers or None
 
 
 @implementer(IStreamServerEndpoint)

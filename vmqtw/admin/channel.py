@@ -41,12 +41,12 @@ class AdminProtocol(LineOnlyReceiver):
         if self.transport is not None and self.streaming:
             self._answer({"stream": text})
 
-    def end(self) -> None:
-        """The streaming command is over: final answer, close."""
+    def end(self, code: int = 0) -> None:
+        """The streaming command is over: final answer (exit ``code``), close."""
         if self.streaming:
             self.streaming = False
             self.trace = None
-            self._answer({"code": 0, "output": ""})
+            self._answer({"code": code, "output": ""})
             self._close()
 
     def connectionLost(self, reason: Any = None) -> None:

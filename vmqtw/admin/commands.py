@@ -71,6 +71,10 @@ class Admin:
     service's ``[(name, plugin)]`` list; ``apikeys`` an ``ApiKeys``.
     """
 
+    #: The broker's :class:`~vmqtw.cluster.node.ClusterNode`, None for a single node
+    #: (``cluster`` commands, :mod:`vmqtw.admin.cluster_cmds`).
+    cluster: Any = None
+
     def __init__(self, broker: Any, metrics: Metrics | None = None,
                  listeners: IListenerController | None = None,
                  apikeys: ApiKeys | None = None,
@@ -438,7 +442,7 @@ command("listener delete", "listener delete address=<IP> port=<Port>", keys=_ADD
     _listener_verb("delete", lambda c, a, port, p: c.delete(a, port)))
 
 
-# -- plugins, cluster, logs ---------------------------------------------------------------
+# -- plugins, logs -----------------------------------------------------------------------
 
 def plugin_hooks(plugin: Any) -> list[str]:
     """The hook names ``plugin`` provides (from its zope interfaces)."""
@@ -468,11 +472,6 @@ def plugin_show(admin: Admin, p: Parsed) -> list[out.Element]:
                      "M:F/A": "\n".join(f"{cls.__module__}.{cls.__qualname__}:{h}"
                                         for h in hooks)})
     return [out.Table(rows)]
-
-
-@command("cluster show", "cluster show")
-def cluster_show(admin: Admin, p: Parsed) -> list[out.Element]:
-    return [out.Table([{"Node": admin.node, "Running": True}])]
 
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
@@ -584,5 +583,8 @@ def api_key_show(admin: Admin, p: Parsed) -> list[out.Element]:
             for k in admin.apikeys.show(None if scope == "all" else scope)]
     return [out.Table(rows)]
 
+
+# ``cluster show|join|leave`` live in their own module (registered on import).
+from vmqtw.admin import cluster_cmds  # noqa: E402,F401
 
 __all__ = ["Admin", "Reply", "COMMANDS", "CommandError", "MQTT_KINDS"]

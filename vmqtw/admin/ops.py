@@ -107,6 +107,7 @@ class Operations:
         self.admin = Admin(service.broker, self.metrics, self.listeners, self.apikeys,
                            getattr(service, "plugins", ()), node,
                            clock=clock if clock is not None else time.time)
+        self.admin.cluster = getattr(service, "cluster", None)
         # ``vmq-admin trace client``: connections report the packets of the
         # sessions in ``traced`` (an empty set while nothing is traced).
         service.broker.tracer = self.admin.tracer

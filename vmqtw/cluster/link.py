@@ -344,6 +344,9 @@ class PeerLink:
         self.bytes_sent = 0
         self.records_dropped = 0
         self.bytes_dropped = 0
+        #: Called with True once the handshake succeeded and with False when that
+        #: connection is lost (netsplit accounting, :mod:`vmqtw.cluster.monitor`).
+        self.state_observer: Callable[[bool], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
     # A small reconnect loop of our own: ClientService cannot express "the
@@ -405,6 +408,8 @@ class PeerLink:
             return
         self._proto = proto
         self.log.info("vmq link to node {node} established", node=self.peer_name)
+        if self.state_observer is not None:
+            self.state_observer(True)
         self._writable()
 
     def _lost(self, proto: LinkClientProtocol) -> None:
@@ -412,6 +417,8 @@ class PeerLink:
         if self._proto is not proto:
             return
         self._proto = None
+        if self.state_observer is not None:
+            self.state_observer(False)
         if self._running:
             self.log.warn("vmq link to node {node} lost; buffering up to {size} bytes",
                           node=self.peer_name, size=self.buffer_size)

@@ -31,6 +31,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
 from vmqtw.cluster.link import LinkServerFactory, PeerLink
 from vmqtw.cluster.metadata import Member, MetadataUnavailable
+from vmqtw.cluster.monitor import ClusterMonitor
 from vmqtw.cluster.netsplit import NetsplitGate
 from vmqtw.cluster.registry import ClientRegistry
 from vmqtw.cluster.router import ClusterRouter
@@ -103,6 +104,9 @@ class ClusterNode(Service):
         self._join_call: Any = None
         self._joining: Deferred[Any] | None = None
         self._attempts = 0
+        #: Member table, netsplit counters, cluster metrics, health (:mod:`.monitor`).
+        self.monitor = ClusterMonitor(self)
+        self.monitor.register(getattr(broker, "metrics", None))
         self.setName("cluster")
 
     # -- listening --------------------------------------------------------------
@@ -257,5 +261,6 @@ class ClusterNode(Service):
                         flush_threshold=c.flush_threshold,
                         max_frame_size=c.incoming_buffer_size,
                         handshake_timeout=c.handshake_timeout)
+        self.monitor.link_created(member.name, link)
         link.start()
         return link

@@ -105,6 +105,9 @@ class ClusterRouter:
         self.route_errors = 0
         #: Shared-group picks that found no member here any more (it just left).
         self.shared_lost = 0
+        #: Publishes that went to at least one other node (VerneMQ's
+        #: ``router_matches_remote``): one per publish, however many nodes matched.
+        self.matches_remote = 0
         metadata.watch_routes(self.routes_changed)
         metadata.watch_retained(self.retained_changed)
 
@@ -207,6 +210,8 @@ class ClusterRouter:
                         record = to_record(message, mountpoint, self.broker.clock.seconds())
                     link.send(record)
                     self.forwarded += 1
+        if record is not None:
+            self.matches_remote += 1
         if not self.shared:
             return None
         policy = self.broker.config.shared_subscription_policy
@@ -216,6 +221,7 @@ class ClusterRouter:
         if not groups:
             return None
         taken: set[tuple[str, Any]] = set()
+        counted = record is not None
         local_tree = self.broker.trees.get(mountpoint)
         for (inner, group), nodes in groups.items():
             nodes = [n for n in nodes if n in self.links]
@@ -229,6 +235,8 @@ class ClusterRouter:
             self.links[picked].send(enq_for_group(record, group, inner))
             self.shared.picked_remote += 1
             taken.add((inner, key))
+        if taken and not counted:
+            self.matches_remote += 1
         return taken or None
 
     def deliver(self, peer: str, records: list[Record]) -> None:

@@ -33,6 +33,9 @@ class LocalViews:
         self._member_watchers: list[MembersCallback] = []
         self._route_watchers: list[RoutesCallback] = []
         self._retained_watchers: list[RetainedCallback] = []
+        #: Nodes that left on purpose (``cluster leave``), until they are members again:
+        #: watchers tell a departure from an expiry with it.
+        self.departed: set[str] = set()
 
     def _notify(self, watchers: list[Any], *args: Any) -> None:
         for callback in list(watchers):
@@ -60,6 +63,7 @@ class LocalViews:
                 merged[name] = m
         self._members = merged
         up = {n: m for n, m in merged.items() if n not in old or old[n].address != m.address}
+        self.departed.difference_update(up)
         down = set(old) - set(merged)
         if down:
             changes: list[RouteChange] = []
@@ -75,6 +79,7 @@ class LocalViews:
         """``node`` left the cluster: drop it now. Returns its route removals (not
         emitted yet, so the caller can batch them)."""
         changes = self._replace_routes(node, set())
+        self.departed.add(node)
         if self._members.pop(node, None) is not None and node != self.node_name:
             self._notify(self._member_watchers, {}, {node})
         return changes

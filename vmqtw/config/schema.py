@@ -355,6 +355,8 @@ _EXTRA_GLOBALS: dict[str, Validator] = {
     "cluster.name": _str,
     "cluster.heartbeat_interval": _int(1),
     "cluster.node_timeout": _int(1),
+    # our own key: `vmqtw -c FILE` starts N cluster nodes on this machine (vmqtw.workers)
+    "workers": _int(1),
     "persistent_store.directory": _str,
     "persistent_store.enabled": _bool,
     # the HTTP listeners, the admin channel and $SYS (vmqtw.admin.ops)

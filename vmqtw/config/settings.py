@@ -29,7 +29,8 @@ from vmqtw.config.values import TLS_VERSIONS, _Invalid, split_list
 
 __all__ = [
     "SettingError", "TLSConfig", "WebSocketConfig", "ProxyConfig", "StoreConfig",
-    "ClusterConfig", "CLUSTER_KEYS", "METADATA_PLUGINS", "cluster_config",
+    "ClusterConfig", "CLUSTER_KEYS", "METADATA_PLUGINS", "WORKERS_NEED_CLUSTER",
+    "cluster_config",
     "PROXY_HEADER_TIMEOUT", "STORE_SYNC_MODES", "tls_config", "websocket_config",
     "proxy_config",
 ]
@@ -297,6 +298,11 @@ CLUSTER_KEYS: frozenset[str] = frozenset({
 METADATA_PLUGINS: tuple[str, ...] = ("none", "redis", "vmq_swc", "vmq_plumtree")
 
 
+#: Why workers (``workers = N``, ``vmqtw --workers N``) need the metadata engine.
+WORKERS_NEED_CLUSTER = ("workers are cluster nodes: they need metadata_plugin = redis "
+                        "(and a listener.vmq)")
+
+
 def _host_port(raw: str, default_port: int) -> tuple[str, int]:
     host, _, port = raw.strip().rpartition(":")
     if not host:
@@ -334,6 +340,9 @@ class ClusterConfig:
     allow_publish_during_netsplit: bool = False
     allow_subscribe_during_netsplit: bool = False
     allow_unsubscribe_during_netsplit: bool = False
+    #: ``workers = N``: ``vmqtw -c FILE`` supervises N nodes on this machine
+    #: (:mod:`vmqtw.workers`); 0 when the key is not set.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.metadata_plugin not in METADATA_PLUGINS:
@@ -341,6 +350,8 @@ class ClusterConfig:
                                f"{', '.join(METADATA_PLUGINS)}, got {self.metadata_plugin!r}")
         if not self.nodename:
             raise SettingError("nodename", "must not be empty")
+        if self.workers and not self.enabled:
+            raise SettingError("workers", WORKERS_NEED_CLUSTER)
         if self.node_timeout <= self.heartbeat_interval:
             raise SettingError("cluster.node_timeout", "must be longer than "
                                "cluster.heartbeat_interval")
@@ -384,6 +395,7 @@ def cluster_config(got: Mapping[str, Any]) -> ClusterConfig:
                                      d.incoming_buffer_size),
         handshake_timeout=ms("outgoing_cluster_handshake_ack_timeout", d.handshake_timeout),
         remote_enqueue_timeout=ms("remote_enqueue_timeout", d.remote_enqueue_timeout),
+        workers=got.get("workers", d.workers),
         **{f"allow_{op}_during_netsplit": got.get(f"allow_{op}_during_netsplit", False)
            for op in ("register", "publish", "subscribe", "unsubscribe")},
     )

@@ -74,9 +74,10 @@ def build_root(admin: Admin, metrics: Metrics, listeners: Callable[[], list[dict
         if module == "vmq_metrics_http":
             root.putChild(b"metrics", guard(MetricsResource(metrics)))
         elif module == "vmq_health_http":
-            root.putChild(b"health", Health(listeners))
+            root.putChild(b"health", Health(listeners, getattr(admin, "cluster", None)))
         elif module == "vmq_status_http":
-            root.putChild(b"status.json", guard(StatusJson(metrics, broker, listeners)))
+            root.putChild(b"status.json", guard(StatusJson(
+                metrics, broker, listeners, getattr(admin, "cluster", None))))
             root.putChild(b"status", StatusPage())
         elif module == "vmq_http_mgmt_api":
             api.putChild(b"v1", guard(ApiV1(admin)))

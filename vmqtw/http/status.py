@@ -27,8 +27,10 @@ except Exception:  # not installed: running from a checkout
     VERSION = "0.1.0"
 
 
-def status(metrics: Metrics, broker: Any, listeners: ListenersView) -> list[dict[str, Any]]:
-    """The ``/status.json`` document."""
+def status(metrics: Metrics, broker: Any, listeners: ListenersView,
+           cluster: Any = None) -> list[dict[str, Any]]:
+    """The ``/status.json`` document; ``cluster`` (a ClusterNode) gives ``mystatus``:
+    this node's view of every member (running or not)."""
     totals = metrics.aggregated()
 
     def total(name: str) -> int:
@@ -50,7 +52,7 @@ def status(metrics: Metrics, broker: Any, listeners: ListenersView) -> list[dict
         "matches_local": total("router_matches_local"),
         "matches_remote": total("router_matches_remote"),
         "version": VERSION,
-        "mystatus": [{node: True}],
+        "mystatus": [{node: True}] if cluster is None else [dict(cluster.monitor.rows())],
         "listeners": [dict(row, mountpoint=row["mountpoint"] or [], port=int(row["port"]))
                       for row in listeners()],
     }}]
@@ -59,16 +61,19 @@ def status(metrics: Metrics, broker: Any, listeners: ListenersView) -> list[dict
 class StatusJson(Resource):
     isLeaf = True
 
-    def __init__(self, metrics: Metrics, broker: Any, listeners: ListenersView) -> None:
+    def __init__(self, metrics: Metrics, broker: Any, listeners: ListenersView,
+                 cluster: Any = None) -> None:
         super().__init__()
         self.metrics = metrics
         self.broker = broker
         self.listeners = listeners
+        self.cluster = cluster
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(status(self.metrics, self.broker, self.listeners)).encode()
+        return json.dumps(status(self.metrics, self.broker, self.listeners,
+                                 self.cluster)).encode()
 
 
 class StatusPage(Resource):
