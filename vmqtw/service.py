@@ -46,6 +46,7 @@ from vmqtw.logs import Logger
 from vmqtw.metrics import Metrics, metrics_settings
 from vmqtw.startup_checks import find_open_doors
 from vmqtw.store import StoreError, open_store
+from vmqtw.store.progress import RestoreProgress
 from vmqtw.store.memory import MemoryStore
 from vmqtw.transport.endpoints import endpoint_chain, listener_endpoint
 from vmqtw.transport.errors import LayerError
@@ -265,9 +266,13 @@ class BrokerService(MultiService):
         svc.setServiceParent(self)
         self.listeners[f"{listener.kind}.{listener.name}"] = svc
 
+    #: Seconds between two progress lines while a large store is restored.
+    restore_progress_interval = 2.0
+
     def restore(self) -> None:
         """Load the durable store (if the broker has one) into the broker: once,
-        before the listeners are bound."""
+        before the listeners are bound; a long restore logs progress lines
+        (``vmqtw.store.progress``) and every restore one summary line."""
         if self._restored:
             return
         self._restored = True
@@ -275,19 +280,23 @@ class BrokerService(MultiService):
         load = getattr(store, "load", None)
         if load is None:
             return
+        path = getattr(store, "path", "?")
+        progress = RestoreProgress(path, self.restore_progress_interval)
         try:
-            loaded = load(self.reactor.seconds())
+            loaded = load(self.reactor.seconds(), progress=progress)
         except StoreError as e:
             raise StartupError(str(e)) from e
-        sessions = self.broker.restore(loaded.sessions)
+        sessions = self.broker.restore(progress.over(
+            loaded.sessions, len(loaded.sessions), "sessions", verb="restored"))
         self.metrics.inc("queue_initialized_from_storage", sessions)
         self.log.info("store {path}: restored {sessions} sessions, {queued} queued or "
                       "inflight messages, {retained} retained messages; purged {expired} "
-                      "expired sessions and {expired_messages} expired messages",
-                      path=getattr(store, "path", "?"), sessions=sessions,
+                      "expired sessions and {expired_messages} expired messages "
+                      "({seconds:.1f} s)",
+                      path=path, sessions=sessions,
                       queued=sum(len(s.deliveries) for s in loaded.sessions),
                       retained=len(loaded.retained), expired=loaded.expired_sessions,
-                      expired_messages=loaded.expired_messages)
+                      expired_messages=loaded.expired_messages, seconds=progress.elapsed())
 
     def privilegedStartService(self) -> None:
         if not self._log_observers:
