@@ -163,7 +163,8 @@ class DaemonModeTests(DaemonTestCase):
     def test_pidfile_logfile_serve_and_sigterm(self) -> None:
         """The parent exits 0 with no output; the pid file names a live process
         serving MQTT on the port its log file names; connects and disconnects
-        are logged there; SIGTERM makes it exit and remove its pid file."""
+        are logged there; SIGHUP reloads and says when it is done; SIGTERM makes it
+        exit and remove its pid file."""
         pidfile = os.path.join(self.dir, "vmqtw.pid")
         logfile = os.path.join(self.dir, "vmqtw.log")
         config = self.config(os.path.join(self.dir, "store"))
@@ -175,6 +176,12 @@ class DaemonModeTests(DaemonTestCase):
         out, err, code = yield self.vmq_admin(config, "session", "show", "--format=json")
         self.assertEqual(code, 0, err)
         self.assertIn("daemon-client", out.decode())
+        # kill -HUP $(cat PIDFILE) (systemctl reload): one line when it is done.
+        os.kill(pid, signal.SIGHUP)
+        yield self.poll(lambda: re.search(
+            r"SIGHUP: reload done in \d+\.\d\d s: 0 TLS listener\(s\) and 0 plugin\(s\) "
+            r"asked to reload, 0 failed", read(logfile)), "the reload line in the log file")
+        self.assertTrue(alive(pid))
         yield self.stop_daemon(pid, pidfile, logfile)
         yield client.when_closed()
         log = read(logfile)

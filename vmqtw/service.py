@@ -23,6 +23,7 @@ line of the listener.
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -360,24 +361,37 @@ class BrokerService(MultiService):
                 signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def reload(self) -> None:
-        """SIGHUP: plugins re-read their files now."""
+        """SIGHUP: plugins re-read their files now; one line says when it is
+        done, how long it took and how many reloads failed (each failure is
+        logged above it)."""
         self.log.info("SIGHUP: reloading plugin files and TLS material")
+        started = time.monotonic()
+        layers = failed = plugins = 0
         for svc in self.listeners.values():
             for layer in svc.layers:
                 reload = getattr(layer, "reload", None)
                 if callable(reload):
+                    layers += 1
                     try:
-                        reload()
+                        if reload() is False:  # logged by the layer, old material kept
+                            failed += 1
                     except Exception:
+                        failed += 1
                         self.log.failure("listener {listener} failed to reload",
                                          listener=svc.name)
         for name, plugin in self.plugins:
             reload = getattr(plugin, "reload", None)
             if callable(reload):
+                plugins += 1
                 try:
                     reload()
                 except Exception:
+                    failed += 1
                     self.log.failure("plugin {plugin} failed to reload", plugin=name)
+        self.log.info("SIGHUP: reload done in {seconds:.2f} s: {layers} TLS listener(s) and "
+                      "{plugins} plugin(s) asked to reload, {failed} failed",
+                      seconds=time.monotonic() - started, layers=layers, plugins=plugins,
+                      failed=failed)
 
     #: Seconds to wait on stop for clients to read what is left and close.
     close_timeout = 3.0
