@@ -8,8 +8,10 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.web.client import Agent, readBody
+from twisted.internet.ssl import Certificate
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 
+from tests.certs import certs
 from tests.support import with_timeout
 from tests.test_admin_cli import AdminCliTestCase
 
@@ -17,19 +19,25 @@ from tests.test_admin_cli import AdminCliTestCase
 class RuntimeHttpListenerTests(AdminCliTestCase):
 
     @inlineCallbacks
-    def get(self, port: int, path: str) -> Any:
-        """GET ``path`` on 127.0.0.1:``port``; fires with (status, body)."""
-        agent = Agent(reactor)
+    def get(self, port: int, path: str, scheme: str = "http") -> Any:
+        """GET ``path`` on 127.0.0.1:``port``; fires with (status, body).
+        https is checked against the test CA."""
+        if scheme == "https":
+            with open(certs().ca, "rb") as f:
+                trust = Certificate.loadPEM(f.read())
+            agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=trust))
+        else:
+            agent = Agent(reactor)
         response = yield with_timeout(
-            agent.request(b"GET", f"http://127.0.0.1:{port}{path}".encode()),
+            agent.request(b"GET", f"{scheme}://127.0.0.1:{port}{path}".encode()),
             what=f"GET {path}")
         body = yield with_timeout(readBody(response), what=f"the body of {path}")
         return response.code, body
 
     @inlineCallbacks
-    def http_row(self) -> Any:
+    def http_row(self, kind: str = "http") -> Any:
         out = yield self.ok("listener", "show", "--format=json")
-        rows = [r for r in json.loads(out)["table"] if r["type"] == "http"]
+        rows = [r for r in json.loads(out)["table"] if r["type"] == kind]
         return rows
 
     @inlineCallbacks
@@ -82,3 +90,19 @@ class RuntimeHttpListenerTests(AdminCliTestCase):
         self.assertTrue(err.startswith(b"can't start listener due to '"), err)
         self.assertEqual(err.count(b"\n"), 1)
         self.assertEqual(len(self.service.listeners), 1)
+
+    @inlineCallbacks
+    def test_start_https_listener(self) -> None:
+        """``--ssl --http`` with a certificate and key creates an https
+        listener (type https) serving ``/health`` over TLS with that
+        certificate; delete removes it."""
+        c = certs()
+        yield self.ok("listener", "start", "address=127.0.0.1", "port=0", "--ssl", "--http",
+                      f"--certfile={c.server}", f"--keyfile={c.server_key}")
+        (row,) = yield self.http_row("https")
+        port = int(row["port"])
+        code, body = yield self.get(port, "/health", scheme="https")
+        self.assertEqual((code, json.loads(body)), (200, {"status": "OK"}))
+        yield self.ok("listener", "delete", "address=127.0.0.1", f"port={port}")
+        rows = yield self.http_row("https")
+        self.assertEqual(rows, [])
