@@ -29,6 +29,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest
 
+from tests.certs import certs
 from tests.support import (
     CONNACK_OK, REPO, TIMEOUT, TWISTD, BrokerTestCase, connect_packet, publish_packet,
     run_process,
@@ -222,10 +223,15 @@ class DropPrivilegesTests(DaemonTestCase):
         port below 1024 before dropping, then runs as nobody (real, effective
         and saved ids in /proc); it serves MQTT there, vmq-admin reaches its
         admin socket, the store it opened as root keeps working (a retained
-        message survives a restart), SIGUSR1 rotates the log file, and SIGTERM
-        removes the pid file."""
+        message survives a restart), SIGUSR1 rotates the log file, a SIGHUP
+        cannot re-read a root-only TLS key (logged, the old one kept), and
+        SIGTERM removes the pid file."""
         low = free_privileged_port()
-        config = self.config(self.store, f"listener.tcp.low = 127.0.0.1:{low}\n")
+        tls = certs()  # in a root-only (0700) directory: read as root at startup
+        config = self.config(self.store, f"listener.tcp.low = 127.0.0.1:{low}\n"
+                             "listener.ssl.default = 127.0.0.1:0\n"
+                             f"listener.ssl.default.certfile = {tls.server}\n"
+                             f"listener.ssl.default.keyfile = {tls.server_key}\n")
         owner = ("--uid=nobody", "--gid=nogroup")
         pid, _ = yield self.start_daemon(config, self.pidfile, self.logfile, *owner)
         ids = proc_ids(pid)
@@ -253,6 +259,14 @@ class DropPrivilegesTests(DaemonTestCase):
         yield self.poll(lambda: "client 'after-rotation'" in read(self.logfile),
                         "the connect line in the new log file")
         self.assertEqual(os.stat(self.logfile).st_uid, self.uid)
+        # SIGHUP as nobody: the root-only key cannot be read again; the old
+        # material stays and the summary line counts the failure.
+        os.kill(pid, signal.SIGHUP)
+        done = yield self.poll(lambda: re.search(r"SIGHUP: reload done .* (\d+) failed",
+                                                 read(self.logfile)), "the reload line")
+        self.assertEqual(done[1], "1")
+        self.assertIn("TLS reload failed, keeping the previous", read(self.logfile))
+        self.assertTrue(alive(pid))
         yield self.stop_daemon(pid, self.pidfile, self.logfile)
         self.assertNotIn("No permission to delete pid file", read(self.logfile))
         # Again, on the same store: the retained message was written by the
