@@ -190,6 +190,53 @@ class DaemonModeTests(DaemonTestCase):
         self.assertNotIn("Traceback", log)
 
 
+    @inlineCallbacks
+    def test_child_killed_while_starting(self) -> None:
+        """A daemon child that dies without a word while starting (SIGKILL, as
+        the OOM killer would) makes the parent exit 1 with one line naming the
+        log file, not twistd's ``An error has occurred: b''``."""
+        plugins = os.path.join(self.dir, "plugins")
+        os.mkdir(plugins)
+        with open(os.path.join(plugins, "killed_at_start.py"), "w", encoding="utf-8") as f:
+            f.write(KILLED_AT_START)
+        config = self.config(os.path.join(self.dir, "store"),
+                             "plugins.killed_at_start = on\n"
+                             "plugins.killed_at_start.path = plugins\n")
+        logfile = os.path.join(self.dir, "vmqtw.log")
+        out, err, code = yield run_process(
+            TWISTD[0], [*TWISTD[1:], f"--pidfile={os.path.join(self.dir, 'vmqtw.pid')}",
+                        f"--logfile={logfile}", "vmqtw", "-c", config],
+            timeout=PROCESS_TIMEOUT, cwd=self.dir)
+        self.assertEqual((out, code), (b"", 1), err)
+        self.assertEqual(err.decode(), "vmqtw: the daemon exited while starting, without a "
+                                       f"reason (see {logfile})\n")
+        self.assertIn("plugin killed_at_start enabled", read(logfile))
+
+
+#: A plugin whose start() (called as the broker starts) kills its process.
+KILLED_AT_START = """\
+import os
+import signal
+
+from zope.interface import implementer
+
+from vmqtw.auth.api import IOnRegister
+
+
+@implementer(IOnRegister)
+class KilledAtStart:
+    def on_register(self, client):
+        pass
+
+    def start(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def make_plugin(settings, context):
+    return KilledAtStart()
+"""
+
+
 class DropPrivilegesTests(DaemonTestCase):
 
     def setUp(self) -> None:
