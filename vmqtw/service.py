@@ -47,8 +47,8 @@ from vmqtw.logs import Logger
 from vmqtw.metrics import Metrics, metrics_settings
 from vmqtw.startup_checks import find_open_doors
 from vmqtw.store import StoreError, open_store
-from vmqtw.store.progress import RestoreProgress
 from vmqtw.store.memory import MemoryStore
+from vmqtw.store.progress import RestoreProgress
 from vmqtw.transport.endpoints import endpoint_chain, listener_endpoint
 from vmqtw.transport.errors import LayerError
 from vmqtw.transport.layers import protocol_layers

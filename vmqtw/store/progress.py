@@ -6,7 +6,7 @@ broker does not listen yet.  ``RestoreProgress`` lets an operator see that it
 is working and how long is left: every ``interval`` seconds (2 by default) it
 logs one line for the table or step in progress, e.g.::
 
-    store /var/lib/vmqtw/vmqtw.db: read 120000 of 480000 messages (25%, 52 k/s)
+    store /var/lib/vmqtw/vmqtw.db: read 120000 of 480000 queued or inflight messages (25%, 52 k/s)
     store /var/lib/vmqtw/vmqtw.db: restored 9000 of 20000 sessions (45%, 12 k/s)
 
 A restore shorter than ``interval`` logs no progress line at all.  The cost is
