@@ -323,3 +323,41 @@ class DropPrivilegesTests(DaemonTestCase):
                         "the restore line in the log file")
         yield self.stop_daemon(pid, self.pidfile, self.logfile)
         self.assertNotIn("Traceback", read(self.logfile) + read(rotated))
+
+
+class StandaloneUnitTests(DaemonTestCase):
+    """etc/systemd/vmqtw-standalone.service, the unit without socket activation."""
+
+    def unit(self) -> str:
+        with open(os.path.join(REPO, "etc", "systemd", "vmqtw-standalone.service"),
+                  encoding="utf-8") as f:
+            return f.read()
+
+    def test_runs_the_broker_in_the_foreground_on_its_store(self) -> None:
+        """The unit runs ``vmqtw -c`` in the foreground (no twistd daemon, no
+        pid file), reloads with SIGHUP, keeps its state where the documented
+        ``persistent_store.directory`` line says, and that line parses."""
+        from vmqtw.config import parse
+        unit = self.unit()
+        self.assertRegex(unit, r"(?m)^ExecStart=\S+/vmqtw -c /etc/vmqtw/broker.conf$")
+        self.assertRegex(unit, r"(?m)^Type=simple$")
+        self.assertRegex(unit, r"(?m)^ExecReload=/bin/kill -HUP \$MAINPID$")
+        self.assertRegex(unit, r"(?m)^StateDirectory=vmqtw$")
+        (line,) = re.findall(r"(?m)^#\s+(persistent_store\.directory = \S+)$", unit)
+        config = parse(line + "\n", "/etc/vmqtw/broker.conf")
+        self.assertEqual(config.store.directory, "/var/lib/vmqtw")
+
+    @inlineCallbacks
+    def test_systemd_analyze_verify(self) -> None:
+        """``systemd-analyze verify`` finds nothing wrong with the unit (its
+        ExecStart pointed at a program that exists here)."""
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed")
+        path = os.path.join(self.dir, "vmqtw.service")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.unit().replace("/usr/local/bin/vmqtw",
+                                        shutil.which("true") or "/bin/true"))
+        out, err, code = yield run_process(analyze, ["verify", "--man=no", path],
+                                           timeout=PROCESS_TIMEOUT, cwd=self.dir)
+        self.assertEqual((code, out + err), (0, b""))
