@@ -8,14 +8,21 @@ cut in the middle) and a hint to read the log.  A ``StartupError``'s message
 is already the line an operator needs (``FILE:LINE: key: reason``), so for
 those the child sends the whole message and the parent prints it as
 ``vmqtw: FILE:LINE: key: reason``, exactly as in the foreground; any other
-exception keeps twistd's own report (the traceback is in the log).
+exception keeps twistd's own report (the traceback is in the log).  A child
+that dies without a word (killed - by the OOM killer during a long store
+restore, say - or exiting from ``startService``) would leave twistd's parent
+waiting forever: twistd's ``daemonize`` keeps the pipe's write end open in
+that parent (Twisted issue 7745).  Ours closes it, so the parent reads
+end-of-file and says that the daemon exited while starting, naming the log
+file.
 
-This adjusts two methods of Twisted's ``UnixApplicationRunner`` (installed by
-``makeService`` in the parent before it forks, so the child has them too);
-only when daemonizing, and only for ``StartupError``.
+This adjusts three methods of Twisted's ``UnixApplicationRunner`` (installed
+by ``makeService`` in the parent before it forks, so the child has them too),
+only when daemonizing.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
@@ -37,21 +44,59 @@ def format_startup_error(exception: BaseException) -> bytes:
     return MARKER + text.encode("utf-8", "backslashreplace")[:MAX_MESSAGE - len(MARKER)]
 
 
-def wait_for_start(read_pipe: int) -> int:
+def wait_for_start(read_pipe: int, logfile: str | None = None) -> int:
     """The parent's wait for the child (twistd's ``_waitForStart``): 0 when the
-    child started; else print why and return 1."""
+    child started; else print why and return 1.  ``logfile`` is twistd's
+    ``--logfile`` (or ``syslog``), named when the child died without saying
+    why."""
     data = untilConcludes(os.read, read_pipe, MAX_MESSAGE)
     if data == b"0":
         return 0
     stream: Any = sys.__stderr__ or sys.stderr
     if data.startswith(MARKER):
         message = "vmqtw: " + data[len(MARKER):].decode("utf-8", "replace") + "\n"
+    elif not data:
+        message = ("vmqtw: the daemon exited while starting, without a reason (see "
+                   f"{logfile or 'its log'})\n")
     else:  # twistd's own report, for anything that is not a vmqtw startup error
         message = (f"An error has occurred: {data[2:]!r}\n"
                    "Please look at log file for more information.\n")
     untilConcludes(stream.write, message)
     untilConcludes(stream.flush)
     return 1
+
+
+def daemonize(runner: Any, reactor: Any) -> int:
+    """Twistd's double fork, returning the status pipe's write end in the
+    daemon.  The first process waits on the read end (``_waitForStart``) and
+    exits with its status, having closed its copy of the write end: when the
+    daemon dies without writing, the read sees end-of-file instead of waiting
+    forever."""
+    from twisted.internet.interfaces import IReactorDaemonize
+    hooks = IReactorDaemonize.providedBy(reactor)
+    if hooks:
+        reactor.beforeDaemonize()
+    read_end, write_end = os.pipe()
+    if os.fork():  # the process the operator started: report and leave
+        os.close(write_end)
+        status = runner._waitForStart(read_end)
+        os.close(read_end)
+        os._exit(status)
+    os.close(read_end)
+    os.setsid()  # a new session, no controlling terminal
+    if os.fork():
+        os._exit(0)  # the session leader goes; its child can never get a terminal
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        try:
+            os.dup2(null, fd)
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                raise
+    os.close(null)
+    if hooks:
+        reactor.afterDaemonize()
+    return write_end
 
 
 def report_startup_errors_in_one_line() -> None:
@@ -72,8 +117,14 @@ def report_startup_errors_in_one_line() -> None:
         return original(self, exception)
 
     def _waitForStart(self: Any, readPipe: int) -> int:
-        return wait_for_start(readPipe)
+        config = self.config
+        if config.get("syslog"):
+            where = "syslog"
+        else:  # twistd's default log file
+            where = os.path.abspath(config.get("logfile") or "twistd.log")
+        return wait_for_start(readPipe, where)
 
     UnixApplicationRunner._formatChildException = _formatChildException  # type: ignore[method-assign]
     UnixApplicationRunner._waitForStart = _waitForStart  # type: ignore[method-assign]
+    UnixApplicationRunner.daemonize = daemonize  # type: ignore[method-assign]
     UnixApplicationRunner._vmqtw_one_line = True  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ line of the listener.
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -47,6 +48,7 @@ from vmqtw.metrics import Metrics, metrics_settings
 from vmqtw.startup_checks import find_open_doors
 from vmqtw.store import StoreError, open_store
 from vmqtw.store.memory import MemoryStore
+from vmqtw.store.progress import RestoreProgress
 from vmqtw.transport.endpoints import endpoint_chain, listener_endpoint
 from vmqtw.transport.errors import LayerError
 from vmqtw.transport.layers import protocol_layers
@@ -265,9 +267,13 @@ class BrokerService(MultiService):
         svc.setServiceParent(self)
         self.listeners[f"{listener.kind}.{listener.name}"] = svc
 
+    #: Seconds between two progress lines while a large store is restored.
+    restore_progress_interval = 2.0
+
     def restore(self) -> None:
         """Load the durable store (if the broker has one) into the broker: once,
-        before the listeners are bound."""
+        before the listeners are bound; a long restore logs progress lines
+        (``vmqtw.store.progress``) and every restore one summary line."""
         if self._restored:
             return
         self._restored = True
@@ -275,19 +281,23 @@ class BrokerService(MultiService):
         load = getattr(store, "load", None)
         if load is None:
             return
+        path = getattr(store, "path", "?")
+        progress = RestoreProgress(path, self.restore_progress_interval)
         try:
-            loaded = load(self.reactor.seconds())
+            loaded = load(self.reactor.seconds(), progress=progress)
         except StoreError as e:
             raise StartupError(str(e)) from e
-        sessions = self.broker.restore(loaded.sessions)
+        sessions = self.broker.restore(progress.over(
+            loaded.sessions, len(loaded.sessions), "sessions", verb="restored"))
         self.metrics.inc("queue_initialized_from_storage", sessions)
         self.log.info("store {path}: restored {sessions} sessions, {queued} queued or "
                       "inflight messages, {retained} retained messages; purged {expired} "
-                      "expired sessions and {expired_messages} expired messages",
-                      path=getattr(store, "path", "?"), sessions=sessions,
+                      "expired sessions and {expired_messages} expired messages "
+                      "({seconds:.1f} s)",
+                      path=path, sessions=sessions,
                       queued=sum(len(s.deliveries) for s in loaded.sessions),
                       retained=len(loaded.retained), expired=loaded.expired_sessions,
-                      expired_messages=loaded.expired_messages)
+                      expired_messages=loaded.expired_messages, seconds=progress.elapsed())
 
     def privilegedStartService(self) -> None:
         if not self._log_observers:
@@ -351,24 +361,37 @@ class BrokerService(MultiService):
                 signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def reload(self) -> None:
-        """SIGHUP: plugins re-read their files now."""
+        """SIGHUP: plugins re-read their files now; one line says when it is
+        done, how long it took and how many reloads failed (each failure is
+        logged above it)."""
         self.log.info("SIGHUP: reloading plugin files and TLS material")
+        started = time.monotonic()
+        layers = failed = plugins = 0
         for svc in self.listeners.values():
             for layer in svc.layers:
                 reload = getattr(layer, "reload", None)
                 if callable(reload):
+                    layers += 1
                     try:
-                        reload()
+                        if reload() is False:  # logged by the layer, old material kept
+                            failed += 1
                     except Exception:
+                        failed += 1
                         self.log.failure("listener {listener} failed to reload",
                                          listener=svc.name)
         for name, plugin in self.plugins:
             reload = getattr(plugin, "reload", None)
             if callable(reload):
+                plugins += 1
                 try:
                     reload()
                 except Exception:
+                    failed += 1
                     self.log.failure("plugin {plugin} failed to reload", plugin=name)
+        self.log.info("SIGHUP: reload done in {seconds:.2f} s: {layers} TLS listener(s) and "
+                      "{plugins} plugin(s) asked to reload, {failed} failed",
+                      seconds=time.monotonic() - started, layers=layers, plugins=plugins,
+                      failed=failed)
 
     #: Seconds to wait on stop for clients to read what is left and close.
     close_timeout = 3.0

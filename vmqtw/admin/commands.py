@@ -370,7 +370,7 @@ _ADDR = ("address", "port")
 _LISTENER_OPTIONS = (
     "mountpoint", "nr_of_acceptors", "max_connections", "allowed_protocol_versions",
     "proxy_protocol", "cafile", "certfile", "keyfile", "tls_version", "require_certificate",
-    "use_identity_as_username", "allow_anonymous_override", "websocket_path")
+    "use_identity_as_username", "allow_anonymous_override", "websocket_path", "http_modules")
 
 
 @command("listener show", "listener show [-t|--tls] [-m|--mqtt]",
@@ -428,7 +428,8 @@ def _start(c: IListenerController, address: str, port: int, p: Parsed) -> None:
 
 
 command("listener start", "listener start address=<IP> port=<Port> [--ssl] [--websocket] "
-        "[--http] [-m|--mountpoint=<Mountpoint>] [--max_connections=<N>|infinity] ...",
+        "[--http [--http_modules=<m1,m2>]] [-m|--mountpoint=<Mountpoint>] "
+        "[--max_connections=<N>|infinity] ...",
         keys=_ADDR, flags=(Flag("ssl"), Flag("websocket", "ws"), Flag("http"),
                            Flag("mountpoint", "m", True),
                            *(Flag(o, takes_value=True) for o in _LISTENER_OPTIONS[1:])))(

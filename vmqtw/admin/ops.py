@@ -47,16 +47,20 @@ def listener_builder(service: Any) -> Callable[[str, str, int, dict[str, Any]], 
     """``vmq-admin listener start`` for a new address: the listener is declared
     as if its lines were added to the configuration file (so it inherits the
     file's ``listener.*`` settings and its options are checked by the same
-    parser), then built like the configured ones and added to the service.
-    Runtime listeners are not persisted, as in VerneMQ."""
+    parser), then built like the configured ones and added to the service: an
+    MQTT listener (tcp, ssl, ws, wss) with its MQTT factory, an ``http`` or
+    ``https`` one with the same ``twisted.web`` site a configured HTTP
+    listener gets (``Operations.http_site``: its ``http_modules``, auth modes
+    and request limits).  Runtime listeners are not persisted, as in VerneMQ."""
     counter = [0]
 
     def build(kind: str, host: str, port: int, options: dict[str, Any]) -> Any:
         from vmqtw.auth.loader import listener_authorizer
         from vmqtw.config import parse
+        from vmqtw.config.schema import HTTP_KINDS
         from vmqtw.service import ListenerService
         from vmqtw.transport.protocol import MQTTFactory
-        if kind not in ("tcp", "ssl", "ws", "wss"):
+        if kind not in ("tcp", "ssl", "ws", "wss", *HTTP_KINDS):
             raise ValueError("not_supported")
         counter[0] += 1
         name = f"runtime{counter[0]}"
@@ -70,8 +74,12 @@ def listener_builder(service: Any) -> Callable[[str, str, int, dict[str, Any]], 
                        service.config.path)
         (listener,) = [x for x in config.listeners if x.kind == kind and x.name == name]
         authorizer = listener_authorizer(service.config, listener, service.plugins)
-        factory = MQTTFactory(service.broker, authorizer, listener, service.reactor,
-                              service.notifier)
+        factory: Any
+        if kind in HTTP_KINDS:  # ValueError naming the key for a bad http option
+            factory = service.ops.http_site(listener.options, authorizer)
+        else:
+            factory = MQTTFactory(service.broker, authorizer, listener, service.reactor,
+                                  service.notifier)
         svc = ListenerService(listener, factory, service.reactor)
         try:
             svc.setServiceParent(service)  # binds at once when the service is running

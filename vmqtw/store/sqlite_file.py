@@ -22,12 +22,13 @@ import os
 import sqlite3
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.core.message import Message
 from vmqtw.core.retained import RetainedTree
 from vmqtw.core.values import QUEUED, DeliveryState, SessionKey
+from vmqtw.store.progress import RestoreProgress
 from vmqtw.store.records import (
     Loaded, StoredDelivery, StoredSession, decode_properties, decode_sub_ids,
 )
@@ -296,11 +297,13 @@ class SQLiteFile:
 
     # -- loading at startup -----------------------------------------------------------------
 
-    def load(self, now: float | None = None) -> Loaded:
+    def load(self, now: float | None = None,
+             progress: RestoreProgress | None = None) -> Loaded:
         """Everything to restore, after purging expired sessions and messages.
 
         Sessions that were online when the broker stopped without a clean
         shutdown count as disconnected ``now``.  Call before any write.
+        ``progress`` reports how far the reading has got while it takes long.
         """
         if self._loaded:
             raise RuntimeError("load() may be called once")
@@ -315,7 +318,7 @@ class SQLiteFile:
             conn.execute("BEGIN IMMEDIATE")
             try:  # one transaction: a store found inconsistent is left as it was
                 self._purge(conn, now, result)
-                self._read(conn, result)
+                self._read(conn, result, progress)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -354,27 +357,41 @@ class SQLiteFile:
         conn.execute("DELETE FROM messages WHERE id NOT IN "
                      "(SELECT message_id FROM deliveries)")
 
-    def _read(self, conn: sqlite3.Connection, result: Loaded) -> None:
-        for mp, topic, payload, qos, props, expires_at in conn.execute(
+    @staticmethod
+    def _rows(conn: sqlite3.Connection, progress: RestoreProgress | None, table: str,
+              what: str, query: str) -> Iterable[Any]:
+        """The rows of ``query`` on ``table``, counted by ``progress`` if any."""
+        if progress is None:
+            return conn.execute(query)
+        total = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        return progress.over(conn.execute(query), total, what)
+
+    def _read(self, conn: sqlite3.Connection, result: Loaded,
+              progress: RestoreProgress | None = None) -> None:
+        for mp, topic, payload, qos, props, expires_at in self._rows(
+                conn, progress, "retained", "retained messages",
                 "SELECT mountpoint, topic, payload, qos, properties, expires_at FROM retained"):
             msg = Message(topic, bytes(payload), qos, True, decode_properties(props), expires_at)
             result.retained.append((mp, topic, msg))
             self._retained.set(mp, topic, msg)
         messages: dict[int, Message] = {}
-        for row, topic, payload, qos, retain, props, expires_at in conn.execute(
+        for row, topic, payload, qos, retain, props, expires_at in self._rows(
+                conn, progress, "messages", "stored messages",
                 "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"):
             messages[row] = Message(topic, bytes(payload), qos, bool(retain),
                                     decode_properties(props), expires_at)
             self._next_msg = max(self._next_msg, row + 1)
         sessions: dict[SessionKey, StoredSession] = {}
-        for mp, cid, expiry, disconnected_at, username in conn.execute(
+        for mp, cid, expiry, disconnected_at, username in self._rows(
+                conn, progress, "sessions", "sessions",
                 "SELECT mountpoint, client_id, expiry_interval, disconnected_at, username "
                 "FROM sessions ORDER BY mountpoint, client_id"):
             s = StoredSession(mp, cid, expiry, disconnected_at, username)
             sessions[s.key] = s
             self._index[s.key] = _Sess()
             self._subs_db[s.key] = {}
-        for mp, cid, tf, qos, nl, rap, rh, sid in conn.execute(
+        for mp, cid, tf, qos, nl, rap, rh, sid in self._rows(
+                conn, progress, "subscriptions", "subscriptions",
                 "SELECT mountpoint, client_id, topic_filter, qos, no_local, "
                 "retain_as_published, retain_handling, subscription_id FROM subscriptions"):
             s = sessions[SessionKey(mp, cid)]
@@ -383,7 +400,8 @@ class SQLiteFile:
                 s.sub_ids[tf] = sid
             self._subs_db[s.key][tf] = (qos, nl, rap, rh, sid)
         refs = self._refs
-        for seq, mp, cid, mid, qos, retain, sub_ids, state, pid in conn.execute(
+        for seq, mp, cid, mid, qos, retain, sub_ids, state, pid in self._rows(
+                conn, progress, "deliveries", "queued or inflight messages",
                 "SELECT seq, mountpoint, client_id, message_id, qos, retain, sub_ids, state, "
                 "packet_id FROM deliveries ORDER BY seq"):
             key = SessionKey(mp, cid)
