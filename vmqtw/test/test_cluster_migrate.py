@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
+import tempfile
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from vmqtw.auth.api import Error, Ok
@@ -24,6 +27,7 @@ from vmqtw.core.message import Message
 from vmqtw.core.session import Session
 from vmqtw.core.values import WAIT_PUBACK, WAIT_PUBCOMP, SessionKey
 from vmqtw.store.memory import MemoryStore
+from vmqtw.store.sqlite import SQLiteStore
 from vmqtw.test.harness import FakeConnection
 from vmqtw.test.test_cluster_node import ClusterCase, FakeLink
 
@@ -473,3 +477,30 @@ class LeaveTests(MoveCase):
             self.pump()
         self.assertEqual(self.successResultOf(d).sessions_moved, 1)
         self.assertIn(SessionKey("", "dev"), self.nodes["c"].broker.sessions)
+
+
+class DurableMoveTests(MoveCase):
+
+    def test_moved_session_is_in_the_durable_store(self) -> None:
+        """The new owner writes the moved session through its durable store: after a
+        restart of that node it has the subscriptions, the inflight messages (under
+        their packet ids and states) and the queue."""
+        path = tempfile.mkdtemp(prefix="vmqtw-migrate-")
+        self.addCleanup(shutil.rmtree, path, True)
+        store = SQLiteStore(path, reactor, clock=self.clock.seconds)
+        store.load(self.clock.seconds())
+        self.nodes["b"].broker.store = store
+        old = self.loaded_session()
+        self.connect("b")
+        self.carry("b", "a")
+        self.carry("a", "b")
+        self.assertIn(old.key, self.nodes["b"].broker.sessions)
+        store.close()
+        again = SQLiteStore(path, reactor, clock=self.clock.seconds)
+        self.addCleanup(again.close)
+        [stored] = again.load(self.clock.seconds()).sessions
+        self.assertEqual((stored.mountpoint, stored.client_id), ("", "dev"))
+        self.assertEqual(set(stored.subscriptions), {"q/#", "x"})
+        self.assertEqual([(d.message.payload, d.state, d.packet_id) for d in stored.deliveries],
+                         [(b"m1", WAIT_PUBACK, 1), (b"m2", WAIT_PUBCOMP, 2),
+                          (b"m3", 0, None), (b"m4", 0, None)])
