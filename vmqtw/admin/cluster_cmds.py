@@ -89,12 +89,12 @@ def _rejoined(admin: Admin, node: Any) -> tuple[int, str]:
     """After a rejoin: resume the MQTT listeners that ``leave`` stopped."""
     failed = []
     controller = admin.listeners
-    for address, port in getattr(node.monitor, "resume_listeners", ()):
+    for name in getattr(node.monitor, "resume_listeners", ()):
         try:
             if controller is not None:
-                controller.restart(address, port)
+                controller.restart_named(name)
         except Exception as e:
-            failed.append(f"listener {address}:{port} not resumed: {e}")
+            failed.append(f"listener {name} not resumed: {e}")
     node.monitor.resume_listeners = []
     return (1, "\n".join(failed)) if failed else (0, "Done")
 
@@ -120,15 +120,11 @@ def cluster_leave(admin: Admin, p: Parsed) -> list[out.Element]:
         raise CommandError(f"Couldn't leave cluster: {name} is not a member of the cluster")
     if monitor.left:
         raise CommandError(f"Couldn't leave cluster: {me} has already left")
-    leave = getattr(node, "leave", None)
-    if leave is None:
-        raise CommandError("Couldn't leave cluster: leaving is not available in this "
-                           "version")
     if admin.console is None:
         raise CommandError("cluster leave needs the vmq-admin console (the admin socket)")
     controller = admin.listeners
     rows = controller.rows() if controller is not None else []
-    monitor.resume_listeners = [(r["address"], r["port"]) for r in rows
+    monitor.resume_listeners = [r["name"] for r in rows
                                 if r.get("kind") in MQTT_KINDS and r["status"] == "running"]
 
     def finished(report: Any) -> tuple[int, str]:
@@ -138,7 +134,7 @@ def cluster_leave(admin: Admin, p: Parsed) -> list[out.Element]:
                 f"offline sessions with {getattr(report, 'messages_moved', 0)} messages")
         return (1 if errors else 0, "\n".join([text, *map(str, errors)]))
 
-    return _wait(admin, leave(), finished, "cluster leave",
+    return _wait(admin, node.leave(), finished, "cluster leave",
                  f"Leaving the cluster: {me} stops accepting MQTT connections and moves its "
                  f"offline sessions to the other members", interval, timeout)
 

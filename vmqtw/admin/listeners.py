@@ -50,6 +50,9 @@ class IListenerController(Interface):
     def restart(address: str, port: int) -> None:
         """Resume a suspended or stopped listener."""
 
+    def restart_named(name: str) -> None:
+        """Resume the suspended or stopped listener called ``name``."""
+
     def delete(address: str, port: int) -> None:
         """Stop the listener and forget it."""
 
@@ -154,7 +157,15 @@ class ServiceListeners:
         self.state[name] = "stopped" if kill else "suspended"
 
     def restart(self, address: str, port: int) -> None:
-        name, svc = self._find(address, port, "restart")
+        self.restart_named(*self._find(address, port, "restart"))
+
+    def restart_named(self, name: str, svc: Any = None) -> None:
+        """Resume the listener called ``name`` (a stopped one binds its configured
+        address again: a port-0 listener gets a new port)."""
+        if svc is None:
+            svc = self.services.get(name)
+            if svc is None:
+                raise ListenerError("can't restart listener due to 'not_found'")
         if svc.port is None:
             try:
                 svc.bind()

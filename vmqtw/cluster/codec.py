@@ -18,7 +18,20 @@ ENQ  2    as MSG plus ref u64 and len(client_id) u16; ... payload, client_id
 ENQ_ACK 3 status u8, ref u64
 TAKEOVER 4  len(mountpoint) u16, len(client_id) u16, ref u64, epoch u64; mountpoint, client_id
 TAKEOVER_DONE 5  status u8 then as TAKEOVER
+HANDOVER 6  as TAKEOVER
+SESSION_MSG 7  flags(qos | retain<<2), state u8, packet id u16, len(topic) u16,
+          len(properties) u32, len(payload) u32, ref u64; topic, properties, payload
+SESSION 8 messages u32, len(mountpoint) u16, len(client_id) u16, len(state) u32, ref u64,
+          epoch u64; mountpoint, client_id, state
+SESSION_ACK 9  status u8, ref u64
 ========= ===========================================================================
+
+``HANDOVER`` is a ``TAKEOVER`` that also asks for the session: the receiving node
+answers with the session's messages (``SESSION_MSG``, same ``ref``, in delivery order)
+closed by one ``SESSION`` record that counts them and carries the rest of the state
+(subscriptions, expiry; encoded by :mod:`vmqtw.cluster.migrate`); the new owner answers
+``SESSION_ACK`` once it holds the session. A node that leaves the cluster pushes its
+sessions the same way, unasked, with refs that have the top bit set (:data:`PUSH_REF`).
 
 Strings are UTF-8; the MQTT 5 properties travel as the already encoded property block.
 Records are named tuples: cheap to build on the decoding side, which runs once per
@@ -44,6 +57,14 @@ ENQ = 2
 ENQ_ACK = 3
 TAKEOVER = 4
 TAKEOVER_DONE = 5
+HANDOVER = 6
+SESSION_MSG = 7
+SESSION = 8
+SESSION_ACK = 9
+
+#: Refs of sessions pushed unasked (``cluster leave``) have this bit set, so they never
+#: equal the refs of the ``HANDOVER`` records a peer sends.
+PUSH_REF = 1 << 63
 
 #: ``incoming_clustering_buffer_size`` default (VerneMQ): the largest frame accepted.
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
@@ -57,6 +78,9 @@ _ENQ = struct.Struct(">BBHHIIQH")
 _ENQ_ACK = struct.Struct(">BBQ")
 _TAKEOVER = struct.Struct(">BHHQQ")
 _TAKEOVER_DONE = struct.Struct(">BBHHQQ")
+_SESSION_MSG = struct.Struct(">BBBHHIIQ")
+_SESSION = struct.Struct(">BIHHIQQ")
+_SESSION_ACK = struct.Struct(">BBQ")
 
 
 class LinkError(Exception):
@@ -130,7 +154,52 @@ class TakeoverDone(NamedTuple):
     status: int = 0
 
 
-Record = Union[Msg, Enq, EnqAck, Takeover, TakeoverDone]
+class Handover(NamedTuple):
+    """A :class:`Takeover` that also asks for the session's state and messages."""
+
+    ref: int
+    mountpoint: str
+    client_id: str
+    epoch: int
+
+
+class SessionMsg(NamedTuple):
+    """One message of a session being moved: queued (``packet_id`` 0, ``state`` 0)
+    or inflight under ``packet_id`` (``state``: what the client owes)."""
+
+    ref: int
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    properties: bytes = b""
+    packet_id: int = 0
+    #: 0 queued, else inflight waiting for PUBACK (1), PUBREC (2) or PUBCOMP (3): the
+    #: values of :class:`vmqtw.core.values.DeliveryState`.
+    state: int = 0
+
+
+class SessionState(NamedTuple):
+    """Closes the move of a session: ``count`` :class:`SessionMsg` records with the
+    same ``ref`` came before it; ``state`` is the encoded rest (subscriptions...)."""
+
+    ref: int
+    mountpoint: str
+    client_id: str
+    epoch: int
+    messages: int
+    state: bytes = b""
+
+
+class SessionAck(NamedTuple):
+    """The answer to a :class:`SessionState` (``status`` 0 = the session is here now)."""
+
+    ref: int
+    status: int = 0
+
+
+Record = Union[Msg, Enq, EnqAck, Takeover, TakeoverDone, Handover, SessionMsg,
+               SessionState, SessionAck]
 
 
 # ---------------------------------------------------------------------------
@@ -140,7 +209,8 @@ def encode_record(record: Record) -> bytes:
     """The bytes of one record inside a ``BATCH`` body."""
     kind = type(record)
     if kind is Msg:
-        mp, topic, payload, qos, retain, props = record  # type: ignore[misc]
+        msg: Msg = record  # type: ignore[assignment]
+        mp, topic, payload, qos, retain, props = msg
         if qos.__class__ is not int or not 0 <= qos <= 2:
             raise ValueError(f"invalid QoS {qos!r}")
         mpb = mp.encode()
@@ -148,7 +218,8 @@ def encode_record(record: Record) -> bytes:
         return b"".join((_MSG.pack(MSG, qos | 4 if retain else qos, len(mpb), len(tb),
                                    len(props), len(payload)), mpb, tb, props, payload))
     if kind is Enq:
-        ref, mp, cid, topic, payload, qos, retain, props = record  # type: ignore[misc]
+        enq: Enq = record  # type: ignore[assignment]
+        ref, mp, cid, topic, payload, qos, retain, props = enq
         if qos.__class__ is not int or not 0 <= qos <= 2:
             raise ValueError(f"invalid QoS {qos!r}")
         mpb = mp.encode()
@@ -160,11 +231,30 @@ def encode_record(record: Record) -> bytes:
     if kind is EnqAck:
         ref, status = record  # type: ignore[misc]
         return _ENQ_ACK.pack(ENQ_ACK, status, ref)
-    if kind is Takeover:
+    if kind is Takeover or kind is Handover:
         ref, mp, cid, epoch = record  # type: ignore[misc]
         mpb = mp.encode()
         cb = cid.encode()
-        return b"".join((_TAKEOVER.pack(TAKEOVER, len(mpb), len(cb), ref, epoch), mpb, cb))
+        return b"".join((_TAKEOVER.pack(TAKEOVER if kind is Takeover else HANDOVER,
+                                        len(mpb), len(cb), ref, epoch), mpb, cb))
+    if kind is SessionMsg:
+        m: SessionMsg = record  # type: ignore[assignment]
+        if m.qos.__class__ is not int or not 0 <= m.qos <= 2:
+            raise ValueError(f"invalid QoS {m.qos!r}")
+        tb = m.topic.encode()
+        return b"".join((_SESSION_MSG.pack(SESSION_MSG, m.qos | 4 if m.retain else m.qos,
+                                           m.state, m.packet_id, len(tb), len(m.properties),
+                                           len(m.payload), m.ref),
+                         tb, m.properties, m.payload))
+    if kind is SessionState:
+        st: SessionState = record  # type: ignore[assignment]
+        mpb = st.mountpoint.encode()
+        cb = st.client_id.encode()
+        return b"".join((_SESSION.pack(SESSION, st.messages, len(mpb), len(cb), len(st.state),
+                                       st.ref, st.epoch), mpb, cb, st.state))
+    if kind is SessionAck:
+        ack: SessionAck = record  # type: ignore[assignment]
+        return _SESSION_ACK.pack(SESSION_ACK, ack.status, ack.ref)
     if kind is TakeoverDone:
         ref, mp, cid, epoch, status = record  # type: ignore[misc]
         mpb = mp.encode()
@@ -281,14 +371,42 @@ def decode_batch(body: bytes, start: int = 0) -> list[Record]:
                 _, status, ref = _ENQ_ACK.unpack_from(body, p)
                 p += _ENQ_ACK.size
                 append(EnqAck(ref, status))
-            elif kind == TAKEOVER:
+            elif kind == TAKEOVER or kind == HANDOVER:
                 _, lmp, lcid, ref, epoch = _TAKEOVER.unpack_from(body, p)
                 a = p + _TAKEOVER.size
                 b = a + lmp
                 p = b + lcid
                 if p > n:
                     raise MalformedFrame("truncated TAKEOVER record")
-                append(Takeover(ref, body[a:b].decode(), body[b:p].decode(), epoch))
+                append((Takeover if kind == TAKEOVER else Handover)(
+                    ref, body[a:b].decode(), body[b:p].decode(), epoch))
+            elif kind == SESSION_MSG:
+                _, flags, state, pid, ltopic, lprops, lpay, ref = \
+                    _SESSION_MSG.unpack_from(body, p)
+                a = p + _SESSION_MSG.size
+                b = a + ltopic
+                c = b + lprops
+                p = c + lpay
+                if p > n:
+                    raise MalformedFrame("truncated SESSION_MSG record")
+                if flags in _BAD_FLAGS or state > 3:
+                    raise MalformedFrame(f"invalid record flags {flags:#x}/{state}")
+                append(SessionMsg(ref, body[a:b].decode(), body[c:p], flags & 3, flags > 3,
+                                  body[b:c], pid, state))
+            elif kind == SESSION:
+                _, count, lmp, lcid, lstate, ref, epoch = _SESSION.unpack_from(body, p)
+                a = p + _SESSION.size
+                b = a + lmp
+                c = b + lcid
+                p = c + lstate
+                if p > n:
+                    raise MalformedFrame("truncated SESSION record")
+                append(SessionState(ref, body[a:b].decode(), body[b:c].decode(), epoch,
+                                    count, body[c:p]))
+            elif kind == SESSION_ACK:
+                _, status, ref = _SESSION_ACK.unpack_from(body, p)
+                p += _SESSION_ACK.size
+                append(SessionAck(ref, status))
             elif kind == TAKEOVER_DONE:
                 _, status, lmp, lcid, ref, epoch = _TAKEOVER_DONE.unpack_from(body, p)
                 a = p + _TAKEOVER_DONE.size

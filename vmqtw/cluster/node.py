@@ -29,11 +29,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
+from vmqtw.cluster.leave import LeaveReport, leave
 from vmqtw.cluster.link import LinkServerFactory, PeerLink
 from vmqtw.cluster.metadata import Member, MetadataUnavailable
 from vmqtw.cluster.monitor import ClusterMonitor
 from vmqtw.cluster.netsplit import NetsplitGate
-from vmqtw.cluster.registry import ClientRegistry
+from vmqtw.cluster.registry import ClientRegistry, RegistrationGate
 from vmqtw.cluster.router import ClusterRouter
 from vmqtw.cluster.tls import TLS_PREFIX, OptionError, client_creator, split_address
 from vmqtw.cluster.wiring import ClusterConfigError, cluster_listeners
@@ -194,8 +195,16 @@ class ClusterNode(Service):
             self._join_call = self.reactor.callLater(delay, self._join)
         d.addCallbacks(joined, failed)
 
+    def leave(self, target: str | None = None) -> Deferred[LeaveReport]:
+        """Leave the cluster on purpose (``vmq-admin cluster leave``): stop accepting
+        MQTT clients, disconnect them, move the persistent sessions to ``target`` (or
+        to the live members in turn), then leave the membership. Fires with a
+        :class:`~vmqtw.cluster.leave.LeaveReport`; see :mod:`vmqtw.cluster.leave`."""
+        return leave(self, target)
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self.router.picks.cancel()
         if self._join_call is not None and self._join_call.active():
             self._join_call.cancel()
         self._join_call = None
@@ -229,7 +238,8 @@ class ClusterNode(Service):
 
     def gate(self, authorizers: dict[str, Any]) -> dict[str, Any]:
         """The listeners' authorizers behind the netsplit flags (:mod:`.netsplit`)."""
-        return {key: NetsplitGate(a, self.is_ready, self.cluster)
+        return {key: NetsplitGate(RegistrationGate(a, self.registry), self.is_ready,
+                                  self.cluster)
                 for key, a in authorizers.items()}
 
     # -- members -> links ----------------------------------------------------------
@@ -241,6 +251,7 @@ class ClusterNode(Service):
             link = self.links.pop(name, None)
             if link is not None:
                 link.stop()
+                self.registry.migrator.link_lost(name)
                 self.log.info("cluster: node {node} is down; link closed", node=name)
         for name, member in up.items():
             if name == me or not member.address or not self.running:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from vmqtw.cluster.codec import Enq, Msg, Record, decode_batch, encode_record
+from vmqtw.cluster.codec import Enq, EnqAck, Msg, Record, decode_batch, encode_record
 from vmqtw.cluster.metadata import MetadataUnavailable, RetainedChange, RouteChange
-from vmqtw.cluster.shared import SharedRoutes, enq_for_group, group_key, group_of
+from vmqtw.cluster.shared import (
+    DELIVERED, NO_MEMBER, PendingPicks, Pick, SharedRoutes, enq_for_group, group_key,
+    group_of,
+)
 from vmqtw.codec.packets import PUBLISH
 from vmqtw.codec.properties import decode_properties, encode_properties
 from vmqtw.core.message import FORWARDED, Message
@@ -108,6 +111,12 @@ class ClusterRouter:
         #: Publishes that went to at least one other node (VerneMQ's
         #: ``router_matches_remote``): one per publish, however many nodes matched.
         self.matches_remote = 0
+        #: This node's picks for other nodes, waiting for their ``ENQ_ACK``.
+        self.picks = PendingPicks(broker.clock, broker.config.cluster.remote_enqueue_timeout,
+                                  self._repick)
+        #: Picks made again (refused or unanswered), and given up (nowhere left).
+        self.shared_repicked = 0
+        self.shared_dropped = 0
         metadata.watch_routes(self.routes_changed)
         metadata.watch_retained(self.retained_changed)
 
@@ -232,7 +241,8 @@ class ClusterRouter:
                 continue
             if record is None:
                 record = to_record(message, mountpoint, self.broker.clock.seconds())
-            self.links[picked].send(enq_for_group(record, group, inner))
+            ref = self.picks.add(picked, record, group, inner)
+            self.links[picked].send(enq_for_group(record, group, inner, ref))
             self.shared.picked_remote += 1
             taken.add((inner, key))
         if taken and not counted:
@@ -252,14 +262,51 @@ class ClusterRouter:
                 self.received += 1
                 message = from_record(Msg(record.mountpoint, record.topic, record.payload,
                                           record.qos, record.retain, record.properties), now)
-                if not broker.deliver_shared(message, record.mountpoint, *target):
+                delivered = broker.deliver_shared(message, record.mountpoint, *target)
+                if not delivered:
                     self.shared_lost += 1
+                if record.ref:
+                    link = self.links.get(peer)
+                    if link is not None:
+                        link.send(EnqAck(record.ref, DELIVERED if delivered else NO_MEMBER))
+            elif type(record) is EnqAck:
+                pick = self.picks.acked(record.ref)
+                if pick is not None and record.status != DELIVERED:
+                    self._repick(pick)
             elif self.control is not None:
                 self.control(peer, record)
             else:
                 self.log.debug("cluster: ignoring {kind} record from {peer}",
                                kind=type(record).__name__, peer=peer)
         broker.flush()
+
+    def _repick(self, pick: Pick) -> None:
+        """A pick that ``pick.node`` refused or left unanswered: pick once more among
+        the remaining candidates (the other nodes with members, this node's members),
+        or drop it and count it."""
+        broker = self.broker
+        record = pick.record
+        mountpoint = record.mountpoint
+        if not pick.retried:
+            nodes = [n for n in self.shared.remote_groups(mountpoint, record.topic).get(
+                (pick.inner, pick.group), []) if n != pick.node and n in self.links]
+            tree = broker.trees.get(mountpoint)
+            local = tree.get(pick.inner, group_key(pick.group)) if tree is not None else None
+            picked = self.shared.pick(broker.config.shared_subscription_policy, local, nodes)
+            if picked is not None:
+                self.shared_repicked += 1
+                ref = self.picks.add(picked, record, pick.group, pick.inner, retried=True)
+                self.links[picked].send(enq_for_group(record, pick.group, pick.inner, ref))
+                return
+            if local is not None:
+                message = from_record(record, broker.clock.seconds())
+                if broker.deliver_shared(message, mountpoint, pick.group, pick.inner):
+                    self.shared_repicked += 1
+                    broker.flush()
+                    return
+        self.shared_dropped += 1
+        self.log.debug("cluster: message on {topic!r} for shared group {group!r} dropped: "
+                       "no member left to take it", topic=record.topic, group=pick.group)
 
     # -- retained messages -----------------------------------------------------------
 

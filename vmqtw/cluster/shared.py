@@ -17,11 +17,17 @@ pick chooses its member at random (online first). A remote pick travels as an ``
 record whose client id is :data:`GROUP_MARK` + the shared filter (MQTT forbids U+0000
 in client ids, so it never names a real session). A message that came from a peer as a
 plain ``MSG`` is never given to local group members: the publishing node did the pick.
+
+The receiving node answers each pick with an ``ENQ_ACK`` (status :data:`DELIVERED`, or
+:data:`NO_MEMBER` when its last member has just left). A pick answered ``NO_MEMBER``,
+or not answered within ``remote_enqueue_timeout`` (VerneMQ's, default 5 s), is picked
+again once among the remaining candidates (the other nodes with members, this node's
+members); with none left it is dropped and counted (:class:`PendingPicks`).
 """
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from vmqtw.cluster.codec import Enq, Msg
 from vmqtw.core.topics import TopicTree, parse_shared
@@ -35,9 +41,15 @@ def group_key(group: str) -> tuple[None, str]:
     return (None, group)
 
 
-def enq_for_group(record: Msg, group: str, inner: str) -> Enq:
-    """The ``ENQ`` record that gives ``record`` to one member of ``$share/group/inner``."""
-    return Enq(0, record.mountpoint, f"{GROUP_MARK}$share/{group}/{inner}", record.topic,
+#: ``ENQ_ACK`` status of a shared-group pick.
+DELIVERED = 0
+NO_MEMBER = 1
+
+
+def enq_for_group(record: Msg, group: str, inner: str, ref: int = 0) -> Enq:
+    """The ``ENQ`` record that gives ``record`` to one member of ``$share/group/inner``
+    (``ref`` != 0: answer with an ``ENQ_ACK``)."""
+    return Enq(ref, record.mountpoint, f"{GROUP_MARK}$share/{group}/{inner}", record.topic,
                record.payload, record.qos, record.retain, record.properties)
 
 
@@ -107,3 +119,73 @@ class SharedRoutes:
         # is one candidate, taken to be online).
         n = self.rng.randrange(online + len(nodes))
         return None if n < online else nodes[n - online]
+
+
+class Pick(NamedTuple):
+    """A shared-group pick sent to another node and not acknowledged yet."""
+
+    node: str
+    record: Msg
+    group: str
+    inner: str
+    #: When it is given up on (clock seconds).
+    deadline: float
+    #: Whether this is the second pick already (there is no third).
+    retried: bool
+
+
+class PendingPicks:
+    """The picks sent to other nodes, waiting for their ``ENQ_ACK``.
+
+    One timer, for the oldest pick: the picks are kept in the order they were sent,
+    which is the order of their deadlines, so a timeout costs no timer per message.
+
+    :param clock: ``seconds()`` and ``callLater()``.
+    :param timeout: ``remote_enqueue_timeout`` in seconds.
+    :param expired: called with each pick whose deadline passed.
+    """
+
+    def __init__(self, clock: Any, timeout: float, expired: Callable[[Pick], None]) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.expired = expired
+        self.pending: dict[int, Pick] = {}
+        self._ref = 0
+        self._call: Any = None
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, node: str, record: Msg, group: str, inner: str,
+            retried: bool = False) -> int:
+        """Remember a pick sent to ``node``; returns the ref of its ``ENQ``."""
+        self._ref += 1
+        ref = self._ref
+        self.pending[ref] = Pick(node, record, group, inner,
+                                 self.clock.seconds() + self.timeout, retried)
+        if self._call is None:
+            self._call = self.clock.callLater(self.timeout, self._expire)
+        return ref
+
+    def acked(self, ref: int) -> Pick | None:
+        """The pick ``ref`` was answered: forget it (None if unknown or expired)."""
+        return self.pending.pop(ref, None)
+
+    def _expire(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        pending = self.pending
+        while pending:
+            ref = next(iter(pending))
+            pick = pending[ref]
+            if pick.deadline > now:
+                self._call = self.clock.callLater(pick.deadline - now, self._expire)
+                return
+            del pending[ref]
+            self.expired(pick)
+
+    def cancel(self) -> None:
+        """Stop the timer (the node stops)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

@@ -336,6 +336,7 @@ class ClusterConfig:
     incoming_buffer_size: int = 64 * 1024 * 1024
     handshake_timeout: float = 5.0
     remote_enqueue_timeout: float = 5.0
+    coordinate_registrations: bool = True
     allow_register_during_netsplit: bool = False
     allow_publish_during_netsplit: bool = False
     allow_subscribe_during_netsplit: bool = False
@@ -396,6 +397,8 @@ def cluster_config(got: Mapping[str, Any]) -> ClusterConfig:
         handshake_timeout=ms("outgoing_cluster_handshake_ack_timeout", d.handshake_timeout),
         remote_enqueue_timeout=ms("remote_enqueue_timeout", d.remote_enqueue_timeout),
         workers=got.get("workers", d.workers),
+        coordinate_registrations=got.get("coordinate_registrations",
+                                         d.coordinate_registrations),
         **{f"allow_{op}_during_netsplit": got.get(f"allow_{op}_during_netsplit", False)
            for op in ("register", "publish", "subscribe", "unsubscribe")},
     )
