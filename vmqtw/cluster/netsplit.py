@@ -1,4 +1,5 @@
-"""Netsplits: VerneMQ's ``allow_{register,publish,subscribe}_during_netsplit`` flags.
+"""Netsplits: VerneMQ's ``allow_{register,publish,subscribe,unsubscribe}_during_netsplit``
+flags.
 
 A node is *ready* while the metadata engine answers its heartbeats and it has an
 established, handshaken link to every other live member. While it is not ready, and
@@ -6,11 +7,17 @@ the flag of an operation is off (VerneMQ's default), the operation is refused:
 
 - CONNECT: CONNACK "server unavailable" (3.1.1: 0x03, 5.0: 0x88);
 - PUBLISH: dropped (5.0 QoS 1/2: PUBACK/PUBREC 0x80; 3.x: no acknowledgement);
-- SUBSCRIBE: SUBACK failure (3.1.1: 0x80, 5.0: 0x80).
+- SUBSCRIBE: SUBACK failure (3.1.1: 0x80, 5.0: 0x80);
+- UNSUBSCRIBE: the subscriptions stay; 5.0: UNSUBACK 0x80 for every filter, 3.x: no
+  UNSUBACK (3.x has no failure code; VerneMQ sends none either, the client retries).
+
+Each refusal counts in VerneMQ's ``mqtt_publish_error`` / ``mqtt_subscribe_error`` /
+``mqtt_unsubscribe_error`` (the connection code does, seeing the ``netsplit`` reason).
 
 The gate wraps each listener's :class:`~vmqtw.auth.chain.Authorizer`, so it runs
 before the plugins' hooks and costs one readiness check per operation while ready.
-UNSUBSCRIBE is not gated yet (``allow_unsubscribe_during_netsplit`` is accepted).
+UNSUBSCRIBE has no authorizer hook: the connection code asks
+:meth:`NetsplitGate.unsubscribe_refused` (found on the listener's authorizer).
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ class NetsplitGate:
         self.allow_register = flags.allow_register_during_netsplit
         self.allow_publish = flags.allow_publish_during_netsplit
         self.allow_subscribe = flags.allow_subscribe_during_netsplit
+        self.allow_unsubscribe = flags.allow_unsubscribe_during_netsplit
         self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -77,3 +85,7 @@ class NetsplitGate:
         if self._closed(self.allow_subscribe):
             return _REFUSED
         return self.inner.subscribe_m5(client, topics, properties, deferrable)
+
+    def unsubscribe_refused(self) -> bool:
+        """Whether an UNSUBSCRIBE must fail now (not ready, the flag off)."""
+        return self._closed(self.allow_unsubscribe)
