@@ -21,7 +21,7 @@ UNSUBSCRIBE has no authorizer hook: the connection code asks
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 
@@ -36,11 +36,18 @@ _REFUSED = Error(NETSPLIT)
 class NetsplitGate:
     """An authorizer that refuses what the flags forbid while ``ready()`` is false,
     and otherwise asks the wrapped ``inner`` authorizer (every other attribute is
-    the inner one's)."""
+    the inner one's).
 
-    def __init__(self, inner: Any, ready: Callable[[], bool], flags: ClusterConfig) -> None:
+    :param settle: for CONNECT: returns a ``Deferred[bool]`` to wait for readiness
+        (a node that is starting), or None to refuse at once.
+    """
+
+    def __init__(self, inner: Any, ready: Callable[[], bool], flags: ClusterConfig,
+                 settle: Optional[Callable[[], Optional[defer.Deferred[bool]]]] = None
+                 ) -> None:
         self.inner = inner
         self.ready = ready
+        self.settle = settle
         self.allow_register = flags.allow_register_during_netsplit
         self.allow_publish = flags.allow_publish_during_netsplit
         self.allow_subscribe = flags.allow_subscribe_during_netsplit
@@ -57,9 +64,19 @@ class NetsplitGate:
         return True
 
     def register(self, request: Any, anonymous_override: bool = False) -> Any:
-        if self._closed(self.allow_register):
+        if self.allow_register or self.ready():
+            return self.inner.register(request, anonymous_override)
+        settling = self.settle() if self.settle is not None else None
+        if settling is None:
+            self.refused += 1
             return defer.succeed(_REFUSED)
-        return self.inner.register(request, anonymous_override)
+
+        def settled(ready: bool) -> Any:
+            if ready:
+                return self.inner.register(request, anonymous_override)
+            self.refused += 1
+            return _REFUSED
+        return settling.addCallback(settled)
 
     def publish(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,
                 deferrable: bool = False) -> Any:
