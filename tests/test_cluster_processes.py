@@ -467,6 +467,25 @@ class ClusterProcessTests(unittest.TestCase):
         self.assertIn(b"client 'dev' is owned by node n2@127.0.0.1 since the split", n1.out)
 
     @inlineCallbacks
+    def test_fresh_node_serves_at_once(self) -> Generator[Deferred[Any], Any, None]:
+        """A node starting in a healthy cluster (flags off) accepts a CONNECT as soon as
+        its MQTT listener is up, joined or not yet; a member that sees it appear keeps
+        accepting CONNECTs while its link to the newcomer comes up (connect grace)."""
+        n1, n2 = yield self._start_all("n1", "n2")
+        proc = RunningProcess(sys.executable, ["-m", "vmqtw", "-c",
+                                               self.config("n3", "s3cret")], cwd=self.dir)
+        self.addCleanup(proc.stop)
+        n3 = Node("n3", proc)
+        m = yield proc.wait_for_output(rb"listener tcp\.default on 127\.0\.0\.1:(\d+)",
+                                       timeout=START_TIMEOUT)
+        n3.port = int(m.group(1))
+        early = self.client(n3, "early")
+        self.assertEqual((yield in_thread(early.connect)), (0, False))
+        yield n1.proc.wait_for_output(rb"up \['n3@127\.0\.0\.1'\]", timeout=TIMEOUT)
+        beside = self.client(n1, "beside")
+        self.assertEqual((yield in_thread(beside.connect)), (0, False))
+
+    @inlineCallbacks
     def proxied_link(self, target: Node, via: Node) -> Generator[Deferred[Any], Any,
                                                                   PausableProxy]:
         """Make ``via``'s link to ``target`` run through a :class:`PausableProxy`: the
