@@ -437,7 +437,11 @@ class PeerLink:
 
     def send(self, record: Record) -> bool:
         """Queue ``record`` for the peer; ``False`` if it was dropped (buffer full)."""
-        data = encode_record(record)
+        return self.send_encoded(encode_record(record))
+
+    def send_encoded(self, data: bytes) -> bool:
+        """:meth:`send` for a record already encoded (``encode_record``/``encode_msg``):
+        the router encodes a publish once for every peer it goes to."""
         size = len(data)
         enc = self._encoder
         if enc.pending_bytes + size > self.buffer_size:

@@ -77,6 +77,10 @@ class ClusterNode(Service):
     #: Seconds between readiness checks (a split is noticed and healed by them).
     readiness_interval = 0.5
 
+    #: Seconds the netsplit gate reuses a positive readiness answer (it asks on every
+    #: PUBLISH; a split is noticed by the gate at most this late).
+    ready_ttl = 0.05
+
     def __init__(self, config: BrokerConfig, broker: Any, reactor: Any,
                  metadata: Any = None) -> None:
         self.config = config
@@ -121,6 +125,7 @@ class ClusterNode(Service):
         self._settling: list[Deferred[bool]] = []
         self._settle_call: Any = None
         self.split = False
+        self._ready_until = 0.0
         self._readiness = LoopingCall(self._check_readiness)
         self._readiness.clock = reactor
         self.setName("cluster")
@@ -260,8 +265,19 @@ class ClusterNode(Service):
 
     def gate(self, authorizers: dict[str, Any]) -> dict[str, Any]:
         """The listeners' authorizers behind the netsplit flags (:mod:`.netsplit`)."""
-        return {key: NetsplitGate(a, self.is_ready, self.cluster, settle=self.settle)
+        return {key: NetsplitGate(a, self.ready_now, self.cluster, settle=self.settle)
                 for key, a in authorizers.items()}
+
+    def ready_now(self) -> bool:
+        """:meth:`is_ready` for the gate: a positive answer is reused for
+        :attr:`ready_ttl` seconds (or until the member view changes)."""
+        now = self.reactor.seconds()
+        if now < self._ready_until:
+            return True
+        if self.is_ready():
+            self._ready_until = now + self.ready_ttl
+            return True
+        return False
 
     def settle(self) -> Deferred[bool] | None:
         """While the node is starting (less than :attr:`connect_grace` seconds since it
@@ -315,6 +331,7 @@ class ClusterNode(Service):
     def members_changed(self, up: dict[str, Member], down: set[str]) -> None:
         """The member view changed (metadata watcher): one link per live peer."""
         me = self.cluster.nodename
+        self._ready_until = 0.0
         for name in down:
             link = self.links.pop(name, None)
             self._linked_at.pop(name, None)

@@ -233,3 +233,26 @@ class ReclaimTests(ClusterCase):
         self.assertFalse(conn.taken_over)
         self.assertEqual((r.closed, r.reclaimed), (0, 0))
         self.assertEqual(self.engine.owners, claims)
+
+
+class ReadyCacheTests(NodeCase):
+
+    def test_gate_reuses_a_positive_answer_briefly(self) -> None:
+        """ready_now (what the gate asks per PUBLISH) reuses a positive answer for
+        ready_ttl seconds, recomputes after it, and forgets it when members change."""
+        self.start()
+        self.other.start()
+        self.clock.advance(1.0)
+        link = self.fakes["b"]
+        link.connected = True
+        self.assertTrue(self.node.ready_now())
+        link.connected = False
+        link.failed_attempts = 1
+        self.assertFalse(self.node.is_ready())
+        self.assertTrue(self.node.ready_now())  # cached
+        self.clock.advance(self.node.ready_ttl)
+        self.assertFalse(self.node.ready_now())
+        link.connected = True
+        self.assertTrue(self.node.ready_now())
+        self.node.members_changed({}, {"b"})
+        self.assertEqual(self.node._ready_until, 0.0)
