@@ -185,20 +185,24 @@ def us_per_msg(cpu_pct: float | None, rate: float | None) -> float | None:
 
 # -- py-spy ------------------------------------------------------------------------------
 
-#: Link-path functions (py-spy frame name prefix, source file) -> label.
+#: Link-path functions (py-spy frame name, source file) -> label, per node.
 LINK_PATH = {
-    "node 1": [("publish", "cluster/router.py", "ClusterRouter.publish (match + record)"),
+    "node 1": [("NetsplitGate.publish", "cluster/netsplit.py", "netsplit gate (per PUBLISH)"),
+               ("ClusterRouter.publish", "cluster/router.py", "ClusterRouter.publish (all)"),
+               ("link_bytes", "cluster/router.py", "  link_bytes (message -> record)"),
                ("to_record", "cluster/router.py", "  to_record"),
-               ("send", "cluster/link.py", "  PeerLink.send"),
-               ("encode_record", "cluster/codec.py", "    encode_record"),
-               ("flush", "cluster/link.py", "PeerLink.flush (frames + write)")],
-    "node 2": [("dataReceived", "cluster/link.py", "LinkServerProtocol.dataReceived (all)"),
-               ("feed", "cluster/codec.py", "  FrameDecoder.feed"),
+               ("encode_record", "cluster/codec.py", "  encode_record"),
+               ("PeerLink.send", "cluster/link.py", "  PeerLink.send"),
+               ("PeerLink.send_encoded", "cluster/link.py", "  PeerLink.send_encoded"),
+               ("PeerLink.flush", "cluster/link.py", "PeerLink.flush (frames)"),
+               ("FileDescriptor.doWrite", "internet/abstract.py", "socket writes (link)")],
+    "node 2": [("LinkServerProtocol.dataReceived", "cluster/link.py", "link read (all)"),
+               ("FrameDecoder.feed", "cluster/codec.py", "  FrameDecoder.feed"),
                ("decode_batch", "cluster/codec.py", "  decode_batch"),
-               ("deliver", "cluster/router.py", "  ClusterRouter.deliver"),
+               ("ClusterRouter.deliver", "cluster/router.py", "  ClusterRouter.deliver"),
                ("from_record", "cluster/router.py", "    from_record"),
-               ("publish", "core/broker.py", "    Broker.publish (local match + queue)"),
-               ("flush", "core/broker.py", "    Broker.flush (write to subscribers)")],
+               ("Broker.publish", "core/broker.py", "    Broker.publish (match + queue)"),
+               ("Broker.flush", "core/broker.py", "    Broker.flush (to the subscriber)")],
 }
 
 
@@ -241,7 +245,7 @@ def link_shares(path: Path, which: str) -> tuple[int, dict[str, float]]:
         total += n
         frames = stack.split(";")
         for name, file, label in LINK_PATH[which]:
-            if any(f.startswith(name + " ") and file in f for f in frames):
+            if any(f.split(" (", 1)[0] == name and file in f for f in frames):
                 hits[label] += n
     return total, {k: v / total for k, v in hits.items()} if total else {}
 
