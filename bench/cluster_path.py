@@ -24,11 +24,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vmqtw.cluster import router as R  # noqa: E402
-from vmqtw.cluster.codec import (  # noqa: E402
+from vmqtw.cluster import router as R
+from vmqtw.cluster.codec import (
     BATCH, BatchEncoder, FrameDecoder, decode_batch, encode_record,
 )
-from vmqtw.core.message import Message  # noqa: E402
+from vmqtw.core.message import Message
 
 PAYLOAD = bytes(range(64))
 FLUSH = 64 * 1024

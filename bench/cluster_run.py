@@ -173,7 +173,7 @@ def node_cpu_pct() -> list[float | None]:
     (t0, a), (t1, b) = _node_marks[0], _node_marks[-1]
     wall = max(t1 - t0, 1e-6)
     return [None if x is None or y is None else round(100.0 * (y - x) / R.CLK_TCK / wall, 1)
-            for x, y in zip(a, b)]
+            for x, y in zip(a, b, strict=True)]
 
 
 def us_per_msg(cpu_pct: float | None, rate: float | None) -> float | None:

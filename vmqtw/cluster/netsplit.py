@@ -5,7 +5,9 @@ A node is *ready* while the metadata engine answers its heartbeats and it has an
 established, handshaken link to every other live member. While it is not ready, and
 the flag of an operation is off (VerneMQ's default), the operation is refused:
 
-- CONNECT: CONNACK "server unavailable" (3.1.1: 0x03, 5.0: 0x88);
+- CONNECT: CONNACK "server unavailable" (3.1.1: 0x03, 5.0: 0x88); a node that is
+  still starting first lets the CONNECT wait for its join (``settle``, at most
+  :attr:`~vmqtw.cluster.node.ClusterNode.connect_grace`);
 - PUBLISH: dropped (5.0 QoS 1/2: PUBACK/PUBREC 0x80; 3.x: no acknowledgement);
 - SUBSCRIBE: SUBACK failure (3.1.1: 0x80, 5.0: 0x80);
 - UNSUBSCRIBE: the subscriptions stay; 5.0: UNSUBACK 0x80 for every filter, 3.x: no
