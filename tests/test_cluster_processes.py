@@ -440,7 +440,9 @@ class ClusterProcessTests(unittest.TestCase):
         (allow_register_during_netsplit = on) while node 2, which saw node 1 expire,
         accepts another "dev" that could not take over node 1's. Healed, node 1 finds
         the id owned by node 2 with a newer epoch and disconnects its client with 0x8E
-        at once (no new CONNECT needed); node 2's client stays."""
+        at once (no new CONNECT needed); node 2's client stays. Node 1's routes, dropped
+        by node 2 when node 1 expired, are announced again: node 2's publishes reach
+        node 1's subscriber."""
         rproxy = PausableProxy(self.redis.port)
         rport = rproxy.start()
         self.addCleanup(rproxy.stop)
@@ -451,7 +453,16 @@ class ClusterProcessTests(unittest.TestCase):
         yield self.linked(n1, n2)
         old = self.client(n1, "dev", MQTTv5)
         new = self.client(n2, "dev", MQTTv5)
-        yield in_thread(old.connect)
+        sub = self.client(n1, "sub")
+        pub = self.client(n2, "pub")
+
+        def before() -> None:
+            for c in (old, sub, pub):
+                c.connect()
+            sub.subscribe("h/#", 1)
+            self.probe(pub, sub, "h/probe")
+
+        yield in_thread(before)
         rproxy.pause()
         yield n2.proc.wait_for_output(rb"down \['n1@127\.0\.0\.1'\]",
                                       timeout=NODE_TIMEOUT + TIMEOUT)
@@ -465,6 +476,14 @@ class ClusterProcessTests(unittest.TestCase):
 
         self.assertEqual((yield in_thread(healed)), (0x8E, False))
         self.assertIn(b"client 'dev' is owned by node n2@127.0.0.1 since the split", n1.out)
+        self.assertIn(b"node n1@127.0.0.1 unknown to Redis; re-announcing 1 routes", n1.out)
+
+        def routes_back() -> list[tuple[str, bytes]]:
+            self.probe(pub, sub, "h/probe")
+            pub.publish("h/1", b"healed", 1)
+            return self.collect(sub, 1)
+
+        self.assertEqual((yield in_thread(routes_back)), [("h/1", b"healed")])
 
     @inlineCallbacks
     def test_fresh_node_serves_at_once(self) -> Generator[Deferred[Any], Any, None]:
