@@ -187,7 +187,8 @@ def us_per_msg(cpu_pct: float | None, rate: float | None) -> float | None:
 
 #: Link-path functions (py-spy frame name, source file) -> label, per node.
 LINK_PATH = {
-    "node 1": [("NetsplitGate.publish", "cluster/netsplit.py", "netsplit gate + authorizer (per PUBLISH)"),
+    "node 1": [("NetsplitGate.publish", "cluster/netsplit.py",
+                "netsplit gate + authorizer (per PUBLISH)"),
                ("ClusterRouter.publish", "cluster/router.py", "ClusterRouter.publish (all)"),
                ("link_bytes", "cluster/router.py", "  link_bytes (message -> record)"),
                ("to_record", "cluster/router.py", "  to_record"),

@@ -268,9 +268,12 @@ class ClusterNode(Service):
         return {key: NetsplitGate(a, self.ready_now, self.cluster, settle=self.settle)
                 for key, a in authorizers.items()}
 
+    def _forget_ready(self) -> None:
+        self._ready_until = 0.0
+
     def ready_now(self) -> bool:
         """:meth:`is_ready` for the gate: a positive answer is reused for
-        :attr:`ready_ttl` seconds (or until the member view changes)."""
+        :attr:`ready_ttl` seconds, or until the member view or a link changes."""
         now = self.reactor.seconds()
         if now < self._ready_until:
             return True
@@ -344,7 +347,8 @@ class ClusterNode(Service):
             old = self.links.pop(name, None)
             if old is not None:
                 old.stop()
-            self.links[name] = self._link(member)
+            link = self.links[name] = self._link(member)
+            link.on_change = self._forget_ready
             self._linked_at[name] = self.reactor.seconds()
 
     def _link(self, member: Member) -> PeerLink:

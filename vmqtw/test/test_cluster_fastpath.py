@@ -3,6 +3,7 @@ general record path: ``encode_msg``, ``link_bytes``, ``from_record`` without pro
 ``PeerLink.send_encoded``, and the netsplit gate's cached readiness."""
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -62,3 +63,23 @@ class SendEncodedTests(SynchronousTestCase):
         self.assertEqual(link.pending_bytes, 5 + 2 * len(data))
         self.assertFalse(link.send_encoded(data + b"x" * 100))
         self.assertEqual(link.records_dropped, 1)
+
+
+class Refusing:
+    """An endpoint whose connection attempts fail at once."""
+
+    def connect(self, factory: object) -> defer.Deferred[object]:
+        return defer.fail(ConnectionRefusedError("refused"))
+
+
+class OnChangeTests(SynchronousTestCase):
+
+    def test_failed_attempt_calls_on_change(self) -> None:
+        """PeerLink.on_change is called when a connection attempt fails (and so the
+        node's cached readiness is dropped)."""
+        calls: list[int] = []
+        link = PeerLink("a", "b", Refusing(), "c", reactor=Clock())  # type: ignore[arg-type]
+        link.on_change = lambda: calls.append(link.failed_attempts)
+        link.start()
+        self.assertEqual(calls, [1])
+        link.stop()

@@ -256,3 +256,17 @@ class ReadyCacheTests(NodeCase):
         self.assertTrue(self.node.ready_now())
         self.node.members_changed({}, {"b"})
         self.assertEqual(self.node._ready_until, 0.0)
+
+    def test_link_change_forgets_the_cached_answer(self) -> None:
+        """A link that comes up, is lost or fails an attempt (its on_change) makes the
+        gate ask again at once: a lost link refuses the next operation."""
+        self.start()
+        self.other.start()
+        self.clock.advance(1.0)
+        link = self.fakes["b"]
+        link.connected = True
+        self.assertTrue(self.node.ready_now())
+        link.connected = False
+        link.failed_attempts = 1
+        link.on_change()  # type: ignore[attr-defined]
+        self.assertFalse(self.node.ready_now())
