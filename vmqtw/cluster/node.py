@@ -125,6 +125,7 @@ class ClusterNode(Service):
         self._settling: list[Deferred[bool]] = []
         self._settle_call: Any = None
         self.split = False
+        self._claim_errors_seen = 0
         self._ready_until = 0.0
         self._readiness = LoopingCall(self._check_readiness)
         self._readiness.clock = reactor
@@ -315,19 +316,25 @@ class ClusterNode(Service):
 
     def _check_readiness(self) -> None:
         """Periodic: notice a split (not ready after having been ready) and its end;
-        at the end, resolve the client ids accepted on both sides."""
+        at the end, resolve the client ids accepted on both sides. A claim that failed
+        since the last check (an engine blip shorter than the check) counts as well."""
         if not self.joined:
             return
-        ready = self.is_ready()
-        if not ready and not self.split:
-            self.split = True
-            self.log.warn("cluster node {node}: netsplit: not every member is reachable",
-                          node=self.cluster.nodename)
-        elif ready and self.split:
+        if not self.is_ready():
+            if not self.split:
+                self.split = True
+                self.log.warn("cluster node {node}: netsplit: not every member is "
+                              "reachable", node=self.cluster.nodename)
+            return
+        errors = self.registry.claim_errors
+        if self.split:
             self.split = False
             self.log.info("cluster node {node}: netsplit resolved; every member reachable",
                           node=self.cluster.nodename)
-            self.reclaimer.reconcile()
+        elif errors == self._claim_errors_seen:
+            return
+        self._claim_errors_seen = errors
+        self.reclaimer.reconcile()
 
     # -- members -> links ----------------------------------------------------------
 

@@ -15,7 +15,7 @@ from vmqtw.cluster.node import ClusterNode
 from vmqtw.cluster.reclaim import Reclaimer
 from vmqtw.config import ClusterConfig, parse
 from vmqtw.core.broker import Broker
-from vmqtw.test.harness import BASE
+from vmqtw.test.harness import BASE, FakeConnection
 from vmqtw.test.test_cluster_node import ClusterCase
 
 CONFIG = BASE + "metadata_plugin = redis\nnodename = a\nlistener.vmq.c = 127.0.0.1:0\n"
@@ -154,6 +154,24 @@ class ConnectGraceTests(NodeCase):
         self.clock.advance(self.node.readiness_interval)
         self.assertFalse(self.node.split)
         self.assertEqual(calls, [1])
+
+
+class BlipTests(NodeCase):
+
+    def test_failed_claim_between_checks_is_reconciled(self) -> None:
+        """A claim that failed during an engine blip shorter than the readiness check
+        (the node never looked split) is made again at the next check."""
+        self.start()
+        self.engine.available = False
+        conn = FakeConnection(4)
+        session, _ = self.broker.open_session(("", "dev"), True, 0, conn)
+        self.broker.session_resumed(session)
+        self.assertEqual(self.node.registry.claim_errors, 1)
+        self.engine.available = True
+        self.clock.advance(self.node.readiness_interval)
+        self.assertFalse(self.node.split)
+        self.assertEqual(self.engine.owners[("", "dev")][0], "a")
+        self.assertEqual(self.node.reclaimer.reclaimed, 1)
 
 
 class ReclaimTests(ClusterCase):
