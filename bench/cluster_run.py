@@ -4,6 +4,7 @@
     python3 bench/cluster_run.py               # 3 runs of each scenario (medians)
     python3 bench/cluster_run.py --quick       # one short run of each
     python3 bench/cluster_run.py --scenario fanin_qos0 --repeat 5
+    python3 bench/cluster_run.py --scenario fanin_qos0 --py-spy   # where the nodes' CPU goes
 
 Everything runs on 127.0.0.1: a throw-away ``redis-server`` (no persistence), two
 ``python -m vmqtw`` nodes (``metadata_plugin = redis``, ``listener.vmq`` on a free port)
@@ -19,7 +20,11 @@ Scenarios (the loads of ``bench/run.py``):
 - ``latency_2k``: 1 -> 1 at 2,000 msg/s, QoS 0: end-to-end p50/p99 (cross-node for
   the cluster).
 
-The CPU figure of the cluster is the sum of both nodes over the measurement window.
+The CPU figure of the cluster is the sum of both nodes over the measurement window;
+``cpu_us/msg`` is broker CPU time per message (less noisy than the rate on a loaded
+machine), also per node. ``--py-spy`` samples both nodes with py-spy (``pip install
+py-spy``; it must be allowed to ptrace them) and prints the share of each node's CPU
+spent in the vmq link path (encode, send, read, decode, deliver), in µs per message.
 Logs and configs go to ``bench/build/cluster/`` (git-ignored). Standard library only
 (plus ``redis-server`` on the PATH).
 """
@@ -148,9 +153,117 @@ def cpu_ticks(pid: int) -> int | None:
 
 R.cpu_ticks = cpu_ticks
 
+#: (monotonic time, ticks of each node) at each measurement mark of the current run.
+_node_marks: list[tuple[float, list[int | None]]] = []
+
+
+def _cpu_ticks_marked(pid: int) -> int | None:
+    if pid == CLUSTER_PID and _current:
+        _node_marks.append((time.monotonic(), [_cpu_ticks(n.pid) for n in _current[0].nodes]))
+    return cpu_ticks(pid)
+
+
+R.cpu_ticks = _cpu_ticks_marked
+
+
+def node_cpu_pct() -> list[float | None]:
+    """Each node's CPU (% of a core) between the first and last mark of the run."""
+    if len(_node_marks) < 2:
+        return []
+    (t0, a), (t1, b) = _node_marks[0], _node_marks[-1]
+    wall = max(t1 - t0, 1e-6)
+    return [None if x is None or y is None else round(100.0 * (y - x) / R.CLK_TCK / wall, 1)
+            for x, y in zip(a, b, strict=True)]
+
+
+def us_per_msg(cpu_pct: float | None, rate: float | None) -> float | None:
+    """CPU microseconds per message from a CPU share (% of a core) and a rate (msg/s)."""
+    if not cpu_pct or not rate:
+        return None
+    return round(cpu_pct / 100.0 / rate * 1e6, 2)
+
+
+# -- py-spy ------------------------------------------------------------------------------
+
+#: Link-path functions (py-spy frame name, source file) -> label, per node.
+LINK_PATH = {
+    "node 1": [("NetsplitGate.publish", "cluster/netsplit.py",
+                "netsplit gate + authorizer (per PUBLISH)"),
+               ("ClusterRouter.publish", "cluster/router.py", "ClusterRouter.publish (all)"),
+               ("link_bytes", "cluster/router.py", "  link_bytes (message -> record)"),
+               ("to_record", "cluster/router.py", "  to_record"),
+               ("encode_record", "cluster/codec.py", "  encode_record"),
+               ("PeerLink.send", "cluster/link.py", "  PeerLink.send"),
+               ("PeerLink.send_encoded", "cluster/link.py", "  PeerLink.send_encoded"),
+               ("PeerLink.flush", "cluster/link.py", "PeerLink.flush (frames)"),
+               ("FileDescriptor.doWrite", "internet/abstract.py", "socket writes (link)")],
+    "node 2": [("LinkServerProtocol.dataReceived", "cluster/link.py", "link read (all)"),
+               ("FrameDecoder.feed", "cluster/codec.py", "  FrameDecoder.feed"),
+               ("decode_batch", "cluster/codec.py", "  decode_batch"),
+               ("ClusterRouter.deliver", "cluster/router.py", "  ClusterRouter.deliver"),
+               ("from_record", "cluster/router.py", "    from_record"),
+               ("Broker.publish", "core/broker.py", "    Broker.publish (match + queue)"),
+               ("Broker.flush", "core/broker.py", "    Broker.flush (to the subscriber)")],
+}
+
+
+def start_py_spy(nodes: list[R.Vmqtw], tag: str) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    exe = shutil.which("py-spy") or str(Path.home() / ".local/bin/py-spy")
+    spies = []
+    for i, node in enumerate(nodes, 1):
+        out = WORKDIR / f"{tag}-n{i}.pyspy.txt"
+        proc = subprocess.Popen([exe, "record", "--pid", str(node.pid), "--rate", "200",
+                                 "--format", "raw", "--output", str(out), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append((proc, out))
+    return spies
+
+
+def stop_py_spy(spies: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    import signal
+    for proc, _ in spies:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc, _ in spies:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def link_shares(path: Path, which: str) -> tuple[int, dict[str, float]]:
+    """(samples, label -> share of the node's samples) from a py-spy raw profile: a
+    function counts once per stack it is in (inclusive)."""
+    total = 0
+    hits = dict.fromkeys((label for *_, label in LINK_PATH[which]), 0)
+    if not path.exists():
+        return 0, {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for name, file, label in LINK_PATH[which]:
+            if any(f.split(" (", 1)[0] == name and file in f for f in frames):
+                hits[label] += n
+    return total, {k: v / total for k, v in hits.items()} if total else {}
+
+
+def print_link_costs(tag: str, per_node_us: list[float | None]) -> None:
+    for i, which in ((1, "node 1"), (2, "node 2")):
+        samples, shares = link_shares(WORKDIR / f"{tag}-n{i}.pyspy.txt", which)
+        us = per_node_us[i - 1] if len(per_node_us) >= i else None
+        print(f"  py-spy {which} ({'publishers' if i == 1 else 'subscriber'}): {samples} "
+              f"samples, {us} us CPU/msg")
+        for label, share in shares.items():
+            cost = f"{share * us:.2f} us/msg" if us else "?"
+            print(f"    {label:<44} {100 * share:5.1f}%  {cost}")
+
 
 def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
-            profile: bool = False) -> R.Run:
+            profile: bool = False, py_spy: bool = False) -> R.Run:
     """A fresh single process or cluster (and Redis), one load generator run; every
     process stopped afterwards."""
     procs: list[Any] = []
@@ -173,9 +286,16 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
         wait_ready(nodes)
         cluster = Cluster(nodes, tag)
         _current[:] = [cluster]
+        _node_marks.clear()
         cross = R.Scenario(sc.name, sc.mode, sc.args + ["--sub-port", str(nodes[1].port)],
                            sc.unit, sc.target, sc.mosquitto_nodelay, sc.describe)
-        return R.run_once(cross, cluster, R.budget_for(sc, quick))  # type: ignore[arg-type]
+        spies = start_py_spy(nodes, tag) if py_spy else []
+        try:
+            run = R.run_once(cross, cluster, R.budget_for(sc, quick))  # type: ignore[arg-type]
+        finally:
+            stop_py_spy(spies)
+        run.extra["node_cpu_pct"] = node_cpu_pct()
+        return run
     except Exception as e:
         return R.Run(ok=False, error=str(e))
     finally:
@@ -196,6 +316,8 @@ def main() -> int:
     ap.add_argument("--scenario", action="append", help="only these scenarios")
     ap.add_argument("--profile", action="store_true",
                     help="the cluster's nodes under cProfile; top functions of each")
+    ap.add_argument("--py-spy", action="store_true",
+                    help="sample both nodes with py-spy: the vmq link's share per message")
     ap.add_argument("--wait-quiet", type=float, default=10.0,
                     help="wait up to S seconds for a quiet machine before each run")
     args = ap.parse_args()
@@ -212,7 +334,12 @@ def main() -> int:
             for kind in ("single", "cluster"):
                 busy = R.wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
                 tag = f"{sc.name}-{kind}-{rep}"
-                run = one_run(sc, kind, tag, args.quick, args.profile)
+                run = one_run(sc, kind, tag, args.quick, args.profile, args.py_spy)
+                rate = run.value if sc.mode != "latency" else None
+                run.extra["cpu_us_per_msg"] = us_per_msg(run.broker_cpu, rate)
+                nodes_us = [us_per_msg(c, rate) for c in run.extra.get("node_cpu_pct", [])]
+                if args.py_spy and kind == "cluster" and rate:
+                    print_link_costs(tag, nodes_us)
                 if args.profile and kind == "cluster":
                     for i in (1, 2):
                         path = WORKDIR / f"{tag}-n{i}.prof"
@@ -225,12 +352,15 @@ def main() -> int:
                 print(f"  [{sc.name} #{rep + 1} {kind}] ok={run.ok} value={value} "
                       f"p99={run.extra.get('p99_us')} cpu={run.broker_cpu} "
                       f"other={run.extra.get('other_cpu_pct')} "
-                      f"busy_before={run.extra.get('machine_busy_before_pct')}"
+                      f"busy_before={run.extra.get('machine_busy_before_pct')} "
+                      f"cpu_us/msg={run.extra.get('cpu_us_per_msg')}"
+                      + (f" per node={nodes_us}" if kind == "cluster" and rate else "")
                       + (f" ERROR {run.error}" if run.error else ""), flush=True)
         row: dict[str, Any] = {}
         for kind, rs in runs.items():
             keys = ("p50_us", "p99_us") if sc.mode == "latency" else ("rate",)
-            row[kind] = {k: median(rs, k) for k in keys + ("broker_cpu", "other_cpu_pct")}
+            row[kind] = {k: median(rs, k) for k in keys + ("broker_cpu", "other_cpu_pct",
+                                                             "cpu_us_per_msg")}
             row[kind]["ok_runs"] = sum(r.ok for r in rs)
         if sc.mode == "latency":
             s, c = row["single"], row["cluster"]
@@ -243,7 +373,9 @@ def main() -> int:
             print(f"{sc.name}: single={R.fmt_num(s, sc.unit)} cluster={R.fmt_num(c, sc.unit)} "
                   f"ratio={ratio and round(ratio, 2)}  cpu single="
                   f"{R.pct(row['single']['broker_cpu'])} cluster="
-                  f"{R.pct(row['cluster']['broker_cpu'])}", flush=True)
+                  f"{R.pct(row['cluster']['broker_cpu'])}  cpu us/msg single="
+                  f"{row['single']['cpu_us_per_msg']} cluster="
+                  f"{row['cluster']['cpu_us_per_msg']}", flush=True)
         results[sc.name] = row
     (WORKDIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0

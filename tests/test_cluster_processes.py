@@ -12,11 +12,13 @@ import os
 import re
 import socket
 import sys
+import threading
 from typing import Any, Generator
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
+from tests.pausable_proxy import PausableProxy
 from tests.support import (
     TIMEOUT, MQTTv5, MQTTv311, Paho, RunningProcess, in_thread, quiet_period,
 )
@@ -38,6 +40,24 @@ def redis_command(port: int, *args: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
         s.sendall(b"".join(parts))
         return s.recv(65536)
+
+
+def unsubscribe(c: Paho, topic: str, wait: float = TIMEOUT) -> list[int] | None:
+    """(thread) UNSUBSCRIBE ``topic``; the UNSUBACK's reason codes, or None when no
+    UNSUBACK came within ``wait`` seconds."""
+    got: dict[int, list[int]] = {}
+    arrived = threading.Event()
+
+    def on_unsubscribe(client: Any, userdata: Any, mid: int, codes: Any,
+                       properties: Any) -> None:
+        got[mid] = [code.value for code in codes]
+        arrived.set()
+
+    c.client.on_unsubscribe = on_unsubscribe
+    rc, mid = c.client.unsubscribe(topic)
+    if not arrived.wait(wait):
+        return None
+    return got.get(mid)
 
 
 class Node:
@@ -369,6 +389,140 @@ class ClusterProcessTests(unittest.TestCase):
                                       timeout=NODE_TIMEOUT + TIMEOUT)
         again = self.client(n1, "again")
         self.assertEqual((yield in_thread(again.connect)), (0, False))
+
+    @inlineCallbacks
+    def test_netsplit_unsubscribe_and_heal(self) -> Generator[Deferred[Any], Any, None]:
+        """Node 2's link to node 1 runs through a proxy; cutting it makes node 2 not
+        ready: an UNSUBSCRIBE there fails (5.0: UNSUBACK 0x80; 3.1.1: no UNSUBACK) and
+        the subscription stays (node 1's publishes still reach it over node 1's own
+        link). Healed, node 2 reconnects, logs the end of the split and unsubscribes."""
+        n1, n2 = yield self._start_all("n1", "n2")
+        proxy = yield self.proxied_link(n1, n2)
+        sub = self.client(n2, "sub", MQTTv5)
+        sub3 = self.client(n2, "sub3")
+        pub = self.client(n1, "pub")
+
+        def before() -> None:
+            for c in (sub, sub3, pub):
+                c.connect()
+            sub.subscribe("u/1", 1)
+            sub3.subscribe("u/1", 1)
+            self.probe(pub, sub, "u/1")
+            self.probe(pub, sub3, "u/1")
+
+        yield in_thread(before)
+        proxy.pause()
+        yield n2.proc.wait_for_output(rb"vmq link to node n1@127\.0\.0\.1 lost",
+                                      timeout=TIMEOUT)
+
+        def during() -> tuple[Any, ...]:
+            codes5 = unsubscribe(sub, "u/1")
+            codes3 = unsubscribe(sub3, "u/1", wait=1.0)
+            pub.publish("u/1", b"still", 1)
+            return codes5, codes3, self.collect(sub, 1), self.collect(sub3, 1)
+
+        self.assertEqual((yield in_thread(during)),
+                         ([0x80], None, [("u/1", b"still")], [("u/1", b"still")]))
+        proxy.resume()
+        yield n2.proc.wait_for_output(rb"netsplit resolved", timeout=TIMEOUT + 10)
+
+        def after() -> tuple[Any, ...]:
+            codes = unsubscribe(sub, "u/1")
+            pub.publish("u/1", b"gone", 1)
+            return codes, self.nothing_more(sub)
+
+        self.assertEqual((yield in_thread(after)), ([0], []))
+
+    @inlineCallbacks
+    def test_duplicate_client_id_resolved_after_heal(self) -> Generator[Deferred[Any], Any,
+                                                                            None]:
+        """Node 1 reaches Redis through a proxy. Cut off, it keeps its client "dev"
+        (allow_register_during_netsplit = on) while node 2, which saw node 1 expire,
+        accepts another "dev" that could not take over node 1's. Healed, node 1 finds
+        the id owned by node 2 with a newer epoch and disconnects its client with 0x8E
+        at once (no new CONNECT needed); node 2's client stays. Node 1's routes, dropped
+        by node 2 when node 1 expired, are announced again: node 2's publishes reach
+        node 1's subscriber."""
+        rproxy = PausableProxy(self.redis.port)
+        rport = rproxy.start()
+        self.addCleanup(rproxy.stop)
+        flags = "allow_register_during_netsplit = on\n"
+        n1 = yield self.start_node(
+            "n1", extra=flags + f"metadata.redis.url = redis://127.0.0.1:{rport}\n")
+        n2 = yield self.start_node("n2", extra=flags)
+        yield self.linked(n1, n2)
+        old = self.client(n1, "dev", MQTTv5)
+        new = self.client(n2, "dev", MQTTv5)
+        sub = self.client(n1, "sub")
+        pub = self.client(n2, "pub")
+
+        def before() -> None:
+            for c in (old, sub, pub):
+                c.connect()
+            sub.subscribe("h/#", 1)
+            self.probe(pub, sub, "h/probe")
+
+        yield in_thread(before)
+        rproxy.pause()
+        yield n2.proc.wait_for_output(rb"down \['n1@127\.0\.0\.1'\]",
+                                      timeout=NODE_TIMEOUT + TIMEOUT)
+        yield in_thread(new.connect)
+        self.assertFalse(old.disconnected.is_set())
+        rproxy.resume()
+
+        def healed() -> tuple[Any, ...]:
+            old.wait_disconnected()
+            return old.disconnect_reason.value, new.disconnected.wait(0.5)
+
+        self.assertEqual((yield in_thread(healed)), (0x8E, False))
+        self.assertIn(b"client 'dev' is owned by node n2@127.0.0.1 since the split", n1.out)
+        self.assertIn(b"node n1@127.0.0.1 unknown to Redis; re-announcing 1 routes", n1.out)
+
+        def routes_back() -> list[tuple[str, bytes]]:
+            self.probe(pub, sub, "h/probe")
+            pub.publish("h/1", b"healed", 1)
+            return self.collect(sub, 1)
+
+        self.assertEqual((yield in_thread(routes_back)), [("h/1", b"healed")])
+
+    @inlineCallbacks
+    def test_fresh_node_serves_at_once(self) -> Generator[Deferred[Any], Any, None]:
+        """A node starting in a healthy cluster (flags off) accepts a CONNECT as soon as
+        its MQTT listener is up, joined or not yet; a member that sees it appear keeps
+        accepting CONNECTs while its link to the newcomer comes up (connect grace)."""
+        n1, n2 = yield self._start_all("n1", "n2")
+        proc = RunningProcess(sys.executable, ["-m", "vmqtw", "-c",
+                                               self.config("n3", "s3cret")], cwd=self.dir)
+        self.addCleanup(proc.stop)
+        n3 = Node("n3", proc)
+        m = yield proc.wait_for_output(rb"listener tcp\.default on 127\.0\.0\.1:(\d+)",
+                                       timeout=START_TIMEOUT)
+        n3.port = int(m.group(1))
+        early = self.client(n3, "early")
+        self.assertEqual((yield in_thread(early.connect)), (0, False))
+        yield n1.proc.wait_for_output(rb"up \['n3@127\.0\.0\.1'\]", timeout=TIMEOUT)
+        beside = self.client(n1, "beside")
+        self.assertEqual((yield in_thread(beside.connect)), (0, False))
+
+    @inlineCallbacks
+    def proxied_link(self, target: Node, via: Node) -> Generator[Deferred[Any], Any,
+                                                                  PausableProxy]:
+        """Make ``via``'s link to ``target`` run through a :class:`PausableProxy`: the
+        address ``target`` announced in Redis is changed to the proxy's, which ``via``
+        follows at its next heartbeat (``target``'s own link to ``via`` stays direct)."""
+        m = re.search(rb"vmq link on 127\.0\.0\.1:(\d+)", target.out)
+        assert m is not None
+        proxy = PausableProxy(int(m.group(1)))
+        port = proxy.start()
+        self.addCleanup(proxy.stop)
+        redis_command(self.redis.port, "HSET", f"{{vmqtw}}:node:{target.name}@127.0.0.1",
+                      "addr", f"127.0.0.1:{port}")
+        name = re.escape(target.name.encode())
+        established = rb"vmq link to node " + name + rb"@127\.0\.0\.1 established"
+        yield via.proc.wait_for_output(established + rb"(?s:.*)" + established,
+                                       timeout=TIMEOUT)
+        self.assertEqual(proxy.accepted, 1)
+        return proxy
 
     @inlineCallbacks
     def _start_all(self, *names: str) -> Generator[Deferred[Any], Any, list[Node]]:

@@ -264,6 +264,23 @@ def encode_record(record: Record) -> bytes:
     raise TypeError(f"not a link record: {record!r}")
 
 
+_pack_msg = _MSG.pack
+
+
+def encode_msg(mountpoint: str, topic: str, payload: bytes, qos: int, retain: bool,
+               properties: bytes = b"") -> bytes:
+    """``encode_record(Msg(...))`` without building the record, for the publish path
+    (once per forwarded message); ``qos`` must be 0, 1 or 2 (not checked here)."""
+    tb = topic.encode()
+    flags = qos | 4 if retain else qos
+    if mountpoint:
+        mpb = mountpoint.encode()
+        return b"".join((_pack_msg(MSG, flags, len(mpb), len(tb), len(properties),
+                                   len(payload)), mpb, tb, properties, payload))
+    return b"".join((_pack_msg(MSG, flags, 0, len(tb), len(properties), len(payload)), tb,
+                     properties, payload))
+
+
 def encode_frame(frame_type: int, body: bytes) -> bytes:
     """One frame: the 32-bit length, the type byte and ``body``."""
     return _FRAME.pack(len(body) + 1, frame_type) + body

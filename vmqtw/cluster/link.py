@@ -340,6 +340,8 @@ class PeerLink:
         self._retry: Any = None
         self._failures = 0
         self._live: set[LinkClientProtocol] = set()
+        #: Called (no arguments) whenever the link comes up, is lost or an attempt fails.
+        self.on_change: Callable[[], None] | None = None
         self.records_sent = 0
         self.bytes_sent = 0
         self.records_dropped = 0
@@ -392,6 +394,7 @@ class PeerLink:
     def _attempt_failed(self, failure: Failure) -> None:
         self._attempt = None
         self._failures += 1
+        self._changed()
         if not self._running:
             return
         delay = self.retry_policy(self._failures)
@@ -407,6 +410,7 @@ class PeerLink:
             proto.transport.abortConnection()
             return
         self._proto = proto
+        self._changed()
         self.log.info("vmq link to node {node} established", node=self.peer_name)
         if self.state_observer is not None:
             self.state_observer(True)
@@ -423,7 +427,12 @@ class PeerLink:
             self.log.warn("vmq link to node {node} lost; buffering up to {size} bytes",
                           node=self.peer_name, size=self.buffer_size)
             self._failures = 1
+            self._changed()
             self._retry = self.reactor.callLater(self.retry_policy(1), self._connect)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @property
     def connected(self) -> bool:
@@ -444,7 +453,11 @@ class PeerLink:
 
     def send(self, record: Record) -> bool:
         """Queue ``record`` for the peer; ``False`` if it was dropped (buffer full)."""
-        data = encode_record(record)
+        return self.send_encoded(encode_record(record))
+
+    def send_encoded(self, data: bytes) -> bool:
+        """:meth:`send` for a record already encoded (``encode_record``/``encode_msg``):
+        the router encodes a publish once for every peer it goes to."""
         size = len(data)
         enc = self._encoder
         if enc.pending_bytes + size > self.buffer_size:

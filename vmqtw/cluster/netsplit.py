@@ -1,20 +1,29 @@
-"""Netsplits: VerneMQ's ``allow_{register,publish,subscribe}_during_netsplit`` flags.
+"""Netsplits: VerneMQ's ``allow_{register,publish,subscribe,unsubscribe}_during_netsplit``
+flags.
 
 A node is *ready* while the metadata engine answers its heartbeats and it has an
 established, handshaken link to every other live member. While it is not ready, and
 the flag of an operation is off (VerneMQ's default), the operation is refused:
 
-- CONNECT: CONNACK "server unavailable" (3.1.1: 0x03, 5.0: 0x88);
+- CONNECT: CONNACK "server unavailable" (3.1.1: 0x03, 5.0: 0x88); a node that is
+  still starting first lets the CONNECT wait for its join (``settle``, at most
+  :attr:`~vmqtw.cluster.node.ClusterNode.connect_grace`);
 - PUBLISH: dropped (5.0 QoS 1/2: PUBACK/PUBREC 0x80; 3.x: no acknowledgement);
-- SUBSCRIBE: SUBACK failure (3.1.1: 0x80, 5.0: 0x80).
+- SUBSCRIBE: SUBACK failure (3.1.1: 0x80, 5.0: 0x80);
+- UNSUBSCRIBE: the subscriptions stay; 5.0: UNSUBACK 0x80 for every filter, 3.x: no
+  UNSUBACK (3.x has no failure code; VerneMQ sends none either, the client retries).
+
+Each refusal counts in VerneMQ's ``mqtt_publish_error`` / ``mqtt_subscribe_error`` /
+``mqtt_unsubscribe_error`` (the connection code does, seeing the ``netsplit`` reason).
 
 The gate wraps each listener's :class:`~vmqtw.auth.chain.Authorizer`, so it runs
 before the plugins' hooks and costs one readiness check per operation while ready.
-UNSUBSCRIBE is not gated yet (``allow_unsubscribe_during_netsplit`` is accepted).
+UNSUBSCRIBE has no authorizer hook: the connection code asks
+:meth:`NetsplitGate.unsubscribe_refused` (found on the listener's authorizer).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 
@@ -29,14 +38,22 @@ _REFUSED = Error(NETSPLIT)
 class NetsplitGate:
     """An authorizer that refuses what the flags forbid while ``ready()`` is false,
     and otherwise asks the wrapped ``inner`` authorizer (every other attribute is
-    the inner one's)."""
+    the inner one's).
 
-    def __init__(self, inner: Any, ready: Callable[[], bool], flags: ClusterConfig) -> None:
+    :param settle: for CONNECT: returns a ``Deferred[bool]`` to wait for readiness
+        (a node that is starting), or None to refuse at once.
+    """
+
+    def __init__(self, inner: Any, ready: Callable[[], bool], flags: ClusterConfig,
+                 settle: Optional[Callable[[], Optional[defer.Deferred[bool]]]] = None
+                 ) -> None:
         self.inner = inner
         self.ready = ready
+        self.settle = settle
         self.allow_register = flags.allow_register_during_netsplit
         self.allow_publish = flags.allow_publish_during_netsplit
         self.allow_subscribe = flags.allow_subscribe_during_netsplit
+        self.allow_unsubscribe = flags.allow_unsubscribe_during_netsplit
         self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -49,9 +66,19 @@ class NetsplitGate:
         return True
 
     def register(self, request: Any, anonymous_override: bool = False) -> Any:
-        if self._closed(self.allow_register):
+        if self.allow_register or self.ready():
+            return self.inner.register(request, anonymous_override)
+        settling = self.settle() if self.settle is not None else None
+        if settling is None:
+            self.refused += 1
             return defer.succeed(_REFUSED)
-        return self.inner.register(request, anonymous_override)
+
+        def settled(ready: bool) -> Any:
+            if ready:
+                return self.inner.register(request, anonymous_override)
+            self.refused += 1
+            return _REFUSED
+        return settling.addCallback(settled)
 
     def publish(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool,
                 deferrable: bool = False) -> Any:
@@ -77,3 +104,7 @@ class NetsplitGate:
         if self._closed(self.allow_subscribe):
             return _REFUSED
         return self.inner.subscribe_m5(client, topics, properties, deferrable)
+
+    def unsubscribe_refused(self) -> bool:
+        """Whether an UNSUBSCRIBE must fail now (not ready, the flag off)."""
+        return self._closed(self.allow_unsubscribe)

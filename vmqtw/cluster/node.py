@@ -12,8 +12,9 @@ It is started by :mod:`vmqtw.service` when the configuration names a metadata en
   the local subscriptions as routes, follows the other nodes' routes and forwards
   publishes to them, and a :class:`~vmqtw.cluster.registry.ClientRegistry` (one
   connection per client id in the cluster);
-- gates CONNECT, PUBLISH and SUBSCRIBE while the node does not see the whole cluster
-  (:mod:`vmqtw.cluster.netsplit`).
+- gates CONNECT, PUBLISH, SUBSCRIBE and UNSUBSCRIBE while the node does not see the
+  whole cluster (:mod:`vmqtw.cluster.netsplit`), and once it sees it again resolves the
+  client ids that two nodes accepted during the split (:mod:`vmqtw.cluster.reclaim`).
 
 The address peers use is the bound address of the first vmq listener; when it is a
 wildcard (``0.0.0.0:44053``) the host part of ``nodename`` (``VerneMQ@HOST``) is used.
@@ -28,12 +29,14 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.task import LoopingCall
 
 from vmqtw.cluster.leave import LeaveReport, leave
 from vmqtw.cluster.link import LinkServerFactory, PeerLink
 from vmqtw.cluster.metadata import Member, MetadataUnavailable
 from vmqtw.cluster.monitor import ClusterMonitor
 from vmqtw.cluster.netsplit import NetsplitGate
+from vmqtw.cluster.reclaim import Reclaimer
 from vmqtw.cluster.registry import ClientRegistry, RegistrationGate
 from vmqtw.cluster.router import ClusterRouter
 from vmqtw.cluster.tls import TLS_PREFIX, OptionError, client_creator, split_address
@@ -68,6 +71,18 @@ class ClusterNode(Service):
     #: Seconds between attempts to join while the engine is unreachable (at most).
     max_retry_delay = 5.0
 
+    #: Seconds a member still counts as reachable while this node's first connection to
+    #: it is being set up (no attempt failed yet), and a CONNECT to a starting node waits
+    #: for the node to join before "server unavailable".
+    connect_grace = 2.0
+
+    #: Seconds between readiness checks (a split is noticed and healed by them).
+    readiness_interval = 0.5
+
+    #: Seconds the netsplit gate reuses a positive readiness answer (it asks on every
+    #: PUBLISH; a split is noticed by the gate at most this late).
+    ready_ttl = 0.05
+
     def __init__(self, config: BrokerConfig, broker: Any, reactor: Any,
                  metadata: Any = None) -> None:
         self.config = config
@@ -85,6 +100,7 @@ class ClusterNode(Service):
         self.router = ClusterRouter(broker, self.metadata, self.links)
         self.registry = ClientRegistry(broker, self.metadata, self.links)
         self.router.control = self.registry.control
+        self.reclaimer = Reclaimer(broker, self.metadata, self.registry)
         self.server = LinkServerFactory(
             self.cluster.nodename, self.cluster.cookie, self.router.deliver,
             max_frame_size=self.cluster.incoming_buffer_size,
@@ -108,6 +124,16 @@ class ClusterNode(Service):
         #: Member table, netsplit counters, cluster metrics, health (:mod:`.monitor`).
         self.monitor = ClusterMonitor(self)
         self.monitor.register(getattr(broker, "metrics", None))
+        #: Peer name -> when its link was created (the connect grace counts from it).
+        self._linked_at: dict[str, float] = {}
+        self._started_at: float | None = None
+        self._settling: list[Deferred[bool]] = []
+        self._settle_call: Any = None
+        self.split = False
+        self._claim_errors_seen = 0
+        self._ready_until = 0.0
+        self._readiness = LoopingCall(self._check_readiness)
+        self._readiness.clock = reactor
         self.setName("cluster")
 
     # -- listening --------------------------------------------------------------
@@ -165,7 +191,10 @@ class ClusterNode(Service):
         self.metadata.address = self.address
         self.router.attach()
         self.registry.attach()
+        self._started_at = self.reactor.seconds()
         self._join()
+        interval = min(self.readiness_interval, self.cluster.heartbeat_interval)
+        self._readiness.start(interval, now=False)
 
     def _join(self) -> None:
         self._join_call = None
@@ -208,6 +237,9 @@ class ClusterNode(Service):
         if self._join_call is not None and self._join_call.active():
             self._join_call.cancel()
         self._join_call = None
+        if self._readiness.running:
+            self._readiness.stop()
+        self._settled(False)
         waits: list[Deferred[Any]] = [link.stop() for link in self.links.values()]
         self.links.clear()
         for port in self.ports:
@@ -223,7 +255,10 @@ class ClusterNode(Service):
 
     def is_ready(self) -> bool:
         """Whether this node sees the whole cluster: joined, the engine answers, and a
-        handshaken link to every other live member is up."""
+        handshaken link to every other live member is up -- or, for a member that just
+        appeared, its first link is still being set up (no attempt failed) and was
+        created less than :attr:`connect_grace` seconds ago: a fresh node in a healthy
+        cluster, and the nodes it joins, serve at once."""
         meta = self.metadata
         if not self.joined or not meta.reachable:
             return False
@@ -233,22 +268,97 @@ class ClusterNode(Service):
             if name != me:
                 link = links.get(name)
                 if link is None or not link.connected:
-                    return False
+                    if link is None or not self._connecting(name, link):
+                        return False
         return True
+
+    def _connecting(self, name: str, link: PeerLink) -> bool:
+        since = self._linked_at.get(name)
+        return (since is not None and link.failed_attempts == 0
+                and self.reactor.seconds() - since < self.connect_grace)
 
     def gate(self, authorizers: dict[str, Any]) -> dict[str, Any]:
         """The listeners' authorizers behind the netsplit flags (:mod:`.netsplit`)."""
-        return {key: NetsplitGate(RegistrationGate(a, self.registry), self.is_ready,
-                                  self.cluster)
+        return {key: NetsplitGate(RegistrationGate(a, self.registry), self.ready_now,
+                                  self.cluster, settle=self.settle)
                 for key, a in authorizers.items()}
+
+    def _forget_ready(self) -> None:
+        self._ready_until = 0.0
+
+    def ready_now(self) -> bool:
+        """:meth:`is_ready` for the gate: a positive answer is reused for
+        :attr:`ready_ttl` seconds, or until the member view or a link changes."""
+        now = self.reactor.seconds()
+        if now < self._ready_until:
+            return True
+        if self.is_ready():
+            self._ready_until = now + self.ready_ttl
+            return True
+        return False
+
+    def settle(self) -> Deferred[bool] | None:
+        """While the node is starting (less than :attr:`connect_grace` seconds since it
+        started, not ready yet): a Deferred firing True once it is ready, False at the
+        end of the grace; None once the node has had its chance (refuse at once)."""
+        started = self._started_at
+        if started is None or self.reactor.seconds() - started >= self.connect_grace:
+            return None
+        d: Deferred[bool] = Deferred()
+        self._settling.append(d)
+        if self._settle_call is None:
+            self._settle_call = self.reactor.callLater(0.02, self._poll_settling)
+        return d
+
+    def _poll_settling(self) -> None:
+        self._settle_call = None
+        if self.is_ready():
+            self._settled(True)
+        elif self._started_at is None or \
+                self.reactor.seconds() - self._started_at >= self.connect_grace:
+            self._settled(False)
+        elif self._settling:
+            self._settle_call = self.reactor.callLater(0.02, self._poll_settling)
+
+    def _settled(self, ready: bool) -> None:
+        if self._settle_call is not None and self._settle_call.active():
+            self._settle_call.cancel()
+        self._settle_call = None
+        waiting, self._settling = self._settling, []
+        for d in waiting:
+            d.callback(ready)
+
+    def _check_readiness(self) -> None:
+        """Periodic: notice a split (not ready after having been ready) and its end;
+        at the end, resolve the client ids accepted on both sides. A claim that failed
+        since the last check (an engine blip shorter than the check) counts as well."""
+        if not self.joined:
+            return
+        if not self.is_ready():
+            if not self.split:
+                self.split = True
+                self.log.warn("cluster node {node}: netsplit: not every member is "
+                              "reachable", node=self.cluster.nodename)
+            return
+        errors = self.registry.claim_errors
+        if self.split:
+            self.split = False
+            self.log.info("cluster node {node}: netsplit resolved; every member reachable",
+                          node=self.cluster.nodename)
+        elif errors == self._claim_errors_seen:
+            return
+        self._claim_errors_seen = errors
+        self.reclaimer.reconcile()
 
     # -- members -> links ----------------------------------------------------------
 
     def members_changed(self, up: dict[str, Member], down: set[str]) -> None:
         """The member view changed (metadata watcher): one link per live peer."""
         me = self.cluster.nodename
+        self._ready_until = 0.0
         for name in down:
             link = self.links.pop(name, None)
+            self._linked_at.pop(name, None)
             if link is not None:
                 link.stop()
                 self.registry.migrator.link_lost(name)
@@ -259,7 +369,9 @@ class ClusterNode(Service):
             old = self.links.pop(name, None)
             if old is not None:
                 old.stop()
-            self.links[name] = self._link(member)
+            link = self.links[name] = self._link(member)
+            link.on_change = self._forget_ready
+            self._linked_at[name] = self.reactor.seconds()
 
     def _link(self, member: Member) -> PeerLink:
         tls, host, port = split_address(member.address)

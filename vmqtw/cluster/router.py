@@ -18,13 +18,15 @@ Messages from peers reach :meth:`ClusterRouter.deliver`, which publishes them wi
 only, never forwarded again; a group ``ENQ`` goes to one local member of that group.
 
 Nothing here touches a socket: the links are looked up through ``links`` (peer name ->
-anything with ``send(record)``), which :class:`~vmqtw.cluster.node.ClusterNode` keeps.
+anything with ``send(record)``), which :class:`~vmqtw.cluster.node.ClusterNode` keeps. A
+link that also has ``send_encoded(bytes)`` (:class:`~vmqtw.cluster.link.PeerLink`) gets a
+publish encoded once, straight from the message (:func:`link_bytes`).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from vmqtw.cluster.codec import Enq, EnqAck, Msg, Record, decode_batch, encode_record
+from vmqtw.cluster.codec import Enq, EnqAck, Msg, Record, decode_batch, encode_msg, encode_record
 from vmqtw.cluster.metadata import MetadataUnavailable, RetainedChange, RouteChange
 from vmqtw.cluster.shared import (
     DELIVERED, NO_MEMBER, PendingPicks, Pick, SharedRoutes, enq_for_group, group_key,
@@ -67,11 +69,20 @@ def to_record(message: Message, mountpoint: str, now: float) -> Msg:
                encoded)
 
 
+def link_bytes(message: Message, mountpoint: str, now: float) -> bytes:
+    """The encoded ``MSG`` record of ``message`` (as ``encode_record(to_record(...))``),
+    without the intermediate record for a message with no properties."""
+    if not message.properties and message.expires_at is None:
+        return encode_msg(mountpoint, message.topic, message.payload, message.qos,
+                          message.retain)
+    return encode_record(to_record(message, mountpoint, now))
+
+
 def from_record(record: Msg, now: float) -> Message:
     """The :class:`Message` a link record carries, its expiry started at ``now``."""
-    props: dict[str, Any] = {}
-    if record.properties:
-        props, _ = decode_properties(record.properties, 0, PUBLISH)
+    if not record.properties:  # no expiry interval either: nothing to start
+        return Message(record.topic, record.payload, record.qos, record.retain)
+    props, _ = decode_properties(record.properties, 0, PUBLISH)
     message = Message(record.topic, record.payload, record.qos, record.retain, props)
     message.start_expiry(now)
     return message
@@ -207,6 +218,7 @@ class ClusterRouter:
         if tree is not None:
             matches = tree.match(message.topic)
             if matches:
+                data: bytes | None = None
                 seen: set[str] = set()
                 for _f, node, _v in matches:
                     if node in seen:
@@ -215,13 +227,20 @@ class ClusterRouter:
                     link = self.links.get(node)
                     if link is None:
                         continue
-                    if record is None:
-                        record = to_record(message, mountpoint, self.broker.clock.seconds())
-                    link.send(record)
+                    send_encoded = getattr(link, "send_encoded", None)
+                    if send_encoded is not None:
+                        if data is None:
+                            data = link_bytes(message, mountpoint, self.broker.clock.seconds())
+                        send_encoded(data)
+                    else:
+                        if record is None:
+                            record = to_record(message, mountpoint,
+                                               self.broker.clock.seconds())
+                        link.send(record)
                     self.forwarded += 1
-        if record is not None:
-            self.matches_remote += 1
-        if not self.shared:
+                if record is not None or data is not None:
+                    self.matches_remote += 1
+        if not self.shared.trees:  # (not the __bool__ call: this runs per publish)
             return None
         policy = self.broker.config.shared_subscription_policy
         if policy == "local_only":

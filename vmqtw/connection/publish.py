@@ -253,13 +253,16 @@ def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> N
     """A PUBLISH the plugins refused: an error acknowledgement (5.0), a plain
     one (3.1 unless configured otherwise), or the connection closes."""
     level = conn.protocol_level
-    conn.counters[conn.slots.mqtt_publish_auth_error] += 1  # type: ignore[attr-defined]
-    conn.log.info("client {client_id!r}: publish to {topic!r} not authorized ({reason})",
-                  client_id=conn.client_id, topic=packet.topic, reason=verdict.reason)
     if verdict.reason == "netsplit":  # the cluster is split: drop, keep the connection
+        conn.counters[conn.slots.mqtt_publish_error] += 1  # type: ignore[attr-defined]
+        conn.log.info("client {client_id!r}: publish to {topic!r} dropped: cluster not ready",
+                      client_id=conn.client_id, topic=packet.topic)
         if level == MQTT5 and packet.qos:
             refuse_publish5(conn, packet, reasons.UNSPECIFIED_ERROR, "cluster not ready")
         return
+    conn.counters[conn.slots.mqtt_publish_auth_error] += 1  # type: ignore[attr-defined]
+    conn.log.info("client {client_id!r}: publish to {topic!r} not authorized ({reason})",
+                  client_id=conn.client_id, topic=packet.topic, reason=verdict.reason)
     if level == MQTT5:
         if packet.qos:
             refuse_publish5(conn, packet, reasons.NOT_AUTHORIZED, "not authorized")

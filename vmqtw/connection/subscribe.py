@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 
 from vmqtw.auth.api import Error, Ok
+from vmqtw.cluster.netsplit import NETSPLIT
 from vmqtw.auth.modifiers import ModifierError, check_subscribe
 from vmqtw.codec import reasons
 from vmqtw.codec.encoder import encode
@@ -76,11 +77,17 @@ def authorized_subscribe(conn: Connection, verdict: Any, packet: Subscribe, sess
     rewritten: dict[int, tuple[str, int]] = {}
     if wanted:
         if verdict.__class__ is Error:
-            conn.counters[conn.slots.mqtt_subscribe_auth_error] += 1  # type: ignore[attr-defined]
-            conn.log.info("client {client_id!r}: subscribe to {filters} not authorized",
-                          client_id=session.client_id, filters=[f for f, _ in wanted])
+            if verdict.reason == NETSPLIT:  # the cluster is split (VerneMQ's counter)
+                conn.counters[conn.slots.mqtt_subscribe_error] += 1  # type: ignore[attr-defined]
+                conn.log.info("client {client_id!r}: subscribe to {filters} refused: "
+                              "cluster not ready", client_id=session.client_id,
+                              filters=[f for f, _ in wanted])
+            else:
+                conn.counters[conn.slots.mqtt_subscribe_auth_error] += 1  # type: ignore[attr-defined]
+                conn.log.info("client {client_id!r}: subscribe to {filters} not authorized",
+                              client_id=session.client_id, filters=[f for f, _ in wanted])
             denied = reasons.SUBACK_FAILURE if level != MQTT5 else (
-                reasons.UNSPECIFIED_ERROR if verdict.reason == "netsplit"  # cluster split
+                reasons.UNSPECIFIED_ERROR if verdict.reason == NETSPLIT
                 else reasons.NOT_AUTHORIZED)
             codes = [c if c >= 0x80 else denied for c in codes]
         elif verdict.__class__ is Ok and verdict.modifiers:
@@ -144,6 +151,10 @@ def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
     if conn.state != CONNECTED or session is None:
         conn.protocol_violation("UNSUBSCRIBE before CONNECT")
         return
+    refused = getattr(conn.authorizer, "unsubscribe_refused", None)  # cluster nodes only
+    if refused is not None and refused():
+        netsplit_unsubscribe(conn, packet)
+        return
     topics = packet.topics
     notifier = conn.notifier
     if notifier.unsubscribe:
@@ -156,3 +167,16 @@ def handle_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
         codes = [reasons.SUCCESS] * len(packet.topics)
     conn.write(encode(Unsuback(packet.packet_id, codes), conn.protocol_level))
     conn.counters[conn.slots.mqtt_unsuback_sent] += 1  # type: ignore[attr-defined]
+
+
+def netsplit_unsubscribe(conn: Connection, packet: Unsubscribe) -> None:
+    """An UNSUBSCRIBE while the cluster is split (``allow_unsubscribe_during_netsplit``
+    off): the subscriptions stay; MQTT 5.0 gets UNSUBACK 0x80 per filter, 3.x no
+    UNSUBACK at all (it has no failure code; as VerneMQ, the client retries)."""
+    conn.counters[conn.slots.mqtt_unsubscribe_error] += 1  # type: ignore[attr-defined]
+    conn.log.info("client {client_id!r}: unsubscribe from {filters} refused: cluster not "
+                  "ready", client_id=conn.client_id, filters=packet.topics)
+    if conn.protocol_level == MQTT5:
+        codes = [reasons.UNSPECIFIED_ERROR] * len(packet.topics)
+        conn.write(encode(Unsuback(packet.packet_id, codes), MQTT5))
+        conn.counters[conn.slots.mqtt_unsuback_sent] += 1  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from vmqtw.cluster.memory_metadata import MemoryEngine, MemoryMetadata
 from vmqtw.cluster.netsplit import NetsplitGate
 from vmqtw.cluster.node import ClusterNode
-from vmqtw.codec import Connack, Puback, Suback
+from vmqtw.codec import Connack, Puback, Suback, Unsuback, Unsubscribe
 from vmqtw.config import ClusterConfig, parse
 from vmqtw.core.broker import Broker
 from vmqtw.test.harness import BASE, BrokerTestCase, Client, Harness, connected5
@@ -80,6 +80,59 @@ class GateTests(BrokerTestCase):
             c.subscribe(1, ("t", 1))
             packets = c.packets()
             self.assertEqual([(type(p), p.reason_codes) for p in packets], [(Suback, [0x80])])
+
+    def counter(self, name: str) -> float:
+        return self.hn.broker.metrics.aggregated()[name][1]
+
+    def test_refusals_counted_as_netsplit_errors(self) -> None:
+        """Refused PUBLISH and SUBSCRIBE count in VerneMQ's mqtt_publish_error and
+        mqtt_subscribe_error, not in the *_auth_error counters."""
+        for level in (4, 5):
+            c = self.connected(level)
+            c.publish("t", b"x", 1)
+            c.subscribe(1, ("t", 1))
+        self.assertEqual(self.counter("mqtt_publish_error"), 2)
+        self.assertEqual(self.counter("mqtt_subscribe_error"), 2)
+        self.assertEqual(self.counter("mqtt_publish_auth_error"), 0)
+        self.assertEqual(self.counter("mqtt_subscribe_auth_error"), 0)
+
+    def unsubscribe_while_split(self, level: int) -> tuple[Client, list[Any]]:
+        """A client subscribed to "t" while ready sends UNSUBSCRIBE [t, u] while not."""
+        self.ready = True
+        c = self.hn.connected("c") if level == 4 else connected5(self.hn, "c")
+        c.subscribe(1, ("t", 1))
+        c.packets()
+        self.ready = False
+        c.send(Unsubscribe(2, ["t", "u"]))
+        return c, c.packets()
+
+    def test_unsubscribe_refused(self) -> None:
+        """While not ready, with allow_unsubscribe_during_netsplit off, an UNSUBSCRIBE
+        fails: 5.0 gets UNSUBACK 0x80 per filter, 3.1.1 no UNSUBACK (as VerneMQ); the
+        subscription stays (a later publish reaches it) and mqtt_unsubscribe_error counts
+        each refusal."""
+        for level, expected in ((4, []), (5, [(Unsuback, [0x80, 0x80])])):
+            c, packets = self.unsubscribe_while_split(level)
+            self.assertEqual([(type(p), p.reason_codes) for p in packets], expected)
+            self.assertFalse(c.closed)
+            self.assertIn("t", c.session.subscriptions)
+            self.ready = True
+            pub = self.hn.connected("p")
+            pub.publish("t", b"still")
+            self.assertIn(b"still", c.take())
+        self.assertEqual(self.counter("mqtt_unsubscribe_error"), 2)
+        self.assertEqual(self.gate.refused, 2)
+
+    def test_unsubscribe_flag_on(self) -> None:
+        """With allow_unsubscribe_during_netsplit on, an UNSUBSCRIBE works while not
+        ready: UNSUBACK success, the subscription is gone."""
+        self.make(allow_register_during_netsplit=True,
+                  allow_unsubscribe_during_netsplit=True)
+        c, packets = self.unsubscribe_while_split(5)
+        self.assertEqual([(type(p), p.reason_codes) for p in packets],
+                         [(Unsuback, [0, 0x11])])
+        self.assertNotIn("t", c.session.subscriptions)
+        self.assertEqual(self.counter("mqtt_unsubscribe_error"), 0)
 
     def test_flags_on_allow_everything(self) -> None:
         """With the publish and subscribe flags on, a node that is not ready serves
