@@ -45,7 +45,7 @@ REPEATS = 30
 COUNTER_LISTS = {"counters", "values"}
 #: ... and ``obj.ATTR += n`` for the per-connection and per-session counts
 #: the metrics sum at scrape time (``vmqtw.metrics``).
-COUNTER_ATTRIBUTES = {"publishes_sent", "bytes_out", "bytes_in"}
+COUNTER_ATTRIBUTES = {"bytes_out"}
 
 
 def scenario(subscribers: int) -> float:
