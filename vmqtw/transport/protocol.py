@@ -155,9 +155,12 @@ class MQTTProtocol(Protocol):
         gates = self._gates
         if not gates or not gates[0][1]:  # closed meanwhile, or an older one still waits
             return
-        out = self._out
+        released: list[bytes] = []
         while gates and gates[0][1]:
-            out.extend(gates.popleft()[2])
+            released.extend(gates.popleft()[2])
+        if self.broker.traced:  # Broker.flush traced _out before these joined it
+            self._trace_sent(released)
+        self._out.extend(released)
         if not self._flushing:
             self.flush()
 
@@ -201,12 +204,16 @@ class MQTTProtocol(Protocol):
         """Report the packets about to be flushed to ``vmq-admin trace client`` if
         this connection's client is traced (``Broker.flush`` calls it while a trace
         runs; the packets are decoded again, off the hot path)."""
+        self._trace_sent(self._out)
+
+    def _trace_sent(self, chunks: list[bytes]) -> None:
+        """Report the packets in ``chunks`` as sent, if the client is traced."""
         client = self.connection.client
-        if not self._out or client is None or \
+        if not chunks or client is None or \
                 (client.mountpoint, client.client_id) not in self.broker.traced:
             return
         try:
-            packets = Decoder(protocol_level=self.protocol_level).feed(b"".join(self._out))
+            packets = Decoder(protocol_level=self.protocol_level).feed(b"".join(chunks))
         except CodecError:
             return
         for packet in packets:
