@@ -284,8 +284,9 @@ class VersionSlots:
     Every name of ``BOTH_VERSIONS`` (and, for MQTT 3.x, ``V4_ONLY``) is an
     attribute holding its slot: ``values[slots.mqtt_publish_received] += 1``.
     ``connack(code)``, ``reason(name, code)`` give the slot of a CONNACK return
-    code (3.x) or of a 5.0 reason code; both return the spare slot, never failing, for a
-    code VerneMQ has no series for (``metrics.spare``, a slot never exported).
+    code (3.x) or of a 5.0 reason code; both return the spare slot
+    (``metrics.spare``, never exported), never failing, for a code VerneMQ has
+    no series for.
     """
 
     def __init__(self, metrics: "Metrics", protocol_level: int) -> None:
