@@ -9,14 +9,15 @@ Even that is too much for what happens once per delivered message (an
 increment is ~5% of a fanned-out QoS 0 delivery in CPython), so two counters
 are completed at scrape time (``current()``) instead:
 
-- ``mqtt_publish_sent``: a PUBLISH that ``Session.deliver`` writes at once to
-  an MQTT 3.x client is not counted where it is written.  The callers of
-  ``deliver`` count its calls, once per routed message (``DELIVER_CALLS``,
-  ``Broker.publish`` adds the number of sessions it delivered to); ``deliver``
-  counts the calls that did not end that way: nothing written yet (offline,
-  queued, dropped: ``DELIVER_HELD``) or written to a 5.0 client
-  (``DELIVER_SENT5``).  Version 4 gets calls - held - sent5 on top of its slot
-  (PUBLISHes sent from the queue, resent...), version 5 gets ``DELIVER_SENT5``.
+- ``mqtt_publish_sent``: a PUBLISH that ``Session.deliver_routed`` writes at
+  once to an MQTT 3.x client is not counted where it is written.  Its callers
+  count its calls (``DELIVER_CALLS``): ``Broker.publish`` adds the number of
+  sessions a message went to once per message, ``Session.deliver`` (for every
+  other caller) one per call.  ``deliver_routed`` counts the calls that did
+  not end in such a write: nothing written yet (offline, queued, dropped:
+  ``DELIVER_HELD``) or written to a 5.0 client (``DELIVER_SENT5``).  Version 4
+  gets calls - held - sent5 on top of its slot (PUBLISHes sent from the
+  queue, resent...), version 5 gets ``DELIVER_SENT5``.
 - ``bytes_sent``: each connection adds what it flushes to its own
   ``bytes_out``; ``connection_opened`` / ``connection_closed`` keep the set of
   live connections, whose counts a scrape adds and whose count is folded into

@@ -526,7 +526,7 @@ class Broker:
             counters = self.counters
             counters[ROUTER_MATCHES_LOCAL] += 1
             count = self._deliver(sub, message, sender, sub.sub_ids)
-            counters[DELIVER_CALLS] += count  # (Session.deliver counts less: see its doc)
+            counters[DELIVER_CALLS] += count  # (see Session.deliver_routed)
             return count
         first: dict[SessionKey, Subscription] = {}
         overlapping: dict[SessionKey, list[Subscription]] | None = None
@@ -614,7 +614,7 @@ class Broker:
                 message = self.deliver_hook(session, message, qos, retain)
             elif qos and session.persistent and self.offline_hook is not None:
                 self.offline_hook(session, message, qos, retain)
-        session.deliver(message, qos, retain, sub_ids)
+        session.deliver_routed(message, qos, retain, sub_ids)  # (the callers count it)
         return 1
 
     def message_dropped(self, session: Session, message: Message, reason: str) -> None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from vmqtw.codec.packets import SubOptions
 from vmqtw.core.message import Message
-from vmqtw.metrics import DELIVER_CALLS
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmqtw.core.broker import Broker, Subscription
@@ -167,6 +166,5 @@ class RetainedSender:
                     store.retained_set(session.mountpoint, msg.topic, None)
                     continue
             qos = options.qos if session.upgrade_qos else min(msg.qos, options.qos)
-            session.counters[DELIVER_CALLS] += 1  # (see Session.deliver)
             session.deliver(msg, qos, True, job.sub.sub_ids)
         return max(steps, 1), steps < budget

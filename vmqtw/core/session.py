@@ -23,7 +23,7 @@ from zope.interface import Attribute, Interface
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import Pubrel, SubOptions
 from vmqtw.core.message import Message
-from vmqtw.metrics import DELIVER_HELD, DELIVER_SENT5, INTERNAL_SLOTS
+from vmqtw.metrics import DELIVER_CALLS, DELIVER_HELD, DELIVER_SENT5, INTERNAL_SLOTS
 # The delivery states and the key are shared with the stores (re-exported here).
 from vmqtw.core.values import (  # noqa: F401
     QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
@@ -222,11 +222,18 @@ class Session:
         """Send ``message`` at ``qos`` now, or queue it, or drop it when over a limit.
 
         ``sub_ids`` are the MQTT 5.0 subscription identifiers of the matching
-        subscriptions (ignored for 3.x connections).
+        subscriptions (ignored for 3.x connections)."""
+        self.counters[DELIVER_CALLS] += 1
+        self.deliver_routed(message, qos, retain, sub_ids)
 
-        Metrics: the caller counts the call in ``counters[DELIVER_CALLS]``; a
-        PUBLISH written here to a 3.x client is not counted (the scrape derives
-        it, see ``vmqtw.metrics``), every other outcome is."""
+    def deliver_routed(self, message: Message, qos: int, retain: bool,
+                       sub_ids: tuple[int, ...] = NO_IDS) -> None:
+        """``deliver``, for a caller that counts its calls itself in
+        ``counters[DELIVER_CALLS]`` (``Broker.publish``: once per message).
+
+        A PUBLISH written here at once to a 3.x client is not counted: the
+        scrape derives it from the calls (see ``vmqtw.metrics``); every other
+        outcome is counted here."""
         conn = self.conn
         if conn is None:
             self.counters[DELIVER_HELD] += 1

@@ -9,6 +9,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw.codec import PUBLISH, Connect, Puback, Publish, Subscribe, SubOptions, Unsubscribe
+from vmqtw.core.message import Message
+from vmqtw.core.values import SessionKey
 from vmqtw.metrics import BYTES_SENT, Metrics
 from vmqtw.test.connection_harness import BASE, Client, Rig
 from vmqtw.test.harness import Harness
@@ -190,6 +192,24 @@ class PublishSentTests(SynchronousTestCase):
                                                                 packet_id=1))
         self.client("late4", 4, ("r/#", SubOptions(1)))
         self.client("late5", 5, ("r/#", SubOptions(0)))
+        self.rig.broker.flush()
+        self.check()
+        self.assertEqual(self.got, {"4": 2, "5": 2})
+
+    def test_direct_deliver_calls(self) -> None:
+        """Code that hands a message to a session itself (not through
+        Broker.publish, e.g. a session moved from another node) is counted too,
+        whatever the outcome."""
+        v4 = self.client("v4", 4)
+        v5 = self.client("v5", 5)
+        away = self.client("away", 4, clean=False)
+        away.lose()
+        self.clients.pop()
+        message = Message("d", b"x", 1)
+        for client in (v4, v5):
+            client.session.deliver(message, 0, False)
+            client.session.deliver(message, 1, False)
+        self.rig.broker.sessions[SessionKey("", "away")].deliver(message, 1, False)
         self.rig.broker.flush()
         self.check()
         self.assertEqual(self.got, {"4": 2, "5": 2})
