@@ -30,12 +30,8 @@ metrics show``, the ``$SYS`` publisher): gauges from the ``Broker`` (sessions,
 subscriptions, retained messages), counters that the core keeps itself
 (``Broker.dropped``) and process figures.
 
-``MetricsCollector`` exposes the registry as prometheus-client metric
-families, for any prometheus-client registry or the OpenMetrics writer.  The
-classic text format (what VerneMQ serves and what its dashboards query) is
-written by ``exposition()``: prometheus-client's own text writer appends
-``_total`` to every counter name, which VerneMQ does not do (its names have no
-suffix, and ``node`` is the first label).
+The Prometheus side (``MetricsCollector``, ``exposition()``: VerneMQ's text
+format) is in ``vmqtw.metrics_export``; both can be imported from here too.
 """
 from __future__ import annotations
 
@@ -43,13 +39,11 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from typing import Any, Callable, Iterator
 
 from vmqtw.codec import reasons as rc
+# The exposition lives in its own module; importing it from here still works.
+from vmqtw.metrics_export import MetricsCollector, exposition  # noqa: F401
 
 #: VerneMQ 2.x's ``prometheus_namespace`` default.
 DEFAULT_NAMESPACE = "vernemq_"
@@ -589,51 +583,6 @@ def _rss(usage: Any) -> int:
     except (OSError, ValueError, IndexError):
         # ru_maxrss: kilobytes on Linux, bytes on macOS (a peak, the best we have)
         return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-# -- export ------------------------------------------------------------------------
-
-class MetricsCollector(Collector):
-    """The registry as prometheus-client metric families (``node`` label first,
-    names with the namespace, counters without ``_total``)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        m = self.metrics
-        families: dict[str, Metric] = {}
-        for typ, name, labels, value in m.samples():
-            full = m.namespace + name
-            family = families.get(full)
-            if family is None:
-                family = families[full] = Metric(full, m.describe(name)[1], typ)
-            family.add_sample(full, {"node": m.node, **dict(labels)}, value)
-        return list(families.values())
-
-
-def exposition(metrics: Metrics) -> bytes:
-    """The Prometheus text format (0.0.4) as VerneMQ writes it: one ``# HELP``
-    and ``# TYPE`` per name, one line per labelled series, ``node`` first."""
-    out: list[str] = []
-    for family in MetricsCollector(metrics).collect():
-        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} {family.type}\n")
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
-    return "".join(out).encode()
-
-
-def _number(value: float) -> str:
-    """Integers as VerneMQ writes them (``12``), anything else as Go would."""
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return str(int(value))
-    return floatToGoString(value)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def metrics_settings(extra: Any) -> tuple[str, str]:
