@@ -5,17 +5,33 @@ Counters live in one plain list, ``Metrics.values``; every labelled series
 resolves its slots once (at wiring time or at CONNECT, see ``version_slots``)
 and then only does ``values[slot] += 1``: no locks, no objects, no calls.
 
+Even that is too much for what happens once per delivered message (an
+increment is ~5% of a fanned-out QoS 0 delivery in CPython), so two counters
+are completed at scrape time (``current()``) instead:
+
+- ``mqtt_publish_sent``: a PUBLISH that ``Session.deliver_routed`` writes at
+  once to an MQTT 3.x client is not counted where it is written.  Its callers
+  count its calls (``DELIVER_CALLS``): ``Broker.publish`` adds the number of
+  sessions a message went to once per message, ``Session.deliver`` (for every
+  other caller) one per call.  ``deliver_routed`` counts the calls that did
+  not end in such a write: nothing written yet (offline, queued, dropped:
+  ``DELIVER_HELD``) or written to a 5.0 client (``DELIVER_SENT5``).  Version 4
+  gets calls - held - sent5 on top of its slot (PUBLISHes sent from the
+  queue, resent...), version 5 gets ``DELIVER_SENT5``.
+- ``bytes_sent``: each connection adds what it flushes to its own
+  ``bytes_out``; ``connection_opened`` / ``connection_closed`` keep the set of
+  live connections, whose counts a scrape adds and whose count is folded into
+  the slot when it closes (the sum never goes backwards).
+
+These three internal slots come first in ``values`` and are never exported.
+
 Everything else is read when somebody looks (a Prometheus scrape, ``vmq-admin
 metrics show``, the ``$SYS`` publisher): gauges from the ``Broker`` (sessions,
 subscriptions, retained messages), counters that the core keeps itself
 (``Broker.dropped``) and process figures.
 
-``MetricsCollector`` exposes the registry as prometheus-client metric
-families, for any prometheus-client registry or the OpenMetrics writer.  The
-classic text format (what VerneMQ serves and what its dashboards query) is
-written by ``exposition()``: prometheus-client's own text writer appends
-``_total`` to every counter name, which VerneMQ does not do (its names have no
-suffix, and ``node`` is the first label).
+The Prometheus side (``MetricsCollector``, ``exposition()``: VerneMQ's text
+format) is in ``vmqtw.metrics_export``; both can be imported from here too.
 """
 from __future__ import annotations
 
@@ -23,13 +39,11 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from typing import Any, Callable, Iterator
 
 from vmqtw.codec import reasons as rc
+# The exposition lives in its own module; importing it from here still works.
+from vmqtw.metrics_export import MetricsCollector, exposition  # noqa: F401
 
 #: VerneMQ 2.x's ``prometheus_namespace`` default.
 DEFAULT_NAMESPACE = "vernemq_"
@@ -221,9 +235,18 @@ PROCESS: dict[str, tuple[str, str]] = {
 }
 
 
-#: The slots of the counters without labels: they come first in every
+#: Internal slots (never exported, first in every registry): calls of
+#: ``Session.deliver`` (counted by its callers), those calls that wrote
+#: nothing yet, and those that wrote to a 5.0 client; see the module's doc.
+DELIVER_CALLS = 0
+DELIVER_HELD = 1
+DELIVER_SENT5 = 2
+INTERNAL_SLOTS = 3
+
+#: The slots of the counters without labels: they come next in every
 #: registry, in ``PLAIN_COUNTERS`` order, so code may use these constants.
-PLAIN_SLOT: dict[str, int] = {name: i for i, name in enumerate(PLAIN_COUNTERS)}
+PLAIN_SLOT: dict[str, int] = {name: INTERNAL_SLOTS + i
+                              for i, name in enumerate(PLAIN_COUNTERS)}
 SOCKET_OPEN = PLAIN_SLOT["socket_open"]
 SOCKET_CLOSE = PLAIN_SLOT["socket_close"]
 SOCKET_CLOSE_TIMEOUT = PLAIN_SLOT["socket_close_timeout"]
@@ -256,8 +279,9 @@ class VersionSlots:
     Every name of ``BOTH_VERSIONS`` (and, for MQTT 3.x, ``V4_ONLY``) is an
     attribute holding its slot: ``values[slots.mqtt_publish_received] += 1``.
     ``connack(code)``, ``reason(name, code)`` give the slot of a CONNACK return
-    code (3.x) or of a 5.0 reason code; both return -1, never failing, for a
-    code VerneMQ has no series for (``values[-1]`` is a spare slot).
+    code (3.x) or of a 5.0 reason code; both return the spare slot
+    (``metrics.spare``, never exported), never failing, for a code VerneMQ has
+    no series for.
     """
 
     def __init__(self, metrics: "Metrics", protocol_level: int) -> None:
@@ -320,10 +344,16 @@ class VersionSlots:
 class Metrics:
     """The registry of one node.
 
-    ``values`` is the list of counter values, one slot per labelled series,
-    plus a last spare slot that is never exported.  ``broker`` (set by the
-    service) is read at scrape time for the gauges.
+    ``values`` is the list of counter values: the internal slots, one slot
+    per labelled series, then a spare slot that is never exported.  Read a
+    series with ``value()`` (or ``current()``): two counters are completed at
+    scrape time (see the module's doc).  ``broker`` (set by the service) is
+    read at scrape time for the gauges.
     """
+
+    #: What a live connection counts itself (attribute, slot), added at
+    #: scrape time and folded into the slot when it closes.
+    PER_CONNECTION: tuple[tuple[str, int], ...] = (("bytes_out", BYTES_SENT),)
 
     def __init__(self, node: str = DEFAULT_NODE, namespace: str = DEFAULT_NAMESPACE,
                  broker: Any = None, clock: Callable[[], float] = time.time) -> None:
@@ -349,8 +379,12 @@ class Metrics:
             for label in names:
                 self._add(name, doc, _labels(mqtt_version="5", reason_code=label))
         assert all(self._index[(n, ())] == i for n, i in PLAIN_SLOT.items())
-        self.values: list[int] = [0] * (len(self.series) + 1)
-        self.spare = len(self.series)
+        self.values: list[int] = [0] * (INTERNAL_SLOTS + len(self.series) + 1)
+        self.spare = INTERNAL_SLOTS + len(self.series)
+        #: The live connections (``connection_opened``) and, per slot, what
+        #: they had counted at the last ``reset()``.
+        self.connections: set[Any] = set()
+        self._live_offsets: dict[int, int] = {}
         self._watched: list[Any] = []
         #: Counters kept elsewhere, read at scrape time: name -> callable.  What
         #: ``reset()`` zeroes is remembered as an offset.
@@ -359,6 +393,8 @@ class Metrics:
         self._versions = {4: VersionSlots(self, 4), 5: VersionSlots(self, 5)}
         self._versions[3] = self._versions[4]
         self.sources["queue_message_drop"] = self._broker_dropped
+        self._publish_sent = (self.slot("mqtt_publish_sent", mqtt_version="4"),
+                              self.slot("mqtt_publish_sent", mqtt_version="5"))
 
     def register_counter(self, name: str, doc: str, read: Callable[[], int]) -> None:
         """A counter kept elsewhere (a plugin, ``vmq_http_pub``), read at scrape
@@ -374,7 +410,7 @@ class Metrics:
 
     def _add(self, name: str, doc: str, labels: Labels) -> None:
         self.descriptions.setdefault(name, ("counter", doc))
-        self._index[(name, labels)] = len(self.series)
+        self._index[(name, labels)] = INTERNAL_SLOTS + len(self.series)
         self.series.append((name, labels))
 
     # -- for the code that counts ------------------------------------------------
@@ -409,6 +445,18 @@ class Metrics:
         """Add to a counter by name (for code off the hot path)."""
         self.values[self.slot(name, **labels)] += amount
 
+    def connection_opened(self, conn: Any) -> None:
+        """``conn`` counts ``PER_CONNECTION`` figures itself from now on."""
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: Any) -> None:
+        """``conn`` is gone: fold its own counts into the counters (once)."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            values = self.values
+            for attr, slot in self.PER_CONNECTION:
+                values[slot] += getattr(conn, attr)
+
     # -- for the readers -----------------------------------------------------------
 
     def _broker_dropped(self) -> int:
@@ -421,11 +469,33 @@ class Metrics:
             values[i] = 0
         for name, source in self.sources.items():
             self._offsets[name] = source()
+        for attr, slot in self.PER_CONNECTION:
+            self._live_offsets[slot] = sum(getattr(c, attr) for c in self.connections)
+
+    def current(self) -> list[int]:
+        """A copy of ``values`` with what is counted elsewhere added: the
+        PUBLISHes ``Session.deliver`` wrote without counting them and the
+        live connections' own counts (see the module's doc)."""
+        values = list(self.values)
+        sent4, sent5 = self._publish_sent
+        sent5_now = values[DELIVER_SENT5]
+        values[sent4] += values[DELIVER_CALLS] - values[DELIVER_HELD] - sent5_now
+        values[sent5] += sent5_now
+        connections = self.connections
+        for attr, slot in self.PER_CONNECTION:
+            values[slot] += sum(getattr(c, attr) for c in connections) - \
+                self._live_offsets.get(slot, 0)
+        return values
+
+    def value(self, name: str, **labels: str) -> int:
+        """The current value of one counter series (without the sources of
+        ``register_counter``)."""
+        return self.current()[self.slot(name, **labels)]
 
     def samples(self) -> Iterator[tuple[str, str, Labels, float]]:
         """Every series: (type, name, labels, value), names without namespace,
         series of one name together, counters first."""
-        values = self.values
+        values = self.current()
         extra = {name: source() - self._offsets.get(name, 0)
                  for name, source in self.sources.items()}
         for name, parts in DERIVED.items():
@@ -513,51 +583,6 @@ def _rss(usage: Any) -> int:
     except (OSError, ValueError, IndexError):
         # ru_maxrss: kilobytes on Linux, bytes on macOS (a peak, the best we have)
         return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-# -- export ------------------------------------------------------------------------
-
-class MetricsCollector(Collector):
-    """The registry as prometheus-client metric families (``node`` label first,
-    names with the namespace, counters without ``_total``)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        m = self.metrics
-        families: dict[str, Metric] = {}
-        for typ, name, labels, value in m.samples():
-            full = m.namespace + name
-            family = families.get(full)
-            if family is None:
-                family = families[full] = Metric(full, m.describe(name)[1], typ)
-            family.add_sample(full, {"node": m.node, **dict(labels)}, value)
-        return list(families.values())
-
-
-def exposition(metrics: Metrics) -> bytes:
-    """The Prometheus text format (0.0.4) as VerneMQ writes it: one ``# HELP``
-    and ``# TYPE`` per name, one line per labelled series, ``node`` first."""
-    out: list[str] = []
-    for family in MetricsCollector(metrics).collect():
-        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {family.name} {doc}\n# TYPE {family.name} {family.type}\n")
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
-    return "".join(out).encode()
-
-
-def _number(value: float) -> str:
-    """Integers as VerneMQ writes them (``12``), anything else as Go would."""
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return str(int(value))
-    return floatToGoString(value)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def metrics_settings(extra: Any) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from vmqtw.auth.hooks import Notifier
 from vmqtw.codec import reasons
 from vmqtw.codec.decoder import Decoder
 from vmqtw.codec.encoder import encode
-from vmqtw.codec.errors import CodecError, UnsupportedProtocolVersion
+from vmqtw.codec.errors import CodecError, PacketTooLarge, UnsupportedProtocolVersion
 from vmqtw.codec.packets import (
     AUTH, CONNECT, DISCONNECT, MQTT5, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL,
     SUBSCRIBE, UNSUBSCRIBE, Connack, Disconnect,
@@ -410,6 +410,11 @@ class Connection:
 
     def codec_error(self, error: CodecError) -> None:
         """A packet that cannot be decoded: refuse the CONNECT or close."""
+        if isinstance(error, PacketTooLarge):  # over max_message_size (or before login)
+            slots = self.slots
+            if self.state == AWAIT_CONNECT:  # the CONNECT itself: its version if readable
+                slots = self.broker.metrics.version_slots(self.connect_level() or 4)
+            self.counters[slots.mqtt_invalid_msg_size_error] += 1  # type: ignore[attr-defined]
         if isinstance(error, UnsupportedProtocolVersion):
             self.log.info("refusing {peer}: {reason}", peer=self.peer_str(), reason=str(error))
             code = reasons.CONNACK_UNACCEPTABLE_PROTOCOL

@@ -275,6 +275,7 @@ def unauthorized_publish(conn: Connection, packet: Publish, verdict: Error) -> N
             conn.write(encode(Pubrec(packet.packet_id), level))  # type: ignore[arg-type]
             conn.count_sent("mqtt_pubrec_sent")
         return
+    conn.closing_because("not authorized")
     conn.close()
 
 

@@ -18,7 +18,7 @@ from vmqtw.core.session import Inflight, Session, SessionEnv
 from vmqtw.core.interfaces import IStore
 from vmqtw.core.topics import TopicTree, parse_shared
 from vmqtw.core.values import QUEUED, WAIT_PUBCOMP, SessionKey
-from vmqtw.metrics import ROUTER_MATCHES_LOCAL, Metrics
+from vmqtw.metrics import DELIVER_CALLS, ROUTER_MATCHES_LOCAL, Metrics
 
 
 class Subscription:
@@ -523,8 +523,11 @@ class Broker:
                 sub = sub.pick(self.config.shared_subscription_policy)
                 if sub is None:
                     return 0
-            self.counters[ROUTER_MATCHES_LOCAL] += 1
-            return self._deliver(sub, message, sender, sub.sub_ids)
+            counters = self.counters
+            counters[ROUTER_MATCHES_LOCAL] += 1
+            count = self._deliver(sub, message, sender, sub.sub_ids)
+            counters[DELIVER_CALLS] += count  # (see Session.deliver_routed)
+            return count
         first: dict[SessionKey, Subscription] = {}
         overlapping: dict[SessionKey, list[Subscription]] | None = None
         shared: list[SharedGroup] = []
@@ -560,7 +563,9 @@ class Broker:
             member = group.pick(self.config.shared_subscription_policy)
             if member is not None:
                 count += self._deliver(member, message, sender, member.sub_ids)
-        self.counters[ROUTER_MATCHES_LOCAL] += len(first) + len(shared)
+        counters = self.counters
+        counters[ROUTER_MATCHES_LOCAL] += len(first) + len(shared)
+        counters[DELIVER_CALLS] += count
         return count
 
     def deliver_shared(self, message: Message, mountpoint: str, group: str,
@@ -574,7 +579,9 @@ class Broker:
         member = shared.pick(self.config.shared_subscription_policy)
         if member is None:
             return 0
-        return self._deliver(member, message, None, member.sub_ids)
+        count = self._deliver(member, message, None, member.sub_ids)
+        self.counters[DELIVER_CALLS] += count
+        return count
 
     def _deliver_once(self, subs: list[Subscription], message: Message,
                       sender: Session | None) -> int:
@@ -607,7 +614,7 @@ class Broker:
                 message = self.deliver_hook(session, message, qos, retain)
             elif qos and session.persistent and self.offline_hook is not None:
                 self.offline_hook(session, message, qos, retain)
-        session.deliver(message, qos, retain, sub_ids)
+        session.deliver_routed(message, qos, retain, sub_ids)  # (the callers count it)
         return 1
 
     def message_dropped(self, session: Session, message: Message, reason: str) -> None:

@@ -23,6 +23,7 @@ from zope.interface import Attribute, Interface
 from vmqtw.codec.encoder import encode
 from vmqtw.codec.packets import Pubrel, SubOptions
 from vmqtw.core.message import Message
+from vmqtw.metrics import DELIVER_CALLS, DELIVER_HELD, DELIVER_SENT5, INTERNAL_SLOTS
 # The delivery states and the key are shared with the stores (re-exported here).
 from vmqtw.core.values import (  # noqa: F401
     QUEUED, WAIT_PUBACK, WAIT_PUBCOMP, WAIT_PUBREC, DeliveryState, SessionKey,
@@ -117,7 +118,7 @@ class SessionEnv:
         self.max_inflight_bytes = max_inflight_bytes
         #: The metrics' counter values and the ``mqtt_publish_sent`` slots of
         #: MQTT 3.x and 5.0 (the broker sets them; -1 is a spare slot).
-        self.counters: list[int] = [0]
+        self.counters: list[int] = [0] * (INTERNAL_SLOTS + 1)
         self.publish_sent: tuple[int, int] = (-1, -1)
         #: ``mark_dirty(session)`` puts a session on the broker's list of objects
         #: flushed at the end of the input batch (``Broker.flush`` calls its
@@ -222,8 +223,20 @@ class Session:
 
         ``sub_ids`` are the MQTT 5.0 subscription identifiers of the matching
         subscriptions (ignored for 3.x connections)."""
+        self.counters[DELIVER_CALLS] += 1
+        self.deliver_routed(message, qos, retain, sub_ids)
+
+    def deliver_routed(self, message: Message, qos: int, retain: bool,
+                       sub_ids: tuple[int, ...] = NO_IDS) -> None:
+        """``deliver``, for a caller that counts its calls itself in
+        ``counters[DELIVER_CALLS]`` (``Broker.publish``: once per message).
+
+        A PUBLISH written here at once to a 3.x client is not counted: the
+        scrape derives it from the calls (see ``vmqtw.metrics``); every other
+        outcome is counted here."""
         conn = self.conn
         if conn is None:
+            self.counters[DELIVER_HELD] += 1
             if qos == 0 or not self.persistent:
                 self._drop(message, "offline_qos0")
                 return
@@ -233,23 +246,26 @@ class Session:
             self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
             return
         if self.queue or conn.paused:
+            self.counters[DELIVER_HELD] += 1
             self._enqueue_online(message, qos, retain, sub_ids)
             return
         if qos == 0:
             level = conn.protocol_level
             if level < 5:
                 conn.write(message.encoded_qos0(level, retain))
-            else:
-                data = self._encode5(conn, message, 0, retain, None, False, sub_ids)
-                if data is None:
-                    return
-                conn.write(data)
-            self.counters[self.sent_slot] += 1
+                return
+            data = self._encode5(conn, message, 0, retain, None, False, sub_ids)
+            if data is None:
+                self.counters[DELIVER_HELD] += 1
+                return
+            conn.write(data)
+            self.counters[DELIVER_SENT5] += 1
             return
         n = len(self.inflight)  # inflight_full(), inlined on the hot path
         if n >= self.max_inflight or n >= self.client_receive_max or (
                 self.max_inflight_bytes and n and
                 self.inflight_bytes + len(message.payload) > self.max_inflight_bytes):
+            self.counters[DELIVER_HELD] += 1
             self._enqueue_online(message, qos, retain, sub_ids)
             return
         self._send_inflight(conn, message, qos, retain, sub_ids)
@@ -331,7 +347,8 @@ class Session:
 
     def _send_inflight(self, conn: Any, message: Message, qos: int, retain: bool,
                        sub_ids: tuple[int, ...] = NO_IDS, queued: bool = False) -> None:
-        """Send a QoS 1/2 PUBLISH; ``queued``: it was just taken off the queue."""
+        """Send a QoS 1/2 PUBLISH; ``queued``: it was just taken off the queue
+        (otherwise ``deliver`` sends it, and it is counted as ``deliver`` says)."""
         pid = self._allocate_pid()
         level = conn.protocol_level
         data: bytes | None
@@ -343,6 +360,8 @@ class Session:
                 self._next_pid = pid  # not used after all
                 if queued and self.persistent:
                     self.env.store.message_dequeued(self.key, message)
+                if not queued:
+                    self.counters[DELIVER_HELD] += 1
                 return
         now = self.env.clock.seconds()
         self.inflight[pid] = Inflight(message, qos, retain,
@@ -357,11 +376,13 @@ class Session:
                 # under another id).  Connections that hold output for the store
                 # provide write_durable.
                 getattr(conn, "write_durable", conn.write)(data)
-                self.counters[self.sent_slot] += 1
+                if queued or level >= 5:  # (not: 3.x from deliver, see its doc)
+                    self.counters[self.sent_slot if queued else DELIVER_SENT5] += 1
                 self._schedule_retry(level)
                 return
         conn.write(data)
-        self.counters[self.sent_slot] += 1
+        if queued or level >= 5:  # (not: 3.x from deliver, see its doc)
+            self.counters[self.sent_slot if queued else DELIVER_SENT5] += 1
         self._schedule_retry(level)
 
     def _schedule_retry(self, level: int) -> None:

@@ -17,7 +17,7 @@ class CountingTests(SynchronousTestCase):
         self.metrics = self.rig.broker.metrics
 
     def count(self, name: str, **labels: str) -> int:
-        return self.metrics.values[self.metrics.slot(name, **labels)]
+        return self.metrics.value(name, **labels)
 
     def test_connect_and_connack_by_version_and_code(self) -> None:
         """CONNECT is counted under the mqtt_version it asks for, and each CONNACK under
