@@ -43,8 +43,10 @@ NO_EFFECT: dict[str, tuple[Validator, str]] = {
                  "status of this node)"),
     "distributed_cookie": (_str, _CLUSTER + " (no Erlang distribution cookie)"),
     "metadata_plugin": (_str, _CLUSTER + ": no replicated metadata store"),
-    "max_drain_time": (_int(0), _CLUSTER + ": queues never migrate"),
-    "max_msgs_per_drain_step": (_int(0), _CLUSTER + ": queues never migrate"),
+    "max_drain_time": (_int(0), "a queue moving to another cluster node goes whole, "
+                       "bounded by remote_enqueue_timeout (no drain steps)"),
+    "max_msgs_per_drain_step": (_int(0), "a queue moving to another cluster node goes "
+                                "whole, bounded by remote_enqueue_timeout (no drain steps)"),
     "outgoing_clustering_buffer_size": (_int(0), _CLUSTER),
     "queue_sup_sup_children": (_int(1), _ERLANG + " (queue supervisors)"),
     "queue_deliver_mode": (_str, "only meant for allow_multiple_sessions, removed in "

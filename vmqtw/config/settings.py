@@ -290,7 +290,8 @@ class LogConfig:
 CLUSTER_KEYS: frozenset[str] = frozenset({
     "nodename", "distributed_cookie", "metadata_plugin", "outgoing_clustering_buffer_size",
     "allow_register_during_netsplit", "allow_publish_during_netsplit",
-    "allow_subscribe_during_netsplit",
+    "allow_subscribe_during_netsplit", "allow_unsubscribe_during_netsplit",
+    "coordinate_registrations",
 })
 
 #: The values of ``metadata_plugin``: ``none`` is a one-node broker (VerneMQ's own

@@ -391,13 +391,15 @@ class ClusterConfigTests(SynchronousTestCase):
     def test_cluster_keys_warned_only_on_a_single_node(self) -> None:
         """nodename, distributed_cookie... have no effect (a warning) without a metadata
         engine, and no warning on a cluster node, which honours them."""
-        keys = "nodename = n@h\ndistributed_cookie = c\nallow_publish_during_netsplit = on\n"
+        keys = ("nodename = n@h\ndistributed_cookie = c\nallow_publish_during_netsplit = on\n"
+                "allow_unsubscribe_during_netsplit = on\ncoordinate_registrations = off\n")
         def warned(config: Any) -> list[str]:  # the default plugins' files aside
             return sorted(w.key for w in config.warnings if not w.key.startswith("plugins."))
 
         single = parse(BASE + keys)
         self.assertEqual(warned(single),
-                         ["allow_publish_during_netsplit", "distributed_cookie", "nodename"])
+                         ["allow_publish_during_netsplit", "allow_unsubscribe_during_netsplit",
+                          "coordinate_registrations", "distributed_cookie", "nodename"])
         node = parse(BASE + keys + "metadata_plugin = redis\n"
                      "listener.vmq.clustering = 127.0.0.1:0\n")
         self.assertEqual(warned(node), [])
