@@ -14,6 +14,9 @@ after our service is built, so filtering only in observers would miss them).
 - ``log.console.rotation.size`` / ``.keep``: the console file is rotated at
   that size and that many old files are kept;
 - ``log.error.file`` (with ``log.error = on``): errors are also written there;
+- ``log.console.file.format`` / ``log.error.file.format``: ``text`` (Twisted's
+  text lines) or ``json`` (one JSON object per line, ``vmqtw.log_json``) for
+  those two files; standard output is always text, as in VerneMQ;
 - ``log.syslog``: events at ``log.syslog.level`` and above also go to the
   local syslog (``/dev/log``, facility daemon, ident ``vmqtw``), through the
   standard library's ``SysLogHandler``.
@@ -45,6 +48,7 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from vmqtw.config.settings import LogConfig
+from vmqtw.log_json import json_file_log_observer
 
 __all__ = ["Logger", "set_level", "observers", "install", "uninstall", "configure"]
 
@@ -114,23 +118,32 @@ class SyslogObserver:
         self.handler.handle(record)
 
 
+def _file_observer(stream: Any, form: str, node: str) -> Any:
+    """The observer writing ``stream`` in format ``form`` (``text`` or ``json``)."""
+    if form == "json":
+        return json_file_log_observer(stream, node)
+    return textFileLogObserver(stream)
+
+
 def observers(log: LogConfig, stdout: IO[str] | None = None, *,
               console: bool = True,
-              syslog_factory: Callable[[], ILogObserver] | None = None) -> list[ILogObserver]:
+              syslog_factory: Callable[[], ILogObserver] | None = None,
+              node: str = "") -> list[ILogObserver]:
     """The observers ``log`` asks for, each filtered at its level.
 
     ``console`` False leaves out the standard-output observer (twistd has its
     own).  ``syslog_factory`` makes the syslog observer (tests pass a fake).
+    ``node`` (the node name) goes into every line of a JSON file.
     """
     out: list[ILogObserver] = []
     if console and log.console in ("console", "both"):
         out.append(_at_least(log.level, textFileLogObserver(stdout or sys.stdout)))
     if log.console in ("file", "both"):
         stream = _file(log.console_file, log.rotation_size, log.rotation_keep)
-        out.append(_at_least(log.level, textFileLogObserver(stream)))  # type: ignore[arg-type,unused-ignore]
+        out.append(_at_least(log.level, _file_observer(stream, log.console_format, node)))
     if log.error_file:
         stream = _file(log.error_file, log.error_rotation_size, log.error_rotation_keep)
-        out.append(_at_least("error", textFileLogObserver(stream)))  # type: ignore[arg-type,unused-ignore]
+        out.append(_at_least("error", _file_observer(stream, log.error_format, node)))
     if log.syslog:
         make = syslog_factory or SyslogObserver
         out.append(_at_least(log.syslog_level, make()))
@@ -139,13 +152,16 @@ def observers(log: LogConfig, stdout: IO[str] | None = None, *,
 
 def install(log: LogConfig, publisher: LogPublisher | None = None, *,
             console: bool = False, stdout: IO[str] | None = None,
-            syslog_factory: Callable[[], ILogObserver] | None = None) -> list[ILogObserver]:
+            syslog_factory: Callable[[], ILogObserver] | None = None,
+            node: str = "") -> list[ILogObserver]:
     """Set the level for every ``Logger`` and add the observers of ``log`` to
     ``publisher`` (the global one by default).  By default the console
     observer is left to whoever began logging (twistd, ``vmqtw`` main);
-    ``console=True`` adds it too.  Returns the observers added."""
+    ``console=True`` adds it too.  ``node`` labels JSON lines.  Returns the
+    observers added."""
     set_level(log.level)
-    added = observers(log, stdout, console=console, syslog_factory=syslog_factory)
+    added = observers(log, stdout, console=console, syslog_factory=syslog_factory,
+                      node=node)
     target = globalLogPublisher if publisher is None else publisher
     for observer in added:
         target.addObserver(observer)
@@ -159,6 +175,6 @@ def uninstall(added: list[ILogObserver], publisher: LogPublisher | None = None) 
         target.removeObserver(observer)
 
 
-def configure(log: LogConfig) -> list[ILogObserver]:
+def configure(log: LogConfig, node: str = "") -> list[ILogObserver]:
     """``install(log)`` on the global publisher (the service calls it at startup)."""
-    return install(log)
+    return install(log, node=node)

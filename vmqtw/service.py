@@ -301,7 +301,8 @@ class BrokerService(MultiService):
 
     def privilegedStartService(self) -> None:
         if not self._log_observers:
-            self._log_observers = logs.install(self.config.log)
+            self._log_observers = logs.install(self.config.log,
+                                               node=self.config.cluster.nodename)
         for warning in self.config.warnings:
             self.log.warn("{config_warning}", config_warning=str(warning))
         self.restore()

@@ -71,6 +71,8 @@ def build_log(parser: Any) -> LogConfig:
             error_rotation_keep=got.get("log.error.rotation.keep", 5),
             syslog=got.get("log.syslog", False),
             syslog_level=got.get("log.syslog.level", "info"),
+            console_format=got.get("log.console.file.format", "text"),
+            error_format=got.get("log.error.file.format", "text"),
         )
     except SettingError as e:
         parser.fail(parser.sources.get(e.option, 0), e.option, e.message)

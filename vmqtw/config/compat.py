@@ -67,10 +67,8 @@ NO_EFFECT: dict[str, tuple[Validator, str]] = {
     "graphite_include_labels": (_bool, "Graphite metrics reporting is " + _NOT_YET),
     "expire_retain_cache": (_int(0), "vmqtw keeps no retained-message cache to expire "
                             "(an expired retained message is dropped when read)"),
-    "log.console.file.format": (_str, "log lines are Twisted's text format"),
     "log.console.rotation.compress_on_rotate": (_bool, "rotated logs are not "
                                                 "compressed"),
-    "log.error.file.format": (_str, "log lines are Twisted's text format"),
     "log.error.rotation.compress_on_rotate": (_bool, "rotated logs are not compressed"),
 }
 

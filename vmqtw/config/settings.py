@@ -238,6 +238,8 @@ class StoreConfig:
 
 #: The values of ``log.console``.
 LOG_CONSOLE_MODES: tuple[str, ...] = ("console", "file", "both", "off")
+#: ``log.console.file.format`` / ``log.error.file.format`` (VerneMQ 2.x's choices).
+LOG_FILE_FORMATS: tuple[str, ...] = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,10 @@ class LogConfig:
     - ``error_file``: ``log.error.file`` when ``log.error`` is on (errors
       and worse are also written there), else ``""``.
     - ``syslog``: ``log.syslog``; ``syslog_level`` its level.
+    - ``console_format`` / ``error_format``: ``text`` or ``json``
+      (``log.console.file.format`` / ``log.error.file.format``): the format of
+      ``console_file`` / ``error_file``; standard output stays text, as in
+      VerneMQ.
     """
 
     console: str = "console"
@@ -271,8 +277,15 @@ class LogConfig:
     error_rotation_keep: int = 5
     syslog: bool = False
     syslog_level: str = "info"
+    console_format: str = "text"
+    error_format: str = "text"
 
     def __post_init__(self) -> None:
+        for option, value in (("log.console.file.format", self.console_format),
+                              ("log.error.file.format", self.error_format)):
+            if value not in LOG_FILE_FORMATS:
+                raise SettingError(option, f"expected one of "
+                                   f"{', '.join(LOG_FILE_FORMATS)}, got {value!r}")
         if self.console not in LOG_CONSOLE_MODES:
             raise SettingError("log.console", f"expected one of "
                                f"{', '.join(LOG_CONSOLE_MODES)}, got {self.console!r}")
