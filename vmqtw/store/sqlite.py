@@ -90,6 +90,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         self.reactor = reactor
         self.sync = sync
         self.clock = clock if clock is not None else time.time
+        self._seconds: Callable[[], float] = getattr(reactor, "seconds", time.monotonic)
         self._retained = RetainedTree()
         # index
         self._refs: dict[int, _Ref] = {}
@@ -106,10 +107,24 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         self._p_retained: dict[tuple[str, str], Message | None] = {}
         self._p_qos2: dict[tuple[str, str, int], bool] = {}
         self._p_disconnect_all: float | None = None
-        self._p_waiters: list[Deferred[None]] = []
+        #: durable() waiters of the pending batch: (mark, Deferred), oldest first;
+        #: a waiter depends on the pending inserts with a seq below its mark.
+        self._p_waiters: deque[tuple[int, Deferred[None]]] = deque()
+        #: ``_next_seq`` at the first pending change that is not a cancellable
+        #: insert (waiters from then on wait for the commit); None = none yet.
+        self._p_pin: int | None = None
+        #: The pending batch has something that may not wait (see ``hold``).
+        self._p_urgent = False
+        #: The oldest pending insert's seq (or ``_next_seq`` when none).
+        self._p_lo = 0
+        #: (first seq, clock time) marks of held inserts, oldest first.
+        self._p_stamps: deque[tuple[int, float]] = deque()
+        self._released: list[Deferred[None]] = []
+        self._release_call: Any = None
         self._dirty = False
         # writer
         self._scheduled: Any = None
+        self._scheduled_held = False  # _scheduled waits for ``hold``
         self._committing: _Batch | None = None
         self._batches = 0
         self._failed: Failure | None = None
@@ -171,6 +186,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
                 del self._p_qos2[k]
         self._p_sessions[key] = [True, None, None]
         self._changed()
+        self._advance()
 
     # -- IStore and more: deliveries ---------------------------------------------------------
 
@@ -214,6 +230,9 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         old = inflight.pop(packet_id, None)
         if old is not None:
             self._remove_entry(sess, old)
+        if qos == 1 and not queued and sess.rtt < self.hold / 2:
+            self._sent_held(sess, key, message, retain, sub_ids, packet_id)
+            return
         state = WAIT_PUBACK if qos == 1 else WAIT_PUBREC
         if queued:
             mkey = id(message)
@@ -228,12 +247,55 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
                     row[8] = packet_id
                 else:
                     self._p_state[seq] = (state, packet_id)
-                    if not self._dirty:
+                    if self._p_pin is None:
                         self._changed()
                 inflight[packet_id] = seq
                 return
-        inflight[packet_id] = self._add_entry(sess, key, message, qos, retain, sub_ids,
-                                              state, packet_id)
+        seq = self._add_entry(sess, key, message, qos, retain, sub_ids, state, packet_id)
+        if qos == 1 and not sess.probe:  # time this one's PUBACK (see _sent_held)
+            sess.probe = seq
+            sess.probe_at = self._seconds()
+        inflight[packet_id] = seq
+
+    def _sent_held(self, sess: _Sess, key: SessionKey, message: Message, retain: bool,
+                   sub_ids: tuple[int, ...], packet_id: int) -> None:
+        """``message_sent`` for a QoS 1 message to a client that acknowledges
+        within half of ``hold`` on average: the record may wait (its PUBACK
+        usually comes first, and the record is then never written).  QoS 2 and
+        queued messages are not held: a QoS 2 PUBLISH waits for its record, and
+        a queue may wait for long.  (Like ``_add_entry``, inlined:
+        this runs once per message.)"""
+        mkey = id(message)
+        refs = self._refs
+        ref = refs.get(mkey)
+        if ref is None:
+            row = self._next_msg
+            self._next_msg = row + 1
+            ref = refs[mkey] = _Ref(row, message, True)
+            self._p_msgs[row] = message
+        ref.refs += 1
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        p_ins = self._p_ins
+        stamps = self._p_stamps
+        if not p_ins:
+            self._p_lo = seq
+            stamps.clear()
+        p_ins[seq] = [seq, key[0], key[1], ref.row, 1, 1 if retain else 0,
+                      encode_sub_ids(sub_ids) if sub_ids else None, WAIT_PUBACK, packet_id]
+        sess.entries[seq] = mkey
+        sess.inflight[packet_id] = seq
+        now = self._seconds()
+        if not stamps or now - stamps[-1][1] >= self.hold / 4:
+            stamps.append((seq, now))
+        if not sess.probe:  # time this one's PUBACK
+            sess.probe = seq
+            sess.probe_at = now
+        if not self._dirty:
+            self._dirty = True
+            if self._committing is None and self._scheduled is None and not self._closed:
+                self._scheduled = self.reactor.callLater(self.hold, self._start_commit)
+                self._scheduled_held = True
 
     def message_released(self, key: SessionKey, packet_id: int) -> None:
         """PUBREC received for ``packet_id``: PUBREL sent, waiting for PUBCOMP."""
@@ -283,6 +345,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
     def _add_entry(self, sess: _Sess, key: SessionKey, message: Message, qos: int,
                    retain: bool, sub_ids: tuple[int, ...], state: int,
                    packet_id: int | None) -> int:
+        """Record a delivery that may not wait (see ``_sent_held`` for one that may)."""
         mkey = id(message)
         ref = self._refs.get(mkey)
         if ref is None:
@@ -293,20 +356,40 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         ref.refs += 1
         seq = self._next_seq
         self._next_seq = seq + 1
-        self._p_ins[seq] = [seq, key[0], key[1], ref.row, qos, 1 if retain else 0,
-                            encode_sub_ids(sub_ids) if sub_ids else None, state, packet_id]
+        p_ins = self._p_ins
+        if not p_ins:
+            self._p_lo = seq
+            self._p_stamps.clear()
+        p_ins[seq] = [seq, key[0], key[1], ref.row, qos, 1 if retain else 0,
+                      encode_sub_ids(sub_ids) if sub_ids else None, state, packet_id]
         sess.entries[seq] = mkey
-        if not self._dirty:
-            self._changed()
+        if not self._p_urgent:
+            self._urgent()
         return seq
 
     def _remove_entry(self, sess: _Sess, seq: int) -> None:
         mkey = sess.entries.pop(seq)
+        if seq == sess.probe:
+            sess.probe = 0
+            # (capped: a client that was away a while is fast again soon)
+            sample = min(self._seconds() - sess.probe_at, 8 * self.hold)
+            sess.rtt += (sample - sess.rtt) / 4
         if self._p_ins.pop(seq, None) is None:
             self._p_state.pop(seq, None)
             self._p_del.add(seq)
             self._changed()
-        self._unref(mkey)
+        elif seq == self._p_lo:  # the oldest pending insert: cancelled, never written
+            self._advance()
+        ref = self._refs[mkey]  # _unref, inlined
+        ref.refs -= 1
+        if ref.refs:
+            return
+        del self._refs[mkey]
+        if ref.new:
+            self._p_msgs.pop(ref.row, None)
+        else:
+            self._p_msgs[ref.row] = None
+            self._changed()
 
     def _unref(self, mkey: int) -> None:
         ref = self._refs[mkey]
