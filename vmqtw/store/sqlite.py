@@ -17,6 +17,20 @@ starts goes into one transaction (group commit).
 the call is committed.  The broker holds PUBACK/PUBREC to a publisher until
 then, one ``durable()`` per input batch, not per message.
 
+Held records
+------------
+Most QoS 1 messages to a persistent session go to a connected client that
+acknowledges within a round trip.  Such a record (``message_sent``, QoS 1, for
+a session whose measured time to acknowledge is under half of ``hold``) is not
+handed to the writer at once: the commit waits until the oldest pending record
+is ``hold`` old (or for a record that may not wait: a queued message, QoS 2,
+a session change...).  A record acknowledged meanwhile is cancelled: never
+written, and a ``durable()`` waiter that depended only on cancelled records
+(and on the batch being committed, if any) fires without a commit: the
+message it waited for was delivered.  So what ``durable()`` promises becomes:
+everything recorded before the call is committed, or no longer needed because
+its message was delivered and acknowledged.
+
 Sync modes (``persistent_store.sync``)
 --------------------------------------
 - ``group`` (default): batches, ``synchronous=NORMAL``.  In WAL mode a
