@@ -386,7 +386,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         if seq == sess.probe:
             sess.probe = 0
             # (capped: a client that was away a while is fast again soon)
-            sample = min(self._seconds() - sess.probe_at, 8 * self.hold)
+            sample = min(max(self._seconds() - sess.probe_at, 0.0), 8 * self.hold)
             sess.rtt += (sample - sess.rtt) / 4
         if self._p_ins.pop(seq, None) is None:
             self._p_state.pop(seq, None)

@@ -219,7 +219,13 @@ class SQLiteWriter(SQLiteFile):
         stamps = self._p_stamps
         while len(stamps) > 1 and stamps[1][0] <= lo:
             stamps.popleft()
-        return stamps[0][1] + self.hold - self._seconds()
+        now = self._seconds()
+        first, stamped = stamps[0]
+        if stamped > now:  # the clock was set back: count from now
+            stamps.clear()
+            stamps.append((first, now))
+            stamped = now
+        return stamped + self.hold - now
 
     def _start_commit(self) -> None:
         call = self._scheduled

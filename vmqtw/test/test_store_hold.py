@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,10 +19,10 @@ from twisted.trial.unittest import TestCase
 
 from vmqtw.core.message import Message
 from vmqtw.store import FILENAME, SQLiteStore
-from vmqtw.store.records import WAIT_PUBACK
+from vmqtw.store.records import WAIT_PUBACK, SessionKey
 
-KEY = ("", "c1")
-KEY2 = ("", "c2")
+KEY = SessionKey("", "c1")
+KEY2 = SessionKey("", "c2")
 
 
 def turn() -> Deferred[None]:
@@ -270,6 +271,18 @@ class WhatIsHeldTests(HoldTestCase):
         store.message_acked(KEY, 1)
         yield store.durable()
         self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(0,)])
+
+    @inlineCallbacks
+    def test_clock_set_back_does_not_hold_records_longer(self) -> None:
+        """When the clock is set back while a record is held, the record is
+        held for ``hold`` from then, not until the clock catches up."""
+        store = self.open(hold=0.01)
+        offset = [0.0]
+        store._seconds = lambda: time.time() - offset[0]
+        store.message_sent(KEY, Message("t", b"held", 1), 1, False, 5)
+        offset[0] = 3600.0
+        yield store.durable()
+        self.assertEqual(self.rows("SELECT packet_id FROM deliveries"), [(5,)])
 
     def test_close_writes_held_records(self) -> None:
         """Closing writes held records too (a clean shutdown keeps everything)."""
