@@ -136,7 +136,8 @@ def scenarios(quick: bool) -> list[Scenario]:
                  "QoS 0 at 2,000 msg/s, 1 -> 1, p50/p99"),
         # Issue 9: what the durable store costs.  The subscriber's session is
         # persistent, so vmqtw records every message and holds each PUBACK until
-        # the batch holding it is committed (mosquitto keeps it in memory).
+        # the record is committed, or (issue 18) cancelled because the subscriber
+        # acknowledged the message first (mosquitto keeps it in memory).
         Scenario("qos1_persistent", "pubsub", persistent_args + timing,
                  "msg/s", "-", False,
                  "QoS 1, 1 -> 1 persistent subscriber; vmqtw store on (sync = group)"),
