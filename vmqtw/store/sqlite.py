@@ -190,9 +190,12 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         if sess is not None:
             p_ins, p_state, p_del = self._p_ins, self._p_state, self._p_del
             for seq, mkey in sess.entries.items():
-                if p_ins.pop(seq, None) is None:
+                row = p_ins.pop(seq, None)
+                if row is None:
                     p_state.pop(seq, None)
                     p_del.discard(seq)  # the purge deletes them
+                elif row[3].__class__ is not int:  # held: it took no message reference
+                    continue
                 self._unref(mkey)
         if self._p_qos2:
             mp, cid = key
@@ -277,17 +280,13 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         within half of ``hold`` on average: the record may wait (its PUBACK
         usually comes first, and the record is then never written).  QoS 2 and
         queued messages are not held: a QoS 2 PUBLISH waits for its record, and
-        a queue may wait for long.  (Like ``_add_entry``, inlined:
-        this runs once per message.)"""
-        mkey = id(message)
-        refs = self._refs
-        ref = refs.get(mkey)
-        if ref is None:
-            row = self._next_msg
-            self._next_msg = row + 1
-            ref = refs[mkey] = _Ref(row, message, True)
-            self._p_msgs[row] = message
-        ref.refs += 1
+        a queue may wait for long.
+
+        Like ``_add_entry``, inlined (this runs once per message), except that
+        the record holds the message itself where the others hold its row id:
+        the reference to a ``messages`` row is taken only if the record is
+        handed to the writer (``_handoff``), so a record cancelled before that
+        costs no ``_Ref`` and no pending message row."""
         seq = self._next_seq
         self._next_seq = seq + 1
         p_ins = self._p_ins
@@ -295,9 +294,9 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         if not p_ins:
             self._p_lo = seq
             stamps.clear()
-        p_ins[seq] = [seq, key[0], key[1], ref.row, 1, 1 if retain else 0,
+        p_ins[seq] = [seq, key[0], key[1], message, 1, 1 if retain else 0,
                       encode_sub_ids(sub_ids) if sub_ids else None, WAIT_PUBACK, packet_id]
-        sess.entries[seq] = mkey
+        sess.entries[seq] = id(message)
         sess.inflight[packet_id] = seq
         now = self._seconds()
         if not stamps or now - stamps[-1][1] >= self.hold / 4:
@@ -388,12 +387,16 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
             # (capped: a client that was away a while is fast again soon)
             sample = min(max(self._seconds() - sess.probe_at, 0.0), 8 * self.hold)
             sess.rtt += (sample - sess.rtt) / 4
-        if self._p_ins.pop(seq, None) is None:
+        row = self._p_ins.pop(seq, None)
+        if row is None:  # written (or handed to the writer): delete it
             self._p_state.pop(seq, None)
             self._p_del.add(seq)
             self._changed()
-        elif seq == self._p_lo:  # the oldest pending insert: cancelled, never written
-            self._advance()
+        else:  # cancelled, never written
+            if seq == self._p_lo:  # the oldest pending insert
+                self._advance()
+            if row[3].__class__ is not int:  # held: it took no message reference
+                return
         ref = self._refs[mkey]  # _unref, inlined
         ref.refs -= 1
         if ref.refs:

@@ -22,7 +22,7 @@ from vmqtw.core.message import Message
 from vmqtw.core.values import SessionKey
 from vmqtw.logs import Logger
 from vmqtw.store.records import encode_properties
-from vmqtw.store.sqlite_file import _PER_SESSION, SQLiteFile, StoreError
+from vmqtw.store.sqlite_file import _PER_SESSION, SQLiteFile, StoreError, _Ref
 
 
 
@@ -269,6 +269,22 @@ class SQLiteWriter(SQLiteFile):
         """Turn the pending changes into a batch (reactor thread) and start afresh."""
         self._batches += 1
         b = _Batch(self._batches)
+        # Held records (``_sent_held``) hold their message, not yet a reference
+        # to its row: take it now that they are written.
+        refs = self._refs
+        for rec in self._p_ins.values():
+            message = rec[3]
+            if message.__class__ is int:
+                continue
+            mkey = id(message)
+            ref = refs.get(mkey)
+            if ref is None:
+                msg_row = self._next_msg
+                self._next_msg = msg_row + 1
+                ref = refs[mkey] = _Ref(msg_row, message, new=True)
+                self._p_msgs[msg_row] = message
+            ref.refs += 1
+            rec[3] = ref.row
         for key, (purge, session, disconnected_at) in self._p_sessions.items():
             if purge:
                 b.purge.append(key)

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor
@@ -302,3 +303,84 @@ class WhatIsHeldTests(HoldTestCase):
         store.close()
         self.assertEqual(store.transactions, 0)
         self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(0,)])
+
+
+class MessageRowTests(HoldTestCase):
+    """A held record takes its reference to a ``messages`` row only when it is
+    written; the rows and references still add up in every mix."""
+
+    def reload(self, store: SQLiteStore) -> Any:
+        """Close ``store``; what a new store loads from the file."""
+        store.close()
+        again = SQLiteStore(self.dir, reactor, clock=lambda: 1000.0)
+        self.addCleanup(again.close)
+        return again.load(1000.0)
+
+    def deliveries(self, loaded: Any) -> dict[str, list[tuple[bytes, int | None]]]:
+        return {s.client_id: [(d.message.payload, d.packet_id) for d in s.deliveries]
+                for s in loaded.sessions}
+
+    def test_held_and_urgent_copies_share_one_row(self) -> None:
+        """A message held for one session and queued (written at once) for
+        another is stored once; both deliveries come back after a restart."""
+        store = self.open()
+        store.session_updated(_session(KEY))
+        store.session_updated(_session(KEY2))
+        m = Message("t", b"both", 1)
+        store.message_sent(KEY, m, 1, False, 4)
+        store.message_queued(KEY2, m, 1)
+        loaded = self.reload(store)
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(1,)])
+        self.assertEqual(self.deliveries(loaded), {"c1": [(b"both", 4)], "c2": [(b"both", None)]})
+
+    def test_other_copy_acknowledged_first(self) -> None:
+        """The written copy of a shared message is deleted, the held copy is
+        written later with a row of its own: one row, one delivery at the end."""
+        store = self.open()
+        store.session_updated(_session(KEY))
+        store.session_updated(_session(KEY2))
+        m = Message("t", b"shared", 1)
+        store.message_queued(KEY2, m, 1)
+        store.message_sent(KEY, m, 1, False, 9)
+        store.message_dequeued(KEY2, m)  # the queued copy goes first
+        loaded = self.reload(store)
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(1,)])
+        self.assertEqual(self.deliveries(loaded), {"c1": [(b"shared", 9)], "c2": []})
+
+    @inlineCallbacks
+    def test_committed_row_released_while_a_copy_is_held(self) -> None:
+        """A message whose row is on disk loses its last written delivery while
+        a copy of it is held: the held copy is written with the message, so
+        the restart still finds it."""
+        store = self.open()
+        store.session_updated(_session(KEY))
+        store.session_updated(_session(KEY2))
+        m = Message("t", b"again", 1)
+        store.message_queued(KEY2, m, 1)
+        yield store.durable()
+        store.message_sent(KEY, m, 1, False, 2)
+        store.message_dequeued(KEY2, m)
+        loaded = self.reload(store)
+        self.assertEqual(self.rows("SELECT payload FROM messages"), [(b"again",)])
+        self.assertEqual(self.deliveries(loaded), {"c1": [(b"again", 2)], "c2": []})
+
+    def test_session_deleted_with_a_held_record(self) -> None:
+        """Deleting a session with a held record leaves no reference behind:
+        the message's other copy, once acknowledged, takes its row along."""
+        store = self.open()
+        store.session_updated(_session(KEY2))
+        m = Message("t", b"gone", 1)
+        store.message_sent(KEY, m, 1, False, 1)
+        store.message_queued(KEY2, m, 1)
+        store.session_deleted(KEY)
+        store.message_dequeued(KEY2, m)
+        self.assertEqual(store._refs, {})
+        self.reload(store)
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(0,)])
+        self.assertEqual(self.rows("SELECT count(*) FROM deliveries"), [(0,)])
+
+
+def _session(key: SessionKey) -> Any:
+    """What the store reads from a ``Session``."""
+    return SimpleNamespace(key=key, subscriptions={}, sub_ids={}, conn=None,
+                           expiry_interval=None, username=None)
