@@ -242,6 +242,57 @@ class DurableStoreTests(BrokerTestCase):
         yield self.stop(proc)
 
     @inlineCallbacks
+    def test_acknowledged_messages_survive_sigkill_with_an_online_subscriber(self):
+        """With the persistent subscriber online and acknowledging, most records are
+        cancelled before they are written (the PUBACK to the publisher then follows
+        the subscriber's).  SIGKILL right after the last PUBACK to the publisher and a
+        restart: every message was either received before the kill or is delivered
+        after it (QoS 1: duplicates allowed, nothing lost)."""
+        n = 2000
+        proc, port = yield self.start()
+        sub = self.client(port, "online-sub", clean=False)
+        yield in_thread(lambda: (sub.connect(), sub.subscribe("k/#", 1)))
+        pub = self.client(port, "killer-pub")
+
+        def publish_all():
+            pub.connect()
+            infos = [pub.client.publish(f"k/{i}", b"%d" % i, 1) for i in range(n)]
+            for info in infos:  # every PUBACK received
+                info.wait_for_publish(TIMEOUT)
+                if not info.is_published():
+                    raise AssertionError("a PUBACK did not come")
+
+        yield in_thread(publish_all)
+        yield self.kill(proc)  # right after the last PUBACK
+        yield in_thread(sub.wait_disconnected)  # paho's thread is done: all it got is queued
+        yield in_thread(pub.close)
+        before = set()
+        while not sub.messages.empty():
+            before.add(sub.messages.get_nowait().payload)
+        proc, port = yield self.start()
+        sub = self.client(port, "online-sub", clean=False)
+        pub = self.client(port, "marker-pub")
+
+        def read_rest():
+            present = sub.connect()[1]
+            pub.connect()
+            pub.publish("k/end", b"end", 1)  # after whatever the store sends again
+            got = []
+            for _ in range(n + 1):
+                m = sub.get()
+                if m.payload == b"end":
+                    return present, got
+                got.append(m.payload)
+            raise AssertionError("no end marker")
+
+        present, after = yield in_thread(read_rest)
+        self.assertTrue(present)
+        self.assertEqual(before | set(after), {b"%d" % i for i in range(n)})
+        yield in_thread(sub.close)
+        yield in_thread(pub.close)
+        yield self.stop(proc)
+
+    @inlineCallbacks
     def test_session_expiry_across_a_restart(self):
         """Session expiry counts across a restart: a session whose expiry ran out while the
         broker was down is purged at startup (and logged), a long one is restored, and one

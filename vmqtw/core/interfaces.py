@@ -76,7 +76,8 @@ class IStore(Interface):
 
     def durable() -> Any:
         """A Deferred that fires once everything recorded before the call is
-        durable (at once when nothing is pending)."""
+        durable, or no longer needed (a delivery its client acknowledged before
+        it was written); at once when nothing is pending."""
 
     def close() -> None:
         """Flush and release resources at shutdown."""

@@ -17,6 +17,20 @@ starts goes into one transaction (group commit).
 the call is committed.  The broker holds PUBACK/PUBREC to a publisher until
 then, one ``durable()`` per input batch, not per message.
 
+Held records
+------------
+Most QoS 1 messages to a persistent session go to a connected client that
+acknowledges within a round trip.  Such a record (``message_sent``, QoS 1, for
+a session whose measured time to acknowledge is under half of ``hold``) is not
+handed to the writer at once: the commit waits until the oldest pending record
+is ``hold`` old (or for a record that may not wait: a queued message, QoS 2,
+a session change...).  A record acknowledged meanwhile is cancelled: never
+written, and a ``durable()`` waiter that depended only on cancelled records
+(and on the batch being committed, if any) fires without a commit: the
+message it waited for was delivered.  So what ``durable()`` promises becomes:
+everything recorded before the call is committed, or no longer needed because
+its message was delivered and acknowledged.
+
 Sync modes (``persistent_store.sync``)
 --------------------------------------
 - ``group`` (default): batches, ``synchronous=NORMAL``.  In WAL mode a
@@ -90,6 +104,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         self.reactor = reactor
         self.sync = sync
         self.clock = clock if clock is not None else time.time
+        self._seconds: Callable[[], float] = getattr(reactor, "seconds", time.monotonic)
         self._retained = RetainedTree()
         # index
         self._refs: dict[int, _Ref] = {}
@@ -106,10 +121,24 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         self._p_retained: dict[tuple[str, str], Message | None] = {}
         self._p_qos2: dict[tuple[str, str, int], bool] = {}
         self._p_disconnect_all: float | None = None
-        self._p_waiters: list[Deferred[None]] = []
+        #: durable() waiters of the pending batch: (mark, Deferred), oldest first;
+        #: a waiter depends on the pending inserts with a seq below its mark.
+        self._p_waiters: deque[tuple[int, Deferred[None]]] = deque()
+        #: ``_next_seq`` at the first pending change that is not a cancellable
+        #: insert (waiters from then on wait for the commit); None = none yet.
+        self._p_pin: int | None = None
+        #: The pending batch has something that may not wait (see ``hold``).
+        self._p_urgent = False
+        #: The oldest pending insert's seq (or ``_next_seq`` when none).
+        self._p_lo = 0
+        #: (first seq, clock time) marks of held inserts, oldest first.
+        self._p_stamps: deque[tuple[int, float]] = deque()
+        self._released: list[Deferred[None]] = []
+        self._release_call: Any = None
         self._dirty = False
         # writer
         self._scheduled: Any = None
+        self._scheduled_held = False  # _scheduled waits for ``hold``
         self._committing: _Batch | None = None
         self._batches = 0
         self._failed: Failure | None = None
@@ -161,9 +190,12 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         if sess is not None:
             p_ins, p_state, p_del = self._p_ins, self._p_state, self._p_del
             for seq, mkey in sess.entries.items():
-                if p_ins.pop(seq, None) is None:
+                row = p_ins.pop(seq, None)
+                if row is None:
                     p_state.pop(seq, None)
                     p_del.discard(seq)  # the purge deletes them
+                elif row[3].__class__ is not int:  # held: it took no message reference
+                    continue
                 self._unref(mkey)
         if self._p_qos2:
             mp, cid = key
@@ -171,6 +203,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
                 del self._p_qos2[k]
         self._p_sessions[key] = [True, None, None]
         self._changed()
+        self._advance()
 
     # -- IStore and more: deliveries ---------------------------------------------------------
 
@@ -214,6 +247,9 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         old = inflight.pop(packet_id, None)
         if old is not None:
             self._remove_entry(sess, old)
+        if qos == 1 and not queued and sess.rtt < self.hold / 2:
+            self._sent_held(sess, key, message, retain, sub_ids, packet_id)
+            return
         state = WAIT_PUBACK if qos == 1 else WAIT_PUBREC
         if queued:
             mkey = id(message)
@@ -228,12 +264,51 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
                     row[8] = packet_id
                 else:
                     self._p_state[seq] = (state, packet_id)
-                    if not self._dirty:
+                    if self._p_pin is None:
                         self._changed()
                 inflight[packet_id] = seq
                 return
-        inflight[packet_id] = self._add_entry(sess, key, message, qos, retain, sub_ids,
-                                              state, packet_id)
+        seq = self._add_entry(sess, key, message, qos, retain, sub_ids, state, packet_id)
+        if qos == 1 and not sess.probe:  # time this one's PUBACK (see _sent_held)
+            sess.probe = seq
+            sess.probe_at = self._seconds()
+        inflight[packet_id] = seq
+
+    def _sent_held(self, sess: _Sess, key: SessionKey, message: Message, retain: bool,
+                   sub_ids: tuple[int, ...], packet_id: int) -> None:
+        """``message_sent`` for a QoS 1 message to a client that acknowledges
+        within half of ``hold`` on average: the record may wait (its PUBACK
+        usually comes first, and the record is then never written).  QoS 2 and
+        queued messages are not held: a QoS 2 PUBLISH waits for its record, and
+        a queue may wait for long.
+
+        Like ``_add_entry``, inlined (this runs once per message), except that
+        the record holds the message itself where the others hold its row id:
+        the reference to a ``messages`` row is taken only if the record is
+        handed to the writer (``_handoff``), so a record cancelled before that
+        costs no ``_Ref`` and no pending message row."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        p_ins = self._p_ins
+        stamps = self._p_stamps
+        if not p_ins:
+            self._p_lo = seq
+            stamps.clear()
+        p_ins[seq] = [seq, key[0], key[1], message, 1, 1 if retain else 0,
+                      encode_sub_ids(sub_ids) if sub_ids else None, WAIT_PUBACK, packet_id]
+        sess.entries[seq] = id(message)
+        sess.inflight[packet_id] = seq
+        now = self._seconds()
+        if not stamps or now - stamps[-1][1] >= self.hold / 4:
+            stamps.append((seq, now))
+        if not sess.probe:  # time this one's PUBACK
+            sess.probe = seq
+            sess.probe_at = now
+        if not self._dirty:
+            self._dirty = True
+            if self._committing is None and self._scheduled is None and not self._closed:
+                self._scheduled = self.reactor.callLater(self.hold, self._start_commit)
+                self._scheduled_held = True
 
     def message_released(self, key: SessionKey, packet_id: int) -> None:
         """PUBREC received for ``packet_id``: PUBREL sent, waiting for PUBCOMP."""
@@ -283,6 +358,7 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
     def _add_entry(self, sess: _Sess, key: SessionKey, message: Message, qos: int,
                    retain: bool, sub_ids: tuple[int, ...], state: int,
                    packet_id: int | None) -> int:
+        """Record a delivery that may not wait (see ``_sent_held`` for one that may)."""
         mkey = id(message)
         ref = self._refs.get(mkey)
         if ref is None:
@@ -293,20 +369,44 @@ class SQLiteStore(RetainedMixin, SQLiteWriter):
         ref.refs += 1
         seq = self._next_seq
         self._next_seq = seq + 1
-        self._p_ins[seq] = [seq, key[0], key[1], ref.row, qos, 1 if retain else 0,
-                            encode_sub_ids(sub_ids) if sub_ids else None, state, packet_id]
+        p_ins = self._p_ins
+        if not p_ins:
+            self._p_lo = seq
+            self._p_stamps.clear()
+        p_ins[seq] = [seq, key[0], key[1], ref.row, qos, 1 if retain else 0,
+                      encode_sub_ids(sub_ids) if sub_ids else None, state, packet_id]
         sess.entries[seq] = mkey
-        if not self._dirty:
-            self._changed()
+        if not self._p_urgent:
+            self._urgent()
         return seq
 
     def _remove_entry(self, sess: _Sess, seq: int) -> None:
         mkey = sess.entries.pop(seq)
-        if self._p_ins.pop(seq, None) is None:
+        if seq == sess.probe:
+            sess.probe = 0
+            # (capped: a client that was away a while is fast again soon)
+            sample = min(max(self._seconds() - sess.probe_at, 0.0), 8 * self.hold)
+            sess.rtt += (sample - sess.rtt) / 4
+        row = self._p_ins.pop(seq, None)
+        if row is None:  # written (or handed to the writer): delete it
             self._p_state.pop(seq, None)
             self._p_del.add(seq)
             self._changed()
-        self._unref(mkey)
+        else:  # cancelled, never written
+            if seq == self._p_lo:  # the oldest pending insert
+                self._advance()
+            if row[3].__class__ is not int:  # held: it took no message reference
+                return
+        ref = self._refs[mkey]  # _unref, inlined
+        ref.refs -= 1
+        if ref.refs:
+            return
+        del self._refs[mkey]
+        if ref.new:
+            self._p_msgs.pop(ref.row, None)
+        else:
+            self._p_msgs[ref.row] = None
+            self._changed()
 
     def _unref(self, mkey: int) -> None:
         ref = self._refs[mkey]

@@ -136,7 +136,7 @@ class _Ref:
 class _Sess:
     """The recorded deliveries of one session."""
 
-    __slots__ = ("queued", "inflight", "entries", "qos2")
+    __slots__ = ("queued", "inflight", "entries", "qos2", "probe", "probe_at", "rtt")
 
     def __init__(self) -> None:
         #: id(message) -> seqs of its queued entries, oldest first.
@@ -147,6 +147,13 @@ class _Sess:
         self.entries: dict[int, int] = {}
         #: incoming QoS 2 packet ids written (or handed to the writer).
         self.qos2: set[int] = set()
+        #: The seq of the QoS 1 message sent at ``probe_at`` whose PUBACK is
+        #: timed (one at a time; 0 = none), and the client's smoothed time to
+        #: acknowledge (seconds): it decides whether records may wait for the
+        #: acknowledgement (``SQLiteWriter.hold``).
+        self.probe = 0
+        self.probe_at = 0.0
+        self.rtt = 0.0
 
 
 class SQLiteFile:

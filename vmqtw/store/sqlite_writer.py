@@ -12,7 +12,8 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -21,7 +22,7 @@ from vmqtw.core.message import Message
 from vmqtw.core.values import SessionKey
 from vmqtw.logs import Logger
 from vmqtw.store.records import encode_properties
-from vmqtw.store.sqlite_file import _PER_SESSION, SQLiteFile, StoreError
+from vmqtw.store.sqlite_file import _PER_SESSION, SQLiteFile, StoreError, _Ref
 
 
 
@@ -79,8 +80,16 @@ class SQLiteWriter(SQLiteFile):
     _p_retained: dict[tuple[str, str], Message | None]
     _p_qos2: dict[tuple[str, str, int], bool]
     _p_disconnect_all: float | None
-    _p_waiters: list[Deferred[None]]
+    _p_waiters: deque[tuple[int, Deferred[None]]]
+    _p_pin: int | None
+    _p_urgent: bool
+    _p_lo: int
+    _p_stamps: deque[tuple[int, float]]
+    _released: list[Deferred[None]]
+    _release_call: Any
+    _seconds: Callable[[], float]
     _scheduled: Any
+    _scheduled_held: bool
     _committing: _Batch | None
     _batches: int
     _failed: Failure | None
@@ -88,6 +97,13 @@ class SQLiteWriter(SQLiteFile):
     _queue: queue.SimpleQueue[Any]
     _thread: threading.Thread | None
 
+    #: Seconds a record of a QoS 1 message sent to a connected client may wait
+    #: before it is handed to the writer (0 = no wait).  Such a message is
+    #: usually acknowledged within a network round trip; its record is then
+    #: cancelled before it is written (no insert, no delete), and the waiters
+    #: that depended only on it are released at once.  A record that lives
+    #: longer is written, and what waits for it waits ``hold`` longer.
+    hold: float = 0.01
 
     # -- the durability barrier ---------------------------------------------------------------
 
@@ -100,8 +116,15 @@ class SQLiteWriter(SQLiteFile):
             return succeed(None)
         d: Deferred[None] = Deferred()
         if self._dirty:
-            self._p_waiters.append(d)
-        elif self._committing is not None:
+            # Inserts recorded before now that are still pending, or another
+            # pending change made before now: wait for the pending batch (or
+            # until those inserts are cancelled, see ``_release``).
+            mark = self._next_seq
+            pin = self._p_pin
+            if (pin is not None and mark >= pin) or (self._p_ins and self._p_lo < mark):
+                self._p_waiters.append((mark, d))
+                return d
+        if self._committing is not None:
             self._committing.waiters.append(d)
         else:
             d.callback(None)
@@ -110,8 +133,10 @@ class SQLiteWriter(SQLiteFile):
     def unsynced(self) -> bool:
         """True when something recorded is not handed to the writer yet (so
         output that depends on it must wait for ``durable()``); never with
-        ``sync = none``."""
-        return self._dirty and self.sync != "none" and not self._closed
+        ``sync = none``.  Records cancelled before they were written (a
+        delivery acknowledged meanwhile) do not count."""
+        return (self._p_urgent or bool(self._p_ins)) and self.sync != "none" and \
+            not self._closed
 
     def pending(self) -> bool:
         """True while something recorded is not committed yet."""
@@ -120,16 +145,107 @@ class SQLiteWriter(SQLiteFile):
     # -- batching -----------------------------------------------------------------------------
 
     def _changed(self) -> None:
-        if self._dirty:
+        """A pending change other than a delivery insert: it is written as
+        soon as the writer is free, and waiters from now on wait for it."""
+        if self._p_pin is not None:
             return
+        self._p_pin = self._next_seq
+        self._urgent()
+
+    def _urgent(self) -> None:
+        """Something pending may not wait for ``hold``: commit when the writer is free."""
+        self._p_urgent = True
         self._dirty = True
-        if self._committing is None and self._scheduled is None and not self._closed:
+        if self._committing is not None or self._closed:
+            return  # _committed starts the next batch
+        call = self._scheduled
+        if call is None:
             self._scheduled = self.reactor.callLater(0, self._start_commit)
+            self._scheduled_held = False
+        elif self._scheduled_held:
+            call.reset(0)
+            self._scheduled_held = False
+
+    def _advance(self) -> None:
+        """The oldest pending insert is gone: find the next one, and release
+        the waiters that depended only on cancelled inserts."""
+        p_ins = self._p_ins
+        if p_ins:
+            lo = self._p_lo
+            while lo not in p_ins:  # ends: every pending seq is >= _p_lo
+                lo += 1
+        else:
+            lo = self._next_seq
+        self._p_lo = lo
+        waiters = self._p_waiters
+        if waiters and waiters[0][0] <= lo:
+            self._release(lo)
+
+    def _release(self, lo: int) -> None:
+        """Waiters whose pending inserts were all cancelled (every seq below
+        their mark is gone) and that came before any other pending change now
+        wait only for the batch being committed, or for nothing."""
+        waiters = self._p_waiters
+        pin = self._p_pin
+        released = []
+        while waiters:
+            mark = waiters[0][0]
+            if mark > lo or (pin is not None and mark >= pin):
+                break
+            released.append(waiters.popleft()[1])
+        if not released:
+            return
+        if self._committing is not None:
+            self._committing.waiters.extend(released)
+            return
+        # Fired on the next reactor turn, not from inside the acknowledgement
+        # that cancelled the insert (another connection's input).
+        self._released.extend(released)
+        if self._release_call is None:
+            self._release_call = self.reactor.callLater(0, self._fire_released)
+
+    def _fire_released(self) -> None:
+        self._release_call = None
+        released, self._released = self._released, []
+        for d in released:
+            d.callback(None)
+
+    def _hold_left(self) -> float | None:
+        """Seconds until the oldest pending (held) insert is ``hold`` old, or
+        None when every pending insert was cancelled."""
+        if not self._p_ins:
+            return None
+        lo = self._p_lo
+        stamps = self._p_stamps
+        while len(stamps) > 1 and stamps[1][0] <= lo:
+            stamps.popleft()
+        now = self._seconds()
+        first, stamped = stamps[0]
+        if stamped > now:  # the clock was set back: count from now
+            stamps.clear()
+            stamps.append((first, now))
+            stamped = now
+        return stamped + self.hold - now
 
     def _start_commit(self) -> None:
-        self._scheduled = None
+        call = self._scheduled
+        if call is not None:
+            if call.active():
+                call.cancel()
+            self._scheduled = None
         if self._committing is not None or not self._dirty or self._closed:
             return
+        if not self._p_urgent:
+            left = self._hold_left()
+            if left is None:  # everything pending was cancelled: nothing to write
+                self._dirty = False
+                self._p_stamps.clear()
+                self._advance()
+                return
+            if left > 0:
+                self._scheduled = self.reactor.callLater(left, self._start_commit)
+                self._scheduled_held = True
+                return
         if self._thread is None:
             try:
                 self._connection()
@@ -138,8 +254,8 @@ class SQLiteWriter(SQLiteFile):
                 self._failed = Failure()
                 self.log.failure("cannot write to the store {path}", self._failed,
                                  path=self.path)
-                waiters, self._p_waiters = self._p_waiters, []
-                for d in waiters:
+                waiters, self._p_waiters = self._p_waiters, deque()
+                for _, d in waiters:
                     d.errback(self._failed)
                 return
             self._thread = threading.Thread(target=self._writer, name="vmqtw-store-writer",
@@ -153,6 +269,22 @@ class SQLiteWriter(SQLiteFile):
         """Turn the pending changes into a batch (reactor thread) and start afresh."""
         self._batches += 1
         b = _Batch(self._batches)
+        # Held records (``_sent_held``) hold their message, not yet a reference
+        # to its row: take it now that they are written.
+        refs = self._refs
+        for rec in self._p_ins.values():
+            message = rec[3]
+            if message.__class__ is int:
+                continue
+            mkey = id(message)
+            ref = refs.get(mkey)
+            if ref is None:
+                msg_row = self._next_msg
+                self._next_msg = msg_row + 1
+                ref = refs[mkey] = _Ref(msg_row, message, new=True)
+                self._p_msgs[msg_row] = message
+            ref.refs += 1
+            rec[3] = ref.row
         for key, (purge, session, disconnected_at) in self._p_sessions.items():
             if purge:
                 b.purge.append(key)
@@ -206,7 +338,7 @@ class SQLiteWriter(SQLiteFile):
                 if sess is not None:
                     sess.qos2.discard(pid)
         b.disconnect_all = self._p_disconnect_all
-        b.waiters = self._p_waiters
+        b.waiters = [d for _, d in self._p_waiters]
         self._p_sessions = {}
         self._p_msgs = {}
         self._p_ins = {}
@@ -215,7 +347,11 @@ class SQLiteWriter(SQLiteFile):
         self._p_retained = {}
         self._p_qos2 = {}
         self._p_disconnect_all = None
-        self._p_waiters = []
+        self._p_waiters = deque()
+        self._p_pin = None
+        self._p_urgent = False
+        self._p_lo = self._next_seq
+        self._p_stamps.clear()
         self._dirty = False
         return b
 
@@ -312,8 +448,8 @@ class SQLiteWriter(SQLiteFile):
         if self._dirty and self._committing is None and not self._closed:
             if self._failed is not None:
                 # Nothing more reaches the disk; fail the waiters now.
-                waiters, self._p_waiters = self._p_waiters, []
-                for d in waiters:
+                waiters, self._p_waiters = self._p_waiters, deque()
+                for _, d in waiters:
                     d.errback(self._failed)
                 return
             self._start_commit()
@@ -331,6 +467,10 @@ class SQLiteWriter(SQLiteFile):
             if self._scheduled.active():
                 self._scheduled.cancel()
             self._scheduled = None
+        if self._release_call is not None:
+            if self._release_call.active():
+                self._release_call.cancel()
+            self._fire_released()
         batches = []
         if self._committing is not None:
             batches.append(self._committing)
