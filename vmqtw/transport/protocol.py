@@ -103,7 +103,14 @@ class MQTTProtocol(Protocol):
         self._abort = None
         self._out = []
         self._gates = ()
-        self.connection.connection_lost()
+        connection = self.connection
+        connection.connection_lost()
+        # The connection and this adapter point at each other: once closed, the
+        # connection talks to a stand-in, so both are freed by reference
+        # counting when the last reference goes, not by a full run of the cyclic
+        # garbage collector (see ``vmqtw.gcpolicy``: full runs are rare).
+        connection.transport = GONE
+        connection.write = connection.write_durable = GONE.write
 
     # -- IClientConnection: what the core calls -----------------------------------------
 
@@ -267,6 +274,54 @@ class MQTTProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self.paused = True
+
+
+@implementer(IClientConnection, IConnectionTransport)
+class _Gone:
+    """The transport of a ``Connection`` whose stream has ended: nothing it is
+    asked to do has any effect any more."""
+
+    protocol_level = 4
+    out5 = None
+    paused = True
+    peer: tuple[str, int] = ("", 0)
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_durable(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close_connection(self, final: bytes = b"") -> None:
+        pass
+
+    def abort_connection(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def session_taken_over(self) -> None:
+        pass
+
+    def close(self, reason_code: int | None = None) -> None:
+        pass
+
+    def preauth_username(self) -> str | None:
+        return None
+
+    def client_certificate(self) -> bytes | None:
+        return None
+
+
+#: The one stand-in for the transports of closed connections.
+GONE = _Gone()
 
 
 class MQTTFactory(Factory):
