@@ -308,6 +308,12 @@ class Decoder:
         (``feed(b"")`` decodes them without new input)."""
         self.preauth_max_packet_size = 0
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a packet not decoded yet (incomplete, or held back
+        until ``authenticated()``) are waiting for the next ``feed``."""
+        return bool(self._pending)
+
     def feed(self, data: bytes) -> list[Packet]:
         """Buffer ``data`` and return every complete packet, in order.
 

@@ -38,7 +38,7 @@ from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
-from vmqtw.logs import Logger
+from vmqtw.logs import Logger, info_enabled
 from vmqtw.metrics import (
     BYTES_RECEIVED, SOCKET_CLOSE, SOCKET_CLOSE_TIMEOUT, SOCKET_OPEN, VersionSlots,
 )
@@ -310,7 +310,7 @@ class Connection:
     def decode_rest(self) -> None:
         """Decode and handle what arrived after the CONNECT: the decoder holds
         it back until the client is authenticated (see ``Decoder.authenticated``)."""
-        if self.state == CONNECTED:
+        if self.state == CONNECTED and self.decoder.buffered:
             self.data_received(b"")
 
     def connection_lost(self) -> None:
@@ -340,6 +340,8 @@ class Connection:
         """The one info line of an accepted client going away, with why
         (``close_reason``; the socket closed if nothing else said why)."""
         self.online = False
+        if not info_enabled():  # log_level = warn: skip building the event
+            return
         client = self.client
         reason = self.close_reason
         if reason is None:
@@ -352,6 +354,8 @@ class Connection:
     def log_connect(self, present: bool, clean: bool) -> None:
         """The one info line of an accepted CONNECT (never the password)."""
         self.online = True
+        if not info_enabled():  # log_level = warn: skip building the event
+            return
         client = self.client
         self.log.info("client {client_id!r} (user {username!r}) connected from {peer} on "
                       "{listener}: MQTT level {protocol_level}, {clean_name} {clean}, "

@@ -152,9 +152,19 @@ class TimerWheel:
 _wheels: weakref.WeakKeyDictionary[Any, TimerWheel] = weakref.WeakKeyDictionary()
 
 
+# The last clock asked for and its wheel: a broker has one clock, so the weak
+# dictionary is looked up only when another clock (a test's) comes along.
+_last: tuple[Any, TimerWheel | None] = (None, None)
+
+
 def wheel_for(clock: Any) -> TimerWheel:
     """The one ``TimerWheel`` of ``clock`` (made on first use, forgotten with the clock)."""
+    global _last
+    last_clock, wheel = _last
+    if clock is last_clock and wheel is not None:
+        return wheel
     wheel = _wheels.get(clock)
     if wheel is None:
         wheel = _wheels[clock] = TimerWheel(clock)
+    _last = (clock, wheel)
     return wheel
