@@ -86,12 +86,15 @@ class MQTTProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         self.peer = peer_of(transport)
+        self._socket, self._direct = socket_under(transport)
         try:
-            transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            # On the TCP connection itself when there is one: no lookup
+            # through the layers above it (the limiter's wrapper forwards
+            # unknown attributes with a __getattr__ per call).
+            (self._socket or transport).setTcpNoDelay(True)  # type: ignore[union-attr]
         except Exception:  # unix sockets and some wrappers have no Nagle to turn off
             pass
         transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._socket, self._direct = socket_under(transport)
         self.connection.connection_made()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
