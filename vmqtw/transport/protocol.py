@@ -261,6 +261,11 @@ class MQTTProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def preauth_username(self) -> str | None:
+        if self._direct:
+            # Plain TCP under pass-through wrappers only: no TLS, PROXY or
+            # WebSocket layer that could vouch for an identity (and no walk
+            # through the wrappers' __getattr__ for attributes none has).
+            return None
         return preauth_username(self.transport, self.factory.listener)
 
     def client_certificate(self) -> bytes | None:
