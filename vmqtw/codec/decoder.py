@@ -423,6 +423,13 @@ class Decoder:
                         props = {}
                     append(Publish(topic, buf[p:end], qos, bool(b0 & 1),
                                    bool(b0 & 8), pid, props))
+                elif b0 == 0x40 and rl == 2:
+                    # Fast path: a PUBACK without reason code (one per QoS 1
+                    # delivery), as _decode_ack would decode it.
+                    pid = (buf[start] << 8) | buf[start + 1]
+                    if not pid:
+                        raise MalformedPacket("packet identifier 0")
+                    append(Puback(pid))
                 elif ptype == CONNECT:
                     if self._connected:
                         raise ProtocolError("second CONNECT")
