@@ -85,6 +85,7 @@ class Connection:
         "connack5", "auth_data", "reauth", "auth_connect", "pending", "held_inflight",
         "max_message_rate", "rate_count", "rate_window_end",
         "counters", "slots", "received", "traced", "online", "close_reason",
+        "valid_topic", "valid_depth",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -137,6 +138,10 @@ class Connection:
         self.max_message_rate = publish.message_rate_limit(broker.config)
         self.rate_count = 0
         self.rate_window_end = 0.0
+        #: The last PUBLISH topic that passed validation, and the depth limit it
+        #: passed under (see ``publish.handle_publish``).
+        self.valid_topic: str | None = None
+        self.valid_depth = 0
         # -- metrics: the counter values and this connection's slots (vmqtw.metrics) --
         self.counters: list[int] = broker.counters
         #: The slots of the connection's MQTT version (3.x until a 5.0 CONNECT).

@@ -44,11 +44,17 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
             return
     else:
         topic = packet.topic
-    try:
-        validate_topic_name(topic, conn.broker.config.topic_max_depth)
-    except TopicError as e:
-        conn.protocol_violation(f"invalid topic {topic!r}: {e}", reasons.TOPIC_NAME_INVALID)
-        return
+    depth = conn.broker.config.topic_max_depth
+    if topic != conn.valid_topic or depth != conn.valid_depth:
+        # A client usually publishes to the same topic again and again: the
+        # last topic that passed (under this depth limit) is not checked again.
+        try:
+            validate_topic_name(topic, depth)
+        except TopicError as e:
+            conn.protocol_violation(f"invalid topic {topic!r}: {e}", reasons.TOPIC_NAME_INVALID)
+            return
+        conn.valid_topic = topic
+        conn.valid_depth = depth
     qos = packet.qos
     if qos == 2 and packet.packet_id in session.incoming_qos2:
         conn.write(encode(Pubrec(packet.packet_id), level))
