@@ -33,7 +33,7 @@ from vmqtw.connection import auth, connect, control, publish, subscribe
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_AUTH, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, ClientView,
 )
-from vmqtw.connection.timers import wheel_for
+from vmqtw.connection.timers import deadlines_for, wheel_for
 from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
@@ -494,10 +494,15 @@ class Connection:
     def start_timer(self, name: str, delay: float, f: Callable[[], None]) -> None:
         """(Re)start the timer ``name``; all timers stop when the connection ends.
         The keep alive timer goes on the clock's shared ``timers.TimerWheel`` (no
-        ``DelayedCall`` per idle client; up to ``timers.GRANULARITY`` s late)."""
+        ``DelayedCall`` per idle client; up to ``timers.GRANULARITY`` s late),
+        the CONNECT timeout on its ``timers.DeadlineQueue`` (exact)."""
         self.stop_timer(name)
         if name == "keepalive":
             self.timers[name] = wheel_for(self.clock).call_later(delay, f)
+        elif name == "connect":
+            # Every connection starts one with the same delay and nearly all
+            # are cancelled at once: a shared queue, as exact as callLater.
+            self.timers[name] = deadlines_for(self.clock).call_later(delay, f)
         else:
             self.timers[name] = self.clock.callLater(delay, f)
 
