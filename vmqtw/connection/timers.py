@@ -263,9 +263,17 @@ class DeadlineQueue:
 _queues: weakref.WeakKeyDictionary[Any, DeadlineQueue] = weakref.WeakKeyDictionary()
 
 
+_last_queue: tuple[Any, DeadlineQueue | None] = (None, None)  # as _last, for the queues
+
+
 def deadlines_for(clock: Any) -> DeadlineQueue:
     """The one ``DeadlineQueue`` of ``clock`` (made on first use, forgotten with the clock)."""
+    global _last_queue
+    last_clock, queue = _last_queue
+    if clock is last_clock and queue is not None:
+        return queue
     queue = _queues.get(clock)
     if queue is None:
         queue = _queues[clock] = DeadlineQueue(clock)
+    _last_queue = (clock, queue)
     return queue
