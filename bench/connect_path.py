@@ -64,6 +64,7 @@ class Rig:
         for i in range(n):
             addr = IPv4Address("TCP", "127.0.0.1", 10000 + i)
             proto = factory.buildProtocol(addr)
+            assert proto is not None  # no max_connections here
             transport = StringTransport(peerAddress=addr)
             proto.makeConnection(transport)
             proto.dataReceived(encode(Connect(f"c{self.round}-{i}", keepalive=60), 4))

@@ -17,7 +17,8 @@ from vmqtw.codec.properties import (
     WILL, encode_binary, encode_properties, encode_string, encode_varint,
 )
 
-__all__ = ["encode", "encode_ack", "encode_publish", "encode_varint", "encode_string", "encode_binary"]
+__all__ = ["encode", "encode_ack", "encode_publish", "encode_varint", "encode_string",
+           "encode_binary"]
 
 _pack_BBH = struct.Struct(">BBH").pack
 _pack_H = struct.Struct(">H").pack
