@@ -65,6 +65,12 @@ def set_level(name: str) -> None:
     _enabled.update(_ORDER[_ORDER.index(level):])
 
 
+def info_enabled() -> bool:
+    """Whether info events are emitted: a hot path (one line per CONNECT) asks
+    before it builds an event's fields."""
+    return LogLevel.info in _enabled
+
+
 class Logger(_TwistedLogger):
     """``twisted.logger.Logger`` that drops events below the level of ``set_level``."""
 

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from vmqtw import __version__
 from vmqtw import config as configmod
+from vmqtw import gcpolicy
 from vmqtw import logs
 from vmqtw.logs import Logger
 from vmqtw.transport import activation  # noqa: F401  (before Twisted's endpoints; see there)
@@ -118,6 +119,10 @@ class _Broker(MultiService):
                 raise
             startup_failed(e)
 
+    def startService(self) -> None:
+        super().startService()
+        gcpolicy.tune()  # start-up is done: see vmqtw.gcpolicy
+
 
 def no_config_message() -> str:
     """What a bare ``vmqtw`` (no ``-c``, no ``etc/broker.conf`` here) says."""
@@ -203,5 +208,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except StartupError as e:
         startup_failed(e)
     service.startService()
+    gcpolicy.tune()  # start-up is done: see vmqtw.gcpolicy
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

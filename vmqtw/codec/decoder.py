@@ -308,6 +308,12 @@ class Decoder:
         (``feed(b"")`` decodes them without new input)."""
         self.preauth_max_packet_size = 0
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a packet not decoded yet (incomplete, or held back
+        until ``authenticated()``) are waiting for the next ``feed``."""
+        return bool(self._pending)
+
     def feed(self, data: bytes) -> list[Packet]:
         """Buffer ``data`` and return every complete packet, in order.
 
@@ -417,6 +423,13 @@ class Decoder:
                         props = {}
                     append(Publish(topic, buf[p:end], qos, bool(b0 & 1),
                                    bool(b0 & 8), pid, props))
+                elif b0 == 0x40 and rl == 2:
+                    # Fast path: a PUBACK without reason code (one per QoS 1
+                    # delivery), as _decode_ack would decode it.
+                    pid = (buf[start] << 8) | buf[start + 1]
+                    if not pid:
+                        raise MalformedPacket("packet identifier 0")
+                    append(Puback(pid))
                 elif ptype == CONNECT:
                     if self._connected:
                         raise ProtocolError("second CONNECT")

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from vmqtw.auth.api import OK, Error, Ok, RegisterRequest
-from vmqtw.auth.chain import CHAIN_EXHAUSTED
+from vmqtw.auth.chain import CHAIN_EXHAUSTED, Authorizer
 from vmqtw.auth.modifiers import REGISTER as REGISTER_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
@@ -86,6 +86,16 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
     if level == MQTT5 and not connect5(conn, packet):
         return
     conn.state = AUTHENTICATING
+    if conn.auth_method is None and type(conn.authorizer) is Authorizer and \
+            nothing_to_verify(conn, packet.username, preauth):
+        # The common anonymous CONNECT: accepted without a request, a chain
+        # run or a Deferred (a plain Authorizer answers OK at once; one behind
+        # a wrapper, e.g. the cluster's netsplit gate, is still asked).
+        try:
+            registered(OK, conn, packet)
+        except Exception:
+            register_failed(Failure(), conn)
+        return
     request = RegisterRequest(
         peer=conn.peer, mountpoint=mountpoint, client_id=client_id,
         username=packet.username, password=packet.password,
@@ -151,10 +161,8 @@ def register(conn: Connection, request: RegisterRequest, packet: Connect) -> Non
     does), see ``anonymous_verdict``."""
     authorizer = conn.authorizer
     anonymous = authorizer.allow_anonymous or conn.listener.allow_anonymous_override
-    if anonymous and (request.username is None or not authorizer.has_register or
-                      conn.transport.preauth_username() is not None):
-        # Nothing to verify: no user name, no plugin that could verify one,
-        # or the name comes from the transport (certificate, PSK identity).
+    if anonymous and nothing_to_verify(conn, request.username,
+                                       conn.transport.preauth_username()):
         d = authorizer.register(request, True)
     elif anonymous:
         d = authorizer.verify(request)
@@ -169,6 +177,17 @@ def register(conn: Connection, request: RegisterRequest, packet: Connect) -> Non
         d.addBoth(resume_reading, conn)
     d.addCallback(registered, conn, packet)
     d.addErrback(register_failed, conn)
+
+
+def nothing_to_verify(conn: Connection, username: str | None, preauth: str | None) -> bool:
+    """Whether a CONNECT is accepted without asking the register chain:
+    anonymous access is allowed (``allow_anonymous``, or the listener's
+    ``allow_anonymous_override``) and there is nothing to verify: no user
+    name, no plugin that could verify one, or the name comes from the
+    transport (certificate, PSK identity)."""
+    authorizer = conn.authorizer
+    return (authorizer.allow_anonymous or conn.listener.allow_anonymous_override) and \
+        (username is None or not authorizer.has_register or preauth is not None)
 
 
 def anonymous_verdict(result: Any, conn: Connection, request: RegisterRequest,

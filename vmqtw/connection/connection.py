@@ -33,12 +33,12 @@ from vmqtw.connection import auth, connect, control, publish, subscribe
 from vmqtw.connection.state import (
     AUTHENTICATING, AWAIT_AUTH, AWAIT_CONNECT, CLOSED, CONNECTED, MAX_PACKET, ClientView,
 )
-from vmqtw.connection.timers import wheel_for
+from vmqtw.connection.timers import deadlines_for, wheel_for
 from vmqtw.connection.transport import IConnectionTransport
 from vmqtw.core.broker import Broker
 from vmqtw.core.message import Message
 from vmqtw.core.session import Session
-from vmqtw.logs import Logger
+from vmqtw.logs import Logger, info_enabled
 from vmqtw.metrics import (
     BYTES_RECEIVED, SOCKET_CLOSE, SOCKET_CLOSE_TIMEOUT, SOCKET_OPEN, VersionSlots,
 )
@@ -85,6 +85,7 @@ class Connection:
         "connack5", "auth_data", "reauth", "auth_connect", "pending", "held_inflight",
         "max_message_rate", "rate_count", "rate_window_end",
         "counters", "slots", "received", "traced", "online", "close_reason",
+        "valid_topic", "valid_depth",
     )
 
     def __init__(self, transport: IConnectionTransport, broker: Broker, authorizer: Authorizer,
@@ -137,6 +138,10 @@ class Connection:
         self.max_message_rate = publish.message_rate_limit(broker.config)
         self.rate_count = 0
         self.rate_window_end = 0.0
+        #: The last PUBLISH topic that passed validation, and the depth limit it
+        #: passed under (see ``publish.handle_publish``).
+        self.valid_topic: str | None = None
+        self.valid_depth = 0
         # -- metrics: the counter values and this connection's slots (vmqtw.metrics) --
         self.counters: list[int] = broker.counters
         #: The slots of the connection's MQTT version (3.x until a 5.0 CONNECT).
@@ -310,7 +315,7 @@ class Connection:
     def decode_rest(self) -> None:
         """Decode and handle what arrived after the CONNECT: the decoder holds
         it back until the client is authenticated (see ``Decoder.authenticated``)."""
-        if self.state == CONNECTED:
+        if self.state == CONNECTED and self.decoder.buffered:
             self.data_received(b"")
 
     def connection_lost(self) -> None:
@@ -340,6 +345,8 @@ class Connection:
         """The one info line of an accepted client going away, with why
         (``close_reason``; the socket closed if nothing else said why)."""
         self.online = False
+        if not info_enabled():  # log_level = warn: skip building the event
+            return
         client = self.client
         reason = self.close_reason
         if reason is None:
@@ -352,6 +359,8 @@ class Connection:
     def log_connect(self, present: bool, clean: bool) -> None:
         """The one info line of an accepted CONNECT (never the password)."""
         self.online = True
+        if not info_enabled():  # log_level = warn: skip building the event
+            return
         client = self.client
         self.log.info("client {client_id!r} (user {username!r}) connected from {peer} on "
                       "{listener}: MQTT level {protocol_level}, {clean_name} {clean}, "
@@ -490,10 +499,15 @@ class Connection:
     def start_timer(self, name: str, delay: float, f: Callable[[], None]) -> None:
         """(Re)start the timer ``name``; all timers stop when the connection ends.
         The keep alive timer goes on the clock's shared ``timers.TimerWheel`` (no
-        ``DelayedCall`` per idle client; up to ``timers.GRANULARITY`` s late)."""
+        ``DelayedCall`` per idle client; up to ``timers.GRANULARITY`` s late),
+        the CONNECT timeout on its ``timers.DeadlineQueue`` (exact)."""
         self.stop_timer(name)
         if name == "keepalive":
             self.timers[name] = wheel_for(self.clock).call_later(delay, f)
+        elif name == "connect":
+            # Every connection starts one with the same delay and nearly all
+            # are cancelled at once: a shared queue, as exact as callLater.
+            self.timers[name] = deadlines_for(self.clock).call_later(delay, f)
         else:
             self.timers[name] = self.clock.callLater(delay, f)
 

@@ -16,9 +16,9 @@ from vmqtw.auth.modifiers import PUBLISH as PUBLISH_MODIFIERS
 from vmqtw.auth.modifiers import ModifierError
 from vmqtw.auth.modifiers import check as check_modifiers
 from vmqtw.codec import reasons
-from vmqtw.codec.encoder import encode
+from vmqtw.codec.encoder import encode, encode_ack
 from vmqtw.codec.packets import (
-    MQTT5, MQTT31, Puback, Pubcomp, Publish, Pubrec, Pubrel,
+    MQTT5, MQTT31, PUBACK, Puback, Pubcomp, Publish, Pubrec, Pubrel,
 )
 from vmqtw.connection.state import CLOSED, CONNECTED, is_utf8, valid_topic_name
 from vmqtw.core.message import Message
@@ -44,11 +44,17 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
             return
     else:
         topic = packet.topic
-    try:
-        validate_topic_name(topic, conn.broker.config.topic_max_depth)
-    except TopicError as e:
-        conn.protocol_violation(f"invalid topic {topic!r}: {e}", reasons.TOPIC_NAME_INVALID)
-        return
+    depth = conn.broker.config.topic_max_depth
+    if topic != conn.valid_topic or depth != conn.valid_depth:
+        # A client usually publishes to the same topic again and again: the
+        # last topic that passed (under this depth limit) is not checked again.
+        try:
+            validate_topic_name(topic, depth)
+        except TopicError as e:
+            conn.protocol_violation(f"invalid topic {topic!r}: {e}", reasons.TOPIC_NAME_INVALID)
+            return
+        conn.valid_topic = topic
+        conn.valid_depth = depth
     qos = packet.qos
     if qos == 2 and packet.packet_id in session.incoming_qos2:
         conn.write(encode(Pubrec(packet.packet_id), level))
@@ -105,7 +111,8 @@ def authorized_publish(conn: Connection, verdict: Any, packet: Publish, topic: s
         code = reasons.NO_MATCHING_SUBSCRIBERS if level == MQTT5 and not count else 0
         # Held until the store has what this message left there (if anything).
         if qos == 1:
-            conn.write_durable(encode(Puback(packet.packet_id, code), level))  # type: ignore[arg-type]
+            conn.write_durable(encode_ack(PUBACK, packet.packet_id) if not code  # type: ignore[arg-type]
+                               else encode(Puback(packet.packet_id, code), level))  # type: ignore[arg-type]
             conn.count_sent("mqtt_puback_sent", code)
         else:
             session.qos2_received(packet.packet_id)  # type: ignore[arg-type]

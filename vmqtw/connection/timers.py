@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -152,9 +153,127 @@ class TimerWheel:
 _wheels: weakref.WeakKeyDictionary[Any, TimerWheel] = weakref.WeakKeyDictionary()
 
 
+# The last clock asked for and its wheel: a broker has one clock, so the weak
+# dictionary is looked up only when another clock (a test's) comes along.
+_last: tuple[Any, TimerWheel | None] = (None, None)
+
+
 def wheel_for(clock: Any) -> TimerWheel:
     """The one ``TimerWheel`` of ``clock`` (made on first use, forgotten with the clock)."""
+    global _last
+    last_clock, wheel = _last
+    if clock is last_clock and wheel is not None:
+        return wheel
     wheel = _wheels.get(clock)
     if wheel is None:
         wheel = _wheels[clock] = TimerWheel(clock)
+    _last = (clock, wheel)
     return wheel
+
+
+class QueuedCall:
+    """One pending call on a ``DeadlineQueue`` (``active()`` and ``cancel()``
+    as on Twisted's ``IDelayedCall``)."""
+
+    __slots__ = ("queue", "when", "func", "state")
+
+    def __init__(self, queue: DeadlineQueue, when: float, func: Callable[[], None]) -> None:
+        self.queue = queue
+        self.when = when
+        self.func = func
+        self.state = _PENDING
+
+    def active(self) -> bool:
+        """True until the call has run or been cancelled."""
+        return self.state == _PENDING
+
+    def cancel(self) -> None:
+        """Forget the call; it must still be pending (as ``DelayedCall.cancel``)."""
+        if self.state != _PENDING:
+            raise ValueError("cancel() on a call that has already run or been cancelled")
+        self.state = _CANCELLED
+        self.queue._cancelled()
+
+
+class DeadlineQueue:
+    """Exact timers for calls that mostly share one delay (the CONNECT
+    timeout: every connection starts one, and nearly all are cancelled a
+    moment later by their CONNECT).
+
+    Calls are kept in arrival order, which is deadline order as long as each
+    deadline is no earlier than the last one's; a single ``DelayedCall`` waits
+    for the earliest.  A call that would jump the queue (a shorter delay) gets
+    its own ``callLater``.  Calls run at their time, as with ``callLater``;
+    a cancelled call costs nothing until it reaches the head.  While no call
+    is pending, nothing is scheduled on the clock."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.calls: deque[QueuedCall] = deque()
+        self.pending = 0
+        self.wakeup: Any = None
+
+    def call_later(self, delay: float, func: Callable[[], None]) -> Any:
+        """Run ``func()`` ``delay`` seconds from now; returns the call (or, out
+        of deadline order, the clock's own ``DelayedCall``)."""
+        when = self.clock.seconds() + max(delay, 0.0)
+        calls = self.calls
+        if calls and when < calls[-1].when:
+            return self.clock.callLater(delay, func)
+        call = QueuedCall(self, when, func)
+        calls.append(call)
+        self.pending += 1
+        if self.wakeup is None:
+            self.wakeup = self.clock.callLater(delay, self._run)
+        return call
+
+    def __len__(self) -> int:
+        return self.pending
+
+    def _cancelled(self) -> None:
+        self.pending -= 1
+        if not self.pending:
+            self.calls.clear()
+            if self.wakeup is not None:
+                self.wakeup.cancel()
+                self.wakeup = None
+
+    def _run(self) -> None:
+        """Run the calls that are due, then wait for the next pending one."""
+        self.wakeup = None
+        now = self.clock.seconds() + _EPSILON
+        calls = self.calls
+        while calls and (calls[0].state != _PENDING or calls[0].when <= now):
+            call = calls.popleft()
+            if call.state != _PENDING:
+                continue
+            call.state = _CALLED
+            self.pending -= 1
+            try:
+                call.func()
+            except Exception:
+                self.log.failure("timer {call!r} failed", call=call.func)
+        if calls and self.wakeup is None:
+            self.wakeup = self.clock.callLater(max(calls[0].when - self.clock.seconds(), 0.0),
+                                               self._run)
+
+
+_queues: weakref.WeakKeyDictionary[Any, DeadlineQueue] = weakref.WeakKeyDictionary()
+
+
+_last_queue: tuple[Any, DeadlineQueue | None] = (None, None)  # as _last, for the queues
+
+
+def deadlines_for(clock: Any) -> DeadlineQueue:
+    """The one ``DeadlineQueue`` of ``clock`` (made on first use, forgotten with the clock)."""
+    global _last_queue
+    last_clock, queue = _last_queue
+    if clock is last_clock and queue is not None:
+        return queue
+    queue = _queues.get(clock)
+    if queue is None:
+        queue = _queues[clock] = DeadlineQueue(clock)
+    _last_queue = (clock, queue)
+    return queue

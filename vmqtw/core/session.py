@@ -281,9 +281,21 @@ class Session:
 
     def _enqueue_online(self, message: Message, qos: int, retain: bool,
                         sub_ids: tuple[int, ...] = NO_IDS) -> None:
-        if not self._make_room(self.max_online, message):
-            return
-        self._put((message, qos, retain, sub_ids) if sub_ids else (message, qos, retain))
+        # With a deep publisher window nearly every message comes here: the
+        # room check and _put() are inlined for the usual case (room left).
+        queue = self.queue
+        limit = self.max_online
+        if 0 <= limit <= len(queue):
+            if not self._make_room(limit, message):
+                return
+            queue = self.queue
+        if queue.__class__ is tuple:
+            queue = self.queue = deque()
+        item = (message, qos, retain, sub_ids) if sub_ids else (message, qos, retain)
+        if self.env.lifo:
+            queue.appendleft(item)  # type: ignore[union-attr]
+        else:
+            queue.append(item)  # type: ignore[union-attr]
         if qos and self.persistent:
             self.env.store.message_queued(self.key, message, qos, retain, sub_ids)
 
@@ -417,7 +429,10 @@ class Session:
                     self._drop(message, "expired")
                     continue
             if qos:
-                if self.inflight_full(message):
+                n = len(self.inflight)  # inflight_full(), inlined: once per message
+                if n >= self.max_inflight or n >= self.client_receive_max or (
+                        self.max_inflight_bytes and n and self.inflight_bytes +
+                        len(message.payload) > self.max_inflight_bytes):
                     return
                 queue.popleft()
                 self._send_inflight(conn, message, qos, retain, sub_ids, True)

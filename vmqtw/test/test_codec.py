@@ -439,3 +439,21 @@ class PropertyTableTests(SynchronousTestCase):
         self.assertEqual(encode_properties({}, codec.PUBLISH), b"\x00")
         self.assertEqual(encode_properties({"subscription_identifier": 7}, codec.PUBLISH),
                          h("02 0b 07"))
+
+
+class EncodeAckTests(SynchronousTestCase):
+
+    def test_encode_ack_matches_the_packet_encoder(self) -> None:
+        """``encode_ack`` (the hot path's acknowledgement without a packet object)
+        gives the bytes ``encode`` gives for a PUBACK, PUBREC, PUBREL or PUBCOMP
+        with reason code 0 and no properties, at MQTT 3.1, 3.1.1 and 5.0."""
+        from vmqtw.codec.encoder import encode_ack
+        from vmqtw.codec.packets import PUBACK, PUBCOMP, PUBREC, PUBREL
+        kinds = ((PUBACK, codec.Puback), (PUBREC, codec.Pubrec), (PUBREL, codec.Pubrel),
+                 (PUBCOMP, codec.Pubcomp))
+        for level in (3, 4, 5):
+            for ptype, cls in kinds:
+                for pid in (1, 0x1234, 65535):
+                    self.assertEqual(encode_ack(ptype, pid), codec.encode(cls(pid), level))
+        self.assertEqual(encode_ack(PUBACK, 0x0102), b"\x40\x02\x01\x02")
+        self.assertEqual(encode_ack(PUBREL, 0x0102), b"\x62\x02\x01\x02")

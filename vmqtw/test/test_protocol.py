@@ -11,6 +11,8 @@ vectors) and decoded with a client-side ``Decoder``.
 """
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from vmqtw.codec import Connect, Disconnect, Pingreq, Publish, Will, encode
 from vmqtw.test.harness import BASE, BrokerTestCase, Client, Harness
 from vmqtw.test.wire import PINGRESP, connack, puback, publish
-from vmqtw.transport.protocol import CONNECTED
+from vmqtw.transport.protocol import CLOSED, CONNECTED
 
 
 # ---------------------------------------------------------------------------
@@ -551,3 +553,26 @@ class FootprintTests(SynchronousTestCase):
         hn = Harness()
         c = hn.connected("small")
         self.assertLessEqual(len(vars(c.protocol)), 30, sorted(vars(c.protocol)))
+
+    def test_closed_connection_is_freed_without_the_cycle_collector(self) -> None:
+        """Once its stream has ended, a connection (the protocol and its MQTT
+        rules) is freed by reference counting alone: nothing keeps a cycle
+        between them, so the broker need not wait for a full run of the
+        cyclic garbage collector to get the memory back."""
+        hn = Harness()
+        c = hn.connected("gone", keepalive=60)
+        c.send(Publish("t", b"x", 1, packet_id=1))
+        ref = weakref.ref(c.protocol)
+        connection = c.protocol.connection
+        gc.disable()
+        self.addCleanup(gc.enable)
+        c.lose()
+        self.assertEqual(connection.state, CLOSED)
+        connection.write(b"late")           # a stand-in takes what still comes
+        connection.transport.pause_reading()
+        self.assertFalse(hn.broker.dirty)
+        # What Twisted's TCP transport drops when the socket closes.
+        c.transport.unregisterProducer()
+        c.transport.protocol = None
+        del c, connection
+        self.assertIsNone(ref())

@@ -11,6 +11,8 @@ vectors) and decoded with a client-side ``Decoder``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
@@ -146,6 +148,27 @@ class PublishTests(BrokerTestCase):
         self.assertEqual(s.take(), publish("a/b/c", b"ok"))
         p.publish("a/b/c/d", b"deep")
         self.assertTrue(p.closed)
+        self.assertEqual(s.take(), b"")
+
+    def test_topic_checks_after_a_valid_topic(self) -> None:
+        """A publisher's repeated topic is not checked again, but a different
+        invalid topic after a valid one still closes the connection, and a
+        lower topic_max_depth (changed at runtime) applies to the repeated topic."""
+        hn = Harness(BASE + "topic_max_depth = 3\n")
+        s = hn.subscriber("s", ("#", 0))
+        p = hn.connected("p")
+        p.publish("a/b/c", b"1")
+        p.publish("a/b/c", b"2")
+        self.assertEqual(s.take(), publish("a/b/c", b"1") + publish("a/b/c", b"2"))
+        p.publish("a/+/c", b"3")
+        self.assertTrue(p.closed)
+        self.assertEqual(s.take(), b"")
+        q = hn.connected("q")
+        q.publish("a/b/c", b"4")
+        self.assertEqual(s.take(), publish("a/b/c", b"4"))
+        hn.broker.config = dataclasses.replace(hn.broker.config, topic_max_depth=2)
+        q.publish("a/b/c", b"5")
+        self.assertTrue(q.closed)
         self.assertEqual(s.take(), b"")
 
     def test_puback_for_unknown_id_ignored(self) -> None:

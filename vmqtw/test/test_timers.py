@@ -1,12 +1,15 @@
 """The shared timer wheel (``vmqtw.connection.timers``) and the keep alive
-timeout that runs on it, with ``twisted.internet.task.Clock``."""
+timeout that runs on it, and the deadline queue of the CONNECT timeout, with
+``twisted.internet.task.Clock``."""
 from __future__ import annotations
+
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw.codec import Pingreq
-from vmqtw.connection.timers import GRANULARITY, TimerWheel, wheel_for
+from vmqtw.connection.timers import GRANULARITY, DeadlineQueue, TimerWheel, wheel_for
 from vmqtw.test.connection_harness import PINGRESP, Rig
 
 
@@ -158,4 +161,72 @@ class KeepAliveOnTheWheelTests(SynchronousTestCase):
             rig.clock.advance(0.02)
         rig.clock.advance(15 + GRANULARITY)
         self.assertTrue(all(c.closed for c in clients))
+        self.assertEqual(rig.clock.getDelayedCalls(), [])
+
+
+class DeadlineQueueTests(SynchronousTestCase):
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.queue = DeadlineQueue(self.clock)
+        self.ran: list[tuple[str, float]] = []
+
+    def later(self, delay: float, name: str) -> Any:
+        return self.queue.call_later(delay, lambda: self.ran.append((name, self.clock.seconds())))
+
+    def test_calls_run_exactly_on_time_in_order(self) -> None:
+        """Calls with the same delay, started at different times, each run at
+        exactly their time (not before, not one wakeup later), in order."""
+        self.later(5, "a")
+        self.clock.advance(0.3)
+        self.later(5, "b")
+        self.clock.advance(4.69)
+        self.assertEqual(self.ran, [])
+        self.clock.advance(0.01)
+        self.assertEqual(self.ran, [("a", 5.0)])
+        self.clock.advance(0.3)
+        self.assertEqual(self.ran, [("a", 5.0), ("b", 5.3)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled_calls_never_run_and_leave_nothing_scheduled(self) -> None:
+        """A cancelled call does not run; once every call is cancelled nothing is
+        left on the clock, and active()/cancel() behave as on a DelayedCall."""
+        a = self.later(5, "a")
+        b = self.later(5, "b")
+        self.assertTrue(a.active())
+        a.cancel()
+        self.assertFalse(a.active())
+        self.assertRaises(ValueError, a.cancel)
+        self.clock.advance(5)
+        self.assertEqual(self.ran, [("b", 5.0)])
+        self.assertFalse(b.active())
+        c = self.later(5, "c")
+        c.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.queue), 0)
+
+    def test_a_shorter_delay_still_runs_on_time(self) -> None:
+        """A call whose deadline is earlier than the last queued one (the delay
+        was changed) still runs at its own time."""
+        self.later(5, "long")
+        self.later(1, "short")
+        self.clock.advance(1)
+        self.assertEqual(self.ran, [("short", 1.0)])
+        self.clock.advance(4)
+        self.assertEqual(self.ran, [("short", 1.0), ("long", 5.0)])
+
+    def test_connect_timeout_closes_on_time_and_connect_cancels_it(self) -> None:
+        """A connection without CONNECT is closed at exactly mqtt_connect_timeout;
+        one that sends CONNECT in time stays open and leaves no timer behind
+        (keep alive 0)."""
+        rig = Rig()
+        silent = rig.client()
+        rig.clock.advance(1)
+        ok = rig.connected("ok", keepalive=0)
+        timeout = rig.broker.config.mqtt_connect_timeout / 1000.0
+        rig.clock.advance(timeout - 1 - 0.001)
+        self.assertFalse(silent.closed)
+        rig.clock.advance(0.001)
+        self.assertTrue(silent.closed)
+        self.assertFalse(ok.closed)
         self.assertEqual(rig.clock.getDelayedCalls(), [])

@@ -89,12 +89,15 @@ class MQTTProtocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         self.peer = peer_of(transport)
+        self._socket, self._direct = socket_under(transport)
         try:
-            transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            # On the TCP connection itself when there is one: no lookup
+            # through the layers above it (the limiter's wrapper forwards
+            # unknown attributes with a __getattr__ per call).
+            (self._socket or transport).setTcpNoDelay(True)  # type: ignore[union-attr]
         except Exception:  # unix sockets and some wrappers have no Nagle to turn off
             pass
         transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._socket, self._direct = socket_under(transport)
         self.broker.metrics.connection_opened(self)
         self.connection.connection_made()
 
@@ -108,7 +111,14 @@ class MQTTProtocol(Protocol):
         self._out = []
         self._gates = ()
         self.broker.metrics.connection_closed(self)
-        self.connection.connection_lost()
+        connection = self.connection
+        connection.connection_lost()
+        # The connection and this adapter point at each other: once closed, the
+        # connection talks to a stand-in, so both are freed by reference
+        # counting when the last reference goes, not by a full run of the cyclic
+        # garbage collector (see ``vmqtw.gcpolicy``: full runs are rare).
+        connection.transport = GONE
+        connection.write = connection.write_durable = GONE.write
 
     # -- IClientConnection: what the core calls -----------------------------------------
 
@@ -263,6 +273,11 @@ class MQTTProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def preauth_username(self) -> str | None:
+        if self._direct:
+            # Plain TCP under pass-through wrappers only: no TLS, PROXY or
+            # WebSocket layer that could vouch for an identity (and no walk
+            # through the wrappers' __getattr__ for attributes none has).
+            return None
         return preauth_username(self.transport, self.factory.listener)
 
     def client_certificate(self) -> bytes | None:
@@ -279,6 +294,54 @@ class MQTTProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self.paused = True
+
+
+@implementer(IClientConnection, IConnectionTransport)
+class _Gone:
+    """The transport of a ``Connection`` whose stream has ended: nothing it is
+    asked to do has any effect any more."""
+
+    protocol_level = 4
+    out5 = None
+    paused = True
+    peer: tuple[str, int] = ("", 0)
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_durable(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close_connection(self, final: bytes = b"") -> None:
+        pass
+
+    def abort_connection(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def session_taken_over(self) -> None:
+        pass
+
+    def close(self, reason_code: int | None = None) -> None:
+        pass
+
+    def preauth_username(self) -> str | None:
+        return None
+
+    def client_certificate(self) -> bytes | None:
+        return None
+
+
+#: The one stand-in for the transports of closed connections.
+GONE = _Gone()
 
 
 class MQTTFactory(Factory):
