@@ -454,11 +454,12 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
             return  # nothing in the send BIO right now
         if len(data) > BIO_KEEP:
             self._bios_grown = True
+        transport: Any = self.transport
         bottom = self._bottom
         if bottom is None:
-            self.transport.write(data)
+            transport.write(data)
         else:
-            send_if_idle(self.transport, bottom, data)
+            send_if_idle(transport, bottom, data)
 
     def _release_bios(self) -> None:
         """Renew the memory BIOs once the handshake is over (see ``_renew_bios``)."""

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer, PerMessageDeflateOfferAccept,
 )
@@ -334,7 +334,7 @@ class WebSocketTransport:
         self.loseConnection()
 
 
-class MQTTWebSocketProtocol(ReadBatching, WebSocketServerProtocol):
+class MQTTWebSocketProtocol(ReadBatching):
     """One WebSocket connection carrying one MQTT connection."""
 
     vmq_log = Logger()

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 
-class ReadBatching:
-    """Mixin for ``MQTTWebSocketProtocol`` (before autobahn's protocol in the
-    bases); its ``onMessageFrameData`` appends to ``_batch`` when it is a list."""
+
+class ReadBatching(WebSocketServerProtocol):
+    """The base of ``MQTTWebSocketProtocol``, whose ``onMessageFrameData``
+    appends to ``_batch`` when it is a list."""
 
     mqtt: Any
     preauth: bool
@@ -31,11 +33,11 @@ class ReadBatching:
 
     def dataReceived(self, data: bytes) -> None:
         if self.preauth or self.mqtt is None or self._batch is not None:
-            super().dataReceived(data)  # type: ignore[misc]
+            super().dataReceived(data)
             return
         self._batch = []
         try:
-            super().dataReceived(data)  # type: ignore[misc]
+            super().dataReceived(data)
         finally:
             self._deliver_batch(last=True)
 
@@ -50,14 +52,14 @@ class ReadBatching:
             if mqtt is not None:
                 mqtt.dataReceived(batch[0] if len(batch) == 1 else b"".join(batch))
 
-    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> Any:
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
         self._deliver_batch()
-        return super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        return super().onCloseFrame(code, reasonRaw)
 
     def dropConnection(self, abort: bool = False) -> None:
         self._deliver_batch()
-        super().dropConnection(abort)  # type: ignore[misc]
+        super().dropConnection(abort)
 
     def _fail_connection(self, *args: Any, **kwargs: Any) -> None:
         self._deliver_batch()
-        super()._fail_connection(*args, **kwargs)  # type: ignore[misc]
+        super()._fail_connection(*args, **kwargs)
