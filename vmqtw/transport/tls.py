@@ -66,10 +66,13 @@ from twisted.internet.task import LoopingCall
 from vmqtw.logs import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer
 
 from vmqtw.config import TLS_VERSIONS, ListenerConfig
 from vmqtw.transport._twisted_private import send_if_idle, socket_under
+from vmqtw.transport.tls_io import (
+    BIO_KEEP, PENDING_MAX, _provide_like, _renew_bios, _TurnFlusher,
+)
 from vmqtw.transport.identity import peer_of
 from vmqtw.transport.errors import LayerError
 # The handshake callbacks live in tls_callbacks, PSK_IDENTITIES stays importable from here.
@@ -86,8 +89,7 @@ __all__ = [
     "build_context",
 ]
 
-_binding = Binding()
-_ffi, _lib = _binding.ffi, _binding.lib
+_lib = Binding().lib
 
 log = Logger(namespace="vmqtw.tls")
 
@@ -309,90 +311,18 @@ class ServerTLSOptions:
 
 
 # --------------------------------------------------------------------------
-# Per-connection helpers
-# --------------------------------------------------------------------------
-
-#: (protocol class, the transport's interface spec) -> the ``Provides`` spec
-#: ``directlyProvides`` gives such a protocol: a handful, one per wrapping chain.
-_PROVIDES: dict[tuple[type, Any], Any] = {}
-
-#: After the handshake, or after an inbound or outbound chunk larger than
-#: this, the connection's memory BIOs are replaced by empty ones (see
-#: ``_renew_bios``): an idle connection keeps no buffer larger than this.
-BIO_KEEP = 4096
-
-
-def _provide_like(obj: Any, transport: Any) -> None:
-    """``directlyProvides(obj, providedBy(transport))``, as ProtocolWrapper does
-    for every connection, from a cache.
-
-    zope keeps a ``Provides`` spec only while some object uses it, so with one
-    connection at a time (a client reconnecting, ``openssl s_time``) every
-    connection rebuilt it, and ``directlyProvides`` flattens the transport's
-    interfaces on every call anyway: together ~1/4 of the broker's Python
-    time per handshake.  The result is the same ``Provides`` object.
-    """
-    key = (type(obj), providedBy(transport))
-    provides = _PROVIDES.get(key)
-    if provides is None:
-        directlyProvides(obj, key[1])
-        if len(_PROVIDES) >= 64:
-            _PROVIDES.clear()
-        _PROVIDES[key] = obj.__provides__
-    else:
-        obj.__provides__ = provides
-
-
-def _move_bio(src: Any, dst: Any) -> None:
-    """Move every byte still in memory BIO ``src`` to memory BIO ``dst``."""
-    buf = None
-    while True:
-        if buf is None:
-            buf = _ffi.new("char[]", BIO_KEEP)
-        n = _lib.BIO_read(src, buf, BIO_KEEP)
-        if n <= 0:
-            return
-        _lib.BIO_write(dst, buf, n)
-
-
-def _renew_bios(conn: SSL.Connection) -> None:
-    """Give ``conn`` two new, empty memory BIOs, moving over any unread bytes.
-
-    A memory BIO keeps the capacity of the largest chunk it ever held (the
-    handshake flights, a large message) for as long as the connection lives:
-    ~2.5 KiB per idle TLS connection after the handshake alone.  ``SSL_set_bio``
-    frees the old pair (the SSL object owns its BIOs; pyOpenSSL never frees
-    them itself and only reads ``_into_ssl``/``_from_ssl`` at each call).
-    """
-    old_in, old_out = conn._into_ssl, conn._from_ssl
-    if old_in is None or old_out is None:  # a socket-based Connection
-        return
-    new_in = _lib.BIO_new(_lib.BIO_s_mem())
-    new_out = _lib.BIO_new(_lib.BIO_s_mem())
-    if new_in == _ffi.NULL or new_out == _ffi.NULL:  # out of memory: keep the old pair
-        for bio in (new_in, new_out):
-            if bio != _ffi.NULL:
-                _lib.BIO_free(bio)
-        return
-    _move_bio(old_in, new_in)
-    _move_bio(old_out, new_out)
-    _lib.SSL_set_bio(conn._ssl, new_in, new_out)
-    conn._into_ssl, conn._from_ssl = new_in, new_out
-
-
-# --------------------------------------------------------------------------
 # Protocol and factory
 # --------------------------------------------------------------------------
 
 class TLSServerProtocol(TLSMemoryBIOProtocol):
     """Twisted's TLS transport, plus the handshake timeout and ``psk_identity``.
 
-    Not Twisted's ``BufferingTLSTransport``: its aggregator holds every write
-    until the next reactor turn (a ``callLater(0)`` per turn), and the MQTT
-    protocol above already writes once per input batch.  Here a write is
-    encrypted at once, and the TLS records go straight to the socket when
-    nothing is buffered below (as ``write_now`` does for plain TCP), instead of
-    waiting another reactor turn for EPOLLOUT: the handshake flights too.
+    Writes are collected until the end of the reactor turn, as Twisted's
+    ``BufferingTLSTransport`` does, but per listener (``_TurnFlusher``) instead
+    of an aggregator and a ``callLater`` per connection; the TLS records then
+    go straight to the socket when nothing is buffered below (as ``write_now``
+    does for plain TCP) instead of waiting another turn for EPOLLOUT, and so do
+    the handshake flights.
     """
 
     factory: "TLSListenerFactory"
@@ -400,6 +330,8 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
     #: The TCP connection right below (only pass-through wrappers between),
     #: whose socket may be written directly; None: write through the transport.
     _bottom: Any = None
+    #: Application bytes written during this reactor turn (None: nothing).
+    _pending: bytearray | None = None
     #: The memory BIOs held more than ``BIO_KEEP`` bytes (or the handshake
     #: just finished): renew them once the current chunk is processed.
     _bios_grown = False
@@ -433,6 +365,28 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
             self.factory.registerProtocol(self)
             self.wrappedProtocol.makeConnection(self)
         self._checkHandshakeStatus()
+
+    def write(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = bytearray(data)
+            self.factory.flusher.add(self)
+            return
+        pending += data
+        if len(pending) > PENDING_MAX:
+            self._flush_pending()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending:
+            TLSMemoryBIOProtocol.write(self, bytes(pending))
+
+    def loseConnection(self) -> None:
+        self._flush_pending()
+        super().loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if len(data) > BIO_KEEP:
@@ -510,6 +464,7 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
         self.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._pending = None
         self._cancel_handshake_timer()
         failure = self._reason or reason
         if not self._handshakeDone and failure is not None and \
@@ -541,6 +496,8 @@ class TLSListenerFactory(TLSMemoryBIOFactory):
         self.crl_refresh_interval = crl_refresh_interval  # seconds; None/0: never
         self.handshake_timeouts = 0
         self._crl_loop: LoopingCall | None = None
+        #: This listener's connections written to during the current turn.
+        self.flusher = _TurnFlusher(clock)
 
     def reload(self) -> bool:
         return self.creator.reload()
