@@ -70,9 +70,7 @@ from zope.interface import implementer
 
 from vmqtw.config import TLS_VERSIONS, ListenerConfig
 from vmqtw.transport._twisted_private import send_if_idle, socket_under
-from vmqtw.transport.tls_io import (
-    BIO_KEEP, PENDING_MAX, _provide_like, _renew_bios, _TurnFlusher,
-)
+from vmqtw.transport.tls_io import PENDING_MAX, _provide_like, _renew_bios, _TurnFlusher
 from vmqtw.transport.identity import peer_of
 from vmqtw.transport.errors import LayerError
 # The handshake callbacks live in tls_callbacks, PSK_IDENTITIES stays importable from here.
@@ -331,9 +329,9 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
     #: whose socket may be written directly; None: write through the transport.
     _bottom: Any = None
     #: Application bytes written during this reactor turn (None: nothing).
-    _pending: bytearray | None = None
-    #: The memory BIOs held more than ``BIO_KEEP`` bytes (or the handshake
-    #: just finished): renew them once the current chunk is processed.
+    _pending: list[bytes] | None = None
+    #: The handshake just finished: renew the memory BIOs once the current
+    #: chunk is processed (see ``_renew_bios``).
     _bios_grown = False
 
     @property
@@ -369,11 +367,11 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
     def write(self, data: bytes) -> None:
         pending = self._pending
         if pending is None:
-            self._pending = bytearray(data)
+            self._pending = [data]
             self.factory.flusher.add(self)
             return
-        pending += data
-        if len(pending) > PENDING_MAX:
+        pending.append(data)
+        if len(pending) >= PENDING_MAX:
             self._flush_pending()
 
     def writeSequence(self, data: Any) -> None:
@@ -382,21 +380,14 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
     def _flush_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending:
-            TLSMemoryBIOProtocol.write(self, bytes(pending))
+            TLSMemoryBIOProtocol.write(self, b"".join(pending))
 
     def loseConnection(self) -> None:
         self._flush_pending()
         super().loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if len(data) > BIO_KEEP:
-            self._bios_grown = True
         super().dataReceived(data)
-        if self._bios_grown:
-            self._release_bios()
-
-    def _write(self, data: bytes) -> None:
-        super()._write(data)
         if self._bios_grown:
             self._release_bios()
 
@@ -406,8 +397,6 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
             data = conn.bio_read(2**15)
         except SSL.WantReadError:
             return  # nothing in the send BIO right now
-        if len(data) > BIO_KEEP:
-            self._bios_grown = True
         transport: Any = self.transport
         bottom = self._bottom
         if bottom is None:

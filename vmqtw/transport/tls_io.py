@@ -4,8 +4,8 @@ message, and memory per idle connection.
 
 - ``_provide_like``: ``ProtocolWrapper.makeConnection``'s ``directlyProvides``
   from a cache;
-- ``_renew_bios``: fresh memory BIOs once the handshake (or a large chunk) is
-  through, so an idle connection keeps no buffer the size of its largest one;
+- ``_renew_bios``: fresh memory BIOs once the handshake is through, so an idle
+  connection keeps no buffer the size of the handshake flights;
 - ``_TurnFlusher``: one end-of-turn flush per listener for the output of all
   its connections.
 """
@@ -24,14 +24,12 @@ _ffi, _lib = _binding.ffi, _binding.lib
 #: ``directlyProvides`` gives such a protocol: a handful, one per wrapping chain.
 _PROVIDES: dict[tuple[type, Any], Any] = {}
 
-#: After the handshake, or after an inbound or outbound chunk larger than
-#: this, the connection's memory BIOs are replaced by empty ones (see
-#: ``_renew_bios``): an idle connection keeps no buffer larger than this.
-BIO_KEEP = 4096
+#: Bytes moved per call when memory BIOs are renewed.
+BIO_CHUNK = 4096
 
 #: Application output collected in one reactor turn is encrypted at once
-#: beyond this many bytes (as Twisted's BufferingTLSTransport does).
-PENDING_MAX = 64000
+#: after this many writes (MQTT writes once per input batch).
+PENDING_MAX = 64
 
 
 def _provide_like(obj: Any, transport: Any) -> None:
@@ -60,8 +58,8 @@ def _move_bio(src: Any, dst: Any) -> None:
     buf = None
     while True:
         if buf is None:
-            buf = _ffi.new("char[]", BIO_KEEP)
-        n = _lib.BIO_read(src, buf, BIO_KEEP)
+            buf = _ffi.new("char[]", BIO_CHUNK)
+        n = _lib.BIO_read(src, buf, BIO_CHUNK)
         if n <= 0:
             return
         _lib.BIO_write(dst, buf, n)
