@@ -3,6 +3,15 @@
  *
  * One thread, epoll, non-blocking sockets, TCP_NODELAY everywhere, libc only.
  * Build:  gcc -O2 -o loadgen loadgen.c        (bench/run.py does this)
+ *   with TLS: gcc -O2 -DLOADGEN_TLS -o loadgen loadgen.c -lssl -lcrypto  (libssl-dev)
+ *
+ * --transport tcp|tls|ws|wss (pubsub and latency modes; default tcp):
+ *   tls: TLS (1.2 or 1.3, whatever the broker prefers; no certificate check)
+ *   ws : MQTT over WebSocket, path --ws-path (default /mqtt), subprotocol mqtt;
+ *        every MQTT packet in its own masked binary frame, as MQTT.js sends it
+ *   wss: WebSocket over TLS
+ *   Each connection is set up (TCP, TLS handshake, HTTP upgrade) with blocking
+ *   calls, then runs non-blocking like a plain one: setup is not measured.
  *
  * Modes
  *   loadgen pubsub  -p PORT --topology exact|fanout|fanin --pubs P --subs S
@@ -69,6 +78,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 enum { ROLE_PUB = 1, ROLE_SUB, ROLE_CONN };
 enum { ST_CONNECTING = 1, ST_WAIT_CONNACK, ST_WAIT_SUBACK, ST_READY, ST_CLOSED };
@@ -97,6 +110,13 @@ typedef struct conn {
     double last_tx;              /* when output was last queued (keep alive) */
     unsigned char *tmpl;         /* PUBLISH packet template */
     size_t tmpl_len, pid_off, pay_off;
+    /* --transport: TLS session, WebSocket framing state */
+    void *ssl;                   /* SSL * (tls, wss) */
+    size_t framed;               /* ws: out[0..framed) is wire bytes, the rest MQTT */
+    uint64_t ws_left;            /* ws: payload bytes left in the current frame */
+    int ws_skip;                 /* ws: the current frame is not MQTT data (control) */
+    int ws_hlen;                 /* ws: bytes of a partial frame header in ws_hdr */
+    unsigned char ws_hdr[14];
 } conn;
 
 /* ---- options ---------------------------------------------------------------- */
@@ -117,6 +137,11 @@ static int o_sources = 1;       /* source addresses 127.0.0.1 .. 127.0.0.K */
 static int o_pingcheck = 0;
 static int o_procs = 1;
 static int o_persistent = 0;     /* subscribers connect with clean session off */
+enum { TR_TCP, TR_TLS, TR_WS, TR_WSS };
+static int o_transport = TR_TCP;
+static const char *o_ws_path = "/mqtt";
+#define USE_TLS() (o_transport == TR_TLS || o_transport == TR_WSS)
+#define USE_WS() (o_transport == TR_WS || o_transport == TR_WSS)
 
 /* ---- state ------------------------------------------------------------------- */
 static int ep;
@@ -183,11 +208,12 @@ static void raise_nofile(void) {
 
 /* ---- buffers ------------------------------------------------------------------- */
 static void out_reserve(conn *c, size_t extra) {
-    if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_off && c->out_off == c->out_len) c->out_off = c->out_len = c->framed = 0;
     if (c->out_len + extra <= c->out_cap) return;
     if (c->out_off) {
         memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
         c->out_len -= c->out_off;
+        c->framed = c->framed > c->out_off ? c->framed - c->out_off : 0;
         c->out_off = 0;
         if (c->out_len + extra <= c->out_cap) return;
     }
@@ -223,6 +249,9 @@ static void conn_close(conn *c, const char *why) {
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+#ifdef LOADGEN_TLS
+    if (c->ssl) { SSL_free(c->ssl); c->ssl = NULL; }
+#endif
     close(c->fd);
     c->fd = -1;
     c->state = ST_CLOSED;
@@ -230,11 +259,130 @@ static void conn_close(conn *c, const char *why) {
     free(c->out); c->out = NULL; c->out_len = c->out_off = c->out_cap = 0;
 }
 
+/* ---- transports: TLS and WebSocket under the MQTT byte stream ------------------- */
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+/* send()/recv() semantics over SSL: -1 with errno EAGAIN when it would block */
+static ssize_t tls_io(conn *c, void *buf, size_t n, int writing) {
+    ERR_clear_error();
+    int r = writing ? SSL_write(c->ssl, buf, (int)n) : SSL_read(c->ssl, buf, (int)n);
+    if (r > 0) return r;
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: errno = EAGAIN; return -1;
+    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_SYSCALL: if (r == 0 || !errno) errno = ECONNRESET; return -1;
+    default: errno = EPROTO; return -1;
+    }
+}
+#endif
+
+static ssize_t io_send(conn *c, const void *buf, size_t n) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) return tls_io(c, (void *)buf, n, 1);
+#endif
+    return send(c->fd, buf, n, MSG_NOSIGNAL);
+}
+
+static ssize_t io_recv(conn *c, void *buf, size_t n) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) return tls_io(c, buf, n, 0);
+#endif
+    return recv(c->fd, buf, n, 0);
+}
+
+static uint32_t ws_rand(void) {   /* xorshift: masking keys need not be strong here */
+    static uint32_t x = 2463534242u;
+    x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+    return x;
+}
+
+/* ws: put every MQTT packet of out[framed..out_len) in its own masked binary frame */
+static void ws_frame_out(conn *c) {
+    static unsigned char *tmp;
+    static size_t tmp_cap;
+    size_t raw = c->out_len - c->framed;
+    if (!raw) return;
+    size_t need = raw + (raw / 2 + 1) * 14;  /* every packet is >= 2 bytes */
+    if (need > tmp_cap) {
+        tmp_cap = need * 2;
+        tmp = realloc(tmp, tmp_cap);
+        if (!tmp) die("realloc");
+    }
+    const unsigned char *b = c->out + c->framed;
+    size_t pos = 0, w = 0;
+    while (pos < raw) {
+        size_t rem = 0, mult = 1, i = pos + 1;
+        for (int k = 0; k < 4 && i < raw; k++, i++) {
+            rem += (b[i] & 127) * mult;
+            mult *= 128;
+            if (!(b[i] & 128)) { i++; break; }
+        }
+        size_t plen = (i - pos) + rem;
+        if (pos + plen > raw) plen = raw - pos;   /* cannot happen: whole packets only */
+        tmp[w++] = 0x82;
+        if (plen < 126) {
+            tmp[w++] = (unsigned char)(0x80 | plen);
+        } else if (plen < 65536) {
+            tmp[w++] = 0x80 | 126;
+            tmp[w++] = (unsigned char)(plen >> 8); tmp[w++] = (unsigned char)plen;
+        } else {
+            tmp[w++] = 0x80 | 127;
+            for (int k = 7; k >= 0; k--) tmp[w++] = (unsigned char)((uint64_t)plen >> (8 * k));
+        }
+        uint32_t key = ws_rand();
+        unsigned char m[4];
+        memcpy(m, &key, 4);
+        memcpy(tmp + w, m, 4);
+        w += 4;
+        for (size_t k = 0; k < plen; k++) tmp[w + k] = b[pos + k] ^ m[k & 3];
+        w += plen;
+        pos += plen;
+    }
+    c->out_len = c->framed;
+    out_reserve(c, w);
+    memcpy(c->out + c->out_len, tmp, w);
+    c->out_len += w;
+    c->framed = c->out_len;
+}
+
+/* ws: strip frame headers from buf[0..n) in place; returns the MQTT bytes kept,
+ * or (size_t)-1 when the broker sent a close frame */
+static size_t ws_deframe(conn *c, unsigned char *buf, size_t n) {
+    size_t i = 0, w = 0;
+    while (i < n) {
+        if (c->ws_left) {
+            size_t take = n - i;
+            if (take > c->ws_left) take = (size_t)c->ws_left;
+            if (!c->ws_skip) { memmove(buf + w, buf + i, take); w += take; }
+            i += take;
+            c->ws_left -= take;
+            continue;
+        }
+        c->ws_hdr[c->ws_hlen++] = buf[i++];
+        int h = c->ws_hlen;
+        if (h < 2) continue;
+        int l7 = c->ws_hdr[1] & 127, masked = c->ws_hdr[1] & 128;
+        int need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + (masked ? 4 : 0);
+        if (h < need) continue;
+        uint64_t len = (uint64_t)l7;
+        if (l7 == 126) len = ((uint64_t)c->ws_hdr[2] << 8) | c->ws_hdr[3];
+        else if (l7 == 127) { len = 0; for (int k = 2; k < 10; k++) len = (len << 8) | c->ws_hdr[k]; }
+        int op = c->ws_hdr[0] & 15;
+        if (op == 8) return (size_t)-1;            /* close */
+        c->ws_skip = !(op == 0 || op == 2);         /* text/ping/pong: not MQTT */
+        c->ws_left = len;
+        c->ws_hlen = 0;
+    }
+    return w;
+}
+
 static void flush_out(conn *c) {
     if (c->state == ST_CLOSED || c->state == ST_CONNECTING) return;
+    if (USE_WS()) ws_frame_out(c);
     if (c->out_off < c->out_len) c->last_tx = loop_now;
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, c->out + c->out_off, c->out_len - c->out_off);
         if (n > 0) { c->out_off += (size_t)n; continue; }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { set_events(c, 1); return; }
@@ -242,7 +390,7 @@ static void flush_out(conn *c) {
         failed = 1;
         return;
     }
-    c->out_off = c->out_len = 0;
+    c->out_off = c->out_len = c->framed = 0;
     set_events(c, 0);
 }
 
@@ -339,7 +487,109 @@ static void client_id(conn *c, char *id, size_t n) {
     snprintf(id, n, "%s%s%d", idprefix, r, c->idx);
 }
 
+static void reg_add(conn *c) {
+    if (reg_n == reg_cap) {
+        reg_cap = reg_cap ? 2 * reg_cap : 1024;
+        reg = realloc(reg, reg_cap * sizeof *reg);
+    }
+    reg[reg_n++] = c;
+}
+
+/* Blocking I/O during setup of a layered connection (fd still blocking). */
+static int setup_write(conn *c, const void *buf, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = io_send(c, (const char *)buf + done, n - done);
+        if (r <= 0) return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+/* --transport tls|ws|wss: TCP connect, TLS handshake and HTTP upgrade done with
+ * blocking calls (a handful of connections, before the measurement), then the
+ * connection is made non-blocking and sends its CONNECT like a plain one. */
+static conn *open_conn_layered(int role, int idx) {
+    struct sockaddr_in *to = role == ROLE_SUB ? &dst_sub : &dst;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) { fprintf(stderr, "loadgen: socket: %s\n", strerror(errno)); conn_errors++; return NULL; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {10, 0};   /* bound every blocking setup call */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    conn *c = calloc(1, sizeof *c);
+    c->fd = fd;
+    c->role = role;
+    c->idx = idx;
+    const char *err = NULL;
+    if (connect(fd, (struct sockaddr *)to, sizeof *to) < 0) err = strerror(errno);
+#ifdef LOADGEN_TLS
+    if (!err && USE_TLS()) {
+        c->ssl = SSL_new(tls_ctx);
+        SSL_set_fd(c->ssl, fd);
+        if (SSL_connect(c->ssl) != 1) err = "TLS handshake failed";
+    }
+#else
+    if (!err && USE_TLS()) err = "built without TLS (gcc -DLOADGEN_TLS ... -lssl -lcrypto)";
+#endif
+    if (!err && USE_WS()) {
+        char req[512], resp[4096];
+        unsigned char key[16];
+        for (int k = 0; k < 16; k++) key[k] = (unsigned char)ws_rand();
+        static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        char k64[25];
+        int o = 0;
+        for (int k = 0; k < 15; k += 3) {
+            uint32_t v = (uint32_t)key[k] << 16 | (uint32_t)key[k + 1] << 8 | key[k + 2];
+            for (int j = 3; j >= 0; j--) k64[o++] = b64[(v >> (6 * j)) & 63];
+        }
+        uint32_t v = (uint32_t)key[15] << 16;
+        k64[o++] = b64[(v >> 18) & 63]; k64[o++] = b64[(v >> 12) & 63];
+        k64[o++] = '='; k64[o++] = '='; k64[o] = 0;
+        int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+                         o_ws_path, o_host, ntohs(to->sin_port), k64);
+        if (setup_write(c, req, (size_t)n) < 0) err = "sending the WebSocket upgrade failed";
+        size_t got = 0;
+        while (!err) {   /* the broker sends nothing after the 101 until our CONNECT */
+            ssize_t r = io_recv(c, resp + got, sizeof resp - 1 - got);
+            if (r <= 0) { err = "no answer to the WebSocket upgrade"; break; }
+            got += (size_t)r;
+            resp[got] = 0;
+            if (strstr(resp, "\r\n\r\n")) {
+                if (strncmp(resp, "HTTP/1.1 101", 12) != 0) err = "WebSocket upgrade refused";
+                break;
+            }
+            if (got >= sizeof resp - 1) err = "WebSocket upgrade answer too long";
+        }
+    }
+    if (err) {
+        fprintf(stderr, "loadgen: %s connection: %s\n", role == ROLE_SUB ? "sub" : "pub", err);
+#ifdef LOADGEN_TLS
+        if (c->ssl) SSL_free(c->ssl);
+#endif
+        close(fd);
+        free(c);
+        conn_errors++;
+        return NULL;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
+    c->last_tx = now_s();
+    reg_add(c);
+    char id[64];
+    client_id(c, id, sizeof id);
+    c->state = ST_WAIT_CONNACK;
+    send_connect(c, id);
+    flush_out(c);
+    return c->state == ST_CLOSED ? NULL : c;
+}
+
 static conn *open_conn(int role, int idx) {
+    if (o_transport != TR_TCP) return open_conn_layered(role, idx);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         fprintf(stderr, "loadgen: socket: %s\n", strerror(errno));
@@ -402,11 +652,7 @@ static conn *open_conn(int role, int idx) {
     c->out_armed = !sent_all;
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
     c->last_tx = now_s();
-    if (reg_n == reg_cap) {
-        reg_cap = reg_cap ? 2 * reg_cap : 1024;
-        reg = realloc(reg, reg_cap * sizeof *reg);
-    }
-    reg[reg_n++] = c;
+    reg_add(c);
     return c;
 }
 
@@ -511,7 +757,13 @@ static void on_readable(conn *c) {
         size_t have = c->in_len;
         if (have > 65536) { failed = 1; conn_close(c, "packet too large"); return; }
         if (have) memcpy(scratch, c->in, have);
-        ssize_t r = recv(c->fd, scratch + have, SCRATCH, 0);
+        ssize_t r = io_recv(c, scratch + have, SCRATCH);
+        if (r > 0 && USE_WS()) {
+            size_t kept = ws_deframe(c, scratch + have, (size_t)r);
+            if (kept == (size_t)-1) r = 0;     /* a close frame: as a closed socket */
+            else if (kept == 0) continue;      /* headers or control frames only */
+            else r = (ssize_t)kept;
+        }
         if (r == 0) {
             if (c->role == ROLE_CONN && c->state == ST_READY) conn_closed_idle++;
             else failed = 1;
@@ -535,7 +787,8 @@ static void on_readable(conn *c) {
         }
         if (left) memcpy(c->in, scratch + used, left);
         c->in_len = left;
-        if ((size_t)r < SCRATCH) break;
+        /* TLS returns one record per read: go on until it would block */
+        if ((size_t)r < SCRATCH && !c->ssl) break;
     }
     if (c->state != ST_CLOSED && pending_out(c)) flush_out(c);
 }
@@ -1075,6 +1328,7 @@ static void usage(void) {
             "  connect: -n N -c CONCURRENCY --hold S --timeout S --procs K --sources K\n"
             "           --ping-check\n"
             "  all    : --keepalive S (default 60, 0 = off)\n"
+            "  pubsub, latency: --transport tcp|tls|ws|wss (default tcp), --ws-path P\n"
             "  latency: --rate N --warmup S --duration S\n");
     exit(2);
 }
@@ -1090,11 +1344,11 @@ int main(int argc, char **argv) {
         {"concurrency", 1, 0, 'c'}, {"hold", 1, 0, 'h'}, {"timeout", 1, 0, 'T'},
         {"rate", 1, 0, 'r'}, {"drain", 1, 0, 'D'}, {"keepalive", 1, 0, 'k'}, {"procs", 1, 0, 'j'},
         {"persistent-subs", 0, 0, 'R'}, {"sources", 1, 0, 'x'}, {"ping-check", 0, 0, 'K'},
-        {"sub-port", 1, 0, 'u'},
+        {"sub-port", 1, 0, 'u'}, {"transport", 1, 0, 'X'}, {"ws-path", 1, 0, 'Y'},
         {0, 0, 0, 0}};
     int ch;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:Rx:Ku:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:Rx:Ku:X:Y:", opts, NULL)) != -1) {
         switch (ch) {
         case 'H': o_host = optarg; break;
         case 'p': o_port = atoi(optarg); break;
@@ -1124,6 +1378,14 @@ int main(int argc, char **argv) {
         case 'x': o_sources = atoi(optarg); break;
         case 'K': o_pingcheck = 1; break;
         case 'u': o_sub_port = atoi(optarg); break;
+        case 'X':
+            if (!strcmp(optarg, "tcp")) o_transport = TR_TCP;
+            else if (!strcmp(optarg, "tls")) o_transport = TR_TLS;
+            else if (!strcmp(optarg, "ws")) o_transport = TR_WS;
+            else if (!strcmp(optarg, "wss")) o_transport = TR_WSS;
+            else usage();
+            break;
+        case 'Y': o_ws_path = optarg; break;
         default: usage();
         }
     }
@@ -1147,6 +1409,27 @@ int main(int argc, char **argv) {
     }
     dst_sub = dst;
     if (o_sub_port) dst_sub.sin_port = htons((uint16_t)o_sub_port);
+    if (o_transport != TR_TCP && !strcmp(mode, "connect")) {
+        fprintf(stderr, "loadgen: connect mode is TCP only (bench/tlsload.py connects over "
+                        "TLS and WebSocket)\n");
+        return 2;
+    }
+#ifdef LOADGEN_TLS
+    if (USE_TLS()) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx) die("SSL_CTX_new");
+        SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+#else
+    if (USE_TLS()) {
+        fprintf(stderr, "loadgen: built without TLS: gcc -O2 -DLOADGEN_TLS -o loadgen "
+                        "loadgen.c -lssl -lcrypto (libssl-dev)\n");
+        return 2;
+    }
+#endif
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1");
     if (!strcmp(mode, "pubsub")) return run_pubsub();

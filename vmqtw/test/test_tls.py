@@ -703,3 +703,54 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(proto.psk_identity, "id1")
         self.assertEqual(preauth_username(proto.wrappedProtocol.transport, lst), "id1")
         proto.connectionLost(None)
+
+
+class ConnectionHelperTests(SynchronousTestCase):
+    """The per-connection helpers of ``vmqtw.transport.tls_io``."""
+
+    def test_renewed_bios_keep_unread_bytes(self) -> None:
+        """``_renew_bios`` gives a connection two new memory BIOs and moves the
+        bytes still unread in the old ones over, in order."""
+        from vmqtw.transport.tls_io import _lib, _renew_bios
+        conn = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        old_in, old_out = conn._into_ssl, conn._from_ssl
+        conn.bio_write(b"inbound bytes")
+        _lib.BIO_write(conn._from_ssl, b"outbound" * 1000, 8000)
+        _renew_bios(conn)
+        self.assertNotEqual((conn._into_ssl, conn._from_ssl), (old_in, old_out))
+        self.assertEqual(conn.bio_read(100000), b"outbound" * 1000)
+        buf = tls_io_buffer(64)
+        n = _lib.BIO_read(conn._into_ssl, buf, 64)
+        self.assertEqual(tls_io_bytes(buf, n), b"inbound bytes")
+
+    def test_turn_flusher_flushes_each_connection_once_per_turn(self) -> None:
+        """``_TurnFlusher`` schedules one call per reactor turn for all the
+        connections written to, and flushes them in the order they came."""
+        from vmqtw.transport.tls_io import _TurnFlusher
+        clock = Clock()
+        flusher = _TurnFlusher(clock)
+        flushed: list[str] = []
+
+        class P:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def _flush_pending(self) -> None:
+                flushed.append(self.name)
+
+        flusher.add(P("a"))
+        flusher.add(P("b"))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0)
+        self.assertEqual(flushed, ["a", "b"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+def tls_io_buffer(n: int) -> Any:
+    from vmqtw.transport.tls_io import _ffi
+    return _ffi.new("char[]", n)
+
+
+def tls_io_bytes(buf: Any, n: int) -> bytes:
+    from vmqtw.transport.tls_io import _ffi
+    return bytes(_ffi.buffer(buf, n))

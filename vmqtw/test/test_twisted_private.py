@@ -12,7 +12,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from vmqtw.transport import _twisted_private
-from vmqtw.transport._twisted_private import PRIVATE_ATTRIBUTES, socket_under, write_now
+from vmqtw.transport._twisted_private import (
+    PRIVATE_ATTRIBUTES, send_if_idle, socket_under, write_now,
+)
 
 UPGRADE = ("Twisted {version} changed tcp.Connection: {what}; the direct-socket fast "
            "path in vmqtw/transport/_twisted_private.py must be updated")
@@ -72,6 +74,19 @@ class PrivateTwistedTests(SynchronousTestCase):
         write_now(self.conn, self.conn, True, b"hello")
         self.assertEqual(self.received(5), b"hello")
         self.assertEqual((self.conn._tempDataLen, self.conn.dataBuffer), (0, b""))
+
+    def test_send_if_idle(self) -> None:
+        """``send_if_idle`` sends at once when nothing is buffered below, and
+        queues behind buffered output (without flushing it) when something is,
+        so the bytes keep their order."""
+        send_if_idle(self.conn, self.conn, b"first")
+        self.assertEqual(self.received(5), b"first")
+        self.assertEqual((self.conn._tempDataLen, self.conn.dataBuffer), (0, b""))
+        self.conn.write(b"AB")
+        send_if_idle(self.conn, self.conn, b"CD")
+        self.assertEqual(self.conn._tempDataLen, 4)  # buffered, in order, not sent yet
+        self.conn.doWrite()
+        self.assertEqual(self.received(4), b"ABCD")
 
     def test_write_now_through_a_wrapper(self) -> None:
         """Through a non pass-through layer ``write_now`` writes via that layer

@@ -496,6 +496,61 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(mqtt.data, b"x" * 60)
         self.assertClosedWith(c, 1009)
 
+    def login(self, c: Conn, mqtt: Recorder) -> None:
+        """The MQTT side sends a successful CONNACK: the client is logged in."""
+        mqtt.transport.write(b"\x20\x02\x00\x00")
+        self.assertFalse(c.proto.preauth)
+        c.frames()
+
+    def test_frames_of_one_read_reach_mqtt_in_one_call_after_login(self) -> None:
+        """
+        Once the client is logged in, the payloads of all the frames in one read reach MQTT in
+        one call, in order (one decode and one output flush per read); before login each frame
+        goes through as it is parsed.
+        """
+        c = Conn()
+        mqtt = c.open()
+        c.send(client_frame(OP_BINARY, b"ab") + client_frame(OP_BINARY, b"cd"))
+        self.assertEqual(mqtt.received, [b"ab", b"cd"])
+        self.login(c, mqtt)
+        c.send(client_frame(OP_BINARY, b"ef") + client_frame(OP_BINARY, b"gh")
+               + client_frame(OP_PING, b"p") + client_frame(OP_BINARY, b"ij", fin=False))
+        self.assertEqual(mqtt.received[2:], [b"efghij"])
+        frame = client_frame(OP_CONT, b"klm")
+        c.send(frame[:4])
+        c.send(frame[4:])
+        self.assertEqual(mqtt.data, b"abcdefghijklm")
+        self.assertEqual(c.frames(), [(OP_PONG, True, b"p")])
+
+    def test_after_login_frames_before_a_failure_in_the_same_read_are_delivered(self) -> None:
+        """
+        After login, frames that precede a text frame, an oversize frame or a close frame in the
+        same read are still delivered (before the connection is failed or closed); nothing
+        after it is.
+        """
+        c = Conn()
+        mqtt = c.open()
+        self.login(c, mqtt)
+        c.send(client_frame(OP_BINARY, b"ok") + client_frame(OP_TEXT, b"text")
+               + client_frame(OP_BINARY, b"after"))
+        self.assertTrue(c.transport.aborted)
+        self.assertEqual(mqtt.data, b"ok")
+
+        c = Conn(inner=Inner(max_ws_frame_size=100))
+        mqtt = c.open()
+        self.login(c, mqtt)
+        c.send(client_frame(OP_BINARY, b"x" * 10) + client_frame(OP_BINARY, b"y" * 101))
+        self.assertEqual(mqtt.data, b"x" * 10)
+        self.assertClosedWith(c, 1009)
+
+        c = Conn()
+        mqtt = c.open()
+        self.login(c, mqtt)
+        c.send(client_frame(OP_BINARY, b"last") + client_frame(OP_CLOSE, struct.pack("!H", 1000))
+               + client_frame(OP_BINARY, b"ignored"))
+        self.assertEqual(mqtt.data, b"last")
+        self.assertClosedWith(c, 1000)
+
     def test_broker_output_is_not_limited_by_max_ws_frame_size(self) -> None:
         """
         ``max_ws_frame_size`` limits only what clients send: the broker's own messages go out

@@ -54,3 +54,22 @@ def write_now(transport: Any, bottom: Any, direct: bool, data: bytes) -> None:
         return
     transport.write(data)
     bottom.doWrite()
+
+
+def send_if_idle(transport: Any, bottom: Any, data: bytes) -> None:
+    """Write ``data`` through ``transport``, straight to ``bottom``'s socket if
+    nothing is buffered there (the rest, if the kernel takes less, is buffered
+    as usual).  For a layer that sits on ``bottom`` with only pass-through
+    wrappers between (``socket_under`` says so); never calls ``doWrite``, so a
+    paused producer is never resumed from inside it.
+    """
+    if not bottom.connected or bottom.disconnecting or bottom._tempDataLen or \
+            bottom.offset != len(bottom.dataBuffer):
+        transport.write(data)
+        return
+    try:
+        sent = bottom.socket.send(data)
+    except OSError:  # EAGAIN, or an error doWrite will report
+        sent = 0
+    if sent != len(data):
+        transport.write(data[sent:])

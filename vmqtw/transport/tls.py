@@ -61,14 +61,16 @@ from typing import Any
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from vmqtw.logs import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vmqtw.config import TLS_VERSIONS, ListenerConfig
+from vmqtw.transport._twisted_private import send_if_idle, socket_under
+from vmqtw.transport.tls_io import PENDING_MAX, _provide_like, _renew_bios, _TurnFlusher
 from vmqtw.transport.identity import peer_of
 from vmqtw.transport.errors import LayerError
 # The handshake callbacks live in tls_callbacks, PSK_IDENTITIES stays importable from here.
@@ -310,11 +312,27 @@ class ServerTLSOptions:
 # Protocol and factory
 # --------------------------------------------------------------------------
 
-class TLSServerProtocol(BufferingTLSTransport):
-    """Twisted's TLS transport, plus the handshake timeout and ``psk_identity``."""
+class TLSServerProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS transport, plus the handshake timeout and ``psk_identity``.
+
+    Writes are collected until the end of the reactor turn, as Twisted's
+    ``BufferingTLSTransport`` does, but per listener (``_TurnFlusher``) instead
+    of an aggregator and a ``callLater`` per connection; the TLS records then
+    go straight to the socket when nothing is buffered below (as ``write_now``
+    does for plain TCP) instead of waiting another turn for EPOLLOUT, and so do
+    the handshake flights.
+    """
 
     factory: "TLSListenerFactory"
     _handshake_timer: Any = None
+    #: The TCP connection right below (only pass-through wrappers between),
+    #: whose socket may be written directly; None: write through the transport.
+    _bottom: Any = None
+    #: Application bytes written during this reactor turn (None: nothing).
+    _pending: list[bytes] | None = None
+    #: The handshake just finished: renew the memory BIOs once the current
+    #: chunk is processed (see ``_renew_bios``).
+    _bios_grown = False
 
     @property
     def psk_identity(self) -> str | None:
@@ -326,11 +344,78 @@ class TLSServerProtocol(BufferingTLSTransport):
         timeout = self.factory.handshake_timeout
         if timeout is not None:
             self._handshake_timer = self.factory.clock.callLater(timeout, self._handshake_expired)
-        super().makeConnection(transport)
+        # TLSMemoryBIOProtocol.makeConnection, minus its loop of
+        # directlyProvides calls, one per interface of the transport (each
+        # replaces the previous one, and ProtocolWrapper.makeConnection
+        # replaces the last with providedBy(transport), which is what stays),
+        # and with ProtocolWrapper.makeConnection's own call from a cache.
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        bottom, direct = socket_under(transport)
+        if direct:
+            self._bottom = bottom
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            # ProtocolWrapper.makeConnection
+            _provide_like(self, transport)
+            Protocol.makeConnection(self, transport)
+            self.factory.registerProtocol(self)
+            self.wrappedProtocol.makeConnection(self)
+        self._checkHandshakeStatus()
+
+    def write(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            self.factory.flusher.add(self)
+            return
+        pending.append(data)
+        if len(pending) >= PENDING_MAX:
+            self._flush_pending()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending:
+            TLSMemoryBIOProtocol.write(self, b"".join(pending))
+
+    def loseConnection(self) -> None:
+        self._flush_pending()
+        super().loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._bios_grown:
+            self._release_bios()
+
+    def _flushSendBIO(self) -> None:
+        conn = self._tlsConnection
+        try:
+            data = conn.bio_read(2**15)
+        except SSL.WantReadError:
+            return  # nothing in the send BIO right now
+        transport: Any = self.transport
+        bottom = self._bottom
+        if bottom is None:
+            transport.write(data)
+        else:
+            send_if_idle(transport, bottom, data)
+
+    def _release_bios(self) -> None:
+        """Renew the memory BIOs once the handshake is over (see ``_renew_bios``)."""
+        conn = self._tlsConnection
+        if not self._handshakeDone or conn is None or self.disconnecting:
+            return
+        self._bios_grown = False
+        _renew_bios(conn)
 
     def _checkHandshakeStatus(self) -> None:
         super()._checkHandshakeStatus()
         if self._handshakeDone:
+            self._bios_grown = True  # the handshake flights: drop their buffers
             self._cancel_handshake_timer()
             if self.factory.identity_required and not self._has_identity():
                 # use_identity_as_username: never fall back to the CONNECT
@@ -368,6 +453,7 @@ class TLSServerProtocol(BufferingTLSTransport):
         self.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._pending = None
         self._cancel_handshake_timer()
         failure = self._reason or reason
         if not self._handshakeDone and failure is not None and \
@@ -399,6 +485,8 @@ class TLSListenerFactory(TLSMemoryBIOFactory):
         self.crl_refresh_interval = crl_refresh_interval  # seconds; None/0: never
         self.handshake_timeouts = 0
         self._crl_loop: LoopingCall | None = None
+        #: This listener's connections written to during the current turn.
+        self.flusher = _TurnFlusher(clock)
 
     def reload(self) -> bool:
         return self.creator.reload()

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer, PerMessageDeflateOfferAccept,
 )
@@ -78,6 +78,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.internet.protocol import connectionDone
 from vmqtw.logs import Logger
+from vmqtw.transport.websocket_batch import ReadBatching
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -333,7 +334,7 @@ class WebSocketTransport:
         self.loseConnection()
 
 
-class MQTTWebSocketProtocol(WebSocketServerProtocol):
+class MQTTWebSocketProtocol(ReadBatching):
     """One WebSocket connection carrying one MQTT connection."""
 
     vmq_log = Logger()
@@ -472,9 +473,13 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        # Not accumulated: autobahn counts sizes for its limits, we pass the
-        # bytes on as they come.
+        # Not accumulated into messages: autobahn counts sizes for its limits,
+        # we pass the bytes on as they come (batched per read: ReadBatching).
         if payload and self._binary and self.state == _OPEN and not self.failedByMe:
+            batch = self._batch
+            if batch is not None:
+                batch.append(payload)
+                return
             mqtt = self.mqtt
             if mqtt is not None:
                 mqtt.dataReceived(payload)
