@@ -16,6 +16,9 @@ keys, publishers and subscribers on the one process.
 Scenarios (the loads of ``bench/run.py``):
 
 - ``fanin_qos0``: 50 publishers -> 1 subscriber on ``bench/#``, QoS 0;
+- ``fanin_spread``: the same load with the odd-numbered publishers on node 2 too
+  (loadgen ``--pub-port2``): half the messages cross the link, as with ``--workers``
+  spreading clients (the single process gets the same load as ``fanin_qos0``);
 - ``qos0_1to1``: 1 publisher -> 1 subscriber, QoS 0;
 - ``latency_2k``: 1 -> 1 at 2,000 msg/s, QoS 0: end-to-end p50/p99 (cross-node for
   the cluster).
@@ -31,6 +34,7 @@ Logs and configs go to ``bench/build/cluster/`` (git-ignored). Standard library 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import socket
@@ -50,9 +54,16 @@ COOKIE = "bench-cookie"
 CLUSTER_PID = -4242
 
 
+#: The scenario whose publishers are spread over both nodes (the subscriber on node 2).
+SPREAD = "fanin_spread"
+
+
 def scenarios(quick: bool) -> list[R.Scenario]:
     by_name = {s.name: s for s in R.scenarios(quick)}
-    return [by_name["fanin_qos0"], by_name["qos0_1to1"], by_name["latency_2k"]]
+    spread = dataclasses.replace(
+        by_name["fanin_qos0"], name=SPREAD,
+        describe="QoS 0, 50 -> 1 on bench/#, half the publishers on each node")
+    return [by_name["fanin_qos0"], spread, by_name["qos0_1to1"], by_name["latency_2k"]]
 
 
 # -- processes -----------------------------------------------------------------------
@@ -208,6 +219,8 @@ LINK_PATH = {
 
 
 def start_py_spy(nodes: list[R.Vmqtw], tag: str) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """py-spy on each of ``nodes`` (profiles ``TAG-nI.pyspy.txt``; a single process is
+    node 1 of its tag)."""
     exe = shutil.which("py-spy") or str(Path.home() / ".local/bin/py-spy")
     spies = []
     for i, node in enumerate(nodes, 1):
@@ -251,6 +264,31 @@ def link_shares(path: Path, which: str) -> tuple[int, dict[str, float]]:
     return total, {k: v / total for k, v in hits.items()} if total else {}
 
 
+def top_frames(path: Path, top: int = 12) -> list[tuple[float, str]]:
+    """The ``top`` frames of a py-spy raw profile by own (self) samples, as (share of
+    the process's samples, frame)."""
+    own: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return [(n / total, frame) for frame, n in ranked] if total else []
+
+
+def print_top(path: Path, title: str, us: float | None, top: int = 12) -> None:
+    print(f"  py-spy {title}: top frames by own samples ({us} us CPU/msg)")
+    for share, frame in top_frames(path, top):
+        cost = f"{share * us:.2f} us/msg" if us else "?"
+        print(f"    {100 * share:5.1f}%  {cost:>12}  {frame}")
+
+
 def print_link_costs(tag: str, per_node_us: list[float | None]) -> None:
     for i, which in ((1, "node 1"), (2, "node 2")):
         samples, shares = link_shares(WORKDIR / f"{tag}-n{i}.pyspy.txt", which)
@@ -260,6 +298,7 @@ def print_link_costs(tag: str, per_node_us: list[float | None]) -> None:
         for label, share in shares.items():
             cost = f"{share * us:.2f} us/msg" if us else "?"
             print(f"    {label:<44} {100 * share:5.1f}%  {cost}")
+        print_top(WORKDIR / f"{tag}-n{i}.pyspy.txt", which, us)
 
 
 def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
@@ -272,7 +311,11 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
             broker = R.Vmqtw(WORKDIR, tag, ["persistent_store.enabled=off"], None)
             procs.append(broker)
             broker.start()
-            return R.run_once(sc, broker, R.budget_for(sc, quick))
+            spies = start_py_spy([broker], tag) if py_spy else []
+            try:
+                return R.run_once(sc, broker, R.budget_for(sc, quick))
+            finally:
+                stop_py_spy(spies)
         redis = Redis(WORKDIR)
         procs.append(redis)
         nodes = []
@@ -287,8 +330,10 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
         cluster = Cluster(nodes, tag)
         _current[:] = [cluster]
         _node_marks.clear()
-        cross = R.Scenario(sc.name, sc.mode, sc.args + ["--sub-port", str(nodes[1].port)],
-                           sc.unit, sc.target, sc.mosquitto_nodelay, sc.describe)
+        extra = ["--sub-port", str(nodes[1].port)]
+        if sc.name == SPREAD:
+            extra += ["--pub-port2", str(nodes[1].port)]
+        cross = dataclasses.replace(sc, args=sc.args + extra)
         spies = start_py_spy(nodes, tag) if py_spy else []
         try:
             run = R.run_once(cross, cluster, R.budget_for(sc, quick))  # type: ignore[arg-type]
@@ -318,10 +363,14 @@ def main() -> int:
                     help="the cluster's nodes under cProfile; top functions of each")
     ap.add_argument("--py-spy", action="store_true",
                     help="sample both nodes with py-spy: the vmq link's share per message")
+    ap.add_argument("--vmqtw-tree", default=None,
+                    help="measure the vmqtw package of this checkout (before/after runs)")
     ap.add_argument("--wait-quiet", type=float, default=10.0,
                     help="wait up to S seconds for a quiet machine before each run")
     args = ap.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
+    if args.vmqtw_tree:
+        R.VMQTW_TREE = Path(args.vmqtw_tree).resolve()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     R.build_loadgen()
     print(f"# {R.machine()}\n# revision {R.git_revision()}", flush=True)
@@ -340,6 +389,9 @@ def main() -> int:
                 nodes_us = [us_per_msg(c, rate) for c in run.extra.get("node_cpu_pct", [])]
                 if args.py_spy and kind == "cluster" and rate:
                     print_link_costs(tag, nodes_us)
+                elif args.py_spy and rate:
+                    print_top(WORKDIR / f"{tag}-n1.pyspy.txt", "one process",
+                              run.extra.get("cpu_us_per_msg"))
                 if args.profile and kind == "cluster":
                     for i in (1, 2):
                         path = WORKDIR / f"{tag}-n{i}.prof"
