@@ -166,11 +166,24 @@ R.cpu_ticks = cpu_ticks
 
 #: (monotonic time, ticks of each node) at each measurement mark of the current run.
 _node_marks: list[tuple[float, list[int | None]]] = []
+#: The kernel's share of those ticks (``stime``), at the same marks.
+_sys_marks: list[list[int | None]] = []
+
+
+def sys_ticks(pid: int) -> int | None:
+    """The CPU ticks ``pid`` spent in the kernel (``stime`` of ``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[12])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _cpu_ticks_marked(pid: int) -> int | None:
     if pid == CLUSTER_PID and _current:
-        _node_marks.append((time.monotonic(), [_cpu_ticks(n.pid) for n in _current[0].nodes]))
+        nodes = _current[0].nodes
+        _node_marks.append((time.monotonic(), [_cpu_ticks(n.pid) for n in nodes]))
+        _sys_marks.append([sys_ticks(n.pid) for n in nodes])
     return cpu_ticks(pid)
 
 
@@ -185,6 +198,20 @@ def node_cpu_pct() -> list[float | None]:
     wall = max(t1 - t0, 1e-6)
     return [None if x is None or y is None else round(100.0 * (y - x) / R.CLK_TCK / wall, 1)
             for x, y in zip(a, b, strict=True)]
+
+
+def node_sys_share() -> list[float | None]:
+    """The kernel's share of each node's CPU between the first and last mark."""
+    if len(_node_marks) < 2 or len(_sys_marks) < 2:
+        return []
+    out: list[float | None] = []
+    for a, b, sa, sb in zip(_node_marks[0][1], _node_marks[-1][1], _sys_marks[0],
+                            _sys_marks[-1], strict=True):
+        if None in (a, b, sa, sb) or b == a:  # type: ignore[operator]
+            out.append(None)
+        else:
+            out.append(round((sb - sa) / (b - a), 2))  # type: ignore[operator]
+    return out
 
 
 def us_per_msg(cpu_pct: float | None, rate: float | None) -> float | None:
@@ -330,6 +357,7 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
         cluster = Cluster(nodes, tag)
         _current[:] = [cluster]
         _node_marks.clear()
+        _sys_marks.clear()
         extra = ["--sub-port", str(nodes[1].port)]
         if sc.name == SPREAD:
             extra += ["--pub-port2", str(nodes[1].port)]
@@ -340,6 +368,7 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
         finally:
             stop_py_spy(spies)
         run.extra["node_cpu_pct"] = node_cpu_pct()
+        run.extra["node_sys_share"] = node_sys_share()
         return run
     except Exception as e:
         return R.Run(ok=False, error=str(e))
@@ -406,7 +435,8 @@ def main() -> int:
                       f"other={run.extra.get('other_cpu_pct')} "
                       f"busy_before={run.extra.get('machine_busy_before_pct')} "
                       f"cpu_us/msg={run.extra.get('cpu_us_per_msg')}"
-                      + (f" per node={nodes_us}" if kind == "cluster" and rate else "")
+                      + (f" per node={nodes_us} kernel share={run.extra.get('node_sys_share')}"
+                         if kind == "cluster" and rate else "")
                       + (f" ERROR {run.error}" if run.error else ""), flush=True)
         row: dict[str, Any] = {}
         for kind, rs in runs.items():

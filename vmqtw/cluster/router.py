@@ -217,10 +217,21 @@ class ClusterRouter:
         tree = self.remote.get(mountpoint)
         if tree is not None:
             matches = tree.match(message.topic)  # (cached by the tree per topic)
+            if len(matches) == 1:
+                # One node's route (the usual case), on a PeerLink: no loop, no dedup.
+                send_encoded = getattr(self.links.get(matches[0][1]), "send_encoded", None)
+                if send_encoded is not None:
+                    if message.properties or message.expires_at is not None:
+                        send_encoded(link_bytes(message, mountpoint,
+                                                self.broker.clock.seconds()))
+                    else:  # (link_bytes inlined)
+                        send_encoded(encode_msg(mountpoint, message.topic, message.payload,
+                                                message.qos, message.retain))
+                    self.forwarded += 1
+                    self.matches_remote += 1
+                    matches = None  # sent
             if matches:
-                # One route (the usual case) needs no de-duplication of its node.
-                nodes: Any = (matches[0][1],) if len(matches) == 1 else \
-                    dict.fromkeys(node for _f, node, _v in matches)
+                nodes: Any = dict.fromkeys(node for _f, node, _v in matches)
                 data: bytes | None = None
                 sent = 0
                 links = self.links
