@@ -133,8 +133,9 @@ def _rig(gated: bool) -> Any:
                 return True
             until[0] = now + 0.05
             return True
-        rig.authorizer = NetsplitGate(RegistrationGate(rig.authorizer, None), ready_now,
-                                      ClusterConfig())
+        registration: Any = RegistrationGate(rig.authorizer, None)  # type: ignore[arg-type]
+        gate: Any = NetsplitGate(registration, ready_now, ClusterConfig())
+        rig.authorizer = gate
     return rig
 
 
@@ -206,7 +207,7 @@ def _node2(body: bytes) -> Callable[[], None]:
     deliver = _router(rig, "n2", {}).deliver
 
     def run() -> None:
-        deliver("n1", decode_batch(body))  # type: ignore[arg-type]
+        deliver("n1", decode_batch(body))
         wire.clear()
     return run
 

@@ -207,10 +207,10 @@ def node_sys_share() -> list[float | None]:
     out: list[float | None] = []
     for a, b, sa, sb in zip(_node_marks[0][1], _node_marks[-1][1], _sys_marks[0],
                             _sys_marks[-1], strict=True):
-        if None in (a, b, sa, sb) or b == a:  # type: ignore[operator]
+        if a is None or b is None or sa is None or sb is None or b == a:
             out.append(None)
         else:
-            out.append(round((sb - sa) / (b - a), 2))  # type: ignore[operator]
+            out.append(round((sb - sa) / (b - a), 2))
     return out
 
 

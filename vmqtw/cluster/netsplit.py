@@ -40,7 +40,7 @@ def _hook(inner: Any, name: str) -> Callable[..., Any]:
     authorizer without it fails then, as before)."""
     method = getattr(inner, name, None)
     if method is not None:
-        return method  # type: ignore[no-any-return]
+        return method
     return lambda *args: getattr(inner, name)(*args)
 
 

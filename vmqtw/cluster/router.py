@@ -216,7 +216,7 @@ class ClusterRouter:
         record: Msg | None = None
         tree = self.remote.get(mountpoint)
         if tree is not None:
-            matches = tree.match(message.topic)  # (cached by the tree per topic)
+            matches: Any = tree.match(message.topic)  # (cached by the tree per topic)
             if len(matches) == 1:
                 # One node's route (the usual case), on a PeerLink: no loop, no dedup.
                 send_encoded = getattr(self.links.get(matches[0][1]), "send_encoded", None)
