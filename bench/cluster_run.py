@@ -16,6 +16,9 @@ keys, publishers and subscribers on the one process.
 Scenarios (the loads of ``bench/run.py``):
 
 - ``fanin_qos0``: 50 publishers -> 1 subscriber on ``bench/#``, QoS 0;
+- ``fanin_spread``: the same load with the odd-numbered publishers on node 2 too
+  (loadgen ``--pub-port2``): half the messages cross the link, as with ``--workers``
+  spreading clients (the single process gets the same load as ``fanin_qos0``);
 - ``qos0_1to1``: 1 publisher -> 1 subscriber, QoS 0;
 - ``latency_2k``: 1 -> 1 at 2,000 msg/s, QoS 0: end-to-end p50/p99 (cross-node for
   the cluster).
@@ -31,6 +34,7 @@ Logs and configs go to ``bench/build/cluster/`` (git-ignored). Standard library 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import socket
@@ -50,9 +54,16 @@ COOKIE = "bench-cookie"
 CLUSTER_PID = -4242
 
 
+#: The scenario whose publishers are spread over both nodes (the subscriber on node 2).
+SPREAD = "fanin_spread"
+
+
 def scenarios(quick: bool) -> list[R.Scenario]:
     by_name = {s.name: s for s in R.scenarios(quick)}
-    return [by_name["fanin_qos0"], by_name["qos0_1to1"], by_name["latency_2k"]]
+    spread = dataclasses.replace(
+        by_name["fanin_qos0"], name=SPREAD,
+        describe="QoS 0, 50 -> 1 on bench/#, half the publishers on each node")
+    return [by_name["fanin_qos0"], spread, by_name["qos0_1to1"], by_name["latency_2k"]]
 
 
 # -- processes -----------------------------------------------------------------------
@@ -155,11 +166,24 @@ R.cpu_ticks = cpu_ticks
 
 #: (monotonic time, ticks of each node) at each measurement mark of the current run.
 _node_marks: list[tuple[float, list[int | None]]] = []
+#: The kernel's share of those ticks (``stime``), at the same marks.
+_sys_marks: list[list[int | None]] = []
+
+
+def sys_ticks(pid: int) -> int | None:
+    """The CPU ticks ``pid`` spent in the kernel (``stime`` of ``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[12])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _cpu_ticks_marked(pid: int) -> int | None:
     if pid == CLUSTER_PID and _current:
-        _node_marks.append((time.monotonic(), [_cpu_ticks(n.pid) for n in _current[0].nodes]))
+        nodes = _current[0].nodes
+        _node_marks.append((time.monotonic(), [_cpu_ticks(n.pid) for n in nodes]))
+        _sys_marks.append([sys_ticks(n.pid) for n in nodes])
     return cpu_ticks(pid)
 
 
@@ -174,6 +198,20 @@ def node_cpu_pct() -> list[float | None]:
     wall = max(t1 - t0, 1e-6)
     return [None if x is None or y is None else round(100.0 * (y - x) / R.CLK_TCK / wall, 1)
             for x, y in zip(a, b, strict=True)]
+
+
+def node_sys_share() -> list[float | None]:
+    """The kernel's share of each node's CPU between the first and last mark."""
+    if len(_node_marks) < 2 or len(_sys_marks) < 2:
+        return []
+    out: list[float | None] = []
+    for a, b, sa, sb in zip(_node_marks[0][1], _node_marks[-1][1], _sys_marks[0],
+                            _sys_marks[-1], strict=True):
+        if a is None or b is None or sa is None or sb is None or b == a:
+            out.append(None)
+        else:
+            out.append(round((sb - sa) / (b - a), 2))
+    return out
 
 
 def us_per_msg(cpu_pct: float | None, rate: float | None) -> float | None:
@@ -208,6 +246,8 @@ LINK_PATH = {
 
 
 def start_py_spy(nodes: list[R.Vmqtw], tag: str) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """py-spy on each of ``nodes`` (profiles ``TAG-nI.pyspy.txt``; a single process is
+    node 1 of its tag)."""
     exe = shutil.which("py-spy") or str(Path.home() / ".local/bin/py-spy")
     spies = []
     for i, node in enumerate(nodes, 1):
@@ -251,6 +291,31 @@ def link_shares(path: Path, which: str) -> tuple[int, dict[str, float]]:
     return total, {k: v / total for k, v in hits.items()} if total else {}
 
 
+def top_frames(path: Path, top: int = 12) -> list[tuple[float, str]]:
+    """The ``top`` frames of a py-spy raw profile by own (self) samples, as (share of
+    the process's samples, frame)."""
+    own: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return [(n / total, frame) for frame, n in ranked] if total else []
+
+
+def print_top(path: Path, title: str, us: float | None, top: int = 12) -> None:
+    print(f"  py-spy {title}: top frames by own samples ({us} us CPU/msg)")
+    for share, frame in top_frames(path, top):
+        cost = f"{share * us:.2f} us/msg" if us else "?"
+        print(f"    {100 * share:5.1f}%  {cost:>12}  {frame}")
+
+
 def print_link_costs(tag: str, per_node_us: list[float | None]) -> None:
     for i, which in ((1, "node 1"), (2, "node 2")):
         samples, shares = link_shares(WORKDIR / f"{tag}-n{i}.pyspy.txt", which)
@@ -260,6 +325,7 @@ def print_link_costs(tag: str, per_node_us: list[float | None]) -> None:
         for label, share in shares.items():
             cost = f"{share * us:.2f} us/msg" if us else "?"
             print(f"    {label:<44} {100 * share:5.1f}%  {cost}")
+        print_top(WORKDIR / f"{tag}-n{i}.pyspy.txt", which, us)
 
 
 def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
@@ -272,7 +338,11 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
             broker = R.Vmqtw(WORKDIR, tag, ["persistent_store.enabled=off"], None)
             procs.append(broker)
             broker.start()
-            return R.run_once(sc, broker, R.budget_for(sc, quick))
+            spies = start_py_spy([broker], tag) if py_spy else []
+            try:
+                return R.run_once(sc, broker, R.budget_for(sc, quick))
+            finally:
+                stop_py_spy(spies)
         redis = Redis(WORKDIR)
         procs.append(redis)
         nodes = []
@@ -287,14 +357,18 @@ def one_run(sc: R.Scenario, kind: str, tag: str, quick: bool,
         cluster = Cluster(nodes, tag)
         _current[:] = [cluster]
         _node_marks.clear()
-        cross = R.Scenario(sc.name, sc.mode, sc.args + ["--sub-port", str(nodes[1].port)],
-                           sc.unit, sc.target, sc.mosquitto_nodelay, sc.describe)
+        _sys_marks.clear()
+        extra = ["--sub-port", str(nodes[1].port)]
+        if sc.name == SPREAD:
+            extra += ["--pub-port2", str(nodes[1].port)]
+        cross = dataclasses.replace(sc, args=sc.args + extra)
         spies = start_py_spy(nodes, tag) if py_spy else []
         try:
             run = R.run_once(cross, cluster, R.budget_for(sc, quick))  # type: ignore[arg-type]
         finally:
             stop_py_spy(spies)
         run.extra["node_cpu_pct"] = node_cpu_pct()
+        run.extra["node_sys_share"] = node_sys_share()
         return run
     except Exception as e:
         return R.Run(ok=False, error=str(e))
@@ -318,10 +392,14 @@ def main() -> int:
                     help="the cluster's nodes under cProfile; top functions of each")
     ap.add_argument("--py-spy", action="store_true",
                     help="sample both nodes with py-spy: the vmq link's share per message")
+    ap.add_argument("--vmqtw-tree", default=None,
+                    help="measure the vmqtw package of this checkout (before/after runs)")
     ap.add_argument("--wait-quiet", type=float, default=10.0,
                     help="wait up to S seconds for a quiet machine before each run")
     args = ap.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
+    if args.vmqtw_tree:
+        R.VMQTW_TREE = Path(args.vmqtw_tree).resolve()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     R.build_loadgen()
     print(f"# {R.machine()}\n# revision {R.git_revision()}", flush=True)
@@ -340,6 +418,9 @@ def main() -> int:
                 nodes_us = [us_per_msg(c, rate) for c in run.extra.get("node_cpu_pct", [])]
                 if args.py_spy and kind == "cluster" and rate:
                     print_link_costs(tag, nodes_us)
+                elif args.py_spy and rate:
+                    print_top(WORKDIR / f"{tag}-n1.pyspy.txt", "one process",
+                              run.extra.get("cpu_us_per_msg"))
                 if args.profile and kind == "cluster":
                     for i in (1, 2):
                         path = WORKDIR / f"{tag}-n{i}.prof"
@@ -354,7 +435,8 @@ def main() -> int:
                       f"other={run.extra.get('other_cpu_pct')} "
                       f"busy_before={run.extra.get('machine_busy_before_pct')} "
                       f"cpu_us/msg={run.extra.get('cpu_us_per_msg')}"
-                      + (f" per node={nodes_us}" if kind == "cluster" and rate else "")
+                      + (f" per node={nodes_us} kernel share={run.extra.get('node_sys_share')}"
+                         if kind == "cluster" and rate else "")
                       + (f" ERROR {run.error}" if run.error else ""), flush=True)
         row: dict[str, Any] = {}
         for kind, rs in runs.items():

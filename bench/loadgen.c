@@ -123,6 +123,7 @@ typedef struct conn {
 static const char *o_host = "127.0.0.1";
 static int o_port = 1883;
 static int o_sub_port = 0;  /* 0: subscribers use --port too */
+static int o_pub_port2 = 0; /* --pub-port2: odd-numbered publishers connect there */
 static int o_qos = 0;
 static int o_payload = 64;
 static double o_warmup = 1.0, o_duration = 5.0, o_drain = 3.0;
@@ -147,6 +148,7 @@ static const char *o_ws_path = "/mqtt";
 static int ep;
 static struct sockaddr_in dst;
 static struct sockaddr_in dst_sub;  /* subscribers' broker (--sub-port; default dst) */
+static struct sockaddr_in dst_pub2; /* odd publishers' broker (--pub-port2; default dst) */
 static unsigned char scratch[SCRATCH + 65536];
 static char idprefix[32];
 static int failed = 0;
@@ -615,7 +617,8 @@ static conn *open_conn(int role, int idx) {
     c->role = role;
     c->idx = idx;
     c->state = ST_CONNECTING;
-    struct sockaddr_in *to = role == ROLE_SUB ? &dst_sub : &dst;
+    struct sockaddr_in *to = role == ROLE_SUB ? &dst_sub
+                             : role == ROLE_PUB && (idx & 1) ? &dst_pub2 : &dst;
     int r = connect(fd, (struct sockaddr *)to, sizeof *to);
     if (r < 0 && errno != EINPROGRESS) {
         fprintf(stderr, "loadgen: connect: %s\n", strerror(errno));
@@ -1322,6 +1325,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen pubsub|connect|latency [-H host] [-p port] [options]\n"
             "  --sub-port P: subscribers connect to port P (another cluster node)\n"
+            "  --pub-port2 P: odd-numbered publishers connect to port P (publishers spread)\n"
             "  pubsub : --topology exact|fanout|fanin --pubs N --subs N -q 0|1 --payload B\n"
             "           --warmup S --duration S --window N --e2e-window N --drain S\n"
             "           --persistent-subs (subscribers connect with clean session off)\n"
@@ -1345,10 +1349,11 @@ int main(int argc, char **argv) {
         {"rate", 1, 0, 'r'}, {"drain", 1, 0, 'D'}, {"keepalive", 1, 0, 'k'}, {"procs", 1, 0, 'j'},
         {"persistent-subs", 0, 0, 'R'}, {"sources", 1, 0, 'x'}, {"ping-check", 0, 0, 'K'},
         {"sub-port", 1, 0, 'u'}, {"transport", 1, 0, 'X'}, {"ws-path", 1, 0, 'Y'},
+        {"pub-port2", 1, 0, 'v'},
         {0, 0, 0, 0}};
     int ch;
     optind = 2;
-    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:Rx:Ku:X:Y:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "H:p:q:s:w:d:W:E:P:S:t:n:c:h:T:r:D:k:j:Rx:Ku:X:Y:v:", opts, NULL)) != -1) {
         switch (ch) {
         case 'H': o_host = optarg; break;
         case 'p': o_port = atoi(optarg); break;
@@ -1386,6 +1391,7 @@ int main(int argc, char **argv) {
             else usage();
             break;
         case 'Y': o_ws_path = optarg; break;
+        case 'v': o_pub_port2 = atoi(optarg); break;
         default: usage();
         }
     }
@@ -1409,6 +1415,8 @@ int main(int argc, char **argv) {
     }
     dst_sub = dst;
     if (o_sub_port) dst_sub.sin_port = htons((uint16_t)o_sub_port);
+    dst_pub2 = dst;
+    if (o_pub_port2) dst_pub2.sin_port = htons((uint16_t)o_pub_port2);
     if (o_transport != TR_TCP && !strcmp(mode, "connect")) {
         fprintf(stderr, "loadgen: connect mode is TCP only (bench/tlsload.py connects over "
                         "TLS and WebSocket)\n");

@@ -309,6 +309,13 @@ class BatchEncoder:
     def add_encoded(self, data: bytes) -> int:
         """Queue a record already encoded with :func:`encode_record`."""
         size = len(data)
+        parts = self._parts
+        if parts and self._open + size <= self.max_frame_size:  # into the open frame
+            parts.append(data)
+            self._open += size
+            self.pending_bytes += size
+            self.pending_records += 1
+            return size
         if size + 1 > self.max_frame_size:
             raise RecordTooLarge(f"record of {size} bytes exceeds the frame limit "
                                  f"{self.max_frame_size}")

@@ -30,6 +30,7 @@ from vmqtw.cluster.handshake import (
     ClientHandshake, CookieMismatch, HandshakeError, ServerHandshake,
 )
 from vmqtw.logs import Logger
+from vmqtw.transport._twisted_private import socket_under, write_now
 
 #: VerneMQ defaults.
 DEFAULT_BUFFER_SIZE = 64 * 1024 * 1024          # outgoing_clustering_buffer_size
@@ -217,10 +218,15 @@ class LinkClientProtocol(Protocol):
         self.paused = False
         self.on_lost: list[Deferred[None]] = []
         self._timer: Any = None
+        #: The TCP connection under the transport (None: another kind), and whether
+        #: only pass-through layers sit above it (see :func:`write_now`).
+        self.socket: Any = None
+        self.direct = False
 
     def connectionMade(self) -> None:
         self.link._live.add(self)
         _no_delay(self.transport)
+        self.socket, self.direct = socket_under(self.transport)
         self.transport.registerProducer(self, True)
         self._timer = self.link.reactor.callLater(self.link.handshake_timeout, self._timeout)
         self.transport.write(self.handshake.start())
@@ -504,6 +510,15 @@ class PeerLink:
             return
         self.records_sent += enc.pending_records
         self.bytes_sent += enc.pending_bytes
-        proto.transport.writeSequence(enc.take())
+        frames = enc.take()
+        bottom = proto.socket
+        if bottom is None:
+            proto.transport.writeSequence(frames)
+        else:
+            # Onto the socket now, as the MQTT connections write: Twisted's write()
+            # would arm EPOLLOUT and send on the next reactor turn, two epoll_ctl
+            # calls and a turn per flush.
+            write_now(proto.transport, bottom, proto.direct,
+                      frames[0] if len(frames) == 1 else b"".join(frames))
         if self._dropping and enc.pending_bytes == 0:
             self._dropping = False

@@ -216,29 +216,47 @@ class ClusterRouter:
         record: Msg | None = None
         tree = self.remote.get(mountpoint)
         if tree is not None:
-            matches = tree.match(message.topic)
+            matches: Any = tree.match(message.topic)  # (cached by the tree per topic)
+            if len(matches) == 1:
+                # One node's route (the usual case), on a PeerLink: no loop, no dedup.
+                send_encoded = getattr(self.links.get(matches[0][1]), "send_encoded", None)
+                if send_encoded is not None:
+                    if message.properties or message.expires_at is not None:
+                        send_encoded(link_bytes(message, mountpoint,
+                                                self.broker.clock.seconds()))
+                    else:  # (link_bytes inlined)
+                        send_encoded(encode_msg(mountpoint, message.topic, message.payload,
+                                                message.qos, message.retain))
+                    self.forwarded += 1
+                    self.matches_remote += 1
+                    matches = None  # sent
             if matches:
+                nodes: Any = dict.fromkeys(node for _f, node, _v in matches)
                 data: bytes | None = None
-                seen: set[str] = set()
-                for _f, node, _v in matches:
-                    if node in seen:
-                        continue
-                    seen.add(node)
-                    link = self.links.get(node)
+                sent = 0
+                links = self.links
+                for node in nodes:
+                    link = links.get(node)
                     if link is None:
                         continue
                     send_encoded = getattr(link, "send_encoded", None)
                     if send_encoded is not None:
-                        if data is None:
-                            data = link_bytes(message, mountpoint, self.broker.clock.seconds())
+                        if data is None:  # encoded once for every node (link_bytes inlined)
+                            if not message.properties and message.expires_at is None:
+                                data = encode_msg(mountpoint, message.topic, message.payload,
+                                                  message.qos, message.retain)
+                            else:
+                                data = link_bytes(message, mountpoint,
+                                                  self.broker.clock.seconds())
                         send_encoded(data)
                     else:
                         if record is None:
                             record = to_record(message, mountpoint,
                                                self.broker.clock.seconds())
                         link.send(record)
-                    self.forwarded += 1
-                if record is not None or data is not None:
+                    sent += 1
+                if sent:
+                    self.forwarded += sent
                     self.matches_remote += 1
         if not self.shared.trees:  # (not the __bool__ call: this runs per publish)
             return None
@@ -271,12 +289,17 @@ class ClusterRouter:
     def deliver(self, peer: str, records: list[Record]) -> None:
         """Records from ``peer``'s link: publish each message to the local subscribers."""
         broker = self.broker
+        publish = broker.publish
         now = broker.clock.seconds()
         for record in records:
             if type(record) is Msg:
                 self.received += 1
-                broker.publish(from_record(record, now), record.mountpoint,
-                               from_remote=True)
+                if record.properties:
+                    message = from_record(record, now)
+                else:  # (from_record without properties, inlined: once per message)
+                    message = Message(record.topic, record.payload, record.qos,
+                                      record.retain)
+                publish(message, record.mountpoint, None, True)  # from_remote
             elif type(record) is Enq and (target := group_of(record)) is not None:
                 self.received += 1
                 message = from_record(Msg(record.mountpoint, record.topic, record.payload,
