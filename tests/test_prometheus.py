@@ -24,7 +24,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, readBody
 
-from tests.support import RunningProcess, in_thread, missing
+from tests.support import RunningProcess, in_thread, missing, with_timeout
 from tests.test_operations import RunningBrokerTestCase
 from vmqtw.auth.passwd import hash_password
 
@@ -32,8 +32,9 @@ NODE = "VerneMQ@ops"
 #: Seconds Prometheus may take to start, and then to see what a test waits for.
 PROMETHEUS_START = 20.0
 SCRAPE_WAIT = 15.0
-#: How often a bounded wait asks Prometheus again.
+#: How often a bounded wait asks Prometheus again, and how long one request may take.
 POLL = 0.25
+REQUEST_TIMEOUT = 5.0
 
 Vector = list[dict[str, Any]]
 
@@ -82,15 +83,21 @@ class PrometheusServerTestCase(RunningBrokerTestCase):
         config = os.path.join(self.prom_dir, "prometheus.yml")
         with open(config, "w", encoding="utf-8") as f:
             f.write(prometheus_config(f"127.0.0.1:{self.http_port}"))
-        self.prom_port = free_port()
-        self.prom = RunningProcess(binary, [
-            f"--config.file={config}",
-            f"--storage.tsdb.path={os.path.join(self.prom_dir, 'data')}",
-            f"--web.listen-address=127.0.0.1:{self.prom_port}",
-            "--log.level=warn"])
         self.addCleanup(self._stop_prometheus)
-        yield self.poll(self.prom_targets, lambda t: t and t[0]["health"] == "up",
-                        PROMETHEUS_START, "Prometheus to scrape the broker (target up)")
+        for attempt in range(3):  # the free port may be taken before Prometheus binds it
+            self.prom_port = free_port()
+            self.prom = RunningProcess(binary, [
+                f"--config.file={config}",
+                f"--storage.tsdb.path={os.path.join(self.prom_dir, f'data{attempt}')}",
+                f"--web.listen-address=127.0.0.1:{self.prom_port}",
+                "--log.level=warn"])
+            try:
+                yield self.poll(self.prom_targets, lambda t: t and t[0]["health"] == "up",
+                                PROMETHEUS_START, "Prometheus to scrape the broker (target up)")
+                break
+            except AssertionError:
+                if attempt == 2 or b"address already in use" not in bytes(self.prom.proto.err):
+                    raise
 
     def _stop(self) -> Any:
         """Stop the broker once (a test may stop it before the cleanup does)."""
@@ -107,14 +114,17 @@ class PrometheusServerTestCase(RunningBrokerTestCase):
     @inlineCallbacks
     def prom_get(self, path: str) -> Any:
         """GET on Prometheus's HTTP API: the decoded JSON, or None while it
-        does not answer yet (starting) or answers an error."""
+        does not answer yet (starting) or answers an error; fails once the
+        process has exited."""
         url = f"http://127.0.0.1:{self.prom_port}{path}".encode()
         try:
-            response = yield Agent(reactor).request(b"GET", url)
-            body = yield readBody(response)
+            response = yield with_timeout(Agent(reactor).request(b"GET", url),
+                                          REQUEST_TIMEOUT, f"GET {path}")
+            body = yield with_timeout(readBody(response), REQUEST_TIMEOUT, f"GET {path}")
         except Exception:
             if self.prom.proto.ended.called:
-                raise AssertionError(f"prometheus exited: {bytes(self.prom.proto.err)!r}")
+                raise AssertionError(
+                    f"prometheus exited: {bytes(self.prom.proto.err)!r}") from None
             return None
         if response.code != 200:
             return None
