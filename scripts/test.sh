@@ -3,7 +3,7 @@
 # tests (vmqtw/test) and the integration tests with real clients (tests/).
 #
 # System packages (Debian): mosquitto-clients, mosquitto, haproxy, chromium,
-# nodejs/npm, systemd (for systemd-socket-activate) -- installed with apt-get
+# nodejs/npm, systemd (for systemd-socket-activate), prometheus -- installed with apt-get
 # when missing (needs root or sudo).
 # MQTT.js for the WebSocket tests comes from the npm registry (tests/node).
 # vmqtw itself is pip-installed regularly, so twistd finds its plugin.
@@ -21,6 +21,10 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+# tests/test_prometheus.py runs its own prometheus on a free port.  The package's
+# postinst starts its service (systemd, or invoke-rc.d, which a container's
+# policy-rc.d may refuse): at most an unused extra daemon on :9090.
+command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

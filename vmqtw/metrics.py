@@ -232,6 +232,8 @@ PROCESS: dict[str, tuple[str, str]] = {
     "system_wallclock": ("counter", "The number of milliseconds passed since the broker "
                                     "started."),
     "vm_memory_total": ("gauge", "The resident memory of the broker process, in bytes."),
+    "system_utilization": ("gauge", "The CPU time the broker process used since the previous "
+                                    "read, in percent of the time passed on all usable CPUs."),
 }
 
 
@@ -362,6 +364,8 @@ class Metrics:
         self.broker = broker
         self._clock = clock
         self.started = clock()
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # for system_utilization:
+        self._cpu_mark = (self.started, usage.ru_utime + usage.ru_stime)
         self.descriptions: dict[str, tuple[str, str]] = {}   # name -> (type, help)
         self.series: list[tuple[str, Labels]] = []
         self._index: dict[tuple[str, Labels], int] = {}
@@ -534,6 +538,9 @@ class Metrics:
         out["system_runtime"] = int((usage.ru_utime + usage.ru_stime) * 1000)
         out["system_wallclock"] = int((self._clock() - self.started) * 1000)
         out["vm_memory_total"] = _rss(usage)
+        now, cpu = self._clock(), usage.ru_utime + usage.ru_stime
+        (then, cpu_then), self._cpu_mark = self._cpu_mark, (now, cpu)
+        out["system_utilization"] = _utilization(cpu - cpu_then, now - then)
         return out
 
     def describe(self, name: str) -> tuple[str, str]:
@@ -574,6 +581,18 @@ def _threads() -> int:
     except OSError:
         import threading
         return threading.active_count()
+
+
+def _utilization(cpu: float, wall: float) -> int:
+    """CPU seconds over ``wall`` seconds on every CPU this process may use, in
+    percent (0..100): VerneMQ's average scheduler utilization, one per core."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if wall <= 0:
+        return 0
+    return max(0, min(100, round(100 * cpu / (wall * cpus))))
 
 
 def _rss(usage: Any) -> int:
