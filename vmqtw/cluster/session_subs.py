@@ -1,0 +1,263 @@
+"""Persistent sessions' subscriptions kept in the metadata, so that a client whose node
+died resumes its subscriptions on another node.
+
+The node that holds a persistent session (clean session 0, or MQTT 5.0 session expiry
+> 0) *owns* its copy in the metadata: ``(mountpoint, client id) -> {filter: subinfo}``
+(:meth:`~vmqtw.cluster.metadata.IMetadata.store_subscriptions`). Only the owner writes
+it, in order, once per reactor turn and per client id (several SUBSCRIBEs in one turn
+make one write):
+
+- a session that opens here (``register``: a CONNECT, a session moved here, one put
+  back) replaces the copy with its own subscriptions; a clean session deletes it (a
+  clean start ends the previous session, wherever it was);
+- SUBSCRIBE / UNSUBSCRIBE of an owned session write the difference (the broker tells
+  the router, :meth:`ClusterRouter.subscriptions_changed`); the SUBACK does not wait;
+- a session that ends here (expiry, a clean start on this node, ``session
+  disconnect --cleanup``) deletes the copy;
+- a session that leaves for another node (takeover, ``cluster leave``) is
+  :meth:`released <SessionSubscriptions.release>`: the copy stays, the new owner
+  rewrites it when the session opens there.
+
+A write that fails (engine unreachable) is logged and retried: at the next change of
+that session, when the node re-announces itself to the engine (after a Redis restart
+every owned session is written again), and by :meth:`SessionSubscriptions.retry`,
+which the node calls on its readiness checks.
+
+The other direction, :meth:`SessionSubscriptions.restore`: a CONNECT with clean session
+0 whose previous owner is dead reads the copy and the session resumes with it (see
+:mod:`vmqtw.cluster.registry`). The queue was on the dead node: it is lost, as in
+VerneMQ.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from vmqtw.cluster.metadata import MetadataUnavailable
+from vmqtw.codec.packets import SubOptions
+from vmqtw.core import handover
+from vmqtw.core.session import Session
+from vmqtw.core.values import SessionKey
+from vmqtw.logs import Logger
+
+_SUBINFO = struct.Struct(">BI")  # options byte, subscription identifier (0: none)
+
+
+def encode_subinfo(options: SubOptions, sub_id: int = 0) -> bytes:
+    """One subscription's value in the metadata: its options and identifier."""
+    byte = options.qos | options.no_local << 2 | options.retain_as_published << 3 | \
+        options.retain_handling << 4
+    return _SUBINFO.pack(byte, sub_id)
+
+
+def decode_subinfo(data: bytes) -> tuple[SubOptions, int]:
+    """The inverse of :func:`encode_subinfo` (``struct.error`` when malformed)."""
+    byte, sub_id = _SUBINFO.unpack(data)
+    return SubOptions(byte & 3, bool(byte & 4), bool(byte & 8), byte >> 4 & 3), sub_id
+
+
+def session_subinfo(session: Session) -> dict[str, bytes]:
+    """``{filter: subinfo}`` of ``session``'s subscriptions."""
+    ids = session.sub_ids
+    return {f: encode_subinfo(o, ids.get(f, 0)) for f, o in session.subscriptions.items()}
+
+
+def kept(session: Session) -> bool:
+    """Whether ``session`` outlives its connection (its subscriptions are kept)."""
+    return session.persistent and session.expiry_interval != 0
+
+
+class SessionSubscriptions:
+    """Writes this node's persistent sessions' subscriptions to the metadata and reads
+    them back for a session whose node died (see the module docstring).
+
+    :param broker: the local broker.
+    :param metadata: an ``IMetadata`` provider.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Any, metadata: Any) -> None:
+        self.broker = broker
+        self.metadata = metadata
+        #: Sessions whose copy this node writes.
+        self.owned: dict[SessionKey, Session] = {}
+        #: What the engine holds for an owned session, as far as this node knows;
+        #: None: unknown (replace it whole at the next write).
+        self.written: dict[SessionKey, dict[str, bytes] | None] = {}
+        #: Client ids to write in the next flush.
+        self.dirty: set[SessionKey] = set()
+        #: Client ids whose last write failed (retried).
+        self.failed: set[SessionKey] = set()
+        self._flush_call: Any = None
+        self.writes = 0
+        self.errors = 0
+        self.restored = 0
+        watch = getattr(metadata, "watch_announce", None)
+        if watch is not None:
+            watch(self.resync)
+
+    def attach(self) -> None:
+        """Start observing the broker's sessions."""
+        self.broker.session_observers.append(self.session_event)
+
+    # -- what changes ------------------------------------------------------------
+
+    def session_event(self, event: str, session: Any) -> None:
+        """Broker session observer."""
+        key = session.key
+        if event == "register":
+            if kept(session):
+                self._own(session)
+            else:
+                self._drop(key)
+            self._mark(key)
+        elif event == "wakeup":
+            if self.owned.get(key) is not session:
+                self._own(session)
+                self._mark(key)
+        elif event in ("gone", "expired"):
+            if self.owned.get(key) is session:
+                self._drop(key)
+                self._mark(key)
+
+    def changed(self, session: Session) -> None:
+        """A persistent ``session`` subscribed or unsubscribed."""
+        if self.broker.sessions.get(session.key) is not session:
+            return
+        if self.owned.get(session.key) is not session:
+            self._own(session)
+        self._mark(session.key)
+
+    def release(self, key: SessionKey) -> None:
+        """The session ``key`` leaves for another node: stop writing its copy, and do
+        not delete it (the new owner rewrites it)."""
+        self._drop(key)
+        self.dirty.discard(key)
+        self.failed.discard(key)
+
+    def resync(self) -> None:
+        """The engine may have lost everything (it was restarted, or this node was
+        declared dead): write every kept session's subscriptions again."""
+        for session in self.broker.sessions.values():
+            if kept(session):
+                self._own(session)
+                self.dirty.add(session.key)
+        self.dirty |= self.failed
+        self.failed.clear()
+        self._schedule()
+
+    def retry(self) -> None:
+        """Write again what failed, if the engine answers now."""
+        if self.failed and self.metadata.reachable:
+            self.dirty |= self.failed
+            self.failed.clear()
+            self._schedule()
+
+    def _own(self, session: Session) -> None:
+        self.owned[session.key] = session
+        self.written[session.key] = None
+
+    def _drop(self, key: SessionKey) -> None:
+        self.owned.pop(key, None)
+        self.written.pop(key, None)
+
+    def _mark(self, key: SessionKey) -> None:
+        self.dirty.add(key)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_call is None and self.dirty:
+            self._flush_call = self.broker.clock.callLater(0, self.flush)
+
+    # -- writing -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what changed since the last flush."""
+        self._flush_call = None
+        dirty, self.dirty = self.dirty, set()
+        meta = self.metadata
+        for key in dirty:
+            session = self.owned.get(key)
+            mp, cid = key.mountpoint, key.client_id
+            if session is None:
+                self._write(key, None, meta.delete_session(mp, cid))
+                continue
+            now = session_subinfo(session)
+            before = self.written.get(key)
+            self.written[key] = now
+            if before is None:
+                self._write(key, session, meta.delete_session(mp, cid))
+                if now:
+                    self._write(key, session, meta.store_subscriptions(mp, cid, now))
+                continue
+            gone = [f for f in before if f not in now]
+            if gone:
+                self._write(key, session, meta.remove_subscriptions(mp, cid, gone))
+            new = {f: v for f, v in now.items() if before.get(f) != v}
+            if new:
+                self._write(key, session, meta.store_subscriptions(mp, cid, new))
+
+    def _write(self, key: SessionKey, session: Session | None, d: Deferred[Any]) -> None:
+        self.writes += 1
+
+        def failed(f: Any) -> None:
+            self.errors += 1
+            if session is None or self.owned.get(key) is session:
+                if self.written.get(key) is not None:
+                    self.written[key] = None
+                if not self.failed:
+                    reason = f.getErrorMessage() if f.check(MetadataUnavailable) \
+                        else repr(f.value)
+                    self.log.warn("cluster: cannot store the subscriptions of client "
+                                  "{client_id!r}: {reason}; retrying",
+                                  client_id=key.client_id, reason=reason)
+                self.failed.add(key)
+        d.addErrback(failed)
+
+    # -- reading (a dead owner's session) -----------------------------------------
+
+    def restore(self, key: SessionKey) -> Deferred[bool]:
+        """Read the stored subscriptions of ``key`` and make them this node's session:
+        a new offline session (which the CONNECT resumes: session present), or, if a
+        session for ``key`` opened here meanwhile, subscriptions added to it. Fires
+        with whether there were any; fails with ``MetadataUnavailable``."""
+        d = self.metadata.subscriptions(key.mountpoint, key.client_id)
+        return d.addCallback(self._restored, key)
+
+    def _restored(self, stored: dict[str, bytes], key: SessionKey) -> bool:
+        subs: dict[str, tuple[SubOptions, int]] = {}
+        for topic_filter, info in stored.items():
+            try:
+                subs[topic_filter] = decode_subinfo(info)
+            except struct.error:
+                self.log.warn("cluster: undecodable stored subscription {filter!r} of "
+                              "client {client_id!r}; skipped", filter=topic_filter,
+                              client_id=key.client_id)
+        if not subs:
+            return False
+        broker = self.broker
+        existing = broker.sessions.get(key)
+        if existing is not None:
+            if not kept(existing):
+                return False  # a clean session opened meanwhile: it wins
+            for topic_filter, (options, sub_id) in subs.items():
+                if topic_filter not in existing.subscriptions:
+                    if sub_id:
+                        existing.sub_ids[topic_filter] = sub_id
+                    handover.add_subscription(broker, existing, topic_filter, options)
+            self.changed(existing)
+        else:
+            # The CONNECT that resumes it sets its expiry; until then, the broker's.
+            session = Session(broker.session_env, key, True,
+                              broker.config.persistent_client_expiration)
+            for topic_filter, (options, sub_id) in subs.items():
+                session.subscriptions[topic_filter] = options
+                if sub_id:
+                    session.sub_ids[topic_filter] = sub_id
+            handover.adopt(broker, session)  # "register": owned, written again
+        self.restored += 1
+        broker.flush()
+        return True
