@@ -94,4 +94,22 @@ class SessionSubsProcessTests(unittest.TestCase):
         self.assertEqual((yield self.stored(None)), b"*0\r\n")
 
 
+    @inlineCallbacks
+    def test_redis_restart_rewrites_subscriptions(self) -> Generator[
+            Deferred[Any], Any, None]:
+        """Redis restarted empty: the node holding a persistent session writes its
+        subscriptions again when it re-announces itself (the way routes come back)."""
+        n1, n2 = yield self._start_all("n1", "n2")
+        dev = self.persistent(n1, "dev")
+        yield in_thread(lambda: (dev.connect(), dev.subscribe("d/#", 1)))
+        self.assertIn(b"d/#", (yield self.stored(b"d/#")))
+        port = self.redis.port
+        self.redis.kill()
+        yield quiet_period(0.3)  # a heartbeat or two fail
+        yield self.redis.start(port)
+        yield n1.proc.wait_for_output(rb"node n1@127\.0\.0\.1 unknown to Redis; re-announcing",
+                                      timeout=TIMEOUT)
+        self.assertIn(b"d/#", (yield self.stored(b"d/#")))
+
+
 del _base  # not a test case of this module

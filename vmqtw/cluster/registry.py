@@ -111,10 +111,11 @@ class ClientRegistry:
         d = self.metadata.claim(key.mountpoint, key.client_id)
 
         def claimed(claim: Claim) -> None:
+            previous = claim.previous
+            self.subs.claimed(session, previous)
             if self.broker.sessions.get(key) is not session:
                 return  # gone meanwhile (or taken over by a later CONNECT here)
             self.epochs[key] = claim.epoch
-            previous = claim.previous
             if previous is None or previous == self.node_name:
                 return
             link = self.links.get(previous)

@@ -8,8 +8,11 @@ it, in order, once per reactor turn and per client id (several SUBSCRIBEs in one
 make one write):
 
 - a session that opens here (``register``: a CONNECT, a session moved here, one put
-  back) replaces the copy with its own subscriptions; a clean session deletes it (a
-  clean start ends the previous session, wherever it was);
+  back) replaces the copy with its own subscriptions;
+- a clean session whose client id another node owned before deletes the copy (a clean
+  start ends the previous session, wherever it was; :meth:`SessionSubscriptions.claimed`,
+  told by the registry once the claim answered): a client that reconnects to the same
+  node, or a new client id, costs no write;
 - SUBSCRIBE / UNSUBSCRIBE of an owned session write the difference (the broker tells
   the router, :meth:`ClusterRouter.subscriptions_changed`); the SUBACK does not wait;
 - a session that ends here (expiry, a clean start on this node, ``session
@@ -111,9 +114,10 @@ class SessionSubscriptions:
         if event == "register":
             if kept(session):
                 self._own(session)
-            else:
+                self._mark(key)
+            elif key in self.owned:
                 self._drop(key)
-            self._mark(key)
+                self._mark(key)
         elif event == "wakeup":
             if self.owned.get(key) is not session:
                 self._own(session)
@@ -130,6 +134,15 @@ class SessionSubscriptions:
         if self.owned.get(session.key) is not session:
             self._own(session)
         self._mark(session.key)
+
+    def claimed(self, session: Session, previous: str | None) -> None:
+        """The CONNECT that opened ``session`` claimed its client id, which
+        ``previous`` owned before: a clean session there deletes the stored copy
+        (written by ``previous`` or by a node that died)."""
+        if previous is None or previous == self.metadata.node_name or kept(session):
+            return
+        if session.key not in self.owned:
+            self._mark(session.key)
 
     def release(self, key: SessionKey) -> None:
         """The session ``key`` leaves for another node: stop writing its copy, and do

@@ -69,6 +69,16 @@ class WriteTests(MoveCase):
         self.settle()
         self.assertEqual(self.engine.sessions, {})
 
+    def test_clean_connect_of_a_new_client_id_writes_nothing(self) -> None:
+        """A clean session of a client id no other node owned, or one reconnecting to
+        the node that had it, costs no metadata write."""
+        subs = self.nodes["a"].registry.subs
+        session, _ = self.sub("a", "fresh", "t")
+        self.nodes["a"].broker.connection_closed(session)
+        self.sub("a", "fresh", "t")
+        self.settle()
+        self.assertEqual(subs.writes, 0)
+
     def test_expiry_removes_the_copy(self) -> None:
         """A persistent session that expires removes its stored subscriptions."""
         session, _ = self.persistent("a", expiry=10)
