@@ -6,8 +6,8 @@ The broker has one seam, ``Broker.remote``. When set, it calls:
   local session's subscription enters or leaves its topic tree. The router counts them
   per (mountpoint, filter) and announces a route to the metadata on the first one and
   withdraws it with the last one (routes are *collapsed per filter*, as in VerneMQ);
-- ``subscriptions_changed(session)`` after a persistent session subscribed or
-  unsubscribed: passed on to :attr:`ClusterRouter.session_subs`, which keeps them in
+- ``subscriptions_changed(session, filter)`` after a persistent session subscribed to
+  or unsubscribed from ``filter``: passed on to :attr:`ClusterRouter.session_subs`, which keeps them in
   the metadata (:mod:`vmqtw.cluster.session_subs`);
 - ``publish(message, mountpoint)`` for every message published on this node (not for
   the ones that came from a peer). The router sends the message once to each live node
@@ -168,10 +168,10 @@ class ClusterRouter:
         else:
             self.local[key] = count - 1
 
-    def subscriptions_changed(self, session: Any) -> None:
-        """A persistent session's subscriptions changed (SUBSCRIBE / UNSUBSCRIBE)."""
+    def subscriptions_changed(self, session: Any, topic_filter: str) -> None:
+        """A persistent session subscribed to or unsubscribed from ``topic_filter``."""
         if self.session_subs is not None:
-            self.session_subs.changed(session)
+            self.session_subs.changed(session, topic_filter)
 
     def _route_op(self, op: Callable[[str], Any], route: str) -> None:
         def failed(f: Any) -> None:

@@ -87,12 +87,10 @@ class SessionSubscriptions:
         self.metadata = metadata
         #: Sessions whose copy this node writes.
         self.owned: dict[SessionKey, Session] = {}
-        #: What the engine holds for an owned session, as far as this node knows;
-        #: None: unknown (replace it whole at the next write).
-        self.written: dict[SessionKey, dict[str, bytes] | None] = {}
-        #: Client ids to write in the next flush.
-        self.dirty: set[SessionKey] = set()
-        #: Client ids whose last write failed (retried).
+        #: What the next flush writes, per client id: the filters that changed, or
+        #: None to replace the whole copy (or delete it, for a session not owned).
+        self.pending: dict[SessionKey, set[str] | None] = {}
+        #: Client ids whose last write failed (rewritten whole by :meth:`retry`).
         self.failed: set[SessionKey] = set()
         self._flush_call: Any = None
         self.writes = 0
@@ -114,26 +112,34 @@ class SessionSubscriptions:
         if event == "register":
             if kept(session):
                 self._own(session)
-                self._mark(key)
             elif key in self.owned:
                 self._drop(key)
-                self._mark(key)
         elif event == "wakeup":
             if self.owned.get(key) is not session:
                 self._own(session)
-                self._mark(key)
         elif event in ("gone", "expired"):
             if self.owned.get(key) is session:
                 self._drop(key)
-                self._mark(key)
 
-    def changed(self, session: Session) -> None:
-        """A persistent ``session`` subscribed or unsubscribed."""
-        if self.broker.sessions.get(session.key) is not session:
+    def changed(self, session: Session, topic_filter: str | None = None) -> None:
+        """A persistent ``session`` subscribed to or unsubscribed from
+        ``topic_filter`` (None: maybe several filters)."""
+        key = session.key
+        if self.broker.sessions.get(key) is not session:
             return
-        if self.owned.get(session.key) is not session:
+        if self.owned.get(key) is not session:
             self._own(session)
-        self._mark(session.key)
+            return
+        if topic_filter is None:
+            self._whole(key)
+            return
+        if key not in self.pending:
+            self.pending[key] = {topic_filter}
+            self._schedule()
+        else:
+            filters = self.pending[key]
+            if filters is not None:
+                filters.add(topic_filter)
 
     def claimed(self, session: Session, previous: str | None) -> None:
         """The CONNECT that opened ``session`` claimed its client id, which
@@ -142,13 +148,13 @@ class SessionSubscriptions:
         if previous is None or previous == self.metadata.node_name or kept(session):
             return
         if session.key not in self.owned:
-            self._mark(session.key)
+            self._whole(session.key)
 
     def release(self, key: SessionKey) -> None:
         """The session ``key`` leaves for another node: stop writing its copy, and do
         not delete it (the new owner rewrites it)."""
-        self._drop(key)
-        self.dirty.discard(key)
+        self.owned.pop(key, None)
+        self.pending.pop(key, None)
         self.failed.discard(key)
 
     def resync(self) -> None:
@@ -157,77 +163,79 @@ class SessionSubscriptions:
         for session in self.broker.sessions.values():
             if kept(session):
                 self._own(session)
-                self.dirty.add(session.key)
-        self.dirty |= self.failed
-        self.failed.clear()
-        self._schedule()
+        self._retry_failed()
 
     def retry(self) -> None:
         """Write again what failed, if the engine answers now."""
         if self.failed and self.metadata.reachable:
-            self.dirty |= self.failed
-            self.failed.clear()
-            self._schedule()
+            self._retry_failed()
+
+    def _retry_failed(self) -> None:
+        failed, self.failed = self.failed, set()
+        for key in failed:
+            self._whole(key)
 
     def _own(self, session: Session) -> None:
+        """Write ``session``'s copy from now on, whole at first."""
         self.owned[session.key] = session
-        self.written[session.key] = None
+        self._whole(session.key)
 
     def _drop(self, key: SessionKey) -> None:
+        """The session ended here: delete its copy."""
         self.owned.pop(key, None)
-        self.written.pop(key, None)
+        self._whole(key)
 
-    def _mark(self, key: SessionKey) -> None:
-        self.dirty.add(key)
+    def _whole(self, key: SessionKey) -> None:
+        self.pending[key] = None
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._flush_call is None and self.dirty:
+        if self._flush_call is None and self.pending:
             self._flush_call = self.broker.clock.callLater(0, self.flush)
 
     # -- writing -------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write what changed since the last flush."""
+        """Write what changed since the last flush (one pipelined batch of engine
+        commands; nothing waits for them)."""
         self._flush_call = None
-        dirty, self.dirty = self.dirty, set()
+        pending, self.pending = self.pending, {}
         meta = self.metadata
-        for key in dirty:
+        for key, filters in pending.items():
             session = self.owned.get(key)
             mp, cid = key.mountpoint, key.client_id
             if session is None:
                 self._write(key, None, meta.delete_session(mp, cid))
                 continue
-            now = session_subinfo(session)
-            before = self.written.get(key)
-            self.written[key] = now
-            if before is None:
+            subs = session.subscriptions
+            ids = session.sub_ids
+            if filters is None:
                 self._write(key, session, meta.delete_session(mp, cid))
-                if now:
-                    self._write(key, session, meta.store_subscriptions(mp, cid, now))
+                if subs:
+                    self._write(key, session, meta.store_subscriptions(
+                        mp, cid, session_subinfo(session)))
                 continue
-            gone = [f for f in before if f not in now]
+            gone = [f for f in filters if f not in subs]
             if gone:
                 self._write(key, session, meta.remove_subscriptions(mp, cid, gone))
-            new = {f: v for f, v in now.items() if before.get(f) != v}
-            if new:
-                self._write(key, session, meta.store_subscriptions(mp, cid, new))
+            now = {f: encode_subinfo(subs[f], ids.get(f, 0)) for f in filters if f in subs}
+            if now:
+                self._write(key, session, meta.store_subscriptions(mp, cid, now))
 
     def _write(self, key: SessionKey, session: Session | None, d: Deferred[Any]) -> None:
         self.writes += 1
 
         def failed(f: Any) -> None:
             self.errors += 1
-            if session is None or self.owned.get(key) is session:
-                if self.written.get(key) is not None:
-                    self.written[key] = None
-                if not self.failed:
-                    reason = f.getErrorMessage() if f.check(MetadataUnavailable) \
-                        else repr(f.value)
-                    self.log.warn("cluster: cannot store the subscriptions of client "
-                                  "{client_id!r}: {reason}; retrying",
-                                  client_id=key.client_id, reason=reason)
-                self.failed.add(key)
+            if session is not None and self.owned.get(key) is not session:
+                return  # released or ended meanwhile: not this node's to fix
+            if not self.failed:
+                reason = f.getErrorMessage() if f.check(MetadataUnavailable) \
+                    else repr(f.value)
+                self.log.warn("cluster: cannot store the subscriptions of client "
+                              "{client_id!r}: {reason}; retrying",
+                              client_id=key.client_id, reason=reason)
+            self.failed.add(key)
         d.addErrback(failed)
 
     # -- reading (a dead owner's session) -----------------------------------------

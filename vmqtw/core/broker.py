@@ -372,7 +372,7 @@ class Broker:
         if session.persistent:
             self.store.session_updated(session)
             if self.remote is not None:
-                self.remote.subscriptions_changed(session)
+                self.remote.subscriptions_changed(session, topic_filter)
         if group is None:
             rh = options.retain_handling
             if rh == 0 or (rh == 1 and new):
@@ -413,7 +413,7 @@ class Broker:
         if session.persistent:
             self.store.session_updated(session)
             if self.remote is not None:
-                self.remote.subscriptions_changed(session)
+                self.remote.subscriptions_changed(session, topic_filter)
         return True
 
     def _tree_remove(self, session: Session, topic_filter: str) -> None:

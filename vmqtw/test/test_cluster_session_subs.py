@@ -63,6 +63,27 @@ class WriteTests(MoveCase):
         self.assertEqual(subs.writes - before, 1)
         self.assertEqual(len(self.stored()), 5)
 
+    def test_a_subscribe_writes_only_its_filter(self) -> None:
+        """A session with many subscriptions that subscribes once more writes that
+        one filter, not the whole set again."""
+        session, _ = self.persistent("a")
+        broker = self.nodes["a"].broker
+        for i in range(50):
+            broker.subscribe(session, f"t/{i}", SubOptions(1))
+        self.settle()
+        meta = self.nodes["a"].meta
+        calls: list[dict[str, bytes]] = []
+        store = meta.store_subscriptions
+
+        def spy(mountpoint: str, client_id: str, subs: dict[str, bytes]) -> Any:
+            calls.append(subs)
+            return store(mountpoint, client_id, subs)
+        self.patch(meta, "store_subscriptions", spy)
+        broker.subscribe(session, "u", SubOptions(2))
+        self.settle()
+        self.assertEqual([set(c) for c in calls], [{"u"}])
+        self.assertEqual(len(self.stored()), 51)
+
     def test_clean_session_is_not_written(self) -> None:
         """A clean session's subscriptions stay out of the metadata."""
         session, _ = self.sub("a", "dev", "t")
