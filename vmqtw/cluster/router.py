@@ -7,8 +7,8 @@ The broker has one seam, ``Broker.remote``. When set, it calls:
   per (mountpoint, filter) and announces a route to the metadata on the first one and
   withdraws it with the last one (routes are *collapsed per filter*, as in VerneMQ);
 - ``subscriptions_changed(session, filter)`` after a persistent session subscribed to
-  or unsubscribed from ``filter``: passed on to :attr:`ClusterRouter.session_subs`, which keeps them in
-  the metadata (:mod:`vmqtw.cluster.session_subs`);
+  or unsubscribed from ``filter``: passed on to :attr:`ClusterRouter.session_subs`,
+  which keeps them in the metadata (:mod:`vmqtw.cluster.session_subs`);
 - ``publish(message, mountpoint)`` for every message published on this node (not for
   the ones that came from a peer). The router sends the message once to each live node
   that has a matching route, and records retained messages in the metadata. For the
