@@ -136,6 +136,7 @@ class MemoryMetadata(LocalViews):
         e.routes[self.node_name] = set(self._own_routes)
         e.publish(("reset", self.node_name))
         self._need_announce = False
+        self._announced()
 
     def _beat(self) -> None:
         e = self.engine

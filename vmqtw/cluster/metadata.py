@@ -18,7 +18,8 @@ And, read or written on demand (one engine round trip each):
 - the **client-id registry**: (mountpoint, client id) -> (owning node, epoch); an atomic
   :meth:`IMetadata.claim` per CONNECT returns the previous owner and a strictly larger
   epoch, which fences a stale owner (:meth:`IMetadata.is_owner`, :meth:`IMetadata.release`);
-- **persistent-session subscriptions**: (mountpoint, client id) -> {filter: subinfo}.
+- **persistent-session subscriptions**: (mountpoint, client id) -> {filter: subinfo},
+  written by the node holding the session (:mod:`vmqtw.cluster.session_subs`).
 
 Every method that talks to the engine returns a ``Deferred`` that fails with
 :class:`MetadataUnavailable` when the engine does not answer in time: a dead engine gives
@@ -102,6 +103,12 @@ class IMetadata(Interface):
 
     def leave():
         """Remove this node's member record and routes at once (``cluster leave``)."""
+
+    def watch_announce(callback):
+        """Call ``callback()`` each time this node has (re-)announced itself to the
+        engine: at the start, and after the engine lost the node (a restart, or it was
+        declared dead while slow). What the node keeps in the engine besides its routes
+        (persistent sessions' subscriptions) must then be written again."""
 
     # -- membership ---------------------------------------------------------
 

@@ -226,6 +226,9 @@ class Migrator:
         self.messages_in = self.messages_out = 0
         self.moves_failed = 0
         self.handover_timeouts = 0
+        #: The registry's :class:`~vmqtw.cluster.session_subs.SessionSubscriptions`:
+        #: a session that leaves stops being written by this node.
+        self.subs: Any = None
 
     # -- the new owner (B) ---------------------------------------------------------
 
@@ -350,6 +353,8 @@ class Migrator:
                 continue
             message, sub_ids = from_message_record(record, now)
             session.deliver(message, record.qos, record.retain, sub_ids)
+        if self.subs is not None:
+            self.subs.changed(session)
 
     def _claim_pushed(self, key: SessionKey) -> None:
         """A session pushed here by a leaving node: this node owns its client id now
@@ -389,6 +394,8 @@ class Migrator:
             if done is not None:
                 done.callback(None)
             return
+        if self.subs is not None:
+            self.subs.release(session.key)
         handover.take_out(broker, session)
         records = export_records(session, ref, epoch, broker.clock.seconds())
         for record in records:

@@ -340,6 +340,7 @@ class ClusterNode(Service):
                 self.log.warn("cluster node {node}: netsplit: not every member is "
                               "reachable", node=self.cluster.nodename)
             return
+        self.registry.subs.retry()
         errors = self.registry.claim_errors
         if self.split:
             self.split = False

@@ -110,6 +110,7 @@ class Reclaimer:
         conn = session.conn
         session.detach()
         conn.session_taken_over()
+        self.registry.subs.release(session.key)  # the owner keeps the stored copy
         broker.discard_session(session, "gone")
         broker.flush()
         self.registry.epochs.pop(session.key, None)

@@ -274,10 +274,14 @@ class RedisMetadata(LocalViews):
                        [self.node_name, int(self.node_timeout * 1000), self.address,
                         self.incarnation, self.rlog_maxlen, *sorted(self._own_routes)])
 
+        def announced(result: Any) -> Any:
+            self._announced()
+            return result
+
         def failed(f: Failure) -> Failure:
             self._need_announce = True
             return f
-        return d.addErrback(failed)
+        return d.addCallbacks(announced, failed)
 
     @inlineCallbacks
     def _beat(self) -> Generator[Deferred[Any], Any, None]:

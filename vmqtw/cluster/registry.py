@@ -13,6 +13,14 @@ previous owner moves the persistent session here (:mod:`vmqtw.cluster.migrate`).
 ``coordinate_registrations = on`` (the default) the CONNACK waits for it, at most
 ``remote_enqueue_timeout``; with ``off`` it does not wait for the claim either.
 
+When the previous owner is dead (not a live member), or is this node but the session
+is not here (the node restarted), the session's subscriptions are read from the
+metadata (:mod:`vmqtw.cluster.session_subs`): the session resumes with them (CONNACK
+``session present`` = 1, routes announced at once), its queue is lost with the dead
+node. If the metadata does not answer that read, the CONNECT is refused ("server
+unavailable") under ``allow_register_during_netsplit = off``, and starts fresh (logged)
+under ``on`` or with ``coordinate_registrations = off`` (the CONNACK does not wait).
+
 Fencing: a node ignores a takeover whose epoch is not larger than the epoch of its own
 claim for that client id (the client reconnected here after the other node's claim).
 """
@@ -29,12 +37,17 @@ from vmqtw.cluster.codec import (
 )
 from vmqtw.cluster.metadata import Claim, MetadataUnavailable
 from vmqtw.cluster.migrate import Migrator
+from vmqtw.cluster.netsplit import NETSPLIT
+from vmqtw.cluster.session_subs import SessionSubscriptions
 from vmqtw.core.values import SessionKey
 from vmqtw.logs import Logger
 
 #: TAKEOVER_DONE status values.
 DONE = 0
 STALE = 1
+
+#: What :meth:`ClientRegistry._claim_early` fires with when the CONNECT must be refused.
+_REFUSE = "refuse"
 
 
 class ClientRegistry:
@@ -65,6 +78,10 @@ class ClientRegistry:
         self.claimed_early: set[SessionKey] = set()
         #: Moves persistent sessions between this node and its peers.
         self.migrator = Migrator(broker, metadata, links, self.next_ref)
+        #: Keeps this node's persistent sessions' subscriptions in the metadata.
+        self.subs = SessionSubscriptions(broker, metadata)
+        self.migrator.subs = self.subs
+        self.allow_register: bool = broker.config.cluster.allow_register_during_netsplit
 
     def next_ref(self) -> int:
         """A new ref for a ``TAKEOVER`` or ``HANDOVER`` record."""
@@ -74,6 +91,10 @@ class ClientRegistry:
     def attach(self) -> None:
         """Start observing the broker's sessions."""
         self.broker.session_observers.append(self.session_event)
+        self.subs.attach()
+        remote = self.broker.remote
+        if remote is not None and hasattr(remote, "session_subs"):
+            remote.session_subs = self.subs
 
     # -- this node's sessions ---------------------------------------------------
 
@@ -90,10 +111,11 @@ class ClientRegistry:
         d = self.metadata.claim(key.mountpoint, key.client_id)
 
         def claimed(claim: Claim) -> None:
+            previous = claim.previous
+            self.subs.claimed(session, previous)
             if self.broker.sessions.get(key) is not session:
                 return  # gone meanwhile (or taken over by a later CONNECT here)
             self.epochs[key] = claim.epoch
-            previous = claim.previous
             if previous is None or previous == self.node_name:
                 return
             link = self.links.get(previous)
@@ -129,8 +151,10 @@ class ClientRegistry:
             self._mark(key)
             return result
 
-        def arrived(_: Any) -> Any:
+        def arrived(outcome: Any) -> Any:
             self._mark(key)
+            if outcome is _REFUSE:
+                return Error(NETSPLIT)
             return result
         return d.addCallback(arrived)
 
@@ -140,19 +164,20 @@ class ClientRegistry:
         self.claimed_early.add(key)
         self.broker.clock.callLater(0, self.claimed_early.discard, key)
 
-    def _claim_early(self, key: SessionKey) -> Deferred[bool]:
+    def _claim_early(self, key: SessionKey) -> Deferred[Any]:
         d = self.metadata.claim(key.mountpoint, key.client_id)
 
         def claimed(claim: Claim) -> Any:
             self.epochs[key] = claim.epoch
             previous = claim.previous
-            if previous is None or previous == self.node_name:
+            if previous is None:
                 return False
+            if previous == self.node_name:
+                if key in self.broker.sessions:
+                    return False
+                return self._restore(key, previous)  # this node was restarted
             if previous not in self.links:
-                self.log.info("cluster: client {client_id!r} was on node {peer}, which is "
-                              "gone: its session starts fresh here",
-                              client_id=key.client_id, peer=previous)
-                return False
+                return self._restore(key, previous)
             self.takeovers_sent += 1
             return self.migrator.request(previous, key, claim.epoch)
 
@@ -162,6 +187,30 @@ class ClientRegistry:
                           client_id=key.client_id, reason=f.getErrorMessage())
             return False
         return d.addCallbacks(claimed, failed)
+
+    def _restore(self, key: SessionKey, previous: str) -> Deferred[Any]:
+        """The session of ``key`` was on ``previous``, which is dead (or is this node,
+        restarted): resume it with the subscriptions stored in the metadata."""
+        def restored(found: bool) -> bool:
+            if found:
+                self.log.info("cluster: client {client_id!r} was on node {peer}, which is "
+                              "gone: its subscriptions are restored here, its queue is "
+                              "lost", client_id=key.client_id, peer=previous)
+            return found
+
+        def failed(f: Any) -> Any:
+            reason = f.getErrorMessage() if f.check(MetadataUnavailable) else repr(f.value)
+            if self.coordinate and not self.allow_register:
+                self.log.warn("cluster: cannot read the subscriptions of client "
+                              "{client_id!r} (node {peer} is gone): {reason}; CONNECT "
+                              "refused", client_id=key.client_id, peer=previous,
+                              reason=reason)
+                return _REFUSE
+            self.log.warn("cluster: cannot read the subscriptions of client {client_id!r} "
+                          "(node {peer} is gone): {reason}; its session starts fresh here",
+                          client_id=key.client_id, peer=previous, reason=reason)
+            return False
+        return self.subs.restore(key).addCallbacks(restored, failed)
 
     # -- other nodes' requests -------------------------------------------------------
 
@@ -194,6 +243,7 @@ class ClientRegistry:
             broker = self.broker
             session = broker.sessions.get(key)
             self.epochs.pop(key, None)
+            self.subs.release(key)  # the other node owns the stored subscriptions now
             if session is not None and session.persistent and type(record) is Handover:
                 self.migrator.hand_over(peer, record.ref, session, record.epoch)
                 self.log.info("cluster: client {client_id!r} connected to node {peer}; "

@@ -6,6 +6,9 @@ The broker has one seam, ``Broker.remote``. When set, it calls:
   local session's subscription enters or leaves its topic tree. The router counts them
   per (mountpoint, filter) and announces a route to the metadata on the first one and
   withdraws it with the last one (routes are *collapsed per filter*, as in VerneMQ);
+- ``subscriptions_changed(session, filter)`` after a persistent session subscribed to
+  or unsubscribed from ``filter``: passed on to :attr:`ClusterRouter.session_subs`,
+  which keeps them in the metadata (:mod:`vmqtw.cluster.session_subs`);
 - ``publish(message, mountpoint)`` for every message published on this node (not for
   the ones that came from a peer). The router sends the message once to each live node
   that has a matching route, and records retained messages in the metadata. For the
@@ -114,6 +117,9 @@ class ClusterRouter:
         #: Called with ``(peer, record)`` for the records that are not messages
         #: (takeover control; :class:`~vmqtw.cluster.registry.ClientRegistry`).
         self.control: Callable[[str, Record], None] | None = None
+        #: Keeps persistent sessions' subscriptions in the metadata
+        #: (:class:`~vmqtw.cluster.session_subs.SessionSubscriptions`), or None.
+        self.session_subs: Any = None
         self.forwarded = 0
         self.received = 0
         self.route_errors = 0
@@ -161,6 +167,11 @@ class ClusterRouter:
                                route_key(mountpoint, topic_filter))
         else:
             self.local[key] = count - 1
+
+    def subscriptions_changed(self, session: Any, topic_filter: str) -> None:
+        """A persistent session subscribed to or unsubscribed from ``topic_filter``."""
+        if self.session_subs is not None:
+            self.session_subs.changed(session, topic_filter)
 
     def _route_op(self, op: Callable[[str], Any], route: str) -> None:
         def failed(f: Any) -> None:

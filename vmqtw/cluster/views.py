@@ -12,7 +12,7 @@ one base class gives every engine the same rules:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from vmqtw.cluster.metadata import (
     Member, MembersCallback, RetainedCallback, RetainedChange, RouteChange, RoutesCallback,
@@ -33,6 +33,7 @@ class LocalViews:
         self._member_watchers: list[MembersCallback] = []
         self._route_watchers: list[RoutesCallback] = []
         self._retained_watchers: list[RetainedCallback] = []
+        self._announce_watchers: list[Callable[[], None]] = []
         #: Nodes that left on purpose (``cluster leave``), until they are members again:
         #: watchers tell a departure from an expiry with it.
         self.departed: set[str] = set()
@@ -44,6 +45,15 @@ class LocalViews:
             except Exception:
                 self.log.failure("cluster metadata watcher {callback!r} failed",
                                  callback=callback)
+
+    def watch_announce(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time this node has (re-)announced itself to the
+        engine: at the start, and after the engine lost it (a restart, or the node was
+        declared dead): what the node keeps in the engine must then be written again."""
+        self._announce_watchers.append(callback)
+
+    def _announced(self) -> None:
+        self._notify(self._announce_watchers)
 
     # -- members --------------------------------------------------------------
 

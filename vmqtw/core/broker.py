@@ -138,7 +138,9 @@ class Broker:
         self.dropped = 0
         #: The cluster seam (``vmqtw.cluster.router.ClusterRouter``), None on a single
         #: node: told when a filter enters or leaves the tree (``subscribed`` /
-        #: ``unsubscribed``) and given every message published here (``publish``).
+        #: ``unsubscribed``), when a persistent session's subscriptions change
+        #: (``subscriptions_changed``) and given every message published here
+        #: (``publish``).
         self.remote: Any = None
         self.stopping = False  # see stop()
         # Observers of session lifecycle events, e.g. for plugins: callables
@@ -369,6 +371,8 @@ class Broker:
         session.subscriptions[topic_filter] = options
         if session.persistent:
             self.store.session_updated(session)
+            if self.remote is not None:
+                self.remote.subscriptions_changed(session, topic_filter)
         if group is None:
             rh = options.retain_handling
             if rh == 0 or (rh == 1 and new):
@@ -408,6 +412,8 @@ class Broker:
         self._tree_remove(session, topic_filter)
         if session.persistent:
             self.store.session_updated(session)
+            if self.remote is not None:
+                self.remote.subscriptions_changed(session, topic_filter)
         return True
 
     def _tree_remove(self, session: Session, topic_filter: str) -> None:
