@@ -337,6 +337,17 @@ class StdlibServesTests(SynchronousTestCase):
         pair.pump()
         self.assertTrue(pair.transport.disconnecting)
 
+    def test_client_close_notify(self) -> None:
+        """A client's close_notify on an idle connection ends it: the server answers
+        with its own and closes the transport (no loop on the end of the stream)."""
+        pair = Pair(server_conf(), client_ctx())
+        pair.pump()
+        pair.client.shutdown()
+        pair.pump()
+        self.assertTrue(pair.transport.disconnecting)
+        self.assertEqual(pair.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN,
+                         SSL.RECEIVED_SHUTDOWN)
+
     def test_system_openssl(self) -> None:
         """The stdlib engine's connections run on the ssl module's OpenSSL."""
         conn = tls.ServerTLSOptions(listener(server_conf())).serverConnectionForTLS(None)

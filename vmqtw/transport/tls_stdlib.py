@@ -273,13 +273,18 @@ class StdlibConnection:
 
     def recv(self, size: int) -> bytes:
         try:
-            return self._obj.read(size)
+            data = self._obj.read(size)
         except ssl.SSLWantReadError:
             raise SSL.WantReadError() from None
         except ssl.SSLZeroReturnError:
             raise SSL.ZeroReturnError() from None
         except ssl.SSLError as e:
             raise _error(e) from None
+        if not data:
+            # ssl returns b"" (pyOpenSSL raises) once the peer's close_notify
+            # has been read.
+            raise SSL.ZeroReturnError()
+        return data
 
     def send(self, data: bytes) -> int:
         try:
