@@ -348,6 +348,20 @@ class StdlibServesTests(SynchronousTestCase):
         self.assertEqual(pair.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN,
                          SSL.RECEIVED_SHUTDOWN)
 
+    def test_handle_as_pyopenssl_callers_expect(self) -> None:
+        """``getHandle()`` is an ``SSL.Connection`` (autobahn checks it on wss), with no
+        peer certificate before the handshake, and the client's Finished message
+        (tls-unique) after it."""
+        pair = Pair(mtls_conf(), client_ctx(cert="alice"))
+        handle = pair.proto.getHandle()
+        self.assertIsInstance(handle, SSL.Connection)
+        self.assertIsNone(pair.proto.getPeerCertificate())
+        self.assertIsNone(handle.get_peer_finished())
+        pair.pump()
+        self.assertEqual(handle.get_peer_finished(), pair.client.get_finished())
+        self.assertEqual(pair.proto.getPeerCertificate().get_subject().CN, "alice")
+        self.assertRaises(AttributeError, handle.get_cipher_list)  # no pyOpenSSL SSL behind
+
     def test_system_openssl(self) -> None:
         """The stdlib engine's connections run on the ssl module's OpenSSL."""
         conn = tls.ServerTLSOptions(listener(server_conf())).serverConnectionForTLS(None)

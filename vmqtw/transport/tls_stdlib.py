@@ -228,11 +228,20 @@ def _error(e: ssl.SSLError) -> SSL.Error:
     return SSL.Error([(str(e.library or "SSL routines"), "", reason)])
 
 
-class StdlibConnection:
+class StdlibConnection(SSL.Connection):
     """What ``TLSMemoryBIOProtocol`` needs of ``OpenSSL.SSL.Connection``, on an
-    ``ssl`` object over two memory BIOs."""
+    ``ssl`` object over two memory BIOs.
+
+    A subclass that never runs ``SSL.Connection.__init__`` (no pyOpenSSL
+    ``SSL`` object is made): code that checks ``getHandle()`` with
+    ``isinstance(..., SSL.Connection)`` (autobahn's ``tls-unique`` channel id
+    on wss listeners) accepts it.  Calling any other pyOpenSSL method raises
+    AttributeError (there is no ``_ssl``).
+    """
 
     __slots__ = ("_obj", "_in", "_out", "_app_data")
+    #: Read by ``SSL.Connection.__getattr__``: there is no socket behind.
+    _socket = None
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._in = ssl.MemoryBIO()
@@ -305,7 +314,10 @@ class StdlibConnection:
         return True
 
     def get_peer_certificate(self) -> crypto.X509 | None:
-        der = self._obj.getpeercert(True)
+        try:
+            der = self._obj.getpeercert(True)
+        except ValueError:  # the handshake is not done yet: pyOpenSSL says None
+            return None
         if not der:
             return None
         return crypto.load_certificate(crypto.FILETYPE_ASN1, der)
@@ -313,6 +325,15 @@ class StdlibConnection:
     def get_alpn_proto_negotiated(self) -> bytes:
         name = self._obj.selected_alpn_protocol()
         return name.encode() if name else b""
+
+    def get_peer_finished(self) -> bytes | None:
+        """The client's Finished message (tls-unique of a server's full handshake)."""
+        return self._obj.get_channel_binding("tls-unique")
+
+    def get_finished(self) -> bytes | None:
+        """Not available through ``ssl`` on the server side: None (as before the
+        handshake)."""
+        return None
 
     def get_protocol_version_name(self) -> str:
         return self._obj.version() or "Unknown"
