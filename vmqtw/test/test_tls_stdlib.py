@@ -362,6 +362,30 @@ class StdlibServesTests(SynchronousTestCase):
         self.assertEqual(pair.proto.getPeerCertificate().get_subject().CN, "alice")
         self.assertRaises(AttributeError, handle.get_cipher_list)  # no pyOpenSSL SSL behind
 
+    def test_bios_renewed_after_the_handshake(self) -> None:
+        """Once the handshake is through, the connection gets two new memory BIOs (the
+        old ones kept the flights' buffers), and traffic goes on over the new ones."""
+        pair = Pair(server_conf(), client_ctx())
+        conn = pair.proto._tlsConnection
+        first = (conn._in, conn._out)
+        pair.pump()
+        self.assertTrue(pair.proto._handshakeDone)
+        self.assertIsNot(conn._in, first[0])
+        self.assertIsNot(conn._out, first[1])
+        pair.client_send(b"after")
+        pair.pump()
+        self.assertEqual(pair.app.data, b"after")
+
+    def test_bio_renewal_keeps_unread_bytes(self) -> None:
+        """``renew_bios`` moves bytes not yet read by OpenSSL (in) or by us (out) to the
+        new BIOs, in order."""
+        conn = tls.ServerTLSOptions(listener(server_conf())).serverConnectionForTLS(None)
+        conn.bio_write(b"in-1")
+        conn._out.write(b"out-1")
+        conn.renew_bios()
+        self.assertEqual(conn._in.read(), b"in-1")
+        self.assertEqual(conn.bio_read(100), b"out-1")
+
     def test_system_openssl(self) -> None:
         """The stdlib engine's connections run on the ssl module's OpenSSL."""
         conn = tls.ServerTLSOptions(listener(server_conf())).serverConnectionForTLS(None)

@@ -4,7 +4,11 @@
 
 One connection creator of our own (``ServerTLSOptions``) builds a pyOpenSSL
 ``SSL.Context`` from the listener's typed TLS settings (``ListenerConfig.tls``,
-read by ``vmqtw.config``), whose options are as VerneMQ documents them:
+read by ``vmqtw.config``), whose options are as VerneMQ documents them (the
+connections themselves come from the standard library's ``ssl`` on the system
+OpenSSL wherever ``vmqtw.transport.tls_stdlib`` can serve the options exactly:
+~10 KiB less per connection and less CPU per handshake; from that pyOpenSSL
+context for PSK and the lenient CRL rule -- see that module):
 
 - ``certfile`` (the whole chain in it is sent: leaf first, then intermediates;
   VerneMQ sends only the leaf, #865), ``keyfile`` (if empty, the key is looked
@@ -446,7 +450,9 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
         if not self._handshakeDone or conn is None or self.disconnecting:
             return
         self._bios_grown = False
-        if type(conn) is not StdlibConnection:
+        if type(conn) is StdlibConnection:
+            conn.renew_bios()
+        else:
             _renew_bios(conn)
 
     def _checkHandshakeStatus(self) -> None:

@@ -76,6 +76,10 @@ def _libssl() -> Any:
             ("SSL_CTX_set_session_id_context", ci, [vp, cp, ctypes.c_uint]),
             ("SSL_load_client_CA_file", vp, [cp]),
             ("SSL_CTX_set_client_CA_list", None, [vp, vp]),
+            ("SSL_get_rbio", vp, [vp]),
+            ("SSL_get_wbio", vp, [vp]),
+            ("SSL_set_bio", None, [vp, vp, vp]),
+            ("BIO_up_ref", ci, [vp]),
             ("ERR_clear_error", None, [])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
@@ -86,10 +90,17 @@ _lib = _libssl()
 _SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list / set1_curves_list
 
 
+def _field(obj: Any, offset: int = 0) -> int:
+    """A pointer field of a CPython ``_ssl`` object, ``offset`` bytes after the
+    object header (``PySSLContext.ctx``: 0, ``PySSLMemoryBIO.bio``: 0,
+    ``PySSLSocket.ssl``: 8, after its ``Socket`` weak reference)."""
+    return ctypes.c_void_p.from_address(id(obj) + object.__basicsize__ + offset).value or 0
+
+
 def _ssl_ctx(ctx: ssl.SSLContext) -> int:
     """The ``SSL_CTX *`` of ``ctx``: the first field after the object header
     of CPython's ``PySSLContext``."""
-    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    ptr = _field(ctx)
     if not ptr:
         raise RuntimeError("no SSL_CTX under the ssl.SSLContext")
     return ptr
@@ -250,6 +261,31 @@ class StdlibConnection(SSL.Connection):
         self._obj = context._wrap_bio(self._in, self._out, server_side=True,  # type: ignore
                                       server_hostname=None)
         self._app_data: Any = None
+
+    def renew_bios(self) -> None:
+        """Two new, empty memory BIOs under the SSL object, any unread bytes
+        moved over (as ``tls_io._renew_bios`` for pyOpenSSL): a memory BIO
+        keeps the capacity of the largest chunk it held, ~2.5 KiB per idle
+        connection after the handshake flights.  The SSL object holds its own
+        reference to each BIO (``_wrap_bio`` takes one), so ``SSL_set_bio``
+        gives it references to the new pair and drops those to the old one,
+        which the old ``MemoryBIO`` objects free.  Nothing is done unless the
+        pointers read back as the SSL object's current BIOs."""
+        ssl_ptr = _field(self._obj, 8)
+        old_in, old_out = self._in, self._out
+        if not ssl_ptr or _lib.SSL_get_rbio(ssl_ptr) != _field(old_in) \
+                or _lib.SSL_get_wbio(ssl_ptr) != _field(old_out):
+            return
+        new_in, new_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        if old_in.pending:
+            new_in.write(old_in.read())
+        if old_out.pending:
+            new_out.write(old_out.read())
+        rbio, wbio = _field(new_in), _field(new_out)
+        _lib.BIO_up_ref(rbio)
+        _lib.BIO_up_ref(wbio)
+        _lib.SSL_set_bio(ssl_ptr, rbio, wbio)
+        self._in, self._out = new_in, new_out
 
     def set_accept_state(self) -> None:
         """Nothing to do: the object was made server-side."""
