@@ -4,9 +4,10 @@ Why a second engine.  pyOpenSSL runs on the OpenSSL that ``cryptography``
 bundles (4.0 here), whose ``SSL_new`` alone takes 15.9 KiB per connection
 against 8.3 KiB with the system's OpenSSL 3.0 that Python's ``ssl`` module
 and mosquitto use; in process, after a TLS 1.3 handshake and a CONNECT, 24.3
-KiB per connection through pyOpenSSL against 16.8 KiB through ``ssl``, and
-pyOpenSSL's cffi calls and callbacks cost ~0.1 ms of Python per handshake
-(bench/RESULTS.md, issue 18, third round, has the figures before/after).
+KiB per connection through pyOpenSSL against 16.8 KiB through ``ssl``.
+Measured with ``bench/run.py`` (issue 18, third round in bench/RESULTS.md):
+28.3 -> 20.7 KiB per idle TLS client (mosquitto: 15.0), the broker's CPU per
+handshake unchanged within the noise (the crypto dominates it).
 
 So a listener gets this engine whenever it can serve the listener's options
 exactly (``stdlib_refusal`` says why not, None: it can), and pyOpenSSL
