@@ -305,11 +305,11 @@ class StdlibConnection(SSL.Connection):
         except ssl.SSLError as e:
             raise _error(e) from None
 
-    def bio_write(self, data: bytes) -> int:
-        return self._in.write(data)
+    def bio_write(self, buf: bytes | bytearray | memoryview) -> int:
+        return self._in.write(buf)
 
-    def bio_read(self, size: int) -> bytes:
-        data = self._out.read(size)
+    def bio_read(self, bufsiz: int) -> bytes:
+        data = self._out.read(bufsiz)
         if not data:
             raise SSL.WantReadError()
         return data
@@ -317,9 +317,9 @@ class StdlibConnection(SSL.Connection):
     def bio_shutdown(self) -> None:
         self._in.write_eof()
 
-    def recv(self, size: int) -> bytes:
+    def recv(self, bufsiz: int, flags: int | None = None) -> bytes:
         try:
-            data = self._obj.read(size)
+            data = self._obj.read(bufsiz)
         except ssl.SSLWantReadError:
             raise SSL.WantReadError() from None
         except ssl.SSLZeroReturnError:
@@ -332,9 +332,9 @@ class StdlibConnection(SSL.Connection):
             raise SSL.ZeroReturnError()
         return data
 
-    def send(self, data: bytes) -> int:
+    def send(self, buf: bytes | bytearray | memoryview, flags: int = 0) -> int:
         try:
-            return self._obj.write(data)
+            return self._obj.write(buf)
         except ssl.SSLWantReadError:
             raise SSL.WantReadError() from None
         except ssl.SSLError as e:
@@ -350,13 +350,16 @@ class StdlibConnection(SSL.Connection):
             raise _error(e) from None
         return True
 
-    def get_peer_certificate(self) -> crypto.X509 | None:
+    def get_peer_certificate(self, *, as_cryptography: bool = False) -> Any:
         try:
             der = self._obj.getpeercert(True)
         except ValueError:  # the handshake is not done yet: pyOpenSSL says None
             return None
         if not der:
             return None
+        if as_cryptography:
+            from cryptography import x509
+            return x509.load_der_x509_certificate(der)
         return crypto.load_certificate(crypto.FILETYPE_ASN1, der)
 
     def get_alpn_proto_negotiated(self) -> bytes:
