@@ -4,7 +4,11 @@
 
 One connection creator of our own (``ServerTLSOptions``) builds a pyOpenSSL
 ``SSL.Context`` from the listener's typed TLS settings (``ListenerConfig.tls``,
-read by ``vmqtw.config``), whose options are as VerneMQ documents them:
+read by ``vmqtw.config``), whose options are as VerneMQ documents them (the
+connections themselves come from the standard library's ``ssl`` on the system
+OpenSSL wherever ``vmqtw.transport.tls_stdlib`` can serve the options exactly:
+~7.5 KiB less per idle connection; from that pyOpenSSL
+context for PSK and the lenient CRL rule -- see that module):
 
 - ``certfile`` (the whole chain in it is sent: leaf first, then intermediates;
   VerneMQ sends only the leaf, #865), ``keyfile`` (if empty, the key is looked
@@ -71,10 +75,13 @@ from zope.interface import implementer
 from vmqtw.config import TLS_VERSIONS, ListenerConfig
 from vmqtw.transport._twisted_private import send_if_idle, socket_under
 from vmqtw.transport.tls_io import PENDING_MAX, _provide_like, _renew_bios, _TurnFlusher
-from vmqtw.transport.identity import peer_of
+from vmqtw.transport.tls_stdlib import StdlibConnection, build_stdlib_context, stdlib_refusal
+from vmqtw.transport.identity import certificate_cn, peer_of
 from vmqtw.transport.errors import LayerError
 # The handshake callbacks live in tls_callbacks, PSK_IDENTITIES stays importable from here.
-from vmqtw.transport.tls_callbacks import PSK_IDENTITIES, _make_psk_callback, _Verifier
+from vmqtw.transport.tls_callbacks import (
+    PSK_IDENTITIES, _make_psk_callback, _self_signed, _Verifier,
+)
 # The file-reading half lives in tls_files; its names stay importable from here.
 from vmqtw.transport.tls_files import (
     Material, OptionError, TLSSettings, _load_crls, load_material, read_psk_file,
@@ -243,10 +250,36 @@ class ServerTLSOptions:
         self.settings = settings if settings is not None else read_settings(listener)
         self.material = load_material(self.settings)
         self.context = build_context(self.settings, self.material, self.name)
+        #: Why the standard library's engine cannot serve this listener (None:
+        #: it does; see ``vmqtw.transport.tls_stdlib``).
+        self.stdlib_refusal = stdlib_refusal(self.settings)
+        #: The ``ssl.SSLContext`` new connections are made from, or None:
+        #: pyOpenSSL's ``context`` (always built: it checks the options).
+        self.stdlib_context = self._stdlib_context(self.material)
         #: How many times the context was replaced (reload or CRL refresh).
         self.generation = 0
+        log.debug("listener {listener}: TLS engine {engine}{why}", listener=self.name,
+                  engine=self.engine, why="" if self.stdlib_refusal is None
+                  else f" ({self.stdlib_refusal})")
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    @property
+    def engine(self) -> str:
+        """``"stdlib"`` (Python's ssl, the system OpenSSL) or ``"pyopenssl"``."""
+        return "pyopenssl" if self.stdlib_context is None else "stdlib"
+
+    def _stdlib_context(self, material: Material, crl_broken: bool = False) -> Any:
+        if self.stdlib_refusal is not None:
+            return None
+        try:
+            return build_stdlib_context(self.settings, material, crl_broken)
+        except OptionError as e:
+            self.stdlib_refusal = f"ssl refused {e.option}: {e.message}"
+            return None
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        stdlib = self.stdlib_context
+        if stdlib is not None:
+            return StdlibConnection(stdlib)
         return SSL.Connection(self.context, None)
 
     def _describe(self, e: OptionError) -> str:
@@ -258,6 +291,7 @@ class ServerTLSOptions:
         try:
             material = load_material(self.settings)
             context = build_context(self.settings, material, self.name)
+            stdlib = self._stdlib_context(material)
         except OptionError as e:
             log.error("listener {listener}: TLS reload failed, keeping the previous "
                       "certificates, keys, CRL and PSK file: {reason}", listener=self.name,
@@ -265,7 +299,7 @@ class ServerTLSOptions:
             if e.option == "crlfile":
                 self._crl_unusable(e)
             return False
-        self.material, self.context = material, context
+        self.material, self.context, self.stdlib_context = material, context, stdlib
         self.generation += 1
         log.info("listener {listener}: TLS certificates, keys, CRL and PSK file reloaded",
                  listener=self.name)
@@ -281,6 +315,9 @@ class ServerTLSOptions:
             log.error("listener {listener}: crl_fail_closed is on: refusing every client "
                       "certificate until the CRL file can be read", listener=self.name)
         verifier.broken = e.message
+        if self.stdlib_context is not None:  # trust no CA until the file is back
+            self.stdlib_context = self._stdlib_context(self.material, crl_broken=True) \
+                or self.stdlib_context
 
     def refresh_crl(self) -> bool:
         """Re-read the CRL file; a changed file gives a new context.  True if
@@ -296,12 +333,13 @@ class ServerTLSOptions:
                                 ca=self.material.ca, crls=crls, crl_data=data,
                                 psk=self.material.psk)
             context = build_context(self.settings, material, self.name)
+            stdlib = self._stdlib_context(material)
         except OptionError as e:
             log.error("listener {listener}: CRL refresh failed, keeping the previous CRL: "
                       "{reason}", listener=self.name, reason=self._describe(e))
             self._crl_unusable(e)
             return False
-        self.material, self.context = material, context
+        self.material, self.context, self.stdlib_context = material, context, stdlib
         self.generation += 1
         log.info("listener {listener}: CRL {path} re-read", listener=self.name,
                  path=self.settings.crlfile)
@@ -338,7 +376,9 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
     def psk_identity(self) -> str | None:
         """The PSK identity the client used, or None (not a PSK handshake)."""
         conn = getattr(self, "_tlsConnection", None)
-        return PSK_IDENTITIES.get(conn) if conn is not None else None
+        if conn is None or type(conn) is StdlibConnection:  # no PSK on that engine
+            return None
+        return PSK_IDENTITIES.get(conn)
 
     def makeConnection(self, transport: Any) -> None:
         timeout = self.factory.handshake_timeout
@@ -410,13 +450,19 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
         if not self._handshakeDone or conn is None or self.disconnecting:
             return
         self._bios_grown = False
-        _renew_bios(conn)
+        if type(conn) is StdlibConnection:
+            conn.renew_bios()
+        else:
+            _renew_bios(conn)
 
     def _checkHandshakeStatus(self) -> None:
         super()._checkHandshakeStatus()
         if self._handshakeDone:
             self._bios_grown = True  # the handshake flights: drop their buffers
             self._cancel_handshake_timer()
+            if type(self._tlsConnection) is StdlibConnection and \
+                    self.factory.creator.settings.verify_peer and self._self_signed_leaf():
+                return
             if self.factory.identity_required and not self._has_identity():
                 # use_identity_as_username: never fall back to the CONNECT
                 # user name (OpenSSL already refuses a certificate-less
@@ -427,6 +473,23 @@ class TLSServerProtocol(TLSMemoryBIOProtocol):
                          "nor a PSK identity (use_identity_as_username); closing",
                          listener=self.factory.name, peer=f"{host}:{port}")
                 self.abortConnection()
+
+    def _self_signed_leaf(self) -> bool:
+        """The stdlib engine's check of a trusted self-signed client leaf
+        (pyOpenSSL's verify callback refuses it during the handshake): close
+        the connection before any application byte is read."""
+        try:
+            cert = self.getPeerCertificate()
+        except Exception:
+            return False
+        if cert is None or not _self_signed(cert):
+            return False
+        host, port = peer_of(self.transport) if self.transport is not None else ("", 0)
+        log.info("listener {listener}: client certificate refused ({peer}): self-signed "
+                 "client certificate (depth 0, CN {cn!r})", listener=self.factory.name,
+                 peer=f"{host}:{port}", cn=certificate_cn(cert))
+        self.abortConnection()
+        return True
 
     def _has_identity(self) -> bool:
         if self.psk_identity:
