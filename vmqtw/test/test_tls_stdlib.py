@@ -119,6 +119,15 @@ class EngineChoiceTests(SynchronousTestCase):
                "listener.ssl.p.psk_support = on\n")
         self.assertEqual(self.engine(psk), "pyopenssl")
 
+    def test_unchecked_interpreter_gets_pyopenssl(self) -> None:
+        """On an interpreter whose ``_ssl`` object layout was not checked every listener
+        gets pyOpenSSL, with the reason (the engine reads CPython's private fields)."""
+        from vmqtw.transport import tls_stdlib
+        self.patch(tls_stdlib, "CHECKED_LAYOUTS", ())
+        self.assertEqual(self.engine(server_conf()), "pyopenssl")
+        self.assertIn("is not checked", tls_stdlib.stdlib_refusal(
+            tls.ServerTLSOptions(listener(server_conf())).settings) or "")
+
     def test_choice_is_logged_at_debug(self) -> None:
         """The engine chosen, and why pyOpenSSL when it is, is logged at debug."""
         from vmqtw import logs

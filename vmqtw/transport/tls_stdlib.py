@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 import ssl
+import sys
 from typing import Any
 
 from OpenSSL import SSL, crypto
@@ -87,7 +88,27 @@ def _libssl() -> Any:
     return lib
 
 
-_lib = _libssl()
+#: The interpreters whose ``_ssl`` object layouts :func:`_field` relies on were checked
+#: (``PySSLContext.ctx`` and ``PySSLMemoryBIO.bio`` right after the object header,
+#: ``PySSLSocket.ssl`` one pointer later): CPython 3.11, the version vmqtw runs on.
+#: Anywhere else the stdlib engine is not used (every listener gets pyOpenSSL).
+CHECKED_LAYOUTS: tuple[tuple[int, int], ...] = ((3, 11),)
+
+
+def _layout_refusal() -> str | None:
+    if sys.implementation.name != "cpython" or sys.version_info[:2] not in CHECKED_LAYOUTS:
+        return (f"the _ssl object layout of {sys.implementation.name} "
+                f"{sys.version_info[0]}.{sys.version_info[1]} is not checked")
+    return None
+
+
+_lib: Any = None
+_lib_error = "libssl under Python's ssl not loaded"
+if _layout_refusal() is None:
+    try:
+        _lib = _libssl()
+    except (OSError, AttributeError) as e:  # a libssl without one of the symbols
+        _lib_error = f"libssl under Python's ssl lacks a symbol ({e})"
 _SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list / set1_curves_list
 
 
@@ -121,6 +142,11 @@ def _has_block(path: str, kind: bytes) -> bool:
 
 def stdlib_refusal(settings: TLSSettings) -> str | None:
     """Why the stdlib engine cannot serve ``settings`` exactly; None if it can."""
+    layout = _layout_refusal()
+    if layout is not None:
+        return layout
+    if _lib is None:
+        return _lib_error
     if settings.psk:
         return "PSK (no PSK callback in Python 3.11's ssl)"
     if settings.crlfile and not settings.crl_fail_closed:
