@@ -102,8 +102,9 @@ class RawSubscriber:
         return "PUBLISH" + (" DUP" if first & 8 else ""), body[4 + n:], qos, pid
 
 
-class MigrateProcessTests(unittest.TestCase):
-    """Two nodes; a persistent session moves from node 1 to node 2."""
+class ClusterNodesCase(unittest.TestCase):
+    """Real nodes and a real Redis (the helpers of ``ClusterProcessTests``), plus
+    persistent paho clients; no tests of its own."""
 
     timeout = 120
 
@@ -111,6 +112,7 @@ class MigrateProcessTests(unittest.TestCase):
     config = _base.config
     start_node = _base.start_node
     client = _base.client
+    probe = staticmethod(_base.probe)
     collect = staticmethod(_base.collect)
     nothing_more = staticmethod(_base.nothing_more)
     _start_all = _base._start_all
@@ -121,6 +123,10 @@ class MigrateProcessTests(unittest.TestCase):
         self.clients.append(c)
         self.addCleanup(lambda: in_thread(c.close))
         return c
+
+
+class MigrateProcessTests(ClusterNodesCase):
+    """Two nodes; a persistent session moves from node 1 to node 2."""
 
     @inlineCallbacks
     def test_session_moves_with_unacked_and_queued_messages(self) -> Generator[

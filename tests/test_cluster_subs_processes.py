@@ -6,38 +6,19 @@ from __future__ import annotations
 from typing import Any, Generator
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.trial import unittest
 
 from tests import test_cluster_processes as processes
-from tests.support import TIMEOUT, MQTTv311, Paho, in_thread, quiet_period
+from tests.support import TIMEOUT, in_thread, quiet_period
+from tests.test_cluster_migrate_processes import ClusterNodesCase
 
 Node = processes.Node
-_base = processes.ClusterProcessTests
 
 #: Where the nodes keep the subscriptions of client ``dev`` (mountpoint "").
 DEV_KEY = "{vmqtw}:sess:0::dev"
 
 
-class SessionSubsProcessTests(unittest.TestCase):
+class SessionSubsProcessTests(ClusterNodesCase):
     """Three nodes; node 1 is killed under a persistent subscriber."""
-
-    timeout = 120
-
-    setUp = _base.setUp
-    config = _base.config
-    start_node = _base.start_node
-    client = _base.client
-    probe = staticmethod(_base.probe)
-    collect = staticmethod(_base.collect)
-    nothing_more = staticmethod(_base.nothing_more)
-    _start_all = _base._start_all
-    linked = _base.linked
-
-    def persistent(self, node: Node, client_id: str) -> Paho:
-        c = Paho(node.port, client_id, MQTTv311, clean_session=False)
-        self.clients.append(c)
-        self.addCleanup(lambda: in_thread(c.close))
-        return c
 
     @inlineCallbacks
     def stored(self, want: bytes | None) -> Generator[Deferred[Any], Any, bytes]:
@@ -112,4 +93,3 @@ class SessionSubsProcessTests(unittest.TestCase):
         self.assertIn(b"d/#", (yield self.stored(b"d/#")))
 
 
-del _base  # not a test case of this module

@@ -36,15 +36,14 @@ _EPSILON = 1e-9
 _PENDING, _CALLED, _CANCELLED = 0, 1, 2
 
 
-class CoarseCall:
-    """One pending call on a ``TimerWheel``; ``active()`` and ``cancel()`` as
-    on Twisted's ``IDelayedCall``, which is all a connection uses of a timer."""
+class _Call:
+    """A pending call with ``active()`` and ``cancel()`` as on Twisted's
+    ``IDelayedCall``, which is all a connection uses of a timer; the subclass
+    says how its container forgets it (``_forget``)."""
 
-    __slots__ = ("wheel", "slot", "func", "state")
+    __slots__ = ("func", "state")
 
-    def __init__(self, wheel: TimerWheel, slot: int, func: Callable[[], None]) -> None:
-        self.wheel = wheel
-        self.slot = slot
+    def __init__(self, func: Callable[[], None]) -> None:
         self.func = func
         self.state = _PENDING
 
@@ -57,6 +56,23 @@ class CoarseCall:
         if self.state != _PENDING:
             raise ValueError("cancel() on a call that has already run or been cancelled")
         self.state = _CANCELLED
+        self._forget()
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+
+class CoarseCall(_Call):
+    """One pending call on a ``TimerWheel``."""
+
+    __slots__ = ("wheel", "slot")
+
+    def __init__(self, wheel: TimerWheel, slot: int, func: Callable[[], None]) -> None:
+        super().__init__(func)
+        self.wheel = wheel
+        self.slot = slot
+
+    def _forget(self) -> None:
         self.wheel._remove(self)
 
     def __repr__(self) -> str:
@@ -171,27 +187,17 @@ def wheel_for(clock: Any) -> TimerWheel:
     return wheel
 
 
-class QueuedCall:
-    """One pending call on a ``DeadlineQueue`` (``active()`` and ``cancel()``
-    as on Twisted's ``IDelayedCall``)."""
+class QueuedCall(_Call):
+    """One pending call on a ``DeadlineQueue``."""
 
-    __slots__ = ("queue", "when", "func", "state")
+    __slots__ = ("queue", "when")
 
     def __init__(self, queue: DeadlineQueue, when: float, func: Callable[[], None]) -> None:
+        super().__init__(func)
         self.queue = queue
         self.when = when
-        self.func = func
-        self.state = _PENDING
 
-    def active(self) -> bool:
-        """True until the call has run or been cancelled."""
-        return self.state == _PENDING
-
-    def cancel(self) -> None:
-        """Forget the call; it must still be pending (as ``DelayedCall.cancel``)."""
-        if self.state != _PENDING:
-            raise ValueError("cancel() on a call that has already run or been cancelled")
-        self.state = _CANCELLED
+    def _forget(self) -> None:
         self.queue._cancelled()
 
 
