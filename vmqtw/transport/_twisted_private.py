@@ -45,12 +45,7 @@ def write_now(transport: Any, bottom: Any, direct: bool, data: bytes) -> None:
     if direct and not bottom._tempDataLen and bottom.offset == len(bottom.dataBuffer):
         # Plain TCP with nothing buffered: straight to the socket, Twisted
         # buffers only what the kernel does not take.
-        try:
-            sent = bottom.socket.send(data)
-        except OSError:  # EAGAIN, or an error doWrite will report
-            sent = 0
-        if sent != len(data):
-            transport.write(data[sent:])
+        _send(transport, bottom, data)
         return
     transport.write(data)
     bottom.doWrite()
@@ -67,6 +62,12 @@ def send_if_idle(transport: Any, bottom: Any, data: bytes) -> None:
             bottom.offset != len(bottom.dataBuffer):
         transport.write(data)
         return
+    _send(transport, bottom, data)
+
+
+def _send(transport: Any, bottom: Any, data: bytes) -> None:
+    """``data`` to ``bottom``'s socket now; what the kernel does not take goes
+    through ``transport`` (Twisted's buffer) as usual."""
     try:
         sent = bottom.socket.send(data)
     except OSError:  # EAGAIN, or an error doWrite will report
