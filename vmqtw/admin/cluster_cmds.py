@@ -89,7 +89,7 @@ def _rejoined(admin: Admin, node: Any) -> tuple[int, str]:
     """After a rejoin: resume the MQTT listeners that ``leave`` stopped."""
     failed = []
     controller = admin.listeners
-    for name in getattr(node.monitor, "resume_listeners", ()):
+    for name in node.monitor.resume_listeners:
         try:
             if controller is not None:
                 controller.restart_named(name)

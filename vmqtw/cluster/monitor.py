@@ -48,6 +48,9 @@ class ClusterMonitor:
         #: This node left the cluster (``vmq-admin cluster leave``) and has not joined
         #: again.
         self.left = False
+        #: The MQTT listeners (by name) ``cluster leave`` stopped; ``cluster join``
+        #: resumes them.
+        self.resume_listeners: list[str] = []
         self._links: list[tuple[str, Any]] = []
         self._closed_sent = 0
         self._closed_dropped = 0

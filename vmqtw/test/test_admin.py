@@ -12,7 +12,7 @@ from vmqtw import logs
 from vmqtw.admin import output
 from vmqtw.admin.apikeys import ApiKeyError, ApiKeys
 from vmqtw.admin.commands import Admin, current_log_level
-from vmqtw.admin.listeners import ServiceListeners, view
+from vmqtw.admin.listeners import ListenerError, ServiceListeners, view
 from vmqtw.admin.systree import SysTree, systree_topic
 from vmqtw.auth.api import IAuthOnPublish, OK
 from vmqtw.codec import Disconnect, Publish
@@ -345,6 +345,18 @@ class ListenerTests(AdminTestCase):
         self.assertTrue(port.reading)
         self.assertIs(self.svc.limiter.port, port)
         self.assertEqual(view(self.controller)[0]["status"], "running")
+
+    def test_restart_by_name(self) -> None:
+        """restart_named (what `cluster join` uses after a leave) binds a stopped
+        listener again by its name, even when its address no longer matches the bound
+        one (a port-0 listener); an unknown name is VerneMQ's not_found error."""
+        self.svc.port = None  # stopped: closed its socket, as leave does
+        self.controller.restart_named("tcp.t")
+        self.assertEqual(self.svc.binds, 1)
+        self.assertEqual(view(self.controller)[0]["status"], "running")
+        with self.assertRaises(ListenerError) as e:
+            self.controller.restart_named("tcp.nope")
+        self.assertIn("not_found", str(e.exception))
 
     def test_restart_at_the_connection_cap(self) -> None:
         """A listener paused at max_connections stays paused on restart: the
